@@ -1,0 +1,370 @@
+// Configuration: our own KubeIPVSConfiguration, or kube-proxy's KubeProxyConfiguration taken as
+// is, so a cluster can hand kube-ipvs its kube-proxy ConfigMap. Both go through one field table:
+// every field is applied, accepted as belonging to another proxy mode, or allowed only at its
+// default. Anything else is an error that names the field; nothing is silently dropped.
+import { parseAllDocuments } from 'yaml';
+import { Codes, type Problem } from '../errors.ts';
+import { isValidScheduler, SCHEDULERS } from '../model/schedulers.ts';
+import { parseCIDR, canonicalIP } from '../util/ip.ts';
+import { parseDuration } from './duration.ts';
+
+export const KUBE_IPVS_API_VERSION = 'kube-ipvs.io/v1alpha1';
+export const KUBE_IPVS_KIND = 'KubeIPVSConfiguration';
+export const KUBE_PROXY_API_VERSION = 'kubeproxy.config.k8s.io/v1alpha1';
+export const KUBE_PROXY_KIND = 'KubeProxyConfiguration';
+
+export type DetectLocalMode = 'ClusterCIDR' | 'NodeCIDR' | 'BridgeInterface' | 'InterfaceNamePrefix';
+export type LogFormat = 'json' | 'text';
+
+export interface Config {
+  /** Where the config came from: built-in defaults, our own kind, or kube-proxy's. */
+  source: 'defaults' | typeof KUBE_IPVS_KIND | typeof KUBE_PROXY_KIND;
+  /** The service.kubernetes.io/service-proxy-name value kube-ipvs answers to. */
+  serviceProxyName: string;
+  hostnameOverride: string;
+  bindAddress: string;
+  healthzBindAddress: string;
+  metricsBindAddress: string;
+  clusterCIDRs: string[];
+  /** CIDRs and/or "primary"; empty means every node address. */
+  nodePortAddresses: string[];
+  detectLocalMode: DetectLocalMode;
+  detectLocal: { bridgeInterface: string; interfaceNamePrefix: string };
+  configSyncPeriodSeconds: number;
+  clientConnection: { kubeconfig: string; qps: number; burst: number; contentType: string; acceptContentTypes: string };
+  ipvs: {
+    scheduler: string;
+    syncPeriodSeconds: number;
+    minSyncPeriodSeconds: number;
+    strictARP: boolean;
+    excludeCIDRs: string[];
+    tcpTimeoutSeconds: number;
+    tcpFinTimeoutSeconds: number;
+    udpTimeoutSeconds: number;
+  };
+  iptables: { masqueradeAll: boolean; masqueradeBit: number };
+  conntrack: {
+    maxPerCore: number;
+    min: number;
+    tcpEstablishedTimeoutSeconds: number;
+    tcpCloseWaitTimeoutSeconds: number;
+    tcpBeLiberal: boolean;
+    udpTimeoutSeconds: number;
+    udpStreamTimeoutSeconds: number;
+  };
+  featureGates: Record<string, boolean>;
+  /** kube-ipvs only: the dummy interface that holds service addresses. */
+  dummyInterface: string;
+  logging: { format: LogFormat; verbosity: number };
+}
+
+/** Feature gates kube-ipvs implements; any other gate named in a config is an error. */
+export const FEATURE_GATES: Record<string, boolean> = {
+  PreferSameTrafficDistribution: true,
+};
+
+export function defaultConfig(): Config {
+  return {
+    source: 'defaults',
+    serviceProxyName: 'kube-ipvs',
+    hostnameOverride: '',
+    bindAddress: '0.0.0.0',
+    healthzBindAddress: '0.0.0.0:10256',
+    metricsBindAddress: '127.0.0.1:10249',
+    clusterCIDRs: [],
+    nodePortAddresses: [],
+    detectLocalMode: 'ClusterCIDR',
+    detectLocal: { bridgeInterface: '', interfaceNamePrefix: '' },
+    configSyncPeriodSeconds: 15 * 60,
+    clientConnection: { kubeconfig: '', qps: 5, burst: 10, contentType: 'application/vnd.kubernetes.protobuf', acceptContentTypes: '' },
+    ipvs: {
+      scheduler: 'rr',
+      syncPeriodSeconds: 30,
+      minSyncPeriodSeconds: 0,
+      strictARP: false,
+      excludeCIDRs: [],
+      tcpTimeoutSeconds: 0,
+      tcpFinTimeoutSeconds: 0,
+      udpTimeoutSeconds: 0,
+    },
+    iptables: { masqueradeAll: false, masqueradeBit: 14 },
+    conntrack: {
+      maxPerCore: 32768,
+      min: 131072,
+      tcpEstablishedTimeoutSeconds: 24 * 3600,
+      tcpCloseWaitTimeoutSeconds: 3600,
+      tcpBeLiberal: false,
+      udpTimeoutSeconds: 0,
+      udpStreamTimeoutSeconds: 0,
+    },
+    featureGates: { ...FEATURE_GATES },
+    dummyInterface: 'kube-ipvs0',
+    logging: { format: 'json', verbosity: 0 },
+  };
+}
+
+/** Thrown inside a field handler; turned into a Problem naming the field. */
+class BadValue extends Error {}
+
+type Setter = (c: Config, v: unknown) => void;
+type Rule =
+  | { apply: Setter }
+  /** Valid in kube-proxy but only meaningful for another mode or platform: accepted, not used. */
+  | { otherMode: string }
+  /** Accepted only at kube-proxy's default (or unset); `isDefault` says whether a value is one. */
+  | { defaultOnly: (v: unknown) => boolean; why: string }
+  /** A nested object whose fields have their own rules. */
+  | { fields: Record<string, Rule> }
+  /** A free-form map (featureGates); the setter validates the keys. */
+  | { map: Setter };
+
+// Value readers. A null or absent value means "kube-proxy's default" and never reaches them.
+const str = (v: unknown): string => {
+  if (typeof v !== 'string') throw new BadValue(`must be a string, got ${JSON.stringify(v)}`);
+  return v;
+};
+const bool = (v: unknown): boolean => {
+  if (typeof v !== 'boolean') throw new BadValue(`must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+};
+const int = (min: number, max: number) => (v: unknown): number => {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new BadValue(`must be an integer in ${min}-${max}, got ${JSON.stringify(v)}`);
+  return v;
+};
+const num = (v: unknown): number => {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new BadValue(`must be a non-negative number, got ${JSON.stringify(v)}`);
+  return v;
+};
+const duration = (v: unknown): number => {
+  const d = typeof v === 'string' ? parseDuration(v) : null;
+  if (d === null || d < 0) throw new BadValue(`${JSON.stringify(v)} is not a duration such as "30s" or "1m0s"`);
+  return d;
+};
+const cidrs = (v: unknown, allowPrimary = false): string[] => {
+  const list = typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v;
+  if (!Array.isArray(list)) throw new BadValue('must be a list of CIDRs');
+  return list.map((item) => {
+    if (allowPrimary && item === 'primary') return 'primary';
+    const c = typeof item === 'string' ? parseCIDR(item.trim()) : null;
+    if (!c) throw new BadValue(`${JSON.stringify(item)} is not a CIDR${allowPrimary ? ' or "primary"' : ''}`);
+    return c.text;
+  });
+};
+const hostPortText = (v: unknown): string => {
+  const s = str(v);
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):([0-9]{1,5})$/.exec(s);
+  const host = m ? (m[1] ?? m[2] ?? '') : '';
+  if (!m || Number(m[3]) > 65535 || (host !== '' && !canonicalIP(host))) throw new BadValue(`${JSON.stringify(s)} is not an IP:port`);
+  return s;
+};
+const oneOf = <T extends string>(allowed: readonly T[]) => (v: unknown): T => {
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new BadValue(`${JSON.stringify(v)} is not one of ${allowed.join(', ')}`);
+  return v as T;
+};
+const zeroish = (v: unknown) => v === false || v === '' || v === 0 || v === '0s' || (Array.isArray(v) && v.length === 0);
+
+/** kube-proxy writes "" and 0 for "use the default"; so do we. */
+const unlessEmpty = (read: (v: unknown) => unknown, set: (c: Config, v: never) => void): Setter => (c, v) => {
+  if (v === '' || v === 0) return;
+  set(c, read(v) as never);
+};
+
+const RULES: Record<string, Rule> = {
+  kind: { apply: () => {} },
+  apiVersion: { apply: () => {} },
+  mode: { apply: () => {} }, // checked before the walk, with its own code
+  hostnameOverride: { apply: (c, v) => (c.hostnameOverride = str(v)) },
+  bindAddress: {
+    apply: unlessEmpty(
+      (v) => canonicalIP(str(v)) ?? (() => { throw new BadValue(`${JSON.stringify(v)} is not an IP address`); })(),
+      (c, v: string) => (c.bindAddress = v),
+    ),
+  },
+  healthzBindAddress: { apply: unlessEmpty(hostPortText, (c, v: string) => (c.healthzBindAddress = v)) },
+  metricsBindAddress: { apply: unlessEmpty(hostPortText, (c, v: string) => (c.metricsBindAddress = v)) },
+  clusterCIDR: { apply: (c, v) => (c.clusterCIDRs = cidrs(v)) },
+  nodePortAddresses: {
+    apply: (c, v) => {
+      const list = cidrs(v, true);
+      if (list.includes('primary') && list.length > 1) throw new BadValue('"primary" cannot be combined with CIDRs');
+      c.nodePortAddresses = list;
+    },
+  },
+  detectLocalMode: {
+    apply: unlessEmpty(oneOf(['ClusterCIDR', 'NodeCIDR', 'BridgeInterface', 'InterfaceNamePrefix'] as const), (c, v: DetectLocalMode) => (c.detectLocalMode = v)),
+  },
+  detectLocal: {
+    fields: {
+      bridgeInterface: { apply: (c, v) => (c.detectLocal.bridgeInterface = str(v)) },
+      interfaceNamePrefix: { apply: (c, v) => (c.detectLocal.interfaceNamePrefix = str(v)) },
+    },
+  },
+  configSyncPeriod: { apply: unlessEmpty(duration, (c, v: number) => v > 0 && (c.configSyncPeriodSeconds = v)) },
+  clientConnection: {
+    fields: {
+      kubeconfig: { apply: (c, v) => (c.clientConnection.kubeconfig = str(v)) },
+      qps: { apply: unlessEmpty(num, (c, v: number) => (c.clientConnection.qps = v)) },
+      burst: { apply: unlessEmpty(int(0, 1e6), (c, v: number) => (c.clientConnection.burst = v)) },
+      contentType: { apply: unlessEmpty(str, (c, v: string) => (c.clientConnection.contentType = v)) },
+      acceptContentTypes: { apply: (c, v) => (c.clientConnection.acceptContentTypes = str(v)) },
+    },
+  },
+  ipvs: {
+    fields: {
+      scheduler: {
+        apply: unlessEmpty(
+          (v) => {
+            if (!isValidScheduler(v)) throw new BadValue(`${JSON.stringify(v)} is not an IPVS scheduler (${SCHEDULERS.join(', ')})`);
+            return v;
+          },
+          (c, v: string) => (c.ipvs.scheduler = v),
+        ),
+      },
+      syncPeriod: { apply: unlessEmpty(duration, (c, v: number) => v > 0 && (c.ipvs.syncPeriodSeconds = v)) },
+      minSyncPeriod: { apply: (c, v) => (c.ipvs.minSyncPeriodSeconds = duration(v)) },
+      strictARP: { apply: (c, v) => (c.ipvs.strictARP = bool(v)) },
+      excludeCIDRs: { apply: (c, v) => (c.ipvs.excludeCIDRs = cidrs(v)) },
+      tcpTimeout: { apply: (c, v) => (c.ipvs.tcpTimeoutSeconds = duration(v)) },
+      tcpFinTimeout: { apply: (c, v) => (c.ipvs.tcpFinTimeoutSeconds = duration(v)) },
+      udpTimeout: { apply: (c, v) => (c.ipvs.udpTimeoutSeconds = duration(v)) },
+    },
+  },
+  iptables: {
+    fields: {
+      masqueradeAll: { apply: (c, v) => (c.iptables.masqueradeAll = bool(v)) },
+      masqueradeBit: { apply: (c, v) => (c.iptables.masqueradeBit = int(0, 31)(v)) },
+      syncPeriod: { otherMode: 'iptables' },
+      minSyncPeriod: { otherMode: 'iptables' },
+      localhostNodePorts: { otherMode: 'iptables' },
+    },
+  },
+  conntrack: {
+    fields: {
+      maxPerCore: { apply: (c, v) => (c.conntrack.maxPerCore = int(0, 2 ** 31 - 1)(v)) },
+      min: { apply: (c, v) => (c.conntrack.min = int(0, 2 ** 31 - 1)(v)) },
+      tcpEstablishedTimeout: { apply: (c, v) => (c.conntrack.tcpEstablishedTimeoutSeconds = duration(v)) },
+      tcpCloseWaitTimeout: { apply: (c, v) => (c.conntrack.tcpCloseWaitTimeoutSeconds = duration(v)) },
+      tcpBeLiberal: { apply: (c, v) => (c.conntrack.tcpBeLiberal = bool(v)) },
+      udpTimeout: { apply: (c, v) => (c.conntrack.udpTimeoutSeconds = duration(v)) },
+      udpStreamTimeout: { apply: (c, v) => (c.conntrack.udpStreamTimeoutSeconds = duration(v)) },
+    },
+  },
+  featureGates: {
+    map: (c, v) => {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadValue('must be a map of gate name to true/false');
+      for (const [gate, on] of Object.entries(v)) {
+        if (!(gate in FEATURE_GATES)) throw new BadValue(`feature gate ${gate} is not implemented by kube-ipvs (known: ${Object.keys(FEATURE_GATES).join(', ')})`);
+        c.featureGates[gate] = bool(on);
+      }
+    },
+  },
+  logging: {
+    fields: {
+      format: { apply: unlessEmpty(oneOf(['json', 'text'] as const), (c, v: LogFormat) => (c.logging.format = v)) },
+      verbosity: { apply: (c, v) => (c.logging.verbosity = int(0, 10)(v)) },
+      flushFrequency: { otherMode: 'klog' },
+      options: { otherMode: 'klog' },
+    },
+  },
+  winkernel: { otherMode: 'kernelspace (Windows)' },
+  nftables: { otherMode: 'nftables' },
+  bindAddressHardFail: { defaultOnly: zeroish, why: 'kube-ipvs always fails hard on an unusable bind address' },
+  enableProfiling: { defaultOnly: zeroish, why: 'profiling endpoints are not served' },
+  portRange: { defaultOnly: zeroish, why: 'the userspace proxy port range does not exist in kube-ipvs' },
+  showHiddenMetricsForVersion: { defaultOnly: zeroish, why: 'kube-ipvs has no hidden metrics' },
+  oomScoreAdj: { defaultOnly: (v) => v === -999, why: 'kube-ipvs does not change its OOM score; set it in the pod spec' },
+};
+
+/** Fields only our own kind has. */
+const KUBE_IPVS_RULES: Record<string, Rule> = {
+  ...RULES,
+  serviceProxyName: { apply: unlessEmpty(str, (c, v: string) => (c.serviceProxyName = v)) },
+  dummyInterface: {
+    apply: unlessEmpty(
+      (v) => {
+        const s = str(v);
+        if (!/^[A-Za-z0-9_.-]{1,15}$/.test(s)) throw new BadValue(`${JSON.stringify(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+        return s;
+      },
+      (c, v: string) => (c.dummyInterface = v),
+    ),
+  },
+};
+
+function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix: string, cfg: Config, problem: (code: Problem['code'], field: string, message: string) => void): void {
+  for (const [key, value] of Object.entries(obj)) {
+    const field = prefix ? `${prefix}.${key}` : key;
+    const rule = rules[key];
+    if (!rule) {
+      problem(Codes.CONFIG_UNKNOWN_FIELD, field, 'unknown field');
+      continue;
+    }
+    if (value === null || value === undefined) continue; // kube-proxy's "unset": keep the default
+    try {
+      if ('apply' in rule) rule.apply(cfg, value);
+      else if ('map' in rule) rule.map(cfg, value);
+      else if ('fields' in rule) {
+        if (typeof value !== 'object' || Array.isArray(value)) throw new BadValue('must be an object');
+        walk(value as Record<string, unknown>, rule.fields, field, cfg, problem);
+      } else if ('defaultOnly' in rule) {
+        if (!rule.defaultOnly(value)) problem(Codes.CONFIG_UNSUPPORTED_FIELD, field, `${JSON.stringify(value)} is not supported: ${rule.why}; remove the field or leave it at its default`);
+      }
+      // otherMode: accepted and not used.
+    } catch (e) {
+      if (!(e instanceof BadValue)) throw e;
+      problem(Codes.CONFIG_INVALID_VALUE, field, e.message);
+    }
+  }
+}
+
+export interface ConfigResult {
+  /** null when any problem was found: a config is used whole or not at all. */
+  config: Config | null;
+  problems: Problem[];
+}
+
+/** Parses config text (YAML or JSON). `file` names it in problems. */
+export function parseConfig(text: string, file = '<config>'): ConfigResult {
+  const problems: Problem[] = [];
+  const problem = (code: Problem['code'], field: string, message: string) =>
+    problems.push({ code, severity: 'error', file, kind: 'config', field, message });
+  const docs = parseAllDocuments(text).filter((d) => !(d.contents === null && d.errors.length === 0));
+  if (docs.length !== 1) {
+    problem(Codes.CONFIG_UNREADABLE, '', `expected exactly one YAML document, found ${docs.length}`);
+    return { config: null, problems };
+  }
+  const doc = docs[0]!;
+  if (doc.errors.length > 0) {
+    problem(Codes.CONFIG_UNREADABLE, '', doc.errors.map((e) => e.message.split('\n')[0]).join('; '));
+    return { config: null, problems };
+  }
+  const raw: unknown = doc.toJS();
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    problem(Codes.CONFIG_UNREADABLE, '', 'the config must be a YAML mapping');
+    return { config: null, problems };
+  }
+  const obj = raw as Record<string, unknown>;
+  const cfg = defaultConfig();
+  let rules: Record<string, Rule>;
+  if (obj.kind === KUBE_PROXY_KIND && obj.apiVersion === KUBE_PROXY_API_VERSION) {
+    cfg.source = KUBE_PROXY_KIND;
+    rules = RULES;
+    const mode = obj.mode ?? '';
+    if (mode !== '' && mode !== 'ipvs') {
+      problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', `${JSON.stringify(mode)}: kube-ipvs is an IPVS proxy; set mode to "ipvs" (or leave it empty) to use this KubeProxyConfiguration`);
+    }
+  } else if (obj.kind === KUBE_IPVS_KIND && obj.apiVersion === KUBE_IPVS_API_VERSION) {
+    cfg.source = KUBE_IPVS_KIND;
+    rules = KUBE_IPVS_RULES;
+    if (obj.mode !== undefined && obj.mode !== 'ipvs') problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', 'kube-ipvs only has mode "ipvs"');
+  } else {
+    problem(
+      Codes.CONFIG_UNREADABLE,
+      'kind',
+      `${JSON.stringify(obj.apiVersion)} ${JSON.stringify(obj.kind)} is not a config kube-ipvs reads (${KUBE_IPVS_API_VERSION} ${KUBE_IPVS_KIND}, or ${KUBE_PROXY_API_VERSION} ${KUBE_PROXY_KIND})`,
+    );
+    return { config: null, problems };
+  }
+  walk(obj, rules, '', cfg, problem);
+  return { config: problems.length === 0 ? cfg : null, problems };
+}

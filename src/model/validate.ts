@@ -1,0 +1,392 @@
+// Raw Kubernetes objects (from YAML files or the API server) in, normalized model objects out.
+// Each object is either accepted, ignored on purpose (not ours to proxy), or rejected with one
+// Problem that names the offending fields. Nothing here throws on bad input.
+import { Codes, type Problem } from '../errors.ts';
+import { canonicalIP, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
+import {
+  PROTOCOLS,
+  type EndpointSlice,
+  type EndpointSlicePort,
+  type NodeInfo,
+  type Protocol,
+  type Service,
+  type ServicePort,
+  type ServiceType,
+  type SliceEndpoint,
+} from './types.ts';
+import { isValidScheduler, SCHEDULERS } from './schedulers.ts';
+
+export const LABEL_SERVICE_PROXY_NAME = 'service.kubernetes.io/service-proxy-name';
+export const LABEL_HEADLESS = 'service.kubernetes.io/headless';
+export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
+export const LABEL_ZONE = 'topology.kubernetes.io/zone';
+export const ANNOTATION_SCHEDULER = 'kube-ipvs.io/scheduler';
+export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
+export const MAX_AFFINITY_TIMEOUT_SECONDS = 86400;
+export const TRAFFIC_DISTRIBUTIONS = ['PreferClose', 'PreferSameZone', 'PreferSameNode'] as const;
+
+export type Parsed<T> =
+  | { status: 'ok'; value: T; warnings: Problem[] }
+  | { status: 'ignored'; reason: string; warnings: Problem[] }
+  | { status: 'invalid'; problem: Problem };
+
+export interface ObjectRef {
+  kind: string;
+  /** "namespace/name", or "name" for cluster-scoped objects. */
+  name: string;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Collects field errors for one object; the object is rejected if any were found. */
+class Fields {
+  readonly errors: { field: string; message: string }[] = [];
+  fail(field: string, message: string): void {
+    this.errors.push({ field, message });
+  }
+  obj(v: unknown, field: string): Obj {
+    if (v === undefined || v === null) return {};
+    if (!isObj(v)) {
+      this.fail(field, 'must be an object');
+      return {};
+    }
+    return v;
+  }
+  arr(v: unknown, field: string): unknown[] {
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v)) {
+      this.fail(field, 'must be a list');
+      return [];
+    }
+    return v;
+  }
+  str(v: unknown, field: string, dflt = ''): string {
+    if (v === undefined || v === null) return dflt;
+    if (typeof v !== 'string') {
+      this.fail(field, `must be a string, got ${JSON.stringify(v)}`);
+      return dflt;
+    }
+    return v;
+  }
+  bool(v: unknown, field: string): boolean | null {
+    if (v === undefined || v === null) return null;
+    if (typeof v !== 'boolean') {
+      this.fail(field, `must be true or false, got ${JSON.stringify(v)}`);
+      return null;
+    }
+    return v;
+  }
+  port(v: unknown, field: string, allowZero: boolean): number {
+    if (v === undefined || v === null) return 0;
+    const min = allowZero ? 0 : 1;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > 65535) {
+      this.fail(field, `${JSON.stringify(v)} is not a port number (${min}-65535)`);
+      return 0;
+    }
+    return v;
+  }
+  ip(v: unknown, field: string): string | null {
+    const s = this.str(v, field);
+    const c = canonicalIP(s);
+    if (!c) this.fail(field, `${JSON.stringify(v)} is not a valid IP address`);
+    return c;
+  }
+  oneOf<T extends string>(v: unknown, field: string, allowed: readonly T[], dflt: T): T {
+    if (v === undefined || v === null || v === '') return dflt;
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+      this.fail(field, `${JSON.stringify(v)} is not one of ${allowed.join(', ')}`);
+      return dflt;
+    }
+    return v as T;
+  }
+  protocol(v: unknown, field: string): Protocol {
+    return this.oneOf(v, field, PROTOCOLS, 'TCP');
+  }
+  problem(ref: ObjectRef): Problem | null {
+    const [first, ...more] = this.errors;
+    if (!first) return null;
+    const also = more.map((e) => `; ${e.field}: ${e.message}`).join('');
+    return {
+      code: Codes.OBJECT_INVALID,
+      severity: 'error',
+      kind: ref.kind,
+      name: ref.name,
+      field: first.field,
+      message: `${first.message}${also} (object ignored)`,
+    };
+  }
+}
+
+function metadata(raw: Obj, f: Fields, namespaced: boolean) {
+  const md = f.obj(raw.metadata, 'metadata');
+  const name = f.str(md.name, 'metadata.name');
+  if (!name) f.fail('metadata.name', 'is required');
+  const namespace = namespaced ? f.str(md.namespace, 'metadata.namespace', 'default') || 'default' : '';
+  const labels = stringMap(md.labels, 'metadata.labels', f);
+  const annotations = stringMap(md.annotations, 'metadata.annotations', f);
+  return { name, namespace, labels, annotations, key: namespaced ? `${namespace}/${name}` : name };
+}
+
+function stringMap(v: unknown, field: string, f: Fields): Record<string, string> {
+  const o = f.obj(v, field);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(o)) out[k] = f.str(val, `${field}.${k}`);
+  return out;
+}
+
+/** The identity of a raw object for error lines, even when the object is malformed. */
+export function refOf(kind: string, raw: unknown): ObjectRef {
+  const md = isObj(raw) && isObj(raw.metadata) ? raw.metadata : {};
+  const name = typeof md.name === 'string' ? md.name : '<unnamed>';
+  if (kind === 'Node') return { kind, name };
+  const ns = typeof md.namespace === 'string' && md.namespace ? md.namespace : 'default';
+  return { kind, name: `${ns}/${name}` };
+}
+
+/**
+ * Labels that make kube-proxy (and us) skip a Service or EndpointSlice: another proxy's
+ * service-proxy-name, or the headless marker. `proxyName` is the name kube-ipvs answers to.
+ */
+function ignoredByLabels(labels: Record<string, string>, proxyName: string): string | null {
+  if (LABEL_SERVICE_PROXY_NAME in labels && labels[LABEL_SERVICE_PROXY_NAME] !== proxyName) {
+    return `labelled ${LABEL_SERVICE_PROXY_NAME}=${labels[LABEL_SERVICE_PROXY_NAME]}`;
+  }
+  if (LABEL_HEADLESS in labels) return `labelled ${LABEL_HEADLESS}`;
+  return null;
+}
+
+export interface ParseOptions {
+  /** The service-proxy-name kube-ipvs answers to. */
+  proxyName: string;
+}
+
+export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> {
+  const ref = refOf('Service', raw);
+  if (!isObj(raw)) return { status: 'invalid', problem: new Fields().problem(ref) ?? notAnObject(ref) };
+  const f = new Fields();
+  const md = metadata(raw, f, true);
+  const spec = f.obj(raw.spec, 'spec');
+  const status = f.obj(raw.status, 'status');
+  const warnings: Problem[] = [];
+
+  const type = f.oneOf(spec.type, 'spec.type', ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const, 'ClusterIP');
+
+  const rawIPs = f.arr(spec.clusterIPs, 'spec.clusterIPs');
+  const ipTexts: unknown[] = rawIPs.length > 0 ? rawIPs : spec.clusterIP === undefined || spec.clusterIP === null ? [] : [spec.clusterIP];
+  const ipField = (i: number) => (rawIPs.length > 0 ? `spec.clusterIPs[${i}]` : 'spec.clusterIP');
+  const headless = ipTexts.length > 0 && ipTexts[0] === 'None';
+  const clusterIPs: string[] = [];
+  if (!headless) {
+    ipTexts.forEach((t, i) => {
+      if (t === '') return;
+      const ip = f.ip(t, ipField(i));
+      if (ip) clusterIPs.push(ip);
+    });
+    if (clusterIPs.length === 2 && ipFamily(clusterIPs[0]!) === ipFamily(clusterIPs[1]!)) {
+      f.fail('spec.clusterIPs', 'two ClusterIPs must be of different families');
+    }
+    if (clusterIPs.length > 2) f.fail('spec.clusterIPs', 'at most two ClusterIPs (one per family)');
+  }
+
+  const ports: ServicePort[] = f.arr(spec.ports, 'spec.ports').map((p, i) => {
+    const field = `spec.ports[${i}]`;
+    const po = f.obj(p, field);
+    return {
+      name: f.str(po.name, `${field}.name`),
+      protocol: f.protocol(po.protocol, `${field}.protocol`),
+      port: po.port === undefined ? (f.fail(`${field}.port`, 'is required'), 0) : f.port(po.port, `${field}.port`, false),
+      nodePort: f.port(po.nodePort, `${field}.nodePort`, true),
+    };
+  });
+  const seen = new Set<string>();
+  ports.forEach((p, i) => {
+    const k = `${p.name}`;
+    if (seen.has(k)) f.fail(`spec.ports[${i}].name`, `duplicate port name ${JSON.stringify(p.name)}`);
+    seen.add(k);
+  });
+
+  const externalIPs = f.arr(spec.externalIPs, 'spec.externalIPs').flatMap((t, i) => f.ip(t, `spec.externalIPs[${i}]`) ?? []);
+  const loadBalancerIPs: string[] = [];
+  const lb = f.obj(status.loadBalancer, 'status.loadBalancer');
+  f.arr(lb.ingress, 'status.loadBalancer.ingress').forEach((ing, i) => {
+    const field = `status.loadBalancer.ingress[${i}]`;
+    const io = f.obj(ing, field);
+    const mode = f.oneOf(io.ipMode, `${field}.ipMode`, ['VIP', 'Proxy'] as const, 'VIP');
+    if (io.ip === undefined || io.ip === null || io.ip === '') return; // hostname-only ingress
+    const ip = f.ip(io.ip, `${field}.ip`);
+    if (ip && mode === 'VIP') loadBalancerIPs.push(ip);
+  });
+  const loadBalancerSourceRanges = f.arr(spec.loadBalancerSourceRanges, 'spec.loadBalancerSourceRanges').flatMap((t, i) => {
+    const text = typeof t === 'string' ? t.trim() : t;
+    const c = typeof text === 'string' ? parseCIDR(text) : null;
+    if (!c) {
+      f.fail(`spec.loadBalancerSourceRanges[${i}]`, `${JSON.stringify(t)} is not a CIDR`);
+      return [];
+    }
+    return [c.text];
+  });
+
+  const affinity = f.oneOf(spec.sessionAffinity, 'spec.sessionAffinity', ['None', 'ClientIP'] as const, 'None');
+  let affinityTimeoutSeconds = 0;
+  if (affinity === 'ClientIP') {
+    const cfg = f.obj(f.obj(spec.sessionAffinityConfig, 'spec.sessionAffinityConfig').clientIP, 'spec.sessionAffinityConfig.clientIP');
+    const t = cfg.timeoutSeconds;
+    affinityTimeoutSeconds = DEFAULT_AFFINITY_TIMEOUT_SECONDS;
+    if (t !== undefined && t !== null) {
+      if (typeof t !== 'number' || !Number.isInteger(t) || t < 1 || t > MAX_AFFINITY_TIMEOUT_SECONDS) {
+        f.fail('spec.sessionAffinityConfig.clientIP.timeoutSeconds', `${JSON.stringify(t)} is not in 1-${MAX_AFFINITY_TIMEOUT_SECONDS}`);
+      } else {
+        affinityTimeoutSeconds = t;
+      }
+    }
+  }
+  const itp = f.oneOf(spec.internalTrafficPolicy, 'spec.internalTrafficPolicy', ['Cluster', 'Local'] as const, 'Cluster');
+  const etp = f.oneOf(spec.externalTrafficPolicy, 'spec.externalTrafficPolicy', ['Cluster', 'Local'] as const, 'Cluster');
+  const healthCheckNodePort = f.port(spec.healthCheckNodePort, 'spec.healthCheckNodePort', true);
+  const trafficDistribution = f.oneOf(spec.trafficDistribution, 'spec.trafficDistribution', [...TRAFFIC_DISTRIBUTIONS, ''] as const, '');
+
+  let scheduler = '';
+  const ann = md.annotations[ANNOTATION_SCHEDULER];
+  if (ann !== undefined) {
+    if (isValidScheduler(ann)) scheduler = ann;
+    else
+      warnings.push({
+        code: Codes.ANNOTATION_INVALID,
+        severity: 'warning',
+        kind: 'Service',
+        name: md.key,
+        field: `metadata.annotations[${ANNOTATION_SCHEDULER}]`,
+        message: `${JSON.stringify(ann)} is not an IPVS scheduler (${SCHEDULERS.join(', ')}); using the default scheduler`,
+      });
+  }
+
+  const problem = f.problem({ kind: 'Service', name: md.key });
+  if (problem) return { status: 'invalid', problem };
+
+  const ignored = ignoredByLabels(md.labels, opts.proxyName);
+  if (ignored) return { status: 'ignored', reason: ignored, warnings };
+  if (type === 'ExternalName') return { status: 'ignored', reason: 'type ExternalName', warnings };
+  if (headless) return { status: 'ignored', reason: 'headless (clusterIP None)', warnings };
+  if (clusterIPs.length === 0) {
+    warnings.push({
+      code: Codes.OBJECT_UNSUPPORTED,
+      severity: 'warning',
+      kind: 'Service',
+      name: md.key,
+      field: 'spec.clusterIP',
+      message: 'no ClusterIP allocated yet; nothing to program until it has one',
+    });
+    return { status: 'ignored', reason: 'no ClusterIP', warnings };
+  }
+
+  const externallyAccessible = type !== 'ClusterIP' || externalIPs.length > 0;
+  return {
+    status: 'ok',
+    warnings,
+    value: {
+      key: md.key,
+      namespace: md.namespace,
+      name: md.name,
+      type: type as ServiceType,
+      clusterIPs,
+      externalIPs,
+      loadBalancerIPs: type === 'LoadBalancer' ? loadBalancerIPs : [],
+      loadBalancerSourceRanges: type === 'LoadBalancer' ? loadBalancerSourceRanges : [],
+      ports: type === 'ClusterIP' ? ports.map((p) => ({ ...p, nodePort: 0 })) : ports,
+      affinityTimeoutSeconds,
+      internalTrafficPolicyLocal: itp === 'Local',
+      externalTrafficPolicyLocal: externallyAccessible && etp === 'Local',
+      healthCheckNodePort: type === 'LoadBalancer' && etp === 'Local' ? healthCheckNodePort : 0,
+      trafficDistribution,
+      scheduler,
+    },
+  };
+}
+
+function notAnObject(ref: ObjectRef): Problem {
+  return { code: Codes.OBJECT_INVALID, severity: 'error', kind: ref.kind, name: ref.name, message: 'is not an object (object ignored)' };
+}
+
+function hintNames(v: unknown, field: string, f: Fields): string[] | null {
+  const list = f.arr(v, field);
+  if (list.length === 0) return null;
+  return list.map((h, i) => f.str(f.obj(h, `${field}[${i}]`).name, `${field}[${i}].name`));
+}
+
+export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<EndpointSlice> {
+  const ref = refOf('EndpointSlice', raw);
+  if (!isObj(raw)) return { status: 'invalid', problem: notAnObject(ref) };
+  const f = new Fields();
+  const md = metadata(raw, f, true);
+  const serviceName = md.labels[LABEL_SERVICE_NAME];
+  if (!serviceName) f.fail(`metadata.labels[${LABEL_SERVICE_NAME}]`, 'is missing: the slice has no owning Service');
+  const addressType = f.oneOf(raw.addressType, 'addressType', ['IPv4', 'IPv6', 'FQDN'] as const, 'IPv4');
+  if (raw.addressType === undefined) f.fail('addressType', 'is required');
+  const family: Family | null = addressType === 'IPv4' ? 4 : addressType === 'IPv6' ? 6 : null;
+
+  const ports: EndpointSlicePort[] = [];
+  f.arr(raw.ports, 'ports').forEach((p, i) => {
+    const po = f.obj(p, `ports[${i}]`);
+    // kube-proxy skips a port with no number rather than rejecting the slice.
+    if (po.port === undefined || po.port === null) return;
+    ports.push({
+      name: f.str(po.name, `ports[${i}].name`),
+      protocol: f.protocol(po.protocol, `ports[${i}].protocol`),
+      port: f.port(po.port, `ports[${i}].port`, false),
+    });
+  });
+
+  const endpoints: SliceEndpoint[] = [];
+  f.arr(raw.endpoints, 'endpoints').forEach((e, i) => {
+    const field = `endpoints[${i}]`;
+    const eo = f.obj(e, field);
+    const addrs = f.arr(eo.addresses, `${field}.addresses`);
+    if (addrs.length === 0) return; // kube-proxy skips endpoints without addresses
+    const address = f.ip(addrs[0], `${field}.addresses[0]`);
+    if (address && family !== null && ipFamily(address) !== family) {
+      f.fail(`${field}.addresses[0]`, `${address} is not an ${addressType} address`);
+    }
+    const cond = f.obj(eo.conditions, `${field}.conditions`);
+    const hints = f.obj(eo.hints, `${field}.hints`);
+    endpoints.push({
+      address: address ?? '',
+      ready: f.bool(cond.ready, `${field}.conditions.ready`) ?? true,
+      serving: f.bool(cond.serving, `${field}.conditions.serving`) ?? true,
+      terminating: f.bool(cond.terminating, `${field}.conditions.terminating`) ?? false,
+      nodeName: f.str(eo.nodeName, `${field}.nodeName`),
+      zone: f.str(eo.zone, `${field}.zone`),
+      zoneHints: hintNames(hints.forZones, `${field}.hints.forZones`, f),
+      nodeHints: hintNames(hints.forNodes, `${field}.hints.forNodes`, f),
+    });
+  });
+
+  const problem = f.problem({ kind: 'EndpointSlice', name: md.key });
+  if (problem) return { status: 'invalid', problem };
+  const ignored = ignoredByLabels(md.labels, opts.proxyName);
+  if (ignored) return { status: 'ignored', reason: ignored, warnings: [] };
+  return {
+    status: 'ok',
+    warnings: [],
+    value: { key: md.key, serviceKey: `${md.namespace}/${serviceName}`, family, ports, endpoints: family === null ? [] : endpoints },
+  };
+}
+
+export function parseNode(raw: unknown): Parsed<NodeInfo> {
+  const ref = refOf('Node', raw);
+  if (!isObj(raw)) return { status: 'invalid', problem: notAnObject(ref) };
+  const f = new Fields();
+  const md = metadata(raw, f, false);
+  const status = f.obj(raw.status, 'status');
+  const addresses: NodeInfo['addresses'] = [];
+  f.arr(status.addresses, 'status.addresses').forEach((a, i) => {
+    const ao = f.obj(a, `status.addresses[${i}]`);
+    const type = f.str(ao.type, `status.addresses[${i}].type`);
+    if (type !== 'InternalIP' && type !== 'ExternalIP') return;
+    const ip = f.ip(ao.address, `status.addresses[${i}].address`);
+    if (ip && !addresses.some((x) => x.address === ip)) addresses.push({ type, address: ip });
+  });
+  const problem = f.problem(ref);
+  if (problem) return { status: 'invalid', problem };
+  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses } };
+}

@@ -1,0 +1,58 @@
+// Builds a model and a full plan from a folder of manifests: what `kube-ipvs plan` and the
+// golden tests run. Problems come back with the file and line of the object that caused them.
+import { hostname } from 'node:os';
+import { Codes, type Problem } from '../errors.ts';
+import type { Config } from '../config/config.ts';
+import { Model } from '../model/model.ts';
+import type { ManifestSet } from '../sources/manifests.ts';
+import { Planner } from './plan.ts';
+import type { NodePlan, PlanConfig } from './types.ts';
+
+export function planConfigFrom(cfg: Config): PlanConfig {
+  return {
+    scheduler: cfg.ipvs.scheduler,
+    nodePortAddresses: cfg.nodePortAddresses,
+    nodeHints: cfg.featureGates.PreferSameTrafficDistribution ?? true,
+  };
+}
+
+/** --node, else the config's hostnameOverride, else the only Node in the set, else the hostname. */
+export function chooseNodeName(set: ManifestSet, cfg: Config, nodeFlag?: string): string {
+  if (nodeFlag) return nodeFlag;
+  if (cfg.hostnameOverride) return cfg.hostnameOverride.trim().toLowerCase();
+  const nodes = set.objects.filter((o) => o.kind === 'Node');
+  const name = (nodes[0]?.object.metadata as { name?: unknown } | undefined)?.name;
+  if (nodes.length === 1 && typeof name === 'string') return name;
+  return hostname().toLowerCase();
+}
+
+export interface ManifestPlan {
+  plan: NodePlan;
+  model: Model;
+  planner: Planner;
+  problems: Problem[];
+}
+
+export function planManifests(set: ManifestSet, cfg: Config, nodeFlag?: string): ManifestPlan {
+  const problems = [...set.problems];
+  const model = new Model({ nodeName: chooseNodeName(set, cfg, nodeFlag), proxyName: cfg.serviceProxyName });
+  // Nodes first, then Services, then slices: the order an informer-fed model usually sees them.
+  const order = { Node: 0, Service: 1, EndpointSlice: 2 } as const;
+  const objects = [...set.objects].sort((a, b) => order[a.kind] - order[b.kind]);
+  for (const o of objects) {
+    const r = model.apply({ kind: o.kind, previous: null, current: o.object });
+    for (const p of r.problems) problems.push({ ...p, file: o.file, line: o.line });
+  }
+  if (!model.node) {
+    problems.push({
+      code: Codes.NODE_NOT_FOUND,
+      severity: 'warning',
+      kind: 'Node',
+      name: model.nodeName,
+      message: 'no such Node in the manifests: no node addresses (NodePorts get no virtual servers) and no zone (topology hints are ignored)',
+    });
+  }
+  const planner = new Planner(model, planConfigFrom(cfg));
+  planner.planAll();
+  return { plan: planner.snapshot(), model, planner, problems };
+}

@@ -1,0 +1,163 @@
+// From the model to the desired IPVS state, one Service at a time. Deterministic: the same
+// model and config always give the same plan, in the same order.
+import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/endpoints.ts';
+import type { ApplyResult, Model } from '../model/model.ts';
+import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
+import { cidrContains, compareIP, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
+import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind } from './types.ts';
+
+/** What planning needs from the node, derived once per Node change rather than per Service. */
+export interface NodeContext {
+  topology: Topology;
+  /** Node addresses that accept NodePorts, per family. */
+  nodePortAddresses: Record<Family, string[]>;
+}
+
+/** The node addresses NodePorts listen on: all of them, those in the CIDRs, and/or the primary ones. */
+export function selectNodePortAddresses(node: NodeInfo | null, nodePortAddresses: readonly string[]): string[] {
+  const all = node?.addresses ?? [];
+  if (nodePortAddresses.length === 0) return all.map((a) => a.address);
+  const cidrs = nodePortAddresses.flatMap((c) => parseCIDR(c) ?? []);
+  const primary = new Set<string>();
+  if (nodePortAddresses.includes('primary')) {
+    // kube-proxy's node IPs: per family the first InternalIP, else the first ExternalIP.
+    for (const fam of [4, 6] as const) {
+      const ofFam = all.filter((a) => ipFamily(a.address) === fam);
+      const pick = ofFam.find((a) => a.type === 'InternalIP') ?? ofFam[0];
+      if (pick) primary.add(pick.address);
+    }
+  }
+  return all.map((a) => a.address).filter((ip) => primary.has(ip) || cidrs.some((c) => cidrContains(c, ip)));
+}
+
+export function nodeContext(model: Model, cfg: PlanConfig): NodeContext {
+  const node = model.node;
+  const selected = selectNodePortAddresses(node, cfg.nodePortAddresses);
+  return {
+    topology: { nodeName: model.nodeName, zone: node?.zone ?? '', nodeHints: cfg.nodeHints },
+    nodePortAddresses: {
+      4: selected.filter((a) => ipFamily(a) === 4),
+      6: selected.filter((a) => ipFamily(a) === 6),
+    },
+  };
+}
+
+function realServers(eps: readonly Endpoint[]): RealServer[] {
+  return eps
+    .map((e) => ({ address: e.address, port: e.port, weight: 1 }))
+    .sort((a, b) => compareIP(a.address, b.address) || a.port - b.port);
+}
+
+/** Plans one Service: its virtual servers and the addresses they need on the dummy interface. */
+export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig): ServicePlan {
+  const virtualServers: VirtualServer[] = [];
+  const addresses: string[] = [];
+  const slices = model.slicesFor(svc.key);
+  const policy = {
+    internalTrafficPolicyLocal: svc.internalTrafficPolicyLocal,
+    externalTrafficPolicyLocal: svc.externalTrafficPolicyLocal,
+    externallyAccessible: svc.type !== 'ClusterIP' || svc.externalIPs.length > 0,
+  };
+  const scheduler = svc.scheduler || cfg.scheduler;
+
+  // One family at a time, as kube-proxy runs one proxier per family: a family without a
+  // ClusterIP gets nothing, and external addresses of the other family are not ours there.
+  for (const clusterIP of svc.clusterIPs) {
+    const family = ipFamily(clusterIP)!;
+    const ofFamily = (ips: string[]) => ips.filter((ip) => ipFamily(ip) === family);
+    const targets: [VirtualServerKind, string[]][] = [
+      ['ClusterIP', [clusterIP]],
+      ['ExternalIP', ofFamily(svc.externalIPs)],
+      ['LoadBalancer', ofFamily(svc.loadBalancerIPs)],
+      ['NodePort', ctx.nodePortAddresses[family]],
+    ];
+    for (const [, ips] of targets.slice(0, 3)) for (const ip of ips) if (!addresses.includes(ip)) addresses.push(ip);
+
+    for (const port of svc.ports) {
+      const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
+      const internal = realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster);
+      const external = realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster);
+      for (const [kind, ips] of targets) {
+        if (kind === 'NodePort' && port.nodePort === 0) continue;
+        for (const address of ips) {
+          const rs = kind === 'ClusterIP' ? internal : external;
+          virtualServers.push({
+            service: svc.key,
+            portName: port.name,
+            kind,
+            protocol: port.protocol,
+            family,
+            address,
+            port: kind === 'NodePort' ? port.nodePort : port.port,
+            scheduler,
+            persistenceTimeoutSeconds: svc.affinityTimeoutSeconds,
+            realServers: rs.map((r) => ({ ...r })),
+          });
+        }
+      }
+    }
+  }
+  return { service: svc.key, virtualServers, addresses };
+}
+
+/**
+ * Keeps one ServicePlan per Service and re-plans only what a model change touched.
+ * A Node change re-plans everything, since node addresses, zone and locality feed every Service.
+ */
+export class Planner {
+  readonly model: Model;
+  readonly config: PlanConfig;
+  #ctx: NodeContext;
+  #plans = new Map<string, ServicePlan>();
+
+  constructor(model: Model, config: PlanConfig) {
+    this.model = model;
+    this.config = config;
+    this.#ctx = nodeContext(model, config);
+  }
+
+  /** Re-plans everything. Returns the keys of every planned Service. */
+  planAll(): string[] {
+    this.#ctx = nodeContext(this.model, this.config);
+    this.#plans.clear();
+    const keys = this.model.serviceKeys();
+    for (const key of keys) this.#replan(key);
+    return keys;
+  }
+
+  /** Re-plans what one model change touched. Returns the Service keys whose plan was recomputed. */
+  update(result: ApplyResult): string[] {
+    if (result.nodeChanged) return this.planAll();
+    for (const key of result.changedServices) this.#replan(key);
+    return result.changedServices;
+  }
+
+  servicePlan(key: string): ServicePlan | undefined {
+    return this.#plans.get(key);
+  }
+
+  #replan(key: string): void {
+    const svc = this.model.service(key);
+    if (svc) this.#plans.set(key, planService(svc, this.model, this.#ctx, this.config));
+    else this.#plans.delete(key);
+  }
+
+  /** The whole node's desired state, Services in key order. */
+  snapshot(): NodePlan {
+    const keys = [...this.#plans.keys()].sort();
+    const virtualServers: VirtualServer[] = [];
+    const addresses = new Set<string>();
+    for (const key of keys) {
+      const p = this.#plans.get(key)!;
+      virtualServers.push(...p.virtualServers);
+      for (const a of p.addresses) addresses.add(a);
+    }
+    return {
+      node: this.model.nodeName,
+      virtualServers,
+      ipsets: {},
+      iptables: {},
+      addresses: [...addresses].sort(compareIP),
+    };
+  }
+}

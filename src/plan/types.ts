@@ -1,0 +1,60 @@
+// The desired node state. The JSON form of NodePlan is a contract (DESIGN.md, "Contracts"):
+// fields may be added, the ones here must stay.
+import type { Protocol } from '../model/types.ts';
+import type { Family } from '../util/ip.ts';
+
+export type VirtualServerKind = 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalIP';
+
+export interface RealServer {
+  address: string;
+  port: number;
+  /** 0 means draining: no new connections. */
+  weight: number;
+}
+
+export interface VirtualServer {
+  /** "namespace/name" */
+  service: string;
+  portName: string;
+  kind: VirtualServerKind;
+  protocol: Protocol;
+  family: Family;
+  address: string;
+  port: number;
+  scheduler: string;
+  /** ClientIP affinity timeout; 0 when the Service has no affinity. */
+  persistenceTimeoutSeconds: number;
+  realServers: RealServer[];
+}
+
+export interface IpsetPlan {
+  type: string;
+  entries: string[];
+}
+
+export interface NodePlan {
+  node: string;
+  virtualServers: VirtualServer[];
+  /** Filled by the iptables stage (not built yet): always empty for now. */
+  ipsets: Record<string, IpsetPlan>;
+  /** Filled by the iptables stage (not built yet): always empty for now. */
+  iptables: Record<string, string>;
+  /** Addresses bound to the dummy interface: ClusterIPs, ExternalIPs, LoadBalancer IPs. */
+  addresses: string[];
+}
+
+/** What one Service contributes to the node: re-planned on its own when it changes. */
+export interface ServicePlan {
+  service: string;
+  virtualServers: VirtualServer[];
+  addresses: string[];
+}
+
+export interface PlanConfig {
+  /** Default IPVS scheduler. */
+  scheduler: string;
+  /** CIDRs, or "primary"; empty means every node address. */
+  nodePortAddresses: string[];
+  /** Honour hints.forNodes (kube-proxy's PreferSameTrafficDistribution gate, on by default). */
+  nodeHints: boolean;
+}

@@ -1,0 +1,163 @@
+// IP addresses and CIDRs: parsing (as Kubernetes' ParseIPSloppy does), canonical text, containment.
+// Addresses travel through the model and the plan as canonical strings; bytes are only for math.
+
+export type Family = 4 | 6;
+
+export interface ParsedIP {
+  family: Family;
+  bytes: Uint8Array;
+}
+
+export interface CIDR {
+  family: Family;
+  bytes: Uint8Array;
+  prefix: number;
+  text: string;
+}
+
+function parseV4(s: string): Uint8Array | null {
+  const parts = s.split('.');
+  if (parts.length !== 4) return null;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const p = parts[i]!;
+    // Sloppy like Go's ParseIPSloppy: leading zeros are decimal, not octal.
+    if (p.length === 0 || p.length > 3 || !/^[0-9]+$/.test(p)) return null;
+    const n = Number(p);
+    if (n > 255) return null;
+    out[i] = n;
+  }
+  return out;
+}
+
+function parseV6(s: string): Uint8Array | null {
+  if (s.includes('%')) return null; // zones are not service addresses
+  let head = s;
+  let v4tail: Uint8Array | null = null;
+  const lastColon = s.lastIndexOf(':');
+  if (lastColon >= 0 && s.indexOf('.', lastColon) >= 0) {
+    v4tail = parseV4(s.slice(lastColon + 1));
+    if (!v4tail) return null;
+    head = s.slice(0, lastColon + 1) + '0:0';
+  }
+  const halves = head.split('::');
+  if (halves.length > 2) return null;
+  const toGroups = (h: string): number[] | null => {
+    if (h === '') return [];
+    const gs = h.split(':');
+    const out: number[] = [];
+    for (const g of gs) {
+      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+      out.push(parseInt(g, 16));
+    }
+    return out;
+  };
+  const left = toGroups(halves[0]!);
+  const right = halves.length === 2 ? toGroups(halves[1]!) : [];
+  if (!left || !right) return null;
+  let groups: number[];
+  if (halves.length === 2) {
+    const missing = 8 - left.length - right.length;
+    if (missing < 1) return null;
+    groups = [...left, ...new Array<number>(missing).fill(0), ...right];
+  } else {
+    groups = left;
+  }
+  if (groups.length !== 8) return null;
+  const out = new Uint8Array(16);
+  groups.forEach((g, i) => {
+    out[i * 2] = g >> 8;
+    out[i * 2 + 1] = g & 0xff;
+  });
+  if (v4tail) out.set(v4tail, 12);
+  return out;
+}
+
+export function parseIP(s: string): ParsedIP | null {
+  if (typeof s !== 'string' || s.length === 0) return null;
+  if (s.includes(':')) {
+    const b = parseV6(s);
+    return b ? { family: 6, bytes: b } : null;
+  }
+  const b = parseV4(s);
+  return b ? { family: 4, bytes: b } : null;
+}
+
+/** RFC 5952 text for IPv6 (longest zero run compressed, lower case); dotted quad for IPv4. */
+export function formatIP(ip: ParsedIP): string {
+  const b = ip.bytes;
+  if (ip.family === 4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((b[i]! << 8) | b[i + 1]!);
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen && j - i >= 2) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
+  if (bestStart < 0) return hex(groups);
+  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;
+}
+
+/** The canonical text of an address, or null when it is not an IP address. */
+export function canonicalIP(s: string): string | null {
+  const p = parseIP(s);
+  return p ? formatIP(p) : null;
+}
+
+export function ipFamily(s: string): Family | null {
+  return parseIP(s)?.family ?? null;
+}
+
+export function parseCIDR(s: string): CIDR | null {
+  if (typeof s !== 'string') return null;
+  const slash = s.indexOf('/');
+  if (slash < 0) return null;
+  const ip = parseIP(s.slice(0, slash));
+  const prefixText = s.slice(slash + 1);
+  if (!ip || !/^[0-9]{1,3}$/.test(prefixText)) return null;
+  const prefix = Number(prefixText);
+  if (prefix > (ip.family === 4 ? 32 : 128)) return null;
+  const bytes = new Uint8Array(ip.bytes);
+  for (let bit = prefix; bit < bytes.length * 8; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
+  return { family: ip.family, bytes, prefix, text: `${formatIP({ family: ip.family, bytes })}/${prefix}` };
+}
+
+export function cidrContains(cidr: CIDR, ip: ParsedIP | string): boolean {
+  const p = typeof ip === 'string' ? parseIP(ip) : ip;
+  if (!p || p.family !== cidr.family) return false;
+  const full = cidr.prefix >> 3;
+  for (let i = 0; i < full; i++) if (p.bytes[i] !== cidr.bytes[i]) return false;
+  const rest = cidr.prefix & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (p.bytes[full]! & mask) === cidr.bytes[full];
+}
+
+/** Orders addresses numerically, IPv4 before IPv6; non-addresses last, by text. */
+export function compareIP(a: string, b: string): number {
+  const pa = parseIP(a);
+  const pb = parseIP(b);
+  if (!pa || !pb) return pa ? -1 : pb ? 1 : a < b ? -1 : a > b ? 1 : 0;
+  if (pa.family !== pb.family) return pa.family - pb.family;
+  for (let i = 0; i < pa.bytes.length; i++) {
+    const d = pa.bytes[i]! - pb.bytes[i]!;
+    if (d !== 0) return d;
+  }
+  return 0;
+}
+
+/** `addr:port`, with IPv6 in brackets, as ipvsadm prints them. */
+export function hostPort(address: string, port: number): string {
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
