@@ -338,7 +338,8 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
   });
 
   const endpoints: SliceEndpoint[] = [];
-  f.arr(raw.endpoints, 'endpoints').forEach((e, i) => {
+  // FQDN slices (kube-proxy ignores them) hold names, not addresses: nothing to read.
+  f.arr(family === null ? [] : raw.endpoints, 'endpoints').forEach((e, i) => {
     const field = `endpoints[${i}]`;
     const eo = f.obj(e, field);
     const addrs = f.arr(eo.addresses, `${field}.addresses`);
@@ -368,7 +369,7 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
   return {
     status: 'ok',
     warnings: [],
-    value: { key: md.key, serviceKey: `${md.namespace}/${serviceName}`, family, ports, endpoints: family === null ? [] : endpoints },
+    value: { key: md.key, serviceKey: `${md.namespace}/${serviceName}`, family, ports, endpoints },
   };
 }
 
