@@ -4,7 +4,8 @@ import { hostname } from 'node:os';
 import { Codes, type Problem } from '../errors.ts';
 import type { Config } from '../config/config.ts';
 import { Model } from '../model/model.ts';
-import type { ManifestSet } from '../sources/manifests.ts';
+import type { ManifestObject, ManifestSet } from '../sources/manifests.ts';
+import { refOf } from '../model/validate.ts';
 import { Planner } from './plan.ts';
 import type { NodePlan, PlanConfig } from './types.ts';
 
@@ -39,10 +40,28 @@ export function planManifests(set: ManifestSet, cfg: Config, nodeFlag?: string):
   // Nodes first, then Services, then slices: the order an informer-fed model usually sees them.
   const order = { Node: 0, Service: 1, EndpointSlice: 2 } as const;
   const objects = [...set.objects].sort((a, b) => order[a.kind] - order[b.kind]);
+  const seen = new Map<string, ManifestObject>();
   for (const o of objects) {
+    const ref = refOf(o.kind, o.object);
+    const id = `${ref.kind} ${ref.name}`;
+    const first = seen.get(id);
+    if (first) {
+      problems.push({
+        code: Codes.OBJECT_DUPLICATE,
+        severity: 'warning',
+        file: o.file,
+        line: o.line,
+        kind: ref.kind,
+        name: ref.name,
+        message: `also defined at ${first.file}:${first.line}; this later definition replaces it`,
+      });
+    }
+    seen.set(id, o);
     const r = model.apply({ kind: o.kind, previous: null, current: o.object });
     for (const p of r.problems) problems.push({ ...p, file: o.file, line: o.line });
   }
+  // Report in file order, whatever order the objects were applied in.
+  problems.sort((a, b) => (a.file ?? '\uffff').localeCompare(b.file ?? '\uffff') || (a.line ?? 0) - (b.line ?? 0));
   if (!model.node) {
     problems.push({
       code: Codes.NODE_NOT_FOUND,

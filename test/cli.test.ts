@@ -1,0 +1,97 @@
+// The command line, in-process through main() with injected output, and once as a real process.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { main } from '../src/cli.ts';
+import { trace } from '../src/plan/trace.ts';
+import type { NodePlan } from '../src/plan/types.ts';
+
+async function run(...argv: string[]) {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(argv, { stdout: (s) => (stdout += s), stderr: (s) => (stderr += s) });
+  return { code, stdout, stderr };
+}
+
+t.test('plan --output json keeps the contract', async (t) => {
+  const r = await run('plan', '--manifests', 'config/examples', '--output', 'json');
+  t.equal(r.code, 0);
+  t.equal(r.stderr, '', 'the examples are clean');
+  const plan = JSON.parse(r.stdout) as NodePlan;
+  t.same(Object.keys(plan).filter((k) => ['virtualServers', 'ipsets', 'iptables', 'addresses'].includes(k)).sort(), ['addresses', 'ipsets', 'iptables', 'virtualServers']);
+  for (const vs of plan.virtualServers) {
+    for (const f of ['service', 'portName', 'kind', 'protocol', 'address', 'port', 'scheduler', 'persistenceTimeoutSeconds', 'realServers']) t.ok(f in vs, `${vs.service} ${vs.address}:${vs.port} has ${f}`);
+    t.match(vs.kind, /^(ClusterIP|NodePort|LoadBalancer|ExternalIP)$/);
+    t.match(vs.protocol, /^(TCP|UDP|SCTP)$/);
+    for (const rs of vs.realServers) t.same(Object.keys(rs).sort(), ['address', 'port', 'weight']);
+  }
+  t.equal(plan.node, 'node-a', 'the only Node in the folder');
+  t.ok(plan.addresses.includes('10.96.0.10'), 'ClusterIPs go on the dummy interface');
+  t.notOk(plan.addresses.includes('192.168.49.2'), 'node addresses do not');
+  const v = trace(plan, { source: '10.244.0.99', destination: '10.96.0.10', port: 53, protocol: 'UDP' });
+  t.equal(v.result, 'forwarded');
+});
+
+t.test('plan table reads like ipvsadm', async (t) => {
+  const r = await run('plan', '--manifests', 'config/examples');
+  t.equal(r.code, 0);
+  t.match(r.stdout, /^UDP {2}10\.96\.0\.10:53 +rr +kube-system\/kube-dns \[dns\] ClusterIP$/m);
+  t.match(r.stdout, /^TCP {2}\[fd00:96::1234\]:80 +lc +persistent 600 +shop\/web \[http\] ClusterIP$/m);
+  t.match(r.stdout, /^ {2}-> 10\.244\.0\.2:53 +Masq +1$/m);
+});
+
+t.test('--node picks the node; a missing Node is a warning', async (t) => {
+  const r = await run('plan', '--manifests', 'config/examples', '--node', 'node-z', '--output', 'json');
+  t.equal(r.code, 0);
+  t.match(r.stderr, /warning KIPVS_NODE_NOT_FOUND Node node-z/);
+  const plan = JSON.parse(r.stdout) as NodePlan;
+  t.notOk(plan.virtualServers.some((v) => v.kind === 'NodePort'), 'no node addresses, no NodePorts');
+});
+
+t.test('bad input: every valid Service still planned; --strict makes it fail', async (t) => {
+  const lax = await run('plan', '--manifests', 'test/golden/bad-input/manifests', '--node', 'node-a', '--output', 'json');
+  t.equal(lax.code, 0);
+  t.ok((JSON.parse(lax.stdout) as NodePlan).virtualServers.some((v) => v.service === 'default/good'));
+  const strict = await run('plan', '--manifests', 'test/golden/bad-input/manifests', '--node', 'node-a', '--strict');
+  t.equal(strict.code, 1);
+  const warnOnly = await run('plan', '--manifests', 'config/examples', '--node', 'node-z', '--strict');
+  t.equal(warnOnly.code, 0, 'warnings alone do not fail --strict');
+});
+
+t.test('config errors stop the plan', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kipvs-'));
+  const cfg = join(dir, 'c.yaml');
+  writeFileSync(cfg, 'apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n');
+  const r = await run('plan', '--manifests', 'config/examples', '--config', cfg);
+  t.equal(r.code, 1);
+  t.equal(r.stdout, '', 'no plan printed from a rejected config');
+  t.match(r.stderr, /KIPVS_CONFIG_UNSUPPORTED_MODE .*c\.yaml: config: mode: "iptables"/);
+  const missing = await run('plan', '--manifests', 'config/examples', '--config', join(dir, 'nope.yaml'));
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /KIPVS_CONFIG_UNREADABLE/);
+  const withCfg = await run('plan', '--manifests', 'config/examples', '--config', 'config/kube-ipvs.yaml', '--output', 'json');
+  t.equal(withCfg.code, 0);
+});
+
+t.test('usage', async (t) => {
+  t.equal((await run('plan')).code, 2, 'plan without --manifests');
+  t.equal((await run('plan', '--manifests', 'x', '--output', 'yaml')).code, 2);
+  t.equal((await run('plan', '--bogus')).code, 2);
+  t.equal((await run('frobnicate')).code, 2);
+  t.equal((await run('--help')).code, 0);
+  const missingDir = await run('plan', '--manifests', '/nonexistent-dir');
+  t.match(missingDir.stderr, /KIPVS_MANIFEST_UNPARSABLE \/nonexistent-dir: is not a readable directory/);
+  for (const cmd of ['run', 'status', 'cleanup']) {
+    const r = await run(cmd);
+    t.equal(r.code, 2, `${cmd} is marked not built`);
+    t.match(r.stderr, /KIPVS_NOT_BUILT/);
+  }
+});
+
+t.test('the real entry point runs (what npm start runs)', async (t) => {
+  const { stdout } = await promisify(execFile)(process.execPath, ['src/cli.ts', 'plan', '--manifests', 'config/examples']);
+  t.match(stdout, /^IP Virtual Server plan for node node-a: \d+ virtual servers/);
+});
