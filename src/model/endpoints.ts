@@ -19,18 +19,7 @@ export function endpointsForPort(slices: readonly EndpointSlice[], port: Service
         const id = `${e.address}|${sp.port}`;
         if (seen.has(id)) continue;
         seen.add(id);
-        out.push({
-          address: e.address,
-          family,
-          port: sp.port,
-          ready: e.ready,
-          serving: e.serving,
-          terminating: e.terminating,
-          nodeName: e.nodeName,
-          zone: e.zone,
-          zoneHints: e.zoneHints,
-          nodeHints: e.nodeHints,
-        });
+        out.push({ ...e, family, port: sp.port });
       }
     }
   }

@@ -82,15 +82,7 @@ export interface NodeInfo {
 }
 
 /** One endpoint of one Service port, after slices are merged. */
-export interface Endpoint {
-  address: string;
+export interface Endpoint extends SliceEndpoint {
   family: Family;
   port: number;
-  ready: boolean;
-  serving: boolean;
-  terminating: boolean;
-  nodeName: string;
-  zone: string;
-  zoneHints: string[] | null;
-  nodeHints: string[] | null;
 }
