@@ -1,0 +1,209 @@
+// The IPVS kernel interface: one small async API, implemented over generic netlink here and in
+// memory by fake.ts. Every request has a timeout; kernel errors become IpvsError with the errno
+// and the operation, never a hang and never a bare string.
+import { constants as osConstants } from 'node:os';
+import { createGenericNetlink, FlagsGet, genl, MessageType, parseError, type GenericNetlinkSocket } from 'netlink';
+import {
+  decodeDestination,
+  decodeGenl,
+  decodeInfo,
+  decodeService,
+  decodeTimeouts,
+  destinationAttr,
+  destinationKeyAttr,
+  encodeRequest,
+  serviceAttr,
+  serviceKeyAttr,
+  timeoutAttrs,
+  type GenlMessage,
+} from './codec.ts';
+import { Cmd, CmdAttr, IPVS_GENL_NAME } from './constants.ts';
+import { serviceId, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceKey } from './types.ts';
+
+export interface Ipvs {
+  info(): Promise<IpvsInfo>;
+  services(): Promise<IpvsService[]>;
+  service(key: ServiceKey): Promise<IpvsService | null>;
+  addService(s: IpvsService): Promise<void>;
+  updateService(s: IpvsService): Promise<void>;
+  deleteService(key: ServiceKey): Promise<void>;
+  destinations(key: ServiceKey): Promise<IpvsDestination[]>;
+  addDestination(key: ServiceKey, d: IpvsDestination): Promise<void>;
+  updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void>;
+  deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void>;
+  timeouts(): Promise<IpvsTimeouts>;
+  setTimeouts(t: IpvsTimeouts): Promise<void>;
+  /** Zero the counters of one service, or of everything. */
+  zero(key?: ServiceKey): Promise<void>;
+  /** Remove every service. Never called by the reconciler: only by tests and explicit tools. */
+  flush(): Promise<void>;
+  close(): void;
+}
+
+const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
+
+/** A kernel (or transport) error for one IPVS operation. */
+export class IpvsError extends Error {
+  readonly op: string;
+  /** Positive errno (EEXIST = 17...), or 0 for a timeout or a transport failure. */
+  readonly errno: number;
+  /** "EEXIST", "ENOENT", "ESRCH", "ETIMEDOUT"... */
+  readonly code: string;
+  constructor(op: string, errno: number, code?: string, detail?: string) {
+    const c = code ?? errnoNames.get(errno) ?? `errno ${errno}`;
+    super(`IPVS ${op}: ${c}${detail ? ` (${detail})` : ''}`);
+    this.name = 'IpvsError';
+    this.op = op;
+    this.errno = errno;
+    this.code = c;
+  }
+}
+
+export interface NetlinkIpvsOptions {
+  /** Per-request timeout in ms (default 5000). */
+  timeoutMs?: number;
+}
+
+export class NetlinkIpvs implements Ipvs {
+  readonly #sock: GenericNetlinkSocket;
+  readonly #family: number;
+  readonly #timeout: number;
+
+  private constructor(sock: GenericNetlinkSocket, family: number, timeout: number) {
+    this.#sock = sock;
+    this.#family = family;
+    this.#timeout = timeout;
+  }
+
+  /** Opens a socket and resolves the IPVS family; fails with ENOENT when ip_vs is not loaded. */
+  static async open(opts: NetlinkIpvsOptions = {}): Promise<NetlinkIpvs> {
+    const timeout = opts.timeoutMs ?? 5000;
+    const sock = createGenericNetlink();
+    try {
+      // Large buffers: a dump of tens of thousands of services arrives in one burst.
+      sock.socket.setRecvBufferSize(8 * 1024 * 1024);
+      sock.socket.setSendBufferSize(4 * 1024 * 1024);
+    } catch {
+      /* best effort: the kernel caps these at net.core.[rw]mem_max */
+    }
+    try {
+      const fams = await sock.ctrlRequest(genl.Commands.GET_FAMILY, { familyName: IPVS_GENL_NAME }, { timeout });
+      const id = fams[0]?.familyId;
+      if (!id) throw new IpvsError('resolve family', 2, 'ENOENT', 'no IPVS generic netlink family');
+      return new NetlinkIpvs(sock, id, timeout);
+    } catch (e) {
+      sock.socket.close();
+      if (e instanceof IpvsError) throw e;
+      const msg = (e as Error).message;
+      if (/ENOENT/.test(msg)) throw new IpvsError('resolve family', 2, 'ENOENT', 'IPVS is not available: load the ip_vs kernel module');
+      if (/Timeout/.test(msg)) throw new IpvsError('resolve family', 0, 'ETIMEDOUT', `no answer within ${timeout} ms`);
+      throw new IpvsError('resolve family', 0, 'EIO', msg);
+    }
+  }
+
+  async #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+    let msgs;
+    try {
+      [msgs] = await this.#sock.socket.request(this.#family, encodeRequest(cmd, attrs), {
+        flags: dump ? FlagsGet.DUMP : 0,
+        timeout: this.#timeout,
+        checkError: false,
+      });
+    } catch (e) {
+      const m = (e as Error).message;
+      if (/Timeout/.test(m)) throw new IpvsError(op, 0, 'ETIMEDOUT', `no answer within ${this.#timeout} ms`);
+      const errno = Math.abs(Number((e as { errno?: number }).errno ?? 0));
+      throw new IpvsError(op, errno, errno ? undefined : 'EIO', m);
+    }
+    const out: GenlMessage[] = [];
+    for (const msg of msgs) {
+      if (msg.type === MessageType.ERROR) {
+        const { errno } = parseError(msg.data, msg.flags);
+        if (errno !== 0) throw new IpvsError(op, Math.abs(errno));
+        continue; // the ACK
+      }
+      if (msg.type === MessageType.DONE || msg.type === MessageType.NOOP) continue;
+      out.push(decodeGenl(msg.data));
+    }
+    return out;
+  }
+
+  async info(): Promise<IpvsInfo> {
+    const [m] = await this.#request('get info', Cmd.GET_INFO, []);
+    if (!m) throw new IpvsError('get info', 0, 'EIO', 'empty reply');
+    return decodeInfo(m);
+  }
+
+  async services(): Promise<IpvsService[]> {
+    const msgs = await this.#request('list services', Cmd.GET_SERVICE, [], true);
+    return msgs.flatMap((m) => {
+      const a = m.attrs.get(CmdAttr.SERVICE);
+      return a ? [decodeService(a)] : [];
+    });
+  }
+
+  async service(key: ServiceKey): Promise<IpvsService | null> {
+    try {
+      const [m] = await this.#request(`get service ${serviceId(key)}`, Cmd.GET_SERVICE, [serviceKeyAttr(key)]);
+      const a = m?.attrs.get(CmdAttr.SERVICE);
+      return a ? decodeService(a) : null;
+    } catch (e) {
+      if (e instanceof IpvsError && (e.code === 'ESRCH' || e.code === 'ENOENT')) return null;
+      throw e;
+    }
+  }
+
+  async addService(s: IpvsService): Promise<void> {
+    await this.#request(`add service ${serviceId(s)}`, Cmd.NEW_SERVICE, [serviceAttr(s)]);
+  }
+
+  async updateService(s: IpvsService): Promise<void> {
+    await this.#request(`update service ${serviceId(s)}`, Cmd.SET_SERVICE, [serviceAttr(s)]);
+  }
+
+  async deleteService(key: ServiceKey): Promise<void> {
+    await this.#request(`delete service ${serviceId(key)}`, Cmd.DEL_SERVICE, [serviceKeyAttr(key)]);
+  }
+
+  async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
+    const msgs = await this.#request(`list destinations of ${serviceId(key)}`, Cmd.GET_DEST, [serviceKeyAttr(key)], true);
+    return msgs.flatMap((m) => {
+      const a = m.attrs.get(CmdAttr.DEST);
+      return a ? [decodeDestination(a, key.family)] : [];
+    });
+  }
+
+  async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
+    await this.#request(`add destination ${d.address}:${d.port} to ${serviceId(key)}`, Cmd.NEW_DEST, [serviceKeyAttr(key), destinationAttr(d)]);
+  }
+
+  async updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
+    await this.#request(`update destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.SET_DEST, [serviceKeyAttr(key), destinationAttr(d)]);
+  }
+
+  async deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void> {
+    await this.#request(`delete destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.DEL_DEST, [serviceKeyAttr(key), destinationKeyAttr(d)]);
+  }
+
+  async timeouts(): Promise<IpvsTimeouts> {
+    const [m] = await this.#request('get timeouts', Cmd.GET_CONFIG, []);
+    if (!m) throw new IpvsError('get timeouts', 0, 'EIO', 'empty reply');
+    return decodeTimeouts(m);
+  }
+
+  async setTimeouts(t: IpvsTimeouts): Promise<void> {
+    await this.#request('set timeouts', Cmd.SET_CONFIG, timeoutAttrs(t));
+  }
+
+  async zero(key?: ServiceKey): Promise<void> {
+    await this.#request(key ? `zero ${serviceId(key)}` : 'zero all', Cmd.ZERO, key ? [serviceKeyAttr(key)] : []);
+  }
+
+  async flush(): Promise<void> {
+    await this.#request('flush', Cmd.FLUSH, []);
+  }
+
+  close(): void {
+    this.#sock.socket.close();
+  }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Boots the IPVS lab VM once and runs a command inside it, from the repository root:
+#   test/lab/boot.sh 'node test/lab/cases/run.ts'
+# The command's stdout is printed on stdout when the VM is done; everything else goes to stderr.
+# Exit status: the command's, or 90+ when the VM itself failed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+eval "$(bash "$here/prepare.sh")"
+results=$(mktemp -d /var/tmp/kipvs-lab.XXXXXX)
+trap 'rm -rf "$results"' EXIT
+printf '%s\n' "$1" > "$results/cmd.sh"
+echo "$repo" > "$results/repo"
+timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
+  -accel tcg -cpu max -smp "${LAB_CPUS:-2}" -m "${LAB_MEM:-3072}" \
+  -kernel "$VMLINUZ" -initrd "$INITRD" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 kipvs.moddir=$MODDIR kipvs.guest=$here/guest.sh" \
+  -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+  -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
+  -nographic -no-reboot -nic none >"$results/console.txt" 2>&1 || true
+if [ ! -f "$results/status" ]; then
+  echo "lab: the VM did not finish; console:" >&2
+  tail -n 40 "$results/console.txt" >&2
+  exit 90
+fi
+cat "$results/err.txt" >&2
+cat "$results/out.txt"
+exit "$(cat "$results/status")"

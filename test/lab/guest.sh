@@ -1,0 +1,25 @@
+#!/bin/sh
+# PID 1 inside the lab VM, after switch_root into the overlay of the host's root.
+# Mounts what a node has, loads IPVS, runs /lab-results/cmd.sh from the repository and powers off.
+# Its output goes to /lab-results/out.txt; the exit status to /lab-results/status.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /var/run/netns
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+# The host's /tmp is read-only under the overlay; a fresh one is hidden from the host (see DESIGN.md).
+mount -t tmpfs -o size=512m tmpfs /tmp
+mount -t tmpfs tmpfs /var/run/netns 2>/dev/null
+ip link set lo up
+for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh ip_vs_sed ip_vs_nq ip_vs_dh ip_vs_lblc ip_vs_lblcr nf_conntrack dummy veth bridge; do
+  modprobe "$m" 2>/dev/null || echo "lab: modprobe $m failed"
+done
+cd "$(cat /lab-results/repo)"
+sh /lab-results/cmd.sh > /lab-results/out.txt 2>/lab-results/err.txt
+echo $? > /lab-results/status
+sync
+poweroff -f
