@@ -6,7 +6,9 @@ import { canonicalIP, parseIP, type Family } from '../../util/ip.ts';
 import { AF_INET, AF_INET6, CmdAttr, DestAttr, InfoAttr, IPPROTO, IPVS_GENL_VERSION, StatsAttr, SvcAttr } from './constants.ts';
 import type { IpvsDestination, IpvsInfo, IpvsProtocol, IpvsService, IpvsStats, IpvsTimeouts, ServiceKey } from './types.ts';
 
-export class CodecError extends Error {}
+export class CodecError extends Error {
+  override name = 'CodecError';
+}
 
 // --- primitive encoders -----------------------------------------------------------------------
 
@@ -35,19 +37,24 @@ function addr16(address: string, family: Family): Buffer {
   return b;
 }
 
-type Attr = { type: number; data: Uint8Array | Uint8Array[] };
-const attr = (type: number, data: Uint8Array | Uint8Array[]): Attr => ({ type, data });
-/** A nested attribute; like ipvsadm, without NLA_F_NESTED (the kernel parses IPVS leniently). */
-const nest = (type: number, children: Attr[]): Attr => ({ type, data: children.flatMap((c) => formatAttribute(c)) });
+/** One encoded attribute: header, payload and padding to a 4-byte boundary. */
+export type Attr = Buffer;
 
-function concat(parts: Uint8Array[]): Buffer {
-  return Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p))));
+function attr(type: number, payload: Buffer): Attr {
+  const len = 4 + payload.length;
+  if (len > 0xffff) throw new CodecError(`attribute ${type} too long (${len} bytes)`);
+  const out = Buffer.alloc((len + 3) & ~3);
+  out.writeUInt16LE(len, 0);
+  out.writeUInt16LE(type & 0x3fff, 2);
+  payload.copy(out, 4);
+  return out;
 }
+/** A nested attribute; like ipvsadm, without NLA_F_NESTED (the kernel parses IPVS leniently). */
+const nest = (type: number, children: Attr[]): Attr => attr(type, Buffer.concat(children));
 
 /** genl header (cmd, version, reserved) followed by the attributes. */
 export function encodeRequest(cmd: number, attrs: Attr[]): Buffer {
-  const hdr = Buffer.from([cmd, IPVS_GENL_VERSION, 0, 0]);
-  return concat([hdr, ...attrs.flatMap((a) => formatAttribute(a))]);
+  return Buffer.concat([Buffer.from([cmd, IPVS_GENL_VERSION, 0, 0]), ...attrs]);
 }
 
 const familyAF = (f: Family) => (f === 4 ? AF_INET : AF_INET6);

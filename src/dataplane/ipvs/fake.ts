@@ -1,0 +1,145 @@
+// An in-memory IPVS with the kernel's semantics and error codes, for tests and dry runs.
+// It records every mutating call, so tests can assert "the minimal set of operations".
+import { IpvsError, type Ipvs } from './client.ts';
+import { destinationId, serviceId, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceKey } from './types.ts';
+
+const ESRCH = 3;
+const ENOENT = 2;
+const EEXIST = 17;
+const EINVAL = 22;
+
+export interface FakeOp {
+  op: 'addService' | 'updateService' | 'deleteService' | 'addDestination' | 'updateDestination' | 'deleteDestination' | 'setTimeouts' | 'zero' | 'flush';
+  service?: string;
+  destination?: string;
+  weight?: number;
+}
+
+interface Entry {
+  svc: IpvsService;
+  dests: Map<string, IpvsDestination>;
+}
+
+const KNOWN_SCHEDULERS = new Set(['rr', 'wrr', 'lc', 'wlc', 'lblc', 'lblcr', 'dh', 'sh', 'sed', 'nq', 'mh', 'fo', 'ovf', 'twos']);
+
+export class FakeIpvs implements Ipvs {
+  readonly ops: FakeOp[] = [];
+  #svcs = new Map<string, Entry>();
+  #timeouts: IpvsTimeouts = { tcp: 900, tcpFin: 120, udp: 300 };
+  /** Make the next matching call fail: `failures.set('addService TCP/10.0.0.1:80', 'EEXIST')`. */
+  readonly failures = new Map<string, string>();
+  closed = false;
+
+  #fail(op: string, id: string): void {
+    const code = this.failures.get(`${op} ${id}`) ?? this.failures.get(op);
+    if (code) throw new IpvsError(op, 0, code, 'injected');
+  }
+
+  #get(op: string, key: ServiceKey): Entry {
+    const e = this.#svcs.get(serviceId(key));
+    if (!e) throw new IpvsError(`${op} ${serviceId(key)}`, ESRCH);
+    return e;
+  }
+
+  async info(): Promise<IpvsInfo> {
+    return { version: '1.2.1', connTableSize: 4096 };
+  }
+
+  async services(): Promise<IpvsService[]> {
+    return [...this.#svcs.values()].map((e) => structuredClone(e.svc));
+  }
+
+  async service(key: ServiceKey): Promise<IpvsService | null> {
+    const e = this.#svcs.get(serviceId(key));
+    return e ? structuredClone(e.svc) : null;
+  }
+
+  async addService(s: IpvsService): Promise<void> {
+    const id = serviceId(s);
+    this.#fail('addService', id);
+    if (!KNOWN_SCHEDULERS.has(s.scheduler)) throw new IpvsError(`add service ${id}`, ENOENT, 'ENOENT', `no scheduler ${s.scheduler}`);
+    if (this.#svcs.has(id)) throw new IpvsError(`add service ${id}`, EEXIST);
+    this.#svcs.set(id, { svc: structuredClone(s), dests: new Map() });
+    this.ops.push({ op: 'addService', service: id });
+  }
+
+  async updateService(s: IpvsService): Promise<void> {
+    const id = serviceId(s);
+    this.#fail('updateService', id);
+    const e = this.#get('update service', s);
+    e.svc = structuredClone(s);
+    this.ops.push({ op: 'updateService', service: id });
+  }
+
+  async deleteService(key: ServiceKey): Promise<void> {
+    const id = serviceId(key);
+    this.#fail('deleteService', id);
+    this.#get('delete service', key);
+    this.#svcs.delete(id);
+    this.ops.push({ op: 'deleteService', service: id });
+  }
+
+  async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
+    return [...this.#get('list destinations of', key).dests.values()].map((d) => structuredClone(d));
+  }
+
+  async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
+    const id = serviceId(key);
+    this.#fail('addDestination', `${id} ${destinationId(d)}`);
+    const e = this.#get('add destination to', key);
+    if (d.weight < 0) throw new IpvsError('add destination', EINVAL);
+    if (e.dests.has(destinationId(d))) throw new IpvsError(`add destination ${destinationId(d)} to ${id}`, EEXIST);
+    e.dests.set(destinationId(d), { activeConns: 0, inactiveConns: 0, persistConns: 0, ...structuredClone(d) });
+    this.ops.push({ op: 'addDestination', service: id, destination: destinationId(d), weight: d.weight });
+  }
+
+  async updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
+    const id = serviceId(key);
+    this.#fail('updateDestination', `${id} ${destinationId(d)}`);
+    const e = this.#get('update destination of', key);
+    const old = e.dests.get(destinationId(d));
+    if (!old) throw new IpvsError(`update destination ${destinationId(d)} of ${id}`, ENOENT);
+    e.dests.set(destinationId(d), { ...old, ...structuredClone(d), activeConns: old.activeConns, inactiveConns: old.inactiveConns });
+    this.ops.push({ op: 'updateDestination', service: id, destination: destinationId(d), weight: d.weight });
+  }
+
+  async deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void> {
+    const id = serviceId(key);
+    this.#fail('deleteDestination', `${id} ${destinationId(d)}`);
+    const e = this.#get('delete destination of', key);
+    if (!e.dests.delete(destinationId(d))) throw new IpvsError(`delete destination ${destinationId(d)} of ${id}`, ENOENT);
+    this.ops.push({ op: 'deleteDestination', service: id, destination: destinationId(d) });
+  }
+
+  async timeouts(): Promise<IpvsTimeouts> {
+    return { ...this.#timeouts };
+  }
+
+  async setTimeouts(t: IpvsTimeouts): Promise<void> {
+    // As the kernel: a zero leaves that timeout unchanged.
+    this.#timeouts = { tcp: t.tcp || this.#timeouts.tcp, tcpFin: t.tcpFin || this.#timeouts.tcpFin, udp: t.udp || this.#timeouts.udp };
+    this.ops.push({ op: 'setTimeouts' });
+  }
+
+  async zero(key?: ServiceKey): Promise<void> {
+    if (key) this.#get('zero', key);
+    this.ops.push({ op: 'zero', ...(key ? { service: serviceId(key) } : {}) });
+  }
+
+  async flush(): Promise<void> {
+    this.#svcs.clear();
+    this.ops.push({ op: 'flush' });
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  /** Test helper: pretend connections exist on a destination (what graceful termination waits for). */
+  setConnections(key: ServiceKey, dest: { address: string; port: number }, active: number, inactive: number): void {
+    const d = this.#get('set connections', key).dests.get(destinationId(dest));
+    if (!d) throw new Error(`no destination ${destinationId(dest)}`);
+    d.activeConns = active;
+    d.inactiveConns = inactive;
+  }
+}
