@@ -3,6 +3,7 @@
 // by byte without a kernel. Attribute framing (TLV, padding) comes from the `netlink` package.
 import { formatAttribute, parseAttributes } from 'netlink';
 import { canonicalIP, parseIP, type Family } from '../../util/ip.ts';
+import { attr, cstr, nest, type Attr } from '../nlattr.ts';
 import { AF_INET, AF_INET6, CmdAttr, DestAttr, InfoAttr, IPPROTO, IPVS_GENL_VERSION, StatsAttr, SvcAttr } from './constants.ts';
 import type { IpvsDestination, IpvsInfo, IpvsProtocol, IpvsService, IpvsStats, IpvsTimeouts, ServiceKey } from './types.ts';
 
@@ -27,7 +28,6 @@ const u32 = (n: number) => {
   b.writeUInt32LE(n >>> 0);
   return b;
 };
-const cstr = (s: string) => Buffer.concat([Buffer.from(s, 'utf8'), Buffer.from([0])]);
 
 function addr16(address: string, family: Family): Buffer {
   const p = parseIP(address);
@@ -37,20 +37,6 @@ function addr16(address: string, family: Family): Buffer {
   return b;
 }
 
-/** One encoded attribute: header, payload and padding to a 4-byte boundary. */
-export type Attr = Buffer;
-
-function attr(type: number, payload: Buffer): Attr {
-  const len = 4 + payload.length;
-  if (len > 0xffff) throw new CodecError(`attribute ${type} too long (${len} bytes)`);
-  const out = Buffer.alloc((len + 3) & ~3);
-  out.writeUInt16LE(len, 0);
-  out.writeUInt16LE(type & 0x3fff, 2);
-  payload.copy(out, 4);
-  return out;
-}
-/** A nested attribute; like ipvsadm, without NLA_F_NESTED (the kernel parses IPVS leniently). */
-const nest = (type: number, children: Attr[]): Attr => attr(type, Buffer.concat(children));
 
 /** genl header (cmd, version, reserved) followed by the attributes. */
 export function encodeRequest(cmd: number, attrs: Attr[]): Buffer {
