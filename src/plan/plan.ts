@@ -109,6 +109,8 @@ export class Planner {
   readonly config: PlanConfig;
   #ctx: NodeContext;
   #plans = new Map<string, ServicePlan>();
+  /** How many Services want each dummy-interface address (an ExternalIP may be shared). */
+  #addressRefs = new Map<string, number>();
 
   constructor(model: Model, config: PlanConfig) {
     this.model = model;
@@ -120,6 +122,7 @@ export class Planner {
   planAll(): string[] {
     this.#ctx = nodeContext(this.model, this.config);
     this.#plans.clear();
+    this.#addressRefs.clear();
     const keys = this.model.serviceKeys();
     for (const key of keys) this.#replan(key);
     return keys;
@@ -136,10 +139,30 @@ export class Planner {
     return this.#plans.get(key);
   }
 
+  /** Every Service's plan, keyed by "namespace/name". */
+  plans(): ReadonlyMap<string, ServicePlan> {
+    return this.#plans;
+  }
+
+  addressInUse(address: string): boolean {
+    return (this.#addressRefs.get(address) ?? 0) > 0;
+  }
+
   #replan(key: string): void {
+    const old = this.#plans.get(key);
+    for (const a of old?.addresses ?? []) {
+      const n = (this.#addressRefs.get(a) ?? 1) - 1;
+      if (n > 0) this.#addressRefs.set(a, n);
+      else this.#addressRefs.delete(a);
+    }
     const svc = this.model.service(key);
-    if (svc) this.#plans.set(key, planService(svc, this.model, this.#ctx, this.config));
-    else this.#plans.delete(key);
+    if (!svc) {
+      this.#plans.delete(key);
+      return;
+    }
+    const plan = planService(svc, this.model, this.#ctx, this.config);
+    this.#plans.set(key, plan);
+    for (const a of plan.addresses) this.#addressRefs.set(a, (this.#addressRefs.get(a) ?? 0) + 1);
   }
 
   /** The whole node's desired state, Services in key order. */

@@ -1,0 +1,47 @@
+// The plan's virtual servers in IPVS terms, and what "already right" means when comparing
+// them with what the kernel reports.
+import type { VirtualServer } from '../plan/types.ts';
+import { FwdMethod, SvcFlag } from './ipvs/constants.ts';
+import { destinationId, serviceId, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+
+export interface DesiredVS {
+  id: string;
+  /** The Kubernetes Service ("namespace/name") it belongs to. */
+  owner: string;
+  service: IpvsService;
+  destinations: Map<string, IpvsDestination>;
+}
+
+export function toDesired(vs: VirtualServer): DesiredVS {
+  const service: IpvsService = {
+    family: vs.family,
+    protocol: vs.protocol,
+    address: vs.address,
+    port: vs.port,
+    scheduler: vs.scheduler,
+    flags: vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0,
+    timeout: vs.persistenceTimeoutSeconds,
+    netmask: vs.family === 4 ? 0xffffffff : 128,
+  };
+  const destinations = new Map<string, IpvsDestination>();
+  for (const rs of vs.realServers) {
+    const d: IpvsDestination = { family: vs.family, address: rs.address, port: rs.port, fwdMethod: FwdMethod.MASQ, weight: rs.weight, upperThreshold: 0, lowerThreshold: 0 };
+    destinations.set(destinationId(d), d);
+  }
+  return { id: serviceId(service), owner: vs.service, service, destinations };
+}
+
+/** Flags the kernel sets by itself and that we never ask for. */
+const KERNEL_FLAGS = SvcFlag.HASHED;
+
+export function serviceMatches(want: IpvsService, have: IpvsService): boolean {
+  return (
+    want.scheduler === have.scheduler &&
+    (want.flags & ~KERNEL_FLAGS) === (have.flags & ~KERNEL_FLAGS) &&
+    (want.flags & SvcFlag.PERSISTENT ? want.timeout === have.timeout && want.netmask === have.netmask : true)
+  );
+}
+
+export function destinationMatches(want: IpvsDestination, have: IpvsDestination): boolean {
+  return want.weight === have.weight && want.fwdMethod === have.fwdMethod && want.upperThreshold === have.upperThreshold && want.lowerThreshold === have.lowerThreshold;
+}

@@ -1,0 +1,366 @@
+// Makes the kernel match the plan with the fewest operations: reads what exists, diffs it
+// against the desired virtual servers, and applies the difference. Touches only what is ours
+// (see ownership.ts). One failing operation never stops the others: it is reported, and the
+// runner retries the sync with backoff.
+import type { ServicePlan } from '../plan/types.ts';
+import { cidrContains, parseCIDR, type CIDR } from '../util/ip.ts';
+import { destinationMatches, serviceMatches, toDesired, type DesiredVS } from './desired.ts';
+import { IpvsError, type Ipvs } from './ipvs/client.ts';
+import { destinationId, serviceId, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+import type { Links } from './links.ts';
+import type { OwnershipStore } from './ownership.ts';
+import { systemClock, type Clock } from './runner.ts';
+
+export interface OpError {
+  op: string;
+  code: string;
+  message: string;
+  /** The Kubernetes Service the operation was for, when there is one. */
+  service?: string;
+}
+
+export interface SyncResult {
+  full: boolean;
+  /** Kubernetes Services looked at. */
+  services: number;
+  /** Mutating kernel operations issued (successful or not). */
+  operations: number;
+  errors: OpError[];
+  durationMs: number;
+}
+
+export interface SyncRequest {
+  full: boolean;
+  /** Full: every Service's plan. Incremental: the touched Services; null means "deleted". */
+  plans: Map<string, ServicePlan | null>;
+  /** Whether any Service still wants this address (so removing one Service's use keeps it). */
+  addressInUse: (address: string) => boolean;
+}
+
+export interface ReconcilerOptions {
+  dummyInterface: string;
+  /** ipvs.excludeCIDRs: virtual servers on these addresses are never removed. */
+  excludeCIDRs?: string[];
+  /** A draining TCP destination is deleted after this long even with connections left. */
+  gracefulTerminationSeconds?: number;
+  /** How many virtual servers are reconciled at once. */
+  concurrency?: number;
+  clock?: Clock;
+  onError?: (e: OpError) => void;
+}
+
+const ok = (e: unknown, ...codes: string[]) => e instanceof IpvsError && codes.includes(e.code);
+
+export class Reconciler {
+  readonly #ipvs: Ipvs;
+  readonly #links: Links;
+  readonly #owned: OwnershipStore;
+  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError'>> & { onError: (e: OpError) => void };
+  readonly #exclude: CIDR[];
+  #index: number | null = null;
+  #ifAddrs = new Set<string>();
+  /** Kubernetes Service -> the virtual servers and addresses last applied for it. */
+  #applied = new Map<string, { vs: Set<string>; addresses: Set<string> }>();
+  /** Virtual server -> its owning Kubernetes Service. */
+  #vsOwner = new Map<string, string>();
+  /** Virtual server -> destination -> when it started draining (clock ms). */
+  #draining = new Map<string, Map<string, number>>();
+
+  constructor(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: ReconcilerOptions) {
+    this.#ipvs = ipvs;
+    this.#links = links;
+    this.#owned = owned;
+    this.#o = {
+      dummyInterface: opts.dummyInterface,
+      gracefulTerminationSeconds: opts.gracefulTerminationSeconds ?? 900,
+      concurrency: opts.concurrency ?? 32,
+      clock: opts.clock ?? systemClock,
+      onError: opts.onError ?? (() => {}),
+    };
+    this.#exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
+  }
+
+  /** Kubernetes Services that have destinations draining (a sync of them may finish the job). */
+  drainingServices(): string[] {
+    const out = new Set<string>();
+    for (const [vs, m] of this.#draining) if (m.size > 0) out.add(this.#vsOwner.get(vs) ?? '');
+    out.delete('');
+    return [...out];
+  }
+
+  async sync(req: SyncRequest): Promise<SyncResult> {
+    const started = this.#o.clock.now();
+    const run = new Run(this.#o.onError);
+    const ownedBefore = JSON.stringify([[...this.#owned.services], [...this.#owned.addresses]]);
+    try {
+      await this.#ensureInterface(req.full);
+    } catch (e) {
+      run.fail('ensure dummy interface', e);
+    }
+    if (this.#index !== null) {
+      if (req.full) await this.#full(req, run);
+      else await this.#incremental(req, run);
+    }
+    if (JSON.stringify([[...this.#owned.services], [...this.#owned.addresses]]) !== ownedBefore) {
+      try {
+        this.#owned.save();
+      } catch (e) {
+        run.fail('save ownership record', e);
+      }
+    }
+    return { full: req.full, services: req.plans.size, operations: run.ops, errors: run.errors, durationMs: this.#o.clock.now() - started };
+  }
+
+  /** Finds or creates the dummy interface; a full sync re-reads it (someone may have changed it). */
+  async #ensureInterface(refresh: boolean): Promise<void> {
+    if (this.#index !== null && !refresh) return;
+    this.#index = await this.#links.ensureDummy(this.#o.dummyInterface);
+    this.#ifAddrs = new Set(await this.#links.addresses(this.#index));
+  }
+
+  #excluded(address: string | undefined): boolean {
+    return address !== undefined && this.#exclude.some((c) => cidrContains(c, address));
+  }
+
+  /** Ours: recorded as created by us, or on an address of our own interface (and not excluded). */
+  #isOurs(s: IpvsService): boolean {
+    const id = serviceId(s);
+    if (this.#excluded(s.address)) return false;
+    return this.#owned.services.has(id) || (s.address !== undefined && this.#ifAddrs.has(s.address));
+  }
+
+  async #full(req: SyncRequest, run: Run): Promise<void> {
+    const desired = new Map<string, DesiredVS>();
+    const addresses = new Set<string>();
+    const applied = new Map<string, { vs: Set<string>; addresses: Set<string> }>();
+    for (const [key, plan] of req.plans) {
+      if (!plan) continue;
+      const a = { vs: new Set<string>(), addresses: new Set(plan.addresses) };
+      for (const vs of plan.virtualServers) {
+        const d = toDesired(vs);
+        desired.set(d.id, d);
+        a.vs.add(d.id);
+      }
+      plan.addresses.forEach((x) => addresses.add(x));
+      applied.set(key, a);
+    }
+    for (const a of addresses) await this.#addAddress(a, run);
+
+    let kernel: IpvsService[] = [];
+    try {
+      kernel = await this.#ipvs.services();
+    } catch (e) {
+      run.fail('list services', e);
+      return; // without the kernel's view, a full sync would guess; retry instead
+    }
+    const byId = new Map(kernel.map((s) => [serviceId(s), s]));
+    await pool([...desired.values()], this.#o.concurrency, (d) => this.#reconcileVS(d, byId.get(d.id) ?? null, run));
+    for (const [id, s] of byId) {
+      if (desired.has(id) || !this.#isOurs(s)) continue;
+      await this.#deleteVS(id, s, run);
+    }
+    for (const a of [...this.#owned.addresses]) {
+      if (!addresses.has(a)) await this.#deleteAddress(a, run);
+    }
+    this.#applied = applied;
+    this.#vsOwner = new Map([...desired.values()].map((d) => [d.id, d.owner]));
+    for (const id of this.#draining.keys()) if (!desired.has(id)) this.#draining.delete(id);
+  }
+
+  async #incremental(req: SyncRequest, run: Run): Promise<void> {
+    for (const [key, plan] of req.plans) {
+      const before = this.#applied.get(key) ?? { vs: new Set<string>(), addresses: new Set<string>() };
+      const now = { vs: new Set<string>(), addresses: new Set(plan?.addresses ?? []) };
+      const desired = (plan?.virtualServers ?? []).map(toDesired);
+      for (const a of now.addresses) await this.#addAddress(a, run);
+      await pool(desired, this.#o.concurrency, async (d) => {
+        now.vs.add(d.id);
+        this.#vsOwner.set(d.id, key);
+        let have: IpvsService | null = null;
+        try {
+          have = await this.#ipvs.service(d.service);
+        } catch (e) {
+          run.fail(`get service ${d.id}`, e, key);
+          return;
+        }
+        await this.#reconcileVS(d, have, run);
+      });
+      for (const id of before.vs) {
+        if (now.vs.has(id) || (this.#vsOwner.get(id) ?? key) !== key) continue; // moved to another Service
+        await this.#deleteVS(id, null, run, key);
+      }
+      for (const a of before.addresses) {
+        if (!now.addresses.has(a) && !req.addressInUse(a)) await this.#deleteAddress(a, run);
+      }
+      if (plan) this.#applied.set(key, now);
+      else this.#applied.delete(key);
+    }
+  }
+
+  async #addAddress(a: string, run: Run): Promise<void> {
+    if (this.#ifAddrs.has(a)) return;
+    run.ops++;
+    try {
+      await this.#links.addAddress(this.#index!, a);
+      this.#ifAddrs.add(a);
+      this.#owned.addresses.add(a);
+    } catch (e) {
+      run.fail(`add address ${a}`, e);
+    }
+  }
+
+  /** Removes an address only when we added it. */
+  async #deleteAddress(a: string, run: Run): Promise<void> {
+    if (!this.#owned.addresses.has(a)) return;
+    run.ops++;
+    try {
+      await this.#links.deleteAddress(this.#index!, a);
+      this.#ifAddrs.delete(a);
+      this.#owned.addresses.delete(a);
+    } catch (e) {
+      run.fail(`delete address ${a}`, e);
+    }
+  }
+
+  async #deleteVS(id: string, s: IpvsService | null, run: Run, owner?: string): Promise<void> {
+    if (s && !this.#isOurs(s)) return;
+    if (!s && !this.#owned.services.has(id)) return;
+    run.ops++;
+    try {
+      await this.#ipvs.deleteService(s ?? parseServiceId(id));
+    } catch (e) {
+      if (!ok(e, 'ESRCH', 'ENOENT')) {
+        run.fail(`delete service ${id}`, e, owner);
+        return;
+      }
+    }
+    this.#owned.services.delete(id);
+    this.#draining.delete(id);
+    this.#vsOwner.delete(id);
+  }
+
+  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run): Promise<void> {
+    let kernelDests: IpvsDestination[] = [];
+    if (!have) {
+      this.#owned.services.add(d.id);
+      run.ops++;
+      try {
+        await this.#ipvs.addService(d.service);
+      } catch (e) {
+        if (!ok(e, 'EEXIST')) {
+          this.#owned.services.delete(d.id);
+          run.fail(`add service ${d.id}`, e, d.owner);
+          return;
+        }
+        have = await this.#ipvs.service(d.service).catch(() => null);
+      }
+    }
+    if (have) {
+      // A service with our exact identity is ours from now on (adopting e.g. kube-proxy's leftover).
+      this.#owned.services.add(d.id);
+      if (!serviceMatches(d.service, have)) {
+        run.ops++;
+        try {
+          await this.#ipvs.updateService(d.service);
+        } catch (e) {
+          run.fail(`update service ${d.id}`, e, d.owner);
+        }
+      }
+      try {
+        kernelDests = await this.#ipvs.destinations(d.service);
+      } catch (e) {
+        run.fail(`list destinations of ${d.id}`, e, d.owner);
+        return;
+      }
+    }
+    const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
+    const draining = this.#draining.get(d.id) ?? new Map<string, number>();
+    // New and changed destinations first, so capacity is added before any is taken away.
+    for (const [did, want] of d.destinations) {
+      const k = kernel.get(did);
+      draining.delete(did);
+      if (k && destinationMatches(want, k)) continue;
+      run.ops++;
+      try {
+        if (k) await this.#ipvs.updateDestination(d.service, want);
+        else await this.#ipvs.addDestination(d.service, want);
+      } catch (e) {
+        run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
+      }
+    }
+    const now = this.#o.clock.now();
+    for (const [did, k] of kernel) {
+      if (d.destinations.has(did)) continue;
+      if (d.service.protocol !== 'TCP') {
+        // UDP and SCTP have no connection to finish: delete at once.
+        await this.#deleteDest(d, k, run);
+        continue;
+      }
+      // TCP: stop new connections (weight 0), delete when the last one is gone or the bound passes.
+      if (!draining.has(did)) draining.set(did, now);
+      const idle = (k.activeConns ?? 0) + (k.inactiveConns ?? 0) === 0;
+      const expired = now - draining.get(did)! >= this.#o.gracefulTerminationSeconds * 1000;
+      if (idle || expired) {
+        if (await this.#deleteDest(d, k, run)) draining.delete(did);
+      } else if (k.weight !== 0) {
+        run.ops++;
+        try {
+          await this.#ipvs.updateDestination(d.service, { ...k, weight: 0 });
+        } catch (e) {
+          run.fail(`drain destination ${did} of ${d.id}`, e, d.owner);
+        }
+      }
+    }
+    if (draining.size > 0) this.#draining.set(d.id, draining);
+    else this.#draining.delete(d.id);
+  }
+
+  async #deleteDest(d: DesiredVS, k: IpvsDestination, run: Run): Promise<boolean> {
+    run.ops++;
+    try {
+      await this.#ipvs.deleteDestination(d.service, k);
+      return true;
+    } catch (e) {
+      if (ok(e, 'ENOENT', 'ESRCH')) return true;
+      run.fail(`delete destination ${destinationId(k)} of ${d.id}`, e, d.owner);
+      return false;
+    }
+  }
+}
+
+/** One sync's counters and errors. */
+class Run {
+  ops = 0;
+  readonly errors: OpError[] = [];
+  readonly #report: (e: OpError) => void;
+  constructor(report: (e: OpError) => void) {
+    this.#report = report;
+  }
+  fail(op: string, e: unknown, service?: string): void {
+    const err: OpError = {
+      op,
+      code: (e as { code?: string }).code ?? 'EIO',
+      message: (e as Error).message ?? String(e),
+      ...(service ? { service } : {}),
+    };
+    this.errors.push(err);
+    this.#report(err);
+  }
+}
+
+/** Runs `fn` over `items` with at most `n` in flight. */
+async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  const worker = async () => {
+    while (i < items.length) await fn(items[i++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+}
+
+/** The inverse of serviceId for address-based services (what we record). */
+export function parseServiceId(id: string): IpvsService {
+  const m = /^(TCP|UDP|SCTP)\/(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(id);
+  if (!m) throw new Error(`not a service id: ${id}`);
+  const address = m[2] ?? m[3]!;
+  return { family: address.includes(':') ? 6 : 4, protocol: m[1] as IpvsService['protocol'] & string, address, port: Number(m[4]), scheduler: '', flags: 0, timeout: 0, netmask: 0 } as IpvsService;
+}

@@ -1,0 +1,137 @@
+// A bounded-frequency runner, as kube-proxy's: a requested sync runs as soon as minInterval
+// since the last one allows; a sync runs at least every maxInterval (the full resync); a failed
+// sync is retried with exponential backoff. Time comes from an injected clock, so tests step it.
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => {
+    const h = setTimeout(fn, ms);
+    h.unref?.();
+    return h;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+export interface RunnerOptions {
+  /** Minimum time between two syncs (minSyncPeriod). */
+  minIntervalMs: number;
+  /** A sync runs at least this often even when nothing asks (syncPeriod). */
+  maxIntervalMs: number;
+  /** First retry delay after a failure; doubles up to retryMaxMs. */
+  retryBaseMs: number;
+  retryMaxMs: number;
+  clock?: Clock;
+}
+
+/** What the runner asks for: `full` when the periodic resync is due. Resolves to success. */
+export type SyncFn = (reason: { full: boolean }) => Promise<boolean>;
+
+export class BoundedFrequencyRunner {
+  readonly #fn: SyncFn;
+  readonly #o: Required<RunnerOptions>;
+  #timer: unknown = null;
+  #timerAt = Infinity;
+  #running = false;
+  #pending = false;
+  #lastRun = -Infinity;
+  #lastFull: number;
+  #failures = 0;
+  #stopped = true;
+  #idle: (() => void)[] = [];
+
+  constructor(fn: SyncFn, opts: RunnerOptions) {
+    this.#fn = fn;
+    this.#o = { clock: systemClock, ...opts };
+    this.#lastFull = this.#o.clock.now();
+  }
+
+  get failures(): number {
+    return this.#failures;
+  }
+
+  /** Starts with one immediate full sync. */
+  start(): void {
+    this.#stopped = false;
+    this.#lastFull = -Infinity;
+    this.#schedule(0);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#clear();
+  }
+
+  /** Asks for a sync as soon as the minimum interval allows. */
+  request(): void {
+    if (this.#stopped) return;
+    this.#pending = true;
+    if (this.#running) return; // picked up when the current sync ends
+    const now = this.#o.clock.now();
+    this.#schedule(Math.max(0, this.#lastRun + this.#o.minIntervalMs - now));
+  }
+
+  /** Resolves when no sync is running or scheduled sooner than the periodic one (for tests). */
+  whenIdle(): Promise<void> {
+    if (!this.#running && !this.#pending) return Promise.resolve();
+    return new Promise((r) => this.#idle.push(r));
+  }
+
+  #clear(): void {
+    if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#timerAt = Infinity;
+  }
+
+  /** Arms the timer for `delay` from now unless it is already armed sooner. */
+  #schedule(delay: number): void {
+    const at = this.#o.clock.now() + delay;
+    if (at >= this.#timerAt) return;
+    this.#clear();
+    this.#timerAt = at;
+    this.#timer = this.#o.clock.setTimeout(() => {
+      this.#timer = null;
+      this.#timerAt = Infinity;
+      void this.#run();
+    }, delay);
+  }
+
+  async #run(): Promise<void> {
+    if (this.#stopped || this.#running) return;
+    const now = this.#o.clock.now();
+    const full = now - this.#lastFull >= this.#o.maxIntervalMs;
+    this.#running = true;
+    this.#pending = false;
+    this.#lastRun = now;
+    let ok = false;
+    try {
+      ok = await this.#fn({ full });
+    } catch {
+      ok = false;
+    }
+    this.#running = false;
+    if (this.#stopped) return;
+    if (ok) {
+      this.#failures = 0;
+      if (full) this.#lastFull = now;
+    } else {
+      this.#failures++;
+      this.#pending = true;
+    }
+    const after = this.#o.clock.now();
+    if (!ok) {
+      const backoff = Math.min(this.#o.retryMaxMs, this.#o.retryBaseMs * 2 ** (this.#failures - 1));
+      this.#schedule(Math.max(backoff, this.#lastRun + this.#o.minIntervalMs - after));
+    } else if (this.#pending) {
+      this.#schedule(Math.max(0, this.#lastRun + this.#o.minIntervalMs - after));
+    }
+    // The periodic full resync.
+    this.#schedule(Math.max(0, (full ? now : this.#lastFull) + this.#o.maxIntervalMs - after));
+    if (!this.#pending) this.#idle.splice(0).forEach((r) => r());
+  }
+}

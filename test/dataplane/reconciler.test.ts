@@ -1,0 +1,249 @@
+// The reconciler against the in-memory kernel: minimal operations, ownership, graceful
+// termination, restart behaviour and failure isolation.
+import t from 'tap';
+import { defaultConfig } from '../../src/config/config.ts';
+import { FakeIpvs } from '../../src/dataplane/ipvs/fake.ts';
+import { serviceId } from '../../src/dataplane/ipvs/types.ts';
+import { FakeLinks } from '../../src/dataplane/links.ts';
+import { MemoryOwnership } from '../../src/dataplane/ownership.ts';
+import { Reconciler, type SyncResult } from '../../src/dataplane/reconciler.ts';
+import { Model, type Change } from '../../src/model/model.ts';
+import { planConfigFrom } from '../../src/plan/from-manifests.ts';
+import { Planner } from '../../src/plan/plan.ts';
+import type { ServicePlan } from '../../src/plan/types.ts';
+import { ManualClock } from '../support/clock.ts';
+import { ep, node, service, slice } from '../support/objects.ts';
+
+class Harness {
+  model = new Model({ nodeName: 'node-a', proxyName: 'kube-ipvs' });
+  planner = new Planner(this.model, planConfigFrom(defaultConfig()));
+  ipvs: FakeIpvs;
+  links: FakeLinks;
+  owned: MemoryOwnership;
+  clock: ManualClock;
+  rec: Reconciler;
+  dirty = new Set<string>();
+  live = new Map<string, Record<string, unknown>>();
+
+  constructor(shared?: Harness) {
+    this.ipvs = shared?.ipvs ?? new FakeIpvs();
+    this.links = shared?.links ?? new FakeLinks();
+    this.owned = shared?.owned ?? new MemoryOwnership();
+    this.clock = shared?.clock ?? new ManualClock();
+    this.rec = new Reconciler(this.ipvs, this.links, this.owned, { dummyInterface: 'kube-ipvs0', clock: this.clock, gracefulTerminationSeconds: 60, excludeCIDRs: ['10.99.0.0/16'] });
+    this.planner.planAll();
+  }
+  put(obj: Record<string, unknown>) {
+    const md = obj.metadata as { name: string; namespace?: string };
+    const id = `${String(obj.kind)}/${md.namespace ?? ''}/${md.name}`;
+    const change: Change = { kind: obj.kind as Change['kind'], previous: this.live.get(id) ?? null, current: obj };
+    this.live.set(id, obj);
+    for (const k of this.planner.update(this.model.apply(change))) this.dirty.add(k);
+  }
+  remove(obj: Record<string, unknown>) {
+    const md = obj.metadata as { name: string; namespace?: string };
+    const id = `${String(obj.kind)}/${md.namespace ?? ''}/${md.name}`;
+    for (const k of this.planner.update(this.model.apply({ kind: obj.kind as Change['kind'], previous: obj, current: null }))) this.dirty.add(k);
+    this.live.delete(id);
+  }
+  async full(): Promise<SyncResult> {
+    this.dirty.clear();
+    return this.rec.sync({ full: true, plans: new Map(this.planner.plans()), addressInUse: (a) => this.planner.addressInUse(a) });
+  }
+  async incremental(): Promise<SyncResult> {
+    const plans = new Map<string, ServicePlan | null>([...this.dirty].map((k) => [k, this.planner.servicePlan(k) ?? null]));
+    this.dirty.clear();
+    return this.rec.sync({ full: false, plans, addressInUse: (a) => this.planner.addressInUse(a) });
+  }
+  /** The kernel as "service -> sorted dest:weight" for comparisons. */
+  async kernel(): Promise<Record<string, string[]>> {
+    const out: Record<string, string[]> = {};
+    for (const s of await this.ipvs.services()) out[serviceId(s)] = (await this.ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
+    return out;
+  }
+  opsSince(n: number) {
+    return this.ipvs.ops.slice(n).map((o) => `${o.op} ${o.service ?? ''}${o.destination ? ` ${o.destination}` : ''}${o.weight !== undefined ? ` w${o.weight}` : ''}`.trim());
+  }
+}
+
+const NODE = node('node-a', [['InternalIP', '192.168.1.10']], 'zone-a');
+const web = service('web', { clusterIPs: ['10.96.0.1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
+const webEps = (ips: string[]) => slice('web-1', 'web', ips.map((ip) => ep(ip, { node: 'node-b' })));
+const dns = service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
+const dnsEps = (ips: string[]) => slice('dns-1', 'dns', ips.map((ip) => ep(ip)), { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
+
+async function started() {
+  const h = new Harness();
+  h.put(NODE);
+  h.put(web);
+  h.put(webEps(['10.0.0.1', '10.0.0.2']));
+  h.put(dns);
+  h.put(dnsEps(['10.0.1.1', '10.0.1.2']));
+  const r = await h.full();
+  return { h, r };
+}
+
+t.test('cold start programs the plan; a second full sync does nothing', async (t) => {
+  const { h, r } = await started();
+  t.same(r.errors, []);
+  t.same(await h.kernel(), {
+    'TCP/10.96.0.1:80': ['10.0.0.1:8080=1', '10.0.0.2:8080=1'],
+    'TCP/192.168.1.10:30080': ['10.0.0.1:8080=1', '10.0.0.2:8080=1'],
+    'UDP/10.96.0.10:53': ['10.0.1.1:53=1', '10.0.1.2:53=1'],
+  });
+  t.same([...h.links.links.get('kube-ipvs0')!.addresses].sort(), ['10.96.0.1', '10.96.0.10'], 'service addresses on the dummy interface, node addresses not');
+  const n = h.ipvs.ops.length;
+  const again = await h.full();
+  t.equal(again.operations, 0, 'nothing to do');
+  t.same(h.opsSince(n), []);
+});
+
+t.test('an added endpoint is one operation per virtual server; a TCP removal drains first', async (t) => {
+  const { h } = await started();
+  let n = h.ipvs.ops.length;
+  h.put(webEps(['10.0.0.1', '10.0.0.2', '10.0.0.3']));
+  t.same([...h.dirty], ['default/web'], 'only the web Service is dirty');
+  await h.incremental();
+  t.same(h.opsSince(n).sort(), ['addDestination TCP/10.96.0.1:80 10.0.0.3:8080 w1', 'addDestination TCP/192.168.1.10:30080 10.0.0.3:8080 w1']);
+
+  // 10.0.0.1 goes away while it still has connections on the ClusterIP.
+  h.ipvs.setConnections({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }, { address: '10.0.0.1', port: 8080 }, 2, 1);
+  n = h.ipvs.ops.length;
+  h.put(webEps(['10.0.0.2', '10.0.0.3']));
+  await h.incremental();
+  t.same(h.opsSince(n).sort(), ['deleteDestination TCP/192.168.1.10:30080 10.0.0.1:8080', 'updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w0'], 'idle one deleted, busy one drained');
+  t.same(h.rec.drainingServices(), ['default/web']);
+
+  // Next sync: still busy, nothing to do.
+  n = h.ipvs.ops.length;
+  h.dirty.add('default/web');
+  await h.incremental();
+  t.same(h.opsSince(n), [], 'a draining destination with connections is left alone');
+
+  // Connections close: deleted at the next sync.
+  h.ipvs.setConnections({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }, { address: '10.0.0.1', port: 8080 }, 0, 0);
+  h.dirty.add('default/web');
+  await h.incremental();
+  t.same(h.opsSince(n), ['deleteDestination TCP/10.96.0.1:80 10.0.0.1:8080']);
+  t.same(h.rec.drainingServices(), []);
+});
+
+t.test('a draining destination is deleted when the bound passes, and restored if it comes back', async (t) => {
+  const { h } = await started();
+  const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+  h.ipvs.setConnections(vip, { address: '10.0.0.1', port: 8080 }, 5, 0);
+  h.put(webEps(['10.0.0.2']));
+  await h.incremental();
+  t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.1:8080=0', '10.0.0.2:8080=1']);
+
+  // It comes back (a rollout reverted): weight restored, not re-added.
+  let n = h.ipvs.ops.length;
+  h.put(webEps(['10.0.0.1', '10.0.0.2']));
+  await h.incremental();
+  t.same(h.opsSince(n).filter((o) => o.includes('10.96.0.1:80')), ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1']);
+
+  // Gone again, and connections never close: deleted once the bound (60 s) passes.
+  h.put(webEps(['10.0.0.2']));
+  await h.incremental();
+  await h.clock.advance(30_000);
+  n = h.ipvs.ops.length;
+  h.dirty.add('default/web');
+  await h.incremental();
+  t.same(h.opsSince(n), [], 'still within the bound');
+  await h.clock.advance(31_000);
+  h.dirty.add('default/web');
+  await h.incremental();
+  t.same(h.opsSince(n), ['deleteDestination TCP/10.96.0.1:80 10.0.0.1:8080'], 'deleted after the bound');
+});
+
+t.test('UDP destinations are deleted at once', async (t) => {
+  const { h } = await started();
+  h.ipvs.setConnections({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 }, { address: '10.0.1.1', port: 53 }, 3, 3);
+  const n = h.ipvs.ops.length;
+  h.put(dnsEps(['10.0.1.2']));
+  await h.incremental();
+  t.same(h.opsSince(n), ['deleteDestination UDP/10.96.0.10:53 10.0.1.1:53']);
+});
+
+t.test('a deleted Service loses its virtual servers and its address, unless another Service shares the address', async (t) => {
+  const { h } = await started();
+  h.put(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
+  h.put(service('web3', { clusterIPs: ['10.96.0.3'], externalIPs: ['198.51.100.1'], ports: [{ name: 'https', port: 443 }] }));
+  await h.incremental();
+  const addrs = () => [...h.links.links.get('kube-ipvs0')!.addresses].sort();
+  t.ok(addrs().includes('198.51.100.1'));
+  h.remove(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
+  const n = h.ipvs.ops.length;
+  await h.incremental();
+  t.same(h.opsSince(n).sort(), ['deleteService TCP/10.96.0.2:80', 'deleteService TCP/198.51.100.1:80']);
+  t.notOk(addrs().includes('10.96.0.2'), 'its ClusterIP is unbound');
+  t.ok(addrs().includes('198.51.100.1'), 'the shared ExternalIP stays for web3');
+});
+
+t.test('foreign state is never touched', async (t) => {
+  const { h } = await started();
+  // Another load balancer's service, on an address that is not ours, and one in excludeCIDRs
+  // on our interface; plus an address someone else put on our interface.
+  await h.ipvs.addService({ family: 4, protocol: 'TCP', address: '172.16.0.1', port: 80, scheduler: 'wlc', flags: 0, timeout: 0, netmask: 0xffffffff });
+  await h.ipvs.addDestination({ family: 4, protocol: 'TCP', address: '172.16.0.1', port: 80 }, { family: 4, address: '172.16.1.1', port: 80, fwdMethod: 0, weight: 7, upperThreshold: 0, lowerThreshold: 0 });
+  await h.ipvs.addService({ family: 4, fwmark: 77, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
+  const idx = (await h.links.find('kube-ipvs0'))!;
+  await h.links.addAddress(idx, '10.99.0.5');
+  await h.ipvs.addService({ family: 4, protocol: 'TCP', address: '10.99.0.5', port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
+  await h.links.addAddress(idx, '10.98.0.9');
+  h.remove(web);
+  await h.incremental();
+  await h.full();
+  const k = await h.kernel();
+  t.same(k['TCP/172.16.0.1:80'], ['172.16.1.1:80=7'], 'foreign service and destination untouched');
+  t.ok('FWM/77' in k, 'foreign fwmark service untouched');
+  t.ok('TCP/10.99.0.5:80' in k, 'excludeCIDRs service untouched');
+  t.ok(h.links.links.get('kube-ipvs0')!.addresses.has('10.98.0.9'), 'an address we did not add stays');
+  t.notOk('TCP/10.96.0.1:80' in k, 'our own deleted service is gone');
+});
+
+t.test('after a restart, weights come back to what the plan says (kubernetes#92019) and nothing is flushed', async (t) => {
+  const { h } = await started();
+  const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+  // The previous process died while these were at weight 0.
+  await h.ipvs.updateDestination(vip, { family: 4, address: '10.0.0.1', port: 8080, fwdMethod: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0 });
+  const fresh = new Harness(h);
+  fresh.put(NODE);
+  fresh.put(web);
+  fresh.put(webEps(['10.0.0.1', '10.0.0.2']));
+  fresh.put(dns);
+  fresh.put(dnsEps(['10.0.1.1', '10.0.1.2']));
+  const n = h.ipvs.ops.length;
+  await fresh.full();
+  t.same(fresh.opsSince(n), ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1'], 'one repair, no flush, no re-creation');
+});
+
+t.test('one failing operation does not block the others, and the next sync repairs it', async (t) => {
+  const h = new Harness();
+  h.put(NODE);
+  h.put(web);
+  h.put(webEps(['10.0.0.1']));
+  h.put(dns);
+  h.put(dnsEps(['10.0.1.1']));
+  h.ipvs.failures.set('addService TCP/10.96.0.1:80', 'ENOMEM');
+  const r = await h.full();
+  t.equal(r.errors.length, 1);
+  t.match(r.errors[0], { code: 'ENOMEM', service: 'default/web', op: 'add service TCP/10.96.0.1:80' });
+  const k = await h.kernel();
+  t.ok('UDP/10.96.0.10:53' in k && 'TCP/192.168.1.10:30080' in k, 'everything else was programmed');
+  h.ipvs.failures.clear();
+  const r2 = await h.full();
+  t.same(r2.errors, []);
+  t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.1:8080=1']);
+});
+
+t.test('a scheduler or affinity change is one service update', async (t) => {
+  const { h } = await started();
+  const n = h.ipvs.ops.length;
+  h.put(service('web', { clusterIPs: ['10.96.0.1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }], annotations: { 'kube-ipvs.io/scheduler': 'wlc' }, spec: { sessionAffinity: 'ClientIP' } }));
+  await h.incremental();
+  t.same(h.opsSince(n).sort(), ['updateService TCP/10.96.0.1:80', 'updateService TCP/192.168.1.10:30080']);
+  const s = await h.ipvs.service({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 });
+  t.equal(s?.scheduler, 'wlc');
+  t.equal(s?.timeout, 10800);
+});

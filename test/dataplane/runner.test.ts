@@ -1,0 +1,95 @@
+import t from 'tap';
+import { BoundedFrequencyRunner } from '../../src/dataplane/runner.ts';
+import { ManualClock } from '../support/clock.ts';
+
+function setup(result: () => boolean = () => true) {
+  const clock = new ManualClock();
+  const runs: { at: number; full: boolean }[] = [];
+  const start = clock.now();
+  const r = new BoundedFrequencyRunner(
+    async ({ full }) => {
+      runs.push({ at: clock.now() - start, full });
+      return result();
+    },
+    { minIntervalMs: 1000, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+  );
+  return { clock, runs, r };
+}
+
+t.test('starts with a full sync, then one every maxInterval', async (t) => {
+  const { clock, runs, r } = setup();
+  r.start();
+  await clock.advance(0);
+  t.same(runs, [{ at: 0, full: true }]);
+  await clock.advance(65_000);
+  t.same(runs.map((x) => x.at), [0, 30_000, 60_000]);
+  t.ok(runs.every((x) => x.full), 'periodic syncs are full');
+  r.stop();
+});
+
+t.test('requests are rate limited by minInterval and coalesced', async (t) => {
+  const { clock, runs, r } = setup();
+  r.start();
+  await clock.advance(0);
+  r.request();
+  r.request();
+  await clock.advance(500);
+  t.equal(runs.length, 1, 'not before minInterval');
+  await clock.advance(600);
+  t.same(runs.map((x) => [x.at, x.full]), [[0, true], [1000, false]], 'one incremental sync for two requests');
+  await clock.advance(5000);
+  r.request();
+  await clock.advance(0);
+  t.equal(runs.at(-1)?.at, 6100, 'runs at once when minInterval has passed');
+  r.stop();
+});
+
+t.test('a request during a running sync runs right after it', async (t) => {
+  const clock = new ManualClock();
+  const runs: number[] = [];
+  let release: (() => void) | null = null;
+  const r = new BoundedFrequencyRunner(
+    () => {
+      runs.push(clock.now());
+      return new Promise<boolean>((res) => (release = () => res(true)));
+    },
+    { minIntervalMs: 0, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+  );
+  r.start();
+  await clock.advance(0);
+  r.request();
+  await clock.advance(10);
+  t.equal(runs.length, 1, 'no overlap');
+  (release as unknown as () => void)();
+  await clock.advance(0);
+  t.equal(runs.length, 2, 'the pending request ran');
+  (release as unknown as () => void)();
+  r.stop();
+});
+
+t.test('failures back off exponentially, success resets', async (t) => {
+  let fail = true;
+  const { clock, runs, r } = setup(() => !fail);
+  r.start();
+  await clock.advance(0);
+  await clock.advance(10_000);
+  t.same(runs.map((x) => x.at), [0, 1000, 2000, 4000, 8000], 'retry at min interval, then 1 s, 2 s, 4 s (base 0.5 s doubled, floored by minInterval)');
+  t.equal(r.failures, 5);
+  fail = false;
+  await clock.advance(8000);
+  t.equal(r.failures, 0);
+  const n = runs.length;
+  await clock.advance(20_000);
+  t.equal(runs.length, n, 'no more retries after success (next one is the periodic sync)');
+  r.stop();
+});
+
+t.test('stop cancels everything', async (t) => {
+  const { clock, runs, r } = setup();
+  r.start();
+  await clock.advance(0);
+  r.stop();
+  r.request();
+  await clock.advance(100_000);
+  t.equal(runs.length, 1);
+});
