@@ -1,102 +1,79 @@
 #!/usr/bin/env node
-// kube-ipvs command line. Commands: plan (built), run / status / cleanup (not built yet).
+// kube-ipvs command line: parses arguments and hands over to src/commands/.
 // main() takes its output destinations as arguments so tests can run it in-process.
 import { realpathSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { defaultConfig, parseConfig, type Config } from './config/config.ts';
-import { Codes, formatProblem, type Problem } from './errors.ts';
-import { formatJSON, formatTable } from './plan/format.ts';
-import { planManifests } from './plan/from-manifests.ts';
-import { readManifests } from './sources/manifests.ts';
+import { cleanupCommand } from './commands/cleanup.ts';
+import { report, type IO } from './commands/common.ts';
+import { planCommand } from './commands/plan.ts';
+import { runCommand } from './commands/run.ts';
+import { Codes } from './errors.ts';
 
-export interface IO {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-}
+export type { IO } from './commands/common.ts';
 
 const USAGE = `Usage: kube-ipvs <command> [options]
 
 Commands:
-  plan     print the desired IPVS state for a folder of manifests (no root needed)
-             --manifests DIR        folder of Service, EndpointSlice and Node manifests (required)
-             --node NAME            the node to plan for (default: the only Node in DIR, else the hostname)
-             --config FILE          KubeIPVSConfiguration or KubeProxyConfiguration
-             --output table|json    (default table)
-             --strict               exit 1 when any object or config field was rejected
-  run      the daemon (not built yet)
-  status   show programmed virtual servers (not built yet)
-  cleanup  remove everything kube-ipvs owns (not built yet)
+  plan      print the desired IPVS state for a folder of manifests (no root needed)
+              --manifests DIR        folder of Service, EndpointSlice and Node manifests (required)
+              --node NAME            the node to plan for (default: the only Node in DIR, else the hostname)
+              --config FILE          KubeIPVSConfiguration or KubeProxyConfiguration
+              --output table|json    (default table)
+              --strict               exit 1 when any object was rejected
+  run       keep this node's kernel in step with the manifests (needs root and the ip_vs module)
+              --manifests DIR  --node NAME  --config FILE
+              --dry-run              program an in-memory kernel instead and print what would be done
+              --once                 one full sync, then exit
+  cleanup   remove every virtual service, address and interface kube-ipvs created (needs root)
+              --config FILE
+  status    show programmed virtual servers (not built yet)
 `;
 
-/** Exit codes: 0 ok, 1 problems (with --strict) or bad config, 2 usage. */
+const OPTIONS = {
+  manifests: { type: 'string' },
+  node: { type: 'string' },
+  config: { type: 'string' },
+  output: { type: 'string', short: 'o', default: 'table' },
+  strict: { type: 'boolean', default: false },
+  'dry-run': { type: 'boolean', default: false },
+  once: { type: 'boolean', default: false },
+} as const;
+
+/** Exit codes: 0 ok, 1 failure (or problems with --strict), 2 usage. */
 export async function main(argv: string[], io: IO): Promise<number> {
   const [command, ...rest] = argv;
-  const report = (ps: Problem[]) => ps.forEach((p) => io.stderr(formatProblem(p) + '\n'));
   const usage = (message: string) => {
-    report([{ code: Codes.USAGE, severity: 'error', message }]);
+    report(io, [{ code: Codes.USAGE, severity: 'error', message }]);
     io.stderr(USAGE);
     return 2;
   };
-  switch (command) {
-    case 'plan':
-      break;
-    case 'run':
-    case 'status':
-    case 'cleanup':
-      report([{ code: Codes.NOT_BUILT, severity: 'error', message: `'${command}' is not built yet; only 'plan' is` }]);
-      return 2;
-    case undefined:
-    case '-h':
-    case '--help':
-    case 'help':
-      io.stdout(USAGE);
-      return command === undefined ? 2 : 0;
-    default:
-      return usage(`unknown command ${JSON.stringify(command)}`);
+  if (command === undefined || command === 'help' || command === '-h' || command === '--help') {
+    io.stdout(USAGE);
+    return command === undefined ? 2 : 0;
   }
+  if (command === 'status') {
+    report(io, [{ code: Codes.NOT_BUILT, severity: 'error', message: `'${command}' is not built yet` }]);
+    return 2;
+  }
+  if (!['plan', 'run', 'cleanup'].includes(command)) return usage(`unknown command ${JSON.stringify(command)}`);
 
   let args;
   try {
-    args = parseArgs({
-      args: rest,
-      options: {
-        manifests: { type: 'string' },
-        node: { type: 'string' },
-        config: { type: 'string' },
-        output: { type: 'string', short: 'o', default: 'table' },
-        strict: { type: 'boolean', default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
+    args = parseArgs({ args: rest, options: OPTIONS, strict: true, allowPositionals: false }).values;
   } catch (e) {
     return usage((e as Error).message);
   }
-  if (!args.manifests) return usage('plan needs --manifests DIR');
-  if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
-
-  let config: Config = defaultConfig();
-  if (args.config) {
-    let text: string;
-    try {
-      text = await readFile(args.config, 'utf8');
-    } catch (e) {
-      report([{ code: Codes.CONFIG_UNREADABLE, severity: 'error', file: args.config, message: (e as Error).message }]);
-      return 1;
-    }
-    const r = parseConfig(text, args.config);
-    report(r.problems);
-    if (!r.config) return 1;
-    config = r.config;
+  switch (command) {
+    case 'plan':
+      if (!args.manifests) return usage('plan needs --manifests DIR');
+      if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
+      return planCommand({ manifests: args.manifests, node: args.node, config: args.config, output: args.output, strict: args.strict }, io);
+    case 'run':
+      return runCommand({ manifests: args.manifests, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once }, io);
+    default:
+      return cleanupCommand({ config: args.config }, io);
   }
-
-  const set = await readManifests(args.manifests);
-  const { plan, problems } = planManifests(set, config, args.node);
-  report(problems);
-  io.stdout(args.output === 'json' ? formatJSON(plan) : formatTable(plan));
-  return args.strict && problems.some((p) => p.severity === 'error') ? 1 : 0;
 }
 
 function isEntry(): boolean {
@@ -109,10 +86,10 @@ function isEntry(): boolean {
 
 if (isEntry()) {
   main(process.argv.slice(2), { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) }).then(
-    (code) => (process.exitCode = code),
+    (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
-      process.exitCode = 70;
+      process.exit(70);
     },
   );
 }

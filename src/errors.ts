@@ -18,6 +18,9 @@ export const Codes = {
   // Command line.
   USAGE: 'KIPVS_USAGE',
   NOT_BUILT: 'KIPVS_NOT_BUILT',
+  // The node.
+  NEEDS_PRIVILEGE: 'KIPVS_NEEDS_PRIVILEGE',
+  KERNEL_UNAVAILABLE: 'KIPVS_KERNEL_UNAVAILABLE',
 } as const;
 
 export type Code = (typeof Codes)[keyof typeof Codes];

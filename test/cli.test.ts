@@ -1,6 +1,6 @@
 // The command line, in-process through main() with injected output, and once as a real process.
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -84,14 +84,43 @@ t.test('usage', async (t) => {
   t.equal((await run('--help')).code, 0);
   const missingDir = await run('plan', '--manifests', '/nonexistent-dir');
   t.match(missingDir.stderr, /KIPVS_MANIFEST_UNPARSABLE \/nonexistent-dir: is not a readable directory/);
-  for (const cmd of ['run', 'status', 'cleanup']) {
-    const r = await run(cmd);
-    t.equal(r.code, 2, `${cmd} is marked not built`);
-    t.match(r.stderr, /KIPVS_NOT_BUILT/);
+  const status = await run('status');
+  t.equal(status.code, 2, 'status is marked not built');
+  t.match(status.stderr, /KIPVS_NOT_BUILT/);
+  const noSource = await run('run');
+  t.equal(noSource.code, 2, 'run without --manifests: the Kubernetes source is not built yet');
+  t.match(noSource.stderr, /KIPVS_NOT_BUILT .*--manifests/);
+});
+
+t.test('run --dry-run --once prints the plan and what it would do to an empty node', async (t) => {
+  const r = await run('run', '--manifests', 'config/examples', '--dry-run', '--once');
+  t.equal(r.code, 0);
+  t.match(r.stdout, /^IP Virtual Server plan for node node-a/);
+  t.match(r.stdout, /sysctl net\.ipv4\.vs\.conntrack = 1/);
+  t.match(r.stdout, /ip link add kube-ipvs0 type dummy \(down, NOARP\); 8 addresses/);
+  t.match(r.stdout, /addService UDP\/10\.96\.0\.10:53\n/);
+  t.match(r.stdout, /addDestination UDP\/10\.96\.0\.10:53 -> 10\.244\.0\.2:53 weight 1/);
+  const adds = r.stdout.match(/^ {2}addService /gm)?.length;
+  t.equal(adds, 13, 'one addService per planned virtual server');
+});
+
+t.test('without root, run and cleanup say what they need', { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false }, async (t) => {
+  const exec = promisify(execFile);
+  for (const args of [['run', '--manifests', 'config/examples'], ['cleanup']]) {
+    const r = await exec(process.execPath, ['src/cli.ts', ...args], { uid: 65534, gid: 65534 }).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
+    t.equal(r.code, 1, `${args[0]} exits 1`);
+    t.match(r.stderr, /KIPVS_NEEDS_PRIVILEGE .*needs root/, `${args[0]} explains`);
   }
 });
 
-t.test('the real entry point runs (what npm start runs)', async (t) => {
-  const { stdout } = await promisify(execFile)(process.execPath, ['src/cli.ts', 'plan', '--manifests', 'config/examples']);
+t.test('the real entry point runs what npm start runs', async (t) => {
+  const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: { start: string } };
+  const [bin, ...args] = pkg.scripts.start.split(' ');
+  t.equal(bin, 'node');
+  const { stdout } = await promisify(execFile)(process.execPath, args);
   t.match(stdout, /^IP Virtual Server plan for node node-a: \d+ virtual servers/);
+  t.match(stdout, /Dry run: what kube-ipvs would do/);
 });

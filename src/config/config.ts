@@ -55,6 +55,10 @@ export interface Config {
   featureGates: Record<string, boolean>;
   /** kube-ipvs only: the dummy interface that holds service addresses. */
   dummyInterface: string;
+  /** kube-ipvs only: where the record of what kube-ipvs created lives (a tmpfs: gone at reboot, like IPVS state). */
+  stateDirectory: string;
+  /** kube-ipvs only: a removed TCP backend with connections left is deleted after this long. */
+  gracefulTerminationSeconds: number;
   logging: { format: LogFormat; verbosity: number };
 }
 
@@ -99,6 +103,8 @@ export function defaultConfig(): Config {
     },
     featureGates: { ...FEATURE_GATES },
     dummyInterface: 'kube-ipvs0',
+    stateDirectory: '/run/kube-ipvs',
+    gracefulTerminationSeconds: 15 * 60,
     logging: { format: 'json', verbosity: 0 },
   };
 }
@@ -199,7 +205,7 @@ const RULES: Record<string, Rule> = {
       interfaceNamePrefix: { apply: (c, v) => (c.detectLocal.interfaceNamePrefix = str(v)) },
     },
   },
-  configSyncPeriod: { apply: unlessEmpty(duration, (c, v: number) => v > 0 && (c.configSyncPeriodSeconds = v)) },
+  configSyncPeriod: { apply: unlessEmpty(duration, (c, v: number) => (c.configSyncPeriodSeconds = v || c.configSyncPeriodSeconds)) },
   clientConnection: {
     fields: {
       kubeconfig: { apply: (c, v) => (c.clientConnection.kubeconfig = str(v)) },
@@ -220,7 +226,7 @@ const RULES: Record<string, Rule> = {
           (c, v: string) => (c.ipvs.scheduler = v),
         ),
       },
-      syncPeriod: { apply: unlessEmpty(duration, (c, v: number) => v > 0 && (c.ipvs.syncPeriodSeconds = v)) },
+      syncPeriod: { apply: unlessEmpty(duration, (c, v: number) => (c.ipvs.syncPeriodSeconds = v || c.ipvs.syncPeriodSeconds)) },
       minSyncPeriod: { apply: (c, v) => (c.ipvs.minSyncPeriodSeconds = duration(v)) },
       strictARP: { apply: (c, v) => (c.ipvs.strictARP = bool(v)) },
       excludeCIDRs: { apply: (c, v) => (c.ipvs.excludeCIDRs = cidrs(v)) },
@@ -289,6 +295,17 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
       (c, v: string) => (c.dummyInterface = v),
     ),
   },
+  stateDirectory: {
+    apply: unlessEmpty(
+      (v) => {
+        const s = str(v);
+        if (!s.startsWith('/')) throw new BadValue(`${JSON.stringify(s)} must be an absolute path`);
+        return s;
+      },
+      (c, v: string) => (c.stateDirectory = v),
+    ),
+  },
+  gracefulTerminationTimeout: { apply: unlessEmpty(duration, (c, v: number) => (c.gracefulTerminationSeconds = v)) },
 };
 
 function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix: string, cfg: Config, problem: (code: Problem['code'], field: string, message: string) => void): void {

@@ -8,13 +8,10 @@ export interface Clock {
   clearTimeout(handle: unknown): void;
 }
 
+/** Real time. Its timers keep the process alive: the periodic resync is what a daemon waits on. */
 export const systemClock: Clock = {
   now: () => Date.now(),
-  setTimeout: (fn, ms) => {
-    const h = setTimeout(fn, ms);
-    h.unref?.();
-    return h;
-  },
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
@@ -59,6 +56,7 @@ export class BoundedFrequencyRunner {
   start(): void {
     this.#stopped = false;
     this.#lastFull = -Infinity;
+    this.#pending = true;
     this.#schedule(0);
   }
 

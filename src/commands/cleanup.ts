@@ -1,0 +1,34 @@
+// `kube-ipvs cleanup`: removes everything kube-ipvs owns from this node, and nothing else.
+import { join } from 'node:path';
+import { Codes } from '../errors.ts';
+import { cleanup } from '../dataplane/cleanup.ts';
+import { NetlinkIpvs } from '../dataplane/ipvs/client.ts';
+import { NetlinkLinks } from '../dataplane/links.ts';
+import { FileOwnership } from '../dataplane/ownership.ts';
+import { isRoot, loadConfig, report, type IO } from './common.ts';
+
+export async function cleanupCommand(args: { config?: string }, io: IO): Promise<number> {
+  const config = await loadConfig(io, args.config);
+  if (!config) return 1;
+  if (!isRoot()) {
+    report(io, [{ code: Codes.NEEDS_PRIVILEGE, severity: 'error', message: 'kube-ipvs cleanup changes IPVS and network interfaces: it needs root' }]);
+    return 1;
+  }
+  let ipvs;
+  try {
+    ipvs = await NetlinkIpvs.open();
+  } catch (e) {
+    report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: (e as Error).message }]);
+    return 1;
+  }
+  const links = new NetlinkLinks();
+  try {
+    const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
+    io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
+    for (const e of r.errors) io.stderr(`error ${e}\n`);
+    return r.errors.length === 0 ? 0 : 1;
+  } finally {
+    ipvs.close();
+    links.close();
+  }
+}

@@ -1,0 +1,98 @@
+// `kube-ipvs run`: the daemon. With --dry-run it programs an in-memory kernel and prints what
+// it would have done; with --once it does one full sync and exits.
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { Codes } from '../errors.ts';
+import { Daemon, type DaemonDeps } from '../daemon.ts';
+import { NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
+import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
+import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
+import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
+import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
+import { Logger } from '../observe/log.ts';
+import { formatTable } from '../plan/format.ts';
+import { chooseNodeName } from '../plan/from-manifests.ts';
+import { readManifests } from '../sources/manifests.ts';
+import { isRoot, loadConfig, report, type IO } from './common.ts';
+
+export interface RunArgs {
+  manifests?: string;
+  node?: string;
+  config?: string;
+  dryRun: boolean;
+  once: boolean;
+}
+
+/** Records sysctl writes instead of making them. */
+class RecordingSysctl implements SysctlWriter {
+  readonly writes: string[] = [];
+  read() {
+    return null;
+  }
+  write(path: string, value: string) {
+    this.writes.push(`${path.replaceAll('/', '.')} = ${value}`);
+  }
+}
+
+export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmitter = process): Promise<number> {
+  if (!args.manifests) {
+    report(io, [{ code: Codes.NOT_BUILT, severity: 'error', message: 'the Kubernetes API source is not built yet: run needs --manifests DIR' }]);
+    return 2;
+  }
+  const config = await loadConfig(io, args.config);
+  if (!config) return 1;
+  const log = new Logger({ format: args.dryRun ? 'text' : config.logging.format, level: config.logging.verbosity >= 4 ? 'debug' : 'info', sink: (l) => io.stderr(l + '\n') });
+  const nodeName = chooseNodeName(await readManifests(args.manifests), config, args.node);
+
+  let deps: DaemonDeps;
+  const sysctl = new RecordingSysctl();
+  if (args.dryRun) {
+    deps = { ipvs: new FakeIpvs(), links: new FakeLinks(), owned: new MemoryOwnership(), sysctl, log, kernelRelease: release() };
+  } else {
+    if (!isRoot()) {
+      report(io, [{ code: Codes.NEEDS_PRIVILEGE, severity: 'error', message: 'kube-ipvs run programs IPVS, a dummy interface and sysctls: it needs root (CAP_NET_ADMIN and write access to /proc/sys). Use --dry-run to see what it would do.' }]);
+      return 1;
+    }
+    let ipvs: Ipvs;
+    try {
+      ipvs = await NetlinkIpvs.open();
+    } catch (e) {
+      report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. On a node: modprobe ip_vs (and ip_vs_rr, ip_vs_wrr, ip_vs_sh…); --dry-run works without it.` }]);
+      return 1;
+    }
+    deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctl, log, kernelRelease: release() };
+  }
+
+  const daemon = new Daemon({ manifests: args.manifests, config, nodeName }, deps);
+  if (args.once) {
+    const r = await daemon.syncOnce();
+    if (args.dryRun) {
+      io.stdout(formatTable(daemon.planner.snapshot()));
+      io.stdout(`\nDry run: what kube-ipvs would do to an empty node (${r.operations} kernel operations):\n`);
+      for (const s of sysctl.writes) io.stdout(`  sysctl ${s}\n`);
+      const links = deps.links as FakeLinks;
+      for (const [name, l] of links.links) io.stdout(`  ip link add ${name} type dummy (down, NOARP); ${l.addresses.size} addresses: ${[...l.addresses].join(' ')}\n`);
+      // Grouped by virtual service (the operations ran concurrently across services).
+      const ops = [...(deps.ipvs as FakeIpvs).ops].sort((a, b) => (a.service ?? '').localeCompare(b.service ?? ''));
+      for (const op of ops) io.stdout(`  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`);
+    }
+    deps.ipvs.close();
+    deps.links.close();
+    return r.errors.length === 0 ? 0 : 1;
+  }
+
+  await daemon.start();
+  log.info('kube-ipvs running', { node: nodeName, manifests: args.manifests, dryRun: args.dryRun });
+  await new Promise<void>((resolve) => {
+    const done = (sig: string) => {
+      log.info('stopping; the kernel state stays as it is', { signal: sig });
+      resolve();
+    };
+    signals.once('SIGTERM', () => done('SIGTERM'));
+    signals.once('SIGINT', () => done('SIGINT'));
+  });
+  daemon.stop();
+  deps.ipvs.close();
+  deps.links.close();
+  return 0;
+}

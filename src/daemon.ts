@@ -1,0 +1,214 @@
+// The `run` daemon: a source feeds the model, the planner re-plans what changed, and the
+// bounded-frequency runner has the reconciler bring the kernel in step. Kernel and filesystem
+// access come in as dependencies, so the same daemon runs against fakes in tests and dry runs.
+import { watch, type FSWatcher } from 'node:fs';
+import type { Config } from './config/config.ts';
+import { formatProblem, type Problem } from './errors.ts';
+import type { Ipvs } from './dataplane/ipvs/client.ts';
+import type { Links } from './dataplane/links.ts';
+import type { OwnershipStore } from './dataplane/ownership.ts';
+import { Reconciler, type SyncResult } from './dataplane/reconciler.ts';
+import { BoundedFrequencyRunner, systemClock, type Clock } from './dataplane/runner.ts';
+import { applySysctls, ipvsSysctls, type SysctlWriter } from './dataplane/sysctl.ts';
+import { Model } from './model/model.ts';
+import type { Logger } from './observe/log.ts';
+import { planConfigFrom } from './plan/from-manifests.ts';
+import { Planner } from './plan/plan.ts';
+import type { ServicePlan } from './plan/types.ts';
+import { ManifestSource } from './sources/manifest-source.ts';
+
+export interface DaemonDeps {
+  ipvs: Ipvs;
+  links: Links;
+  owned: OwnershipStore;
+  sysctl: SysctlWriter;
+  log: Logger;
+  kernelRelease: string;
+  clock?: Clock;
+}
+
+export interface DaemonOptions {
+  manifests: string;
+  config: Config;
+  nodeName: string;
+  /** Re-read the folder this often even without a file event (ms; default 5000). */
+  pollMs?: number;
+  /** Watch the folder for changes (default true). */
+  watch?: boolean;
+}
+
+/** How often a Service with draining destinations is looked at again. */
+const DRAIN_CHECK_MS = 5000;
+
+export class Daemon {
+  readonly model: Model;
+  readonly planner: Planner;
+  readonly reconciler: Reconciler;
+  readonly runner: BoundedFrequencyRunner;
+  readonly #deps: DaemonDeps;
+  readonly #opts: DaemonOptions;
+  readonly #source: ManifestSource;
+  readonly #clock: Clock;
+  #dirty = new Set<string>();
+  #watcher: FSWatcher | null = null;
+  #pollTimer: unknown = null;
+  #drainTimer: unknown = null;
+  #reloading: Promise<void> | null = null;
+  #stopped = false;
+  lastSync: SyncResult | null = null;
+  lastSyncAt = 0;
+
+  constructor(opts: DaemonOptions, deps: DaemonDeps) {
+    this.#opts = opts;
+    this.#deps = deps;
+    this.#clock = deps.clock ?? systemClock;
+    const cfg = opts.config;
+    this.model = new Model({ nodeName: opts.nodeName, proxyName: cfg.serviceProxyName });
+    this.planner = new Planner(this.model, planConfigFrom(cfg));
+    this.#source = new ManifestSource(opts.manifests);
+    this.reconciler = new Reconciler(deps.ipvs, deps.links, deps.owned, {
+      dummyInterface: cfg.dummyInterface,
+      excludeCIDRs: cfg.ipvs.excludeCIDRs,
+      gracefulTerminationSeconds: cfg.gracefulTerminationSeconds,
+      clock: this.#clock,
+      onError: (e) => deps.log.warn('kernel operation failed', { ...e }, `op:${e.op}:${e.code}`),
+    });
+    this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full), {
+      minIntervalMs: cfg.ipvs.minSyncPeriodSeconds * 1000,
+      maxIntervalMs: cfg.ipvs.syncPeriodSeconds * 1000,
+      retryBaseMs: 1000,
+      retryMaxMs: cfg.ipvs.syncPeriodSeconds * 1000,
+      clock: this.#clock,
+    });
+  }
+
+  /** Kernel settings, the first load of the source, then the first (full) sync via the runner. */
+  async start(): Promise<void> {
+    await this.#kernelSettings();
+    await this.reload();
+    this.planner.planAll();
+    this.runner.start();
+    if (this.#opts.watch !== false) this.#watch();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.runner.stop();
+    this.#watcher?.close();
+    if (this.#pollTimer !== null) this.#clock.clearTimeout(this.#pollTimer);
+    if (this.#drainTimer !== null) this.#clock.clearTimeout(this.#drainTimer);
+  }
+
+  /** One full sync now, outside the runner (for --once). */
+  async syncOnce(): Promise<SyncResult> {
+    await this.#kernelSettings();
+    await this.reload();
+    this.planner.planAll();
+    await this.#sync(true);
+    return this.lastSync!;
+  }
+
+  async #kernelSettings(): Promise<void> {
+    const { config: cfg } = this.#opts;
+    const { log } = this.#deps;
+    for (const f of applySysctls(ipvsSysctls({ strictARP: cfg.ipvs.strictARP, kernelRelease: this.#deps.kernelRelease }), this.#deps.sysctl)) {
+      log.warn('cannot set sysctl', f);
+    }
+    const t = cfg.ipvs;
+    if (t.tcpTimeoutSeconds || t.tcpFinTimeoutSeconds || t.udpTimeoutSeconds) {
+      try {
+        await this.#deps.ipvs.setTimeouts({ tcp: Math.round(t.tcpTimeoutSeconds), tcpFin: Math.round(t.tcpFinTimeoutSeconds), udp: Math.round(t.udpTimeoutSeconds) });
+      } catch (e) {
+        log.warn('cannot set IPVS timeouts', { error: (e as Error).message });
+      }
+    }
+  }
+
+  /** Re-reads the source and feeds what changed to the model; asks for a sync when needed. */
+  reload(): Promise<void> {
+    // One reload at a time; a reload asked for during one runs after it.
+    const next = (this.#reloading ?? Promise.resolve()).then(() => this.#reload());
+    this.#reloading = next.finally(() => {
+      if (this.#reloading === next) this.#reloading = null;
+    });
+    return next;
+  }
+
+  async #reload(): Promise<void> {
+    const { log } = this.#deps;
+    let poll;
+    try {
+      poll = await this.#source.poll();
+    } catch (e) {
+      log.error('cannot read manifests', { dir: this.#opts.manifests, error: (e as Error).message }, 'source');
+      return;
+    }
+    const report = (p: Problem) => log[p.severity === 'error' ? 'error' : 'warn'](formatProblem(p), { code: p.code }, `problem:${formatProblem(p)}`);
+    poll.problems.forEach(report);
+    let nodeChanged = false;
+    for (const change of poll.changes) {
+      const r = this.model.apply(change);
+      const origin = poll.origins.get(change);
+      r.problems.forEach((p) => report({ ...p, ...origin }));
+      nodeChanged ||= r.nodeChanged;
+      for (const k of this.planner.update(r)) this.#dirty.add(k);
+    }
+    if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
+    if (this.#dirty.size > 0) this.runner.request();
+  }
+
+  async #sync(full: boolean): Promise<boolean> {
+    const { log } = this.#deps;
+    const touched = new Set(this.#dirty);
+    this.#dirty.clear();
+    let plans: Map<string, ServicePlan | null>;
+    if (full) {
+      plans = new Map(this.planner.plans());
+    } else {
+      for (const k of this.reconciler.drainingServices()) touched.add(k);
+      plans = new Map([...touched].map((k) => [k, this.planner.servicePlan(k) ?? null]));
+    }
+    const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
+    this.lastSync = r;
+    this.lastSyncAt = this.#clock.now();
+    const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs) };
+    if (r.errors.length > 0) {
+      // Keep the failed Services dirty: the runner's retry (with backoff) picks them up.
+      for (const e of r.errors) if (e.service) this.#dirty.add(e.service);
+      if (!full) for (const k of touched) this.#dirty.add(k);
+      log.warn('sync finished with errors; retrying with backoff', fields);
+    } else if (r.operations > 0 || full) {
+      log.info('sync done', fields);
+    }
+    this.#scheduleDrainCheck();
+    return r.errors.length === 0;
+  }
+
+  #scheduleDrainCheck(): void {
+    if (this.#stopped || this.#drainTimer !== null || this.reconciler.drainingServices().length === 0) return;
+    this.#drainTimer = this.#clock.setTimeout(() => {
+      this.#drainTimer = null;
+      this.runner.request();
+    }, DRAIN_CHECK_MS);
+  }
+
+  #watch(): void {
+    const again = () => void this.reload();
+    try {
+      let debounce: NodeJS.Timeout | null = null;
+      this.#watcher = watch(this.#opts.manifests, { recursive: true, persistent: false }, () => {
+        if (debounce) clearTimeout(debounce);
+        debounce = setTimeout(again, 100);
+      });
+      this.#watcher.on('error', (e) => this.#deps.log.warn('manifest watch failed; polling only', { error: e.message }));
+    } catch (e) {
+      this.#deps.log.warn('manifest watch unavailable; polling only', { error: (e as Error).message });
+    }
+    const poll = () => {
+      if (this.#stopped) return;
+      again();
+      this.#pollTimer = this.#clock.setTimeout(poll, this.#opts.pollMs ?? 5000);
+    };
+    this.#pollTimer = this.#clock.setTimeout(poll, this.#opts.pollMs ?? 5000);
+  }
+}

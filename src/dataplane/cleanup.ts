@@ -1,0 +1,53 @@
+// `kube-ipvs cleanup`: removes what kube-ipvs owns — its virtual services, the addresses it
+// added, its dummy interface once empty, its ownership record — and nothing else.
+import { cidrContains, parseCIDR } from '../util/ip.ts';
+import type { Ipvs } from './ipvs/client.ts';
+import { serviceId } from './ipvs/types.ts';
+import type { Links } from './links.ts';
+import type { OwnershipStore } from './ownership.ts';
+
+export interface CleanupResult {
+  services: string[];
+  addresses: string[];
+  interfaceRemoved: boolean;
+  errors: string[];
+}
+
+export async function cleanup(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: { dummyInterface: string; excludeCIDRs?: string[] }): Promise<CleanupResult> {
+  const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [] };
+  const exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
+  const index = await links.find(opts.dummyInterface);
+  const ifAddrs = new Set(index === null ? [] : await links.addresses(index));
+  for (const s of await ipvs.services()) {
+    const id = serviceId(s);
+    if (s.address !== undefined && exclude.some((c) => cidrContains(c, s.address!))) continue;
+    if (!owned.services.has(id) && !(s.address !== undefined && ifAddrs.has(s.address))) continue;
+    try {
+      await ipvs.deleteService(s);
+      res.services.push(id);
+      owned.services.delete(id);
+    } catch (e) {
+      res.errors.push((e as Error).message);
+    }
+  }
+  owned.services.clear(); // records of services already gone
+  if (index !== null) {
+    for (const a of ifAddrs) {
+      if (!owned.addresses.has(a)) continue;
+      try {
+        await links.deleteAddress(index, a);
+        res.addresses.push(a);
+        ifAddrs.delete(a);
+      } catch (e) {
+        res.errors.push((e as Error).message);
+      }
+    }
+    if (ifAddrs.size === 0) {
+      await links.deleteLink(index);
+      res.interfaceRemoved = true;
+    }
+  }
+  owned.addresses.clear();
+  owned.save();
+  return res;
+}

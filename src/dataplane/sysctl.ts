@@ -1,0 +1,66 @@
+// The kernel settings kube-proxy's IPVS mode makes, decided here and written through an
+// injected writer (the real one writes /proc/sys; tests and dry runs record).
+import { readFileSync, writeFileSync } from 'node:fs';
+
+export interface Sysctl {
+  path: string;
+  value: string;
+  why: string;
+}
+
+export interface SysctlWriter {
+  read(path: string): string | null;
+  write(path: string, value: string): void;
+}
+
+export const procSysctl: SysctlWriter = {
+  read(path) {
+    try {
+      return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
+    } catch {
+      return null;
+    }
+  },
+  write(path, value) {
+    writeFileSync(`/proc/sys/${path}`, value);
+  },
+};
+
+/** Kernel release "6.1.0-56-amd64" -> [6, 1]. */
+export function kernelVersion(release: string): [number, number] {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+}
+
+export function ipvsSysctls(opts: { strictARP: boolean; kernelRelease: string }): Sysctl[] {
+  const out: Sysctl[] = [
+    { path: 'net/ipv4/vs/conntrack', value: '1', why: 'keep conntrack entries for IPVS connections (needed for SNAT/masquerade)' },
+    { path: 'net/ipv4/vs/expire_nodest_conn', value: '1', why: 'drop connections whose destination was deleted instead of black-holing them' },
+    { path: 'net/ipv4/vs/expire_quiescent_template', value: '1', why: 'expire affinity templates of weight-0 destinations' },
+    { path: 'net/ipv4/ip_forward', value: '1', why: 'forward packets to backends' },
+  ];
+  const [maj, min] = kernelVersion(opts.kernelRelease);
+  // Before 5.9, conn_reuse_mode=1 made reused ports stall for a second; kube-proxy sets 0 there.
+  if (maj > 4 || (maj === 4 && min >= 1)) {
+    if (maj < 5 || (maj === 5 && min < 9)) out.push({ path: 'net/ipv4/vs/conn_reuse_mode', value: '0', why: 'kernels before 5.9 stall reused source ports with mode 1' });
+  }
+  if (opts.strictARP) {
+    out.push({ path: 'net/ipv4/conf/all/arp_ignore', value: '1', why: 'strictARP: answer ARP only for addresses on the receiving interface' });
+    out.push({ path: 'net/ipv4/conf/all/arp_announce', value: '2', why: 'strictARP: never announce service addresses from the dummy interface' });
+  }
+  return out;
+}
+
+/** Writes what differs; returns the settings that could not be written (with why). */
+export function applySysctls(list: Sysctl[], w: SysctlWriter): { path: string; error: string }[] {
+  const failed: { path: string; error: string }[] = [];
+  for (const s of list) {
+    if (w.read(s.path) === s.value) continue;
+    try {
+      w.write(s.path, s.value);
+    } catch (e) {
+      failed.push({ path: s.path, error: (e as Error).message });
+    }
+  }
+  return failed;
+}

@@ -1,0 +1,80 @@
+// The daemon end to end against in-memory kernel twins: a folder of manifests changes, the
+// kernel follows, incrementally.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { stringify } from 'yaml';
+import { defaultConfig } from '../src/config/config.ts';
+import { Daemon } from '../src/daemon.ts';
+import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
+import { serviceId } from '../src/dataplane/ipvs/types.ts';
+import { FakeLinks } from '../src/dataplane/links.ts';
+import { MemoryOwnership } from '../src/dataplane/ownership.ts';
+import { Logger } from '../src/observe/log.ts';
+import { ep, node, service, slice } from './support/objects.ts';
+
+function setup(t: { teardown: (f: () => void) => void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'kipvs-daemon-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const ipvs = new FakeIpvs();
+  const links = new FakeLinks();
+  const logs: string[] = [];
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 0;
+  const sysctls: string[] = [];
+  const daemon = new Daemon(
+    { manifests: dir, config: cfg, nodeName: 'node-a', watch: false },
+    { ipvs, links, owned: new MemoryOwnership(), sysctl: { read: () => null, write: (p, v) => void sysctls.push(`${p}=${v}`) }, log: new Logger({ sink: (l) => void logs.push(l) }), kernelRelease: '6.1.0' },
+  );
+  t.teardown(() => daemon.stop());
+  const write = (name: string, objs: Record<string, unknown>[]) => writeFileSync(join(dir, name), objs.map((o) => stringify(o)).join('---\n'));
+  const kernel = async () => {
+    const out: Record<string, string[]> = {};
+    for (const s of await ipvs.services()) out[serviceId(s)] = (await ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
+    return out;
+  };
+  return { dir, ipvs, links, logs, daemon, write, kernel, sysctls };
+}
+
+t.test('the kernel follows the folder', async (t) => {
+  const { daemon, write, kernel, ipvs, logs, sysctls } = setup(t);
+  write('node.yaml', [node('node-a', [['InternalIP', '192.168.1.10']])]);
+  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')])]);
+  await daemon.start();
+  await daemon.runner.whenIdle();
+  t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.1:8080=1', '10.0.0.2:8080=1'] });
+  t.ok(sysctls.includes('net/ipv4/vs/conntrack=1') && sysctls.includes('net/ipv4/ip_forward=1'), 'IPVS sysctls set');
+  t.notOk(sysctls.some((s) => s.startsWith('net/ipv4/vs/conn_reuse_mode')), 'conn_reuse_mode left alone on 6.1');
+
+  // An endpoint is added: one incremental sync, one operation.
+  const before = ipvs.ops.length;
+  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2'), ep('10.0.0.3')])]);
+  await daemon.reload();
+  await daemon.runner.whenIdle();
+  t.same(ipvs.ops.slice(before).map((o) => `${o.op} ${o.destination}`), ['addDestination 10.0.0.3:8080']);
+  t.equal(daemon.lastSync?.full, false, 'incremental');
+
+  // A broken file next to it: logged, the rest keeps working.
+  write('broken.yaml', [service('bad', { clusterIPs: ['10.96.0.300'] })]);
+  write('dns.yaml', [service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] })]);
+  await daemon.reload();
+  await daemon.runner.whenIdle();
+  t.ok('UDP/10.96.0.10:53' in (await kernel()));
+  t.ok(logs.some((l) => l.includes('KIPVS_OBJECT_INVALID') && l.includes('broken.yaml')), 'the broken object is logged with its file');
+
+});
+
+t.test('a Service removed from the folder is removed from the kernel', async (t) => {
+  const { dir, daemon, write, kernel, links } = setup(t);
+  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1')])]);
+  write('dns.yaml', [service('dns', { clusterIPs: ['10.96.0.10'] })]);
+  await daemon.start();
+  await daemon.runner.whenIdle();
+  t.same(Object.keys(await kernel()).sort(), ['TCP/10.96.0.10:80', 'TCP/10.96.0.1:80']);
+  rmSync(join(dir, 'web.yaml'));
+  await daemon.reload();
+  await daemon.runner.whenIdle();
+  t.same(Object.keys(await kernel()), ['TCP/10.96.0.10:80']);
+  t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.10']);
+});
