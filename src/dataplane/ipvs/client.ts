@@ -68,6 +68,8 @@ export class NetlinkIpvs implements Ipvs {
   readonly #sock: GenericNetlinkSocket;
   readonly #family: number;
   readonly #timeout: number;
+  /** The kernel runs one dump per netlink socket at a time (a second one gets EBUSY): queue them. */
+  #dumpQueue: Promise<unknown> = Promise.resolve();
 
   private constructor(sock: GenericNetlinkSocket, family: number, timeout: number) {
     this.#sock = sock;
@@ -101,7 +103,14 @@ export class NetlinkIpvs implements Ipvs {
     }
   }
 
-  async #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+  #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+    if (!dump) return this.#send(op, cmd, attrs, false);
+    const run = this.#dumpQueue.then(() => this.#send(op, cmd, attrs, true));
+    this.#dumpQueue = run.catch(() => {});
+    return run;
+  }
+
+  async #send(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump: boolean): Promise<GenlMessage[]> {
     let msgs;
     try {
       [msgs] = await this.#sock.socket.request(this.#family, encodeRequest(cmd, attrs), {

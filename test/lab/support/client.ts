@@ -1,0 +1,119 @@
+// A client "pod". Modes (all print one JSON line unless noted):
+//   tcp HOST PORT COUNT            COUNT sequential connections; the backend name each one reached
+//   udp HOST PORT COUNT [same]     COUNT datagrams, each from a new socket (or one socket: "same")
+//   loop HOST PORT EVERY_MS FOR_MS a connection every EVERY_MS for FOR_MS: {ok, failed, errors}
+//   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
+//                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
+import { createSocket } from 'node:dgram';
+import { connect } from 'node:net';
+import { createInterface } from 'node:readline';
+
+const [mode, host = '', portText = '0', a = '1', b = ''] = process.argv.slice(2);
+const port = Number(portText);
+const TIMEOUT = 2000;
+
+function tcpOnce(): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect({ host, port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve('ERR timeout');
+    }, TIMEOUT);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString();
+      const i = buf.indexOf('\n');
+      if (i >= 0) {
+        clearTimeout(timer);
+        s.end();
+        resolve(buf.slice(0, i));
+      }
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve(`ERR ${e.code ?? e.message}`);
+    });
+  });
+}
+
+function udpOnce(sock?: ReturnType<typeof createSocket>): Promise<string> {
+  return new Promise((resolve) => {
+    const s = sock ?? createSocket('udp4');
+    const timer = setTimeout(() => {
+      s.off('message', onMsg);
+      if (!sock) s.close();
+      resolve('ERR timeout');
+    }, TIMEOUT);
+    const onMsg = (m: Buffer) => {
+      clearTimeout(timer);
+      s.off('message', onMsg);
+      if (!sock) s.close();
+      resolve(m.toString());
+    };
+    s.on('message', onMsg);
+    s.send('hi', port, host);
+  });
+}
+
+async function main() {
+  if (mode === 'tcp') {
+    const out: string[] = [];
+    for (let i = 0; i < Number(a); i++) out.push(await tcpOnce());
+    console.log(JSON.stringify(out));
+  } else if (mode === 'udp') {
+    const shared = b === 'same' ? createSocket('udp4') : undefined;
+    const out: string[] = [];
+    for (let i = 0; i < Number(a); i++) out.push(await udpOnce(shared));
+    shared?.close();
+    console.log(JSON.stringify(out));
+  } else if (mode === 'loop') {
+    const every = Number(a);
+    const until = Date.now() + Number(b);
+    let ok = 0;
+    let failed = 0;
+    const errors: string[] = [];
+    while (Date.now() < until) {
+      const started = Date.now();
+      const r = await tcpOnce();
+      if (r.startsWith('ERR')) {
+        failed++;
+        if (errors.length < 10) errors.push(r);
+      } else ok++;
+      await new Promise((res) => setTimeout(res, Math.max(0, every - (Date.now() - started))));
+    }
+    console.log(JSON.stringify({ ok, failed, errors }));
+  } else if (mode === 'hold') {
+    const s = connect({ host, port });
+    s.setNoDelay(true);
+    let broken = '';
+    const lines: ((l: string) => void)[] = [];
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        const w = lines.shift();
+        if (w) w(line);
+        else console.log(line);
+      }
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => (broken = `ERR ${e.code ?? e.message}`));
+    s.on('close', () => (broken ||= 'ERR closed'));
+    for await (const line of createInterface({ input: process.stdin })) {
+      if (broken) {
+        console.log(broken);
+        continue;
+      }
+      const reply = await Promise.race([new Promise<string>((r) => lines.push(r)), new Promise<string>((r) => setTimeout(() => r('ERR timeout'), TIMEOUT))]);
+      s.write(`${line}\n`);
+      console.log(await reply);
+    }
+    s.end();
+  } else {
+    console.error(`unknown mode ${mode}`);
+    process.exit(2);
+  }
+}
+void main();

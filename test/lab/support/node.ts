@@ -1,0 +1,173 @@
+// Builds a small Kubernetes node inside the lab VM and drives it:
+//   root namespace = the node (runs kube-ipvs); bridge kbr0 10.244.0.1/24 = the pod network;
+//   be1..beN       = backend pods on the bridge, each running echo.ts;
+//   client         = a pod on its own veth (10.250.0.2 via 10.250.0.1), so replies from
+//                    backends come back through the node (same-bridge clients need the
+//                    iptables stage: see DESIGN.md, Labs);
+//   ext            = an external client (192.168.100.2) reaching the node IP 192.168.100.1.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
+import { serviceId } from '../../../src/dataplane/ipvs/types.ts';
+
+export const NODE_IP = '192.168.100.1';
+export const EXT_IP = '192.168.100.2';
+export const CLIENT_IP = '10.250.0.2';
+const repo = resolve(import.meta.dirname, '../../..');
+const nodeBin = process.execPath;
+
+export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8' });
+const ns = (name: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', name, ...cmd);
+
+function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string) {
+  sh('ip', 'netns', 'add', nsName);
+  sh('ip', 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsName);
+  if (bridge) sh('ip', 'link', 'set', hostIf, 'master', bridge);
+  if (hostAddr) sh('ip', 'addr', 'add', hostAddr, 'dev', hostIf);
+  sh('ip', 'link', 'set', hostIf, 'up');
+  ns(nsName, 'ip', 'link', 'set', 'lo', 'up');
+  ns(nsName, 'ip', 'addr', 'add', nsAddr, 'dev', 'eth0');
+  ns(nsName, 'ip', 'link', 'set', 'eth0', 'up');
+  ns(nsName, 'ip', 'route', 'add', 'default', 'via', gw);
+}
+
+export class LabNode {
+  readonly manifests: string;
+  readonly stateDir: string;
+  readonly backends: string[] = [];
+  readonly #children: ChildProcess[] = [];
+  #proxy: ChildProcess | null = null;
+  proxyLog = '';
+
+  constructor() {
+    const base = mkdtempSync('/tmp/kipvs-lab-');
+    this.manifests = join(base, 'manifests');
+    this.stateDir = join(base, 'state');
+    mkdirSync(this.manifests);
+  }
+
+  /** The network, and `count` backends named be1..beN at 10.244.0.11.. */
+  async build(count: number): Promise<void> {
+    sh('ip', 'link', 'add', 'kbr0', 'type', 'bridge');
+    sh('ip', 'addr', 'add', '10.244.0.1/24', 'dev', 'kbr0');
+    sh('ip', 'link', 'set', 'kbr0', 'up');
+    writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+    for (let i = 1; i <= count; i++) {
+      const name = `be${i}`;
+      veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0');
+      this.backends.push(name);
+      await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/);
+    }
+    veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24');
+    veth('ext', 'vext', `${EXT_IP}/24`, NODE_IP, undefined, `${NODE_IP}/24`);
+  }
+
+  backendIP(name: string): string {
+    return `10.244.0.${10 + Number(name.slice(2))}`;
+  }
+
+  #startChild(nsName: string, args: string[], ready: RegExp): Promise<ChildProcess> {
+    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    this.#children.push(child);
+    return new Promise((res, rej) => {
+      let out = '';
+      child.stdout!.on('data', (d) => {
+        out += d.toString();
+        if (ready.test(out)) res(child);
+      });
+      child.on('exit', (code) => rej(new Error(`${args.join(' ')} exited ${code}`)));
+    });
+  }
+
+  /** Replaces the manifest folder's content: one file per call name. */
+  write(file: string, objects: Record<string, unknown>[]): void {
+    writeFileSync(join(this.manifests, `${file}.yaml`), objects.map((o) => stringify(o)).join('---\n'));
+  }
+
+  remove(file: string): void {
+    rmSync(join(this.manifests, `${file}.yaml`), { force: true });
+  }
+
+  /** Starts `kube-ipvs run` on the folder (a real process, as on a node). */
+  startProxy(extraConfig: Record<string, unknown> = {}): void {
+    const cfgFile = join(this.stateDir, '..', 'config.yaml');
+    writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
+    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', '--manifests', this.manifests, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
+  }
+
+  killProxy(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.#proxy;
+    this.#proxy = null;
+    if (!p || p.exitCode !== null) return Promise.resolve();
+    return new Promise((res) => {
+      p.once('exit', () => res());
+      p.kill(signal);
+    });
+  }
+
+  /** Runs client.ts in a namespace and parses its JSON line. */
+  client<T = string[]>(nsName: 'client' | 'ext', ...args: string[]): T {
+    return JSON.parse(ns(nsName, nodeBin, join(repo, 'test/lab/support/client.ts'), ...args)) as T;
+  }
+
+  /** A long-lived connection driven line by line. */
+  hold(nsName: 'client' | 'ext', host: string, port: number) {
+    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, join(repo, 'test/lab/support/client.ts'), 'hold', host, String(port)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.#children.push(child);
+    const lines: string[] = [];
+    const waiters: ((l: string) => void)[] = [];
+    let buf = '';
+    child.stdout!.on('data', (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const l = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        const w = waiters.shift();
+        if (w) w(l);
+        else lines.push(l);
+      }
+    });
+    const next = () => new Promise<string>((r) => (lines.length ? r(lines.shift()!) : waiters.push(r)));
+    return {
+      first: next,
+      send: (msg: string) => {
+        child.stdin!.write(`${msg}\n`);
+        return next();
+      },
+      close: () => new Promise<void>((r) => {
+        child.once('exit', () => r());
+        child.stdin!.end();
+      }),
+    };
+  }
+
+  /** Polls the kernel until `check` passes (or throws after `ms`). */
+  async waitKernel(check: (k: Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }>) => boolean, ms = 15_000): Promise<Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }>> {
+    const ipvs = await NetlinkIpvs.open();
+    try {
+      const until = Date.now() + ms;
+      for (;;) {
+        const k: Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }> = {};
+        for (const s of await ipvs.services()) {
+          const dests: Record<string, number> = {};
+          for (const d of await ipvs.destinations(s)) dests[`${d.address}:${d.port}`] = d.weight;
+          k[serviceId(s)] = { scheduler: s.scheduler, timeout: s.timeout, dests };
+        }
+        if (check(k)) return k;
+        if (Date.now() > until) throw new Error(`kernel did not converge: ${JSON.stringify(k)}\nproxy log:\n${this.proxyLog.slice(-2000)}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    } finally {
+      ipvs.close();
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    await this.killProxy('SIGTERM');
+    for (const c of this.#children) c.kill('SIGKILL');
+  }
+}
