@@ -101,12 +101,14 @@ async function main() {
     });
     s.on('error', (e: NodeJS.ErrnoException) => (broken = `ERR ${e.code ?? e.message}`));
     s.on('close', () => (broken ||= 'ERR closed'));
+    // The greeting (the backend's name) comes first.
+    await new Promise<void>((r) => lines.push((l) => (console.log(l), r())));
     for await (const line of createInterface({ input: process.stdin })) {
       if (broken) {
         console.log(broken);
         continue;
       }
-      const reply = await Promise.race([new Promise<string>((r) => lines.push(r)), new Promise<string>((r) => setTimeout(() => r('ERR timeout'), TIMEOUT))]);
+      const reply = Promise.race([new Promise<string>((r) => lines.push(r)), new Promise<string>((r) => setTimeout(() => r('ERR timeout'), TIMEOUT))]);
       s.write(`${line}\n`);
       console.log(await reply);
     }
