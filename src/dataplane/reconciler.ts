@@ -144,7 +144,7 @@ export class Reconciler {
       plan.addresses.forEach((x) => addresses.add(x));
       applied.set(key, a);
     }
-    for (const a of addresses) await this.#addAddress(a, run);
+    await pool([...addresses], this.#o.concurrency, (a) => this.#addAddress(a, run));
 
     let kernel: IpvsService[] = [];
     try {

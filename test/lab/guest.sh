@@ -19,6 +19,7 @@ for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh ip_vs_sed
   modprobe "$m" 2>/dev/null || echo "lab: modprobe $m failed"
 done
 cd "$(cat /lab-results/repo)"
+export PATH="$PWD/node_modules/.bin:$PATH"
 sh /lab-results/cmd.sh > /lab-results/out.txt 2>/lab-results/err.txt
 echo $? > /lab-results/status
 sync
