@@ -78,3 +78,20 @@ t.test('a Service removed from the folder is removed from the kernel', async (t)
   t.same(Object.keys(await kernel()), ['TCP/10.96.0.10:80']);
   t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.10']);
 });
+
+t.test('a file that stops parsing keeps its last objects serving', async (t) => {
+  const { daemon, write, kernel, dir, logs } = setup(t);
+  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1')])]);
+  await daemon.start();
+  await daemon.runner.whenIdle();
+  // Half-written by an editor or a config-management tool.
+  writeFileSync(join(dir, 'web.yaml'), 'apiVersion: v1\nkind: Service\nmetadata: {name: web\n');
+  await daemon.reload();
+  await daemon.runner.whenIdle();
+  t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.1:8080=1'] }, 'still programmed');
+  t.ok(logs.some((l) => l.includes('KIPVS_MANIFEST_UNPARSABLE')), 'the parse error is logged');
+  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.2')])]);
+  await daemon.reload();
+  await daemon.runner.whenIdle();
+  t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.2:8080=1'] }, 'and follows the file again once it parses');
+});
