@@ -71,8 +71,10 @@ if (process.env.SPLIT === '1') {
   for (let i = 0; i < plan.addresses.length; i += 64) await Promise.all(plan.addresses.slice(i, i + 64).map((a) => links.addAddress(idx, a)));
   addrMs = performance.now() - t0;
 }
+// NOADDR=1 (diagnostic): program the virtual servers without binding their addresses.
+const coldPlans = new Map([...planner.plans()].map(([k, p]) => [k, process.env.NOADDR === '1' ? { ...p, addresses: [] } : p]));
 t0 = performance.now();
-const cold = await rec.sync({ full: true, plans: new Map(planner.plans()), addressInUse: (a) => planner.addressInUse(a) });
+const cold = await rec.sync({ full: true, plans: coldPlans, addressInUse: (a) => planner.addressInUse(a) });
 const coldMs = performance.now() - t0;
 if (cold.errors.length) throw new Error(`cold sync errors: ${JSON.stringify(cold.errors.slice(0, 3))}`);
 const programmed = (await ipvs.services()).length;

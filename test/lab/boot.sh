@@ -8,7 +8,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 eval "$(bash "$here/prepare.sh")"
 results=$(mktemp -d /var/tmp/kipvs-lab.XXXXXX)
-trap 'rm -rf "$results"' EXIT
+# LAB_KEEP=DIR keeps what the guest wrote under /lab-results (profiles, logs) in DIR.
+trap 'if [ -n "${LAB_KEEP:-}" ]; then mkdir -p "$LAB_KEEP" && cp -r "$results"/. "$LAB_KEEP"/; fi; rm -rf "$results"' EXIT
 printf '%s\n' "$1" > "$results/cmd.sh"
 echo "$repo" > "$results/repo"
 timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
