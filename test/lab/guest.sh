@@ -11,8 +11,7 @@ mkdir -p /dev/pts /dev/shm /run /var/run/netns
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-# The host's /tmp is read-only under the overlay; a fresh one is hidden from the host (see DESIGN.md).
-mount -t tmpfs -o size=512m tmpfs /tmp
+# /tmp stays the overlay's (writable, and the repository may live under the host's /tmp).
 mount -t tmpfs tmpfs /var/run/netns 2>/dev/null
 ip link set lo up
 for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh ip_vs_sed ip_vs_nq ip_vs_dh ip_vs_lblc ip_vs_lblcr nf_conntrack dummy veth bridge; do
