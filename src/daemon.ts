@@ -1,7 +1,6 @@
 // The `run` daemon: a source feeds the model, the planner re-plans what changed, and the
-// bounded-frequency runner has the reconciler bring the kernel in step. Kernel and filesystem
-// access come in as dependencies, so the same daemon runs against fakes in tests and dry runs.
-import { watch, type FSWatcher } from 'node:fs';
+// bounded-frequency runner has the reconciler bring the kernel in step. Kernel access and the
+// source come in as dependencies, so the same daemon runs against fakes in tests and dry runs.
 import type { Config } from './config/config.ts';
 import { formatProblem, type Problem } from './errors.ts';
 import type { Ipvs } from './dataplane/ipvs/client.ts';
@@ -15,7 +14,7 @@ import type { Logger } from './observe/log.ts';
 import { planConfigFrom } from './plan/from-manifests.ts';
 import { Planner } from './plan/plan.ts';
 import type { ServicePlan } from './plan/types.ts';
-import { ManifestSource } from './sources/manifest-source.ts';
+import type { Source, SourceBatch } from './sources/source.ts';
 
 export interface DaemonDeps {
   ipvs: Ipvs;
@@ -28,14 +27,13 @@ export interface DaemonDeps {
 }
 
 export interface DaemonOptions {
-  manifests: string;
+  source: Source;
   config: Config;
   nodeName: string;
-  /** Re-read the folder this often even without a file event (ms; default 5000). */
-  pollMs?: number;
-  /** Watch the folder for changes (default true). */
-  watch?: boolean;
 }
+
+/** How many network programming latencies are kept (for the metrics). */
+const LATENCY_SAMPLES = 1000;
 
 /** How often a Service with draining destinations is looked at again. */
 const DRAIN_CHECK_MS = 5000;
@@ -47,16 +45,17 @@ export class Daemon {
   readonly runner: BoundedFrequencyRunner;
   readonly #deps: DaemonDeps;
   readonly #opts: DaemonOptions;
-  readonly #source: ManifestSource;
+  readonly #source: Source;
   readonly #clock: Clock;
   #dirty = new Set<string>();
-  #watcher: FSWatcher | null = null;
-  #pollTimer: unknown = null;
+  /** Service -> when its endpoints changed, until that change is in the kernel. */
+  #triggers = new Map<string, number>();
   #drainTimer: unknown = null;
-  #reloading: Promise<void> | null = null;
   #stopped = false;
   lastSync: SyncResult | null = null;
   lastSyncAt = 0;
+  /** Network programming latencies (trigger time -> kernel updated), ms, newest last. */
+  readonly programmingLatencyMs: number[] = [];
 
   constructor(opts: DaemonOptions, deps: DaemonDeps) {
     this.#opts = opts;
@@ -65,7 +64,7 @@ export class Daemon {
     const cfg = opts.config;
     this.model = new Model({ nodeName: opts.nodeName, proxyName: cfg.serviceProxyName });
     this.planner = new Planner(this.model, planConfigFrom(cfg));
-    this.#source = new ManifestSource(opts.manifests);
+    this.#source = opts.source;
     this.reconciler = new Reconciler(deps.ipvs, deps.links, deps.owned, {
       dummyInterface: cfg.dummyInterface,
       excludeCIDRs: cfg.ipvs.excludeCIDRs,
@@ -82,30 +81,38 @@ export class Daemon {
     });
   }
 
-  /** Kernel settings, the first load of the source, then the first (full) sync via the runner. */
+  /**
+   * Kernel settings, then the source's first complete view, then the first (full) sync. Nothing
+   * is programmed before the source has synced: a partial view would delete working Services.
+   */
   async start(): Promise<void> {
     await this.#kernelSettings();
-    await this.reload();
+    await this.#source.start((b) => this.#apply(b));
+    if (this.#stopped) return;
     this.planner.planAll();
     this.runner.start();
-    if (this.#opts.watch !== false) this.#watch();
   }
 
   stop(): void {
     this.#stopped = true;
+    this.#source.stop();
     this.runner.stop();
-    this.#watcher?.close();
-    if (this.#pollTimer !== null) this.#clock.clearTimeout(this.#pollTimer);
     if (this.#drainTimer !== null) this.#clock.clearTimeout(this.#drainTimer);
   }
 
   /** One full sync now, outside the runner (for --once). */
   async syncOnce(): Promise<SyncResult> {
     await this.#kernelSettings();
-    await this.reload();
+    await this.#source.start((b) => this.#apply(b));
+    this.#source.stop();
     this.planner.planAll();
     await this.#sync(true);
     return this.lastSync!;
+  }
+
+  /** Asks the source for a fresh look (the folder source re-reads) and waits for it. */
+  reload(): Promise<void> {
+    return this.#source.refresh();
   }
 
   async #kernelSettings(): Promise<void> {
@@ -124,35 +131,20 @@ export class Daemon {
     }
   }
 
-  /** Re-reads the source and feeds what changed to the model; asks for a sync when needed. */
-  reload(): Promise<void> {
-    // One reload at a time; a reload asked for during one runs after it.
-    const next = (this.#reloading ?? Promise.resolve()).then(() => this.#reload());
-    this.#reloading = next.finally(() => {
-      if (this.#reloading === next) this.#reloading = null;
-    });
-    return next;
-  }
-
-  async #reload(): Promise<void> {
+  /** Feeds a batch of changes to the model and asks for a sync when a plan changed. */
+  #apply(batch: SourceBatch): void {
     const { log } = this.#deps;
-    let poll;
-    try {
-      poll = await this.#source.poll();
-    } catch (e) {
-      log.error('cannot read manifests', { dir: this.#opts.manifests, error: (e as Error).message }, 'source');
-      return;
-    }
     const report = (p: Problem) => log[p.severity === 'error' ? 'error' : 'warn'](formatProblem(p), { code: p.code }, `problem:${formatProblem(p)}`);
-    poll.problems.forEach(report);
+    batch.problems.forEach(report);
     let nodeChanged = false;
-    for (const change of poll.changes) {
+    for (const change of batch.changes) {
       const r = this.model.apply(change);
-      const origin = poll.origins.get(change);
+      const origin = batch.origins?.get(change);
       r.problems.forEach((p) => report({ ...p, ...origin }));
       nodeChanged ||= r.nodeChanged;
       for (const k of this.planner.update(r)) this.#dirty.add(k);
     }
+    for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
     if (this.#dirty.size > 0) this.runner.request();
   }
@@ -180,6 +172,7 @@ export class Daemon {
     } else if (r.operations > 0 || full) {
       log.info('sync done', fields);
     }
+    this.#recordLatency(full ? null : touched, new Set(r.errors.map((e) => e.service ?? '')));
     this.#scheduleDrainCheck();
     return r.errors.length === 0;
   }
@@ -192,23 +185,14 @@ export class Daemon {
     }, DRAIN_CHECK_MS);
   }
 
-  #watch(): void {
-    const again = () => void this.reload();
-    try {
-      let debounce: NodeJS.Timeout | null = null;
-      this.#watcher = watch(this.#opts.manifests, { recursive: true, persistent: false }, () => {
-        if (debounce) clearTimeout(debounce);
-        debounce = setTimeout(again, 100);
-      });
-      this.#watcher.on('error', (e) => this.#deps.log.warn('manifest watch failed; polling only', { error: e.message }));
-    } catch (e) {
-      this.#deps.log.warn('manifest watch unavailable; polling only', { error: (e as Error).message });
+  /** Endpoint changes that are now in the kernel: trigger time -> now, for the metrics. */
+  #recordLatency(synced: Set<string> | null, failed: Set<string>): void {
+    const now = this.#clock.now();
+    for (const [k, at] of this.#triggers) {
+      if (failed.has(k) || (synced && !synced.has(k))) continue;
+      this.#triggers.delete(k);
+      this.programmingLatencyMs.push(Math.max(0, now - at));
+      if (this.programmingLatencyMs.length > LATENCY_SAMPLES) this.programmingLatencyMs.shift();
     }
-    const poll = () => {
-      if (this.#stopped) return;
-      again();
-      this.#pollTimer = this.#clock.setTimeout(poll, this.#opts.pollMs ?? 5000);
-    };
-    this.#pollTimer = this.#clock.setTimeout(poll, this.#opts.pollMs ?? 5000);
   }
 }

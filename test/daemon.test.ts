@@ -12,6 +12,7 @@ import { serviceId } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Logger } from '../src/observe/log.ts';
+import { ManifestSource } from '../src/sources/manifest-source.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 
 function setup(t: { teardown: (f: () => void) => void }) {
@@ -24,7 +25,7 @@ function setup(t: { teardown: (f: () => void) => void }) {
   cfg.ipvs.minSyncPeriodSeconds = 0;
   const sysctls: string[] = [];
   const daemon = new Daemon(
-    { manifests: dir, config: cfg, nodeName: 'node-a', watch: false },
+    { source: new ManifestSource(dir), config: cfg, nodeName: 'node-a' },
     { ipvs, links, owned: new MemoryOwnership(), sysctl: { read: () => null, write: (p, v) => void sysctls.push(`${p}=${v}`) }, log: new Logger({ sink: (l) => void logs.push(l) }), kernelRelease: '6.1.0' },
   );
   t.teardown(() => daemon.stop());

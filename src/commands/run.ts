@@ -12,6 +12,7 @@ import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { Logger } from '../observe/log.ts';
 import { formatTable } from '../plan/format.ts';
 import { chooseNodeName } from '../plan/from-manifests.ts';
+import { ManifestSource } from '../sources/manifest-source.ts';
 import { readManifests } from '../sources/manifests.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
 
@@ -63,7 +64,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctl, log, kernelRelease: release() };
   }
 
-  const daemon = new Daemon({ manifests: args.manifests, config, nodeName }, deps);
+  // --once reads the folder once; the daemon follows it.
+  const source = new ManifestSource(args.manifests, { watch: !args.once });
+  const daemon = new Daemon({ source, config, nodeName }, deps);
   if (args.once) {
     const r = await daemon.syncOnce();
     if (args.dryRun) {

@@ -1,27 +1,72 @@
 // The file source as a stream of changes: each poll re-reads the folder and reports what was
 // added, changed or removed since the last poll, as {kind, previous, current} events — the same
 // shape the Kubernetes source produces, so the model cannot tell them apart.
-import { Codes, type Problem } from '../errors.ts';
+import { watch, type FSWatcher } from 'node:fs';
+import { Codes } from '../errors.ts';
 import type { Change } from '../model/model.ts';
 import { refOf } from '../model/validate.ts';
 import { readManifests } from './manifests.ts';
+import type { Source, SourceBatch } from './source.ts';
 
-export interface Poll {
-  changes: Change[];
-  /** Problems of the folder as it is now (unparsable files, documents without a kind). */
-  problems: Problem[];
-  /** Where each changed object came from, for error lines. */
+export interface Poll extends SourceBatch {
   origins: Map<Change, { file: string; line: number }>;
 }
 
 type Entry = { kind: Change['kind']; object: Record<string, unknown>; json: string; file: string; line: number };
 
-export class ManifestSource {
+export class ManifestSource implements Source {
   readonly dir: string;
   #objects = new Map<string, Entry>();
+  readonly #watch: boolean;
+  readonly #pollMs: number;
+  #deliver: ((b: SourceBatch) => void) | null = null;
+  #busy: Promise<void> = Promise.resolve();
+  #watcher: FSWatcher | null = null;
+  #timer: NodeJS.Timeout | null = null;
 
-  constructor(dir: string) {
+  /** `watch`: follow the folder (file events, and a re-read every `pollMs` as a safety net). */
+  constructor(dir: string, opts: { watch?: boolean; pollMs?: number } = {}) {
     this.dir = dir;
+    this.#watch = opts.watch ?? false;
+    this.#pollMs = opts.pollMs ?? 5000;
+  }
+
+  async start(deliver: (b: SourceBatch) => void): Promise<void> {
+    this.#deliver = deliver;
+    await this.refresh();
+    if (!this.#watch || !this.#deliver) return;
+    let debounce: NodeJS.Timeout | null = null;
+    const again = () => void this.refresh().catch(() => {});
+    try {
+      this.#watcher = watch(this.dir, { recursive: true, persistent: false }, () => {
+        if (debounce) clearTimeout(debounce);
+        debounce = setTimeout(again, 100);
+      });
+      this.#watcher.on('error', () => {});
+    } catch {
+      /* no file events here: the periodic re-read still follows the folder */
+    }
+    const tick = () => {
+      again();
+      this.#timer = setTimeout(tick, this.#pollMs);
+    };
+    this.#timer = setTimeout(tick, this.#pollMs);
+  }
+
+  /** Re-reads the folder (one read at a time) and delivers what changed. */
+  refresh(): Promise<void> {
+    const run = this.#busy.then(async () => {
+      const p = await this.poll();
+      this.#deliver?.(p);
+    });
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
+  stop(): void {
+    this.#deliver = null;
+    this.#watcher?.close();
+    if (this.#timer) clearTimeout(this.#timer);
   }
 
   async poll(): Promise<Poll> {

@@ -1,0 +1,22 @@
+// What the daemon needs from a source of Kubernetes objects: change events in the shape the
+// model takes, and a promise that says the first complete view has arrived.
+import type { Problem } from '../errors.ts';
+import type { Change } from '../model/model.ts';
+
+export interface SourceBatch {
+  changes: Change[];
+  /** Problems of the source itself (unparsable files...), not of objects. */
+  problems: Problem[];
+  /** Where a change came from (file and line), for error lines. */
+  origins?: Map<Change, { file: string; line: number }>;
+  /** Service key -> when the endpoints changed (EndpointSlice last-change-trigger-time), ms. */
+  triggerTimes?: Map<string, number>;
+}
+
+export interface Source {
+  /** Starts delivering batches; resolves once the first complete view has been delivered. */
+  start(deliver: (batch: SourceBatch) => void): Promise<void>;
+  /** Asks for a fresh look now, where the source can (the folder source re-reads). */
+  refresh(): Promise<void>;
+  stop(): void;
+}
