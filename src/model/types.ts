@@ -79,6 +79,10 @@ export interface NodeInfo {
   zone: string;
   /** Canonical InternalIP and ExternalIP addresses, in status order. */
   addresses: { type: string; address: string }[];
+  /** metadata.deletionTimestamp is set (for /healthz). */
+  deleting: boolean;
+  /** Carries the cluster autoscaler's ToBeDeletedByClusterAutoscaler taint (for /healthz). */
+  toBeDeleted: boolean;
 }
 
 /** One endpoint of one Service port, after slices are merged. */

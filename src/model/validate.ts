@@ -21,6 +21,8 @@ export const LABEL_HEADLESS = 'service.kubernetes.io/headless';
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
 export const LABEL_ZONE = 'topology.kubernetes.io/zone';
 export const ANNOTATION_SCHEDULER = 'kube-ipvs.io/scheduler';
+export const TAINT_TO_BE_DELETED = 'ToBeDeletedByClusterAutoscaler';
+export const ANNOTATION_TRIGGER_TIME = 'endpoints.kubernetes.io/last-change-trigger-time';
 export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
 export const MAX_AFFINITY_TIMEOUT_SECONDS = 86400;
 export const TRAFFIC_DISTRIBUTIONS = ['PreferClose', 'PreferSameZone', 'PreferSameNode'] as const;
@@ -387,7 +389,10 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
     const ip = f.ip(ao.address, `status.addresses[${i}].address`);
     if (ip && !addresses.some((x) => x.address === ip)) addresses.push({ type, address: ip });
   });
+  const taints = f.arr(f.obj(raw.spec, 'spec').taints, 'spec.taints');
+  const toBeDeleted = taints.some((x) => isObj(x) && x.key === TAINT_TO_BE_DELETED);
+  const deleting = isObj(raw.metadata) && raw.metadata.deletionTimestamp !== undefined && raw.metadata.deletionTimestamp !== null;
   const problem = f.problem(ref);
   if (problem) return { status: 'invalid', problem };
-  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses } };
+  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, deleting, toBeDeleted } };
 }

@@ -1,0 +1,306 @@
+// The Kubernetes source: informers for Services, EndpointSlices and this Node, under supervision.
+// - Server-side label selectors as kube-proxy's: no headless-marked objects, and either no
+//   service-proxy-name or ours (two watches per kind: a selector cannot say "absent or X").
+// - Lists are paginated and normalised to the same plain-JSON shape watch events have.
+// - Any error or closed stream reconnects with capped, jittered backoff; a 410 relists (the
+//   client library's ListWatch resets its resourceVersion); a watch that has delivered nothing,
+//   not even a bookmark, for `stallMs` is restarted. Each is logged and counted.
+// - start() resolves only when every informer has listed once: nothing is programmed from a
+//   partial view. After that, an API server outage leaves the last state serving.
+import { CoreV1Api, DiscoveryV1Api, KubeConfig, ListWatch, Watch, type KubernetesObject } from '@kubernetes/client-node';
+// Not re-exported by the package index: the serializer that turns typed list items back into API JSON.
+import { ObjectSerializer } from '@kubernetes/client-node/dist/serializer.js';
+import type { Change, ObjectKind } from '../model/model.ts';
+import { ANNOTATION_TRIGGER_TIME, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME } from '../model/validate.ts';
+import type { Logger } from '../observe/log.ts';
+import type { Source, SourceBatch } from './source.ts';
+
+export interface KubernetesSourceOptions {
+  nodeName: string;
+  /** The service-proxy-name kube-ipvs answers to. */
+  proxyName: string;
+  log: Logger;
+  /** Page size for lists (default 500). */
+  pageSize?: number;
+  /** Restart a watch that delivered nothing, not even a bookmark, for this long (default 5 min). */
+  stallMs?: number;
+  /** Reconnect backoff: first delay and cap (defaults 500 ms, 30 s), with jitter. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+}
+
+export interface SourceCounters {
+  /** List pages fetched (a paginated list is several). */
+  pages: number;
+  reconnects: number;
+  relists: number;
+  errors: number;
+  stalls: number;
+  events: number;
+}
+
+type Obj = KubernetesObject & Record<string, unknown>;
+
+/** A Watch that asks for bookmarks and a server-side timeout, and reports every event as activity. */
+class ActiveWatch extends Watch {
+  readonly #onActivity: () => void;
+  readonly #timeoutSeconds: () => number;
+  constructor(kc: KubeConfig, onActivity: () => void, timeoutSeconds: () => number) {
+    super(kc);
+    this.#onActivity = onActivity;
+    this.#timeoutSeconds = timeoutSeconds;
+  }
+  override watch(path: string, query: Record<string, unknown>, cb: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void) {
+    return super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() }, (phase, obj, w) => {
+      this.#onActivity();
+      cb(phase, obj, w);
+    }, done);
+  }
+}
+
+interface InformerSpec {
+  name: string;
+  kind: ObjectKind;
+  path: string;
+  type: string;
+  labelSelector?: string;
+  fieldSelector?: string;
+  list: (page: { labelSelector?: string; fieldSelector?: string; limit: number; _continue?: string }) => Promise<{ items: unknown[]; metadata?: { _continue?: string; resourceVersion?: string } }>;
+}
+
+class SupervisedInformer {
+  readonly spec: InformerSpec;
+  readonly lw: ListWatch<Obj>;
+  synced = false;
+  #onSynced: () => void = () => {};
+  readonly syncedOnce: Promise<void>;
+  #failures = 0;
+  #restartTimer: NodeJS.Timeout | null = null;
+  #stallTimer: NodeJS.Timeout | null = null;
+  lastActivity = Date.now();
+  #stopped = false;
+
+  readonly src: KubernetesSource;
+
+  constructor(kc: KubeConfig, spec: InformerSpec, src: KubernetesSource) {
+    this.spec = spec;
+    this.src = src;
+    this.syncedOnce = new Promise((r) => (this.#onSynced = r));
+    const stallMs = src.stallMs;
+    const watch = new ActiveWatch(kc, () => this.#activity(), () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))));
+    const listFn = async () => {
+      const items: unknown[] = [];
+      let cont: string | undefined;
+      let rv = '';
+      do {
+        src.counters.pages++;
+        const page = await spec.list({ labelSelector: spec.labelSelector, fieldSelector: spec.fieldSelector, limit: src.pageSize, ...(cont ? { _continue: cont } : {}) });
+        for (const it of page.items) items.push(ObjectSerializer.serialize(it, spec.type));
+        cont = page.metadata?._continue || undefined;
+        rv = page.metadata?.resourceVersion ?? rv;
+      } while (cont);
+      this.#activity();
+      // The ListWatch applies the items right after this resolves; mark synced after that.
+      setImmediate(() => this.#listed());
+      return { metadata: { resourceVersion: rv }, items: items as Obj[] };
+    };
+    this.lw = new ListWatch<Obj>(spec.path, watch, listFn as never, false, spec.labelSelector, spec.fieldSelector);
+    this.lw.on('add', (o) => src.onEvent(spec, null, o));
+    this.lw.on('update', (o) => src.onEvent(spec, 'update', o));
+    this.lw.on('delete', (o) => src.onEvent(spec, 'delete', o));
+    this.lw.on('connect', () => {
+      this.#activity();
+      if (this.lw.latestResourceVersion() === '' && this.synced) {
+        src.counters.relists++;
+        src.log.info('relisting', { informer: spec.name });
+      }
+    });
+    this.lw.on('error', (err) => this.#failed(err));
+  }
+
+  start(): void {
+    this.#stopped = false;
+    void this.lw.start().catch((e) => this.#failed(e));
+    this.#armStallCheck();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    void this.lw.stop();
+    if (this.#restartTimer) clearTimeout(this.#restartTimer);
+    if (this.#stallTimer) clearTimeout(this.#stallTimer);
+  }
+
+  #activity(): void {
+    this.lastActivity = Date.now();
+  }
+
+  #listed(): void {
+    this.#failures = 0;
+    if (!this.synced) {
+      this.synced = true;
+      this.#onSynced();
+    }
+  }
+
+  #failed(err: unknown): void {
+    if (this.#stopped || this.#restartTimer) return;
+    const src = this.src;
+    src.counters.errors++;
+    this.#failures++;
+    const base = Math.min(src.backoffMaxMs, src.backoffBaseMs * 2 ** Math.min(this.#failures - 1, 16));
+    const delay = Math.round(base * (0.5 + Math.random() / 2));
+    src.log.warn('watch failed; reconnecting', { informer: this.spec.name, error: describe(err), retryInMs: delay, failures: this.#failures }, `watch-error:${this.spec.name}`);
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = null;
+      if (this.#stopped) return;
+      src.counters.reconnects++;
+      void this.lw.start().catch((e) => this.#failed(e));
+    }, delay);
+  }
+
+  #armStallCheck(): void {
+    const every = Math.max(1000, Math.min(30_000, this.src.stallMs / 4));
+    this.#stallTimer = setTimeout(() => {
+      if (this.#stopped) return;
+      if (!this.#restartTimer && Date.now() - this.lastActivity > this.src.stallMs) {
+        this.src.counters.stalls++;
+        this.src.log.warn('watch delivered nothing for too long; restarting it', { informer: this.spec.name, silentMs: Date.now() - this.lastActivity });
+        this.lastActivity = Date.now();
+        void this.lw.stop().then(() => {
+          if (!this.#stopped) {
+            this.src.counters.reconnects++;
+            return this.lw.start();
+          }
+        }).catch((e) => this.#failed(e));
+      }
+      this.#armStallCheck();
+    }, every);
+    this.#stallTimer.unref();
+  }
+}
+
+function describe(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  const e = err as { code?: number; statusCode?: number; message?: string };
+  return e?.message ?? `HTTP ${e?.statusCode ?? e?.code ?? '?'}`;
+}
+
+const keyOf = (o: Obj) => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+
+export class KubernetesSource implements Source {
+  readonly log: Logger;
+  readonly pageSize: number;
+  readonly stallMs: number;
+  readonly backoffBaseMs: number;
+  readonly backoffMaxMs: number;
+  readonly counters: SourceCounters = { pages: 0, reconnects: 0, relists: 0, errors: 0, stalls: 0, events: 0 };
+  readonly #informers: SupervisedInformer[];
+  /** kind/namespace/name -> the last object delivered (the `previous` of the next change). */
+  readonly #last = new Map<string, Obj>();
+  #deliver: ((b: SourceBatch) => void) | null = null;
+  #pending: SourceBatch = { changes: [], problems: [], triggerTimes: new Map() };
+  #flushQueued = false;
+
+  constructor(kc: KubeConfig, opts: KubernetesSourceOptions) {
+    this.log = opts.log;
+    this.pageSize = opts.pageSize ?? 500;
+    this.stallMs = opts.stallMs ?? 5 * 60_000;
+    this.backoffBaseMs = opts.backoffBaseMs ?? 500;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
+    const core = kc.makeApiClient(CoreV1Api);
+    const discovery = kc.makeApiClient(DiscoveryV1Api);
+    const notHeadless = `!${LABEL_HEADLESS}`;
+    const selectors = [`!${LABEL_SERVICE_PROXY_NAME},${notHeadless}`, `${LABEL_SERVICE_PROXY_NAME}=${opts.proxyName},${notHeadless}`];
+    const specs: InformerSpec[] = [];
+    selectors.forEach((labelSelector, i) => {
+      const which = i === 0 ? 'unnamed' : 'ours';
+      specs.push({ name: `services(${which})`, kind: 'Service', path: '/api/v1/services', type: 'V1ServiceList', labelSelector, list: (p) => core.listServiceForAllNamespaces(p) });
+      specs.push({
+        name: `endpointslices(${which})`,
+        kind: 'EndpointSlice',
+        path: '/apis/discovery.k8s.io/v1/endpointslices',
+        type: 'V1EndpointSliceList',
+        labelSelector,
+        list: (p) => discovery.listEndpointSliceForAllNamespaces(p),
+      });
+    });
+    specs.push({ name: 'node', kind: 'Node', path: '/api/v1/nodes', type: 'V1NodeList', fieldSelector: `metadata.name=${opts.nodeName}`, list: (p) => core.listNode(p) });
+    // Items of a list are serialised one by one: the element type, not the list type.
+    for (const s of specs) s.type = s.type.replace(/List$/, '');
+    this.#informers = specs.map((s) => new SupervisedInformer(kc, s, this));
+  }
+
+  /** Called by the informers for every object event. */
+  onEvent(spec: InformerSpec, verb: 'update' | 'delete' | null, o: Obj): void {
+    this.counters.events++;
+    const id = `${spec.kind}/${keyOf(o)}`;
+    const previous = this.#last.get(id) ?? null;
+    let change: Change;
+    if (verb === 'delete') {
+      this.#last.delete(id);
+      change = { kind: spec.kind, previous: previous ?? o, current: null };
+    } else {
+      this.#last.set(id, o);
+      change = { kind: spec.kind, previous, current: o };
+    }
+    this.#pending.changes.push(change);
+    if (spec.kind === 'EndpointSlice' && verb !== 'delete') {
+      const md = (o.metadata ?? {}) as { annotations?: Record<string, string>; labels?: Record<string, string>; namespace?: string };
+      const trigger = md.annotations?.[ANNOTATION_TRIGGER_TIME];
+      const svc = md.labels?.[LABEL_SERVICE_NAME];
+      const at = trigger ? Date.parse(trigger) : NaN;
+      if (svc && !Number.isNaN(at)) this.#pending.triggerTimes!.set(`${md.namespace ?? 'default'}/${svc}`, at);
+    }
+    this.#queueFlush();
+  }
+
+  /** Events are delivered in batches, one per turn of the event loop. */
+  #queueFlush(): void {
+    if (this.#flushQueued) return;
+    this.#flushQueued = true;
+    setImmediate(() => {
+      this.#flushQueued = false;
+      const batch = this.#pending;
+      this.#pending = { changes: [], problems: [], triggerTimes: new Map() };
+      if (batch.changes.length > 0) this.#deliver?.(batch);
+    });
+  }
+
+  get synced(): boolean {
+    return this.#informers.every((i) => i.synced);
+  }
+
+  /** The watches' silence, per informer (ms since the last event, bookmark or (re)connect). */
+  silence(): Record<string, number> {
+    const now = Date.now();
+    return Object.fromEntries(this.#informers.map((i) => [i.spec.name, now - i.lastActivity]));
+  }
+
+  async start(deliver: (b: SourceBatch) => void): Promise<void> {
+    this.#deliver = deliver;
+    for (const i of this.#informers) i.start();
+    await Promise.all(this.#informers.map((i) => i.syncedOnce));
+    // Deliver what the lists produced before saying "synced".
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+  }
+
+  async refresh(): Promise<void> {
+    /* informers push; nothing to pull */
+  }
+
+  stop(): void {
+    this.#deliver = null;
+    for (const i of this.#informers) i.stop();
+  }
+}
+
+/** --kubeconfig FILE, or the in-cluster service account when no file is given. */
+export function loadKubeConfig(file: string | undefined, qps: { qps: number; burst: number }): KubeConfig {
+  const kc = new KubeConfig();
+  if (file) kc.loadFromFile(file);
+  else kc.loadFromCluster();
+  void qps; // client-node has no client-side rate limiter; list pagination and watches keep the load low
+  return kc;
+}

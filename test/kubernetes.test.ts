@@ -1,0 +1,137 @@
+// The Kubernetes source against a real kube-apiserver and etcd built from upstream Go modules
+// (test/k8s/). Skipped, with the reason, when they cannot be built here.
+import t from 'tap';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { Problem } from '../src/errors.ts';
+import { Model } from '../src/model/model.ts';
+import { Logger } from '../src/observe/log.ts';
+import { KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
+import { ApiServer, buildBinaries } from './support/apiserver.ts';
+import { ep, node, service, slice } from './support/objects.ts';
+
+t.setTimeout(10 * 60_000);
+const built = process.env.K8S === '0' ? { why: 'K8S=0 set' } : await buildBinaries();
+if ('why' in built) {
+  t.plan(0, `Kubernetes source tests skipped: ${built.why}`);
+} else {
+  const api = new ApiServer(built.bin);
+  await api.start();
+  t.teardown(() => api.stop());
+  const kc = new KubeConfig();
+  kc.loadFromFile(api.kubeconfig());
+
+  /** A source feeding a model, as the daemon wires them. */
+  const open = async (t: { teardown: (f: () => void) => void }, opts: Partial<KubernetesSourceOptions> = {}) => {
+    const model = new Model({ nodeName: 'node-a', proxyName: 'kube-ipvs' });
+    const problems: Problem[] = [];
+    const logs: string[] = [];
+    const src = new KubernetesSource(kc, { nodeName: 'node-a', proxyName: 'kube-ipvs', log: new Logger({ sink: (l) => void logs.push(l) }), backoffBaseMs: 200, backoffMaxMs: 2000, ...opts });
+    t.teardown(() => src.stop());
+    await src.start((b) => {
+      for (const c of b.changes) problems.push(...model.apply(c).problems);
+    });
+    return { model, src, problems, logs };
+  };
+  const until = async (what: string, f: () => boolean, ms = 20_000) => {
+    const end = Date.now() + ms;
+    while (!f()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const create = async (path: string, obj: Record<string, unknown>) => {
+    const r = await api.request('POST', path, obj);
+    if (r.status >= 300) throw new Error(`POST ${path}: ${r.status} ${JSON.stringify(r.json)}`);
+    return r.json as { metadata: { resourceVersion: string } };
+  };
+  const svcPath = (ns = 'default') => `/api/v1/namespaces/${ns}/services`;
+  const slicePath = (ns = 'default') => `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`;
+  const apiService = (name: string, extra: Record<string, unknown> = {}) => {
+    const s = service(name, { ports: [{ name: 'http', port: 80, targetPort: 8080 }], ...extra }) as { spec: Record<string, unknown>; status?: unknown };
+    delete s.spec.clusterIP; // allocated by the API server
+    delete s.spec.clusterIPs;
+    delete s.status;
+    return s;
+  };
+
+  t.test('the model follows creates, updates and deletes; selectors keep other proxies out', async (t) => {
+    await create('/api/v1/nodes', node('node-a', [['InternalIP', '192.168.1.10']], 'zone-a'));
+    const { model, src } = await open(t);
+    t.ok(src.synced);
+    t.equal(model.node?.zone, 'zone-a', 'the local Node');
+    await create(svcPath(), apiService('web'));
+    await create(svcPath(), apiService('theirs', { labels: { 'service.kubernetes.io/service-proxy-name': 'cilium' } }));
+    await create(svcPath(), apiService('ours', { labels: { 'service.kubernetes.io/service-proxy-name': 'kube-ipvs' } }));
+    await create(slicePath(), slice('web-1', 'web', [ep('10.0.0.1')]));
+    await until('web and its slice', () => model.slicesFor('default/web').length === 1 && model.service('default/web') !== undefined);
+    await until('ours', () => model.service('default/ours') !== undefined);
+    t.match(model.service('default/web')?.clusterIPs[0], /^10\.(9[6-9]|1[01]\d)\./, 'the allocated ClusterIP arrives');
+    t.equal(model.service('default/theirs'), undefined, "another proxy's Service is never delivered");
+
+    const r = await api.request('PUT', `${slicePath()}/web-1`, { ...slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]), metadata: { name: 'web-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'web' } } });
+    t.equal(r.status, 200);
+    await until('the update', () => model.slicesFor('default/web')[0]?.endpoints.length === 2);
+    await api.request('DELETE', `${slicePath()}/web-1`);
+    await api.request('DELETE', `${svcPath()}/web`);
+    await until('the deletes', () => model.service('default/web') === undefined && model.slicesFor('default/web').length === 0);
+    t.pass('deletes followed');
+
+    await api.request('PATCH', '/api/v1/nodes/node-a', undefined).catch(() => {});
+    const n = await api.request('GET', '/api/v1/nodes/node-a');
+    const nodeObj = n.json as Record<string, unknown> & { spec?: Record<string, unknown> };
+    nodeObj.spec = { ...(nodeObj.spec ?? {}), taints: [{ key: 'ToBeDeletedByClusterAutoscaler', effect: 'NoSchedule', value: '1' }] };
+    t.equal((await api.request('PUT', '/api/v1/nodes/node-a', nodeObj)).status, 200);
+    await until('the taint', () => model.node?.toBeDeleted === true);
+    t.pass('the autoscaler taint is seen');
+  });
+
+  t.test('an object the model rejects is reported while the rest keeps flowing', async (t) => {
+    const { model, problems } = await open(t);
+    // Valid for the API server, not for a proxy: a slice that names no Service.
+    await create(slicePath(), { ...slice('orphan', 'x', [ep('10.0.0.9')]), metadata: { name: 'orphan', namespace: 'default' } });
+    await create(svcPath(), apiService('after-orphan'));
+    await until('the next Service', () => model.service('default/after-orphan') !== undefined);
+    t.ok(problems.some((p) => p.code === 'KIPVS_OBJECT_INVALID' && p.name === 'default/orphan'), 'the orphan slice is rejected with its name');
+  });
+
+  t.test('5000 Services are listed with pagination before start() resolves', async (t) => {
+    const ns = 'many';
+    await create('/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+    const total = 5000;
+    let next = 0;
+    const worker = async () => {
+      while (next < total) {
+        const i = next++;
+        await create(svcPath(ns), { apiVersion: 'v1', kind: 'Service', metadata: { name: `s${i}`, namespace: ns }, spec: { ports: [{ port: 80 }] } });
+      }
+    };
+    await Promise.all(Array.from({ length: 24 }, worker));
+    const { model, src } = await open(t, { pageSize: 500 });
+    const listed = model.serviceKeys().filter((k) => k.startsWith(`${ns}/`)).length;
+    t.equal(listed, total, 'every Service is in the model when start() resolves');
+    t.ok(src.counters.pages >= 10, `the Service list came in pages (${src.counters.pages} pages fetched)`);
+  });
+
+  t.test('the API server killed and restarted: state kept, reconnects, converges; a 410 relists', async (t) => {
+    // A slow reconnect leaves a window to change things and compact etcd behind the watch's back.
+    const { model, src } = await open(t, { backoffBaseMs: 8000, backoffMaxMs: 16_000 });
+    await create(svcPath(), apiService('before-outage'));
+    await create(svcPath(), apiService('doomed'));
+    await until('the first Services', () => model.service('default/before-outage') !== undefined && model.service('default/doomed') !== undefined);
+    const before = model.serviceCount;
+    await api.stopApiServer();
+    await new Promise((r) => setTimeout(r, 500));
+    t.equal(model.serviceCount, before, 'the outage changes nothing in the model');
+    await api.startApiServer();
+    await api.request('DELETE', `${svcPath()}/doomed`);
+    await create(svcPath(), apiService('during-outage'));
+    await api.compact();
+    await until('reconnect and relist', () => model.service('default/during-outage') !== undefined && model.service('default/doomed') === undefined, 60_000);
+    t.ok(src.counters.errors > 0 && src.counters.reconnects > 0, `reconnected (${src.counters.errors} errors, ${src.counters.reconnects} reconnects)`);
+    t.ok(src.counters.relists > 0, `relisted after 410 (${src.counters.relists})`);
+    t.ok(model.service('default/before-outage'), 'nothing lost');
+    await create(svcPath(), apiService('after-outage'));
+    await until('watching again', () => model.service('default/after-outage') !== undefined);
+    t.pass('the watch follows new changes');
+  });
+}
