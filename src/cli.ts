@@ -21,8 +21,10 @@ Commands:
               --config FILE          KubeIPVSConfiguration or KubeProxyConfiguration
               --output table|json    (default table)
               --strict               exit 1 when any object was rejected
-  run       keep this node's kernel in step with the manifests (needs root and the ip_vs module)
-              --manifests DIR  --node NAME  --config FILE
+  run       keep this node's kernel in step with the cluster (needs root and the ip_vs module)
+              --kubeconfig FILE      watch this API server (default: in-cluster service account)
+              --manifests DIR        or follow a folder of manifests instead
+              --node NAME  --config FILE
               --dry-run              program an in-memory kernel instead and print what would be done
               --once                 one full sync, then exit
   cleanup   remove every virtual service, address and interface kube-ipvs created (needs root)
@@ -32,6 +34,7 @@ Commands:
 
 const OPTIONS = {
   manifests: { type: 'string' },
+  kubeconfig: { type: 'string' },
   node: { type: 'string' },
   config: { type: 'string' },
   output: { type: 'string', short: 'o', default: 'table' },
@@ -70,7 +73,7 @@ export async function main(argv: string[], io: IO): Promise<number> {
       if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
       return planCommand({ manifests: args.manifests, node: args.node, config: args.config, output: args.output, strict: args.strict }, io);
     case 'run':
-      return runCommand({ manifests: args.manifests, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once }, io);
+      return runCommand({ manifests: args.manifests, kubeconfig: args.kubeconfig, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once }, io);
     default:
       return cleanupCommand({ config: args.config }, io);
   }

@@ -87,9 +87,16 @@ t.test('usage', async (t) => {
   const status = await run('status');
   t.equal(status.code, 2, 'status is marked not built');
   t.match(status.stderr, /KIPVS_NOT_BUILT/);
+  const saved = process.env.KUBERNETES_SERVICE_HOST;
+  delete process.env.KUBERNETES_SERVICE_HOST;
   const noSource = await run('run');
-  t.equal(noSource.code, 2, 'run without --manifests: the Kubernetes source is not built yet');
-  t.match(noSource.stderr, /KIPVS_NOT_BUILT .*--manifests/);
+  if (saved !== undefined) process.env.KUBERNETES_SERVICE_HOST = saved;
+  t.equal(noSource.code, 2, 'run outside a cluster without a source');
+  t.match(noSource.stderr, /KIPVS_USAGE .*--kubeconfig FILE or --manifests DIR/);
+  t.equal((await run('run', '--manifests', 'x', '--kubeconfig', 'y')).code, 2, 'one source at a time');
+  const badKc = await run('run', '--kubeconfig', '/nonexistent/kubeconfig', '--dry-run', '--once');
+  t.equal(badKc.code, 1);
+  t.match(badKc.stderr, /cannot load the kubeconfig/);
 });
 
 t.test('run --dry-run --once prints the plan and what it would do to an empty node', async (t) => {

@@ -6,6 +6,7 @@ import type { Problem } from '../src/errors.ts';
 import { Model } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
+import { main } from '../src/cli.ts';
 import { ApiServer, buildBinaries } from './support/apiserver.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 
@@ -133,5 +134,18 @@ if ('why' in built) {
     await create(svcPath(), apiService('after-outage'));
     await until('watching again', () => model.service('default/after-outage') !== undefined);
     t.pass('the watch follows new changes');
+  });
+
+  t.test('kube-ipvs run --kubeconfig programs the cluster (dry run, one sync)', async (t) => {
+    const created = (await create(svcPath(), apiService('e2e'))) as unknown as { spec: { clusterIP: string } };
+    const vip = created.spec.clusterIP;
+    await create(slicePath(), slice('e2e-1', 'e2e', [ep('10.0.7.1'), ep('10.0.7.2')]));
+    let out = '';
+    let err = '';
+    const code = await main(['run', '--kubeconfig', api.kubeconfig(), '--node', 'node-a', '--dry-run', '--once'], { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+    t.equal(code, 0, err.slice(-500));
+    t.ok(out.includes(`addService TCP/${vip}:80\n`), `the ClusterIP ${vip} is programmed`);
+    t.ok(out.includes(`addDestination TCP/${vip}:80 -> 10.0.7.1:8080 weight 1`), 'with its first endpoint');
+    t.ok(out.includes(`addDestination TCP/${vip}:80 -> 10.0.7.2:8080 weight 1`), 'and its second');
   });
 }

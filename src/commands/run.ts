@@ -1,6 +1,6 @@
 // `kube-ipvs run`: the daemon. With --dry-run it programs an in-memory kernel and prints what
 // it would have done; with --once it does one full sync and exits.
-import { release } from 'node:os';
+import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { Codes } from '../errors.ts';
 import { Daemon, type DaemonDeps } from '../daemon.ts';
@@ -12,12 +12,15 @@ import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { Logger } from '../observe/log.ts';
 import { formatTable } from '../plan/format.ts';
 import { chooseNodeName } from '../plan/from-manifests.ts';
+import { KubernetesSource, loadKubeConfig } from '../sources/kubernetes.ts';
 import { ManifestSource } from '../sources/manifest-source.ts';
+import type { Source } from '../sources/source.ts';
 import { readManifests } from '../sources/manifests.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
 
 export interface RunArgs {
   manifests?: string;
+  kubeconfig?: string;
   node?: string;
   config?: string;
   dryRun: boolean;
@@ -36,14 +39,35 @@ class RecordingSysctl implements SysctlWriter {
 }
 
 export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmitter = process): Promise<number> {
-  if (!args.manifests) {
-    report(io, [{ code: Codes.NOT_BUILT, severity: 'error', message: 'the Kubernetes API source is not built yet: run needs --manifests DIR' }]);
+  if (args.manifests && args.kubeconfig) {
+    report(io, [{ code: Codes.USAGE, severity: 'error', message: 'use either --manifests DIR or --kubeconfig FILE, not both' }]);
+    return 2;
+  }
+  const inCluster = !args.manifests && !args.kubeconfig;
+  if (inCluster && !process.env.KUBERNETES_SERVICE_HOST) {
+    report(io, [{ code: Codes.USAGE, severity: 'error', message: 'not in a cluster (KUBERNETES_SERVICE_HOST is unset): give --kubeconfig FILE or --manifests DIR' }]);
     return 2;
   }
   const config = await loadConfig(io, args.config);
   if (!config) return 1;
   const log = new Logger({ format: args.dryRun ? 'text' : config.logging.format, level: config.logging.verbosity >= 4 ? 'debug' : 'info', sink: (l) => io.stderr(l + '\n') });
-  const nodeName = chooseNodeName(await readManifests(args.manifests), config, args.node);
+  const nodeName = args.manifests
+    ? chooseNodeName(await readManifests(args.manifests), config, args.node)
+    : (args.node ?? (config.hostnameOverride.trim() || process.env.NODE_NAME || hostname()).toLowerCase());
+  let source: Source;
+  if (args.manifests) {
+    // --once reads the folder once; the daemon follows it.
+    source = new ManifestSource(args.manifests, { watch: !args.once });
+  } else {
+    let kc;
+    try {
+      kc = loadKubeConfig(args.kubeconfig ?? config.clientConnection.kubeconfig ?? undefined, config.clientConnection);
+    } catch (e) {
+      report(io, [{ code: Codes.CONFIG_UNREADABLE, severity: 'error', file: args.kubeconfig, message: `cannot load the kubeconfig: ${(e as Error).message}` }]);
+      return 1;
+    }
+    source = new KubernetesSource(kc, { nodeName, proxyName: config.serviceProxyName, log });
+  }
 
   let deps: DaemonDeps;
   const sysctl = new RecordingSysctl();
@@ -64,8 +88,6 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctl, log, kernelRelease: release() };
   }
 
-  // --once reads the folder once; the daemon follows it.
-  const source = new ManifestSource(args.manifests, { watch: !args.once });
   const daemon = new Daemon({ source, config, nodeName }, deps);
   if (args.once) {
     const r = await daemon.syncOnce();
@@ -85,7 +107,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   }
 
   await daemon.start();
-  log.info('kube-ipvs running', { node: nodeName, manifests: args.manifests, dryRun: args.dryRun });
+  log.info('kube-ipvs running', { node: nodeName, source: args.manifests ? `folder ${args.manifests}` : args.kubeconfig ? `kubeconfig ${args.kubeconfig}` : 'in-cluster', dryRun: args.dryRun });
   await new Promise<void>((resolve) => {
     const done = (sig: string) => {
       log.info('stopping; the kernel state stays as it is', { signal: sig });
