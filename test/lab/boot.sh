@@ -11,6 +11,11 @@ results=$(mktemp -d /var/tmp/kipvs-lab.XXXXXX)
 # LAB_KEEP=DIR keeps what the guest wrote under /lab-results (profiles, logs) in DIR.
 trap 'if [ -n "${LAB_KEEP:-}" ]; then mkdir -p "$LAB_KEEP" && cp -r "$results"/. "$LAB_KEEP"/; fi; rm -rf "$results"' EXIT
 printf '%s\n' "$1" > "$results/cmd.sh"
+# LAB_HOST_PORT=N: the guest reaches the host's 127.0.0.1:N at 10.0.2.100:6443 (an API server), one
+# busybox nc per connection (a tcp: chardev would carry only one connection at a time);
+# user networking is restricted otherwise, so the guest reaches nothing else.
+# LAB_SHARE=DIR: files the guest should find under /lab-results (an API server's kubeconfig...).
+if [ -n "${LAB_SHARE:-}" ]; then cp -r "$LAB_SHARE"/. "$results"/; fi
 echo "$repo" > "$results/repo"
 timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
   -accel tcg -cpu max -smp "${LAB_CPUS:-2}" -m "${LAB_MEM:-3072}" \
@@ -18,7 +23,8 @@ timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 kipvs.moddir=$MODDIR kipvs.guest=$here/guest.sh" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
-  -nographic -no-reboot -nic none >"$results/console.txt" 2>&1 || true
+  -nic "user,model=virtio-net-pci,restrict=on${LAB_HOST_PORT:+,guestfwd=tcp:10.0.2.100:6443-cmd:busybox nc 127.0.0.1 $LAB_HOST_PORT}" \
+  -nographic -no-reboot >"$results/console.txt" 2>&1 || true
 if [ ! -f "$results/status" ]; then
   echo "lab: the VM did not finish; console:" >&2
   tail -n 40 "$results/console.txt" >&2

@@ -14,6 +14,12 @@ mount -t tmpfs tmpfs /run
 # /tmp stays the overlay's (writable, and the repository may live under the host's /tmp).
 mount -t tmpfs tmpfs /var/run/netns 2>/dev/null
 ip link set lo up
+# qemu user networking: the host's loopback is 10.0.2.2 (restrict=on: nothing beyond the host).
+modprobe virtio_net 2>/dev/null
+if ip link show eth0 >/dev/null 2>&1; then
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+fi
 for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh ip_vs_sed ip_vs_nq ip_vs_dh ip_vs_lblc ip_vs_lblcr nf_conntrack dummy veth bridge; do
   modprobe "$m" 2>/dev/null || echo "lab: modprobe $m failed"
 done

@@ -90,11 +90,11 @@ export class LabNode {
     rmSync(join(this.manifests, `${file}.yaml`), { force: true });
   }
 
-  /** Starts `kube-ipvs run` on the folder (a real process, as on a node). */
-  startProxy(extraConfig: Record<string, unknown> = {}): void {
+  /** Starts `kube-ipvs run` on the folder, or on an API server (a real process, as on a node). */
+  startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
     writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
-    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', '--manifests', this.manifests, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
   }
 
@@ -166,8 +166,23 @@ export class LabNode {
     }
   }
 
+  /** Stops everything started and removes the network, so the next case file can build its own. */
   async shutdown(): Promise<void> {
     await this.killProxy('SIGTERM');
     for (const c of this.#children) c.kill('SIGKILL');
+    for (const n of [...this.backends, 'client', 'ext']) {
+      try {
+        sh('ip', 'netns', 'del', n);
+      } catch {
+        /* already gone */
+      }
+    }
+    for (const l of ['kbr0', 'kube-ipvs0']) {
+      try {
+        sh('ip', 'link', 'del', l);
+      } catch {
+        /* already gone */
+      }
+    }
   }
 }
