@@ -12,7 +12,6 @@ import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { Logger } from '../observe/log.ts';
 import { formatTable } from '../plan/format.ts';
 import { chooseNodeName } from '../plan/from-manifests.ts';
-import { KubernetesSource, loadKubeConfig } from '../sources/kubernetes.ts';
 import { ManifestSource } from '../sources/manifest-source.ts';
 import type { Source } from '../sources/source.ts';
 import { readManifests } from '../sources/manifests.ts';
@@ -59,6 +58,8 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     // --once reads the folder once; the daemon follows it.
     source = new ManifestSource(args.manifests, { watch: !args.once });
   } else {
+    // Loaded only when used: the client library is large, and the folder source does not need it.
+    const { KubernetesSource, loadKubeConfig } = await import('../sources/kubernetes.ts');
     let kc;
     try {
       kc = loadKubeConfig(args.kubeconfig ?? config.clientConnection.kubeconfig ?? undefined, config.clientConnection);

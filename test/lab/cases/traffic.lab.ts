@@ -6,7 +6,7 @@ import t from 'tap';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { FwdMethod } from '../../../src/dataplane/ipvs/constants.ts';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { LabNode, NODE_IP, sh } from '../support/node.ts';
+import { LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
 
 const lab = new LabNode();
 const count = (names: string[]) => names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
@@ -42,7 +42,7 @@ t.before(async () => {
     lab.write(name, [service(name, { clusterIPs: [ip], annotations: { 'kube-ipvs.io/scheduler': sched } }), slice(`${name}-1`, name, backends('be1', 'be2', 'be3'))]);
   }
   lab.startProxy(config);
-  await lab.waitKernel((k) => Object.keys(k['TCP/10.96.0.10:80']?.dests ?? {}).length === 3 && 'TCP/10.96.0.31:80' in k && `TCP/${NODE_IP}:30080` in k);
+  await lab.waitKernel((k) => Object.keys(k['TCP/10.96.0.10:80']?.dests ?? {}).length === 3 && 'TCP/10.96.0.31:80' in k && `TCP/${NODE_IP}:30080` in k, 60_000);
 });
 
 t.teardown(() => lab.shutdown());
@@ -74,11 +74,15 @@ t.test('ClientIP affinity pins a client, and the pin expires', async (t) => {
   t.equal(new Set(tcp).size, 1, `TCP: pinned to ${tcp[0]}`);
   const first = lab.client('client', 'udp', '10.96.0.20', '53', '6');
   t.equal(new Set(first).size, 1, `UDP: pinned to ${first[0]}`);
-  // UDP entries live 2 s (ipvs.udpTimeout), the affinity 2 s after that.
-  await new Promise((r) => setTimeout(r, 7000));
+  // The pin is an IPVS persistence template: client address, port 0 -> the virtual service.
+  const templates = () => sh('ipvsadm', '-Lnc').split('\n').filter((l) => /\s10\.250\.0\.2:0\s+10\.96\.0\.20:53\s/.test(l));
+  t.equal(templates().length, 1, 'a persistence template holds the pin');
+  // UDP entries live 2 s (ipvs.udpTimeout), the template 2 s after the last one; TCG timers run late.
+  const until = Date.now() + 30_000;
+  while (templates().length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 1000));
+  t.equal(templates().length, 0, 'the template expired after the affinity timeout');
   const later = lab.client('client', 'udp', '10.96.0.20', '53', '6');
-  t.equal(new Set(later).size, 1, `UDP: pinned again, to ${later[0]}`);
-  t.not(later[0], first[0], 'after the timeout, rr picked a new backend');
+  t.equal(new Set(later).size, 1, `UDP: a new pin, to ${later[0]}`);
 });
 
 t.test('endpoints scaled down and up are followed', async (t) => {
@@ -112,7 +116,7 @@ t.test('a removed backend keeps its established connection while new ones avoid 
 });
 
 t.test('SIGKILL and restart under load: no connection fails, state converges', async (t) => {
-  const loop = spawn('ip', ['netns', 'exec', 'client', process.execPath, resolve(import.meta.dirname, '../support/client.ts'), 'loop', '10.96.0.10', '80', '50', '9000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const loop = spawn('ip', ['netns', 'exec', 'client', process.execPath, resolve(import.meta.dirname, '../support/client.ts'), 'loop', '10.96.0.10', '80', '50', '9000'], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
   let out = '';
   loop.stdout.on('data', (d) => (out += d.toString()));
   const done = new Promise((r) => loop.once('exit', r));
@@ -135,7 +139,7 @@ t.test('the foreign service survived every sync; cleanup removes only what is ou
   t.same(k[`TCP/${FOREIGN.address}:80`]?.dests, { [`${lab.backendIP('be1')}:8080`]: 3, [`${lab.backendIP('be2')}:8080`]: 1 }, 'foreign service untouched by syncs');
   await lab.killProxy('SIGTERM');
   const cfg = join(lab.stateDir, '..', 'config.yaml');
-  const out = execFileSync(process.execPath, [resolve(import.meta.dirname, '../../../src/cli.ts'), 'cleanup', '--config', cfg], { encoding: 'utf8' });
+  const out = execFileSync(process.execPath, [resolve(import.meta.dirname, '../../../src/cli.ts'), 'cleanup', '--config', cfg], { encoding: 'utf8', env: procEnv });
   t.match(out, /removed \d+ virtual services, \d+ addresses, interface kube-ipvs0/);
   const after = await lab.waitKernel(() => true);
   t.same(Object.keys(after), [`TCP/${FOREIGN.address}:80`], 'only the foreign service is left');

@@ -18,7 +18,14 @@ export const CLIENT_IP = '10.250.0.2';
 const repo = resolve(import.meta.dirname, '../../..');
 const nodeBin = process.execPath;
 
-export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8' });
+/**
+ * The environment for the node's own processes (kube-ipvs, backends, clients): without the test
+ * runner's NODE_OPTIONS and coverage hooks, as they would run on a real node (V8's coverage
+ * instrumentation has crashed short-lived processes under TCG).
+ */
+export const procEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|TAP.*|_TAPJS.*)$/.test(k)));
+
+export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', env: procEnv });
 const ns = (name: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', name, ...cmd);
 
 function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string) {
@@ -69,7 +76,7 @@ export class LabNode {
   }
 
   #startChild(nsName: string, args: string[], ready: RegExp): Promise<ChildProcess> {
-    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
     this.#children.push(child);
     return new Promise((res, rej) => {
       let out = '';
@@ -94,8 +101,9 @@ export class LabNode {
   startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
     writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
-    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
+    this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
   }
 
   killProxy(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
@@ -115,7 +123,7 @@ export class LabNode {
 
   /** A long-lived connection driven line by line. */
   hold(nsName: 'client' | 'ext', host: string, port: number) {
-    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, join(repo, 'test/lab/support/client.ts'), 'hold', host, String(port)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, join(repo, 'test/lab/support/client.ts'), 'hold', host, String(port)], { stdio: ['pipe', 'pipe', 'inherit'], env: procEnv });
     this.#children.push(child);
     const lines: string[] = [];
     const waiters: ((l: string) => void)[] = [];
@@ -166,9 +174,14 @@ export class LabNode {
     }
   }
 
-  /** Stops everything started and removes the network, so the next case file can build its own. */
+  /** Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case file starts clean. */
   async shutdown(): Promise<void> {
     await this.killProxy('SIGTERM');
+    try {
+      execFileSync(nodeBin, [join(repo, 'src/cli.ts'), 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: 'ignore', env: procEnv });
+    } catch {
+      /* nothing was started, or already cleaned */
+    }
     for (const c of this.#children) c.kill('SIGKILL');
     for (const n of [...this.backends, 'client', 'ext']) {
       try {
