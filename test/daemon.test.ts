@@ -13,6 +13,7 @@ import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Logger } from '../src/observe/log.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
+import type { Source, SourceBatch } from '../src/sources/source.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 
 function setup(t: { teardown: (f: () => void) => void }) {
@@ -95,4 +96,27 @@ t.test('a file that stops parsing keeps its last objects serving', async (t) => 
   await daemon.reload();
   await daemon.runner.whenIdle();
   t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.2:8080=1'] }, 'and follows the file again once it parses');
+});
+
+t.test('network programming latency: trigger time to kernel updated', async (t) => {
+  let deliver: ((b: SourceBatch) => void) | null = null;
+  const source: Source = { start: async (d) => void (deliver = d), refresh: async () => {}, stop: () => {} };
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 0;
+  const daemon = new Daemon({ source, config: cfg, nodeName: 'node-a' }, { ipvs: new FakeIpvs(), links: new FakeLinks(), owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log: new Logger({ sink: () => {} }), kernelRelease: '6.1.0' });
+  t.teardown(() => daemon.stop());
+  await daemon.start();
+  await daemon.runner.whenIdle();
+  const changed = Date.now() - 1500;
+  deliver!({
+    changes: [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+    ],
+    problems: [],
+    triggerTimes: new Map([['default/web', changed]]),
+  });
+  await daemon.runner.whenIdle();
+  t.equal(daemon.programmingLatencyMs.length, 1, 'one latency recorded');
+  t.ok(daemon.programmingLatencyMs[0]! >= 1500 && daemon.programmingLatencyMs[0]! < 10_000, `${daemon.programmingLatencyMs[0]} ms`);
 });

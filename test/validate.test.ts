@@ -126,6 +126,9 @@ t.test('Node', async (t) => {
     { type: 'ExternalIP', address: '2001:db8::1' },
   ]);
   t.equal(r.value.zone, 'z1');
+  t.equal(r.value.deleting, false);
+  const going = parseNode({ ...node('n', []), metadata: { name: 'n', deletionTimestamp: '2026-01-01T00:00:00Z' }, spec: { taints: [{ key: 'ToBeDeletedByClusterAutoscaler', effect: 'NoSchedule' }] } });
+  t.ok(going.status === 'ok' && going.value.deleting && going.value.toBeDeleted, 'deletion and the autoscaler taint are seen (for /healthz)');
   const bad = parseNode(node('n', [['InternalIP', 'nope']]));
   t.equal(bad.status === 'invalid' && bad.problem.field, 'status.addresses[0].address');
 });

@@ -62,12 +62,12 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     const { KubernetesSource, loadKubeConfig } = await import('../sources/kubernetes.ts');
     let kc;
     try {
-      kc = loadKubeConfig(args.kubeconfig ?? config.clientConnection.kubeconfig ?? undefined, config.clientConnection);
+      kc = loadKubeConfig(args.kubeconfig ?? (config.clientConnection.kubeconfig || undefined));
     } catch (e) {
       report(io, [{ code: Codes.CONFIG_UNREADABLE, severity: 'error', file: args.kubeconfig, message: `cannot load the kubeconfig: ${(e as Error).message}` }]);
       return 1;
     }
-    source = new KubernetesSource(kc, { nodeName, proxyName: config.serviceProxyName, log });
+    source = new KubernetesSource(kc, { nodeName, proxyName: config.serviceProxyName, log, qps: config.clientConnection.qps, burst: config.clientConnection.burst });
   }
 
   let deps: DaemonDeps;

@@ -13,6 +13,7 @@ import { ObjectSerializer } from '@kubernetes/client-node/dist/serializer.js';
 import type { Change, ObjectKind } from '../model/model.ts';
 import { ANNOTATION_TRIGGER_TIME, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME } from '../model/validate.ts';
 import type { Logger } from '../observe/log.ts';
+import { TokenBucket } from './rate-limit.ts';
 import type { Source, SourceBatch } from './source.ts';
 
 export interface KubernetesSourceOptions {
@@ -27,6 +28,9 @@ export interface KubernetesSourceOptions {
   /** Reconnect backoff: first delay and cap (defaults 500 ms, 30 s), with jitter. */
   backoffBaseMs?: number;
   backoffMaxMs?: number;
+  /** clientConnection.qps / burst: list requests (pages, relists) are rate limited like client-go's. */
+  qps?: number;
+  burst?: number;
 }
 
 export interface SourceCounters {
@@ -93,6 +97,7 @@ class SupervisedInformer {
       let cont: string | undefined;
       let rv = '';
       do {
+        await src.limiter.take();
         src.counters.pages++;
         const page = await spec.list({ labelSelector: spec.labelSelector, fieldSelector: spec.fieldSelector, limit: src.pageSize, ...(cont ? { _continue: cont } : {}) });
         for (const it of page.items) items.push(ObjectSerializer.serialize(it, spec.type));
@@ -194,6 +199,7 @@ export class KubernetesSource implements Source {
   readonly stallMs: number;
   readonly backoffBaseMs: number;
   readonly backoffMaxMs: number;
+  readonly limiter: TokenBucket;
   readonly counters: SourceCounters = { pages: 0, reconnects: 0, relists: 0, errors: 0, stalls: 0, events: 0 };
   readonly #informers: SupervisedInformer[];
   /** kind/namespace/name -> the last object delivered (the `previous` of the next change). */
@@ -208,6 +214,7 @@ export class KubernetesSource implements Source {
     this.stallMs = opts.stallMs ?? 5 * 60_000;
     this.backoffBaseMs = opts.backoffBaseMs ?? 500;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
+    this.limiter = new TokenBucket(opts.qps ?? 5, opts.burst ?? 10);
     const core = kc.makeApiClient(CoreV1Api);
     const discovery = kc.makeApiClient(DiscoveryV1Api);
     const notHeadless = `!${LABEL_HEADLESS}`;
@@ -297,10 +304,9 @@ export class KubernetesSource implements Source {
 }
 
 /** --kubeconfig FILE, or the in-cluster service account when no file is given. */
-export function loadKubeConfig(file: string | undefined, qps: { qps: number; burst: number }): KubeConfig {
+export function loadKubeConfig(file: string | undefined): KubeConfig {
   const kc = new KubeConfig();
   if (file) kc.loadFromFile(file);
   else kc.loadFromCluster();
-  void qps; // client-node has no client-side rate limiter; list pagination and watches keep the load low
   return kc;
 }
