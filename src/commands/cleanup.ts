@@ -21,14 +21,11 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
     report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: (e as Error).message }]);
     return 1;
   }
+  // The sockets are not closed: the process exits right after, and closing the netlink addon's
+  // sockets just before exit has crashed it (SIGSEGV) in the lab.
   const links = new NetlinkLinks();
-  try {
-    const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
-    io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
-    for (const e of r.errors) io.stderr(`error ${e}\n`);
-    return r.errors.length === 0 ? 0 : 1;
-  } finally {
-    ipvs.close();
-    links.close();
-  }
+  const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
+  io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
+  for (const e of r.errors) io.stderr(`error ${e}\n`);
+  return r.errors.length === 0 ? 0 : 1;
 }

@@ -102,8 +102,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       const ops = [...(deps.ipvs as FakeIpvs).ops].sort((a, b) => (a.service ?? '').localeCompare(b.service ?? ''));
       for (const op of ops) io.stdout(`  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`);
     }
-    deps.ipvs.close();
-    deps.links.close();
+    // Sockets are left to process exit (closing them just before exit crashed the netlink addon).
     return r.errors.length === 0 ? 0 : 1;
   }
 
@@ -118,7 +117,5 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     signals.once('SIGINT', () => done('SIGINT'));
   });
   daemon.stop();
-  deps.ipvs.close();
-  deps.links.close();
   return 0;
 }
