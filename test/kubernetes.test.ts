@@ -136,6 +136,16 @@ if ('why' in built) {
     t.pass('the watch follows new changes');
   });
 
+  t.test('a watch silent past the bound is restarted, and still delivers', async (t) => {
+    // The test API server has no watch cache, so no bookmarks: an idle watch is silent.
+    const { model, src, logs } = await open(t, { stallMs: 3000 });
+    await until('a stall restart', () => src.counters.stalls > 0, 20_000);
+    t.ok(logs.some((l) => l.includes('delivered nothing for too long')), 'logged');
+    await create(svcPath(), apiService('after-stall'));
+    await until('events after the restart', () => model.service('default/after-stall') !== undefined);
+    t.pass('the restarted watch delivers');
+  });
+
   t.test('kube-ipvs run --kubeconfig programs the cluster (dry run, one sync)', async (t) => {
     const created = (await create(svcPath(), apiService('e2e'))) as unknown as { spec: { clusterIP: string } };
     const vip = created.spec.clusterIP;
