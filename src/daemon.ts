@@ -53,7 +53,6 @@ export class Daemon {
   #drainTimer: unknown = null;
   #stopped = false;
   lastSync: SyncResult | null = null;
-  lastSyncAt = 0;
   /** Network programming latencies (trigger time -> kernel updated), ms, newest last. */
   readonly programmingLatencyMs: number[] = [];
 
@@ -162,12 +161,12 @@ export class Daemon {
     }
     const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
     this.lastSync = r;
-    this.lastSyncAt = this.#clock.now();
     const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs) };
     if (r.errors.length > 0) {
-      // Keep the failed Services dirty: the runner's retry (with backoff) picks them up.
-      for (const e of r.errors) if (e.service) this.#dirty.add(e.service);
-      if (!full) for (const k of touched) this.#dirty.add(k);
+      // Keep the failed Services dirty for the runner's retry (with backoff); an error not tied to
+      // one Service (the dummy interface...) keeps them all. A failed full sync is retried full.
+      const unattributed = r.errors.some((e) => !e.service);
+      for (const k of unattributed ? touched : r.errors.map((e) => e.service!)) this.#dirty.add(k);
       log.warn('sync finished with errors; retrying with backoff', fields);
     } else if (r.operations > 0 || full) {
       log.info('sync done', fields);

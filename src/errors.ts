@@ -50,17 +50,3 @@ export function formatProblem(p: Problem): string {
   const field = p.field ? `${p.field}: ` : '';
   return `${p.severity} ${p.code} ${where}${what}${field}${p.message}`;
 }
-
-/** An error that carries a Problem, for the few places that must abort (bad config, bad usage). */
-export class KubeIpvsError extends Error {
-  readonly problem: Problem;
-  constructor(problem: Omit<Problem, 'severity'> & { severity?: Severity }) {
-    const p: Problem = { severity: 'error', ...problem };
-    super(formatProblem(p));
-    this.name = 'KubeIpvsError';
-    this.problem = p;
-  }
-  get code(): Code {
-    return this.problem.code;
-  }
-}

@@ -65,6 +65,8 @@ export class Reconciler {
   #vsOwner = new Map<string, string>();
   /** Virtual server -> destination -> when it started draining (clock ms). */
   #draining = new Map<string, Map<string, number>>();
+  /** The ownership record changed during this sync and must be saved. */
+  #ownedChanged = false;
 
   constructor(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: ReconcilerOptions) {
     this.#ipvs = ipvs;
@@ -91,7 +93,7 @@ export class Reconciler {
   async sync(req: SyncRequest): Promise<SyncResult> {
     const started = this.#o.clock.now();
     const run = new Run(this.#o.onError);
-    const ownedBefore = JSON.stringify([[...this.#owned.services], [...this.#owned.addresses]]);
+    this.#ownedChanged = false;
     try {
       await this.#ensureInterface(req.full);
     } catch (e) {
@@ -101,7 +103,7 @@ export class Reconciler {
       if (req.full) await this.#full(req, run);
       else await this.#incremental(req, run);
     }
-    if (JSON.stringify([[...this.#owned.services], [...this.#owned.addresses]]) !== ownedBefore) {
+    if (this.#ownedChanged) {
       try {
         this.#owned.save();
       } catch (e) {
@@ -116,6 +118,14 @@ export class Reconciler {
     if (this.#index !== null && !refresh) return;
     this.#index = await this.#links.ensureDummy(this.#o.dummyInterface);
     this.#ifAddrs = new Set(await this.#links.addresses(this.#index));
+  }
+
+  /** Records (or forgets) that kube-ipvs created `x`; notes a change so the sync saves the record. */
+  #own(set: Set<string>, x: string, owned: boolean): void {
+    if (set.has(x) === owned) return;
+    if (owned) set.add(x);
+    else set.delete(x);
+    this.#ownedChanged = true;
   }
 
   #excluded(address: string | undefined): boolean {
@@ -203,7 +213,7 @@ export class Reconciler {
     try {
       await this.#links.addAddress(this.#index!, a);
       this.#ifAddrs.add(a);
-      this.#owned.addresses.add(a);
+      this.#own(this.#owned.addresses, a, true);
     } catch (e) {
       run.fail(`add address ${a}`, e);
     }
@@ -216,7 +226,7 @@ export class Reconciler {
     try {
       await this.#links.deleteAddress(this.#index!, a);
       this.#ifAddrs.delete(a);
-      this.#owned.addresses.delete(a);
+      this.#own(this.#owned.addresses, a, false);
     } catch (e) {
       run.fail(`delete address ${a}`, e);
     }
@@ -234,7 +244,7 @@ export class Reconciler {
         return;
       }
     }
-    this.#owned.services.delete(id);
+    this.#own(this.#owned.services, id, false);
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
   }
@@ -242,13 +252,13 @@ export class Reconciler {
   async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run): Promise<void> {
     let kernelDests: IpvsDestination[] = [];
     if (!have) {
-      this.#owned.services.add(d.id);
+      this.#own(this.#owned.services, d.id, true);
       run.ops++;
       try {
         await this.#ipvs.addService(d.service);
       } catch (e) {
         if (!ok(e, 'EEXIST')) {
-          this.#owned.services.delete(d.id);
+          this.#own(this.#owned.services, d.id, false);
           run.fail(`add service ${d.id}`, e, d.owner);
           return;
         }
@@ -257,7 +267,7 @@ export class Reconciler {
     }
     if (have) {
       // A service with our exact identity is ours from now on (adopting e.g. kube-proxy's leftover).
-      this.#owned.services.add(d.id);
+      this.#own(this.#owned.services, d.id, true);
       if (!serviceMatches(d.service, have)) {
         run.ops++;
         try {

@@ -6,6 +6,9 @@ import { parseEndpointSlice, parseNode, parseService, refOf, type Parsed } from 
 
 export type ObjectKind = 'Service' | 'EndpointSlice' | 'Node';
 
+/** The order a fresh view is applied in (Nodes, then Services, then slices), as informers usually deliver it. */
+export const APPLY_ORDER: Record<ObjectKind, number> = { Node: 0, Service: 1, EndpointSlice: 2 };
+
 /** A change as a source reports it: an add has no previous, a delete no current. */
 export interface Change {
   kind: ObjectKind;

@@ -3,7 +3,7 @@
 import { hostname } from 'node:os';
 import { Codes, type Problem } from '../errors.ts';
 import type { Config } from '../config/config.ts';
-import { Model } from '../model/model.ts';
+import { APPLY_ORDER, Model } from '../model/model.ts';
 import type { ManifestObject, ManifestSet } from '../sources/manifests.ts';
 import { refOf } from '../model/validate.ts';
 import { Planner } from './plan.ts';
@@ -37,9 +37,7 @@ export interface ManifestPlan {
 export function planManifests(set: ManifestSet, cfg: Config, nodeFlag?: string): ManifestPlan {
   const problems = [...set.problems];
   const model = new Model({ nodeName: chooseNodeName(set, cfg, nodeFlag), proxyName: cfg.serviceProxyName });
-  // Nodes first, then Services, then slices: the order an informer-fed model usually sees them.
-  const order = { Node: 0, Service: 1, EndpointSlice: 2 } as const;
-  const objects = [...set.objects].sort((a, b) => order[a.kind] - order[b.kind]);
+  const objects = [...set.objects].sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind]);
   const seen = new Map<string, ManifestObject>();
   for (const o of objects) {
     const ref = refOf(o.kind, o.object);

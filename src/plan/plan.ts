@@ -91,7 +91,7 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
             port: kind === 'NodePort' ? port.nodePort : port.port,
             scheduler,
             persistenceTimeoutSeconds: svc.affinityTimeoutSeconds,
-            realServers: rs.map((r) => ({ ...r })),
+            realServers: rs, // shared between this port's virtual servers; nothing mutates plans
           });
         }
       }

@@ -91,7 +91,7 @@ class SupervisedInformer {
     this.src = src;
     this.syncedOnce = new Promise((r) => (this.#onSynced = r));
     const stallMs = src.stallMs;
-    const watch = new ActiveWatch(kc, () => this.#activity(), () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))));
+    const watch = new ActiveWatch(kc, () => this.#delivered(), () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))));
     const listFn = async () => {
       const items: unknown[] = [];
       let cont: string | undefined;
@@ -138,6 +138,12 @@ class SupervisedInformer {
 
   #activity(): void {
     this.lastActivity = Date.now();
+  }
+
+  /** A watch event (or bookmark) arrived: the connection works, so the next outage backs off from the start. */
+  #delivered(): void {
+    this.#activity();
+    this.#failures = 0;
   }
 
   #listed(): void {
@@ -276,12 +282,6 @@ export class KubernetesSource implements Source {
 
   get synced(): boolean {
     return this.#informers.every((i) => i.synced);
-  }
-
-  /** The watches' silence, per informer (ms since the last event, bookmark or (re)connect). */
-  silence(): Record<string, number> {
-    const now = Date.now();
-    return Object.fromEntries(this.#informers.map((i) => [i.spec.name, now - i.lastActivity]));
   }
 
   async start(deliver: (b: SourceBatch) => void): Promise<void> {

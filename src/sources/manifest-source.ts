@@ -3,7 +3,7 @@
 // shape the Kubernetes source produces, so the model cannot tell them apart.
 import { watch, type FSWatcher } from 'node:fs';
 import { Codes } from '../errors.ts';
-import type { Change } from '../model/model.ts';
+import { APPLY_ORDER, type Change } from '../model/model.ts';
 import { refOf } from '../model/validate.ts';
 import { readManifests } from './manifests.ts';
 import type { Source, SourceBatch } from './source.ts';
@@ -94,9 +94,7 @@ export class ManifestSource implements Source {
       changes.push(c);
       origins.set(c, { file: cur.file, line: cur.line });
     }
-    // Nodes before Services before slices, as in a fresh plan.
-    const order = { Node: 0, Service: 1, EndpointSlice: 2 } as const;
-    changes.sort((a, b) => order[a.kind] - order[b.kind]);
+    changes.sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind]);
     this.#objects = next;
     return { changes, problems: set.problems, origins };
   }

@@ -15,6 +15,10 @@ const ports = [{ name: 'http', protocol: 'TCP', port: 8080 }, { name: 'dns', pro
 const FOREIGN = { family: 4 as const, protocol: 'TCP' as const, address: '10.97.0.1', port: 80 };
 const config = { ipvs: { udpTimeout: '2s' } };
 
+function webService() {
+  return service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] });
+}
+
 function webSlice(...names: string[]) {
   return slice('web-1', 'web', backends(...names), { ports });
 }
@@ -31,7 +35,7 @@ t.before(async () => {
 
   lab.write('node', [node('lab-node', [['InternalIP', NODE_IP]], 'zone-a')]);
   lab.write('web', [
-    service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }),
+    webService(),
     webSlice('be1', 'be2', 'be3'),
   ]);
   lab.write('sticky', [
@@ -86,12 +90,12 @@ t.test('ClientIP affinity pins a client, and the pin expires', async (t) => {
 });
 
 t.test('endpoints scaled down and up are followed', async (t) => {
-  lab.write('web', [service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }), webSlice('be1')]);
+  lab.write('web', [webService(), webSlice('be1')]);
   await lab.waitKernel((k) => k['UDP/10.96.0.10:53'] !== undefined && Object.keys(k['UDP/10.96.0.10:53']!.dests).length === 1);
   const k = await lab.waitKernel((k) => Object.values(k['TCP/10.96.0.10:80']!.dests).filter((w) => w > 0).length === 1);
   t.same(Object.keys(k['UDP/10.96.0.10:53']!.dests), [`${lab.backendIP('be1')}:8080`], 'UDP destinations deleted at once');
   t.same(count(lab.client('client', 'tcp', '10.96.0.10', '80', '6')), { be1: 6 });
-  lab.write('web', [service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }), webSlice('be1', 'be2', 'be3')]);
+  lab.write('web', [webService(), webSlice('be1', 'be2', 'be3')]);
   await lab.waitKernel((k) => Object.values(k['TCP/10.96.0.10:80']!.dests).filter((w) => w === 1).length === 3);
   t.same(count(lab.client('client', 'tcp', '10.96.0.10', '80', '9')), { be1: 3, be2: 3, be3: 3 }, 'the returning endpoints were restored');
 });
@@ -101,7 +105,7 @@ t.test('a removed backend keeps its established connection while new ones avoid 
   const victim = await held.first();
   t.match(victim, /^be\d$/, `holding a connection to ${victim}`);
   const rest = ['be1', 'be2', 'be3'].filter((b) => b !== victim);
-  lab.write('web', [service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }), webSlice(...rest)]);
+  lab.write('web', [webService(), webSlice(...rest)]);
   const dest = `${lab.backendIP(victim)}:8080`;
   const k = await lab.waitKernel((k) => k['TCP/10.96.0.10:80']!.dests[dest] === 0);
   t.equal(k['TCP/10.96.0.10:80']!.dests[dest], 0, 'draining at weight 0, not deleted');
@@ -110,7 +114,7 @@ t.test('a removed backend keeps its established connection while new ones avoid 
   t.equal(fresh.filter((x) => x.startsWith('ERR')).length, 0, 'and all succeed');
   t.equal(await held.send('still there?'), `${victim} still there?`, 'the established connection still works');
   await held.close();
-  lab.write('web', [service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }), webSlice('be1', 'be2', 'be3')]);
+  lab.write('web', [webService(), webSlice('be1', 'be2', 'be3')]);
   await lab.waitKernel((k) => Object.values(k['TCP/10.96.0.10:80']!.dests).filter((w) => w === 1).length === 3);
   t.pass('it came back with weight 1');
 });
@@ -129,7 +133,7 @@ t.test('SIGKILL and restart under load: no connection fails, state converges', a
   t.equal(res.failed, 0, `no failed connection (${res.ok} made, errors: ${res.errors.join(', ')})`);
   t.ok(res.ok > 20, 'the client kept connecting');
   // The restarted proxy follows changes.
-  lab.write('web', [service('web', { clusterIPs: ['10.96.0.10'], type: 'NodePort', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080, nodePort: 30053 }] }), webSlice('be2', 'be3')]);
+  lab.write('web', [webService(), webSlice('be2', 'be3')]);
   await lab.waitKernel((k) => Object.values(k['UDP/10.96.0.10:53']!.dests).length === 2);
   t.pass('converged after restart');
 });
