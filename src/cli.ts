@@ -9,6 +9,7 @@ import { report, type IO } from './commands/common.ts';
 import { planCommand } from './commands/plan.ts';
 import { runCommand } from './commands/run.ts';
 import { Codes } from './errors.ts';
+import { applyDaemonV8Flags } from './util/v8-flags.ts';
 
 export type { IO } from './commands/common.ts';
 
@@ -88,6 +89,7 @@ function isEntry(): boolean {
 }
 
 if (isEntry()) {
+  applyDaemonV8Flags();
   main(process.argv.slice(2), { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) }).then(
     (code) => process.exit(code),
     (e: unknown) => {

@@ -13,3 +13,13 @@ t.test('plan benchmark runs at small scale', async (t) => {
   t.match(stdout, /one slice change, median +[0-9.]+ µs/);
   t.match(stdout, /time targets met/);
 });
+
+t.test('the daemon applies its own V8 flags unless told to keep the defaults', async (t) => {
+  const { applyDaemonV8Flags, DAEMON_V8_FLAGS } = await import('../src/util/v8-flags.ts');
+  t.same(applyDaemonV8Flags({ KUBE_IPVS_V8_DEFAULTS: '1' }), [], 'opt-out applies nothing');
+  t.ok(DAEMON_V8_FLAGS.includes('--optimize-for-size'));
+  // The entry point applies them: the source of cli.ts calls it before main().
+  const { readFile } = await import('node:fs/promises');
+  const cli = await readFile('src/cli.ts', 'utf8');
+  t.match(cli, /applyDaemonV8Flags\(\);\s*\n\s*main\(/);
+});
