@@ -10,7 +10,11 @@ import { Reconciler, type SyncResult } from './dataplane/reconciler.ts';
 import { BoundedFrequencyRunner, systemClock, type Clock } from './dataplane/runner.ts';
 import { applySysctls, ipvsSysctls, type SysctlWriter } from './dataplane/sysctl.ts';
 import { Model } from './model/model.ts';
+import { ProxyHealth } from './observe/health.ts';
 import type { Logger } from './observe/log.ts';
+import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
+import type { HealthCheckTarget } from './observe/service-health.ts';
+import type { Family } from './util/ip.ts';
 import { planConfigFrom } from './plan/from-manifests.ts';
 import { Planner } from './plan/plan.ts';
 import type { ServicePlan } from './plan/types.ts';
@@ -24,7 +28,22 @@ export interface DaemonDeps {
   log: Logger;
   kernelRelease: string;
   clock?: Clock;
+  /** Created by the daemon when not given (run.ts gives one, to count kernel operations too). */
+  metrics?: Metrics;
+  /** Told whenever the set of healthCheckNodePorts or their local endpoint counts change. */
+  onHealthCheckTargets?: (targets: ReadonlyMap<number, HealthCheckTarget>) => void;
 }
+
+/** One kernel operation that failed, kept for the status view. */
+export interface RecentError {
+  at: number;
+  op: string;
+  code: string;
+  message: string;
+  service?: string;
+}
+
+const RECENT_ERRORS = 50;
 
 export interface DaemonOptions {
   source: Source;
@@ -53,6 +72,18 @@ export class Daemon {
   #drainTimer: unknown = null;
   #stopped = false;
   lastSync: SyncResult | null = null;
+  /** When the last sync ended, and the last one without errors (clock ms; 0: never). */
+  lastSyncAt = 0;
+  lastSuccessAt = 0;
+  readonly metrics: Metrics;
+  readonly health: ProxyHealth;
+  /** Newest last. */
+  readonly recentErrors: RecentError[] = [];
+  /** Services with Service / EndpointSlice changes not in the kernel yet (kube-proxy's pending gauges). */
+  readonly #pendingServiceChanges = new Set<string>();
+  readonly #pendingEndpointChanges = new Set<string>();
+  /** Service -> its healthCheckNodePort target, for Services that have one. */
+  readonly #hcTargets = new Map<string, { port: number; target: HealthCheckTarget }>();
   /** Network programming latencies (trigger time -> kernel updated), ms, newest last. */
   readonly programmingLatencyMs: number[] = [];
 
@@ -61,6 +92,10 @@ export class Daemon {
     this.#deps = deps;
     this.#clock = deps.clock ?? systemClock;
     const cfg = opts.config;
+    this.metrics = deps.metrics ?? new Metrics({ defaultMetrics: false });
+    // kube-proxy: unhealthy when a queued change is not in the kernel after 2 x syncPeriod.
+    this.health = new ProxyHealth(2 * cfg.ipvs.syncPeriodSeconds * 1000, this.#clock);
+    this.#registerScrapeMetrics();
     this.model = new Model({ nodeName: opts.nodeName, proxyName: cfg.serviceProxyName });
     this.planner = new Planner(this.model, planConfigFrom(cfg));
     this.#source = opts.source;
@@ -69,7 +104,11 @@ export class Daemon {
       excludeCIDRs: cfg.ipvs.excludeCIDRs,
       gracefulTerminationSeconds: cfg.gracefulTerminationSeconds,
       clock: this.#clock,
-      onError: (e) => deps.log.warn('kernel operation failed', { ...e }, `op:${e.op}:${e.code}`),
+      onError: (e) => {
+        deps.log.warn('kernel operation failed', { ...e }, `op:${e.op}:${e.code}`);
+        this.recentErrors.push({ at: this.#clock.now(), ...e });
+        if (this.recentErrors.length > RECENT_ERRORS) this.recentErrors.shift();
+      },
     });
     this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full), {
       minIntervalMs: cfg.ipvs.minSyncPeriodSeconds * 1000,
@@ -89,7 +128,12 @@ export class Daemon {
     await this.#source.start((b) => this.#apply(b));
     if (this.#stopped) return;
     this.planner.planAll();
+    this.#updateHealthCheckTargets(this.planner.plans().keys());
     this.runner.start();
+  }
+
+  get source(): Source {
+    return this.#source;
   }
 
   stop(): void {
@@ -133,7 +177,10 @@ export class Daemon {
   /** Feeds a batch of changes to the model and asks for a sync when a plan changed. */
   #apply(batch: SourceBatch): void {
     const { log } = this.#deps;
-    const report = (p: Problem) => log[p.severity === 'error' ? 'error' : 'warn'](formatProblem(p), { code: p.code }, `problem:${formatProblem(p)}`);
+    const report = (p: Problem) => {
+      if (p.severity === 'error') this.metrics.rejectedObjects.inc({ kind: p.kind ?? 'file' });
+      log[p.severity === 'error' ? 'error' : 'warn'](formatProblem(p), { code: p.code }, `problem:${formatProblem(p)}`);
+    };
     batch.problems.forEach(report);
     let nodeChanged = false;
     for (const change of batch.changes) {
@@ -141,7 +188,26 @@ export class Daemon {
       const origin = batch.origins?.get(change);
       r.problems.forEach((p) => report({ ...p, ...origin }));
       nodeChanged ||= r.nodeChanged;
-      for (const k of this.planner.update(r)) this.#dirty.add(k);
+      const changed = this.planner.update(r);
+      for (const k of changed) this.#dirty.add(k);
+      if (change.kind === 'Service') {
+        this.metrics.serviceChangesTotal.inc();
+        for (const k of changed) this.#pendingServiceChanges.add(k);
+      } else if (change.kind === 'EndpointSlice') {
+        this.metrics.endpointChangesTotal.inc();
+        for (const k of changed) this.#pendingEndpointChanges.add(k);
+      }
+      this.#updateHealthCheckTargets(changed);
+    }
+    if (nodeChanged) {
+      this.health.syncNode(this.model.node);
+      this.#updateHealthCheckTargets(this.planner.plans().keys());
+    }
+    this.metrics.serviceChangesPending.set(this.#pendingServiceChanges.size);
+    this.metrics.endpointChangesPending.set(this.#pendingEndpointChanges.size);
+    if (this.#dirty.size > 0) {
+      this.health.queued();
+      for (const f of this.#families(this.#dirty)) this.metrics.lastQueuedTimestamp.set({ ip_family: ipFamilyLabel(f) }, this.#clock.now() / 1000);
     }
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
@@ -161,6 +227,7 @@ export class Daemon {
     }
     const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
     this.lastSync = r;
+    this.#observeSync(r, full ? null : touched);
     const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs) };
     if (r.errors.length > 0) {
       // Keep the failed Services dirty for the runner's retry (with backoff); an error not tied to
@@ -174,6 +241,101 @@ export class Daemon {
     this.#recordLatency(full ? null : touched, new Set(r.errors.map((e) => e.service ?? '')));
     this.#scheduleDrainCheck();
     return r.errors.length === 0;
+  }
+
+  /** Metrics and health after a sync. */
+  #observeSync(r: SyncResult, touched: Set<string> | null): void {
+    const now = this.#clock.now();
+    const families = this.#families(touched ?? this.planner.plans().keys());
+    this.metrics.observeSync(r.full, r.durationMs / 1000, families);
+    this.metrics.syncs.inc({ type: r.full ? 'full' : 'partial', result: r.errors.length === 0 ? 'success' : 'error' });
+    this.lastSyncAt = now;
+    const failed = new Set(r.errors.map((e) => e.service ?? ''));
+    for (const set of [this.#pendingServiceChanges, this.#pendingEndpointChanges]) {
+      for (const k of set) if ((touched === null || touched.has(k)) && !failed.has(k)) set.delete(k);
+    }
+    this.metrics.serviceChangesPending.set(this.#pendingServiceChanges.size);
+    this.metrics.endpointChangesPending.set(this.#pendingEndpointChanges.size);
+    if (r.errors.length === 0) {
+      this.lastSuccessAt = now;
+      for (const f of families) this.metrics.lastSyncTimestamp.set({ ip_family: ipFamilyLabel(f) }, now / 1000);
+    }
+    // Healthy progress: every error (if any) belongs to one Service. Such a Service keeps being
+    // retried and is visible in the logs, metrics and status, but it does not take the whole node
+    // out of load balancers; a failure not tied to a Service (the dummy interface, the ownership
+    // record) does, once changes wait longer than 2 x syncPeriod, as in kube-proxy.
+    if (!r.errors.some((e) => !e.service)) this.health.updated();
+  }
+
+  /** Address families of these Services' virtual servers (IPv4 when there are none). */
+  #families(keys: Iterable<string>): Family[] {
+    const out = new Set<Family>();
+    for (const k of keys) {
+      for (const vs of this.planner.servicePlan(k)?.virtualServers ?? []) {
+        out.add(vs.family);
+        if (out.size === 2) return [4, 6];
+      }
+    }
+    return out.size === 0 ? [4] : [...out];
+  }
+
+  #updateHealthCheckTargets(keys: Iterable<string>): void {
+    let changed = false;
+    for (const k of keys) {
+      const p = this.planner.servicePlan(k);
+      const before = this.#hcTargets.get(k);
+      if (!p || p.healthCheckNodePort === 0) {
+        if (before) {
+          this.#hcTargets.delete(k);
+          changed = true;
+        }
+        continue;
+      }
+      if (before && before.port === p.healthCheckNodePort && before.target.localEndpoints === p.localEndpoints) continue;
+      this.#hcTargets.set(k, { port: p.healthCheckNodePort, target: { service: k, localEndpoints: p.localEndpoints } });
+      changed = true;
+    }
+    if (changed) this.#deps.onHealthCheckTargets?.(this.healthCheckTargets());
+  }
+
+  /** healthCheckNodePort -> the Service it answers for. */
+  healthCheckTargets(): Map<number, HealthCheckTarget> {
+    return new Map([...this.#hcTargets.values()].map((t) => [t.port, t.target]));
+  }
+
+  /** Pending Service and EndpointSlice changes (Services whose change is not in the kernel yet). */
+  pendingChanges(): { services: number; endpoints: number; dirty: number } {
+    return { services: this.#pendingServiceChanges.size, endpoints: this.#pendingEndpointChanges.size, dirty: this.#dirty.size };
+  }
+
+  /** Series computed when scraped: no_local_endpoints from the plans, the watch's counters. */
+  #registerScrapeMetrics(): void {
+    const m = this.metrics;
+    m.add(
+      new ScrapeMetric('kubeproxy_sync_proxy_rules_no_local_endpoints_total', 'Number of services with a Local traffic policy and no endpoints', 'gauge', () => {
+        const counts = new Map<string, number>();
+        for (const p of this.planner.plans().values()) {
+          for (const n of p.noLocalEndpoints) {
+            const k = `${ipFamilyLabel(n.family)}/${n.policy}`;
+            counts.set(k, (counts.get(k) ?? 0) + 1);
+          }
+        }
+        return (['IPv4', 'IPv6'] as const).flatMap((f) => (['internal', 'external'] as const).map((policy) => ({ labels: { ip_family: f, traffic_policy: policy }, value: counts.get(`${f}/${policy}`) ?? 0 })));
+      }),
+    );
+    const c = this.#opts.source.counters;
+    if (!c) return;
+    const counter = (name: string, help: string, v: () => number) => m.add(new ScrapeMetric(name, help, 'counter', () => [{ labels: {}, value: v() }]));
+    counter('kubeipvs_watch_events_total', 'Object events received from the API server', () => c.events);
+    counter('kubeipvs_watch_reconnects_total', 'Watches re-established after an error or a stall', () => c.reconnects);
+    counter('kubeipvs_watch_relists_total', 'Full relists (410 Gone, or a watch that could not resume)', () => c.relists);
+    counter('kubeipvs_watch_errors_total', 'Failed list or watch requests', () => c.errors);
+    counter('kubeipvs_watch_stalls_total', 'Watches restarted because they were silent past the stall bound', () => c.stalls);
+    m.add(
+      new ScrapeMetric('kubeipvs_watch_last_event_age_seconds', 'Seconds since the last object event from the API server (-1: none yet)', 'gauge', () => [
+        { labels: {}, value: c.lastEventAt === 0 ? -1 : (Date.now() - c.lastEventAt) / 1000 },
+      ]),
+    );
   }
 
   #scheduleDrainCheck(): void {
@@ -191,6 +353,7 @@ export class Daemon {
       if (failed.has(k) || (synced && !synced.has(k))) continue;
       this.#triggers.delete(k);
       this.programmingLatencyMs.push(Math.max(0, now - at));
+      this.metrics.programmingDuration.observe({ ip_family: ipFamilyLabel(this.#families([k])[0]!) }, Math.max(0, now - at) / 1000);
       if (this.programmingLatencyMs.length > LATENCY_SAMPLES) this.programmingLatencyMs.shift();
     }
   }

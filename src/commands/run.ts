@@ -9,7 +9,13 @@ import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
 import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
 import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
 import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
+import { instrumentKernel } from '../observe/instrument.ts';
+import { IpvsCollector } from '../observe/ipvs-collector.ts';
 import { Logger } from '../observe/log.ts';
+import { Metrics } from '../observe/metrics.ts';
+import { healthHandler, listen, metricsHandler } from '../observe/server.ts';
+import { ServiceHealthServers } from '../observe/service-health.ts';
+import { selectNodePortAddresses } from '../plan/plan.ts';
 import { formatTable } from '../plan/format.ts';
 import { chooseNodeName } from '../plan/from-manifests.ts';
 import { ManifestSource } from '../sources/manifest-source.ts';
@@ -89,7 +95,21 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctl, log, kernelRelease: release() };
   }
 
+  // Kernel operations are counted on their way to the kernel (or the in-memory one).
+  const metrics = new Metrics();
+  deps = { ...deps, ipvs: instrumentKernel(deps.ipvs, 'ipvs', metrics), links: instrumentKernel(deps.links, 'link', metrics), metrics };
+  let hcServers: ServiceHealthServers | null = null;
+  deps.onHealthCheckTargets = (targets) => {
+    hcServers?.update(targets).catch((e: unknown) => log.warn('healthCheckNodePort update failed', { error: (e as Error).message }));
+  };
   const daemon = new Daemon({ source, config, nodeName }, deps);
+  new IpvsCollector({
+    ipvs: deps.ipvs,
+    labels: deps.owned.labels,
+    realServerLimit: config.metrics.realServerSeriesLimit,
+    plannedRealServers: () => daemon.planner.realServerCounts(),
+    log,
+  }).register(metrics);
   if (args.once) {
     const r = await daemon.syncOnce();
     if (args.dryRun) {
@@ -106,7 +126,18 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     return r.errors.length === 0 ? 0 : 1;
   }
 
+  // Health first: probes answer (healthy while starting, as kube-proxy) during the initial list.
+  const healthServer = await listen(config.healthzBindAddress, 'healthz', healthHandler(daemon), log);
+  const metricsServer = await listen(config.metricsBindAddress, 'metrics', metricsHandler(daemon, log), log);
+  hcServers = new ServiceHealthServers({
+    health: daemon.health,
+    log,
+    metrics,
+    // kube-proxy listens on every address unless nodePortAddresses narrows it.
+    addresses: () => (config.nodePortAddresses.length === 0 ? [] : selectNodePortAddresses(daemon.model.node, config.nodePortAddresses)),
+  });
   await daemon.start();
+  await hcServers.update(daemon.healthCheckTargets());
   log.info('kube-ipvs running', { node: nodeName, source: args.manifests ? `folder ${args.manifests}` : args.kubeconfig ? `kubeconfig ${args.kubeconfig}` : 'in-cluster', dryRun: args.dryRun });
   await new Promise<void>((resolve) => {
     const done = (sig: string) => {
@@ -117,5 +148,10 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     signals.once('SIGINT', () => done('SIGINT'));
   });
   daemon.stop();
+  await hcServers.close();
+  for (const s of [healthServer, metricsServer]) {
+    s?.close();
+    s?.closeAllConnections();
+  }
   return 0;
 }

@@ -59,6 +59,8 @@ export interface Config {
   stateDirectory: string;
   /** kube-ipvs only: a removed TCP backend with connections left is deleted after this long. */
   gracefulTerminationSeconds: number;
+  /** kube-ipvs only: at most this many real servers get per-backend series per scrape (0: none). */
+  metrics: { realServerSeriesLimit: number };
   logging: { format: LogFormat; verbosity: number };
 }
 
@@ -105,6 +107,7 @@ export function defaultConfig(): Config {
     dummyInterface: 'kube-ipvs0',
     stateDirectory: '/run/kube-ipvs',
     gracefulTerminationSeconds: 15 * 60,
+    metrics: { realServerSeriesLimit: 1000 },
     logging: { format: 'json', verbosity: 0 },
   };
 }
@@ -306,6 +309,11 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
     ),
   },
   gracefulTerminationTimeout: { apply: unlessEmpty(duration, (c, v: number) => (c.gracefulTerminationSeconds = v)) },
+  metrics: {
+    fields: {
+      realServerSeriesLimit: { apply: (c, v) => (c.metrics.realServerSeriesLimit = int(0, 10_000_000)(v)) },
+    },
+  },
 };
 
 function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix: string, cfg: Config, problem: (code: Problem['code'], field: string, message: string) => void): void {

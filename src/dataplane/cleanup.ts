@@ -26,11 +26,13 @@ export async function cleanup(ipvs: Ipvs, links: Links, owned: OwnershipStore, o
       await ipvs.deleteService(s);
       res.services.push(id);
       owned.services.delete(id);
+      owned.labels.delete(id);
     } catch (e) {
       res.errors.push((e as Error).message);
     }
   }
   owned.services.clear(); // records of services already gone
+  owned.labels.clear();
   if (index !== null) {
     for (const a of ifAddrs) {
       if (!owned.addresses.has(a)) continue;

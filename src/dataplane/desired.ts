@@ -3,11 +3,14 @@
 import type { VirtualServer } from '../plan/types.ts';
 import { FwdMethod, SvcFlag } from './ipvs/constants.ts';
 import { destinationId, serviceId, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+import type { VsLabel } from './ownership.ts';
 
 export interface DesiredVS {
   id: string;
   /** The Kubernetes Service ("namespace/name") it belongs to. */
   owner: string;
+  /** Its Service port name and kind, recorded with the ownership for metrics and `status`. */
+  label: VsLabel;
   service: IpvsService;
   destinations: Map<string, IpvsDestination>;
 }
@@ -28,7 +31,7 @@ export function toDesired(vs: VirtualServer): DesiredVS {
     const d: IpvsDestination = { family: vs.family, address: rs.address, port: rs.port, fwdMethod: FwdMethod.MASQ, weight: rs.weight, upperThreshold: 0, lowerThreshold: 0 };
     destinations.set(destinationId(d), d);
   }
-  return { id: serviceId(service), owner: vs.service, service, destinations };
+  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, service, destinations };
 }
 
 /** Flags the kernel sets by itself and that we never ask for. */

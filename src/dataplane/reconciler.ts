@@ -245,6 +245,7 @@ export class Reconciler {
       }
     }
     this.#own(this.#owned.services, id, false);
+    if (this.#owned.labels.delete(id)) this.#ownedChanged = true;
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
   }
@@ -282,6 +283,11 @@ export class Reconciler {
         run.fail(`list destinations of ${d.id}`, e, d.owner);
         return;
       }
+    }
+    const l = this.#owned.labels.get(d.id);
+    if (!l || l.service !== d.label.service || l.portName !== d.label.portName || l.kind !== d.label.kind) {
+      this.#owned.labels.set(d.id, d.label);
+      this.#ownedChanged = true;
     }
     const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();

@@ -59,6 +59,9 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
     externallyAccessible: svc.type !== 'ClusterIP' || svc.externalIPs.length > 0,
   };
   const scheduler = svc.scheduler || cfg.scheduler;
+  const noLocalEndpoints: ServicePlan['noLocalEndpoints'] = [];
+  const local = new Set<string>();
+  for (const slice of slices) for (const e of slice.endpoints) if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
 
   // One family at a time, as kube-proxy runs one proxier per family: a family without a
   // ClusterIP gets nothing, and external addresses of the other family are not ours there.
@@ -77,6 +80,10 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
       const internal = realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster);
       const external = realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster);
+      if (cat.hasAny && cat.local.length === 0) {
+        if (svc.internalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'internal' });
+        if (svc.externalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'external' });
+      }
       for (const [kind, ips] of targets) {
         if (kind === 'NodePort' && port.nodePort === 0) continue;
         for (const address of ips) {
@@ -97,7 +104,7 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
       }
     }
   }
-  return { service: svc.key, virtualServers, addresses };
+  return { service: svc.key, virtualServers, addresses, healthCheckNodePort: svc.healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
 }
 
 /**
@@ -142,6 +149,13 @@ export class Planner {
   /** Every Service's plan, keyed by "namespace/name". */
   plans(): ReadonlyMap<string, ServicePlan> {
     return this.#plans;
+  }
+
+  /** Virtual server id (as the IPVS layer names it: "TCP/10.0.0.1:80") -> planned real servers. */
+  realServerCounts(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const p of this.#plans.values()) for (const vs of p.virtualServers) out.set(`${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`, vs.realServers.length);
+    return out;
   }
 
   addressInUse(address: string): boolean {

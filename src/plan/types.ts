@@ -48,6 +48,12 @@ export interface ServicePlan {
   service: string;
   virtualServers: VirtualServer[];
   addresses: string[];
+  /** spec.healthCheckNodePort (0 when none): served by observe/ with `localEndpoints`. */
+  healthCheckNodePort: number;
+  /** Ready endpoints on this node, distinct addresses over every port (kube-proxy's count). */
+  localEndpoints: number;
+  /** Service ports with a Local traffic policy, endpoints elsewhere and none here (a metric). */
+  noLocalEndpoints: { family: Family; policy: 'internal' | 'external' }[];
 }
 
 export interface PlanConfig {

@@ -33,15 +33,8 @@ export interface KubernetesSourceOptions {
   burst?: number;
 }
 
-export interface SourceCounters {
-  /** List pages fetched (a paginated list is several). */
-  pages: number;
-  reconnects: number;
-  relists: number;
-  errors: number;
-  stalls: number;
-  events: number;
-}
+import type { SourceCounters } from './source.ts';
+export type { SourceCounters } from './source.ts';
 
 type Obj = KubernetesObject & Record<string, unknown>;
 
@@ -206,7 +199,7 @@ export class KubernetesSource implements Source {
   readonly backoffBaseMs: number;
   readonly backoffMaxMs: number;
   readonly limiter: TokenBucket;
-  readonly counters: SourceCounters = { pages: 0, reconnects: 0, relists: 0, errors: 0, stalls: 0, events: 0 };
+  readonly counters: SourceCounters = { pages: 0, reconnects: 0, relists: 0, errors: 0, stalls: 0, events: 0, lastEventAt: 0 };
   readonly #informers: SupervisedInformer[];
   /** kind/namespace/name -> the last object delivered (the `previous` of the next change). */
   readonly #last = new Map<string, Obj>();
@@ -247,6 +240,7 @@ export class KubernetesSource implements Source {
   /** Called by the informers for every object event. */
   onEvent(spec: InformerSpec, verb: 'update' | 'delete' | null, o: Obj): void {
     this.counters.events++;
+    this.counters.lastEventAt = Date.now();
     const id = `${spec.kind}/${keyOf(o)}`;
     const previous = this.#last.get(id) ?? null;
     let change: Change;

@@ -13,7 +13,22 @@ export interface SourceBatch {
   triggerTimes?: Map<string, number>;
 }
 
+/** What a watching source has been through (read by the metrics at scrape time). */
+export interface SourceCounters {
+  /** List pages fetched (a paginated list is several). */
+  pages: number;
+  reconnects: number;
+  relists: number;
+  errors: number;
+  stalls: number;
+  events: number;
+  /** When the last object event arrived (epoch ms; 0: none yet). */
+  lastEventAt: number;
+}
+
 export interface Source {
+  /** Present on sources that watch an API server. */
+  readonly counters?: SourceCounters;
   /** Starts delivering batches; resolves once the first complete view has been delivered. */
   start(deliver: (batch: SourceBatch) => void): Promise<void>;
   /** Asks for a fresh look now, where the source can (the folder source re-reads). */

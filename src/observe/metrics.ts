@@ -1,0 +1,115 @@
+// Prometheus metrics. kube-proxy's names, labels and buckets where the meaning is the same (so
+// existing dashboards and alerts keep working), and kube-ipvs' own under the `kubeipvs_` prefix.
+// Values that already live elsewhere (source counters, the kernel's IPVS counters, the plan) are
+// read at scrape time by collectors instead of being copied on every change.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import type { Family } from '../util/ip.ts';
+
+export const exponentialBuckets = (start: number, factor: number, count: number): number[] => Array.from({ length: count }, (_, i) => start * factor ** i);
+export const linearBuckets = (start: number, width: number, count: number): number[] => Array.from({ length: count }, (_, i) => start + width * i);
+
+/** kube-proxy's sync duration buckets: 1 ms doubling to about 16 s. */
+export const SYNC_BUCKETS = exponentialBuckets(0.001, 2, 15);
+/** kube-proxy's network programming buckets: 0.25 s, 0.5 s, 1-59 s, 60-115 s by 5, 2-5 min by 30 s. */
+export const PROGRAMMING_BUCKETS = [...linearBuckets(0.25, 0.25, 2), ...linearBuckets(1, 1, 59), ...linearBuckets(60, 5, 12), ...linearBuckets(120, 30, 7)];
+
+export const ipFamilyLabel = (f: Family): 'IPv4' | 'IPv6' => (f === 6 ? 'IPv6' : 'IPv4');
+
+/** What a collector hands to the registry: prom-client's metric object shape. */
+export interface CollectedValue {
+  labels: Record<string, string | number>;
+  value: number;
+}
+
+/**
+ * A metric whose values are produced at scrape time by `collect` (no label hashing per value:
+ * thousands of IPVS series stay cheap).
+ */
+export class ScrapeMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'counter' | 'gauge';
+  readonly aggregator = 'sum' as const;
+  readonly #collect: () => Promise<CollectedValue[]> | CollectedValue[];
+
+  constructor(name: string, help: string, type: 'counter' | 'gauge', collect: () => Promise<CollectedValue[]> | CollectedValue[]) {
+    this.name = name;
+    this.help = help;
+    this.type = type;
+    this.#collect = collect;
+  }
+
+  async get() {
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: await this.#collect() };
+  }
+
+  reset(): void {}
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  // kube-proxy's (pkg/proxy/metrics), same names, labels and buckets.
+  readonly syncDuration: Histogram<'ip_family'>;
+  readonly syncFullDuration: Histogram<'ip_family'>;
+  readonly syncPartialDuration: Histogram<'ip_family'>;
+  readonly programmingDuration: Histogram<'ip_family'>;
+  readonly lastSyncTimestamp: Gauge<'ip_family'>;
+  readonly lastQueuedTimestamp: Gauge<'ip_family'>;
+  readonly endpointChangesPending: Gauge;
+  readonly endpointChangesTotal: Counter;
+  readonly serviceChangesPending: Gauge;
+  readonly serviceChangesTotal: Counter;
+  readonly healthzTotal: Counter<'code'>;
+  readonly livezTotal: Counter<'code'>;
+
+  // kube-ipvs' own.
+  readonly kernelOperations: Counter<'operation'>;
+  readonly kernelFailures: Counter<'operation' | 'errno'>;
+  readonly rejectedObjects: Counter<'kind'>;
+  readonly syncs: Counter<'type' | 'result'>;
+  readonly healthCheckNodePortErrors: Counter;
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    const r = this.registry;
+    const registers = [r];
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r });
+    const histogram = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, buckets, labelNames: ['ip_family'] as const, registers });
+    this.syncDuration = histogram('kubeproxy_sync_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds', SYNC_BUCKETS);
+    this.syncFullDuration = histogram('kubeproxy_sync_full_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds for full resyncs', SYNC_BUCKETS);
+    this.syncPartialDuration = histogram('kubeproxy_sync_partial_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds for partial resyncs', SYNC_BUCKETS);
+    this.programmingDuration = histogram('kubeproxy_network_programming_duration_seconds', 'In Cluster Network Programming Latency in seconds', PROGRAMMING_BUCKETS);
+    this.lastSyncTimestamp = new Gauge({ name: 'kubeproxy_sync_proxy_rules_last_timestamp_seconds', help: 'The last time proxy rules were successfully synced', labelNames: ['ip_family'] as const, registers });
+    this.lastQueuedTimestamp = new Gauge({ name: 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds', help: 'The last time a sync of proxy rules was queued', labelNames: ['ip_family'] as const, registers });
+    this.endpointChangesPending = new Gauge({ name: 'kubeproxy_sync_proxy_rules_endpoint_changes_pending', help: 'Pending proxy rules Endpoint changes', registers });
+    this.endpointChangesTotal = new Counter({ name: 'kubeproxy_sync_proxy_rules_endpoint_changes_total', help: 'Cumulative proxy rules Endpoint changes', registers });
+    this.serviceChangesPending = new Gauge({ name: 'kubeproxy_sync_proxy_rules_service_changes_pending', help: 'Pending proxy rules Service changes', registers });
+    this.serviceChangesTotal = new Counter({ name: 'kubeproxy_sync_proxy_rules_service_changes_total', help: 'Cumulative proxy rules Service changes', registers });
+    this.healthzTotal = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'] as const, registers });
+    this.livezTotal = new Counter({ name: 'kubeproxy_proxy_livez_total', help: 'Cumulative proxy livez HTTP status', labelNames: ['code'] as const, registers });
+
+    this.kernelOperations = new Counter({ name: 'kubeipvs_kernel_operations_total', help: 'Kernel operations (IPVS over generic netlink, links and addresses over rtnetlink) by operation', labelNames: ['operation'] as const, registers });
+    this.kernelFailures = new Counter({ name: 'kubeipvs_kernel_operation_failures_total', help: 'Failed kernel operations by operation and errno', labelNames: ['operation', 'errno'] as const, registers });
+    this.rejectedObjects = new Counter({ name: 'kubeipvs_rejected_objects_total', help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind', labelNames: ['kind'] as const, registers });
+    this.syncs = new Counter({ name: 'kubeipvs_syncs_total', help: 'Syncs of the kernel state by type (full, partial) and result (success, error)', labelNames: ['type', 'result'] as const, registers });
+    this.healthCheckNodePortErrors = new Counter({ name: 'kubeipvs_health_check_node_port_errors_total', help: 'healthCheckNodePort servers that could not listen', registers });
+  }
+
+  /** Adds a metric computed at scrape time. */
+  add(metric: ScrapeMetric): void {
+    this.registry.registerMetric(metric as unknown as Metric);
+  }
+
+  /** One observation of a sync for each address family it covered. */
+  observeSync(full: boolean, seconds: number, families: Iterable<Family>): void {
+    for (const f of families) {
+      const labels = { ip_family: ipFamilyLabel(f) };
+      this.syncDuration.observe(labels, seconds);
+      (full ? this.syncFullDuration : this.syncPartialDuration).observe(labels, seconds);
+    }
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

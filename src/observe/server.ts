@@ -1,0 +1,127 @@
+// The daemon's HTTP listeners: /metrics on metricsBindAddress, and /healthz, /livez and /status on
+// healthzBindAddress (kube-proxy's defaults 127.0.0.1:10249 and 0.0.0.0:10256). A port of 0
+// disables a listener.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Daemon } from '../daemon.ts';
+import type { Logger } from './log.ts';
+import { sendJSON, serveProxyHealth } from './health.ts';
+
+/** "0.0.0.0:10256", "[::1]:10249", ":10249" -> host and port; null when it does not parse. */
+export function parseBindAddress(s: string): { host: string | undefined; port: number } | null {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):([0-9]{1,5})$/.exec(s);
+  if (!m) return null;
+  const port = Number(m[3]);
+  if (port > 65535) return null;
+  const host = m[1] ?? m[2] ?? '';
+  return { host: host === '' ? undefined : host, port };
+}
+
+/** Listens on `bind`; null (with a log line) when disabled or when it cannot listen. */
+export async function listen(bind: string, what: string, handler: (req: IncomingMessage, res: ServerResponse) => void, log: Logger): Promise<Server | null> {
+  const b = parseBindAddress(bind);
+  if (!b) {
+    log.error(`cannot serve ${what}: ${JSON.stringify(bind)} is not host:port`);
+    return null;
+  }
+  if (b.port === 0) {
+    log.info(`${what} disabled (port 0)`);
+    return null;
+  }
+  const server = createServer((req, res) => {
+    try {
+      handler(req, res);
+    } catch (e) {
+      log.warn(`${what} request failed`, { url: req.url, error: (e as Error).message }, `http:${what}`);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    }
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: b.host, port: b.port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    log.error(`cannot serve ${what} on ${bind}: ${(e as Error).message}`);
+    return null;
+  }
+  log.info(`serving ${what}`, { address: bind });
+  return server;
+}
+
+export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/metrics') {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics\n');
+      return;
+    }
+    daemon.metrics.text().then(
+      (text) => {
+        res.writeHead(200, { 'Content-Type': daemon.metrics.registry.contentType });
+        res.end(text);
+      },
+      (e: unknown) => {
+        log.warn('metrics scrape failed', { error: (e as Error).message }, 'metrics:scrape');
+        res.writeHead(500, { 'Content-Type': 'text/plain' }).end(`scrape failed: ${(e as Error).message}\n`);
+      },
+    );
+  };
+}
+
+export function healthHandler(daemon: Daemon): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    if (serveProxyHealth(req, res, daemon.health, daemon.metrics)) return;
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/status') {
+      sendJSON(res, 200, JSON.stringify(daemonStatus(daemon), null, 2) + '\n');
+      return;
+    }
+    res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /healthz, /livez or /status\n');
+  };
+}
+
+/** The daemon's own view, served on /status and shown by `kube-ipvs status`. A contract: fields may be added. */
+export interface DaemonStatus {
+  node: string;
+  healthy: boolean;
+  nodeEligible: boolean;
+  /** ISO times; null when it never happened. */
+  lastSyncAt: string | null;
+  lastSuccessfulSyncAt: string | null;
+  oldestPendingChangeAt: string | null;
+  lastSync: { full: boolean; services: number; operations: number; errors: number; durationMs: number } | null;
+  pending: { services: number; endpoints: number; dirty: number };
+  services: number;
+  virtualServers: number;
+  source: Record<string, number | string | null> | null;
+  healthCheckNodePorts: { port: number; service: string; localEndpoints: number }[];
+  recentErrors: { at: string; op: string; code: string; message: string; service?: string }[];
+}
+
+const iso = (ms: number) => (ms === 0 ? null : new Date(ms).toISOString());
+
+export function daemonStatus(d: Daemon): DaemonStatus {
+  const ls = d.lastSync;
+  let virtualServers = 0;
+  for (const p of d.planner.plans().values()) virtualServers += p.virtualServers.length;
+  const c = d.source.counters;
+  return {
+    node: d.model.nodeName,
+    healthy: d.health.healthy,
+    nodeEligible: d.health.nodeEligible,
+    lastSyncAt: iso(d.lastSyncAt),
+    lastSuccessfulSyncAt: iso(d.lastSuccessAt),
+    oldestPendingChangeAt: iso(d.health.oldestPendingQueued),
+    lastSync: ls ? { full: ls.full, services: ls.services, operations: ls.operations, errors: ls.errors.length, durationMs: Math.round(ls.durationMs) } : null,
+    pending: d.pendingChanges(),
+    services: d.planner.plans().size,
+    virtualServers,
+    source: c ? { ...c, lastEventAt: iso(c.lastEventAt) } : null,
+    healthCheckNodePorts: [...d.healthCheckTargets()].map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints })).sort((a, b) => a.port - b.port),
+    recentErrors: d.recentErrors.slice(-10).map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
+  };
+}
