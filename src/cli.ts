@@ -8,6 +8,7 @@ import { cleanupCommand } from './commands/cleanup.ts';
 import { report, type IO } from './commands/common.ts';
 import { planCommand } from './commands/plan.ts';
 import { runCommand } from './commands/run.ts';
+import { statusCommand } from './commands/status.ts';
 import { Codes } from './errors.ts';
 import { applyDaemonV8Flags } from './util/v8-flags.ts';
 
@@ -30,7 +31,11 @@ Commands:
               --once                 one full sync, then exit
   cleanup   remove every virtual service, address and interface kube-ipvs created (needs root)
               --config FILE
-  status    show programmed virtual servers (not built yet)
+  status    every IPVS virtual server with its Service, kind and backends, read from the kernel
+            (works with the daemon down), plus the daemon's own view when it answers (needs root)
+              --namespace NS  --service NAME|NS/NAME   only these Services
+              --config FILE          for stateDirectory and healthzBindAddress
+              --output table|json    (default table)
 `;
 
 const OPTIONS = {
@@ -42,6 +47,8 @@ const OPTIONS = {
   strict: { type: 'boolean', default: false },
   'dry-run': { type: 'boolean', default: false },
   once: { type: 'boolean', default: false },
+  namespace: { type: 'string', short: 'n' },
+  service: { type: 'string' },
 } as const;
 
 /** Exit codes: 0 ok, 1 failure (or problems with --strict), 2 usage. */
@@ -56,11 +63,7 @@ export async function main(argv: string[], io: IO): Promise<number> {
     io.stdout(USAGE);
     return command === undefined ? 2 : 0;
   }
-  if (command === 'status') {
-    report(io, [{ code: Codes.NOT_BUILT, severity: 'error', message: `'${command}' is not built yet` }]);
-    return 2;
-  }
-  if (!['plan', 'run', 'cleanup'].includes(command)) return usage(`unknown command ${JSON.stringify(command)}`);
+  if (!['plan', 'run', 'cleanup', 'status'].includes(command)) return usage(`unknown command ${JSON.stringify(command)}`);
 
   let args;
   try {
@@ -73,6 +76,9 @@ export async function main(argv: string[], io: IO): Promise<number> {
       if (!args.manifests) return usage('plan needs --manifests DIR');
       if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
       return planCommand({ manifests: args.manifests, node: args.node, config: args.config, output: args.output, strict: args.strict }, io);
+    case 'status':
+      if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
+      return statusCommand({ config: args.config, namespace: args.namespace, service: args.service, output: args.output }, io);
     case 'run':
       return runCommand({ manifests: args.manifests, kubeconfig: args.kubeconfig, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once }, io);
     default:

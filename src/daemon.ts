@@ -250,9 +250,12 @@ export class Daemon {
     this.metrics.observeSync(r.full, r.durationMs / 1000, families);
     this.metrics.syncs.inc({ type: r.full ? 'full' : 'partial', result: r.errors.length === 0 ? 'success' : 'error' });
     this.lastSyncAt = now;
+    // A change stops being pending once a sync covered its Service without an error that could be its.
     const failed = new Set(r.errors.map((e) => e.service ?? ''));
-    for (const set of [this.#pendingServiceChanges, this.#pendingEndpointChanges]) {
-      for (const k of set) if ((touched === null || touched.has(k)) && !failed.has(k)) set.delete(k);
+    if (!failed.has('')) {
+      for (const set of [this.#pendingServiceChanges, this.#pendingEndpointChanges]) {
+        for (const k of set) if ((touched === null || touched.has(k)) && !failed.has(k)) set.delete(k);
+      }
     }
     this.metrics.serviceChangesPending.set(this.#pendingServiceChanges.size);
     this.metrics.endpointChangesPending.set(this.#pendingEndpointChanges.size);

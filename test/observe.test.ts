@@ -1,0 +1,354 @@
+// What SREs read: each metric's meaning, /healthz and /livez with kube-proxy's semantics and
+// bodies, healthCheckNodePort answers, kernel operation counting, the IPVS series and their cap,
+// and the daemon feeding all of them. Kernel and time are in-memory twins.
+import { request } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
+import t from 'tap';
+import { defaultConfig } from '../src/config/config.ts';
+import { Daemon } from '../src/daemon.ts';
+import { IpvsError, type Ipvs } from '../src/dataplane/ipvs/client.ts';
+import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
+import type { IpvsStats } from '../src/dataplane/ipvs/types.ts';
+import { FakeLinks } from '../src/dataplane/links.ts';
+import { MemoryOwnership } from '../src/dataplane/ownership.ts';
+import type { Change } from '../src/model/model.ts';
+import { goTime, ProxyHealth, serviceHealthBody } from '../src/observe/health.ts';
+import { instrumentKernel } from '../src/observe/instrument.ts';
+import { IpvsCollector } from '../src/observe/ipvs-collector.ts';
+import { Logger } from '../src/observe/log.ts';
+import { Metrics, PROGRAMMING_BUCKETS, SYNC_BUCKETS } from '../src/observe/metrics.ts';
+import { daemonStatus, healthHandler, listen, metricsHandler, parseBindAddress } from '../src/observe/server.ts';
+import { ServiceHealthServers } from '../src/observe/service-health.ts';
+import type { Source, SourceBatch, SourceCounters } from '../src/sources/source.ts';
+import { ManualClock } from './support/clock.ts';
+import { ep, node, service, slice } from './support/objects.ts';
+
+/** The value of one series in Prometheus text, or undefined when absent. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (.+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[3] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v) && Object.keys(have).length === Object.keys(labels).length) return Number(m[4]);
+  }
+  return undefined;
+}
+
+function get(port: number, path: string, host = '127.0.0.1'): Promise<{ code: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host, port, path, agent: false }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ code: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+const quiet = () => new Logger({ sink: () => {} });
+
+t.test("kube-proxy's buckets", async (t) => {
+  t.equal(SYNC_BUCKETS.length, 15);
+  t.equal(SYNC_BUCKETS[0], 0.001);
+  t.equal(SYNC_BUCKETS[14], 0.001 * 2 ** 14);
+  t.equal(PROGRAMMING_BUCKETS.length, 2 + 59 + 12 + 7);
+  t.same(PROGRAMMING_BUCKETS.slice(0, 4), [0.25, 0.5, 1, 2]);
+  t.same(PROGRAMMING_BUCKETS.slice(60, 63), [59, 60, 65]);
+  t.equal(PROGRAMMING_BUCKETS.at(-1), 300);
+  t.ok(PROGRAMMING_BUCKETS.every((b, i) => i === 0 || b > PROGRAMMING_BUCKETS[i - 1]!), 'strictly increasing');
+});
+
+t.test('proxy health: queued changes older than the timeout make it unhealthy, an update heals it', async (t) => {
+  const clock = new ManualClock();
+  const h = new ProxyHealth(60_000, clock);
+  t.ok(h.healthy, 'healthy while starting');
+  h.queued();
+  const first = clock.now();
+  await clock.advance(30_000);
+  h.queued(); // a later change does not move the oldest
+  t.ok(h.healthy, 'pending, not late');
+  t.equal(h.oldestPendingQueued, first);
+  await clock.advance(30_000);
+  t.notOk(h.healthy, 'pending for the whole timeout');
+  h.updated();
+  t.ok(h.healthy);
+  t.equal(h.lastUpdated, clock.now());
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: false, toBeDeleted: true });
+  t.notOk(h.nodeEligible, 'autoscaler taint');
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: true, toBeDeleted: false });
+  t.notOk(h.nodeEligible, 'being deleted');
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: false, toBeDeleted: false });
+  t.ok(h.nodeEligible);
+  t.equal(goTime(Date.UTC(2026, 10, 25, 13, 4, 5, 123)), '2026-11-25 13:04:05.123 +0000 UTC');
+});
+
+t.test('healthCheckNodePort body and code, as kube-proxy', async (t) => {
+  const ok = serviceHealthBody('shop/web', 2, true);
+  t.equal(ok.code, 200);
+  t.same(JSON.parse(ok.body), { service: { namespace: 'shop', name: 'web' }, localEndpoints: 2, serviceProxyHealthy: true });
+  t.equal(ok.headers['X-Load-Balancing-Endpoint-Weight'], '2');
+  t.equal(serviceHealthBody('shop/web', 0, true).code, 503, 'no local endpoint');
+  t.equal(serviceHealthBody('shop/web', 3, false).code, 503, 'proxy unhealthy');
+});
+
+t.test('kernel operations are counted by operation, failures by errno', async (t) => {
+  const m = new Metrics({ defaultMetrics: false });
+  const fake = new FakeIpvs();
+  const ipvs = instrumentKernel<Ipvs>(fake, 'ipvs', m);
+  const svc = { family: 4 as const, protocol: 'TCP' as const, address: '10.0.0.1', port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff };
+  await ipvs.addService(svc);
+  await t.rejects(ipvs.addService(svc), IpvsError, 'EEXIST from the kernel twin');
+  await ipvs.services();
+  const text = await m.text();
+  t.equal(sample(text, 'kubeipvs_kernel_operations_total', { operation: 'ipvs.addService' }), 2);
+  t.equal(sample(text, 'kubeipvs_kernel_operations_total', { operation: 'ipvs.services' }), 1);
+  t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.addService', errno: 'EEXIST' }), 1);
+  t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.services', errno: 'EEXIST' }), undefined);
+});
+
+/** A kernel twin whose dumps carry stats (the fake's do not). */
+function statsKernel(vsCount: number, destsPer: number): Ipvs {
+  const st = (k: number): IpvsStats => ({ conns: BigInt(k), inPkts: BigInt(10 * k), outPkts: BigInt(9 * k), inBytes: BigInt(1000 * k), outBytes: BigInt(900 * k), cps: 0n, inPps: 0n, outPps: 0n, inBps: 0n, outBps: 0n });
+  const services = Array.from({ length: vsCount }, (_, i) => ({ family: 4 as const, protocol: 'TCP' as const, address: `10.96.0.${i + 1}`, port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, stats: st(i + 1) }));
+  return {
+    services: async () => services,
+    destinations: async (k: { address?: string }) =>
+      Array.from({ length: destsPer }, (_, j) => ({ family: 4 as const, address: `10.244.${k.address!.split('.')[3]}.${j + 1}`, port: 8080, fwdMethod: 0, weight: j === 0 ? 0 : 1, upperThreshold: 0, lowerThreshold: 0, activeConns: j, inactiveConns: 1, stats: st(j + 1) })),
+  } as unknown as Ipvs;
+}
+
+t.test('IPVS series: labelled with the Service port, only ours, capped, drops counted', async (t) => {
+  const labels = new Map([
+    ['TCP/10.96.0.1:80', { service: 'shop/web', portName: 'http', kind: 'ClusterIP' }],
+    ['TCP/10.96.0.2:80', { service: 'shop/api', portName: '', kind: 'ClusterIP' }],
+  ]);
+  const m = new Metrics({ defaultMetrics: false });
+  // Three virtual servers in the kernel, one not ours; three destinations each; room for four series.
+  new IpvsCollector({ ipvs: statsKernel(3, 3), labels, realServerLimit: 4, plannedRealServers: () => new Map([['TCP/10.96.0.2:80', 3]]), log: quiet() }).register(m);
+  const text = await m.text();
+  const web = { namespace: 'shop', service: 'web', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
+  t.equal(sample(text, 'kubeipvs_virtual_server_packets_total', { ...web, direction: 'in' }), 10);
+  t.equal(sample(text, 'kubeipvs_virtual_server_bytes_total', { ...web, direction: 'out' }), 900);
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...web, service: 'api', port_name: '', address: '10.96.0.2' }), 2);
+  t.notMatch(text, /10\.96\.0\.3/, 'a virtual server kube-ipvs does not own is not exported');
+  const rs = (backend: string) => ({ ...web, backend });
+  t.equal(sample(text, 'kubeipvs_real_server_weight', rs('10.244.1.1:8080')), 0, 'draining weight');
+  t.equal(sample(text, 'kubeipvs_real_server_weight', rs('10.244.1.2:8080')), 1);
+  t.equal(sample(text, 'kubeipvs_real_server_active_connections', rs('10.244.1.3:8080')), 2);
+  t.equal(sample(text, 'kubeipvs_real_server_inactive_connections', rs('10.244.1.3:8080')), 1);
+  t.equal(sample(text, 'kubeipvs_real_server_connections_total', rs('10.244.1.2:8080')), 2);
+  t.equal(text.split('\n').filter((l) => l.startsWith('kubeipvs_real_server_weight{')).length, 4, 'four real servers within the limit');
+  t.equal(sample(text, 'kubeipvs_real_server_series_dropped'), 2, 'two of api left out (read, not exported)');
+
+  const none = new Metrics({ defaultMetrics: false });
+  new IpvsCollector({ ipvs: statsKernel(3, 3), labels, realServerLimit: 0, plannedRealServers: () => new Map([['TCP/10.96.0.1:80', 3], ['TCP/10.96.0.2:80', 5]]), log: quiet() }).register(none);
+  const t2 = await none.text();
+  t.equal(sample(t2, 'kubeipvs_real_server_series_dropped'), 8, 'limit 0: every planned real server counted as dropped');
+  t.notMatch(t2, /^kubeipvs_real_server_weight\{/m);
+});
+
+/** A source the test pushes batches through. */
+class PushSource implements Source {
+  deliver: ((b: SourceBatch) => void) | null = null;
+  readonly counters: SourceCounters = { pages: 1, reconnects: 2, relists: 1, errors: 3, stalls: 0, events: 7, lastEventAt: Date.now() - 5000 };
+  initial: Change[] = [];
+  async start(d: (b: SourceBatch) => void) {
+    this.deliver = d;
+    d({ changes: this.initial, problems: [] });
+  }
+  async refresh() {}
+  stop() {}
+  push(...changes: Change[]) {
+    this.deliver!({ changes, problems: [] });
+  }
+}
+
+function daemonSetup(t: { teardown: (f: () => void) => void }) {
+  const clock = new ManualClock();
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 0;
+  cfg.ipvs.syncPeriodSeconds = 10;
+  const source = new PushSource();
+  const links = new FakeLinks();
+  const ipvs = new FakeIpvs();
+  const hc: Map<number, { service: string; localEndpoints: number }>[] = [];
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    { ipvs, links, owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log: quiet(), kernelRelease: '6.1.0', clock, onHealthCheckTargets: (m) => void hc.push(new Map(m)) },
+  );
+  t.teardown(() => daemon.stop());
+  return { clock, source, links, ipvs, daemon, hc };
+}
+
+const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
+
+t.test('the daemon feeds the sync, change and health metrics', async (t) => {
+  const { clock, source, links, daemon } = daemonSetup(t);
+  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', service('web', { clusterIPs: ['10.96.0.1'] })), add('EndpointSlice', slice('web-1', 'web', [ep('10.0.0.1')]))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  let text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeproxy_sync_full_proxy_rules_duration_seconds_count', { ip_family: 'IPv4' }), 1, 'one full sync');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_service_changes_total'), 1);
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 1);
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 0, 'synced');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_last_timestamp_seconds', { ip_family: 'IPv4' }), clock.now() / 1000);
+  t.equal(sample(text, 'kubeipvs_syncs_total', { type: 'full', result: 'success' }), 1);
+  t.equal(sample(text, 'kubeipvs_watch_reconnects_total'), 2, 'source counters read at scrape');
+  t.ok((sample(text, 'kubeipvs_watch_last_event_age_seconds') ?? 0) >= 5);
+
+  // An endpoint change: a partial sync, counted; pending while not yet synced.
+  source.push({ kind: 'EndpointSlice', previous: slice('web-1', 'web', [ep('10.0.0.1')]), current: slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]) });
+  text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 1, 'pending before the sync');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds', { ip_family: 'IPv4' }), clock.now() / 1000);
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeproxy_sync_partial_proxy_rules_duration_seconds_count', { ip_family: 'IPv4' }), 1);
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_duration_seconds_count', { ip_family: 'IPv4' }), 2, 'all syncs');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 0);
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 2);
+
+  // A broken object: rejected and counted by kind.
+  source.push(add('Service', service('bad', { clusterIPs: ['10.96.0.300'] })));
+  text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeipvs_rejected_objects_total', { kind: 'Service' }), 1);
+
+  // The dummy interface is taken over by another kind of interface: syncs fail (not tied to a
+  // Service), changes wait; after 2 x syncPeriod /healthz and /livez turn 503; back when it heals.
+  const index = links.links.get('kube-ipvs0')!.index;
+  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  source.push(add('Service', service('dns', { clusterIPs: ['10.96.0.10'] })));
+  await clock.advance(0);
+  t.ok(daemon.health.healthy, 'not late yet');
+  await clock.advance(19_000);
+  t.ok(daemon.health.healthy, 'still within 2 x syncPeriod');
+  await clock.advance(2_000);
+  t.notOk(daemon.health.healthy, 'a change waited longer than 2 x syncPeriod');
+  text = await daemon.metrics.text();
+  t.ok((sample(text, 'kubeipvs_syncs_total', { type: 'full', result: 'error' }) ?? 0) >= 1, 'failed syncs counted');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_service_changes_pending'), 1, 'dns still pending');
+  t.equal(daemonStatus(daemon).healthy, false);
+  t.ok(daemonStatus(daemon).recentErrors.some((e) => e.code === 'EEXIST'), 'the failure is in the status view');
+  links.links.delete('kube-ipvs0');
+  await clock.advance(10_000);
+  await daemon.runner.whenIdle();
+  t.ok(daemon.health.healthy, 'healthy again once the kernel caught up');
+  t.equal(sample(await daemon.metrics.text(), 'kubeproxy_sync_proxy_rules_service_changes_pending'), 0);
+});
+
+t.test('a failure tied to one Service does not make the node unhealthy', async (t) => {
+  const { clock, source, ipvs, daemon } = daemonSetup(t);
+  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  ipvs.failures.set('addService TCP/10.96.0.2:80', 'EINVAL');
+  source.push(add('Service', service('odd', { clusterIPs: ['10.96.0.2'] })));
+  await clock.advance(60_000);
+  t.ok(daemon.health.healthy, 'one broken Service keeps being retried; the node stays in rotation');
+  t.ok(daemon.recentErrors.some((e) => e.service === 'default/odd'));
+});
+
+t.test('no-local-endpoints gauge and healthCheckNodePort targets follow the plan', async (t) => {
+  const { clock, source, daemon, hc } = daemonSetup(t);
+  const lb = service('lb', { clusterIPs: ['10.96.0.5'], type: 'LoadBalancer', spec: { externalTrafficPolicy: 'Local', healthCheckNodePort: 32100, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30100 }] } });
+  const local = slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' }), ep('10.0.0.2', { node: 'node-b' })]);
+  const remote = slice('lb-1', 'lb', [ep('10.0.0.2', { node: 'node-b' })]);
+  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', lb), add('EndpointSlice', local)];
+  await daemon.start();
+  await clock.advance(0);
+  t.same([...daemon.healthCheckTargets()], [[32100, { service: 'default/lb', localEndpoints: 1 }]]);
+  let text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'external' }), 0);
+
+  source.push({ kind: 'EndpointSlice', previous: local, current: remote });
+  t.same(hc.at(-1), new Map([[32100, { service: 'default/lb', localEndpoints: 0 }]]), 'told of the new count');
+  text = await daemon.metrics.text();
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'external' }), 1, 'endpoints elsewhere, none here');
+  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'internal' }), 0);
+
+  source.push({ kind: 'Service', previous: lb, current: null });
+  t.same(hc.at(-1), new Map(), 'the Service is gone: no health check port');
+});
+
+t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort servers', async (t) => {
+  const { clock, source, daemon } = daemonSetup(t);
+  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  const log = quiet();
+  const hp = await freePort();
+  const mp = await freePort();
+  const health = await listen(`127.0.0.1:${hp}`, 'healthz', healthHandler(daemon), log);
+  const metrics = await listen(`127.0.0.1:${mp}`, 'metrics', metricsHandler(daemon, log), log);
+  t.teardown(() => {
+    health?.close();
+    metrics?.close();
+  });
+  t.ok(health && metrics);
+  let r = await get(hp, '/healthz');
+  t.equal(r.code, 200);
+  t.equal(r.headers['content-type'], 'application/json');
+  t.equal(r.headers['x-content-type-options'], 'nosniff');
+  t.match(r.body, /^\{"lastUpdated": "[0-9-]+ [0-9:.]+ \+0000 UTC","currentTime": "[^"]+", "nodeEligible": true\}$/);
+  r = await get(hp, '/livez');
+  t.match(r.body, /^\{"lastUpdated": "[^"]+","currentTime": "[^"]+"\}$/);
+  // The Node gets the autoscaler's taint: /healthz 503, /livez still 200.
+  const tainted = node('node-a', [['InternalIP', '192.168.1.10']]);
+  (tainted as { spec?: unknown }).spec = { taints: [{ key: 'ToBeDeletedByClusterAutoscaler', effect: 'NoSchedule' }] };
+  source.push(add('Node', tainted));
+  r = await get(hp, '/healthz');
+  t.equal(r.code, 503);
+  t.match(r.body, /"nodeEligible": false/);
+  t.equal((await get(hp, '/livez')).code, 200);
+  const status = JSON.parse((await get(hp, '/status')).body);
+  t.equal(status.node, 'node-a');
+  t.equal(status.services, 1);
+  t.equal((await get(hp, '/nope')).code, 404);
+
+  const text = (await get(mp, '/metrics')).body;
+  t.equal(sample(text, 'kubeproxy_proxy_healthz_total', { code: '200' }), 1);
+  t.equal(sample(text, 'kubeproxy_proxy_healthz_total', { code: '503' }), 1);
+  t.equal(sample(text, 'kubeproxy_proxy_livez_total', { code: '200' }), 2);
+
+  // healthCheckNodePort servers open, answer from the current count, and close.
+  const servers = new ServiceHealthServers({ health: daemon.health, log, metrics: daemon.metrics, addresses: () => ['127.0.0.1'] });
+  t.teardown(() => servers.close());
+  const p = await freePort();
+  await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 1 }]]));
+  r = await get(p, '/');
+  t.equal(r.code, 200);
+  t.same(JSON.parse(r.body), { service: { namespace: 'default', name: 'web' }, localEndpoints: 1, serviceProxyHealthy: true });
+  await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 0 }]]));
+  t.equal((await get(p, '/')).code, 503, 'no local endpoint: 503, same listener');
+  await servers.update(new Map());
+  t.same(servers.ports(), []);
+  await t.rejects(get(p, '/'), /ECONNREFUSED/, 'closed with the Service');
+  // A port already taken: logged and counted, retried at the next update.
+  const taken = await listen(`127.0.0.1:${p}`, 'squatter', (_q, s) => s.end(), log);
+  await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 1 }]]));
+  t.same(servers.ports(), []);
+  t.equal(sample(await daemon.metrics.text(), 'kubeipvs_health_check_node_port_errors_total'), 1);
+  taken?.close();
+
+  t.same(parseBindAddress('[::1]:10249'), { host: '::1', port: 10249 });
+  t.same(parseBindAddress(':10256'), { host: undefined, port: 10256 });
+  t.equal(parseBindAddress('nope'), null);
+  t.equal(await listen('127.0.0.1:0', 'off', () => {}, log), null, 'port 0 disables');
+});
