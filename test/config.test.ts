@@ -82,6 +82,8 @@ t.test('errors name the field', async (t) => {
     ['bad bind', kp('healthzBindAddress: "localhost:99999"'), 'KIPVS_CONFIG_INVALID_VALUE', 'healthzBindAddress'],
     ['bad detectLocalMode', kp('detectLocalMode: Magic'), 'KIPVS_CONFIG_INVALID_VALUE', 'detectLocalMode'],
     ['bad interface name', ours('dummyInterface: "this-name-is-too-long"'), 'KIPVS_CONFIG_INVALID_VALUE', 'dummyInterface'],
+    ['negative series limit', ours('metrics: {realServerSeriesLimit: -1}'), 'KIPVS_CONFIG_INVALID_VALUE', 'metrics.realServerSeriesLimit'],
+    ['metrics is ours only', kp('metrics: {realServerSeriesLimit: 5}'), 'KIPVS_CONFIG_UNKNOWN_FIELD', 'metrics'],
     ['wrong kind', 'apiVersion: v1\nkind: ConfigMap\n', 'KIPVS_CONFIG_UNREADABLE', 'kind'],
     ['not YAML', 'a: [1, 2', 'KIPVS_CONFIG_UNREADABLE', ''],
     ['two documents', `${kp('')}\n---\n${kp('')}`, 'KIPVS_CONFIG_UNREADABLE', ''],
@@ -101,8 +103,10 @@ t.test('settings for other modes and platforms are accepted and unused', async (
 });
 
 t.test('our own kind', async (t) => {
-  const r = parseConfig(ours('serviceProxyName: ipvs-b\ndummyInterface: kipvs0\nlogging: {format: text}'));
+  const r = parseConfig(ours('serviceProxyName: ipvs-b\ndummyInterface: kipvs0\nlogging: {format: text}\nmetrics: {realServerSeriesLimit: 50}'));
   t.same(r.problems, []);
+  t.equal(r.config?.metrics.realServerSeriesLimit, 50);
+  t.equal(defaultConfig().metrics.realServerSeriesLimit, 1000);
   t.equal(r.config?.serviceProxyName, 'ipvs-b');
   t.equal(r.config?.dummyInterface, 'kipvs0');
   t.equal(r.config?.logging.format, 'text');

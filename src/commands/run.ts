@@ -55,7 +55,8 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   }
   const config = await loadConfig(io, args.config);
   if (!config) return 1;
-  const log = new Logger({ format: args.dryRun ? 'text' : config.logging.format, level: config.logging.verbosity >= 4 ? 'debug' : 'info', sink: (l) => io.stderr(l + '\n') });
+  const format = args.dryRun ? 'text' : config.logging.format === 'auto' ? (process.stderr.isTTY ? 'text' : 'json') : config.logging.format;
+  const log = new Logger({ format, level: config.logging.verbosity >= 4 ? 'debug' : 'info', sink: (l) => io.stderr(l + '\n') });
   const nodeName = args.manifests
     ? chooseNodeName(await readManifests(args.manifests), config, args.node)
     : (args.node ?? (config.hostnameOverride.trim() || process.env.NODE_NAME || hostname()).toLowerCase());

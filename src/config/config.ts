@@ -14,7 +14,8 @@ export const KUBE_PROXY_API_VERSION = 'kubeproxy.config.k8s.io/v1alpha1';
 export const KUBE_PROXY_KIND = 'KubeProxyConfiguration';
 
 export type DetectLocalMode = 'ClusterCIDR' | 'NodeCIDR' | 'BridgeInterface' | 'InterfaceNamePrefix';
-export type LogFormat = 'json' | 'text';
+/** auto: readable text when stderr is a terminal, JSON lines otherwise. */
+export type LogFormat = 'json' | 'text' | 'auto';
 
 export interface Config {
   /** Where the config came from: built-in defaults, our own kind, or kube-proxy's. */
@@ -108,7 +109,7 @@ export function defaultConfig(): Config {
     stateDirectory: '/run/kube-ipvs',
     gracefulTerminationSeconds: 15 * 60,
     metrics: { realServerSeriesLimit: 1000 },
-    logging: { format: 'json', verbosity: 0 },
+    logging: { format: 'auto', verbosity: 0 },
   };
 }
 
@@ -269,7 +270,7 @@ const RULES: Record<string, Rule> = {
   },
   logging: {
     fields: {
-      format: { apply: unlessEmpty(oneOf(['json', 'text'] as const), (c, v: LogFormat) => (c.logging.format = v)) },
+      format: { apply: unlessEmpty(oneOf(['json', 'text', 'auto'] as const), (c, v: LogFormat) => (c.logging.format = v)) },
       verbosity: { apply: (c, v) => (c.logging.verbosity = int(0, 10)(v)) },
       flushFrequency: { otherMode: 'klog' },
       options: { otherMode: 'klog' },

@@ -6,7 +6,7 @@ import type { Ipvs } from '../dataplane/ipvs/client.ts';
 import { destinationId, serviceId, type IpvsDestination, type IpvsService, type IpvsStats } from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
 import type { Logger } from './log.ts';
-import { ScrapeMetric, type CollectedValue, type Metrics } from './metrics.ts';
+import { labelString, type Metrics } from './metrics.ts';
 
 export interface IpvsCollectorOptions {
   ipvs: Ipvs;
@@ -20,7 +20,8 @@ export interface IpvsCollectorOptions {
 }
 
 interface Row {
-  labels: Record<string, string | number>;
+  /** The label string (without braces), cached per virtual server across scrapes. */
+  labels: string;
   stats: IpvsStats | undefined;
 }
 interface RealRow extends Row {
@@ -32,54 +33,65 @@ interface Snapshot {
   dropped: number;
 }
 
-const n = (b: bigint | undefined) => (b === undefined ? 0 : Number(b));
+const n = (b: bigint | undefined) => (b === undefined ? '0' : b.toString());
+
+/** Metric families rendered from a snapshot: name, help, type, and the lines of one row. */
+type Family<R> = [name: string, help: string, type: 'counter' | 'gauge', lines: (name: string, r: R) => string];
+const one = <R extends Row>(f: (r: R) => string | number): Family<R>[3] => (name, r) => `${name}{${r.labels}} ${f(r)}\n`;
+const inOut = <R extends Row>(i: (r: R) => bigint | undefined, o: (r: R) => bigint | undefined): Family<R>[3] => (name, r) =>
+  `${name}{${r.labels},direction="in"} ${n(i(r))}\n${name}{${r.labels},direction="out"} ${n(o(r))}\n`;
+
+const VS_FAMILIES: Family<Row>[] = [
+  ['kubeipvs_virtual_server_connections_total', 'Connections scheduled by the IPVS virtual server (kernel counter)', 'counter', one((r) => n(r.stats?.conns))],
+  ['kubeipvs_virtual_server_packets_total', 'Packets through the IPVS virtual server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inPkts, (r) => r.stats?.outPkts)],
+  ['kubeipvs_virtual_server_bytes_total', 'Bytes through the IPVS virtual server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inBytes, (r) => r.stats?.outBytes)],
+];
+const RS_FAMILIES: Family<RealRow>[] = [
+  ['kubeipvs_real_server_connections_total', 'Connections scheduled to the real server (kernel counter)', 'counter', one((r) => n(r.stats?.conns))],
+  ['kubeipvs_real_server_packets_total', 'Packets to and from the real server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inPkts, (r) => r.stats?.outPkts)],
+  ['kubeipvs_real_server_bytes_total', 'Bytes to and from the real server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inBytes, (r) => r.stats?.outBytes)],
+  ['kubeipvs_real_server_active_connections', 'Active (established) connections to the real server', 'gauge', one((r) => r.d.activeConns ?? 0)],
+  ['kubeipvs_real_server_inactive_connections', 'Inactive connections (other states) to the real server', 'gauge', one((r) => r.d.inactiveConns ?? 0)],
+  ['kubeipvs_real_server_weight', 'Current IPVS weight of the real server (0: draining)', 'gauge', one((r) => r.d.weight)],
+];
 
 export class IpvsCollector {
   readonly #o: IpvsCollectorOptions;
-  #inflight: Promise<Snapshot> | null = null;
+  /** Virtual server id -> its label string and the label it was built from. */
+  readonly #labelCache = new Map<string, { from: VsLabel; text: string }>();
 
   constructor(opts: IpvsCollectorOptions) {
     this.#o = opts;
   }
 
-  /** Registers the series with `metrics`. */
+  /** Registers the series with `metrics` (rendered directly as text: tens of thousands of lines). */
   register(metrics: Metrics): void {
-    const vs = (name: string, help: string, type: 'counter' | 'gauge', f: (r: Row) => CollectedValue[]) =>
-      metrics.add(new ScrapeMetric(name, help, type, async () => (await this.snapshot()).vs.flatMap(f)));
-    const rs = (name: string, help: string, type: 'counter' | 'gauge', f: (r: RealRow) => CollectedValue[]) =>
-      metrics.add(new ScrapeMetric(name, help, type, async () => (await this.snapshot()).rs.flatMap(f)));
-    const inOut = (labels: Row['labels'], i: bigint | undefined, o: bigint | undefined) => [
-      { labels: { ...labels, direction: 'in' }, value: n(i) },
-      { labels: { ...labels, direction: 'out' }, value: n(o) },
-    ];
-    vs('kubeipvs_virtual_server_connections_total', 'Connections scheduled by the IPVS virtual server (kernel counter)', 'counter', (r) => [{ labels: r.labels, value: n(r.stats?.conns) }]);
-    vs('kubeipvs_virtual_server_packets_total', 'Packets through the IPVS virtual server by direction (kernel counter)', 'counter', (r) => inOut(r.labels, r.stats?.inPkts, r.stats?.outPkts));
-    vs('kubeipvs_virtual_server_bytes_total', 'Bytes through the IPVS virtual server by direction (kernel counter)', 'counter', (r) => inOut(r.labels, r.stats?.inBytes, r.stats?.outBytes));
-    rs('kubeipvs_real_server_connections_total', 'Connections scheduled to the real server (kernel counter)', 'counter', (r) => [{ labels: r.labels, value: n(r.stats?.conns) }]);
-    rs('kubeipvs_real_server_packets_total', 'Packets to and from the real server by direction (kernel counter)', 'counter', (r) => inOut(r.labels, r.stats?.inPkts, r.stats?.outPkts));
-    rs('kubeipvs_real_server_bytes_total', 'Bytes to and from the real server by direction (kernel counter)', 'counter', (r) => inOut(r.labels, r.stats?.inBytes, r.stats?.outBytes));
-    rs('kubeipvs_real_server_active_connections', 'Active (established) connections to the real server', 'gauge', (r) => [{ labels: r.labels, value: r.d.activeConns ?? 0 }]);
-    rs('kubeipvs_real_server_inactive_connections', 'Inactive connections (other states) to the real server', 'gauge', (r) => [{ labels: r.labels, value: r.d.inactiveConns ?? 0 }]);
-    rs('kubeipvs_real_server_weight', 'Current IPVS weight of the real server (0: draining)', 'gauge', (r) => [{ labels: r.labels, value: r.d.weight }]);
-    metrics.add(
-      new ScrapeMetric('kubeipvs_real_server_series_dropped', 'Real servers left out of the per-backend series at the last scrape by metrics.realServerSeriesLimit', 'gauge', async () => [
-        { labels: {}, value: (await this.snapshot()).dropped },
-      ]),
-    );
+    metrics.addText(async () => this.render(await this.snapshot()));
   }
 
-  /** One kernel read shared by every metric of a scrape. */
-  snapshot(): Promise<Snapshot> {
-    if (!this.#inflight) {
-      this.#inflight = this.#read().finally(() => {
-        // Metrics of one scrape ask within the same tick; the next scrape reads again.
-        setImmediate(() => (this.#inflight = null));
-      });
-    }
-    return this.#inflight;
+  render(snap: Snapshot): string {
+    let out = '';
+    const family = <R extends Row>([name, help, type, lines]: Family<R>, rows: R[]) => {
+      out += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+      for (const r of rows) out += lines(name, r);
+    };
+    for (const f of VS_FAMILIES) family(f, snap.vs);
+    for (const f of RS_FAMILIES) family(f, snap.rs);
+    out += `# HELP kubeipvs_real_server_series_dropped Real servers left out of the per-backend series at this scrape by metrics.realServerSeriesLimit\n# TYPE kubeipvs_real_server_series_dropped gauge\nkubeipvs_real_server_series_dropped ${snap.dropped}\n`;
+    return out;
   }
 
-  async #read(): Promise<Snapshot> {
+  #labels(id: string, l: VsLabel, s: IpvsService): string {
+    const c = this.#labelCache.get(id);
+    if (c && c.from === l) return c.text;
+    const [namespace = '', service = ''] = l.service.split('/');
+    const text = labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: s.protocol ?? '', address: s.address ?? '', port: s.port ?? 0 });
+    this.#labelCache.set(id, { from: l, text });
+    return text;
+  }
+
+  /** One read of the kernel: our virtual servers with stats, destinations up to the limit. */
+  async snapshot(): Promise<Snapshot> {
     const { ipvs, labels, log } = this.#o;
     let services: IpvsService[];
     try {
@@ -98,8 +110,7 @@ export class IpvsCollector {
     let dropped = 0;
     let planned: ReadonlyMap<string, number> | null = null;
     for (const { s, id, l } of ours) {
-      const [namespace = '', service = ''] = l.service.split('/');
-      const vsLabels = { namespace, service, port_name: l.portName, kind: l.kind, protocol: s.protocol ?? '', address: s.address ?? '', port: s.port ?? 0 };
+      const vsLabels = this.#labels(id, l, s);
       vs.push({ labels: vsLabels, stats: s.stats });
       if (budget === 0) {
         planned ??= this.#o.plannedRealServers();
@@ -120,8 +131,13 @@ export class IpvsCollector {
           continue;
         }
         budget--;
-        rs.push({ labels: { ...vsLabels, backend: destinationId(d) }, stats: d.stats, d });
+        rs.push({ labels: `${vsLabels},backend="${destinationId(d)}"`, stats: d.stats, d });
       }
+    }
+    // Forget label strings of virtual servers that are gone.
+    if (this.#labelCache.size > ours.length) {
+      const live = new Set(ours.map((x) => x.id));
+      for (const id of this.#labelCache.keys()) if (!live.has(id)) this.#labelCache.delete(id);
     }
     return { vs, rs, dropped };
   }

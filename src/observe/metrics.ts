@@ -95,6 +95,16 @@ export class Metrics {
     this.healthCheckNodePortErrors = new Counter({ name: 'kubeipvs_health_check_node_port_errors_total', help: 'healthCheckNodePort servers that could not listen', registers });
   }
 
+  readonly #textSources: (() => Promise<string>)[] = [];
+
+  /**
+   * Adds series rendered directly in the text format at scrape time (for families with tens of
+   * thousands of series, where building label objects for the registry costs too much).
+   */
+  addText(source: () => Promise<string>): void {
+    this.#textSources.push(source);
+  }
+
   /** Adds a metric computed at scrape time. */
   add(metric: ScrapeMetric): void {
     this.registry.registerMetric(metric as unknown as Metric);
@@ -109,7 +119,21 @@ export class Metrics {
     }
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  /** The whole exposition: the registry's metrics, then the directly rendered ones. */
+  async text(): Promise<string> {
+    const parts = await Promise.all([this.registry.metrics(), ...this.#textSources.map((f) => f())]);
+    return parts.join('\n');
   }
+}
+
+/** A label value escaped for the text format. */
+export function escapeLabel(v: string): string {
+  return /[\\"\n]/.test(v) ? v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') : v;
+}
+
+/** `k1="v1",k2="v2"` for the text format. */
+export function labelString(labels: Record<string, string | number>): string {
+  let out = '';
+  for (const k in labels) out += `${out ? ',' : ''}${k}="${escapeLabel(String(labels[k]))}"`;
+  return out;
 }
