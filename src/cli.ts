@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --optimize-for-size
 // kube-ipvs command line: parses arguments and hands over to src/commands/.
 // main() takes its output destinations as arguments so tests can run it in-process.
 import { realpathSync } from 'node:fs';
@@ -10,7 +10,6 @@ import { planCommand } from './commands/plan.ts';
 import { runCommand } from './commands/run.ts';
 import { statusCommand } from './commands/status.ts';
 import { Codes } from './errors.ts';
-import { applyDaemonV8Flags } from './util/v8-flags.ts';
 
 export type { IO } from './commands/common.ts';
 
@@ -95,7 +94,6 @@ function isEntry(): boolean {
 }
 
 if (isEntry()) {
-  applyDaemonV8Flags();
   main(process.argv.slice(2), { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) }).then(
     (code) => process.exit(code),
     (e: unknown) => {

@@ -14,12 +14,14 @@ t.test('plan benchmark runs at small scale', async (t) => {
   t.match(stdout, /time targets met/);
 });
 
-t.test('the daemon applies its own V8 flags unless told to keep the defaults', async (t) => {
-  const { applyDaemonV8Flags, DAEMON_V8_FLAGS } = await import('../src/util/v8-flags.ts');
-  t.same(applyDaemonV8Flags({ KUBE_IPVS_V8_DEFAULTS: '1' }), [], 'opt-out applies nothing');
-  t.ok(DAEMON_V8_FLAGS.includes('--optimize-for-size'));
-  // The entry point applies them: the source of cli.ts calls it before main().
+t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t) => {
+  const { DAEMON_V8_FLAGS } = await import('../src/util/v8-flags.ts');
   const { readFile } = await import('node:fs/promises');
+  const flags = DAEMON_V8_FLAGS.join(' ');
   const cli = await readFile('src/cli.ts', 'utf8');
-  t.match(cli, /applyDaemonV8Flags\(\);\s*\n\s*main\(/);
+  t.equal(cli.split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the bin');
+  const pkg = JSON.parse(await readFile('package.json', 'utf8'));
+  for (const s of ['start', 'plan']) t.ok(pkg.scripts[s].startsWith(`node ${flags} src/cli.ts `), `npm run ${s}`);
+  const lab = await readFile('test/lab/support/node.ts', 'utf8');
+  t.match(lab, /DAEMON_V8_FLAGS/, 'the lab starts kube-ipvs with them');
 });

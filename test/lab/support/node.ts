@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { serviceId } from '../../../src/dataplane/ipvs/types.ts';
+import { DAEMON_V8_FLAGS } from '../../../src/util/v8-flags.ts';
 
 export const NODE_IP = '192.168.100.1';
 export const EXT_IP = '192.168.100.2';
@@ -101,7 +102,7 @@ export class LabNode {
   startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
     writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
-    this.#proxy = spawn(nodeBin, [join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
+    this.#proxy = spawn(nodeBin, [...DAEMON_V8_FLAGS, join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
     this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
   }
