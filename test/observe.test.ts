@@ -84,11 +84,11 @@ t.test('proxy health: queued changes older than the timeout make it unhealthy, a
   h.updated();
   t.ok(h.healthy);
   t.equal(h.lastUpdated, clock.now());
-  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: false, toBeDeleted: true });
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], podCIDRs: [], deleting: false, toBeDeleted: true });
   t.notOk(h.nodeEligible, 'autoscaler taint');
-  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: true, toBeDeleted: false });
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], podCIDRs: [], deleting: true, toBeDeleted: false });
   t.notOk(h.nodeEligible, 'being deleted');
-  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], deleting: false, toBeDeleted: false });
+  h.syncNode({ name: 'n', labels: {}, zone: '', addresses: [], podCIDRs: [], deleting: false, toBeDeleted: false });
   t.ok(h.nodeEligible);
   t.equal(goTime(Date.UTC(2026, 10, 25, 13, 4, 5, 123)), '2026-11-25 13:04:05.123 +0000 UTC');
 });

@@ -79,6 +79,8 @@ export interface NodeInfo {
   zone: string;
   /** Canonical InternalIP and ExternalIP addresses, in status order. */
   addresses: { type: string; address: string }[];
+  /** spec.podCIDRs (or spec.podCIDR), canonical; detectLocalMode NodeCIDR reads them. */
+  podCIDRs: string[];
   /** metadata.deletionTimestamp is set (for /healthz). */
   deleting: boolean;
   /** Carries the cluster autoscaler's ToBeDeletedByClusterAutoscaler taint (for /healthz). */

@@ -389,10 +389,17 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
     const ip = f.ip(ao.address, `status.addresses[${i}].address`);
     if (ip && !addresses.some((x) => x.address === ip)) addresses.push({ type, address: ip });
   });
-  const taints = f.arr(f.obj(raw.spec, 'spec').taints, 'spec.taints');
+  const spec = f.obj(raw.spec, 'spec');
+  const podCIDRs: string[] = [];
+  const cidrTexts = Array.isArray(spec.podCIDRs) ? spec.podCIDRs : typeof spec.podCIDR === 'string' ? [spec.podCIDR] : [];
+  for (const c of cidrTexts) {
+    const p = typeof c === 'string' ? parseCIDR(c) : null;
+    if (p && !podCIDRs.includes(p.text)) podCIDRs.push(p.text);
+  }
+  const taints = f.arr(spec.taints, 'spec.taints');
   const toBeDeleted = taints.some((x) => isObj(x) && x.key === TAINT_TO_BE_DELETED);
   const deleting = isObj(raw.metadata) && raw.metadata.deletionTimestamp !== undefined && raw.metadata.deletionTimestamp !== null;
   const problem = f.problem(ref);
   if (problem) return { status: 'invalid', problem };
-  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, deleting, toBeDeleted } };
+  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, podCIDRs, deleting, toBeDeleted } };
 }

@@ -14,6 +14,7 @@ export function planConfigFrom(cfg: Config): PlanConfig {
     scheduler: cfg.ipvs.scheduler,
     nodePortAddresses: cfg.nodePortAddresses,
     nodeHints: cfg.featureGates.PreferSameTrafficDistribution ?? true,
+    netfilter: { iptables: cfg.iptables, clusterCIDRs: cfg.clusterCIDRs, detectLocalMode: cfg.detectLocalMode, detectLocal: cfg.detectLocal },
   };
 }
 

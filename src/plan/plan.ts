@@ -4,10 +4,13 @@ import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/e
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
+import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
 import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind } from './types.ts';
 
 /** What planning needs from the node, derived once per Node change rather than per Service. */
 export interface NodeContext {
+  /** The node's own addresses (never put on the dummy interface). */
+  nodeAddresses: Set<string>;
   topology: Topology;
   /** Node addresses that accept NodePorts, per family. */
   nodePortAddresses: Record<Family, string[]>;
@@ -34,6 +37,7 @@ export function nodeContext(model: Model, cfg: PlanConfig): NodeContext {
   const node = model.node;
   const selected = selectNodePortAddresses(node, cfg.nodePortAddresses);
   return {
+    nodeAddresses: new Set((node?.addresses ?? []).map((a) => a.address)),
     topology: { nodeName: model.nodeName, zone: node?.zone ?? '', nodeHints: cfg.nodeHints },
     nodePortAddresses: {
       4: selected.filter((a) => ipFamily(a) === 4),
@@ -74,7 +78,9 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
       ['LoadBalancer', ofFamily(svc.loadBalancerIPs)],
       ['NodePort', ctx.nodePortAddresses[family]],
     ];
-    for (const [, ips] of targets.slice(0, 3)) for (const ip of ips) if (!addresses.includes(ip)) addresses.push(ip);
+    // Service addresses go on the dummy interface, except one the node already has (an
+    // ExternalIP equal to a node IP keeps working without a second copy: kubernetes#93175).
+    for (const [, ips] of targets.slice(0, 3)) for (const ip of ips) if (!addresses.includes(ip) && !ctx.nodeAddresses.has(ip)) addresses.push(ip);
 
     for (const port of svc.ports) {
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
@@ -104,7 +110,8 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
       }
     }
   }
-  return { service: svc.key, virtualServers, addresses, healthCheckNodePort: svc.healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
+  const setEntries = serviceSetEntries(svc, virtualServers, addresses);
+  return { service: svc.key, virtualServers, addresses, setEntries, healthCheckNodePort: svc.healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
 }
 
 /**
@@ -118,18 +125,48 @@ export class Planner {
   #plans = new Map<string, ServicePlan>();
   /** How many Services want each dummy-interface address (an ExternalIP may be shared). */
   #addressRefs = new Map<string, number>();
+  /** How many Services want each ipset entry ("SET entry"). */
+  #setRefs = new Map<string, number>();
+  /** Entries whose presence changed since the last takeSetChanges(). */
+  #setDirty = new Set<string>();
+  #netfilter: NetfilterConfig;
 
   constructor(model: Model, config: PlanConfig) {
     this.model = model;
     this.config = config;
     this.#ctx = nodeContext(model, config);
+    this.#netfilter = netfilterConfig(config.netfilter, model.node);
+  }
+
+  /** The constant iptables rules' inputs (config and, for detectLocalMode NodeCIDR, the Node). */
+  get netfilter(): NetfilterConfig {
+    return this.#netfilter;
+  }
+
+  /** Every ipset entry any Service wants ("SET entry"). */
+  setEntries(): IterableIterator<string> {
+    return this.#setRefs.keys();
+  }
+
+  setEntryWanted(entry: string): boolean {
+    return (this.#setRefs.get(entry) ?? 0) > 0;
+  }
+
+  /** Entries that appeared or disappeared since the last call (for incremental ipset updates). */
+  takeSetChanges(): string[] {
+    const out = [...this.#setDirty];
+    this.#setDirty.clear();
+    return out;
   }
 
   /** Re-plans everything. Returns the keys of every planned Service. */
   planAll(): string[] {
     this.#ctx = nodeContext(this.model, this.config);
+    this.#netfilter = netfilterConfig(this.config.netfilter, this.model.node);
+    for (const e of this.#setRefs.keys()) this.#setDirty.add(e);
     this.#plans.clear();
     this.#addressRefs.clear();
+    this.#setRefs.clear();
     const keys = this.model.serviceKeys();
     for (const key of keys) this.#replan(key);
     return keys;
@@ -169,6 +206,14 @@ export class Planner {
       if (n > 0) this.#addressRefs.set(a, n);
       else this.#addressRefs.delete(a);
     }
+    for (const e of old?.setEntries ?? []) {
+      const n = (this.#setRefs.get(e) ?? 1) - 1;
+      if (n > 0) this.#setRefs.set(e, n);
+      else {
+        this.#setRefs.delete(e);
+        this.#setDirty.add(e);
+      }
+    }
     const svc = this.model.service(key);
     if (!svc) {
       this.#plans.delete(key);
@@ -177,6 +222,11 @@ export class Planner {
     const plan = planService(svc, this.model, this.#ctx, this.config);
     this.#plans.set(key, plan);
     for (const a of plan.addresses) this.#addressRefs.set(a, (this.#addressRefs.get(a) ?? 0) + 1);
+    for (const e of plan.setEntries) {
+      const n = this.#setRefs.get(e) ?? 0;
+      if (n === 0) this.#setDirty.add(e);
+      this.#setRefs.set(e, n + 1);
+    }
   }
 
   /** The whole node's desired state, Services in key order. */
@@ -192,8 +242,8 @@ export class Planner {
     return {
       node: this.model.nodeName,
       virtualServers,
-      ipsets: {},
-      iptables: {},
+      ipsets: ipsetPlan(this.#setRefs.keys()),
+      iptables: iptablesPlan(this.#netfilter),
       addresses: [...addresses].sort(compareIP),
     };
   }

@@ -2,6 +2,7 @@
 // fields may be added, the ones here must stay.
 import type { Protocol } from '../model/types.ts';
 import type { Family } from '../util/ip.ts';
+import type { NetfilterSettings } from './netfilter.ts';
 
 export type VirtualServerKind = 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalIP';
 
@@ -35,9 +36,9 @@ export interface IpsetPlan {
 export interface NodePlan {
   node: string;
   virtualServers: VirtualServer[];
-  /** Filled by the iptables stage (not built yet): always empty for now. */
+  /** Every kube-ipvs ipset, name -> type and entries (see netfilter.ts). */
   ipsets: Record<string, IpsetPlan>;
-  /** Filled by the iptables stage (not built yet): always empty for now. */
+  /** iptables-restore text per table ("nat", "filter"; IPv6: "ip6/nat", "ip6/filter"); constant rules. */
   iptables: Record<string, string>;
   /** Addresses bound to the dummy interface: ClusterIPs, ExternalIPs, LoadBalancer IPs. */
   addresses: string[];
@@ -52,6 +53,8 @@ export interface ServicePlan {
   healthCheckNodePort: number;
   /** Ready endpoints on this node, distinct addresses over every port (kube-proxy's count). */
   localEndpoints: number;
+  /** Its ipset entries, "SET-NAME entry" (see netfilter.ts). */
+  setEntries: string[];
   /** Service ports with a Local traffic policy, endpoints elsewhere and none here (a metric). */
   noLocalEndpoints: { family: Family; policy: 'internal' | 'external' }[];
 }
@@ -63,4 +66,6 @@ export interface PlanConfig {
   nodePortAddresses: string[];
   /** Honour hints.forNodes (kube-proxy's PreferSameTrafficDistribution gate, on by default). */
   nodeHints: boolean;
+  /** What the iptables rules depend on. */
+  netfilter: NetfilterSettings;
 }
