@@ -4,7 +4,9 @@
 import type { Config } from './config/config.ts';
 import { formatProblem, type Problem } from './errors.ts';
 import type { Ipvs } from './dataplane/ipvs/client.ts';
+import type { ConntrackCleaner } from './dataplane/conntrack.ts';
 import type { Links } from './dataplane/links.ts';
+import type { NetfilterApplier } from './dataplane/netfilter.ts';
 import type { OwnershipStore } from './dataplane/ownership.ts';
 import { Reconciler, type SyncResult } from './dataplane/reconciler.ts';
 import { BoundedFrequencyRunner, systemClock, type Clock } from './dataplane/runner.ts';
@@ -30,6 +32,10 @@ export interface DaemonDeps {
   clock?: Clock;
   /** Created by the daemon when not given (run.ts gives one, to count kernel operations too). */
   metrics?: Metrics;
+  /** The iptables stage; without it only IPVS is programmed (tests of the IPVS path). */
+  netfilter?: NetfilterApplier;
+  /** Deletes stale UDP conntrack entries after endpoints or UDP service addresses go away. */
+  conntrack?: ConntrackCleaner;
   /** Told whenever the set of healthCheckNodePorts or their local endpoint counts change. */
   onHealthCheckTargets?: (targets: ReadonlyMap<number, HealthCheckTarget>) => void;
 }
@@ -225,7 +231,16 @@ export class Daemon {
       for (const k of this.reconciler.drainingServices()) touched.add(k);
       plans = new Map([...touched].map((k) => [k, this.planner.servicePlan(k) ?? null]));
     }
+    // ipsets first (the rules reference them), then the constant rules, then IPVS.
+    const nfErrors = await this.#syncNetfilter(full);
     const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
+    for (const e of nfErrors) {
+      const err = { op: e.op, code: 'NETFILTER', message: e.message };
+      r.errors.push(err);
+      this.recentErrors.push({ at: this.#clock.now(), ...err });
+      if (this.recentErrors.length > RECENT_ERRORS) this.recentErrors.shift();
+    }
+    if (r.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(r.staleUdp);
     this.lastSync = r;
     this.#observeSync(r, full ? null : touched);
     const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs) };
@@ -241,6 +256,22 @@ export class Daemon {
     this.#recordLatency(full ? null : touched, new Set(r.errors.map((e) => e.service ?? '')));
     this.#scheduleDrainCheck();
     return r.errors.length === 0;
+  }
+
+  #netfilterDirty = true;
+
+  async #syncNetfilter(full: boolean): Promise<{ op: string; message: string }[]> {
+    const nf = this.#deps.netfilter;
+    if (!nf) return [];
+    const changed = this.planner.takeSetChanges();
+    const errors = await nf.syncSets((e) => this.planner.setEntryWanted(e), this.planner.setEntries(), changed, full || this.#netfilterDirty);
+    if (errors.length > 0) {
+      this.#netfilterDirty = true;
+      return errors;
+    }
+    const ruleErrors = await nf.syncRules(this.planner.netfilter, full);
+    this.#netfilterDirty = ruleErrors.length > 0;
+    return ruleErrors;
   }
 
   /** Metrics and health after a sync. */

@@ -3,7 +3,10 @@ import { join } from 'node:path';
 import { Codes } from '../errors.ts';
 import { cleanup } from '../dataplane/cleanup.ts';
 import { NetlinkIpvs } from '../dataplane/ipvs/client.ts';
+import { SystemExec } from '../dataplane/exec.ts';
 import { NetlinkLinks } from '../dataplane/links.ts';
+import { NetfilterApplier } from '../dataplane/netfilter.ts';
+import { Logger } from '../observe/log.ts';
 import { FileOwnership } from '../dataplane/ownership.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
 
@@ -27,5 +30,14 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
   const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
   io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
   for (const e of r.errors) io.stderr(`error ${e}\n`);
-  return r.errors.length === 0 ? 0 : 1;
+  // Our iptables chains and jumps (both backends: whichever was used) and our ipsets.
+  const exec = new SystemExec();
+  const nfErrors: string[] = [];
+  for (const backend of ['nft', 'legacy'] as const) {
+    const applier = new NetfilterApplier({ exec, log: new Logger({ sink: () => {} }), backend, families: [4, 6] });
+    for (const e of await applier.cleanup()) if (backend === 'nft') nfErrors.push(`${e.op}: ${e.message}`);
+  }
+  io.stdout(`removed kube-ipvs iptables chains and ipsets\n`);
+  for (const e of nfErrors) io.stderr(`error ${e}\n`);
+  return r.errors.length === 0 && nfErrors.length === 0 ? 0 : 1;
 }

@@ -6,7 +6,11 @@ import { Codes } from '../errors.ts';
 import { Daemon, type DaemonDeps } from '../daemon.ts';
 import { NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
+import { ConntrackCleaner } from '../dataplane/conntrack.ts';
+import { FakeExec, SystemExec, type Exec } from '../dataplane/exec.ts';
 import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
+import { detectBackend, NetfilterApplier } from '../dataplane/netfilter.ts';
+import type { Family } from '../util/ip.ts';
 import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
 import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { instrumentKernel } from '../observe/instrument.ts';
@@ -98,6 +102,14 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
 
   // Kernel operations are counted on their way to the kernel (or the in-memory one).
   const metrics = new Metrics();
+  // The iptables stage and conntrack run the system tools (recorded, not run, in a dry run).
+  const exec: Exec = args.dryRun ? new FakeExec() : new SystemExec();
+  const backend = args.dryRun ? 'nft' : await detectBackend(exec);
+  const families: Family[] = [4];
+  if (args.dryRun || (await exec.run(`ip6tables-${backend}`, ['-w', '5', '-t', 'nat', '-L', 'POSTROUTING', '-n'])).code === 0) families.push(6);
+  else log.warn('ip6tables does not work here: IPv6 Services get IPVS but no iptables rules', { backend });
+  deps.netfilter = new NetfilterApplier({ exec, log, metrics, backend, families });
+  deps.conntrack = new ConntrackCleaner(exec, log, metrics);
   deps = { ...deps, ipvs: instrumentKernel(deps.ipvs, 'ipvs', metrics), links: instrumentKernel(deps.links, 'link', metrics), metrics };
   let hcServers: ServiceHealthServers | null = null;
   deps.onHealthCheckTargets = (targets) => {
@@ -122,6 +134,10 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       // Grouped by virtual service (the operations ran concurrently across services).
       const ops = [...(deps.ipvs as FakeIpvs).ops].sort((a, b) => (a.service ?? '').localeCompare(b.service ?? ''));
       for (const op of ops) io.stdout(`  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`);
+      for (const c of (exec as FakeExec).calls.filter((x) => x.input !== undefined)) {
+        const lines = (c.input ?? '').split('\n').filter((l) => l.startsWith('add ') || l.startsWith('-A ')).length;
+        io.stdout(`  ${c.cmd} ${c.args.join(' ')}${c.input !== undefined ? ` (${lines} ${c.cmd === 'ipset' ? 'entries' : 'rules'})` : ''}\n`);
+      }
     }
     // Sockets are left to process exit (closing them just before exit crashed the netlink addon).
     return r.errors.length === 0 ? 0 : 1;

@@ -27,6 +27,16 @@ export interface SyncResult {
   operations: number;
   errors: OpError[];
   durationMs: number;
+  /** UDP flows that now point nowhere: a destination or a whole virtual server removed (for conntrack cleanup). */
+  staleUdp: StaleUdp[];
+}
+
+/** Conntrack entries to a UDP virtual server (from one removed endpoint, or all when `endpoint` is absent). */
+export interface StaleUdp {
+  family: 4 | 6;
+  address: string;
+  port: number;
+  endpoint?: string;
 }
 
 export interface SyncRequest {
@@ -110,7 +120,7 @@ export class Reconciler {
         run.fail('save ownership record', e);
       }
     }
-    return { full: req.full, services: req.plans.size, operations: run.ops, errors: run.errors, durationMs: this.#o.clock.now() - started };
+    return { full: req.full, services: req.plans.size, operations: run.ops, errors: run.errors, durationMs: this.#o.clock.now() - started, staleUdp: run.staleUdp };
   }
 
   /** Finds or creates the dummy interface; a full sync re-reads it (someone may have changed it). */
@@ -246,6 +256,8 @@ export class Reconciler {
     }
     this.#own(this.#owned.services, id, false);
     if (this.#owned.labels.delete(id)) this.#ownedChanged = true;
+    const gone = s ?? parseServiceId(id);
+    if (gone.protocol === 'UDP') run.staleUdp.push({ family: gone.family, address: gone.address!, port: gone.port! });
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
   }
@@ -335,6 +347,7 @@ export class Reconciler {
     run.ops++;
     try {
       await this.#ipvs.deleteDestination(d.service, k);
+      if (d.service.protocol === 'UDP') run.staleUdp.push({ family: d.service.family, address: d.service.address!, port: d.service.port!, endpoint: k.address });
       return true;
     } catch (e) {
       if (ok(e, 'ENOENT', 'ESRCH')) return true;
@@ -348,6 +361,7 @@ export class Reconciler {
 class Run {
   ops = 0;
   readonly errors: OpError[] = [];
+  readonly staleUdp: StaleUdp[] = [];
   readonly #report: (e: OpError) => void;
   constructor(report: (e: OpError) => void) {
     this.#report = report;

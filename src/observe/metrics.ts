@@ -62,6 +62,9 @@ export class Metrics {
   readonly serviceChangesTotal: Counter;
   readonly healthzTotal: Counter<'code'>;
   readonly livezTotal: Counter<'code'>;
+  readonly conntrackDuration: Histogram<'ip_family'>;
+  readonly conntrackDeleted: Counter<'ip_family'>;
+  readonly iptablesRestoreFailures: Counter<'ip_family'>;
 
   // kube-ipvs' own.
   readonly kernelOperations: Counter<'operation'>;
@@ -69,6 +72,7 @@ export class Metrics {
   readonly rejectedObjects: Counter<'kind'>;
   readonly syncs: Counter<'type' | 'result'>;
   readonly healthCheckNodePortErrors: Counter;
+  readonly ipsetFailures: Counter;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -88,6 +92,10 @@ export class Metrics {
     this.healthzTotal = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'] as const, registers });
     this.livezTotal = new Counter({ name: 'kubeproxy_proxy_livez_total', help: 'Cumulative proxy livez HTTP status', labelNames: ['code'] as const, registers });
 
+    this.conntrackDuration = histogram('kubeproxy_conntrack_reconciler_sync_duration_seconds', 'ReconcileConntrackFlowsLatency latency in seconds', SYNC_BUCKETS);
+    this.conntrackDeleted = new Counter({ name: 'kubeproxy_conntrack_reconciler_deleted_entries_total', help: 'Cumulative conntrack flows deleted by conntrack reconciler', labelNames: ['ip_family'] as const, registers });
+    this.iptablesRestoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total', help: 'Cumulative proxy iptables restore failures', labelNames: ['ip_family'] as const, registers });
+    this.ipsetFailures = new Counter({ name: 'kubeipvs_ipset_restore_failures_total', help: 'Failed ipset restore runs', registers });
     this.kernelOperations = new Counter({ name: 'kubeipvs_kernel_operations_total', help: 'Kernel operations (IPVS over generic netlink, links and addresses over rtnetlink) by operation', labelNames: ['operation'] as const, registers });
     this.kernelFailures = new Counter({ name: 'kubeipvs_kernel_operation_failures_total', help: 'Failed kernel operations by operation and errno', labelNames: ['operation', 'errno'] as const, registers });
     this.rejectedObjects = new Counter({ name: 'kubeipvs_rejected_objects_total', help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind', labelNames: ['kind'] as const, registers });

@@ -1,0 +1,121 @@
+// The iptables stage against the real tools: iptables-restore, ipset and iptables in a network
+// namespace of this host (as root), so the generated text is proven to load, to be idempotent, to
+// follow incremental changes and to be removed by cleanup. Packets through it are the lab's job.
+// Plus the conntrack cleaner's handling of the tool's answers, with a recording exec.
+import { execFileSync } from 'node:child_process';
+import t from 'tap';
+import { ConntrackCleaner } from '../../src/dataplane/conntrack.ts';
+import { FakeExec, SystemExec } from '../../src/dataplane/exec.ts';
+import { detectBackend, NetfilterApplier } from '../../src/dataplane/netfilter.ts';
+import { Logger } from '../../src/observe/log.ts';
+import { Metrics } from '../../src/observe/metrics.ts';
+import { ep, node, service, slice } from '../support/objects.ts';
+import { planObjects } from '../support/plan.ts';
+
+const quiet = new Logger({ sink: () => {} });
+
+function whyNot(): string | null {
+  if (process.getuid?.() !== 0) return 'not root: network namespaces, iptables and ipset need it';
+  try {
+    for (const tool of ['ip', 'ipset', 'iptables-nft-restore', 'ip6tables-nft-restore']) execFileSync('sh', ['-c', `command -v ${tool}`]);
+    return null;
+  } catch {
+    return 'iptables (nft), ipset or iproute2 is not installed';
+  }
+}
+
+const objects = [
+  node('node-a', [['InternalIP', '192.168.1.10'], ['InternalIP', 'fd00::10']]),
+  service('web', { clusterIPs: ['10.96.0.1', 'fd00:96::1'], type: 'NodePort', ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }] }),
+  slice('web-1', 'web', [ep('10.244.1.5'), ep('10.244.2.7')]),
+  slice('web-6', 'web', [ep('fd00:244::5')], { addressType: 'IPv6' }),
+  service('lb', { clusterIPs: ['10.96.0.2'], type: 'LoadBalancer', lbIngress: [{ ip: '203.0.113.50' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30081 }], spec: { externalTrafficPolicy: 'Local', healthCheckNodePort: 32000, loadBalancerSourceRanges: ['198.51.100.0/24'] } }),
+];
+
+const why = whyNot();
+t.test('ipsets and rules load, stay idempotent, follow changes and are cleaned up', { skip: why ?? false }, async (t) => {
+  const ns = `kipvs-nf-${process.pid}`;
+  execFileSync('ip', ['netns', 'add', ns]);
+  t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+  const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
+  const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  const backend = await detectBackend(exec);
+  t.equal(backend, 'nft', 'an empty namespace: nft, as kube-proxy picks');
+  const metrics = new Metrics({ defaultMetrics: false });
+  const nf = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4, 6] });
+  const { planner } = planObjects(objects);
+  planner.takeSetChanges();
+
+  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), [], 'sets created and filled');
+  t.same(await nf.syncRules(planner.netfilter, true), [], 'rules restored');
+  const members = (set: string) => inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
+  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80', '10.96.0.2,tcp:80']);
+  t.same(members('KIPVS6-CLUSTER-IP'), ['fd00:96::1,tcp:80']);
+  t.same(members('KIPVS-LB-SRC-CIDR'), ['203.0.113.50,tcp:80,198.51.100.0/24']);
+  t.same(members('KIPVS-HC-NODE-PORT'), ['32000']);
+  const nat = inNs('iptables-nft-save', '-t', 'nat');
+  t.match(nat, /-A PREROUTING -m comment --comment "kube-ipvs service portals" -j KIPVS-SERVICES/);
+  t.match(nat, /-A KIPVS-POSTROUTING -m comment --comment "hairpin: an endpoint reaching itself" -m set --match-set KIPVS-LOOP-BACK dst,dst,src -j MASQUERADE/);
+  t.match(inNs('ip6tables-nft-save', '-t', 'filter'), /-A KIPVS-SVC-ADDR -m set --match-set KIPVS6-CLUSTER-IP dst,dst -j ACCEPT/);
+  const ruleCount = () => inNs('iptables-nft-save').split('\n').filter((l) => l.startsWith('-A ')).length;
+  const before = ruleCount();
+
+  // Again, forced: the same rules, the jumps not duplicated.
+  t.same(await nf.syncRules(planner.netfilter, true), []);
+  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+  t.equal(ruleCount(), before, 'idempotent');
+
+  // One Service goes away: only its entries are deleted.
+  planner.model.apply({ kind: 'Service', previous: objects[4]!, current: null });
+  planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] } as never);
+  const changed = planner.takeSetChanges();
+  t.ok(changed.includes('KIPVS-LB 203.0.113.50,tcp:80'));
+  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), changed, false), []);
+  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80']);
+  t.same(members('KIPVS-LB').length, 0);
+
+  // Someone empties a set behind our back: the next full sync notices and rebuilds it.
+  inNs('ipset', 'flush', 'KIPVS-CLUSTER-IP');
+  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80'], 'rebuilt by create-and-swap');
+
+  // A broken restore is reported and counted, not thrown.
+  const broken = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4] });
+  const errs = await broken.syncRules({ ...planner.netfilter, notLocal: { 4: '! -s not-a-cidr', 6: null } }, true);
+  t.equal(errs.length, 1, 'a bad rule is refused by iptables-restore');
+  t.match(await metrics.text(), /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
+  t.equal(ruleCount(), before, 'and nothing of it was applied (atomic per table)');
+
+  t.same(await nf.cleanup(), []);
+  t.notMatch(inNs('iptables-nft-save'), /KIPVS/, 'no chain or jump left');
+  t.notMatch(inNs('ip6tables-nft-save'), /KIPVS/);
+  t.equal(inNs('ipset', 'list', '-n').trim(), '', 'no set left');
+});
+
+t.test('conntrack cleanup: per family, nothing-to-delete is fine, failures logged and counted', async (t) => {
+  const exec = new FakeExec();
+  exec.handlers.push((_c, args) => {
+    if (args.includes('10.244.0.9')) return { code: 1, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n' };
+    if (args.includes('--reply-src')) return { code: 0, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' };
+    if (args.includes('ipv6')) return { code: 1, stdout: '', stderr: 'conntrack: Operation failed: invalid parameters\n' };
+    return { code: 0, stdout: '', stderr: '1 flow entries have been deleted.\n' };
+  });
+  const logs: string[] = [];
+  const metrics = new Metrics({ defaultMetrics: false });
+  const c = new ConntrackCleaner(exec, new Logger({ sink: (l) => void logs.push(l) }), metrics);
+  const r = await c.clean([
+    { family: 4, address: '10.96.0.10', port: 53, endpoint: '10.244.0.5' },
+    { family: 4, address: '10.96.0.10', port: 53, endpoint: '10.244.0.5' },
+    { family: 4, address: '10.96.0.10', port: 53, endpoint: '10.244.0.9' },
+    { family: 4, address: '10.96.0.11', port: 53 },
+    { family: 6, address: 'fd00::a', port: 53 },
+  ]);
+  t.equal(r.deleted, 3, '2 + 0 + 1');
+  t.equal(r.errors.length, 1, 'the IPv6 failure');
+  t.same(exec.calls[0]!.args, ['-D', '-f', 'ipv4', '-p', 'udp', '--orig-dst', '10.96.0.10', '--orig-port-dst', '53', '--reply-src', '10.244.0.5']);
+  t.equal(exec.calls.length, 4, 'the duplicate asked once');
+  const text = await metrics.text();
+  t.match(text, /kubeproxy_conntrack_reconciler_deleted_entries_total\{ip_family="IPv4"\} 3/);
+  t.match(text, /kubeproxy_conntrack_reconciler_sync_duration_seconds_count\{ip_family="IPv6"\} 1/);
+  t.ok(logs.some((l) => l.includes('cannot delete stale UDP conntrack entries')));
+});
