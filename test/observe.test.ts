@@ -20,8 +20,8 @@ import { Logger } from '../src/observe/log.ts';
 import { Metrics, PROGRAMMING_BUCKETS, SYNC_BUCKETS } from '../src/observe/metrics.ts';
 import { daemonStatus, healthHandler, listen, metricsHandler, parseBindAddress } from '../src/observe/server.ts';
 import { ServiceHealthServers } from '../src/observe/service-health.ts';
-import type { Source, SourceBatch, SourceCounters } from '../src/sources/source.ts';
 import { ManualClock } from './support/clock.ts';
+import { PushSource } from './support/source.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 
 /** The value of one series in Prometheus text, or undefined when absent. */
@@ -158,22 +158,6 @@ t.test('IPVS series: labelled with the Service port, only ours, capped, drops co
   t.equal(sample(t2, 'kubeipvs_real_server_series_dropped'), 8, 'limit 0: every planned real server counted as dropped');
   t.notMatch(t2, /^kubeipvs_real_server_weight\{/m);
 });
-
-/** A source the test pushes batches through. */
-class PushSource implements Source {
-  deliver: ((b: SourceBatch) => void) | null = null;
-  readonly counters: SourceCounters = { pages: 1, reconnects: 2, relists: 1, errors: 3, stalls: 0, events: 7, lastEventAt: Date.now() - 5000 };
-  initial: Change[] = [];
-  async start(d: (b: SourceBatch) => void) {
-    this.deliver = d;
-    d({ changes: this.initial, problems: [] });
-  }
-  async refresh() {}
-  stop() {}
-  push(...changes: Change[]) {
-    this.deliver!({ changes, problems: [] });
-  }
-}
 
 function daemonSetup(t: { teardown: (f: () => void) => void }) {
   const clock = new ManualClock();

@@ -2,6 +2,8 @@
 //   tcp HOST PORT COUNT            COUNT sequential connections; the backend name each one reached
 //   udp HOST PORT COUNT [same]     COUNT datagrams, each from a new socket (or one socket: "same")
 //   loop HOST PORT EVERY_MS FOR_MS a connection every EVERY_MS for FOR_MS: {ok, failed, errors}
+//   who HOST PORT                  one connection: [backend, the client address the backend saw]
+//   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS: [[ms since start, reply]...]
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -36,9 +38,11 @@ function tcpOnce(): Promise<string> {
   });
 }
 
+const udpType = host.includes(':') ? 'udp6' : 'udp4';
+
 function udpOnce(sock?: ReturnType<typeof createSocket>): Promise<string> {
   return new Promise((resolve) => {
-    const s = sock ?? createSocket('udp4');
+    const s = sock ?? createSocket(udpType);
     const timer = setTimeout(() => {
       s.off('message', onMsg);
       if (!sock) s.close();
@@ -60,8 +64,37 @@ async function main() {
     const out: string[] = [];
     for (let i = 0; i < Number(a); i++) out.push(await tcpOnce());
     console.log(JSON.stringify(out));
+  } else if (mode === 'who') {
+    const out = await new Promise<string[]>((resolve) => {
+      const s = connect({ host, port });
+      const timer = setTimeout(() => (s.destroy(), resolve(['ERR timeout'])), TIMEOUT);
+      let buf = '';
+      s.on('connect', () => s.write('whoami\n'));
+      s.on('data', (d) => {
+        buf += d.toString();
+        const lines = buf.split('\n');
+        if (lines.length >= 3) {
+          clearTimeout(timer);
+          s.end();
+          resolve(lines[1]!.split(' '));
+        }
+      });
+      s.on('error', (e: NodeJS.ErrnoException) => (clearTimeout(timer), resolve([`ERR ${e.code ?? e.message}`])));
+    });
+    console.log(JSON.stringify(out));
+  } else if (mode === 'udpwatch') {
+    const sock = createSocket(udpType);
+    const started = Date.now();
+    const out: [number, string][] = [];
+    while (Date.now() - started < Number(b)) {
+      const t0 = Date.now();
+      out.push([t0 - started, await udpOnce(sock)]);
+      await new Promise((res) => setTimeout(res, Math.max(0, Number(a) - (Date.now() - t0))));
+    }
+    sock.close();
+    console.log(JSON.stringify(out));
   } else if (mode === 'udp') {
-    const shared = b === 'same' ? createSocket('udp4') : undefined;
+    const shared = b === 'same' ? createSocket(udpType) : undefined;
     const out: string[] = [];
     for (let i = 0; i < Number(a); i++) out.push(await udpOnce(shared));
     shared?.close();

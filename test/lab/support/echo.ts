@@ -1,7 +1,8 @@
 // A backend "pod": answers TCP and UDP on one port with its own name.
 //   node echo.ts NAME PORT
-// TCP: sends "NAME\n" at once, then answers every line with "NAME <line>\n".
-// UDP: answers every datagram with "NAME".
+// TCP: sends "NAME\n" at once, then answers every line with "NAME <line>\n", except "whoami",
+//      answered with "NAME <the peer address as this backend sees it>\n".
+// UDP: answers every datagram with "NAME". IPv4 and IPv6 (dual-stack sockets).
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 
@@ -16,13 +17,14 @@ createServer((sock) => {
     buf += d.toString();
     let i;
     while ((i = buf.indexOf('\n')) >= 0) {
-      sock.write(`${name} ${buf.slice(0, i)}\n`);
+      const line = buf.slice(0, i);
+      sock.write(line === 'whoami' ? `${name} ${(sock.remoteAddress ?? '').replace(/^::ffff:/, '')}\n` : `${name} ${line}\n`);
       buf = buf.slice(i + 1);
     }
   });
   sock.on('error', () => {});
-}).listen(port, '0.0.0.0');
+}).listen({ port, host: '::', ipv6Only: false });
 
-const udp = createSocket('udp4');
+const udp = createSocket({ type: 'udp6', ipv6Only: false });
 udp.on('message', (_msg, rinfo) => udp.send(name, rinfo.port, rinfo.address));
-udp.bind(port, '0.0.0.0', () => process.stdout.write(`ready ${name} ${port}\n`));
+udp.bind(port, '::', () => process.stdout.write(`ready ${name} ${port}\n`));

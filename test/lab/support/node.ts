@@ -29,7 +29,7 @@ export const procEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(proc
 export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', env: procEnv });
 const ns = (name: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', name, ...cmd);
 
-function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string) {
+function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string, v6?: { nsAddr: string; gw: string; hostAddr?: string }) {
   sh('ip', 'netns', 'add', nsName);
   sh('ip', 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsName);
   if (bridge) sh('ip', 'link', 'set', hostIf, 'master', bridge);
@@ -39,7 +39,16 @@ function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge
   ns(nsName, 'ip', 'addr', 'add', nsAddr, 'dev', 'eth0');
   ns(nsName, 'ip', 'link', 'set', 'eth0', 'up');
   ns(nsName, 'ip', 'route', 'add', 'default', 'via', gw);
+  if (v6) {
+    if (v6.hostAddr) sh('ip', '-6', 'addr', 'add', v6.hostAddr, 'dev', hostIf, 'nodad');
+    ns(nsName, 'ip', '-6', 'addr', 'add', v6.nsAddr, 'dev', 'eth0', 'nodad');
+    ns(nsName, 'ip', '-6', 'route', 'add', 'default', 'via', v6.gw);
+  }
 }
+
+/** The pod network's IPv6 side (dual-stack cases). */
+export const POD6_GW = 'fd00:244::1';
+export const CLIENT_IP6 = 'fd00:250::2';
 
 export class LabNode {
   readonly manifests: string;
@@ -60,20 +69,26 @@ export class LabNode {
   async build(count: number): Promise<void> {
     sh('ip', 'link', 'add', 'kbr0', 'type', 'bridge');
     sh('ip', 'addr', 'add', '10.244.0.1/24', 'dev', 'kbr0');
+    sh('ip', '-6', 'addr', 'add', `${POD6_GW}/64`, 'dev', 'kbr0', 'nodad');
     sh('ip', 'link', 'set', 'kbr0', 'up');
     writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', '1');
     for (let i = 1; i <= count; i++) {
       const name = `be${i}`;
-      veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0');
+      veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0', undefined, { nsAddr: `fd00:244::${10 + i}/64`, gw: POD6_GW });
       this.backends.push(name);
       await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/);
     }
-    veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24');
+    veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24', { nsAddr: `${CLIENT_IP6}/64`, gw: 'fd00:250::1', hostAddr: 'fd00:250::1/64' });
     veth('ext', 'vext', `${EXT_IP}/24`, NODE_IP, undefined, `${NODE_IP}/24`);
   }
 
   backendIP(name: string): string {
     return `10.244.0.${10 + Number(name.slice(2))}`;
+  }
+
+  backendIP6(name: string): string {
+    return `fd00:244::${10 + Number(name.slice(2))}`;
   }
 
   #startChild(nsName: string, args: string[], ready: RegExp): Promise<ChildProcess> {
@@ -118,7 +133,7 @@ export class LabNode {
   }
 
   /** Runs client.ts in a namespace and parses its JSON line. */
-  client<T = string[]>(nsName: 'client' | 'ext', ...args: string[]): T {
+  client<T = string[]>(nsName: string, ...args: string[]): T {
     return JSON.parse(ns(nsName, nodeBin, join(repo, 'test/lab/support/client.ts'), ...args)) as T;
   }
 

@@ -1,0 +1,71 @@
+// The daemon drives the iptables stage and conntrack cleanup: sets and rules before IPVS on the
+// first sync, only changed entries afterwards, failures retried and not tied to one Service,
+// stale UDP flows deleted when a UDP endpoint goes away. Tools are recorded, not run.
+import t from 'tap';
+import { defaultConfig } from '../src/config/config.ts';
+import { Daemon } from '../src/daemon.ts';
+import { ConntrackCleaner } from '../src/dataplane/conntrack.ts';
+import { FakeExec } from '../src/dataplane/exec.ts';
+import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
+import { FakeLinks } from '../src/dataplane/links.ts';
+import { NetfilterApplier } from '../src/dataplane/netfilter.ts';
+import { MemoryOwnership } from '../src/dataplane/ownership.ts';
+import type { Change } from '../src/model/model.ts';
+import { Logger } from '../src/observe/log.ts';
+import { ManualClock } from './support/clock.ts';
+import { ep, node, service, slice } from './support/objects.ts';
+import { PushSource } from './support/source.ts';
+
+const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
+
+t.test('sets and rules first, then only what changed; UDP endpoint removal cleans conntrack', async (t) => {
+  const clock = new ManualClock();
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 0;
+  const exec = new FakeExec();
+  let failRestore = false;
+  exec.handlers.push((cmd) => (failRestore && cmd.endsWith('-restore') && cmd.startsWith('iptables') ? { code: 2, stdout: '', stderr: 'iptables-restore: line 3 failed' } : undefined));
+  const log = new Logger({ sink: () => {} });
+  const source = new PushSource();
+  const ipvs = new FakeIpvs();
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    { ipvs, links: new FakeLinks(), owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log, kernelRelease: '6.1.0', clock, netfilter: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }), conntrack: new ConntrackCleaner(exec, log) },
+  );
+  t.teardown(() => daemon.stop());
+  const dnsSlice = (...ips: string[]) => slice('dns-1', 'dns', ips.map((ip) => ep(ip)), { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
+  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] })), add('EndpointSlice', dnsSlice('10.244.0.5', '10.244.0.6'))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  const cmds = exec.calls.map((c) => c.cmd);
+  t.ok(cmds.indexOf('ipset') < cmds.indexOf('iptables-nft-restore'), 'sets before the rules that use them');
+  const restore = exec.calls.find((c) => c.cmd === 'ipset' && c.args[0] === 'restore')!;
+  t.match(restore.input!, /add KIPVS-CLUSTER-IP-T 10\.96\.0\.10,udp:53\n/, 'first sync: filled off to the side');
+  t.match(restore.input!, /swap KIPVS-CLUSTER-IP-T KIPVS-CLUSTER-IP\n/);
+  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-C')), 'jumps checked');
+  t.equal(Object.keys(await ipvs.services()).length, 1, 'IPVS programmed too');
+
+  // One endpoint goes: its loop-back entry is deleted, nothing is rebuilt, its UDP flows are cleaned.
+  exec.calls.length = 0;
+  source.push({ kind: 'EndpointSlice', previous: dnsSlice('10.244.0.5', '10.244.0.6'), current: dnsSlice('10.244.0.5') });
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  const inc = exec.calls.filter((c) => c.cmd === 'ipset');
+  t.equal(inc.length, 1);
+  t.equal(inc[0]!.input, 'del KIPVS-LOOP-BACK 10.244.0.6,udp:53,10.244.0.6 -exist\n', 'just the change');
+  t.notOk(exec.calls.some((c) => c.cmd.includes('restore') && c.cmd.includes('iptables')), 'constant rules not restored again');
+  t.same(exec.calls.find((c) => c.cmd === 'conntrack')?.args, ['-D', '-f', 'ipv4', '-p', 'udp', '--orig-dst', '10.96.0.10', '--orig-port-dst', '53', '--reply-src', '10.244.0.6']);
+
+  // iptables-restore fails on a full sync: an error not tied to a Service, retried until it works.
+  failRestore = true;
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  t.ok(daemon.recentErrors.some((e) => e.code === 'NETFILTER' && /iptables-restore/.test(e.message)));
+  t.ok(daemon.lastSync!.errors.some((e) => !e.service), 'not attributed to a Service');
+  failRestore = false;
+  exec.calls.length = 0;
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  await daemon.runner.whenIdle();
+  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft-restore'), 'restored on the retry');
+  t.equal(daemon.lastSync!.errors.length, 0);
+});
