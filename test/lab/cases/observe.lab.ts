@@ -7,7 +7,7 @@ import { request } from 'node:http';
 import { join, resolve } from 'node:path';
 import t from 'tap';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
+import { CLI, LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
 
 const lab = new LabNode();
 const repo = resolve(import.meta.dirname, '../../..');
@@ -68,7 +68,7 @@ async function metric(name: string, labels: Record<string, string>): Promise<num
 }
 
 function status(...args: string[]): string {
-  return execFileSync(process.execPath, [join(repo, 'src/cli.ts'), 'status', '--config', cfgFile(), ...args], { encoding: 'utf8', env: procEnv });
+  return execFileSync(process.execPath, [...CLI, 'status', '--config', cfgFile(), ...args], { encoding: 'utf8', env: procEnv });
 }
 
 t.before(async () => {

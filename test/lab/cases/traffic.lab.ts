@@ -6,7 +6,7 @@ import t from 'tap';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { FwdMethod } from '../../../src/dataplane/ipvs/constants.ts';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
+import { CLI, LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
 
 const lab = new LabNode();
 const count = (names: string[]) => names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
@@ -143,7 +143,7 @@ t.test('the foreign service survived every sync; cleanup removes only what is ou
   t.same(k[`TCP/${FOREIGN.address}:80`]?.dests, { [`${lab.backendIP('be1')}:8080`]: 3, [`${lab.backendIP('be2')}:8080`]: 1 }, 'foreign service untouched by syncs');
   await lab.killProxy('SIGTERM');
   const cfg = join(lab.stateDir, '..', 'config.yaml');
-  const out = execFileSync(process.execPath, [resolve(import.meta.dirname, '../../../src/cli.ts'), 'cleanup', '--config', cfg], { encoding: 'utf8', env: procEnv });
+  const out = execFileSync(process.execPath, [...CLI, 'cleanup', '--config', cfg], { encoding: 'utf8', env: procEnv });
   t.match(out, /removed \d+ virtual services, \d+ addresses, interface kube-ipvs0/);
   const after = await lab.waitKernel(() => true);
   t.same(Object.keys(after), [`TCP/${FOREIGN.address}:80`], 'only the foreign service is left');

@@ -17,6 +17,8 @@ export const NODE_IP = '192.168.100.1';
 export const EXT_IP = '192.168.100.2';
 export const CLIENT_IP = '10.250.0.2';
 const repo = resolve(import.meta.dirname, '../../..');
+/** How a node runs kube-ipvs: node with the shipped V8 flags, then the CLI. */
+export const CLI = [...DAEMON_V8_FLAGS, join(repo, 'src/cli.ts')];
 const nodeBin = process.execPath;
 
 /**
@@ -117,7 +119,7 @@ export class LabNode {
   startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
     writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
-    this.#proxy = spawn(nodeBin, [...DAEMON_V8_FLAGS, join(repo, 'src/cli.ts'), 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
+    this.#proxy = spawn(nodeBin, [...CLI, 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
     this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
   }
@@ -194,7 +196,7 @@ export class LabNode {
   async shutdown(): Promise<void> {
     await this.killProxy('SIGTERM');
     try {
-      execFileSync(nodeBin, [join(repo, 'src/cli.ts'), 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: 'ignore', env: procEnv });
+      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: 'ignore', env: procEnv });
     } catch {
       /* nothing was started, or already cleaned */
     }
