@@ -95,7 +95,9 @@ function isEntry(): boolean {
 
 if (isEntry()) {
   main(process.argv.slice(2), { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) }).then(
-    (code) => process.exit(code),
+    // Exit after the event loop has turned: closed netlink sockets finish closing their libuv
+    // handles (exiting in the middle of that has crashed the addon), and stdout drains.
+    (code) => setTimeout(() => process.exit(code), 20),
     (e: unknown) => {
       process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
       process.exit(70);

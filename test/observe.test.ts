@@ -115,6 +115,16 @@ t.test('kernel operations are counted by operation, failures by errno', async (t
   t.equal(sample(text, 'kubeipvs_kernel_operations_total', { operation: 'ipvs.services' }), 1);
   t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.addService', errno: 'EEXIST' }), 1);
   t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.services', errno: 'EEXIST' }), undefined);
+  // close() reaches the target's private state through the proxy.
+  class Priv {
+    #open = true;
+    close() {
+      this.#open = false;
+      return this.#open;
+    }
+    async op() {}
+  }
+  t.equal(instrumentKernel(new Priv(), 'p', m).close(), false, 'close is bound to the target');
 });
 
 /** A kernel twin whose dumps carry stats (the fake's do not). */

@@ -24,10 +24,11 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
     report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: (e as Error).message }]);
     return 1;
   }
-  // The sockets are not closed: the process exits right after, and closing the netlink addon's
-  // sockets just before exit has crashed it (SIGSEGV) in the lab.
   const links = new NetlinkLinks();
   const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
+  // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
+  ipvs.close();
+  links.close();
   io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
   for (const e of r.errors) io.stderr(`error ${e}\n`);
   // Our iptables chains and jumps (both backends: whichever was used) and our ipsets.

@@ -139,7 +139,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
         io.stdout(`  ${c.cmd} ${c.args.join(' ')}${c.input !== undefined ? ` (${lines} ${c.cmd === 'ipset' ? 'entries' : 'rules'})` : ''}\n`);
       }
     }
-    // Sockets are left to process exit (closing them just before exit crashed the netlink addon).
+    // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
+    deps.ipvs.close();
+    deps.links.close();
     return r.errors.length === 0 ? 0 : 1;
   }
 
@@ -165,6 +167,8 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     signals.once('SIGINT', () => done('SIGINT'));
   });
   daemon.stop();
+  deps.ipvs.close();
+  deps.links.close();
   await hcServers.close();
   for (const s of [healthServer, metricsServer]) {
     s?.close();

@@ -202,6 +202,7 @@ export async function statusCommand(args: StatusArgs, io: IO, deps: StatusDeps =
     virtualServers: kernel.value,
   };
   io.stdout(args.output === 'json' ? JSON.stringify(r, null, 2) + '\n' : formatStatus(r));
-  // Sockets are left to process exit (closing them just before exit crashed the netlink addon).
+  // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
+  if (!deps.ipvs) ipvs.close();
   return 0;
 }

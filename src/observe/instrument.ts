@@ -16,7 +16,9 @@ export function instrumentKernel<T extends object>(target: T, prefix: string, me
   return new Proxy(target, {
     get(t, prop, receiver) {
       const v = Reflect.get(t, prop, receiver);
-      if (typeof v !== 'function' || typeof prop !== 'string' || prop === 'close' || prop === 'constructor') return v;
+      if (typeof v !== 'function' || typeof prop !== 'string' || prop === 'constructor') return v;
+      // Bound to the target: its private fields are not reachable through the proxy.
+      if (prop === 'close') return (v as () => void).bind(t);
       const operation = `${prefix}.${prop}`;
       return function (this: unknown, ...args: unknown[]) {
         metrics.kernelOperations.inc({ operation });
