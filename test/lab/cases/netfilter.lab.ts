@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import t from 'tap';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { CLIENT_IP6, LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
+import { CLIENT_IP6, LabNode, NODE_IP, nodeArgs, procEnv, sh } from '../support/node.ts';
 
 const lab = new LabNode();
 const EXT_IP = '192.168.100.2';
@@ -106,7 +106,7 @@ t.test('an ExternalIP equal to the node IP serves', async (t) => {
 
 t.test('a UDP client keeps sending while its backend is replaced; replies resume within one sync', async (t) => {
   const watch = new Promise<[number, string][]>((resolve) => {
-    const child = spawn('ip', ['netns', 'exec', 'client', process.execPath, 'test/lab/support/client.ts', 'udpwatch', '10.96.1.7', '53', '200', '20000'], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
+    const child = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'udpwatch', '10.96.1.7', '53', '200', '20000')], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     child.on('exit', () => resolve(JSON.parse(out)));

@@ -4,13 +4,12 @@
 // shows the node's Services with the right backends (also with the daemon down).
 import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import t from 'tap';
 import { ep, node, service, slice } from '../../support/objects.ts';
 import { CLI, LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
 
 const lab = new LabNode();
-const repo = resolve(import.meta.dirname, '../../..');
 const HC_PORT = 32100;
 const config = { ipvs: { syncPeriod: '2s', minSyncPeriod: '0s' }, healthzBindAddress: '0.0.0.0:10256', metricsBindAddress: '127.0.0.1:10249' };
 const cfgFile = () => join(lab.stateDir, '..', 'config.yaml');
