@@ -102,6 +102,20 @@ t.test('NodePort and LoadBalancer: masqueraded under Cluster, client address kep
   ]);
 });
 
+t.test('externalTrafficPolicy: Local LoadBalancer IPs from inside the cluster reach every endpoint (kubernetes#93456)', async (t) => {
+  run(t, {}, [
+    { name: 'a pod -> Local LB IP: every endpoint, source kept', pkt: { source: POD_C, destination: '203.0.113.50', port: 80 }, want: { [`${POD_A}:8080`]: false, [`${POD_B}:8080`]: false } },
+    { name: 'the node -> Local LB IP: every endpoint', pkt: { source: NODE_IP, fromNode: true, destination: '203.0.113.50', port: 80 }, want: { [`${POD_A}:8080`]: false, [`${POD_B}:8080`]: false } },
+    { name: 'outside -> Local LB IP: the local endpoint only', pkt: { source: OUTSIDE, destination: '203.0.113.50', port: 80 }, want: { [`${POD_A}:8080`]: false } },
+  ]);
+  const { plan } = planObjects(ALL, { config: cfg() });
+  const fw = plan.virtualServers.filter((v) => v.fwmark !== undefined);
+  t.equal(fw.length, 1, 'one firewall-mark virtual server, for the Local LoadBalancer port');
+  t.equal(fw[0]!.fwmark! & (1 << 14), 0, 'its mark leaves the masquerade bit alone');
+  t.same(plan.ipsets['KIPVS-LB-LOCAL-MARK']?.entries, [`203.0.113.50,tcp:80 skbmark 0x${fw[0]!.fwmark!.toString(16)}`]);
+  t.equal(planObjects(ALL, { config: cfg() }).plan.virtualServers.find((v) => v.fwmark !== undefined)?.fwmark, fw[0]!.fwmark, 'the same mark on every plan');
+});
+
 t.test('loadBalancerSourceRanges: listed sources only, also from the node itself', async (t) => {
   run(t, {}, [
     { name: 'allowed source', pkt: { source: '198.51.100.1', destination: '203.0.113.60', port: 443 }, want: { [`${POD_B}:8443`]: true } },

@@ -109,7 +109,6 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
   const out: StatusVirtualServer[] = [];
   const filtered = filter.namespace !== undefined || filter.service !== undefined;
   for (const s of await ipvs.services()) {
-    if (s.fwmark !== undefined) continue; // kube-ipvs programs no firewall-mark services
     const id = serviceId(s);
     const l = labels.get(id);
     if (filtered) {
@@ -123,9 +122,10 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
       service: l?.service ?? '',
       portName: l?.portName ?? '',
       kind: l?.kind ?? '',
-      protocol: s.protocol,
-      address: s.address,
-      port: s.port,
+      // A firewall-mark virtual server (in-cluster traffic to a Local LoadBalancer) shows its mark.
+      protocol: s.protocol ?? 'FWM',
+      address: s.address ?? `0x${s.fwmark!.toString(16)}`,
+      port: s.port ?? 0,
       scheduler: s.scheduler,
       persistenceTimeoutSeconds: s.flags & SvcFlag.PERSISTENT ? s.timeout : 0,
       stats: stats(s.stats),
@@ -139,7 +139,7 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
 }
 
 const ago = (iso: string | null, now: number) => (iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`);
-const hostPort = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+const hostPort = (address: string, port: number) => (address.startsWith('0x') ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const lines: string[] = [];

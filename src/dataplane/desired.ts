@@ -11,16 +11,18 @@ export interface DesiredVS {
   owner: string;
   /** Its Service port name and kind, recorded with the ownership for metrics and `status`. */
   label: VsLabel;
+  /** The Service port's protocol and address (a firewall-mark virtual server has none of its own). */
+  protocol: VirtualServer['protocol'];
+  address: string;
+  port: number;
   service: IpvsService;
   destinations: Map<string, IpvsDestination>;
 }
 
 export function toDesired(vs: VirtualServer): DesiredVS {
+  const key = vs.fwmark !== undefined ? { family: vs.family, fwmark: vs.fwmark } : { family: vs.family, protocol: vs.protocol, address: vs.address, port: vs.port };
   const service: IpvsService = {
-    family: vs.family,
-    protocol: vs.protocol,
-    address: vs.address,
-    port: vs.port,
+    ...key,
     scheduler: vs.scheduler,
     flags: vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0,
     timeout: vs.persistenceTimeoutSeconds,
@@ -31,7 +33,7 @@ export function toDesired(vs: VirtualServer): DesiredVS {
     const d: IpvsDestination = { family: vs.family, address: rs.address, port: rs.port, fwdMethod: FwdMethod.MASQ, weight: rs.weight, upperThreshold: 0, lowerThreshold: 0 };
     destinations.set(destinationId(d), d);
   }
-  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, service, destinations };
+  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, protocol: vs.protocol, address: vs.address, port: vs.port, service, destinations };
 }
 
 /** Flags the kernel sets by itself and that we never ask for. */

@@ -77,7 +77,7 @@ export class NetfilterApplier {
         inMemory.set(name, (inMemory.get(name) ?? 0) + 1);
       }
       for (const s of allSets()) {
-        const create = (name: string) => (s.type === 'bitmap:port' ? `create ${name} bitmap:port range 0-65535 -exist` : `create ${name} ${s.type} family ${s.family} hashsize 1024 maxelem 1048576 -exist`);
+        const create = (name: string) => (s.type === 'bitmap:port' ? `create ${name} bitmap:port range 0-65535 -exist` : `create ${name} ${s.type} family ${s.family} hashsize 1024 maxelem 1048576${s.options ? ` ${s.options}` : ''} -exist`);
         lines.push(create(s.name));
         const want = desired.get(s.name)!;
         if (this.#setsReady && counts.get(s.name) === want.length && (inMemory.get(s.name) ?? 0) === want.length) continue;
@@ -92,11 +92,15 @@ export class NetfilterApplier {
       this.#setsReady = true;
       return [];
     }
+    // Deletions first: an entry whose extension changed (a firewall mark) is one del and one add
+    // of the same element, and `del` names the element without its extensions.
+    const adds: string[] = [];
     for (const e of changed) {
       const [set, entry] = [e.slice(0, e.indexOf(' ')), e.slice(e.indexOf(' ') + 1)];
-      if (wanted(e) && !this.#entries.has(e)) lines.push(`add ${set} ${entry} -exist`);
-      else if (!wanted(e) && this.#entries.has(e)) lines.push(`del ${set} ${entry} -exist`);
+      if (wanted(e) && !this.#entries.has(e)) adds.push(`add ${set} ${entry} -exist`);
+      else if (!wanted(e) && this.#entries.has(e)) lines.push(`del ${set} ${entry.split(' ')[0]} -exist`);
     }
+    lines.push(...adds);
     if (lines.length === 0) return [];
     const r = await this.#ipset(lines);
     if (r) {
@@ -135,8 +139,8 @@ export class NetfilterApplier {
   async syncRules(nc: NetfilterConfig, force: boolean): Promise<NetfilterError[]> {
     const errors: NetfilterError[] = [];
     for (const family of this.#o.families) {
-      const { nat, filter } = netfilterRules(nc, family);
-      const text = nat + filter;
+      const { nat, filter, mangle } = netfilterRules(nc, family);
+      const text = nat + filter + mangle;
       if (force || this.#appliedRules.get(family) !== text) {
         const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], text);
         if (r.code !== 0) {

@@ -257,7 +257,7 @@ export class Reconciler {
     this.#own(this.#owned.services, id, false);
     if (this.#owned.labels.delete(id)) this.#ownedChanged = true;
     const gone = s ?? parseServiceId(id);
-    if (gone.protocol === 'UDP') run.staleUdp.push({ family: gone.family, address: gone.address!, port: gone.port! });
+    if (gone.protocol === 'UDP' && gone.address !== undefined) run.staleUdp.push({ family: gone.family, address: gone.address, port: gone.port });
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
   }
@@ -319,7 +319,7 @@ export class Reconciler {
     const now = this.#o.clock.now();
     for (const [did, k] of kernel) {
       if (d.destinations.has(did)) continue;
-      if (d.service.protocol !== 'TCP') {
+      if (d.protocol !== 'TCP') {
         // UDP and SCTP have no connection to finish: delete at once.
         await this.#deleteDest(d, k, run);
         continue;
@@ -347,7 +347,7 @@ export class Reconciler {
     run.ops++;
     try {
       await this.#ipvs.deleteDestination(d.service, k);
-      if (d.service.protocol === 'UDP') run.staleUdp.push({ family: d.service.family, address: d.service.address!, port: d.service.port!, endpoint: k.address });
+      if (d.protocol === 'UDP') run.staleUdp.push({ family: d.service.family, address: d.address, port: d.port, endpoint: k.address });
       return true;
     } catch (e) {
       if (ok(e, 'ENOENT', 'ESRCH')) return true;
@@ -387,8 +387,10 @@ async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Prom
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }
 
-/** The inverse of serviceId for address-based services (what we record). */
+/** The inverse of serviceId (what we record). */
 export function parseServiceId(id: string): IpvsService {
+  const fw = /^FWM\/(\d+)(\/v6)?$/.exec(id);
+  if (fw) return { family: fw[2] ? 6 : 4, fwmark: Number(fw[1]), scheduler: '', flags: 0, timeout: 0, netmask: 0 };
   const m = /^(TCP|UDP|SCTP)\/(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(id);
   if (!m) throw new Error(`not a service id: ${id}`);
   const address = m[2] ?? m[3]!;

@@ -85,7 +85,7 @@ export class IpvsCollector {
     const c = this.#labelCache.get(id);
     if (c && c.from === l) return c.text;
     const [namespace = '', service = ''] = l.service.split('/');
-    const text = labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: s.protocol ?? '', address: s.address ?? '', port: s.port ?? 0 });
+    const text = labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: s.protocol ?? 'FWM', address: s.address ?? `0x${(s.fwmark ?? 0).toString(16)}`, port: s.port ?? 0 });
     this.#labelCache.set(id, { from: l, text });
     return text;
   }

@@ -82,17 +82,23 @@ interface State {
   dport: number;
   mark: number;
   inIf: string;
+  /** The node's own addresses (addrtype LOCAL). */
+  local: Set<string>;
 }
 
 function inSet(sets: Record<string, IpsetPlan>, name: string, flags: string, s: State): boolean {
+  return matchingEntry(sets, name, flags, s) !== undefined;
+}
+
+function matchingEntry(sets: Record<string, IpsetPlan>, name: string, flags: string, s: State): string | undefined {
   const set = sets[name];
   if (!set) throw new Error(`netfilter-trace: unknown set ${name}`);
   const proto = s.pkt.protocol.toLowerCase();
   const pick = (f: string) => (f === 'dst' ? s.dst : s.pkt.source);
   const f = flags.split(',');
   const eq = (a: string, b: string) => canonicalIP(a) === canonicalIP(b);
-  return set.entries.some((e) => {
-    const parts = e.split(',');
+  return set.entries.find((e) => {
+    const parts = e.split(' ')[0]!.split(',');
     switch (set.type) {
       case 'hash:ip':
         return eq(parts[0]!, pick(f[0]!));
@@ -166,6 +172,11 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
           test((s.mark & (m ?? 0xffffffff)) === v);
           break;
         }
+        case '--src-type':
+          if (a[i] !== 'LOCAL') throw new Error(`netfilter-trace: addrtype ${a[i]}`);
+          i++;
+          test(s.local.has(canonicalIP(s.pkt.source)!));
+          break;
         case '--ctstate':
           test(a[i++]!.split(',').includes(s.pkt.state ?? 'NEW'));
           break;
@@ -187,6 +198,14 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
         return { verdict: target, rule: r.text, chain };
       case 'RETURN':
         return null;
+      case 'SET': {
+        // -j SET --map-set NAME FLAGS --map-mark: the mark stored with the matching entry.
+        if (targetArgs[0] !== '--map-set' || targetArgs[3] !== '--map-mark') throw new Error(`netfilter-trace: SET ${targetArgs.join(' ')}`);
+        const entry = matchingEntry(sets, targetArgs[1]!, targetArgs[2]!, s);
+        const m = entry ? /skbmark (0x[0-9a-f]+)/.exec(entry)?.[1] : undefined;
+        if (m) s.mark = Number(m);
+        break;
+      }
       case 'MARK': {
         const v = Number(targetArgs[1]);
         if (targetArgs[0] === '--or-mark') s.mark |= v;
@@ -204,24 +223,26 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
 }
 
 /** The built-in chain's hook into ours, as installed by the applier. */
-function hook(tables: Tables, table: 'nat' | 'filter', builtin: string, sets: Record<string, IpsetPlan>, s: State): Outcome {
+function hook(tables: Tables, table: 'nat' | 'filter' | 'mangle', builtin: string, sets: Record<string, IpsetPlan>, s: State): Outcome {
   for (const h of HOOKS) if (h.table === table && h.chain === builtin) return runChain(tables, table, h.target, sets, s);
   return null;
 }
 
 export function traceNetfilter(plan: NodePlan, localAddresses: readonly string[], pkt: NetPacket): NetVerdict {
   const family: Family = ipFamily(pkt.destination) ?? 4;
-  const texts = family === 4 ? [plan.iptables.nat!, plan.iptables.filter!] : [plan.iptables['ip6/nat']!, plan.iptables['ip6/filter']!];
+  const texts = family === 4 ? [plan.iptables.nat!, plan.iptables.filter!, plan.iptables.mangle!] : [plan.iptables['ip6/nat']!, plan.iptables['ip6/filter']!, plan.iptables['ip6/mangle']!];
   const tables = parseRestore(texts);
   const dst = canonicalIP(pkt.destination)!;
-  const s: State = { pkt, dst, dport: pkt.port, mark: 0, inIf: pkt.fromNode ? 'lo' : (pkt.inInterface ?? 'eth0') };
+  // Routing: local addresses are the node's own and the dummy interface's.
+  const local = new Set([...localAddresses.map((a) => canonicalIP(a)!), ...plan.addresses]);
+  const s: State = { pkt, dst, dport: pkt.port, mark: 0, inIf: pkt.fromNode ? 'lo' : (pkt.inInterface ?? 'eth0'), local };
 
-  // nat PREROUTING, or OUTPUT for the node's own packets (only marks and our jumps are there).
+  // mangle, then nat PREROUTING (or OUTPUT for the node's own packets): only marks there.
+  const mangled = hook(tables, 'mangle', pkt.fromNode ? 'OUTPUT' : 'PREROUTING', plan.ipsets, s);
+  if (mangled && mangled.verdict !== 'ACCEPT') throw new Error(`netfilter-trace: ${mangled.verdict} in mangle`);
   const pre = hook(tables, 'nat', pkt.fromNode ? 'OUTPUT' : 'PREROUTING', plan.ipsets, s);
   if (pre && pre.verdict !== 'ACCEPT') throw new Error(`netfilter-trace: ${pre.verdict} in nat`);
 
-  // Routing: local addresses are the node's own and the dummy interface's.
-  const local = new Set([...localAddresses.map((a) => canonicalIP(a)), ...plan.addresses]);
   if (!local.has(dst)) return { result: 'not-local' };
 
   const input = hook(tables, 'filter', 'INPUT', plan.ipsets, s);
@@ -229,7 +250,7 @@ export function traceNetfilter(plan: NodePlan, localAddresses: readonly string[]
   if (input?.verdict === 'REJECT') return { result: 'rejected', chain: input.chain, rule: input.rule };
 
   if (pkt.protocol === 'ICMP') return { result: 'local' };
-  const v = traceIpvs(plan, { source: pkt.source, destination: dst, port: pkt.port, protocol: pkt.protocol });
+  const v = traceIpvs(plan, { source: pkt.source, destination: dst, port: pkt.port, protocol: pkt.protocol }, s.mark);
   if (v.result === 'not-a-service') return { result: 'local' };
   if (v.result === 'dropped') return { result: 'no-endpoints', virtualServer: v.virtualServer };
 

@@ -21,6 +21,8 @@ export interface SetSpec {
   suffix: string;
   type: 'hash:ip' | 'hash:ip,port' | 'hash:ip,port,ip' | 'hash:ip,port,net' | 'bitmap:port';
   comment: string;
+  /** Extra `ipset create` options. */
+  options?: string;
 }
 
 /** The sets, by role. Names: KIPVS-<suffix> (IPv4), KIPVS6-<suffix> (IPv6); bitmap:port is shared. */
@@ -33,6 +35,7 @@ export const SETS = {
   lbLocal: { suffix: 'LB-LOCAL', type: 'hash:ip,port', comment: 'LoadBalancer IP, protocol:port, externalTrafficPolicy Local' },
   lbFirewall: { suffix: 'LB-FW', type: 'hash:ip,port', comment: 'LoadBalancer IP, protocol:port with loadBalancerSourceRanges' },
   lbSourceCIDR: { suffix: 'LB-SRC-CIDR', type: 'hash:ip,port,net', comment: 'LoadBalancer IP, protocol:port, allowed source range' },
+  lbLocalMark: { suffix: 'LB-LOCAL-MARK', type: 'hash:ip,port', options: 'skbinfo', comment: 'externalTrafficPolicy Local LoadBalancer IP, protocol:port -> the firewall mark of its in-cluster virtual server' },
   nodePort: { suffix: 'NODE-PORT', type: 'hash:ip,port', comment: 'node address, protocol:NodePort' },
   nodePortLocal: { suffix: 'NODE-PORT-LOCAL', type: 'hash:ip,port', comment: 'node address, protocol:NodePort, externalTrafficPolicy Local' },
   healthCheckNodePort: { suffix: 'HC-NODE-PORT', type: 'bitmap:port', comment: 'healthCheckNodePorts (TCP)' },
@@ -47,12 +50,13 @@ export function setName(role: SetRole, family: Family): string {
 }
 
 /** Every set name with its ipset type and family ("inet", "inet6", or "" for bitmap:port). */
-export function allSets(): { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | '' }[] {
-  const out: { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | '' }[] = [];
+export function allSets(): { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] {
+  const out: { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] = [];
   for (const role of Object.keys(SETS) as SetRole[]) {
-    const s = SETS[role];
-    if (s.type === 'bitmap:port') out.push({ name: setName(role, 4), role, type: s.type, family: '' });
-    else for (const f of [4, 6] as const) out.push({ name: setName(role, f), role, type: s.type, family: f === 4 ? 'inet' : 'inet6' });
+    const s: SetSpec = SETS[role];
+    const options = s.options ?? '';
+    if (s.type === 'bitmap:port') out.push({ name: setName(role, 4), role, type: s.type, family: '', options });
+    else for (const f of [4, 6] as const) out.push({ name: setName(role, f), role, type: s.type, family: f === 4 ? 'inet' : 'inet6', options });
   }
   return out;
 }
@@ -76,6 +80,7 @@ export function serviceSetEntries(svc: Service, virtualServers: readonly Virtual
         add(svc.externalTrafficPolicyLocal ? 'externalIPLocal' : 'externalIP', vs.family, ipPort);
         break;
       case 'LoadBalancer':
+        if (vs.fwmark !== undefined) add('lbLocalMark', vs.family, `${ipPort} skbmark 0x${vs.fwmark.toString(16)}`);
         add('lb', vs.family, ipPort);
         if (svc.externalTrafficPolicyLocal) add('lbLocal', vs.family, ipPort);
         if (svc.loadBalancerSourceRanges.length > 0) {
@@ -115,6 +120,9 @@ export interface NetfilterConfig {
   notLocal: Record<Family, string | null>;
 }
 
+/** "From this cluster": the same match, not negated. */
+const localMatch = (notLocal: string | null) => (notLocal === null ? null : notLocal.replace(/^! /, ''));
+
 export type NetfilterSettings = Pick<Config, 'iptables' | 'clusterCIDRs' | 'detectLocalMode' | 'detectLocal'>;
 
 /** kube-proxy's local traffic detection (detectLocalMode), negated: matches traffic from outside. */
@@ -147,9 +155,14 @@ export function netfilterConfig(cfg: NetfilterSettings, node: NodeInfo | null): 
 export const CHAINS = {
   nat: ['KIPVS-SERVICES', 'KIPVS-POSTROUTING', 'KIPVS-MARK-MASQ', 'KIPVS-LOAD-BALANCER', 'KIPVS-NODE-PORT'],
   filter: ['KIPVS-INPUT', 'KIPVS-FORWARD', 'KIPVS-FIREWALL', 'KIPVS-SVC-ADDR'],
+  mangle: ['KIPVS-LB-LOCAL'],
 } as const;
 
-export const HOOKS: { table: 'nat' | 'filter'; chain: string; target: string; comment: string }[] = [
+export type Table = keyof typeof CHAINS;
+
+export const HOOKS: { table: Table; chain: string; target: string; comment: string }[] = [
+  { table: 'mangle', chain: 'PREROUTING', target: 'KIPVS-LB-LOCAL', comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers' },
+  { table: 'mangle', chain: 'OUTPUT', target: 'KIPVS-LB-LOCAL', comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers' },
   { table: 'nat', chain: 'PREROUTING', target: 'KIPVS-SERVICES', comment: 'kube-ipvs service portals' },
   { table: 'nat', chain: 'OUTPUT', target: 'KIPVS-SERVICES', comment: 'kube-ipvs service portals' },
   { table: 'nat', chain: 'POSTROUTING', target: 'KIPVS-POSTROUTING', comment: 'kube-ipvs postrouting rules' },
@@ -161,7 +174,7 @@ export const HOOKS: { table: 'nat' | 'filter'; chain: string; target: string; co
  * The iptables-restore text (for `--noflush`: it declares, and so flushes, only our chains) for
  * one family. Constant for a given config and node: no per-Service rule.
  */
-export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: string; filter: string } {
+export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: string; filter: string; mangle: string } {
   const set = (role: SetRole) => setName(role, family);
   const mark = `0x${(1 << nc.masqueradeBit).toString(16)}`;
   const notLocal = nc.notLocal[family];
@@ -218,12 +231,24 @@ export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: stri
     `-A KIPVS-FORWARD -m comment --comment "kube-ipvs forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
     'COMMIT',
   ];
-  return { nat: nat.join('\n') + '\n', filter: filter.join('\n') + '\n' };
+  // In-cluster (and the node's own) traffic to an externalTrafficPolicy: Local LoadBalancer IP gets
+  // the firewall mark of a virtual server with every endpoint (kubernetes#93456); IPVS looks marks
+  // up first. The mark comes from the set entry (--map-set works only in the mangle table).
+  const mapMark = `-j SET --map-set ${set('lbLocalMark')} dst,dst --map-mark`;
+  const local = localMatch(notLocal);
+  const mangle = [
+    '*mangle',
+    ...CHAINS.mangle.map((c) => `:${c} - [0:0]`),
+    ...(local ? [`-A KIPVS-LB-LOCAL -m comment --comment "in-cluster traffic to Local LoadBalancers reaches every endpoint" -m set --match-set ${set('lbLocalMark')} dst,dst ${local} ${mapMark}`] : []),
+    `-A KIPVS-LB-LOCAL -m comment --comment "so does the node's own traffic" -m set --match-set ${set('lbLocalMark')} dst,dst -m addrtype --src-type LOCAL ${mapMark}`,
+    'COMMIT',
+  ];
+  return { nat: nat.join('\n') + '\n', filter: filter.join('\n') + '\n', mangle: mangle.join('\n') + '\n' };
 }
 
-/** The plan's `iptables` field: IPv4 tables as "nat"/"filter", IPv6 as "ip6/nat"/"ip6/filter". */
+/** The plan's `iptables` field: IPv4 tables as "nat"/"filter"/"mangle", IPv6 as "ip6/nat"... */
 export function iptablesPlan(nc: NetfilterConfig): Record<string, string> {
   const v4 = netfilterRules(nc, 4);
   const v6 = netfilterRules(nc, 6);
-  return { filter: v4.filter, nat: v4.nat, 'ip6/filter': v6.filter, 'ip6/nat': v6.nat };
+  return { filter: v4.filter, nat: v4.nat, mangle: v4.mangle, 'ip6/filter': v6.filter, 'ip6/nat': v6.nat, 'ip6/mangle': v6.mangle };
 }

@@ -9,6 +9,8 @@ import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, Virt
 
 /** What planning needs from the node, derived once per Node change rather than per Service. */
 export interface NodeContext {
+  /** A stable firewall mark for this key (see Planner: allocated once, kept while in use). */
+  fwmark: (key: string) => number;
   /** The node's own addresses (never put on the dummy interface). */
   nodeAddresses: Set<string>;
   topology: Topology;
@@ -33,10 +35,11 @@ export function selectNodePortAddresses(node: NodeInfo | null, nodePortAddresses
   return all.map((a) => a.address).filter((ip) => primary.has(ip) || cidrs.some((c) => cidrContains(c, ip)));
 }
 
-export function nodeContext(model: Model, cfg: PlanConfig): NodeContext {
+export function nodeContext(model: Model, cfg: PlanConfig, fwmark: (key: string) => number = fwmarkOf): NodeContext {
   const node = model.node;
   const selected = selectNodePortAddresses(node, cfg.nodePortAddresses);
   return {
+    fwmark,
     nodeAddresses: new Set((node?.addresses ?? []).map((a) => a.address)),
     topology: { nodeName: model.nodeName, zone: node?.zone ?? '', nodeHints: cfg.nodeHints },
     nodePortAddresses: {
@@ -94,7 +97,7 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
         if (kind === 'NodePort' && port.nodePort === 0) continue;
         for (const address of ips) {
           const rs = kind === 'ClusterIP' ? internal : external;
-          virtualServers.push({
+          const vs: VirtualServer = {
             service: svc.key,
             portName: port.name,
             kind,
@@ -105,13 +108,34 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
             scheduler,
             persistenceTimeoutSeconds: svc.affinityTimeoutSeconds,
             realServers: rs, // shared between this port's virtual servers; nothing mutates plans
-          });
+          };
+          virtualServers.push(vs);
+          // externalTrafficPolicy: Local LoadBalancer IPs reached from inside the cluster go to
+          // every endpoint, as in kube-proxy's iptables mode (kubernetes#93456): a second,
+          // firewall-mark virtual server that in-cluster packets are steered to.
+          if (kind === 'LoadBalancer' && svc.externalTrafficPolicyLocal) {
+            virtualServers.push({ ...vs, realServers: internal, fwmark: ctx.fwmark(fwmarkKey(vs)) });
+          }
         }
       }
     }
   }
   const setEntries = serviceSetEntries(svc, virtualServers, addresses);
   return { service: svc.key, virtualServers, addresses, setEntries, healthCheckNodePort: svc.healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
+}
+
+/** What a firewall mark stands for: one LoadBalancer IP, protocol and port. */
+export const fwmarkKey = (vs: Pick<VirtualServer, 'protocol' | 'address' | 'port'>) => `${vs.protocol}/${vs.address}:${vs.port}`;
+
+/** Marks live in 0x00100000-0x00ffffff, never with the masquerade bit: see Planner#fwmark. */
+const FWMARK_BASE = 0x100000;
+const FWMARK_SPAN = 0xf00000;
+
+/** The first choice of mark for a key: a hash, so marks do not depend on the order Services arrive in. */
+export function fwmarkOf(key: string, attempt = 0): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193) >>> 0;
+  return FWMARK_BASE + ((h + attempt * 0x9e3779b1) >>> 0) % FWMARK_SPAN;
 }
 
 /**
@@ -130,11 +154,15 @@ export class Planner {
   /** Entries whose presence changed since the last takeSetChanges(). */
   #setDirty = new Set<string>();
   #netfilter: NetfilterConfig;
+  /** Firewall mark per key, and how many virtual servers use it; a mark is never reused while in use. */
+  #marks = new Map<string, { mark: number; refs: number }>();
+  #markUsed = new Set<number>();
+  readonly #markFor = (key: string) => this.#fwmark(key);
 
   constructor(model: Model, config: PlanConfig) {
     this.model = model;
     this.config = config;
-    this.#ctx = nodeContext(model, config);
+    this.#ctx = nodeContext(model, config, this.#markFor);
     this.#netfilter = netfilterConfig(config.netfilter, model.node);
   }
 
@@ -161,12 +189,14 @@ export class Planner {
 
   /** Re-plans everything. Returns the keys of every planned Service. */
   planAll(): string[] {
-    this.#ctx = nodeContext(this.model, this.config);
+    this.#ctx = nodeContext(this.model, this.config, this.#markFor);
     this.#netfilter = netfilterConfig(this.config.netfilter, this.model.node);
     for (const e of this.#setRefs.keys()) this.#setDirty.add(e);
     this.#plans.clear();
     this.#addressRefs.clear();
     this.#setRefs.clear();
+    this.#marks.clear();
+    this.#markUsed.clear();
     const keys = this.model.serviceKeys();
     for (const key of keys) this.#replan(key);
     return keys;
@@ -188,11 +218,48 @@ export class Planner {
     return this.#plans;
   }
 
-  /** Virtual server id (as the IPVS layer names it: "TCP/10.0.0.1:80") -> planned real servers. */
+  /** Virtual server id (as the IPVS layer names it: "TCP/10.0.0.1:80", "FWM/1234") -> planned real servers. */
   realServerCounts(): Map<string, number> {
     const out = new Map<string, number>();
-    for (const p of this.#plans.values()) for (const vs of p.virtualServers) out.set(`${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`, vs.realServers.length);
+    for (const p of this.#plans.values()) {
+      for (const vs of p.virtualServers) {
+        const id = vs.fwmark !== undefined ? `FWM/${vs.fwmark}${vs.family === 6 ? '/v6' : ''}` : `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
+        out.set(id, vs.realServers.length);
+      }
+    }
     return out;
+  }
+
+  /**
+   * A mark for `key`, stable while some virtual server uses it: the hash first, the next free one
+   * on a collision; never one with the masquerade bit (the POSTROUTING masquerade test reads it).
+   */
+  #fwmark(key: string): number {
+    const have = this.#marks.get(key);
+    if (have) {
+      have.refs++;
+      return have.mark;
+    }
+    const masq = 1 << this.config.netfilter.iptables.masqueradeBit;
+    let mark = 0;
+    for (let attempt = 0; ; attempt++) {
+      mark = fwmarkOf(key, attempt);
+      if (!(mark & masq) && !this.#markUsed.has(mark)) break;
+    }
+    this.#marks.set(key, { mark, refs: 1 });
+    this.#markUsed.add(mark);
+    return mark;
+  }
+
+  #releaseMarks(plan: ServicePlan | undefined): void {
+    for (const vs of plan?.virtualServers ?? []) {
+      if (vs.fwmark === undefined) continue;
+      const key = fwmarkKey(vs);
+      const m = this.#marks.get(key);
+      if (!m || --m.refs > 0) continue;
+      this.#marks.delete(key);
+      this.#markUsed.delete(m.mark);
+    }
   }
 
   addressInUse(address: string): boolean {
@@ -201,6 +268,7 @@ export class Planner {
 
   #replan(key: string): void {
     const old = this.#plans.get(key);
+    this.#releaseMarks(old);
     for (const a of old?.addresses ?? []) {
       const n = (this.#addressRefs.get(a) ?? 1) - 1;
       if (n > 0) this.#addressRefs.set(a, n);

@@ -26,6 +26,12 @@ export interface VirtualServer {
   /** ClientIP affinity timeout; 0 when the Service has no affinity. */
   persistenceTimeoutSeconds: number;
   realServers: RealServer[];
+  /**
+   * Set on the firewall-mark virtual server that carries in-cluster traffic to an
+   * externalTrafficPolicy: Local LoadBalancer IP (`address`:`port`) to every endpoint
+   * (kubernetes#93456); the iptables stage marks those packets. Absent on every other one.
+   */
+  fwmark?: number;
 }
 
 export interface IpsetPlan {

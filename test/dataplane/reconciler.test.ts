@@ -247,3 +247,27 @@ t.test('a scheduler or affinity change is one service update', async (t) => {
   t.equal(s?.scheduler, 'wlc');
   t.equal(s?.timeout, 10800);
 });
+
+t.test('a Local LoadBalancer gets a firewall-mark virtual server with every endpoint; TCP endpoints drain there too', async (t) => {
+  const h = new Harness();
+  const lb = service('lb', { clusterIPs: ['10.96.0.5'], type: 'LoadBalancer', lbIngress: [{ ip: '203.0.113.50' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }], spec: { externalTrafficPolicy: 'Local' } });
+  h.put(node('node-a', [['InternalIP', '192.168.1.10']]));
+  h.put(lb);
+  h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' }), ep('10.0.0.2', { node: 'node-b' })]));
+  await h.full();
+  const k = await h.kernel();
+  const fwm = Object.keys(k).filter((id) => id.startsWith('FWM/'));
+  t.equal(fwm.length, 1, 'one firewall-mark service');
+  t.same(k[fwm[0]!], ['10.0.0.1:8080=1', '10.0.0.2:8080=1'], 'every endpoint');
+  t.same(k['TCP/203.0.113.50:80'], ['10.0.0.1:8080=1'], 'the LoadBalancer IP itself: the local one');
+  t.ok(h.owned.services.has(fwm[0]!) && h.owned.labels.get(fwm[0]!)?.kind === 'LoadBalancer', 'owned and labelled');
+  // The remote endpoint goes: weight 0 while it drains (TCP), not deleted at once.
+  h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' })]));
+  h.ipvs.setConnections({ family: 4, fwmark: Number(fwm[0]!.slice(4)) }, { address: '10.0.0.2', port: 8080 }, 1, 0);
+  await h.incremental();
+  t.same((await h.kernel())[fwm[0]!], ['10.0.0.1:8080=1', '10.0.0.2:8080=0'], 'a held connection: drained at weight 0');
+  // The Service goes: the firewall-mark service goes with it.
+  h.remove(lb);
+  await h.full();
+  t.notOk(Object.keys(await h.kernel()).some((id) => id.startsWith('FWM/')), 'removed');
+});

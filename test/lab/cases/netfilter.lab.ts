@@ -1,6 +1,7 @@
 // The iptables stage with real packets inside the lab VM: what clients and backends see.
 // Node 192.168.100.1 (ext client 192.168.100.2, a second outside client "ext2" 192.168.101.2),
-// pods on kbr0 10.244.0.0/24 and fd00:244::/64, clusterCIDR 10.244.0.0/16 + fd00:244::/56.
+// pods on kbr0 10.244.0.0/24 and fd00:244::/64, the client pod 10.250.0.2; clusterCIDR
+// 10.0.0.0/8 (so the client pod is in the cluster) + fd00:244::/56 (its IPv6 address is not).
 import { spawn } from 'node:child_process';
 import t from 'tap';
 import { ep, node, service, slice } from '../../support/objects.ts';
@@ -10,7 +11,8 @@ const lab = new LabNode();
 const EXT_IP = '192.168.100.2';
 const EXT2_IP = '192.168.101.2';
 const LB_IP = '192.168.200.10';
-const config = { clusterCIDR: '10.244.0.0/16,fd00:244::/56', ipvs: { syncPeriod: '5s', minSyncPeriod: '0s' }, healthzBindAddress: '0.0.0.0:0', metricsBindAddress: '127.0.0.1:0' };
+const LOCAL_LB_IP = '192.168.200.20';
+const config = { clusterCIDR: '10.0.0.0/8,fd00:244::/56', ipvs: { syncPeriod: '5s', minSyncPeriod: '0s' }, healthzBindAddress: '0.0.0.0:0', metricsBindAddress: '127.0.0.1:0' };
 const onNode = (...names: string[]) => names.map((n) => ep(lab.backendIP(n), { node: 'lab-node' }));
 const port = (p: number, target = 8080, nodePort?: number, protocol = 'TCP') => ({ name: 'p', protocol, port: p, targetPort: target, ...(nodePort ? { nodePort } : {}) });
 const slicePorts = [{ name: 'p', protocol: 'TCP', port: 8080 }];
@@ -36,6 +38,9 @@ function services(udpBackend: string) {
     // UDP, whose backend gets replaced.
     service('dns', { clusterIPs: ['10.96.1.7'], ports: [port(53, 8080, undefined, 'UDP')] }),
     slice('dns-1', 'dns', onNode(udpBackend), { ports: [{ name: 'p', protocol: 'UDP', port: 8080 }] }),
+    // externalTrafficPolicy: Local LoadBalancer, one endpoint here and one elsewhere.
+    service('lb-local', { clusterIPs: ['10.96.1.9'], type: 'LoadBalancer', ports: [port(80, 8080, 30009)], lbIngress: [{ ip: LOCAL_LB_IP }], spec: { externalTrafficPolicy: 'Local' } }),
+    slice('lb-local-1', 'lb-local', [ep(lab.backendIP('be1'), { node: 'lab-node' }), ep(lab.backendIP('be2'), { node: 'other-node' })], { ports: slicePorts }),
     // Dual-stack.
     service('dual', { clusterIPs: ['10.96.1.8', 'fd00:96::8'], ports: [port(80)], spec: { ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack' } }),
     slice('dual-4', 'dual', onNode('be1', 'be2'), { ports: slicePorts }),
@@ -61,7 +66,7 @@ t.before(async () => {
   lab.write('node', [node('lab-node', [['InternalIP', NODE_IP]], 'zone-a')]);
   lab.write('svc', services('be1'));
   lab.startProxy(config);
-  await lab.waitKernel((k) => `TCP/${LB_IP}:80` in k && 'TCP/[fd00:96::8]:80' in k && Object.keys(k['UDP/10.96.1.7:53']?.dests ?? {}).length === 1, 60_000);
+  await lab.waitKernel((k) => `TCP/${LB_IP}:80` in k && Object.keys(k).some((id) => id.startsWith('FWM/')) && 'TCP/[fd00:96::8]:80' in k && Object.keys(k['UDP/10.96.1.7:53']?.dests ?? {}).length === 1, 60_000);
   // The rules are in place once the proxy's first sync is done (sets, rules, then IPVS).
   for (let i = 0; i < 50 && !sh('iptables-save', '-t', 'nat').includes('KIPVS-SERVICES'); i++) await new Promise((r) => setTimeout(r, 200));
 });
@@ -124,6 +129,17 @@ t.test('a UDP client keeps sending while its backend is replaced; replies resume
   t.ok(firstBe2![0] - lastBe1 < 5000 + kernelAt, `replies resumed ${firstBe2![0] - lastBe1} ms after the last be1 reply (the kernel changed ${kernelAt} ms after the write)`);
   t.notOk(seen.slice(seen.indexOf(firstBe2!)).some(([, r]) => r === 'be1'), 'never back to the old backend');
   t.equal(sh('conntrack', '-L', '-p', 'udp', '--orig-dst', '10.96.1.7', '--reply-src', lab.backendIP('be1')).split('\n').filter((l) => l.includes('udp')).length, 0, 'no flow to the old backend is left');
+});
+
+t.test('externalTrafficPolicy: Local LoadBalancer: outside clients reach the local endpoint, in-cluster clients every endpoint (kubernetes#93456)', async (t) => {
+  const outside = lab.client('ext', 'tcp', LOCAL_LB_IP, '80', '6');
+  t.same([...new Set(outside)], ['be1'], 'from outside: the endpoint on this node only');
+  t.same(lab.client('ext', 'who', LOCAL_LB_IP, '80'), ['be1', EXT_IP], "with the client's address");
+  const inside = lab.client('client', 'tcp', LOCAL_LB_IP, '80', '6');
+  t.same([...new Set(inside)].sort(), ['be1', 'be2'], `from a pod: every endpoint (${inside.join(' ')})`);
+  t.equal(lab.client('client', 'who', LOCAL_LB_IP, '80')[1], '10.250.0.2', 'not masqueraded');
+  const fromNode = JSON.parse(sh(process.execPath, ...nodeArgs('test/lab/support/client.ts', 'tcp', LOCAL_LB_IP, '80', '6'))) as string[];
+  t.same([...new Set(fromNode)].sort(), ['be1', 'be2'], `from the node itself: every endpoint (${fromNode.join(' ')})`);
 });
 
 t.test('dual-stack: an IPv6 ClusterIP serves over IPv6', async (t) => {
