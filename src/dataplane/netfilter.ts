@@ -135,24 +135,27 @@ export class NetfilterApplier {
     return { op: 'ipset restore', message };
   }
 
-  /** Restores our chains where the text changed (or always with `force`), then makes sure the jumps exist. */
+  /**
+   * Restores our chains where the text changed (or always with `force`: every full sync, which
+   * also repairs chains someone flushed), then makes sure the jumps exist.
+   */
   async syncRules(nc: NetfilterConfig, force: boolean): Promise<NetfilterError[]> {
     const errors: NetfilterError[] = [];
     for (const family of this.#o.families) {
       const { nat, filter, mangle } = netfilterRules(nc, family);
       const text = nat + filter + mangle;
-      if (force || this.#appliedRules.get(family) !== text) {
-        const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], text);
-        if (r.code !== 0) {
-          this.#o.metrics?.iptablesRestoreFailures.inc({ ip_family: family === 6 ? 'IPv6' : 'IPv4' });
-          const message = `${this.#cmd(family, 'restore')}: exit ${r.code}: ${r.stderr.trim()}`;
-          this.#o.log.warn('iptables-restore failed', { error: message }, `iptables-restore:${family}`);
-          this.#appliedRules.delete(family);
-          errors.push({ op: 'iptables-restore', message });
-          continue;
-        }
-        this.#appliedRules.set(family, text);
+      // Unchanged rules between full syncs: nothing to run (an incremental sync stays cheap).
+      if (!force && this.#appliedRules.get(family) === text) continue;
+      const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], text);
+      if (r.code !== 0) {
+        this.#o.metrics?.iptablesRestoreFailures.inc({ ip_family: family === 6 ? 'IPv6' : 'IPv4' });
+        const message = `${this.#cmd(family, 'restore')}: exit ${r.code}: ${r.stderr.trim()}`;
+        this.#o.log.warn('iptables-restore failed', { error: message }, `iptables-restore:${family}`);
+        this.#appliedRules.delete(family);
+        errors.push({ op: 'iptables-restore', message });
+        continue;
       }
+      this.#appliedRules.set(family, text);
       for (const h of HOOKS) {
         const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
         const check = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec]);
