@@ -110,7 +110,10 @@ t.test('run --dry-run --once prints the plan and what it would do to an empty no
   t.match(r.stdout, /addService UDP\/10\.96\.0\.10:53\n/);
   t.match(r.stdout, /addDestination UDP\/10\.96\.0\.10:53 -> 10\.244\.0\.2:53 weight 1/);
   const adds = r.stdout.match(/^ {2}addService /gm)?.length;
-  t.equal(adds, 13, 'one addService per planned virtual server');
+  t.equal(adds, 14, 'one addService per planned virtual server: 13 by address, 1 firewall mark (the Local LoadBalancer)');
+  t.match(r.stdout, /addService FWM\/\d+\n/);
+  t.match(r.stdout, /ipset restore \(\d+ entries\)/, 'the ipsets it would load');
+  t.match(r.stdout, /iptables-nft-restore --noflush -w 5 \(\d+ rules\)/, 'and the rules');
 });
 
 t.test('without root, run and cleanup say what they need', { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false }, async (t) => {
