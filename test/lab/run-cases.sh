@@ -2,5 +2,5 @@
 # Runs inside the lab VM from the repository root: every case file (or those named), as one TAP stream.
 export PATH="$PWD/node_modules/.bin:$PATH"
 if [ $# -eq 0 ]; then set -- test/lab/cases/*.lab.ts; fi
-# --no-liftoff: see LAB_V8_FLAGS in support/node.ts (V8 under qemu TCG).
-exec tap --node-arg=--no-liftoff --reporter=tap --disable-coverage --allow-empty-coverage --timeout=300 --jobs=1 "$@"
+# --liftoff-only: see LAB_V8_FLAGS in support/node.ts (V8 under qemu TCG).
+exec tap --node-arg=--liftoff-only --reporter=tap --disable-coverage --allow-empty-coverage --timeout=300 --jobs=1 "$@"

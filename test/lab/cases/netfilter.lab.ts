@@ -110,24 +110,40 @@ t.test('an ExternalIP equal to the node IP serves', async (t) => {
 });
 
 t.test('a UDP client keeps sending while its backend is replaced; replies resume within one sync', async (t) => {
-  const watch = new Promise<[number, string][]>((resolve) => {
-    const child = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'udpwatch', '10.96.1.7', '53', '200', '20000')], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.on('exit', () => resolve(JSON.parse(out)));
+  // One socket, a datagram every 200 ms; its replies stream in as lines.
+  const child = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'udpwatch', '10.96.1.7', '53', '200', '120000')], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
+  t.teardown(() => void child.kill('SIGKILL'));
+  const seen: [number, string][] = [];
+  const waiters: (() => void)[] = [];
+  let buf = '';
+  child.stdout!.on('data', (d) => {
+    buf += d.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      seen.push(JSON.parse(buf.slice(0, i)) as [number, string]);
+      buf = buf.slice(i + 1);
+      waiters.splice(0).forEach((w) => w());
+    }
   });
-  await new Promise((r) => setTimeout(r, 4000));
+  const until = async (what: string, ok: () => boolean, ms: number) => {
+    const end = Date.now() + ms;
+    while (!ok()) {
+      if (Date.now() > end) throw new Error(`${what}: ${JSON.stringify(seen.slice(-10))}`);
+      await new Promise<void>((r) => (waiters.push(r), setTimeout(r, 500)));
+    }
+  };
+  await until('be1 answers', () => seen.filter(([, r]) => r === 'be1').length >= 3, 60_000);
   const changedAt = Date.now();
   lab.write('svc', services('be2'));
-  await lab.waitKernel((k) => Object.keys(k['UDP/10.96.1.7:53']?.dests ?? {})[0] === `${lab.backendIP('be2')}:8080`);
-  const kernelAt = Date.now() - changedAt;
-  const seen = await watch;
-  const firstBe2 = seen.find(([, r]) => r === 'be2');
-  t.ok(seen.some(([, r]) => r === 'be1'), 'be1 answered before');
-  t.ok(firstBe2, 'be2 answers after the change');
-  const lastBe1 = seen.filter(([, r]) => r === 'be1').at(-1)![0];
-  t.ok(firstBe2![0] - lastBe1 < 5000 + kernelAt, `replies resumed ${firstBe2![0] - lastBe1} ms after the last be1 reply (the kernel changed ${kernelAt} ms after the write)`);
-  t.notOk(seen.slice(seen.indexOf(firstBe2!)).some(([, r]) => r === 'be1'), 'never back to the old backend');
+  await until('be2 answers', () => seen.some(([, r]) => r === 'be2'), 30_000);
+  const resumedAfter = Date.now() - changedAt;
+  const firstBe2 = seen.findIndex(([, r]) => r === 'be2');
+  await new Promise((r) => setTimeout(r, 2000));
+  child.kill('SIGKILL');
+  t.ok(resumedAfter < 15_000, `be2 answered ${resumedAfter} ms after the change was written (one sync, plus TCG)`);
+  const after = seen.slice(firstBe2);
+  t.notOk(after.some(([, r]) => r === 'be1'), `never back to the old backend (${after.length} replies since)`);
+  t.ok(after.filter(([, r]) => r === 'be2').length >= after.length - 1, 'the same socket keeps getting replies from be2');
   t.equal(sh('conntrack', '-L', '-p', 'udp', '--orig-dst', '10.96.1.7', '--reply-src', lab.backendIP('be1')).split('\n').filter((l) => l.includes('udp')).length, 0, 'no flow to the old backend is left');
 });
 

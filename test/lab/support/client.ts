@@ -3,7 +3,8 @@
 //   udp HOST PORT COUNT [same]     COUNT datagrams, each from a new socket (or one socket: "same")
 //   loop HOST PORT EVERY_MS FOR_MS a connection every EVERY_MS for FOR_MS: {ok, failed, errors}
 //   who HOST PORT                  one connection: [backend, the client address the backend saw]
-//   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS: [[ms since start, reply]...]
+//   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
+//                                  per datagram as it happens (not one JSON line)
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -85,14 +86,13 @@ async function main() {
   } else if (mode === 'udpwatch') {
     const sock = createSocket(udpType);
     const started = Date.now();
-    const out: [number, string][] = [];
     while (Date.now() - started < Number(b)) {
       const t0 = Date.now();
-      out.push([t0 - started, await udpOnce(sock)]);
+      const reply = await udpOnce(sock);
+      process.stdout.write(`${JSON.stringify([t0 - started, reply])}\n`);
       await new Promise((res) => setTimeout(res, Math.max(0, Number(a) - (Date.now() - t0))));
     }
     sock.close();
-    console.log(JSON.stringify(out));
   } else if (mode === 'udp') {
     const shared = b === 'same' ? createSocket(udpType) : undefined;
     const out: string[] = [];
