@@ -232,7 +232,9 @@ export class Daemon {
       plans = new Map([...touched].map((k) => [k, this.planner.servicePlan(k) ?? null]));
     }
     // ipsets first (the rules reference them), then the constant rules, then IPVS.
+    const nfStarted = this.#clock.now();
     const nfErrors = await this.#syncNetfilter(full);
+    const netfilterMs = this.#clock.now() - nfStarted;
     const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
     for (const e of nfErrors) {
       const err = { op: e.op, code: 'NETFILTER', message: e.message };
@@ -243,7 +245,7 @@ export class Daemon {
     if (r.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(r.staleUdp);
     this.lastSync = r;
     this.#observeSync(r, full ? null : touched);
-    const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs) };
+    const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs), netfilterMs: Math.round(netfilterMs) };
     if (r.errors.length > 0) {
       // Keep the failed Services dirty for the runner's retry (with backoff); an error not tied to
       // one Service (the dummy interface...) keeps them all. A failed full sync is retried full.

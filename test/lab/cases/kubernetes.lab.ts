@@ -55,7 +55,9 @@ if (!existsSync(KUBECONFIG)) {
   t.teardown(() => lab.shutdown());
 
   t.test('a Service made through the API carries traffic', async (t) => {
-    await lab.waitKernel((k) => Object.keys(k[`TCP/${vip}:80`]?.dests ?? {}).length === 2, 40_000);
+    // The first sync also loads the ipset and iptables modules; with the API server and etcd on
+    // the same two host cores as the emulated guest, that took longer than 40 s.
+    await lab.waitKernel((k) => Object.keys(k[`TCP/${vip}:80`]?.dests ?? {}).length === 2, 150_000);
     t.same(count(lab.client('client', 'tcp', vip, '80', '8')), { be1: 4, be2: 4 }, `ClusterIP ${vip}`);
     t.same(count(lab.client('ext', 'tcp', NODE_IP, '30090', '4')), { be1: 2, be2: 2 }, 'NodePort');
   });
