@@ -117,14 +117,6 @@ for (const limit of [defaultConfig().metrics.realServerSeriesLimit, 0]) {
   scrapes.push({ limit, ms: median(times), series: text.split('\n').filter((l) => l !== '' && !l.startsWith('#')).length, bytes: text.length });
 }
 
-// The floor for reading that state: the kernel's own tool listing it with stats.
-const ipvsadmList: number[] = [];
-for (let k = 0; k < 3; k++) {
-  t0 = performance.now();
-  execFileSync('ipvsadm', ['-Ln', '--stats'], { maxBuffer: 1 << 28 });
-  ipvsadmList.push(performance.now() - t0);
-}
-
 console.log(`IPVS lab benchmark: ${plan.virtualServers.length} virtual servers, ${dests} destinations, ${plan.addresses.length} addresses (kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, TCG)`);
 console.log(`  ipvsadm -R (services + destinations)       ${(ipvsadmMs / 1000).toFixed(1)} s`);
 console.log(`  kube-ipvs cold start (+ dummy addresses)    ${(coldMs / 1000).toFixed(1)} s   (${cold.operations} operations, ${programmed} services in the kernel)`);
@@ -134,7 +126,6 @@ console.log(`  one endpoint change -> kernel, median       ${median(lat).toFixed
 console.log(`  full resync with nothing to do              ${(idleMs / 1000).toFixed(1)} s   (${idle.operations} operations)`);
 console.log(`  full resync / one change                    ${(idleMs / median(lat)).toFixed(0)}x`);
 for (const sc of scrapes) console.log(`  /metrics scrape, real-server limit ${String(sc.limit).padEnd(5)}   ${sc.ms.toFixed(0)} ms median of 5   (${sc.series} series, ${(sc.bytes / 1e6).toFixed(1)} MB)   target within 1000 ms`);
-console.log(`  ipvsadm -Ln --stats (every service and destination)   ${median(ipvsadmList).toFixed(0)} ms median of 3   scrape (limit 0) / ipvsadm ${(scrapes.at(-1)!.ms / median(ipvsadmList)).toFixed(2)}x`);
 await ipvs.flush();
 const idx = await links.find('kipvs-bench0');
 if (idx !== null) await links.deleteLink(idx);
