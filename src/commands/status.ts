@@ -12,6 +12,7 @@ import { SvcFlag } from '../dataplane/ipvs/constants.ts';
 import { destinationId, serviceId, type IpvsStats } from '../dataplane/ipvs/types.ts';
 import { FileOwnership, type VsLabel } from '../dataplane/ownership.ts';
 import { parseBindAddress, type DaemonStatus } from '../observe/server.ts';
+import { hostPort } from '../util/ip.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
 
 export interface StatusArgs {
@@ -139,7 +140,8 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
 }
 
 const ago = (iso: string | null, now: number) => (iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`);
-const hostPort = (address: string, port: number) => (address.startsWith('0x') ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+/** "addr:port" (util/ip.ts), or the mark of a firewall-mark virtual server as it is. */
+const where = (address: string, port: number) => (address.startsWith('0x') ? address : hostPort(address, port));
 
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const lines: string[] = [];
@@ -164,7 +166,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     const name = vs.service ? `${vs.service}${vs.portName ? `:${vs.portName}` : ''} ${vs.kind}` : '(not kube-ipvs)';
     const s = vs.stats;
     lines.push(
-      `${name.padEnd(30)} ${`${vs.protocol} ${hostPort(vs.address, vs.port)}`.padEnd(27)} ${vs.scheduler.padEnd(6)} ${(vs.persistenceTimeoutSeconds ? `${vs.persistenceTimeoutSeconds}s` : 'none').padEnd(8)} ${String(s.conns).padStart(7)} ${String(s.cps).padStart(6)} ${String(s.inPps).padStart(6)} ${String(s.outPps).padStart(7)} ${String(s.inBps).padStart(6)} ${String(s.outBps).padStart(7)}`,
+      `${name.padEnd(30)} ${`${vs.protocol} ${where(vs.address, vs.port)}`.padEnd(27)} ${vs.scheduler.padEnd(6)} ${(vs.persistenceTimeoutSeconds ? `${vs.persistenceTimeoutSeconds}s` : 'none').padEnd(8)} ${String(s.conns).padStart(7)} ${String(s.cps).padStart(6)} ${String(s.inPps).padStart(6)} ${String(s.outPps).padStart(7)} ${String(s.inBps).padStart(6)} ${String(s.outBps).padStart(7)}`,
     );
     if (vs.realServers.length === 0) lines.push('  -> (no real servers: connections are refused)');
     for (const rs of vs.realServers) {

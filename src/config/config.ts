@@ -5,7 +5,7 @@
 import { parseAllDocuments } from 'yaml';
 import { Codes, type Problem } from '../errors.ts';
 import { isValidScheduler, SCHEDULERS } from '../model/schedulers.ts';
-import { parseCIDR, canonicalIP } from '../util/ip.ts';
+import { canonicalIP, parseBindAddress, parseCIDR } from '../util/ip.ts';
 import { parseDuration } from './duration.ts';
 
 export const KUBE_IPVS_API_VERSION = 'kube-ipvs.io/v1alpha1';
@@ -162,9 +162,8 @@ const cidrs = (v: unknown, allowPrimary = false): string[] => {
 };
 const hostPortText = (v: unknown): string => {
   const s = str(v);
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):([0-9]{1,5})$/.exec(s);
-  const host = m ? (m[1] ?? m[2] ?? '') : '';
-  if (!m || Number(m[3]) > 65535 || (host !== '' && !canonicalIP(host))) throw new BadValue(`${JSON.stringify(s)} is not an IP:port`);
+  const b = parseBindAddress(s);
+  if (!b || (b.host !== undefined && !canonicalIP(b.host))) throw new BadValue(`${JSON.stringify(s)} is not an IP:port`);
   return s;
 };
 const oneOf = <T extends string>(allowed: readonly T[]) => (v: unknown): T => {

@@ -4,17 +4,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Daemon } from '../daemon.ts';
 import type { Logger } from './log.ts';
+import { parseBindAddress } from '../util/ip.ts';
 import { sendJSON, serveProxyHealth } from './health.ts';
 
-/** "0.0.0.0:10256", "[::1]:10249", ":10249" -> host and port; null when it does not parse. */
-export function parseBindAddress(s: string): { host: string | undefined; port: number } | null {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):([0-9]{1,5})$/.exec(s);
-  if (!m) return null;
-  const port = Number(m[3]);
-  if (port > 65535) return null;
-  const host = m[1] ?? m[2] ?? '';
-  return { host: host === '' ? undefined : host, port };
-}
+export { parseBindAddress };
 
 /** Listens on `bind`; null (with a log line) when disabled or when it cannot listen. */
 export async function listen(bind: string, what: string, handler: (req: IncomingMessage, res: ServerResponse) => void, log: Logger): Promise<Server | null> {

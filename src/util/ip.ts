@@ -161,3 +161,13 @@ export function compareIP(a: string, b: string): number {
 export function hostPort(address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }
+
+/** "0.0.0.0:10256", "[::1]:10249", ":10249" -> host and port; null when it does not parse. */
+export function parseBindAddress(s: string): { host: string | undefined; port: number } | null {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):([0-9]{1,5})$/.exec(s);
+  if (!m) return null;
+  const port = Number(m[3]);
+  if (port > 65535) return null;
+  const host = m[1] ?? m[2] ?? '';
+  return { host: host === '' ? undefined : host, port };
+}
