@@ -2,8 +2,7 @@
 //  1. cold start: program SERVICES x ENDPOINTS from an empty kernel through the reconciler,
 //     vs `ipvsadm -R` restoring the same virtual servers on the same kernel (ratio);
 //  2. one endpoint change at that scale: change seen (model.apply) -> kernel updated, median/p99;
-//  3. a Prometheus scrape of that node (IPVS counters read from the kernel at scrape time), with
-//     the default per-backend series limit and with per-backend series off; median of 5.
+// The /metrics scrape at that scale is perf/scrape.lab.ts (npm run bench:lab:scrape).
 // Under TCG every number is inflated by emulation: read the ratios, not the absolute times.
 import { execFileSync } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
@@ -13,9 +12,6 @@ import { NetlinkLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Reconciler } from '../src/dataplane/reconciler.ts';
 import { Model } from '../src/model/model.ts';
-import { IpvsCollector } from '../src/observe/ipvs-collector.ts';
-import { Logger } from '../src/observe/log.ts';
-import { Metrics } from '../src/observe/metrics.ts';
 import { planConfigFrom } from '../src/plan/from-manifests.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { hostPort } from '../src/util/ip.ts';
@@ -102,21 +98,6 @@ t0 = performance.now();
 const idle = await rec.sync({ full: true, plans: new Map(planner.plans()), addressInUse: (a) => planner.addressInUse(a) });
 const idleMs = performance.now() - t0;
 
-// Scrapes: the registry the daemon serves, with the IPVS collector over this kernel.
-const scrapes: { limit: number; ms: number; series: number; bytes: number }[] = [];
-for (const limit of [defaultConfig().metrics.realServerSeriesLimit, 0]) {
-  const metrics = new Metrics();
-  new IpvsCollector({ ipvs, labels: owned.labels, realServerLimit: limit, plannedRealServers: () => planner.realServerCounts(), log: new Logger({ sink: () => {} }) }).register(metrics);
-  const times: number[] = [];
-  let text = '';
-  for (let k = 0; k < 5; k++) {
-    t0 = performance.now();
-    text = await metrics.text();
-    times.push(performance.now() - t0);
-  }
-  scrapes.push({ limit, ms: median(times), series: text.split('\n').filter((l) => l !== '' && !l.startsWith('#')).length, bytes: text.length });
-}
-
 console.log(`IPVS lab benchmark: ${plan.virtualServers.length} virtual servers, ${dests} destinations, ${plan.addresses.length} addresses (kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, TCG)`);
 console.log(`  ipvsadm -R (services + destinations)       ${(ipvsadmMs / 1000).toFixed(1)} s`);
 console.log(`  kube-ipvs cold start (+ dummy addresses)    ${(coldMs / 1000).toFixed(1)} s   (${cold.operations} operations, ${programmed} services in the kernel)`);
@@ -125,7 +106,6 @@ console.log(`  cold start / ipvsadm -R                     ${(coldMs / ipvsadmMs
 console.log(`  one endpoint change -> kernel, median       ${median(lat).toFixed(2)} ms   (p99 ${pct(lat, 0.99).toFixed(2)} ms, ${CHANGES} changes)`);
 console.log(`  full resync with nothing to do              ${(idleMs / 1000).toFixed(1)} s   (${idle.operations} operations)`);
 console.log(`  full resync / one change                    ${(idleMs / median(lat)).toFixed(0)}x`);
-for (const sc of scrapes) console.log(`  /metrics scrape, real-server limit ${String(sc.limit).padEnd(5)}   ${sc.ms.toFixed(0)} ms median of 5   (${sc.series} series, ${(sc.bytes / 1e6).toFixed(1)} MB)   target within 1000 ms`);
 await ipvs.flush();
 const idx = await links.find('kipvs-bench0');
 if (idx !== null) await links.deleteLink(idx);

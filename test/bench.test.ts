@@ -22,6 +22,7 @@ t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t
   t.equal(cli.split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the bin');
   const pkg = JSON.parse(await readFile('package.json', 'utf8'));
   for (const s of ['start', 'plan']) t.ok(pkg.scripts[s].startsWith(`node ${flags} src/cli.ts `), `npm run ${s}`);
+  for (const s of ['bench:lab', 'bench:lab:scrape']) t.match(pkg.scripts[s], `node ${flags} `, `npm run ${s} measures with them`);
   const lab = await readFile('test/lab/support/node.ts', 'utf8');
   t.match(lab, /DAEMON_V8_FLAGS/, 'the lab starts kube-ipvs with them');
 });

@@ -9,7 +9,7 @@ import { defaultConfig } from '../src/config/config.ts';
 import { Daemon } from '../src/daemon.ts';
 import { IpvsError, type Ipvs } from '../src/dataplane/ipvs/client.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
-import type { IpvsStats } from '../src/dataplane/ipvs/types.ts';
+import { destinationCountersOf, serviceCountersOf, type IpvsStats } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import type { Change } from '../src/model/model.ts';
@@ -131,10 +131,13 @@ t.test('kernel operations are counted by operation, failures by errno', async (t
 function statsKernel(vsCount: number, destsPer: number): Ipvs {
   const st = (k: number): IpvsStats => ({ conns: BigInt(k), inPkts: BigInt(10 * k), outPkts: BigInt(9 * k), inBytes: BigInt(1000 * k), outBytes: BigInt(900 * k), cps: 0n, inPps: 0n, outPps: 0n, inBps: 0n, outBps: 0n });
   const services = Array.from({ length: vsCount }, (_, i) => ({ family: 4 as const, protocol: 'TCP' as const, address: `10.96.0.${i + 1}`, port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, stats: st(i + 1) }));
+  const destinations = (k: { address?: string }) =>
+    Array.from({ length: destsPer }, (_, j) => ({ family: 4 as const, address: `10.244.${k.address!.split('.')[3]}.${j + 1}`, port: 8080, fwdMethod: 0, weight: j === 0 ? 0 : 1, upperThreshold: 0, lowerThreshold: 0, activeConns: j, inactiveConns: 1, stats: st(j + 1) }));
   return {
     services: async () => services,
-    destinations: async (k: { address?: string }) =>
-      Array.from({ length: destsPer }, (_, j) => ({ family: 4 as const, address: `10.244.${k.address!.split('.')[3]}.${j + 1}`, port: 8080, fwdMethod: 0, weight: j === 0 ? 0 : 1, upperThreshold: 0, lowerThreshold: 0, activeConns: j, inactiveConns: 1, stats: st(j + 1) })),
+    destinations: async (k: { address?: string }) => destinations(k),
+    serviceCounters: async () => services.map(serviceCountersOf),
+    destinationCounters: async (k: { address?: string }) => destinations(k).map(destinationCountersOf),
   } as unknown as Ipvs;
 }
 
@@ -167,6 +170,52 @@ t.test('IPVS series: labelled with the Service port, only ours, capped, drops co
   const t2 = await none.text();
   t.equal(sample(t2, 'kubeipvs_real_server_series_dropped'), 8, 'limit 0: every planned real server counted as dropped');
   t.notMatch(t2, /^kubeipvs_real_server_weight\{/m);
+});
+
+t.test('IPVS series kept across scrapes follow the kernel: changed counters, weights, labels, removals', async (t) => {
+  // A kernel whose counters and destinations the test changes between scrapes.
+  const conns = new Map([['10.96.0.1', 1], ['10.96.0.2', 2]]);
+  let weight = 1;
+  let dests = ['10.244.0.1', '10.244.0.2'];
+  const stats = (k: number): IpvsStats => ({ conns: BigInt(k), inPkts: BigInt(k), outPkts: 0n, inBytes: BigInt(100 * k), outBytes: 0n, cps: 0n, inPps: 0n, outPps: 0n, inBps: 0n, outBps: 0n });
+  const services = () => [...conns].map(([address, k]) => ({ family: 4 as const, protocol: 'TCP' as const, address, port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, stats: stats(k) }));
+  const destinations = () => dests.map((address) => ({ family: 4 as const, address, port: 8080, fwdMethod: 0, weight, upperThreshold: 0, lowerThreshold: 0, activeConns: 0, inactiveConns: 0, stats: stats(1) }));
+  const kernel = {
+    serviceCounters: async () => services().map(serviceCountersOf),
+    destinationCounters: async () => destinations().map(destinationCountersOf),
+  } as unknown as Ipvs;
+  const labels = new Map([
+    ['TCP/10.96.0.1:80', { service: 'shop/web', portName: 'http', kind: 'ClusterIP' }],
+    ['TCP/10.96.0.2:80', { service: 'shop/api', portName: 'http', kind: 'ClusterIP' }],
+  ]);
+  const m = new Metrics({ defaultMetrics: false });
+  new IpvsCollector({ ipvs: kernel, labels, realServerLimit: 10, plannedRealServers: () => new Map(), log: quiet() }).register(m);
+  const web = { namespace: 'shop', service: 'web', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  const api = { ...web, service: 'api', address: '10.96.0.2' };
+  let text = await m.text();
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
+  t.equal(sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.0.1:8080' }), 1);
+
+  conns.set('10.96.0.1', 5);
+  weight = 0;
+  text = await m.text();
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 5, 'a changed counter is shown at the next scrape');
+  t.equal(sample(text, 'kubeipvs_virtual_server_bytes_total', { ...web, direction: 'in' }), 500);
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', api), 2, 'an unchanged one still is');
+  t.equal(sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.0.2:8080' }), 0, 'a weight set to 0 is shown');
+
+  labels.set('TCP/10.96.0.2:80', { service: 'shop/api-v2', portName: 'grpc', kind: 'ClusterIP' });
+  dests = ['10.244.0.2', '10.244.0.3'];
+  conns.delete('10.96.0.1');
+  conns.set('10.96.0.3', 7); // in the kernel, not ours
+  text = await m.text();
+  t.notMatch(text, /service="web"/, 'a virtual server gone from the kernel is gone from the series');
+  t.notMatch(text, /service="api",/, 'the old labels of a relabelled virtual server are gone');
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...api, service: 'api-v2', port_name: 'grpc' }), 2, 'relabelled');
+  t.equal(sample(text, 'kubeipvs_real_server_connections_total', { ...api, service: 'api-v2', port_name: 'grpc', backend: '10.244.0.3:8080' }), 1, 'its real servers carry the new labels');
+  t.notMatch(text, /10\.244\.0\.1:8080/, 'a real server gone from the kernel is gone from the series');
+  t.notMatch(text, /10\.96\.0\.3/, 'not ours: not exported');
+  t.equal(text.split('\n').filter((l) => l.startsWith('kubeipvs_virtual_server_connections_total{')).length, 1);
 });
 
 function daemonSetup(t: { teardown: (f: () => void) => void }) {

@@ -116,8 +116,18 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     hcServers?.update(targets).catch((e: unknown) => log.warn('healthCheckNodePort update failed', { error: (e as Error).message }));
   };
   const daemon = new Daemon({ source, config, nodeName }, deps);
+  // Scrapes read IPVS on a socket of their own: a scrape never waits behind the reconciler's dumps
+  // (one dump per socket at a time) and reads in 64 KiB chunks (see NetlinkIpvs readBufferBytes).
+  let scrapeIpvs = deps.ipvs;
+  if (!args.dryRun) {
+    try {
+      scrapeIpvs = instrumentKernel(await NetlinkIpvs.open({ readBufferBytes: 64 * 1024 }), 'ipvs', metrics);
+    } catch (e) {
+      log.warn('metrics: no socket of their own for IPVS scrapes; sharing the reconciler\'s', { error: (e as Error).message });
+    }
+  }
   new IpvsCollector({
-    ipvs: deps.ipvs,
+    ipvs: scrapeIpvs,
     labels: deps.owned.labels,
     realServerLimit: config.metrics.realServerSeriesLimit,
     plannedRealServers: () => daemon.planner.realServerCounts(),
@@ -140,6 +150,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       }
     }
     // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
+    if (scrapeIpvs !== deps.ipvs) scrapeIpvs.close();
     deps.ipvs.close();
     deps.links.close();
     return r.errors.length === 0 ? 0 : 1;
@@ -167,6 +178,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     signals.once('SIGINT', () => done('SIGINT'));
   });
   daemon.stop();
+  if (scrapeIpvs !== deps.ipvs) scrapeIpvs.close();
   deps.ipvs.close();
   deps.links.close();
   await hcServers.close();

@@ -186,7 +186,7 @@ export async function statusCommand(args: StatusArgs, io: IO, deps: StatusDeps =
       return 1;
     }
     try {
-      ipvs = await NetlinkIpvs.open();
+      ipvs = await NetlinkIpvs.open({ readBufferBytes: 64 * 1024 });
     } catch (e) {
       report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. Is the ip_vs module loaded?` }]);
       return 1;

@@ -1,9 +1,11 @@
 // Per virtual server and per real server series read from the kernel's IPVS counters at scrape
-// time: one service dump (with stats) per scrape, then destination dumps until the real-server
-// series limit is reached. Only virtual servers kube-ipvs owns are exported, labelled with their
-// Kubernetes Service port from the ownership record. What the limit leaves out is counted.
+// time: one service dump per scrape (keys and counters only), then destination dumps until the
+// real-server series limit is reached. Only virtual servers kube-ipvs owns are exported, labelled
+// with their Kubernetes Service port from the ownership record. What the limit leaves out is
+// counted. A scrape of 10 000 virtual servers is on the node's hot path every 15-60 s: label
+// strings and the sorted order are kept across scrapes and rebuilt only when they change.
 import type { Ipvs } from '../dataplane/ipvs/client.ts';
-import { destinationId, serviceId, type IpvsDestination, type IpvsService, type IpvsStats } from '../dataplane/ipvs/types.ts';
+import type { Counters, DestinationCounters, ServiceCounters } from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
 import type { Logger } from './log.ts';
 import { labelString, type Metrics } from './metrics.ts';
@@ -19,46 +21,106 @@ export interface IpvsCollectorOptions {
   log: Logger;
 }
 
-interface Row {
-  /** The label string (without braces), cached per virtual server across scrapes. */
-  labels: string;
-  stats: IpvsStats | undefined;
+/**
+ * A metric family: name, help, type and the field(s) of a row's counters it shows (a pair is
+ * rendered as direction="in" and direction="out").
+ */
+interface Family<C> {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  fields: readonly [keyof C] | readonly [keyof C, keyof C];
 }
-interface RealRow extends Row {
-  d: IpvsDestination;
+
+const VS_FAMILIES: Family<ServiceCounters>[] = [
+  { name: 'kubeipvs_virtual_server_connections_total', help: 'Connections scheduled by the IPVS virtual server (kernel counter)', type: 'counter', fields: ['conns'] },
+  { name: 'kubeipvs_virtual_server_packets_total', help: 'Packets through the IPVS virtual server by direction (kernel counter)', type: 'counter', fields: ['inPkts', 'outPkts'] },
+  { name: 'kubeipvs_virtual_server_bytes_total', help: 'Bytes through the IPVS virtual server by direction (kernel counter)', type: 'counter', fields: ['inBytes', 'outBytes'] },
+];
+const RS_FAMILIES: Family<DestinationCounters>[] = [
+  { name: 'kubeipvs_real_server_connections_total', help: 'Connections scheduled to the real server (kernel counter)', type: 'counter', fields: ['conns'] },
+  { name: 'kubeipvs_real_server_packets_total', help: 'Packets to and from the real server by direction (kernel counter)', type: 'counter', fields: ['inPkts', 'outPkts'] },
+  { name: 'kubeipvs_real_server_bytes_total', help: 'Bytes to and from the real server by direction (kernel counter)', type: 'counter', fields: ['inBytes', 'outBytes'] },
+  { name: 'kubeipvs_real_server_active_connections', help: 'Active (established) connections to the real server', type: 'gauge', fields: ['activeConns'] },
+  { name: 'kubeipvs_real_server_inactive_connections', help: 'Inactive connections (other states) to the real server', type: 'gauge', fields: ['inactiveConns'] },
+  { name: 'kubeipvs_real_server_weight', help: 'Current IPVS weight of the real server (0: draining)', type: 'gauge', fields: ['weight'] },
+];
+
+/**
+ * One row of series (a virtual or a real server): its label string and its lines, one string per
+ * family, kept across scrapes and re-rendered only when a value changed. Most virtual servers of
+ * a big cluster are idle between two scrapes, so most of a scrape is copying these strings.
+ */
+class Row<C extends Counters> {
+  readonly id: string;
+  from: VsLabel | null;
+  labels: string;
+  /** The values the lines show, in family and field order (NaN: never rendered). */
+  readonly #shown: Float64Array;
+  /** Bytes: a scrape copies them into the response without building one big string. */
+  readonly lines: Buffer[];
+  seen = 0;
+
+  constructor(id: string, families: readonly Family<C>[], from: VsLabel | null, labels: string) {
+    this.id = id;
+    this.from = from;
+    this.labels = labels;
+    this.#shown = new Float64Array(families.reduce((n, f) => n + f.fields.length, 0)).fill(NaN);
+    this.lines = families.map(() => EMPTY);
+  }
+
+  relabel(from: VsLabel | null, labels: string): void {
+    this.from = from;
+    this.labels = labels;
+    this.#shown.fill(NaN);
+  }
+
+  /** Brings the lines up to date with `c`. */
+  update(families: readonly Family<C>[], c: C): void {
+    let k = 0;
+    for (let f = 0; f < families.length; f++) {
+      const { name, fields } = families[f]!;
+      let same = true;
+      for (const field of fields) if ((c[field] as number) !== this.#shown[k++]) same = false;
+      if (same) continue;
+      k -= fields.length;
+      if (fields.length === 1) {
+        const v = c[fields[0]] as number;
+        this.#shown[k++] = v;
+        this.lines[f] = Buffer.from(`${name}{${this.labels}} ${v}\n`);
+      } else {
+        const i = c[fields[0]] as number;
+        const o = c[fields[1]!] as number;
+        this.#shown[k++] = i;
+        this.#shown[k++] = o;
+        this.lines[f] = Buffer.from(`${name}{${this.labels},direction="in"} ${i}\n${name}{${this.labels},direction="out"} ${o}\n`);
+      }
+    }
+  }
+}
+
+/** A virtual server of ours, with the real servers that got series at the last scrape. */
+interface VsRow extends Row<ServiceCounters> {
+  from: VsLabel;
+  /** The counters read at the last scrape that saw it (its key for destination dumps). */
+  c: ServiceCounters;
+  real: Map<string, Row<DestinationCounters>> | null;
 }
 interface Snapshot {
-  vs: Row[];
-  rs: RealRow[];
+  vs: Row<ServiceCounters>[];
+  rs: Row<DestinationCounters>[];
   dropped: number;
 }
 
-const n = (b: bigint | undefined) => (b === undefined ? '0' : b.toString());
-
-/** Metric families rendered from a snapshot: name, help, type, and the lines of one row. */
-type Family<R> = [name: string, help: string, type: 'counter' | 'gauge', lines: (name: string, r: R) => string];
-const one = <R extends Row>(f: (r: R) => string | number): Family<R>[3] => (name, r) => `${name}{${r.labels}} ${f(r)}\n`;
-const inOut = <R extends Row>(i: (r: R) => bigint | undefined, o: (r: R) => bigint | undefined): Family<R>[3] => (name, r) =>
-  `${name}{${r.labels},direction="in"} ${n(i(r))}\n${name}{${r.labels},direction="out"} ${n(o(r))}\n`;
-
-const VS_FAMILIES: Family<Row>[] = [
-  ['kubeipvs_virtual_server_connections_total', 'Connections scheduled by the IPVS virtual server (kernel counter)', 'counter', one((r) => n(r.stats?.conns))],
-  ['kubeipvs_virtual_server_packets_total', 'Packets through the IPVS virtual server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inPkts, (r) => r.stats?.outPkts)],
-  ['kubeipvs_virtual_server_bytes_total', 'Bytes through the IPVS virtual server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inBytes, (r) => r.stats?.outBytes)],
-];
-const RS_FAMILIES: Family<RealRow>[] = [
-  ['kubeipvs_real_server_connections_total', 'Connections scheduled to the real server (kernel counter)', 'counter', one((r) => n(r.stats?.conns))],
-  ['kubeipvs_real_server_packets_total', 'Packets to and from the real server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inPkts, (r) => r.stats?.outPkts)],
-  ['kubeipvs_real_server_bytes_total', 'Bytes to and from the real server by direction (kernel counter)', 'counter', inOut((r) => r.stats?.inBytes, (r) => r.stats?.outBytes)],
-  ['kubeipvs_real_server_active_connections', 'Active (established) connections to the real server', 'gauge', one((r) => r.d.activeConns ?? 0)],
-  ['kubeipvs_real_server_inactive_connections', 'Inactive connections (other states) to the real server', 'gauge', one((r) => r.d.inactiveConns ?? 0)],
-  ['kubeipvs_real_server_weight', 'Current IPVS weight of the real server (0: draining)', 'gauge', one((r) => r.d.weight)],
-];
+const EMPTY = Buffer.alloc(0);
+const byId = <T extends { id: string }>(a: T, b: T) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 export class IpvsCollector {
   readonly #o: IpvsCollectorOptions;
-  /** Virtual server id -> its label string and the label it was built from. */
-  readonly #labelCache = new Map<string, { from: VsLabel; text: string }>();
+  /** Our virtual servers by id, and the same sorted by id (re-sorted only when the set changes). */
+  readonly #rows = new Map<string, VsRow>();
+  #order: VsRow[] = [];
+  #scrape = 0;
 
   constructor(opts: IpvsCollectorOptions) {
     this.#o = opts;
@@ -69,75 +131,93 @@ export class IpvsCollector {
     metrics.addText(async () => this.render(await this.snapshot()));
   }
 
-  render(snap: Snapshot): string {
-    let out = '';
-    const family = <R extends Row>([name, help, type, lines]: Family<R>, rows: R[]) => {
-      out += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
-      for (const r of rows) out += lines(name, r);
+  render(snap: Snapshot): Buffer {
+    const parts: Buffer[] = [];
+    const family = <C extends Counters>(f: Family<C>, i: number, rows: readonly Row<C>[]) => {
+      parts.push(Buffer.from(`# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`));
+      for (const r of rows) parts.push(r.lines[i]!);
     };
-    for (const f of VS_FAMILIES) family(f, snap.vs);
-    for (const f of RS_FAMILIES) family(f, snap.rs);
-    out += `# HELP kubeipvs_real_server_series_dropped Real servers left out of the per-backend series at this scrape by metrics.realServerSeriesLimit\n# TYPE kubeipvs_real_server_series_dropped gauge\nkubeipvs_real_server_series_dropped ${snap.dropped}\n`;
-    return out;
+    VS_FAMILIES.forEach((f, i) => family(f, i, snap.vs));
+    RS_FAMILIES.forEach((f, i) => family(f, i, snap.rs));
+    parts.push(Buffer.from(`# HELP kubeipvs_real_server_series_dropped Real servers left out of the per-backend series at this scrape by metrics.realServerSeriesLimit\n# TYPE kubeipvs_real_server_series_dropped gauge\nkubeipvs_real_server_series_dropped ${snap.dropped}\n`));
+    return Buffer.concat(parts);
   }
 
-  #labels(id: string, l: VsLabel, s: IpvsService): string {
-    const c = this.#labelCache.get(id);
-    if (c && c.from === l) return c.text;
+  static #labels(l: VsLabel, c: ServiceCounters): string {
     const [namespace = '', service = ''] = l.service.split('/');
-    const text = labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: s.protocol ?? 'FWM', address: s.address ?? `0x${(s.fwmark ?? 0).toString(16)}`, port: s.port ?? 0 });
-    this.#labelCache.set(id, { from: l, text });
-    return text;
+    return labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: c.protocol ?? 'FWM', address: c.address ?? `0x${(c.fwmark ?? 0).toString(16)}`, port: c.port ?? 0 });
   }
 
-  /** One read of the kernel: our virtual servers with stats, destinations up to the limit. */
+  /** One read of the kernel: our virtual servers' counters, destinations up to the limit. */
   async snapshot(): Promise<Snapshot> {
     const { ipvs, labels, log } = this.#o;
-    let services: IpvsService[];
+    let counters: ServiceCounters[];
     try {
-      services = await ipvs.services();
+      counters = await ipvs.serviceCounters();
     } catch (e) {
       log.warn('metrics: cannot read IPVS services', { error: (e as Error).message }, 'metrics:services');
       return { vs: [], rs: [], dropped: 0 };
     }
-    const ours = services
-      .map((s) => ({ s, id: serviceId(s), l: labels.get(serviceId(s)) }))
-      .filter((x): x is { s: IpvsService; id: string; l: VsLabel } => x.l !== undefined)
-      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    const vs: Row[] = [];
-    const rs: RealRow[] = [];
+    const scrape = ++this.#scrape;
+    let reorder = false;
+    let seen = 0;
+    for (const c of counters) {
+      const l = labels.get(c.id);
+      if (!l) continue;
+      let row = this.#rows.get(c.id);
+      if (!row) {
+        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, c, real: null });
+        this.#rows.set(c.id, row);
+        reorder = true;
+      } else if (row.from !== l) {
+        row.relabel(l, IpvsCollector.#labels(l, c));
+        row.real = null;
+      }
+      row.c = c;
+      row.seen = scrape;
+      row.update(VS_FAMILIES, c);
+      seen++;
+    }
+    // Forget virtual servers that are gone (or no longer ours).
+    if (seen !== this.#rows.size) {
+      for (const [id, row] of this.#rows) if (row.seen !== scrape) this.#rows.delete(id);
+      reorder = true;
+    }
+    if (reorder) this.#order = [...this.#rows.values()].sort(byId);
+
+    const vs = this.#order;
+    const rs: Row<DestinationCounters>[] = [];
     let budget = Math.max(0, this.#o.realServerLimit);
     let dropped = 0;
     let planned: ReadonlyMap<string, number> | null = null;
-    for (const { s, id, l } of ours) {
-      const vsLabels = this.#labels(id, l, s);
-      vs.push({ labels: vsLabels, stats: s.stats });
+    for (const row of vs) {
       if (budget === 0) {
+        row.real = null;
         planned ??= this.#o.plannedRealServers();
-        dropped += planned.get(id) ?? 0;
+        dropped += planned.get(row.id) ?? 0;
         continue;
       }
-      let dests: IpvsDestination[];
+      let dests: DestinationCounters[];
       try {
-        dests = await ipvs.destinations(s);
+        dests = await ipvs.destinationCounters(row.c);
       } catch (e) {
-        log.warn('metrics: cannot read IPVS destinations', { virtualServer: id, error: (e as Error).message }, `metrics:dests:${id}`);
+        log.warn('metrics: cannot read IPVS destinations', { virtualServer: row.id, error: (e as Error).message }, `metrics:dests:${row.id}`);
         continue;
       }
-      dests.sort((a, b) => (destinationId(a) < destinationId(b) ? -1 : 1));
+      dests.sort(byId);
+      const before = row.real;
+      row.real = new Map();
       for (const d of dests) {
         if (budget === 0) {
           dropped++;
           continue;
         }
         budget--;
-        rs.push({ labels: `${vsLabels},backend="${destinationId(d)}"`, stats: d.stats, d });
+        const r = before?.get(d.id) ?? new Row(d.id, RS_FAMILIES, null, `${row.labels},backend="${d.id}"`);
+        r.update(RS_FAMILIES, d);
+        row.real.set(d.id, r);
+        rs.push(r);
       }
-    }
-    // Forget label strings of virtual servers that are gone.
-    if (this.#labelCache.size > ours.length) {
-      const live = new Set(ours.map((x) => x.id));
-      for (const id of this.#labelCache.keys()) if (!live.has(id)) this.#labelCache.delete(id);
     }
     return { vs, rs, dropped };
   }

@@ -103,13 +103,14 @@ export class Metrics {
     this.healthCheckNodePortErrors = new Counter({ name: 'kubeipvs_health_check_node_port_errors_total', help: 'healthCheckNodePort servers that could not listen', registers });
   }
 
-  readonly #textSources: (() => Promise<string>)[] = [];
+  readonly #textSources: (() => Promise<Buffer>)[] = [];
 
   /**
-   * Adds series rendered directly in the text format at scrape time (for families with tens of
-   * thousands of series, where building label objects for the registry costs too much).
+   * Adds series rendered directly in the text format at scrape time, as bytes (for families with
+   * tens of thousands of series, where building label objects for the registry, or one 10 MB
+   * string, costs too much).
    */
-  addText(source: () => Promise<string>): void {
+  addText(source: () => Promise<Buffer>): void {
     this.#textSources.push(source);
   }
 
@@ -127,12 +128,24 @@ export class Metrics {
     }
   }
 
-  /** The whole exposition: the registry's metrics, then the directly rendered ones. */
+  /**
+   * The whole exposition, as served: the registry's metrics, then the directly rendered ones, in
+   * parts (not copied into one 10 MB buffer: a scrape writes them one after the other).
+   */
+  async exposition(): Promise<Buffer[]> {
+    const [registry, ...rendered] = await Promise.all([this.registry.metrics(), ...this.#textSources.map((f) => f())]);
+    const parts: Buffer[] = [Buffer.from(registry!)];
+    for (const r of rendered) parts.push(NEWLINE, r);
+    return parts;
+  }
+
+  /** The same as one string. */
   async text(): Promise<string> {
-    const parts = await Promise.all([this.registry.metrics(), ...this.#textSources.map((f) => f())]);
-    return parts.join('\n');
+    return Buffer.concat(await this.exposition()).toString();
   }
 }
+
+const NEWLINE = Buffer.from('\n');
 
 /** A label value escaped for the text format. */
 export function escapeLabel(v: string): string {

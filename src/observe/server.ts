@@ -52,10 +52,11 @@ export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessa
       res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics\n');
       return;
     }
-    daemon.metrics.text().then(
-      (text) => {
-        res.writeHead(200, { 'Content-Type': daemon.metrics.registry.contentType });
-        res.end(text);
+    daemon.metrics.exposition().then(
+      (parts) => {
+        res.writeHead(200, { 'Content-Type': daemon.metrics.registry.contentType, 'Content-Length': parts.reduce((n, p) => n + p.length, 0) });
+        for (const p of parts) res.write(p);
+        res.end();
       },
       (e: unknown) => {
         log.warn('metrics scrape failed', { error: (e as Error).message }, 'metrics:scrape');

@@ -3,9 +3,11 @@
 import t from 'tap';
 import {
   decodeDestination,
+  decodeDestinationCounters,
   decodeGenl,
   decodeInfo,
   decodeService,
+  decodeServiceCounters,
   decodeTimeouts,
   destinationAttr,
   encodeRequest,
@@ -14,7 +16,7 @@ import {
   timeoutAttrs,
 } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd, CmdAttr, FwdMethod, SvcFlag } from '../../src/dataplane/ipvs/constants.ts';
-import type { IpvsService } from '../../src/dataplane/ipvs/types.ts';
+import { destinationCountersOf, serviceCountersOf, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
 
 // A tiny TLV writer for building expected bytes by hand, independent of the codec.
 const tlv = (type: number, payload: Buffer) => {
@@ -137,4 +139,52 @@ t.test('info and config replies', async (t) => {
   t.same(decodeTimeouts(cfg), { tcp: 900, tcpFin: 120, udp: 300 });
   t.throws(() => decodeGenl(Buffer.from([1, 1])), { name: 'CodecError' });
   t.throws(() => decodeService(tlv(1, le16(99))), { name: 'CodecError' }, 'unknown family refused');
+});
+
+// The scrape's reads: keys and counters straight from the reply, as numbers.
+const reply = (cmd: number, attrType: number, inner: Buffer) => Buffer.concat([Buffer.from([cmd, 1, 0, 0]), tlv(attrType, inner)]);
+const v4 = (a: number[]) => addr(a);
+
+t.test('service counters: the same key and counters as the full decode, ids as serviceId', async (t) => {
+  const stats64 = Buffer.concat([tlv(1, le64(7n)), tlv(2, le64(100n)), tlv(3, le64(90n)), tlv(4, le64(2n ** 40n + 3n)), tlv(5, le64(5000n)), tlv(6, le64(1n))]);
+  const stats32 = Buffer.concat([tlv(1, le32(8)), tlv(2, le32(11)), tlv(3, le32(12)), tlv(4, le64(13n)), tlv(5, le64(14n))]);
+  const cases: [string, Buffer, string][] = [
+    ['IPv4 TCP, 64-bit stats', Buffer.concat([tlv(1, le16(2)), tlv(2, le16(6)), tlv(3, v4([10, 96, 0, 1])), tlv(4, be16(80)), tlv(6, Buffer.from('rr\0')), tlv(10, stats32), tlv(12, stats64)]), 'TCP/10.96.0.1:80'],
+    ['IPv6 UDP, 32-bit stats only', Buffer.concat([tlv(1, le16(10)), tlv(2, le16(17)), tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])), tlv(4, be16(53)), tlv(10, stats32)]), 'UDP/[fd00::a]:53'],
+    ['firewall mark, no stats', Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x100042)), tlv(6, Buffer.from('rr\0'))]), 'FWM/1048642'],
+    ['IPv6 firewall mark', Buffer.concat([tlv(1, le16(10)), tlv(5, le32(7)), tlv(12, stats64)]), 'FWM/7/v6'],
+  ];
+  for (const [name, inner, id] of cases) {
+    const p = reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, inner);
+    const c = decodeServiceCounters(p);
+    t.equal(c?.id, id, `${name}: id`);
+    t.same(c, serviceCountersOf(decodeService(decodeGenl(p).attrs.get(CmdAttr.SERVICE)!)), `${name}: as the full decode`);
+  }
+  const big = decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[0]![1]))!;
+  t.equal(big.inBytes, 2 ** 40 + 3, 'counters above 32 bits read whole');
+  t.same([big.conns, big.inPkts, big.outPkts, big.outBytes], [7, 100, 90, 5000], '64-bit stats preferred over 32-bit ones');
+  t.same(decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[2]![1])), { family: 4, fwmark: 0x100042, id: 'FWM/1048642', conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0 }, 'no stats: zeros');
+  t.equal(decodeServiceCounters(Buffer.from([Cmd.NEW_SERVICE, 1, 0, 0])), null, 'a reply without a service');
+  const broken = reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[0]![1]);
+  broken.writeUInt16LE(200, 8); // the first nested attribute claims more bytes than there are
+  t.throws(() => decodeServiceCounters(broken), { name: 'CodecError' }, 'a malformed attribute is an error, not a misread');
+});
+
+t.test('destination counters: id, state and counters; family from the service when absent', async (t) => {
+  const inner = Buffer.concat([
+    tlv(1, v4([10, 244, 1, 5])),
+    tlv(2, be16(8080)),
+    tlv(3, le32(FwdMethod.MASQ)),
+    tlv(4, le32(0)),
+    tlv(7, le32(4)),
+    tlv(8, le32(9)),
+    tlv(10, Buffer.concat([tlv(1, le32(13)), tlv(4, le64(1234n))])),
+  ]);
+  const p = reply(Cmd.NEW_DEST, CmdAttr.DEST, inner);
+  const c = decodeDestinationCounters(p, 4);
+  t.same(c, { id: '10.244.1.5:8080', address: '10.244.1.5', port: 8080, weight: 0, activeConns: 4, inactiveConns: 9, conns: 13, inPkts: 0, outPkts: 0, inBytes: 1234, outBytes: 0 });
+  t.same(c, destinationCountersOf(decodeDestination(decodeGenl(p).attrs.get(CmdAttr.DEST)!, 4)), 'as the full decode');
+  const v6 = reply(Cmd.NEW_DEST, CmdAttr.DEST, Buffer.concat([tlv(1, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11])), tlv(2, be16(80)), tlv(11, le16(10))]));
+  t.equal(decodeDestinationCounters(v6, 4)?.id, '[fd00::11]:80', 'the destination family attribute wins over the service family');
+  t.equal(decodeDestinationCounters(Buffer.from([Cmd.NEW_DEST, 1, 0, 0]), 4), null);
 });

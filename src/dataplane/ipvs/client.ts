@@ -5,9 +5,11 @@ import { constants as osConstants } from 'node:os';
 import { createGenericNetlink, FlagsGet, genl, MessageType, parseError, type GenericNetlinkSocket } from 'netlink';
 import {
   decodeDestination,
+  decodeDestinationCounters,
   decodeGenl,
   decodeInfo,
   decodeService,
+  decodeServiceCounters,
   decodeTimeouts,
   destinationAttr,
   destinationKeyAttr,
@@ -18,7 +20,7 @@ import {
   type GenlMessage,
 } from './codec.ts';
 import { Cmd, CmdAttr, IPVS_GENL_NAME } from './constants.ts';
-import { serviceId, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceKey } from './types.ts';
+import { serviceId, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
 
 export interface Ipvs {
   info(): Promise<IpvsInfo>;
@@ -28,6 +30,10 @@ export interface Ipvs {
   updateService(s: IpvsService): Promise<void>;
   deleteService(key: ServiceKey): Promise<void>;
   destinations(key: ServiceKey): Promise<IpvsDestination[]>;
+  /** The services' keys and counters only: what a metrics scrape reads (cheaper than services()). */
+  serviceCounters(): Promise<ServiceCounters[]>;
+  /** One service's destinations' counters and state only. */
+  destinationCounters(key: ServiceKey): Promise<DestinationCounters[]>;
   addDestination(key: ServiceKey, d: IpvsDestination): Promise<void>;
   updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void>;
   deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void>;
@@ -62,6 +68,15 @@ export class IpvsError extends Error {
 export interface NetlinkIpvsOptions {
   /** Per-request timeout in ms (default 5000). */
   timeoutMs?: number;
+  /**
+   * Read each reply into a buffer of this many bytes instead of peeking at its size first. The
+   * kernel sizes a dump's chunks after the largest read it has seen (up to 32 KiB): peeking keeps
+   * them at one page, so a 10 000-service dump comes in ~1 000 chunks, each re-walking the
+   * kernel's service table from the start; 64 KiB reads make them 8x fewer. Every read allocates
+   * this much, so it suits a socket that mostly dumps (the metrics collector), not one sending
+   * 100 000 single commands (the reconciler). Default: peek.
+   */
+  readBufferBytes?: number;
 }
 
 export class NetlinkIpvs implements Ipvs {
@@ -80,7 +95,7 @@ export class NetlinkIpvs implements Ipvs {
   /** Opens a socket and resolves the IPVS family; fails with ENOENT when ip_vs is not loaded. */
   static async open(opts: NetlinkIpvsOptions = {}): Promise<NetlinkIpvs> {
     const timeout = opts.timeoutMs ?? 5000;
-    const sock = createGenericNetlink();
+    const sock = opts.readBufferBytes ? createGenericNetlink({ messagePeeking: false, msgBufferSize: opts.readBufferBytes } as Parameters<typeof createGenericNetlink>[0]) : createGenericNetlink();
     try {
       // Large buffers: a dump of tens of thousands of services arrives in one burst.
       sock.socket.setRecvBufferSize(8 * 1024 * 1024);
@@ -103,14 +118,19 @@ export class NetlinkIpvs implements Ipvs {
     }
   }
 
-  #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+  async #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+    return (await this.#requestRaw(op, cmd, attrs, dump)).map(decodeGenl);
+  }
+
+  /** The replies' genl payloads, undecoded. */
+  #requestRaw(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<Buffer[]> {
     if (!dump) return this.#send(op, cmd, attrs, false);
     const run = this.#dumpQueue.then(() => this.#send(op, cmd, attrs, true));
     this.#dumpQueue = run.catch(() => {});
     return run;
   }
 
-  async #send(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump: boolean): Promise<GenlMessage[]> {
+  async #send(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump: boolean): Promise<Buffer[]> {
     let msgs;
     try {
       [msgs] = await this.#sock.socket.request(this.#family, encodeRequest(cmd, attrs), {
@@ -124,7 +144,7 @@ export class NetlinkIpvs implements Ipvs {
       const errno = Math.abs(Number((e as { errno?: number }).errno ?? 0));
       throw new IpvsError(op, errno, errno ? undefined : 'EIO', m);
     }
-    const out: GenlMessage[] = [];
+    const out: Buffer[] = [];
     for (const msg of msgs) {
       if (msg.type === MessageType.ERROR) {
         const { errno } = parseError(msg.data, msg.flags);
@@ -132,7 +152,7 @@ export class NetlinkIpvs implements Ipvs {
         continue; // the ACK
       }
       if (msg.type === MessageType.DONE || msg.type === MessageType.NOOP) continue;
-      out.push(decodeGenl(msg.data));
+      out.push(msg.data);
     }
     return out;
   }
@@ -180,6 +200,24 @@ export class NetlinkIpvs implements Ipvs {
       const a = m.attrs.get(CmdAttr.DEST);
       return a ? [decodeDestination(a, key.family)] : [];
     });
+  }
+
+  async serviceCounters(): Promise<ServiceCounters[]> {
+    const out: ServiceCounters[] = [];
+    for (const p of await this.#requestRaw('list service counters', Cmd.GET_SERVICE, [], true)) {
+      const c = decodeServiceCounters(p);
+      if (c) out.push(c);
+    }
+    return out;
+  }
+
+  async destinationCounters(key: ServiceKey): Promise<DestinationCounters[]> {
+    const out: DestinationCounters[] = [];
+    for (const p of await this.#requestRaw(`list destination counters of ${serviceId(key)}`, Cmd.GET_DEST, [serviceKeyAttr(key)], true)) {
+      const c = decodeDestinationCounters(p, key.family);
+      if (c) out.push(c);
+    }
+    return out;
   }
 
   async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {

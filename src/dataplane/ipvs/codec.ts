@@ -1,11 +1,10 @@
 // Encoding and decoding of IPVS generic netlink payloads (the part after the netlink header:
 // the 4-byte genl header, then attributes). Pure: bytes in, values out, so it is tested byte
-// by byte without a kernel. Attribute framing (TLV, padding) comes from the `netlink` package.
-import { formatAttribute, parseAttributes } from 'netlink';
-import { canonicalIP, parseIP, type Family } from '../../util/ip.ts';
+// by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in place.
+import { formatIP, parseIP, type Family } from '../../util/ip.ts';
 import { attr, cstr, nest, type Attr } from '../nlattr.ts';
 import { AF_INET, AF_INET6, CmdAttr, DestAttr, InfoAttr, IPPROTO, IPVS_GENL_VERSION, StatsAttr, SvcAttr } from './constants.ts';
-import type { IpvsDestination, IpvsInfo, IpvsProtocol, IpvsService, IpvsStats, IpvsTimeouts, ServiceKey } from './types.ts';
+import { destinationId, type Counters, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsProtocol, type IpvsService, type IpvsStats, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
 
 export class CodecError extends Error {
   override name = 'CodecError';
@@ -99,11 +98,48 @@ export interface GenlMessage {
   attrs: Map<number, Buffer>;
 }
 
+// Dumps of tens of thousands of services are decoded at every scrape, so decoding reads the
+// attributes in place: an index of where each attribute starts, kept in scratch arrays (decoding
+// is synchronous and each level of nesting has its own), no sub-buffer per attribute.
+
+/** Attribute types above this are not IPVS's (a newer kernel's additions): skipped. */
+const MAX_TYPE = 63;
+/** Scratch indexes: a reply's top level, the service or destination nest, the stats nest. */
+const TOP = new Int32Array(MAX_TYPE + 1);
+const OBJ = new Int32Array(MAX_TYPE + 1);
+const STATS = new Int32Array(MAX_TYPE + 1);
+
+/** Visits each attribute of b[from, to): its type and where its header starts. */
+function eachAttr(b: Buffer, from: number, to: number, f: (type: number, o: number) => void): void {
+  let o = from;
+  while (to - o >= 4) {
+    const len = b[o]! | (b[o + 1]! << 8);
+    if (len < 4 || o + len > to) throw new CodecError(`invalid attribute length ${len} at byte ${o - from}`);
+    f((b[o + 2]! | (b[o + 3]! << 8)) & 0x3fff, o);
+    o += (len + 3) & ~3;
+  }
+}
+
+/** Fills `ix` with where each attribute of b[from, to) starts (-1: absent); the last of a type wins. */
+function attrIndex(ix: Int32Array, b: Buffer, from: number, to: number): Int32Array {
+  ix.fill(-1);
+  eachAttr(b, from, to, (type, o) => {
+    if (type <= MAX_TYPE) ix[type] = o;
+  });
+  return ix;
+}
+
+/** Length of the payload of the attribute whose header is at o. */
+const dataLen = (b: Buffer, o: number) => (b[o]! | (b[o + 1]! << 8)) - 4;
+/** The index of the nest of type t in `outer`, in `ix` (null when absent). */
+function nested(ix: Int32Array, b: Buffer, outer: Int32Array, t: number): Int32Array | null {
+  const o = outer[t]!;
+  return o < 0 ? null : attrIndex(ix, b, o + 4, o + 4 + dataLen(b, o));
+}
+
 function attrMap(b: Buffer): Map<number, Buffer> {
   const m = new Map<number, Buffer>();
-  parseAttributes(b, (a) => {
-    m.set(a.type & 0x3fff, a.data);
-  });
+  eachAttr(b, 0, b.length, (type, o) => void m.set(type, b.subarray(o + 4, o + 4 + dataLen(b, o))));
   return m;
 }
 
@@ -114,10 +150,43 @@ export function decodeGenl(payload: Buffer): GenlMessage {
 }
 
 const rd = {
-  u16: (b: Buffer | undefined) => (b && b.length >= 2 ? b.readUInt16LE(0) : 0),
-  be16: (b: Buffer | undefined) => (b && b.length >= 2 ? b.readUInt16BE(0) : 0),
   u32: (b: Buffer | undefined) => (b && b.length >= 4 ? b.readUInt32LE(0) : 0),
-  str: (b: Buffer | undefined) => (b ? b.toString('utf8').replace(/\0.*$/s, '') : ''),
+};
+/** Readers of the attribute of type t in an index (0 or '' when absent or short). */
+const at = {
+  u16: (b: Buffer, i: Int32Array, t: number) => {
+    const o = i[t]!;
+    return o >= 0 && dataLen(b, o) >= 2 ? b[o + 4]! | (b[o + 5]! << 8) : 0;
+  },
+  be16: (b: Buffer, i: Int32Array, t: number) => {
+    const o = i[t]!;
+    return o >= 0 && dataLen(b, o) >= 2 ? (b[o + 4]! << 8) | b[o + 5]! : 0;
+  },
+  u32: (b: Buffer, i: Int32Array, t: number) => {
+    const o = i[t]!;
+    return o >= 0 && dataLen(b, o) >= 4 ? b.readUInt32LE(o + 4) : 0;
+  },
+  str: (b: Buffer, i: Int32Array, t: number) => {
+    const o = i[t]!;
+    if (o < 0) return '';
+    const end = o + 4 + dataLen(b, o);
+    const nul = b.indexOf(0, o + 4);
+    return b.toString('utf8', o + 4, nul >= 0 && nul < end ? nul : end);
+  },
+  /** A counter: u64 in _STATS64, u32 in _STATS (the width is in each attribute). */
+  u64: (b: Buffer, i: Int32Array, t: number): bigint => {
+    const o = i[t]!;
+    if (o < 0 || dataLen(b, o) < 4) return 0n;
+    const lo = b.readUInt32LE(o + 4);
+    const hi = dataLen(b, o) >= 8 ? b.readUInt32LE(o + 8) : 0;
+    return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo);
+  },
+  /** The same counter as a float64 (what a scrape exports). */
+  num: (b: Buffer, i: Int32Array | null, t: number): number => {
+    const o = i ? i[t]! : -1;
+    if (o < 0 || dataLen(b, o) < 4) return 0;
+    return b.readUInt32LE(o + 4) + (dataLen(b, o) >= 8 ? b.readUInt32LE(o + 8) * 4294967296 : 0);
+  },
 };
 
 function familyOf(af: number): Family {
@@ -126,83 +195,130 @@ function familyOf(af: number): Family {
   throw new CodecError(`unknown address family ${af}`);
 }
 
+const PROTOCOL_BY_NUMBER = new Map<number, IpvsProtocol>(Object.entries(IPPROTO).map(([k, v]) => [v, k as IpvsProtocol]));
 function protocolOf(n: number): IpvsProtocol {
-  const p = (Object.keys(IPPROTO) as IpvsProtocol[]).find((k) => IPPROTO[k] === n);
+  const p = PROTOCOL_BY_NUMBER.get(n);
   if (!p) throw new CodecError(`unknown IP protocol ${n}`);
   return p;
 }
 
-function addrOf(b: Buffer | undefined, family: Family): string {
-  const len = family === 4 ? 4 : 16;
-  if (!b || b.length < len) throw new CodecError('address attribute missing or short');
-  const bytes = Uint8Array.from(b.subarray(0, len));
-  const text = family === 4 ? Array.from(bytes).join('.') : Array.from({ length: 8 }, (_, i) => ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16)).join(':');
-  return canonicalIP(text)!;
+function addrAt(b: Buffer, i: Int32Array, t: number, family: Family): string {
+  const o = i[t]!;
+  if (o < 0 || dataLen(b, o) < (family === 4 ? 4 : 16)) throw new CodecError('address attribute missing or short');
+  const d = o + 4;
+  return family === 4 ? `${b[d]}.${b[d + 1]}.${b[d + 2]}.${b[d + 3]}` : formatIP({ family: 6, bytes: b.subarray(d, d + 16) });
 }
 
-/** IPVS_*_ATTR_STATS (u32 counters, u64 bytes) or _STATS64 (all u64): the width is in each attribute. */
-export function decodeStats(b: Buffer | undefined): IpvsStats | undefined {
-  if (!b) return undefined;
-  const m = attrMap(b);
-  const v = (t: number): bigint => {
-    const x = m.get(t);
-    if (!x || x.length < 4) return 0n;
-    return x.length >= 8 ? x.readBigUInt64LE(0) : BigInt(x.readUInt32LE(0));
-  };
+/** The stats nest of `outer` (STATS64 when present, else STATS), or undefined. */
+function statsOf(b: Buffer, outer: Int32Array, t64: number, t32: number): IpvsStats | undefined {
+  const i = nested(STATS, b, outer, outer[t64]! >= 0 ? t64 : t32);
+  if (!i) return undefined;
   return {
-    conns: v(StatsAttr.CONNS),
-    inPkts: v(StatsAttr.INPKTS),
-    outPkts: v(StatsAttr.OUTPKTS),
-    inBytes: v(StatsAttr.INBYTES),
-    outBytes: v(StatsAttr.OUTBYTES),
-    cps: v(StatsAttr.CPS),
-    inPps: v(StatsAttr.INPPS),
-    outPps: v(StatsAttr.OUTPPS),
-    inBps: v(StatsAttr.INBPS),
-    outBps: v(StatsAttr.OUTBPS),
+    conns: at.u64(b, i, StatsAttr.CONNS),
+    inPkts: at.u64(b, i, StatsAttr.INPKTS),
+    outPkts: at.u64(b, i, StatsAttr.OUTPKTS),
+    inBytes: at.u64(b, i, StatsAttr.INBYTES),
+    outBytes: at.u64(b, i, StatsAttr.OUTBYTES),
+    cps: at.u64(b, i, StatsAttr.CPS),
+    inPps: at.u64(b, i, StatsAttr.INPPS),
+    outPps: at.u64(b, i, StatsAttr.OUTPPS),
+    inBps: at.u64(b, i, StatsAttr.INBPS),
+    outBps: at.u64(b, i, StatsAttr.OUTBPS),
   };
+}
+
+/** The counters of the stats nest of `outer` as numbers (zeros when absent). */
+function countersAt(b: Buffer, outer: Int32Array, t64: number, t32: number): Counters {
+  const i = nested(STATS, b, outer, outer[t64]! >= 0 ? t64 : t32);
+  return { conns: at.num(b, i, StatsAttr.CONNS), inPkts: at.num(b, i, StatsAttr.INPKTS), outPkts: at.num(b, i, StatsAttr.OUTPKTS), inBytes: at.num(b, i, StatsAttr.INBYTES), outBytes: at.num(b, i, StatsAttr.OUTBYTES) };
+}
+
+/** A service nest's key: by firewall mark, or by protocol, address and port. */
+function serviceKeyAt(b: Buffer, i: Int32Array): ServiceKey {
+  const family = familyOf(at.u16(b, i, SvcAttr.AF));
+  const fwmark = at.u32(b, i, SvcAttr.FWMARK);
+  if (fwmark !== 0) return { family, fwmark };
+  return { family, protocol: protocolOf(at.u16(b, i, SvcAttr.PROTOCOL)), address: addrAt(b, i, SvcAttr.ADDR, family), port: at.be16(b, i, SvcAttr.PORT) };
 }
 
 /** The service inside a reply's IPVS_CMD_ATTR_SERVICE. */
-export function decodeService(nested: Buffer): IpvsService {
-  const m = attrMap(nested);
-  const family = familyOf(rd.u16(m.get(SvcAttr.AF)));
-  const flagsBuf = m.get(SvcAttr.FLAGS);
-  const common = {
-    scheduler: rd.str(m.get(SvcAttr.SCHED_NAME)),
-    flags: rd.u32(flagsBuf),
-    timeout: rd.u32(m.get(SvcAttr.TIMEOUT)),
-    netmask: rd.u32(m.get(SvcAttr.NETMASK)),
-    peName: rd.str(m.get(SvcAttr.PE_NAME)),
-    stats: decodeStats(m.get(SvcAttr.STATS64) ?? m.get(SvcAttr.STATS)),
-  };
-  const fwmark = rd.u32(m.get(SvcAttr.FWMARK));
-  if (fwmark !== 0) return { family, fwmark, ...common };
+export function decodeService(nest: Buffer): IpvsService {
+  const b = nest;
+  const i = attrIndex(OBJ, b, 0, b.length);
   return {
-    family,
-    protocol: protocolOf(rd.u16(m.get(SvcAttr.PROTOCOL))),
-    address: addrOf(m.get(SvcAttr.ADDR), family),
-    port: rd.be16(m.get(SvcAttr.PORT)),
-    ...common,
+    ...serviceKeyAt(b, i),
+    scheduler: at.str(b, i, SvcAttr.SCHED_NAME),
+    flags: at.u32(b, i, SvcAttr.FLAGS),
+    timeout: at.u32(b, i, SvcAttr.TIMEOUT),
+    netmask: at.u32(b, i, SvcAttr.NETMASK),
+    peName: at.str(b, i, SvcAttr.PE_NAME),
+    stats: statsOf(b, i, SvcAttr.STATS64, SvcAttr.STATS),
   };
 }
 
 /** The destination inside a reply's IPVS_CMD_ATTR_DEST; `svcFamily` when the kernel omits ADDR_FAMILY. */
-export function decodeDestination(nested: Buffer, svcFamily: Family): IpvsDestination {
-  const m = attrMap(nested);
-  const family = m.has(DestAttr.ADDR_FAMILY) ? familyOf(rd.u16(m.get(DestAttr.ADDR_FAMILY))) : svcFamily;
+export function decodeDestination(nest: Buffer, svcFamily: Family): IpvsDestination {
+  const b = nest;
+  const i = attrIndex(OBJ, b, 0, b.length);
+  const family = i[DestAttr.ADDR_FAMILY]! >= 0 ? familyOf(at.u16(b, i, DestAttr.ADDR_FAMILY)) : svcFamily;
   return {
     family,
-    address: addrOf(m.get(DestAttr.ADDR), family),
-    port: rd.be16(m.get(DestAttr.PORT)),
-    fwdMethod: rd.u32(m.get(DestAttr.FWD_METHOD)) & 0x7,
-    weight: rd.u32(m.get(DestAttr.WEIGHT)),
-    upperThreshold: rd.u32(m.get(DestAttr.U_THRESH)),
-    lowerThreshold: rd.u32(m.get(DestAttr.L_THRESH)),
-    activeConns: rd.u32(m.get(DestAttr.ACTIVE_CONNS)),
-    inactiveConns: rd.u32(m.get(DestAttr.INACT_CONNS)),
-    persistConns: rd.u32(m.get(DestAttr.PERSIST_CONNS)),
-    stats: decodeStats(m.get(DestAttr.STATS64) ?? m.get(DestAttr.STATS)),
+    address: addrAt(b, i, DestAttr.ADDR, family),
+    port: at.be16(b, i, DestAttr.PORT),
+    fwdMethod: at.u32(b, i, DestAttr.FWD_METHOD) & 0x7,
+    weight: at.u32(b, i, DestAttr.WEIGHT),
+    upperThreshold: at.u32(b, i, DestAttr.U_THRESH),
+    lowerThreshold: at.u32(b, i, DestAttr.L_THRESH),
+    activeConns: at.u32(b, i, DestAttr.ACTIVE_CONNS),
+    inactiveConns: at.u32(b, i, DestAttr.INACT_CONNS),
+    persistConns: at.u32(b, i, DestAttr.PERSIST_CONNS),
+    stats: statsOf(b, i, DestAttr.STATS64, DestAttr.STATS),
+  };
+}
+
+/**
+ * A service dump reply (genl header + attributes) read for a scrape: the key and the counters,
+ * nothing else decoded (null when the reply holds no service).
+ */
+export function decodeServiceCounters(payload: Buffer): ServiceCounters | null {
+  if (payload.length < 4) throw new CodecError(`genl payload too short (${payload.length} bytes)`);
+  const b = payload;
+  const i = nested(OBJ, b, attrIndex(TOP, b, 4, b.length), CmdAttr.SERVICE);
+  if (!i) return null;
+  // One object literal per service (this runs 10 000 times per scrape): no intermediate key.
+  const family = familyOf(at.u16(b, i, SvcAttr.AF));
+  const fwmark = at.u32(b, i, SvcAttr.FWMARK);
+  const s = nested(STATS, b, i, i[SvcAttr.STATS64]! >= 0 ? SvcAttr.STATS64 : SvcAttr.STATS);
+  const conns = at.num(b, s, StatsAttr.CONNS);
+  const inPkts = at.num(b, s, StatsAttr.INPKTS);
+  const outPkts = at.num(b, s, StatsAttr.OUTPKTS);
+  const inBytes = at.num(b, s, StatsAttr.INBYTES);
+  const outBytes = at.num(b, s, StatsAttr.OUTBYTES);
+  // The ids are serviceId's (the codec tests hold the two together).
+  if (fwmark !== 0) return { family, fwmark, id: `FWM/${fwmark}${family === 6 ? '/v6' : ''}`, conns, inPkts, outPkts, inBytes, outBytes };
+  const protocol = protocolOf(at.u16(b, i, SvcAttr.PROTOCOL));
+  const address = addrAt(b, i, SvcAttr.ADDR, family);
+  const port = at.be16(b, i, SvcAttr.PORT);
+  const id = family === 6 ? `${protocol}/[${address}]:${port}` : `${protocol}/${address}:${port}`;
+  return { family, protocol, address, port, id, conns, inPkts, outPkts, inBytes, outBytes };
+}
+
+/** A destination dump reply read for a scrape (null when the reply holds no destination). */
+export function decodeDestinationCounters(payload: Buffer, svcFamily: Family): DestinationCounters | null {
+  if (payload.length < 4) throw new CodecError(`genl payload too short (${payload.length} bytes)`);
+  const i = nested(OBJ, payload, attrIndex(TOP, payload, 4, payload.length), CmdAttr.DEST);
+  if (!i) return null;
+  const family = i[DestAttr.ADDR_FAMILY]! >= 0 ? familyOf(at.u16(payload, i, DestAttr.ADDR_FAMILY)) : svcFamily;
+  const address = addrAt(payload, i, DestAttr.ADDR, family);
+  const port = at.be16(payload, i, DestAttr.PORT);
+  return {
+    id: destinationId({ address, port }),
+    address,
+    port,
+    weight: at.u32(payload, i, DestAttr.WEIGHT),
+    activeConns: at.u32(payload, i, DestAttr.ACTIVE_CONNS),
+    inactiveConns: at.u32(payload, i, DestAttr.INACT_CONNS),
+    ...countersAt(payload, i, DestAttr.STATS64, DestAttr.STATS),
   };
 }
 

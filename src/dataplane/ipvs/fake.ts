@@ -1,7 +1,7 @@
 // An in-memory IPVS with the kernel's semantics and error codes, for tests and dry runs.
 // It records every mutating call, so tests can assert "the minimal set of operations".
 import { IpvsError, type Ipvs } from './client.ts';
-import { destinationId, serviceId, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceKey } from './types.ts';
+import { destinationCountersOf, destinationId, serviceCountersOf, serviceId, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
 
 const ESRCH = 3;
 const ENOENT = 2;
@@ -81,6 +81,14 @@ export class FakeIpvs implements Ipvs {
 
   async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
     return [...this.#get('list destinations of', key).dests.values()].map((d) => structuredClone(d));
+  }
+
+  async serviceCounters(): Promise<ServiceCounters[]> {
+    return (await this.services()).map(serviceCountersOf);
+  }
+
+  async destinationCounters(key: ServiceKey): Promise<DestinationCounters[]> {
+    return (await this.destinations(key)).map(destinationCountersOf);
   }
 
   async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {

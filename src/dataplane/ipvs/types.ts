@@ -51,6 +51,48 @@ export interface IpvsDestination {
   stats?: IpvsStats;
 }
 
+/**
+ * The counters a metrics scrape reads, as numbers: Prometheus keeps float64, so exactness above
+ * 2^53 would be lost there anyway, and a scrape of 10 000 virtual servers must not allocate
+ * 10 BigInts each.
+ */
+export interface Counters {
+  conns: number;
+  inPkts: number;
+  outPkts: number;
+  inBytes: number;
+  outBytes: number;
+}
+
+/** A virtual server's key, id (serviceId) and counters: what a scrape needs, nothing else. */
+export type ServiceCounters = ServiceKey & Counters & { id: string };
+
+/** A real server's id (destinationId), address, state and counters. */
+export interface DestinationCounters extends Counters {
+  id: string;
+  address: string;
+  port: number;
+  weight: number;
+  activeConns: number;
+  inactiveConns: number;
+}
+
+export function countersOf(s: IpvsStats | undefined): Counters {
+  return s
+    ? { conns: Number(s.conns), inPkts: Number(s.inPkts), outPkts: Number(s.outPkts), inBytes: Number(s.inBytes), outBytes: Number(s.outBytes) }
+    : { conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0 };
+}
+
+/** The scrape's view of decoded objects (for in-memory kernels; the netlink client decodes it directly). */
+export function serviceCountersOf(s: IpvsService): ServiceCounters {
+  const key: ServiceKey = s.fwmark !== undefined ? { family: s.family, fwmark: s.fwmark } : { family: s.family, protocol: s.protocol, address: s.address, port: s.port };
+  return { ...key, id: serviceId(key), ...countersOf(s.stats) };
+}
+
+export function destinationCountersOf(d: IpvsDestination): DestinationCounters {
+  return { id: destinationId(d), address: d.address, port: d.port, weight: d.weight, activeConns: d.activeConns ?? 0, inactiveConns: d.inactiveConns ?? 0, ...countersOf(d.stats) };
+}
+
 export interface IpvsTimeouts {
   /** Seconds; 0 in a SET means "leave as it is". */
   tcp: number;
