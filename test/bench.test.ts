@@ -1,4 +1,4 @@
-// Keeps perf/plan.bench.ts runnable: a small run must finish and print its measurements.
+// Keeps perf/plan.bench.ts and perf/synthetic-scrape.ts runnable: a small run must finish and print its measurements.
 // (The full-size numbers come from `npm run bench`, not from the test suite.)
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -14,6 +14,12 @@ t.test('plan benchmark runs at small scale', async (t) => {
   t.match(stdout, /time targets met/);
 });
 
+t.test('synthetic scrape benchmark runs at small scale', async (t) => {
+  const { stdout } = await promisify(execFile)(process.execPath, ['perf/synthetic-scrape.ts'], { env: { ...process.env, SERVICES: '200', ENDPOINTS: '3' } });
+  t.match(stdout, /of 200 virtual servers x 3, real-server limit 1000: idle [0-9]+ ms, busy [0-9]+ ms/);
+  t.match(stdout, /real-server limit 0: idle [0-9]+ ms/);
+});
+
 t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t) => {
   const { DAEMON_V8_FLAGS } = await import('../src/util/v8-flags.ts');
   const { readFile } = await import('node:fs/promises');
@@ -22,7 +28,7 @@ t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t
   t.equal(cli.split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the bin');
   const pkg = JSON.parse(await readFile('package.json', 'utf8'));
   for (const s of ['start', 'plan']) t.ok(pkg.scripts[s].startsWith(`node ${flags} src/cli.ts `), `npm run ${s}`);
-  for (const s of ['bench:lab', 'bench:lab:scrape']) t.match(pkg.scripts[s], `node ${flags} `, `npm run ${s} measures with them`);
+  for (const s of ['bench:scrape', 'bench:lab', 'bench:lab:scrape']) t.match(pkg.scripts[s], `node ${flags} `, `npm run ${s} measures with them`);
   const lab = await readFile('test/lab/support/node.ts', 'utf8');
   t.match(lab, /DAEMON_V8_FLAGS/, 'the lab starts kube-ipvs with them');
 });

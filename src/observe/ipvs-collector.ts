@@ -5,7 +5,7 @@
 // counted. A scrape of 10 000 virtual servers is on the node's hot path every 15-60 s: label
 // strings and the sorted order are kept across scrapes and rebuilt only when they change.
 import type { Ipvs } from '../dataplane/ipvs/client.ts';
-import type { Counters, DestinationCounters, ServiceCounters } from '../dataplane/ipvs/types.ts';
+import type { Counters, DestinationCounters, ServiceCounters, ServiceKey } from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
 import type { Logger } from './log.ts';
 import { labelString, type Metrics } from './metrics.ts';
@@ -102,8 +102,12 @@ class Row<C extends Counters> {
 /** A virtual server of ours, with the real servers that got series at the last scrape. */
 interface VsRow extends Row<ServiceCounters> {
   from: VsLabel;
-  /** The counters read at the last scrape that saw it (its key for destination dumps). */
-  c: ServiceCounters;
+  /**
+   * Its key for destination dumps, from the scrape that first saw it (a scrape's counters are not
+   * kept: 10 000 objects that survive until the next scrape would all be promoted to V8's old
+   * generation and make every few scrapes pay for a full collection).
+   */
+  key: ServiceKey;
   real: Map<string, Row<DestinationCounters>> | null;
 }
 interface Snapshot {
@@ -113,6 +117,8 @@ interface Snapshot {
 }
 
 const EMPTY = Buffer.alloc(0);
+const keyOf = (c: ServiceCounters): ServiceKey =>
+  c.fwmark !== undefined ? { family: c.family, fwmark: c.fwmark } : { family: c.family, protocol: c.protocol, address: c.address, port: c.port };
 const byId = <T extends { id: string }>(a: T, b: T) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 export class IpvsCollector {
@@ -166,14 +172,13 @@ export class IpvsCollector {
       if (!l) continue;
       let row = this.#rows.get(c.id);
       if (!row) {
-        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, c, real: null });
+        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, key: keyOf(c), real: null });
         this.#rows.set(c.id, row);
         reorder = true;
       } else if (row.from !== l) {
         row.relabel(l, IpvsCollector.#labels(l, c));
         row.real = null;
       }
-      row.c = c;
       row.seen = scrape;
       row.update(VS_FAMILIES, c);
       seen++;
@@ -199,7 +204,7 @@ export class IpvsCollector {
       }
       let dests: DestinationCounters[];
       try {
-        dests = await ipvs.destinationCounters(row.c);
+        dests = await ipvs.destinationCounters(row.key);
       } catch (e) {
         log.warn('metrics: cannot read IPVS destinations', { virtualServer: row.id, error: (e as Error).message }, `metrics:dests:${row.id}`);
         continue;
