@@ -107,8 +107,7 @@ ipvs.close();
 bigReads.close();
 // The same JavaScript without a kernel, as `npm run bench:scrape` runs it on a host: the ratio of
 // the two is what emulation costs this workload.
-const synthetic = [1000, 0].map(async (limit) => describe(await syntheticScrape(SERVICES, ENDPOINTS, limit, RUNS), SERVICES, ENDPOINTS, limit));
-for (const line of await Promise.all(synthetic)) http += `  ${line}\n`;
+for (const limit of [1000, 0]) http += `  ${describe(await syntheticScrape(SERVICES, ENDPOINTS, limit, RUNS), SERVICES, ENDPOINTS, limit)}\n`;
 
 console.log(`Scrape benchmark: ${SERVICES} virtual servers x ${ENDPOINTS} destinations (ipvsadm -R ${(restoreMs / 1000).toFixed(1)} s; kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, medians of ${RUNS})`);
 for (const [what, ms] of rows) console.log(`  ${what.padEnd(80)} ${ms.toFixed(0)} ms`);

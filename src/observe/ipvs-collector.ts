@@ -3,7 +3,8 @@
 // real-server series limit is reached. Only virtual servers kube-ipvs owns are exported, labelled
 // with their Kubernetes Service port from the ownership record. What the limit leaves out is
 // counted. A scrape of 10 000 virtual servers is on the node's hot path every 15-60 s: label
-// strings and the sorted order are kept across scrapes and rebuilt only when they change.
+// strings, each row's lines (rendered again only when one of its values changed) and the sorted order
+// are kept across scrapes.
 import type { Ipvs } from '../dataplane/ipvs/client.ts';
 import type { Counters, DestinationCounters, ServiceCounters, ServiceKey } from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
