@@ -8,17 +8,13 @@
 import { performance } from 'node:perf_hooks';
 import type { Ipvs } from '../src/dataplane/ipvs/client.ts';
 import { decodeDestinationCounters, decodeServiceCounters } from '../src/dataplane/ipvs/codec.ts';
+import { attr } from '../src/dataplane/nlattr.ts';
 import { serviceId } from '../src/dataplane/ipvs/types.ts';
 import { IpvsCollector } from '../src/observe/ipvs-collector.ts';
 import { Logger } from '../src/observe/log.ts';
 import { Metrics } from '../src/observe/metrics.ts';
 
-const tlv = (type: number, payload: Buffer) => {
-  const h = Buffer.alloc(4);
-  h.writeUInt16LE(4 + payload.length, 0);
-  h.writeUInt16LE(type, 2);
-  return Buffer.concat([h, payload, Buffer.alloc((4 - (payload.length % 4)) % 4)]);
-};
+const tlv = attr;
 const le16 = (n: number) => Buffer.from([n & 255, n >> 8]);
 const be16 = (n: number) => Buffer.from([n >> 8, n & 255]);
 const le32 = (n: number) => {
