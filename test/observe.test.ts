@@ -218,6 +218,18 @@ t.test('IPVS series kept across scrapes follow the kernel: changed counters, wei
   t.equal(text.split('\n').filter((l) => l.startsWith('kubeipvs_virtual_server_connections_total{')).length, 1);
 });
 
+t.test('IPVS series with labels outside ASCII are written whole (UTF-8)', async (t) => {
+  const labels = new Map([['TCP/10.96.0.1:80', { service: 'café/wéb', portName: 'http', kind: 'ClusterIP' }], ['TCP/10.96.0.2:80', { service: 'shop/api', portName: 'http', kind: 'ClusterIP' }]]);
+  const m = new Metrics({ defaultMetrics: false });
+  new IpvsCollector({ ipvs: statsKernel(2, 1), labels, realServerLimit: 10, plannedRealServers: () => new Map(), log: quiet() }).register(m);
+  const text = await m.text();
+  const web = { namespace: 'café', service: 'wéb', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
+  t.equal(sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.1.1:8080' }), 0);
+  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...web, namespace: 'shop', service: 'api', address: '10.96.0.2' }), 2, 'the ASCII row after it is intact');
+  t.notMatch(text, /\uFFFD|\0/, 'no mangled or unwritten bytes');
+});
+
 function daemonSetup(t: { teardown: (f: () => void) => void }) {
   const clock = new ManualClock();
   const cfg = defaultConfig();

@@ -47,6 +47,8 @@ const RS_FAMILIES: Family<DestinationCounters>[] = [
   { name: 'kubeipvs_real_server_weight', help: 'Current IPVS weight of the real server (0: draining)', type: 'gauge', fields: ['weight'] },
 ];
 
+const ASCII = /^[\x00-\x7f]*$/;
+
 /**
  * One row of series (a virtual or a real server): its label string and its lines, one string per
  * family, kept across scrapes and re-rendered only when a value changed. Most virtual servers of
@@ -66,6 +68,8 @@ class Row<C extends Counters> {
   readonly lines: string[];
   /** Their lengths in bytes. */
   readonly bytes: number[];
+  /** The labels are ASCII (Kubernetes names are), so are the lines: written as latin1, length = bytes. */
+  ascii = true;
   seen = 0;
 
   constructor(id: string, families: readonly Family<C>[], from: VsLabel | null, labels: string) {
@@ -75,17 +79,19 @@ class Row<C extends Counters> {
     this.#shown = new Float64Array(families.reduce((n, f) => n + f.fields.length, 0)).fill(NaN);
     this.lines = families.map(() => '');
     this.bytes = families.map(() => 0);
+    this.ascii = ASCII.test(labels);
   }
 
   relabel(from: VsLabel | null, labels: string): void {
     this.from = from;
     this.labels = labels;
+    this.ascii = ASCII.test(labels);
     this.#shown.fill(NaN);
   }
 
   #set(f: number, line: string): void {
     this.lines[f] = line;
-    this.bytes[f] = Buffer.byteLength(line);
+    this.bytes[f] = this.ascii ? line.length : Buffer.byteLength(line);
   }
 
   /** Brings the lines up to date with `c`. */
@@ -161,7 +167,7 @@ export class IpvsCollector {
     let o = 0;
     const family = <C extends Counters>(f: Family<C>, i: number, rows: readonly Row<C>[]) => {
       o += out.write(header(f), o);
-      for (const r of rows) o += out.write(r.lines[i]!, o);
+      for (const r of rows) o += out.write(r.lines[i]!, o, r.ascii ? 'latin1' : 'utf8');
     };
     VS_FAMILIES.forEach((f, i) => family(f, i, snap.vs));
     RS_FAMILIES.forEach((f, i) => family(f, i, snap.rs));
