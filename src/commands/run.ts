@@ -118,8 +118,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   const daemon = new Daemon({ source, config, nodeName }, deps);
   // Scrapes read IPVS on a socket of their own: a scrape never waits behind the reconciler's dumps
   // (one dump per socket at a time) and reads in 64 KiB chunks (see NetlinkIpvs readBufferBytes).
+  // Not for --once, which serves no metrics.
   let scrapeIpvs = deps.ipvs;
-  if (!args.dryRun) {
+  if (!args.dryRun && !args.once) {
     try {
       scrapeIpvs = instrumentKernel(await NetlinkIpvs.open({ readBufferBytes: 64 * 1024 }), 'ipvs', metrics);
     } catch (e) {
