@@ -1,6 +1,6 @@
 // The command line, in-process through main() with injected output, and once as a real process.
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -132,7 +132,47 @@ t.test('the real entry point runs what npm start runs', async (t) => {
   const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: { start: string } };
   const [bin, ...args] = pkg.scripts.start.split(' ');
   t.equal(bin, 'node');
-  const { stdout } = await promisify(execFile)(process.execPath, args);
-  t.match(stdout, /^IP Virtual Server plan for node node-a: \d+ virtual servers/);
-  t.match(stdout, /Dry run: what kube-ipvs would do/);
+  const r = await runWatched(process.execPath, args, 75_000);
+  // On a hang the failure's name carries what the process was doing (CI shows failing names first).
+  if (r.hung !== null) t.fail(`it did not exit within 75 s: ${r.hung}`);
+  t.equal(r.code, 0, 'exit code 0');
+  t.match(r.stdout, /^IP Virtual Server plan for node node-a: \d+ virtual servers/);
+  t.match(r.stdout, /Dry run: what kube-ipvs would do/);
 });
+
+/**
+ * Runs a Node program; if it has not exited after `limitMs`, asks it for a diagnostic report
+ * (--report-on-signal: its JavaScript stack and open handles), kills it and returns the report's
+ * summary in `hung`. (One CI run saw this command take over 116 s where it takes about one.)
+ */
+async function runWatched(exe: string, args: string[], limitMs: number): Promise<{ code: number | null; stdout: string; stderr: string; hung: string | null }> {
+  const dir = mkdtempSync(join(tmpdir(), 'kube-ipvs-report-'));
+  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --report-on-signal --report-signal=SIGUSR2 --report-directory=${dir}`.trim() };
+  const child = spawn(exe, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  const limit = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), limitMs).unref());
+  const first = await Promise.race([exited, limit]);
+  if (first !== 'late') {
+    rmSync(dir, { recursive: true, force: true });
+    return { code: first, stdout, stderr, hung: null };
+  }
+  child.kill('SIGUSR2');
+  await new Promise((resolve) => setTimeout(resolve, 5000));
+  child.kill('SIGKILL');
+  const code = await exited;
+  const reports = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  let hung = `no report written; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
+  if (reports.length > 0) {
+    type Report = { javascriptStack?: { stack?: string[] }; libuv?: { type: string; is_active: boolean; remoteEndpoint?: unknown; filename?: string }[]; resourceUsage?: { userCpuSeconds?: number; kernelCpuSeconds?: number } };
+    const rep = JSON.parse(readFileSync(join(dir, reports[0]!), 'utf8')) as Report;
+    const stack = (rep.javascriptStack?.stack ?? []).slice(0, 10).map((f) => f.trim()).join(' | ') || 'empty (idle in the event loop)';
+    const handles = (rep.libuv ?? []).filter((h) => h.is_active && h.type !== 'loop').map((h) => h.type + (h.filename ? ` ${h.filename}` : h.remoteEndpoint ? ` ${JSON.stringify(h.remoteEndpoint)}` : '')).join(', ');
+    const cpu = `${rep.resourceUsage?.userCpuSeconds ?? '?'} s user, ${rep.resourceUsage?.kernelCpuSeconds ?? '?'} s system`;
+    hung = `JS stack: ${stack}; active handles: ${handles || 'none'}; cpu: ${cpu}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
+  }
+  return { code, stdout, stderr, hung };
+}
