@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --optimize-for-size
+#!/usr/bin/env -S node --optimize-for-size --no-concurrent-recompilation --no-concurrent-sparkplug
 // kube-ipvs command line: parses arguments and hands over to src/commands/.
 // main() takes its output destinations as arguments so tests can run it in-process.
 import { realpathSync } from 'node:fs';
