@@ -162,17 +162,26 @@ async function runWatched(exe: string, args: string[], limitMs: number): Promise
   }
   child.kill('SIGUSR2');
   await new Promise((resolve) => setTimeout(resolve, 5000));
+  // What each thread waits in, from the kernel's view (a process stuck in exit writes no report).
+  let threads = '';
+  try {
+    threads = readdirSync(`/proc/${child.pid}/task`)
+      .map((t) => `${readFileSync(`/proc/${child.pid}/task/${t}/comm`, 'utf8').trim()}:${readFileSync(`/proc/${child.pid}/task/${t}/wchan`, 'utf8').trim()}`)
+      .join(', ');
+  } catch {
+    /* not Linux, or gone */
+  }
   child.kill('SIGKILL');
   const code = await exited;
   const reports = readdirSync(dir).filter((f) => f.endsWith('.json'));
-  let hung = `no report written; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
+  let hung = `no report written (stuck outside JavaScript, e.g. in exit); threads: ${threads}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
   if (reports.length > 0) {
     type Report = { javascriptStack?: { stack?: string[] }; libuv?: { type: string; is_active: boolean; remoteEndpoint?: unknown; filename?: string }[]; resourceUsage?: { userCpuSeconds?: number; kernelCpuSeconds?: number } };
     const rep = JSON.parse(readFileSync(join(dir, reports[0]!), 'utf8')) as Report;
     const stack = (rep.javascriptStack?.stack ?? []).slice(0, 10).map((f) => f.trim()).join(' | ') || 'empty (idle in the event loop)';
     const handles = (rep.libuv ?? []).filter((h) => h.is_active && h.type !== 'loop').map((h) => h.type + (h.filename ? ` ${h.filename}` : h.remoteEndpoint ? ` ${JSON.stringify(h.remoteEndpoint)}` : '')).join(', ');
     const cpu = `${rep.resourceUsage?.userCpuSeconds ?? '?'} s user, ${rep.resourceUsage?.kernelCpuSeconds ?? '?'} s system`;
-    hung = `JS stack: ${stack}; active handles: ${handles || 'none'}; cpu: ${cpu}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
+    hung = `JS stack: ${stack}; active handles: ${handles || 'none'}; cpu: ${cpu}; threads: ${threads}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
   }
   return { code, stdout, stderr, hung };
 }
