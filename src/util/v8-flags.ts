@@ -6,15 +6,25 @@
 // endpoints, RSS is about 150 MB instead of 200-300 MB and a full plan takes roughly twice as long
 // (still well inside the sync budget). perf/plan.bench.ts measures both settings in one run.
 //
-// `--no-concurrent-recompilation --no-concurrent-sparkplug`: the optimizing (Maglev, TurboFan)
-// and baseline (Sparkplug) compilers run on the main thread instead of V8's worker threads. Node 24
-// can deadlock at exit (nodejs/node#54918): process.exit joins the worker threads while a
-// background compile job waits, in AwaitCollectionBackground, for a garbage collection only the
-// exiting main thread could run. `kube-ipvs run --once` hung that way in one CI run; with tap's
-// coverage hooks loaded it hung in 11 of 120 runs here, with these flags in 0 of 150 (test/cli.test.ts
-// keeps a diagnostic report if it ever hangs again). The plan and scrape benchmarks measured the
-// same with and without them, within this machine's noise.
+// `--no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background`:
+// no V8 worker thread allocates on the JavaScript heap for the compilers. Node 24 can deadlock at
+// exit (nodejs/node#54918): process.exit joins V8's worker threads while a background compile job
+// allocating there (Sparkplug's whole compile; Maglev's code object and deopt data) waits, in
+// AwaitCollectionBackground, for a garbage collection only the exiting main thread could run.
+// `kube-ipvs run --once` hung that way in one CI run; with tap's coverage hooks loaded it hung in
+// 11 of 120 runs here (gdb: Maglev BuildCodeObject, Sparkplug BaselineCompiler::Build), with these
+// flags in 0 of 150. Maglev and TurboFan still optimize on the worker threads (TurboFan makes its
+// code object on the main thread when a job finishes; none of the hangs was in it). Turning
+// concurrent optimization off altogether (--no-concurrent-recompilation) also stopped the hangs
+// (with --no-concurrent-sparkplug; alone it still hung 4 in 120) but made the lab's synthetic scrape
+// 10-25% slower; these flags measured the same as none there and on this host. test/cli.test.ts
+// keeps a diagnostic report if the entry point ever hangs again.
 //
 // Not applied at run time with v8.setFlagsFromString: the type stripper's WebAssembly is already
 // compiled by then, and changing V8 flags after start is unsupported.
-export const DAEMON_V8_FLAGS: readonly string[] = ['--optimize-for-size', '--no-concurrent-recompilation', '--no-concurrent-sparkplug'];
+export const DAEMON_V8_FLAGS: readonly string[] = [
+  '--optimize-for-size',
+  '--no-concurrent-sparkplug',
+  '--no-maglev-build-code-on-background',
+  '--no-maglev-deopt-data-on-background',
+];

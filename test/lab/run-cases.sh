@@ -2,6 +2,6 @@
 # Runs inside the lab VM from the repository root: every case file (or those named), as one TAP stream.
 export PATH="$PWD/node_modules/.bin:$PATH"
 if [ $# -eq 0 ]; then set -- test/lab/cases/*.lab.ts; fi
-# --liftoff-only: see LAB_V8_FLAGS in support/node.ts (V8 under qemu TCG); the two
-# --no-concurrent-* flags: the exit deadlock in src/util/v8-flags.ts (as package.json tap.node-arg).
-exec tap --node-arg=--liftoff-only --node-arg=--no-concurrent-recompilation --node-arg=--no-concurrent-sparkplug --reporter=tap --disable-coverage --allow-empty-coverage --timeout=300 --jobs=1 "$@"
+# --liftoff-only: see LAB_V8_FLAGS in support/node.ts (V8 under qemu TCG); the
+# other three: the exit deadlock in src/util/v8-flags.ts (as package.json tap.node-arg).
+exec tap --node-arg=--liftoff-only --node-arg=--no-concurrent-sparkplug --node-arg=--no-maglev-build-code-on-background --node-arg=--no-maglev-deopt-data-on-background --reporter=tap --disable-coverage --allow-empty-coverage --timeout=300 --jobs=1 "$@"
