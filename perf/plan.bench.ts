@@ -10,12 +10,13 @@ import { defaultConfig } from '../src/config/config.ts';
 import { Model } from '../src/model/model.ts';
 import { planConfigFrom } from '../src/plan/from-manifests.ts';
 import { Planner } from '../src/plan/plan.ts';
-import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
+import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
 
 if (!process.env.BENCH_CHILD) {
   let failed = false;
   for (const [label, flags] of [
-    ['V8 defaults', []],
+    // Both with the exit-deadlock flags (they change no heap sizing; see v8-flags.ts).
+    ['V8 defaults', EXIT_DEADLOCK_V8_FLAGS],
     [`as kube-ipvs is launched: ${DAEMON_V8_FLAGS.join(' ')}`, DAEMON_V8_FLAGS],
   ] as const) {
     process.stdout.write(`--- ${label}\n`);

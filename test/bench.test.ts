@@ -3,9 +3,10 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
 
 t.test('plan benchmark runs at small scale', async (t) => {
-  const { stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', 'perf/plan.bench.ts'], {
+  const { stdout } = await promisify(execFile)(process.execPath, [...EXIT_DEADLOCK_V8_FLAGS, '--expose-gc', 'perf/plan.bench.ts'], {
     env: { ...process.env, BENCH_CHILD: 'test', SERVICES: '300', ENDPOINTS: '5', ROUNDS: '2', CHANGES: '50' },
   });
   t.match(stdout, /300 Services x 5 endpoints/);
@@ -15,13 +16,12 @@ t.test('plan benchmark runs at small scale', async (t) => {
 });
 
 t.test('synthetic scrape benchmark runs at small scale', async (t) => {
-  const { stdout } = await promisify(execFile)(process.execPath, ['perf/synthetic-scrape.ts'], { env: { ...process.env, SERVICES: '200', ENDPOINTS: '3' } });
+  const { stdout } = await promisify(execFile)(process.execPath, [...DAEMON_V8_FLAGS, 'perf/synthetic-scrape.ts'], { env: { ...process.env, SERVICES: '200', ENDPOINTS: '3' } });
   t.match(stdout, /of 200 virtual servers x 3, real-server limit 1000: idle [0-9]+ ms, busy [0-9]+ ms/);
   t.match(stdout, /real-server limit 0: idle [0-9]+ ms/);
 });
 
 t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t) => {
-  const { DAEMON_V8_FLAGS } = await import('../src/util/v8-flags.ts');
   const { readFile } = await import('node:fs/promises');
   const flags = DAEMON_V8_FLAGS.join(' ');
   const cli = await readFile('src/cli.ts', 'utf8');
@@ -31,4 +31,8 @@ t.test('every launcher passes the V8 flags kube-ipvs is measured with', async (t
   for (const s of ['bench:scrape', 'bench:lab', 'bench:lab:scrape']) t.match(pkg.scripts[s], `node ${flags} `, `npm run ${s} measures with them`);
   const lab = await readFile('test/lab/support/node.ts', 'utf8');
   t.match(lab, /DAEMON_V8_FLAGS/, 'the lab starts kube-ipvs with them');
+  // The exit-deadlock flags also go to every test process, here and in the lab VM.
+  t.same(pkg.tap['node-arg'], EXIT_DEADLOCK_V8_FLAGS, 'tap.node-arg');
+  const labTap = await readFile('test/lab/run-cases.sh', 'utf8');
+  for (const f of EXIT_DEADLOCK_V8_FLAGS) t.match(labTap, `--node-arg=${f} `, `the lab's tap passes ${f}`);
 });

@@ -6,7 +6,8 @@
 // endpoints, RSS is about 150 MB instead of 200-300 MB and a full plan takes roughly twice as long
 // (still well inside the sync budget). perf/plan.bench.ts measures both settings in one run.
 //
-// `--no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background`:
+// `--no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background`
+// (EXIT_DEADLOCK_V8_FLAGS, also given to the benchmarks' and the lab's own Node processes):
 // no V8 worker thread allocates on the JavaScript heap for the compilers. Node 24 can deadlock at
 // exit (nodejs/node#54918): process.exit joins V8's worker threads while a background compile job
 // allocating there (Sparkplug's whole compile; Maglev's code object and deopt data) waits, in
@@ -22,9 +23,5 @@
 //
 // Not applied at run time with v8.setFlagsFromString: the type stripper's WebAssembly is already
 // compiled by then, and changing V8 flags after start is unsupported.
-export const DAEMON_V8_FLAGS: readonly string[] = [
-  '--optimize-for-size',
-  '--no-concurrent-sparkplug',
-  '--no-maglev-build-code-on-background',
-  '--no-maglev-deopt-data-on-background',
-];
+export const EXIT_DEADLOCK_V8_FLAGS: readonly string[] = ['--no-concurrent-sparkplug', '--no-maglev-build-code-on-background', '--no-maglev-deopt-data-on-background'];
+export const DAEMON_V8_FLAGS: readonly string[] = ['--optimize-for-size', ...EXIT_DEADLOCK_V8_FLAGS];

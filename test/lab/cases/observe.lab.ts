@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import t from 'tap';
+import { EXIT_DEADLOCK_V8_FLAGS } from '../../../src/util/v8-flags.ts';
 import { ep, node, service, slice } from '../../support/objects.ts';
 import { CLI, LabNode, NODE_IP, procEnv, sh } from '../support/node.ts';
 
@@ -42,7 +43,7 @@ function get(port: number, path: string): Promise<{ code: number; body: string }
 /** GET from the external client's namespace, as a cloud load balancer's probe would. */
 function probeFromOutside(port: number, path = '/'): { code: number; body: string } {
   const script = `fetch('http://${NODE_IP}:${port}${path}').then(async (r) => console.log(JSON.stringify({ code: r.status, body: await r.text() })), (e) => console.log(JSON.stringify({ code: 0, body: String(e.cause?.code ?? e) })))`;
-  return JSON.parse(sh('ip', 'netns', 'exec', 'ext', process.execPath, '-e', script)) as { code: number; body: string };
+  return JSON.parse(sh('ip', 'netns', 'exec', 'ext', process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, '-e', script)) as { code: number; body: string };
 }
 
 async function until<T>(what: string, f: () => Promise<T> | T, ok: (v: T) => boolean, ms = 30_000): Promise<T> {

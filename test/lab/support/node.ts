@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { serviceId } from '../../../src/dataplane/ipvs/types.ts';
-import { DAEMON_V8_FLAGS } from '../../../src/util/v8-flags.ts';
+import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../../../src/util/v8-flags.ts';
 
 export const NODE_IP = '192.168.100.1';
 export const EXT_IP = '192.168.100.2';
@@ -27,8 +27,8 @@ const nodeBin = process.execPath;
  * that the lab's Kubernetes case timed out. Never seen outside the emulator: a lab setting.
  */
 export const LAB_V8_FLAGS = ['--liftoff-only'];
-/** A TypeScript program run the lab's way. */
-export const nodeArgs = (script: string, ...args: string[]) => [...LAB_V8_FLAGS, script, ...args];
+/** A TypeScript program run the lab's way (and safe from Node's exit deadlock: src/util/v8-flags.ts). */
+export const nodeArgs = (script: string, ...args: string[]) => [...LAB_V8_FLAGS, ...EXIT_DEADLOCK_V8_FLAGS, script, ...args];
 /** How a node runs kube-ipvs: node with the shipped V8 flags, then the CLI. */
 export const CLI = [...DAEMON_V8_FLAGS, ...LAB_V8_FLAGS, join(repo, 'src/cli.ts')];
 
