@@ -157,7 +157,8 @@ t.test('the entry point exits every time (the exit deadlock stays fixed)', async
 /**
  * Runs a Node program; if it has not exited after `limitMs`, asks it for a diagnostic report
  * (--report-on-signal: its JavaScript stack and open handles), kills it and returns the report's
- * summary in `hung`. (One CI run saw this command take over 116 s where it takes about one.)
+ * summary in `hung`. (Written when a CI run saw `npm start`'s command never exit: Node's exit
+ * deadlock, since fixed by flags; this keeps the evidence if anything like it comes back.)
  */
 async function runWatched(exe: string, args: string[], limitMs: number): Promise<{ code: number | null; stdout: string; stderr: string; hung: string | null }> {
   const dir = mkdtempSync(join(tmpdir(), 'kube-ipvs-report-'));
@@ -197,5 +198,6 @@ async function runWatched(exe: string, args: string[], limitMs: number): Promise
     const cpu = `${rep.resourceUsage?.userCpuSeconds ?? '?'} s user, ${rep.resourceUsage?.kernelCpuSeconds ?? '?'} s system`;
     hung = `JS stack: ${stack}; active handles: ${handles || 'none'}; cpu: ${cpu}; threads: ${threads}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
   }
+  rmSync(dir, { recursive: true, force: true });
   return { code, stdout, stderr, hung };
 }
