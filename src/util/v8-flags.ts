@@ -14,8 +14,8 @@
 // AwaitCollectionBackground, for a garbage collection only the exiting main thread could run.
 // `kube-ipvs run --once` hung that way in one CI run; with tap's coverage hooks loaded it hung in
 // 11 of 120 runs here (gdb: Maglev BuildCodeObject, Sparkplug BaselineCompiler::Build), with these
-// flags in 0 of 150. Maglev and TurboFan still optimize on the worker threads (TurboFan makes its
-// code object on the main thread when a job finishes; none of the hangs was in it). Turning
+// flags in 0 of 150 (and 0 of 40 in every test run: test/cli.test.ts). Maglev and TurboFan still
+// optimize on the worker threads; no hang seen here was in a TurboFan job. Turning
 // concurrent optimization off altogether (--no-concurrent-recompilation) also stopped the hangs
 // (with --no-concurrent-sparkplug; alone it still hung 4 in 120) but made the lab's synthetic scrape
 // 10-25% slower; these flags measured the same as none there and on this host. test/cli.test.ts
