@@ -8,7 +8,8 @@
 //
 // `--no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background`
 // (EXIT_DEADLOCK_V8_FLAGS, also given to the benchmarks' and the lab's own Node processes):
-// no V8 worker thread allocates on the JavaScript heap for the compilers. Node 24 can deadlock at
+// the compiler work seen allocating on the JavaScript heap from V8's worker threads moves to the
+// main thread. Node 24 can deadlock at
 // exit (nodejs/node#54918): process.exit joins V8's worker threads while a background compile job
 // allocating there (Sparkplug's whole compile; Maglev's code object and deopt data) waits, in
 // AwaitCollectionBackground, for a garbage collection only the exiting main thread could run.
