@@ -4,7 +4,7 @@ import { hostname, release } from 'node:os';
 import { join } from 'node:path';
 import { Codes } from '../errors.ts';
 import { Daemon, type DaemonDeps } from '../daemon.ts';
-import { NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
+import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
 import { ConntrackCleaner } from '../dataplane/conntrack.ts';
 import { FakeExec, SystemExec, type Exec } from '../dataplane/exec.ts';
@@ -117,12 +117,12 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   };
   const daemon = new Daemon({ source, config, nodeName }, deps);
   // Scrapes read IPVS on a socket of their own: a scrape never waits behind the reconciler's dumps
-  // (one dump per socket at a time) and reads in 64 KiB chunks (see NetlinkIpvs readBufferBytes).
+  // (one dump per socket at a time) and reads in 64 KiB chunks (DUMP_READ_BYTES; see NetlinkIpvs readBufferBytes).
   // Not for --once, which serves no metrics.
   let scrapeIpvs = deps.ipvs;
   if (!args.dryRun && !args.once) {
     try {
-      scrapeIpvs = instrumentKernel(await NetlinkIpvs.open({ readBufferBytes: 64 * 1024 }), 'ipvs', metrics);
+      scrapeIpvs = instrumentKernel(await NetlinkIpvs.open({ readBufferBytes: DUMP_READ_BYTES }), 'ipvs', metrics);
     } catch (e) {
       log.warn('metrics: no socket of their own for IPVS scrapes; sharing the reconciler\'s', { error: (e as Error).message });
     }

@@ -7,7 +7,7 @@ import { get } from 'node:http';
 import { join } from 'node:path';
 import type { Config } from '../config/config.ts';
 import { Codes } from '../errors.ts';
-import { NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
+import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { SvcFlag } from '../dataplane/ipvs/constants.ts';
 import { destinationId, serviceId, type IpvsStats } from '../dataplane/ipvs/types.ts';
 import { FileOwnership, type VsLabel } from '../dataplane/ownership.ts';
@@ -186,7 +186,7 @@ export async function statusCommand(args: StatusArgs, io: IO, deps: StatusDeps =
       return 1;
     }
     try {
-      ipvs = await NetlinkIpvs.open({ readBufferBytes: 64 * 1024 });
+      ipvs = await NetlinkIpvs.open({ readBufferBytes: DUMP_READ_BYTES });
     } catch (e) {
       report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. Is the ip_vs module loaded?` }]);
       return 1;

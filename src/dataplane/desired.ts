@@ -2,7 +2,7 @@
 // them with what the kernel reports.
 import type { VirtualServer } from '../plan/types.ts';
 import { FwdMethod, SvcFlag } from './ipvs/constants.ts';
-import { destinationId, serviceId, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+import { destinationId, serviceId, serviceKeyOf, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
 import type { VsLabel } from './ownership.ts';
 
 export interface DesiredVS {
@@ -20,7 +20,7 @@ export interface DesiredVS {
 }
 
 export function toDesired(vs: VirtualServer): DesiredVS {
-  const key = vs.fwmark !== undefined ? { family: vs.family, fwmark: vs.fwmark } : { family: vs.family, protocol: vs.protocol, address: vs.address, port: vs.port };
+  const key = serviceKeyOf(vs);
   const service: IpvsService = {
     ...key,
     scheduler: vs.scheduler,

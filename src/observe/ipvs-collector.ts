@@ -6,7 +6,7 @@
 // strings, each row's lines (rendered again only when one of its values changed) and the sorted order
 // are kept across scrapes.
 import type { Ipvs } from '../dataplane/ipvs/client.ts';
-import type { Counters, DestinationCounters, ServiceCounters, ServiceKey } from '../dataplane/ipvs/types.ts';
+import { serviceKeyOf, type Counters, type DestinationCounters, type ServiceCounters, type ServiceKey } from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
 import type { Logger } from './log.ts';
 import { labelString, type Metrics } from './metrics.ts';
@@ -135,8 +135,6 @@ interface Snapshot {
   dropped: number;
 }
 
-const keyOf = (c: ServiceCounters): ServiceKey =>
-  c.fwmark !== undefined ? { family: c.family, fwmark: c.fwmark } : { family: c.family, protocol: c.protocol, address: c.address, port: c.port };
 const byId = <T extends { id: string }>(a: T, b: T) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 export class IpvsCollector {
@@ -198,7 +196,7 @@ export class IpvsCollector {
       if (!l) continue;
       let row = this.#rows.get(c.id);
       if (!row) {
-        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, key: keyOf(c), real: null });
+        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, key: serviceKeyOf(c), real: null });
         this.#rows.set(c.id, row);
         reorder = true;
       } else if (row.from !== l) {

@@ -79,6 +79,9 @@ export interface NetlinkIpvsOptions {
   readBufferBytes?: number;
 }
 
+/** `readBufferBytes` for a socket that mostly dumps (metrics scrapes, `kube-ipvs status`). */
+export const DUMP_READ_BYTES = 64 * 1024;
+
 export class NetlinkIpvs implements Ipvs {
   readonly #sock: GenericNetlinkSocket;
   readonly #family: number;

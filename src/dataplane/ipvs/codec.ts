@@ -242,8 +242,7 @@ function serviceKeyAt(b: Buffer, i: Int32Array): ServiceKey {
 }
 
 /** The service inside a reply's IPVS_CMD_ATTR_SERVICE. */
-export function decodeService(nest: Buffer): IpvsService {
-  const b = nest;
+export function decodeService(b: Buffer): IpvsService {
   const i = attrIndex(OBJ, b, 0, b.length);
   return {
     ...serviceKeyAt(b, i),
@@ -257,8 +256,7 @@ export function decodeService(nest: Buffer): IpvsService {
 }
 
 /** The destination inside a reply's IPVS_CMD_ATTR_DEST; `svcFamily` when the kernel omits ADDR_FAMILY. */
-export function decodeDestination(nest: Buffer, svcFamily: Family): IpvsDestination {
-  const b = nest;
+export function decodeDestination(b: Buffer, svcFamily: Family): IpvsDestination {
   const i = attrIndex(OBJ, b, 0, b.length);
   const family = i[DestAttr.ADDR_FAMILY]! >= 0 ? familyOf(at.u16(b, i, DestAttr.ADDR_FAMILY)) : svcFamily;
   return {

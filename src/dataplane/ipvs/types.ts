@@ -21,6 +21,14 @@ export type ServiceKey =
   | { family: Family; protocol: IpvsProtocol; address: string; port: number; fwmark?: undefined }
   | { family: Family; fwmark: number; protocol?: undefined; address?: undefined; port?: undefined };
 
+/**
+ * The key of anything that carries one (a service, a scrape's counters, a planned virtual server):
+ * its firewall mark when it has one, else protocol, address and port.
+ */
+export function serviceKeyOf(x: ServiceKey | { family: Family; fwmark?: number; protocol: IpvsProtocol; address: string; port: number }): ServiceKey {
+  return x.fwmark !== undefined ? { family: x.family, fwmark: x.fwmark } : { family: x.family, protocol: x.protocol, address: x.address, port: x.port };
+}
+
 export type IpvsService = ServiceKey & {
   scheduler: string;
   /** IP_VS_SVC_F_* bits (persistent, one-packet, scheduler flags). */
@@ -85,7 +93,7 @@ export function countersOf(s: IpvsStats | undefined): Counters {
 
 /** The scrape's view of decoded objects (for in-memory kernels; the netlink client decodes it directly). */
 export function serviceCountersOf(s: IpvsService): ServiceCounters {
-  const key: ServiceKey = s.fwmark !== undefined ? { family: s.family, fwmark: s.fwmark } : { family: s.family, protocol: s.protocol, address: s.address, port: s.port };
+  const key = serviceKeyOf(s);
   return { ...key, id: serviceId(key), ...countersOf(s.stats) };
 }
 
