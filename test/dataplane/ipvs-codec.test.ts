@@ -143,13 +143,12 @@ t.test('info and config replies', async (t) => {
 
 // The scrape's reads: keys and counters straight from the reply, as numbers.
 const reply = (cmd: number, attrType: number, inner: Buffer) => Buffer.concat([Buffer.from([cmd, 1, 0, 0]), tlv(attrType, inner)]);
-const v4 = (a: number[]) => addr(a);
 
 t.test('service counters: the same key and counters as the full decode, ids as serviceId', async (t) => {
   const stats64 = Buffer.concat([tlv(1, le64(7n)), tlv(2, le64(100n)), tlv(3, le64(90n)), tlv(4, le64(2n ** 40n + 3n)), tlv(5, le64(5000n)), tlv(6, le64(1n))]);
   const stats32 = Buffer.concat([tlv(1, le32(8)), tlv(2, le32(11)), tlv(3, le32(12)), tlv(4, le64(13n)), tlv(5, le64(14n))]);
   const cases: [string, Buffer, string][] = [
-    ['IPv4 TCP, 64-bit stats', Buffer.concat([tlv(1, le16(2)), tlv(2, le16(6)), tlv(3, v4([10, 96, 0, 1])), tlv(4, be16(80)), tlv(6, Buffer.from('rr\0')), tlv(10, stats32), tlv(12, stats64)]), 'TCP/10.96.0.1:80'],
+    ['IPv4 TCP, 64-bit stats', Buffer.concat([tlv(1, le16(2)), tlv(2, le16(6)), tlv(3, addr([10, 96, 0, 1])), tlv(4, be16(80)), tlv(6, Buffer.from('rr\0')), tlv(10, stats32), tlv(12, stats64)]), 'TCP/10.96.0.1:80'],
     ['IPv6 UDP, 32-bit stats only', Buffer.concat([tlv(1, le16(10)), tlv(2, le16(17)), tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])), tlv(4, be16(53)), tlv(10, stats32)]), 'UDP/[fd00::a]:53'],
     ['firewall mark, no stats', Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x100042)), tlv(6, Buffer.from('rr\0'))]), 'FWM/1048642'],
     ['IPv6 firewall mark', Buffer.concat([tlv(1, le16(10)), tlv(5, le32(7)), tlv(12, stats64)]), 'FWM/7/v6'],
@@ -172,7 +171,7 @@ t.test('service counters: the same key and counters as the full decode, ids as s
 
 t.test('destination counters: id, state and counters; family from the service when absent', async (t) => {
   const inner = Buffer.concat([
-    tlv(1, v4([10, 244, 1, 5])),
+    tlv(1, addr([10, 244, 1, 5])),
     tlv(2, be16(8080)),
     tlv(3, le32(FwdMethod.MASQ)),
     tlv(4, le32(0)),
