@@ -9,7 +9,8 @@ import { createServer } from 'node:http';
 import { promisify } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { defaultConfig } from '../src/config/config.ts';
-import { createGenericNetlink, FlagsGet, genl } from 'netlink';
+import { FlagsGet, genl } from 'netlink';
+import { openGenericNetlink } from '../src/dataplane/netlink.ts';
 import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
 import { encodeRequest } from '../src/dataplane/ipvs/codec.ts';
 import { Cmd, IPVS_GENL_NAME } from '../src/dataplane/ipvs/constants.ts';
@@ -59,7 +60,7 @@ const rows: [string, number][] = [];
 // The floor: the same dump through the netlink package with nothing decoded, peeking at each
 // chunk's size (the package's default) and with 64 KiB reads (bigger chunks from the kernel).
 for (const read of [0, 65536]) {
-  const sock = read ? createGenericNetlink({ messagePeeking: false, msgBufferSize: read } as Parameters<typeof createGenericNetlink>[0]) : createGenericNetlink();
+  const sock = openGenericNetlink(read ? { readBufferBytes: read } : {});
   sock.socket.setRecvBufferSize(8 << 20);
   const fam = (await sock.ctrlRequest(genl.Commands.GET_FAMILY, { familyName: IPVS_GENL_NAME }))[0]!.familyId!;
   let msgs = 0;

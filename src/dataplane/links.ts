@@ -1,7 +1,8 @@
 // The dummy interface that holds service addresses (kube-ipvs0), over rtnetlink, and its
 // in-memory twin. Like kube-proxy, the interface stays down with NOARP: the kernel still treats
 // its addresses as local, which is what IPVS needs, and never answers ARP for them.
-import { createRtNetlink, type RtNetlinkSocket } from 'netlink';
+import type { RtNetlinkSocket } from 'netlink';
+import { openRtNetlink } from './netlink.ts';
 import { formatIP, parseIP } from '../util/ip.ts';
 import { attr, cstr } from './nlattr.ts';
 
@@ -43,7 +44,7 @@ export class NetlinkLinks implements Links {
   readonly #timeout: number;
 
   constructor(opts: { timeoutMs?: number } = {}) {
-    this.#rt = createRtNetlink();
+    this.#rt = openRtNetlink();
     this.#timeout = opts.timeoutMs ?? 5000;
   }
 

@@ -2,7 +2,8 @@
 // memory by fake.ts. Every request has a timeout; kernel errors become IpvsError with the errno
 // and the operation, never a hang and never a bare string.
 import { constants as osConstants } from 'node:os';
-import { createGenericNetlink, FlagsGet, genl, MessageType, parseError, type GenericNetlinkSocket } from 'netlink';
+import { FlagsGet, genl, MessageType, parseError, type GenericNetlinkSocket } from 'netlink';
+import { NLM_F_DUMP_INTR, openGenericNetlink, type RawSocket } from '../netlink.ts';
 import {
   decodeDestination,
   decodeDestinationCounters,
@@ -77,6 +78,8 @@ export interface NetlinkIpvsOptions {
    * 100 000 single commands (the reconciler). Default: peek.
    */
   readBufferBytes?: number;
+  /** An open raw netlink socket to talk over (tests: an in-memory kernel). */
+  raw?: RawSocket;
 }
 
 /** `readBufferBytes` for a socket that mostly dumps (metrics scrapes, `kube-ipvs status`). */
@@ -98,7 +101,7 @@ export class NetlinkIpvs implements Ipvs {
   /** Opens a socket and resolves the IPVS family; fails with ENOENT when ip_vs is not loaded. */
   static async open(opts: NetlinkIpvsOptions = {}): Promise<NetlinkIpvs> {
     const timeout = opts.timeoutMs ?? 5000;
-    const sock = opts.readBufferBytes ? createGenericNetlink({ messagePeeking: false, msgBufferSize: opts.readBufferBytes } as Parameters<typeof createGenericNetlink>[0]) : createGenericNetlink();
+    const sock = openGenericNetlink({ ...(opts.readBufferBytes ? { readBufferBytes: opts.readBufferBytes } : {}), ...(opts.raw ? { raw: opts.raw } : {}) });
     try {
       // Large buffers: a dump of tens of thousands of services arrives in one burst.
       sock.socket.setRecvBufferSize(8 * 1024 * 1024);
@@ -154,7 +157,10 @@ export class NetlinkIpvs implements Ipvs {
         if (errno !== 0) throw new IpvsError(op, Math.abs(errno));
         continue; // the ACK
       }
+      // (DONE never gets here: the socket takes it off, or fails the request with its errno.)
       if (msg.type === MessageType.DONE || msg.type === MessageType.NOOP) continue;
+      // The kernel's table changed under a running dump: what was read may skip or repeat entries.
+      if (msg.flags & NLM_F_DUMP_INTR) throw new IpvsError(op, 4, 'EINTR', 'dump interrupted by a concurrent change');
       out.push(msg.data);
     }
     return out;

@@ -1,0 +1,94 @@
+// Netlink sockets for the IPVS (generic netlink) and link (rtnetlink) clients, with replies matched
+// to requests by sequence number. The `netlink` package's NetlinkSocket keeps one multipart buffer
+// per socket and closes it on the first message that is not part of it: the ACK of a change sent
+// while a dump runs on the same socket (the kernel queues it between two chunks of the dump) ended
+// the dump early as "Multipart message not terminated properly", and the reconciler, which lists a
+// service's destinations while it changes another's, read that as a failed sync. Here every
+// request's parts are kept apart by sequence number, whatever arrives in between.
+import { Flags, GenericNetlinkSocket, MessageType, NetlinkSocket, Protocol, RawNetlinkSocket, RtNetlinkSocket, type MessageInfo, type NetlinkMessage } from 'netlink';
+
+/** What NetlinkSocket uses of its raw socket; tests pass an in-memory kernel. */
+export type RawSocket = RawNetlinkSocket;
+
+export interface SocketOptions {
+  /** Read each datagram into a buffer of this size instead of peeking at its size first. */
+  readBufferBytes?: number;
+  /** An already open raw socket (tests); by default a new one of the protocol. */
+  raw?: RawSocket;
+}
+
+/** A dump's parts carry NLM_F_DUMP_INTR when the kernel's table changed while it was dumped. */
+export const NLM_F_DUMP_INTR = 0x10;
+
+/** NetlinkSocket with replies grouped per request (sequence number), not one buffer per socket. */
+export class DemuxNetlinkSocket extends NetlinkSocket {
+  /** Dumps in progress: sequence number -> the parts received so far. */
+  readonly #parts = new Map<number, NetlinkMessage[]>();
+
+  constructor(raw: RawSocket) {
+    super(raw);
+    // A datagram larger than the read buffer is lost past the buffer: fail its request at once
+    // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
+    raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#truncated(buf, rinfo));
+  }
+
+  /** Dumps whose parts are still arriving (for tests and diagnostics). */
+  get openDumps(): number {
+    return this.#parts.size;
+  }
+
+  protected override handleMessages(msgs: NetlinkMessage[], rinfo: MessageInfo): void {
+    for (const msg of msgs) {
+      const open = this.#parts.get(msg.seq);
+      if (msg.type === MessageType.DONE) {
+        // DONE closes its own request's dump (some kernels leave NLM_F_MULTI off it), and carries
+        // the dump's result: an error there means the dump stopped short, not that it was whole.
+        this.#parts.delete(msg.seq);
+        const errno = msg.data.length >= 4 ? msg.data.readInt32LE(0) : 0;
+        if (errno < 0) {
+          this.#fail(msg.seq, -errno, 'the dump ended with an error');
+          continue;
+        }
+        if (open) open.push(msg);
+        this.emitMessage(open ?? [msg], rinfo);
+      } else if (msg.flags & Flags.MULTI) {
+        if (open) open.push(msg);
+        else this.#parts.set(msg.seq, [msg]);
+      } else if (open && msg.type === MessageType.ERROR) {
+        // An error in place of the rest of a dump: the request fails with it.
+        this.#parts.delete(msg.seq);
+        this.emitMessage(msg, rinfo);
+      } else if (open) {
+        open.push(msg); // a part without NLM_F_MULTI: still this dump's
+      } else {
+        this.emitMessage(msg, rinfo);
+      }
+    }
+  }
+
+  #truncated(buf: Buffer, rinfo: MessageInfo): void {
+    if (buf.length < 16) return;
+    const seq = buf.readUInt32LE(8);
+    this.#parts.delete(seq);
+    this.#fail(seq, 90 /* EMSGSIZE */, `reply of ${rinfo.truncated ?? '?'} bytes truncated to ${buf.length}`);
+  }
+
+  /** Fails the request waiting for `seq`, if any, with a positive errno. */
+  #fail(seq: number, errno: number, message: string): void {
+    this.requests.get(seq)?.(Object.assign(new Error(message), { errno }));
+  }
+}
+
+function rawSocket(protocol: number, o: SocketOptions): RawSocket {
+  if (o.raw) return o.raw;
+  const opts = o.readBufferBytes ? { messagePeeking: false, msgBufferSize: o.readBufferBytes } : {};
+  return new RawNetlinkSocket(protocol, opts as ConstructorParameters<typeof RawNetlinkSocket>[1]);
+}
+
+export function openGenericNetlink(o: SocketOptions = {}): GenericNetlinkSocket {
+  return new GenericNetlinkSocket(new DemuxNetlinkSocket(rawSocket(Protocol.GENERIC, o)));
+}
+
+export function openRtNetlink(o: SocketOptions = {}): RtNetlinkSocket {
+  return new RtNetlinkSocket(new DemuxNetlinkSocket(rawSocket(Protocol.ROUTE, o)));
+}

@@ -1,0 +1,115 @@
+// Replies matched to requests on one netlink socket while dumps and changes interleave, as the
+// kernel interleaves them (test/support/netlink-kernel.ts), through the real NetlinkIpvs client.
+import t from 'tap';
+import { GenericNetlinkSocket, NetlinkSocket, FlagsGet } from 'netlink';
+import { NetlinkIpvs, IpvsError } from '../../src/dataplane/ipvs/client.ts';
+import { encodeRequest, serviceKeyAttr } from '../../src/dataplane/ipvs/codec.ts';
+import { Cmd } from '../../src/dataplane/ipvs/constants.ts';
+import { DemuxNetlinkSocket, type RawSocket } from '../../src/dataplane/netlink.ts';
+import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
+import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
+
+const svc = (i: number): ServiceKey => ({ family: 4, protocol: 'TCP', address: `10.96.0.${i}`, port: 80 });
+const dest = (i: number, port = 8080): IpvsDestination => ({ family: 4, address: `10.1.${i >> 8}.${i & 255}`, port, fwdMethod: 0, weight: 1, upperThreshold: 0, lowerThreshold: 0 });
+
+async function client(o: FakeKernelOptions = {}) {
+  const kernel = new FakeNetlinkKernel(o);
+  const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket, timeoutMs: 2000 });
+  return { kernel, ipvs };
+}
+
+t.test('dumps stay whole while changes are acknowledged between their chunks', async (t) => {
+  const { kernel, ipvs } = await client({ perChunk: 2 });
+  for (let i = 0; i < 20; i++) await ipvs.addDestination(svc(1), dest(i));
+  const before = kernel.delivered.length;
+  // Ten dumps of service 1 (queued one after the other, as the client does) while 100 destinations
+  // are added to service 2 concurrently: every ACK lands in the middle of some dump.
+  const dumps = Array.from({ length: 10 }, () => ipvs.destinations(svc(1)));
+  const adds: Promise<void>[] = [];
+  for (let i = 0; i < 100; i++) {
+    adds.push(ipvs.addDestination(svc(2), dest(i, 9090)));
+    await new Promise((r) => setImmediate(r));
+  }
+  const [lists] = await Promise.all([Promise.all(dumps), Promise.all(adds)]);
+  for (const l of lists) t.same(l.map((d) => d.address), Array.from({ length: 20 }, (_, i) => dest(i).address), 'a whole, ordered dump');
+  const order = kernel.delivered.slice(before);
+  const interleaved = order.some((x, i) => x.startsWith('chunk') && order[i + 1]?.startsWith('ack') && order[i + 2]?.startsWith('chunk'));
+  t.ok(interleaved, 'the kernel really put ACKs between chunks of one dump');
+  t.equal((await ipvs.destinations(svc(2))).length, 100, 'and every change was applied');
+});
+
+t.test("the netlink package's own socket cuts such a dump short (why DemuxNetlinkSocket exists)", async (t) => {
+  // The same interleaving through the package's NetlinkSocket: if this starts passing, upstream
+  // fixed its multipart handling and src/dataplane/netlink.ts can go.
+  const kernel = new FakeNetlinkKernel({ perChunk: 1 });
+  const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket });
+  for (let i = 0; i < 6; i++) await ipvs.addDestination(svc(1), dest(i));
+  const stock = new GenericNetlinkSocket(new NetlinkSocket(kernel as unknown as RawSocket));
+  const dump = stock.socket.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), { flags: FlagsGet.DUMP, timeout: 2000, checkError: false });
+  const add = ipvs.addDestination(svc(2), dest(1));
+  await t.rejects(dump, /Multipart message not terminated properly/);
+  await add;
+});
+
+t.test('every request on a busy socket gets its own answer: a property over random interleavings', async (t) => {
+  for (let round = 0; round < 20; round++) {
+    const per = 1 + (round % 4);
+    const { ipvs } = await client({ perChunk: per, doneAlone: round % 2 === 0 });
+    const want = new Map<number, Set<string>>();
+    const ops: Promise<unknown>[] = [];
+    let seed = round * 7919 + 1;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+    for (let k = 0; k < 120; k++) {
+      const s = rnd(4);
+      const set = want.get(s) ?? new Set<string>();
+      want.set(s, set);
+      if (rnd(3) === 0) {
+        const snapshot = new Set(set);
+        ops.push(ipvs.destinations(svc(s)).then((l) => t.ok([...snapshot].every((a) => l.some((d) => d.address === a)), 'a dump holds what was added before it')));
+      } else {
+        const d = dest(k);
+        set.add(d.address);
+        ops.push(ipvs.addDestination(svc(s), d));
+      }
+    }
+    await Promise.all(ops);
+    for (const [s, set] of want) t.same(new Set((await ipvs.destinations(svc(s))).map((d) => d.address)), set, `round ${round}: service ${s} as written`);
+  }
+});
+
+t.test('a dump that ends in an error fails with that errno, and the socket keeps working', async (t) => {
+  const { kernel, ipvs } = await client({ perChunk: 1, dumpDoneErrno: 90 });
+  for (let i = 0; i < 4; i++) await ipvs.addDestination(svc(1), dest(i));
+  await t.rejects(ipvs.destinations(svc(1)), { code: 'EMSGSIZE' }, 'DONE with an error is not an empty or short success');
+  kernel.o.dumpDoneErrno = 0;
+  kernel.o.dumpErrorErrno = 16;
+  await t.rejects(ipvs.destinations(svc(1)), { code: 'EBUSY' }, 'an NLMSG_ERROR in place of the rest of a dump');
+  kernel.o.dumpErrorErrno = 0;
+  kernel.o.dumpIntr = true;
+  await t.rejects(ipvs.destinations(svc(1)), { code: 'EINTR' }, 'an interrupted dump is not taken as the truth');
+  kernel.o.dumpIntr = false;
+  t.equal((await ipvs.destinations(svc(1))).length, 4, 'the next dump is whole');
+});
+
+t.test('a truncated reply fails its request at once instead of waiting for the timeout', async (t) => {
+  const { kernel, ipvs } = await client({ perChunk: 4 });
+  for (let i = 0; i < 4; i++) await ipvs.addDestination(svc(1), dest(i));
+  kernel.o.truncateAt = 64;
+  const started = Date.now();
+  const e = await ipvs.destinations(svc(1)).catch((x: unknown) => x);
+  t.ok(e instanceof IpvsError && e.code === 'EMSGSIZE', `EMSGSIZE (${String(e)})`);
+  t.ok(Date.now() - started < 1000, 'well before the 2 s timeout');
+});
+
+t.test('the demultiplexer holds no state once its dumps are done', async (t) => {
+  const kernel = new FakeNetlinkKernel({ perChunk: 1 });
+  const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
+  const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket });
+  for (let i = 0; i < 3; i++) await ipvs.addDestination(svc(1), dest(i));
+  const r = sock.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), { flags: FlagsGet.DUMP, timeout: 2000, checkError: false });
+  await new Promise((res) => setImmediate(res));
+  t.equal(sock.openDumps, 1, 'a dump in progress is tracked');
+  const [msgs] = await r;
+  t.equal(msgs.length, 3, 'three destinations (DONE taken off)');
+  t.equal(sock.openDumps, 0, 'and forgotten when done');
+});
