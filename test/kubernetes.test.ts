@@ -1,5 +1,5 @@
 // The Kubernetes source against a real kube-apiserver and etcd built from upstream Go modules
-// (test/k8s/). Skipped, with the reason, when they cannot be built here.
+// (test/k8s/, built by the test set-up). Skipped, with the set-up's reason, when they were not built.
 import t from 'tap';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { Problem } from '../src/errors.ts';
@@ -7,11 +7,11 @@ import { Model } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
 import { main } from '../src/cli.ts';
-import { ApiServer, buildBinaries } from './support/apiserver.ts';
+import { ApiServer, k8sBinaries } from './support/apiserver.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 
-t.setTimeout(10 * 60_000);
-const built = process.env.K8S === '0' ? { why: 'K8S=0 set' } : await buildBinaries();
+t.setTimeout(5 * 60_000);
+const built = k8sBinaries();
 if ('why' in built) {
   t.plan(0, `Kubernetes source tests skipped: ${built.why}`);
 } else {

@@ -4,7 +4,7 @@
 // backend that already holds more rules wins, nft when neither does.
 import type { Logger } from '../observe/log.ts';
 import type { Metrics } from '../observe/metrics.ts';
-import { allSets, CHAINS, HOOKS, netfilterRules, type NetfilterConfig } from '../plan/netfilter.ts';
+import { allSets, HOOKS, netfilterRules, type NetfilterConfig } from '../plan/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import type { Exec } from './exec.ts';
 
@@ -167,28 +167,73 @@ export class NetfilterApplier {
     return errors;
   }
 
-  /** Removes the jumps, our chains and our sets (for `kube-ipvs cleanup`). Missing pieces are fine. */
+  /**
+   * Removes the jumps, our chains and our sets (for `kube-ipvs cleanup`). Missing pieces are fine.
+   * A few processes, not one per rule: one save and one restore per family (atomic per table),
+   * one `ipset restore` for the sets (under emulation in the lab, one command per chain and jump
+   * made a cleanup take 30 s).
+   */
   async cleanup(): Promise<NetfilterError[]> {
     const errors: NetfilterError[] = [];
     for (const family of [4, 6] as const) {
-      const ipt = this.#cmd(family, '');
-      for (const h of HOOKS) {
-        const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
-        // Delete every copy.
-        for (let i = 0; i < 10; i++) if ((await this.#o.exec.run(ipt, ['-w', '5', '-D', h.chain, ...spec])).code !== 0) break;
-      }
-      for (const [table, chains] of Object.entries(CHAINS)) {
-        for (const c of chains) await this.#o.exec.run(ipt, ['-w', '5', '-t', table, '-F', c]);
-        for (const c of chains) await this.#o.exec.run(ipt, ['-w', '5', '-t', table, '-X', c]);
-      }
+      const save = await this.#o.exec.run(this.#cmd(family, 'save'), []);
+      if (save.code !== 0) continue; // this backend or family does not work here: nothing of ours is in it
+      const input = cleanupRestoreInput(save.stdout);
+      if (!input) continue;
+      const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], input);
+      if (r.code !== 0) errors.push({ op: `${this.#cmd(family, 'restore')} (cleanup)`, message: `exit ${r.code}: ${r.stderr.trim()}` });
     }
-    for (const s of allSets()) {
-      const r = await this.#o.exec.run('ipset', ['destroy', s.name]);
-      if (r.code !== 0 && !/does not exist/.test(r.stderr)) errors.push({ op: `ipset destroy ${s.name}`, message: r.stderr.trim() });
+    const list = await this.#o.exec.run('ipset', ['list', '-n']);
+    const ours = list.code === 0 ? list.stdout.split('\n').map((l) => l.trim()).filter((n) => OUR_SET.test(n)) : [];
+    if (ours.length > 0 && (await this.#o.exec.run('ipset', ['restore'], ours.map((n) => `destroy ${n}`).join('\n') + '\n')).code !== 0) {
+      // ipset restore stops at the first failure: one by one, to name each set that stays.
+      for (const n of ours) {
+        const r = await this.#o.exec.run('ipset', ['destroy', n]);
+        if (r.code !== 0 && !/does not exist/.test(r.stderr)) errors.push({ op: `ipset destroy ${n}`, message: r.stderr.trim() });
+      }
     }
     this.#appliedRules.clear();
     this.#entries.clear();
     this.#setsReady = false;
     return errors;
   }
+}
+
+/** Our chains and sets, of this version or an earlier one (and a set being rebuilt, "-T"). */
+const OUR_CHAIN = /^KIPVS-[A-Za-z0-9-]+$/;
+const OUR_SET = /^KIPVS6?-[A-Za-z0-9-]+$/;
+
+/**
+ * The `iptables-restore --noflush` input that removes our chains and every jump into them from an
+ * `iptables-save` text, touching nothing else; "" when there is nothing of ours. Per table: our
+ * chains declared (which flushes them), the jumps from other chains deleted, our chains deleted.
+ */
+export function cleanupRestoreInput(save: string): string {
+  const out: string[] = [];
+  let table = '';
+  let chains: string[] = [];
+  let jumps: string[] = [];
+  const flush = () => {
+    if (table && (chains.length || jumps.length)) out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...jumps, ...chains.map((c) => `-X ${c}`), 'COMMIT');
+    chains = [];
+    jumps = [];
+  };
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) {
+      flush();
+      table = line.slice(1).trim();
+    } else if (line.startsWith(':')) {
+      const name = line.slice(1).split(' ')[0]!;
+      if (OUR_CHAIN.test(name)) chains.push(name);
+    } else if (line.startsWith('-A ')) {
+      const chain = line.slice(3).split(' ')[0]!;
+      const target = / -[jg] (\S+)/.exec(line)?.[1];
+      if (!OUR_CHAIN.test(chain) && target && OUR_CHAIN.test(target)) jumps.push(`-D ${line.slice(3)}`);
+    } else if (line.startsWith('COMMIT')) {
+      flush();
+      table = '';
+    }
+  }
+  flush();
+  return out.length ? `${out.join('\n')}\n` : '';
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-proxy and etcd from the Go modules pinned in test/k8s/go.mod into
 # test/k8s/.cache/bin (ignored). Rebuilds only when go.mod or go.sum change. Prints the bin dir.
+# Run by the test set-up (test/setup.ts). --check: build nothing; exit 0 (and print the bin dir)
+# only when the binaries are there and up to date, else 4.
 set -euo pipefail
+check=0
+if [ "${1:-}" = "--check" ]; then check=1; fi
 here=$(cd "$(dirname "$0")" && pwd)
 bin="$here/.cache/bin"
 stamp="$bin/.stamp"
@@ -10,6 +14,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$bin/kube-apiserv
   echo "$bin"
   exit 0
 fi
+if [ "$check" = 1 ]; then echo "test/k8s: not built, or built from another go.mod/go.sum" >&2; exit 4; fi
 command -v go >/dev/null || { echo "test/k8s: no Go toolchain on this machine" >&2; exit 3; }
 mkdir -p "$bin"
 cd "$here"

@@ -17,9 +17,13 @@ printf '%s\n' "$1" > "$results/cmd.sh"
 # LAB_SHARE=DIR: files the guest should find under /lab-results (an API server's kubeconfig...).
 if [ -n "${LAB_SHARE:-}" ]; then cp -r "$LAB_SHARE"/. "$results"/; fi
 echo "$repo" > "$results/repo"
+# The VM dies with whoever started this script (a test file killed by its timeout runs no
+# teardown): setpriv's parent-death signal makes timeout die with this shell, and qemu with timeout.
+pd=()
+if command -v setpriv >/dev/null; then pd=(setpriv --pdeathsig KILL --); fi
 # CPU model: Nehalem (SSE4.2, no AVX). With -cpu max, Node processes in the guest crashed now and
 # then (SIGSEGV, V8 check failures) under TCG; none were seen with Nehalem. LAB_CPU overrides.
-timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
+"${pd[@]}" timeout "${LAB_TIMEOUT:-1500}" "${pd[@]}" qemu-system-x86_64 \
   -accel tcg -cpu "${LAB_CPU:-Nehalem}" -smp "${LAB_CPUS:-2}" -m "${LAB_MEM:-3072}" \
   -kernel "$VMLINUZ" -initrd "$INITRD" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 kipvs.moddir=$MODDIR kipvs.guest=$here/guest.sh" \
@@ -28,7 +32,10 @@ timeout "${LAB_TIMEOUT:-1200}" qemu-system-x86_64 \
   -nic "user,model=virtio-net-pci,restrict=on${LAB_HOST_PORT:+,guestfwd=tcp:10.0.2.100:6443-cmd:busybox nc 127.0.0.1 $LAB_HOST_PORT}" \
   -nographic -no-reboot >"$results/console.txt" 2>&1 || true
 if [ ! -f "$results/status" ]; then
-  echo "lab: the VM did not finish; console:" >&2
+  # What the guest got through before it stopped (the TAP so far says which case was running).
+  cat "$results/err.txt" >&2 2>/dev/null || true
+  cat "$results/out.txt" 2>/dev/null || true
+  echo "lab: the VM did not finish within ${LAB_TIMEOUT:-1500} s (LAB_TIMEOUT), or crashed; console:" >&2
   tail -n 40 "$results/console.txt" >&2
   exit 90
 fi

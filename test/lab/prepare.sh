@@ -2,11 +2,16 @@
 # Prepares the IPVS lab on the host: Debian packages, the Debian kernel (downloaded and unpacked,
 # never installed) and a busybox initramfs. Idempotent; everything goes under test/lab/.cache/.
 # Prints the paths it made as KEY=VALUE lines on stdout; progress goes to stderr.
+# Run by the test set-up (test/setup.ts). --check: install and download nothing; exit 0 (and print
+# the paths) only when everything is in place and the initramfs is up to date, else 4.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
-mkdir -p "$cache"
 log() { echo "lab: $*" >&2; }
+check=0
+if [ "${1:-}" = "--check" ]; then check=1; fi
+not_ready() { log "not prepared: $*"; exit 4; }
+[ "$check" = 1 ] || mkdir -p "$cache"
 
 need_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
@@ -18,6 +23,7 @@ command -v ipset >/dev/null || need_pkgs+=(ipset)
 command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v modprobe >/dev/null || need_pkgs+=(kmod)
+if [ ${#need_pkgs[@]} -gt 0 ] && [ "$check" = 1 ]; then not_ready "missing ${need_pkgs[*]}"; fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,6 +32,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # The kernel: the version linux-image-amd64 points at, unpacked into the cache.
+if [ ! -f "$cache/kernel.ready" ] && [ "$check" = 1 ]; then not_ready "no kernel in $cache"; fi
 if [ ! -f "$cache/kernel.ready" ]; then
   cd "$cache"
   rm -rf kernel debs && mkdir -p kernel debs
@@ -46,6 +53,7 @@ moddir="$cache/kernel/lib/modules/$kver"
 
 # The initramfs: busybox, the few modules needed to reach the host root over 9p, and init.
 initrd="$cache/initrd-$kver.cpio.gz"
+if { [ ! -f "$initrd" ] || [ "$here/initramfs-init.sh" -nt "$initrd" ]; } && [ "$check" = 1 ]; then not_ready "initramfs missing or older than initramfs-init.sh"; fi
 if [ ! -f "$initrd" ] || [ "$here/initramfs-init.sh" -nt "$initrd" ]; then
   log "building initramfs for $kver"
   root="$cache/initramfs"

@@ -1,13 +1,14 @@
-// A real etcd and kube-apiserver on loopback, built from upstream modules by test/k8s/build.sh.
-// Token authentication, AlwaysAllow authorization, no controller-manager (tests create
-// EndpointSlices themselves), no endpoint reconciler (loopback is not a routable address).
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+// A real etcd and kube-apiserver on loopback, built from upstream modules by test/k8s/build.sh
+// (in the test set-up, test/setup.ts). Token authentication, AlwaysAllow authorization, no
+// controller-manager (tests create EndpointSlices themselves), no endpoint reconciler (loopback is
+// not a routable address). Both die with the test process, however it ends (support/owned.ts).
+import type { ChildProcess } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { spawnOwned } from './owned.ts';
 
 const freePort = () =>
   new Promise<number>((res, rej) => {
@@ -19,16 +20,7 @@ const freePort = () =>
     s.on('error', rej);
   });
 
-/** Builds (or finds cached) binaries; null with the reason when that cannot be done here. */
-export async function buildBinaries(): Promise<{ bin: string } | { why: string }> {
-  try {
-    const { stdout } = await promisify(execFile)('bash', ['test/k8s/build.sh'], { maxBuffer: 64 << 20, timeout: 40 * 60_000 });
-    return { bin: stdout.trim().split('\n').at(-1)! };
-  } catch (e) {
-    const err = e as { stderr?: string; message: string; code?: number };
-    return { why: `cannot build kube-apiserver/etcd from Go modules: ${(err.stderr || err.message).trim().split('\n').slice(-4).join(' | ')}` };
-  }
-}
+export { k8sBinaries } from './setup-state.ts';
 
 export class ApiServer {
   readonly dir: string;
@@ -66,11 +58,13 @@ current-context: test
   }
 
   async start(): Promise<void> {
+    // A test process that exits without its teardown (an uncaught error) still stops them.
+    process.once('exit', this.#killNow);
     this.etcdPort = await freePort();
     const peer = await freePort();
     this.apiPort = await freePort();
     mkdirSync(join(this.dir, 'etcd'), { recursive: true });
-    this.#etcd = spawn(join(this.bin, 'etcd'), [
+    this.#etcd = spawnOwned(join(this.bin, 'etcd'), [
       '--name=test',
       `--data-dir=${join(this.dir, 'etcd')}`,
       `--listen-client-urls=http://127.0.0.1:${this.etcdPort}`,
@@ -89,7 +83,7 @@ current-context: test
   }
 
   async startApiServer(): Promise<void> {
-    this.#api = spawn(join(this.bin, 'kube-apiserver'), [
+    this.#api = spawnOwned(join(this.bin, 'kube-apiserver'), [
       `--etcd-servers=http://127.0.0.1:${this.etcdPort}`,
       `--secure-port=${this.apiPort}`,
       '--bind-address=127.0.0.1',
@@ -172,7 +166,12 @@ current-context: test
     return rev;
   }
 
+  readonly #killNow = () => {
+    for (const p of [this.#api, this.#etcd]) if (p && p.exitCode === null) p.kill('SIGKILL');
+  };
+
   async stop(): Promise<void> {
+    process.off('exit', this.#killNow);
     await this.stopApiServer();
     const e = this.#etcd;
     this.#etcd = null;

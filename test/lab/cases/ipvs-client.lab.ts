@@ -96,3 +96,35 @@ t.test('dummy interface and addresses over rtnetlink', async (t) => {
   await links.deleteLink(index);
   t.equal(await links.find('kipvs-test0'), null);
 });
+
+t.test('dumps on a socket that is also sending changes come back whole (the kernel queues ACKs between chunks)', async (t) => {
+  const ipvs = await NetlinkIpvs.open();
+  t.teardown(async () => {
+    await ipvs.flush();
+    ipvs.close();
+  });
+  await ipvs.flush();
+  const a: IpvsService = { ...tcp, address: '10.202.0.1' };
+  const b: IpvsService = { ...tcp, address: '10.202.0.2' };
+  await ipvs.addService(a);
+  await ipvs.addService(b);
+  const dest = (i: number, port = 8080) => ({ family: 4 as const, address: `10.203.${i >> 8}.${i & 255}`, port, fwdMethod: FwdMethod.MASQ, weight: 1, upperThreshold: 0, lowerThreshold: 0 });
+  // 300 destinations: a dump of them spans several chunks (one page each by default).
+  for (let i = 0; i < 300; i++) await ipvs.addDestination(a, dest(i));
+  const short: number[] = [];
+  for (let round = 0; round < 10; round++) {
+    // Three dumps of A queued on the socket while 60 changes to B are sent on it.
+    const dumps = [0, 1, 2].map(() => ipvs.destinations(a).then((l) => l.length));
+    const changes: Promise<void>[] = [];
+    for (let i = 0; i < 60; i++) {
+      const d = dest(i, 9000 + round);
+      changes.push(ipvs.addDestination(b, d).then(() => ipvs.deleteDestination(b, d)));
+      if (i % 10 === 0) await new Promise((r) => setImmediate(r));
+    }
+    const [counts] = await Promise.all([Promise.all(dumps), Promise.all(changes)]);
+    for (const c of counts) if (c !== 300) short.push(c);
+  }
+  t.same(short, [], '30 dumps, each with all 300 destinations, while 1 200 changes went over the same socket');
+  t.same(await ipvs.destinations(b), [], 'every change was applied (and undone)');
+  t.equal(sh('ipvsadm', '-Ln', '-t', '10.202.0.1:80').split('\n').filter((l) => l.includes('->') && l.includes('10.203.')).length, 300, 'ipvsadm agrees');
+});

@@ -2,10 +2,9 @@
 // Node 192.168.100.1 (ext client 192.168.100.2, a second outside client "ext2" 192.168.101.2),
 // pods on kbr0 10.244.0.0/24 and fd00:244::/64, the client pod 10.250.0.2; clusterCIDR
 // 10.0.0.0/8 (so the client pod is in the cluster) + fd00:244::/56 (its IPv6 address is not).
-import { spawn } from 'node:child_process';
 import t from 'tap';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { CLIENT_IP6, LabNode, NODE_IP, nodeArgs, procEnv, sh } from '../support/node.ts';
+import { CLIENT_IP6, LabNode, NODE_IP, nodeArgs, procEnv, sh, spawn } from '../support/node.ts';
 
 const lab = new LabNode();
 const EXT_IP = '192.168.100.2';

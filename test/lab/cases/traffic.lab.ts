@@ -1,12 +1,12 @@
 // Real traffic through a node programmed by `kube-ipvs run`, inside the lab VM.
 // One node is built once; the cases run in order and share it.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import t from 'tap';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { FwdMethod } from '../../../src/dataplane/ipvs/constants.ts';
 import { ep, node, service, slice } from '../../support/objects.ts';
-import { CLI, LabNode, NODE_IP, nodeArgs, procEnv, sh } from '../support/node.ts';
+import { CLI, LabNode, NODE_IP, nodeArgs, procEnv, sh, spawn } from '../support/node.ts';
 
 const lab = new LabNode();
 const count = (names: string[]) => names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
@@ -124,7 +124,7 @@ t.test('a removed backend keeps its established connection while new ones avoid 
 t.test('SIGKILL and restart under load: no connection fails, state converges', async (t) => {
   const loop = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs(resolve(import.meta.dirname, '../support/client.ts'), 'loop', '10.96.0.10', '80', '50', '9000')], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
   let out = '';
-  loop.stdout.on('data', (d) => (out += d.toString()));
+  loop.stdout!.on('data', (d) => (out += d.toString()));
   const done = new Promise((r) => loop.once('exit', r));
   await new Promise((r) => setTimeout(r, 2000));
   await lab.killProxy('SIGKILL');

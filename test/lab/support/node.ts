@@ -5,13 +5,18 @@
 //                    backends come back through the node (same-bridge clients need the
 //                    iptables stage: see DESIGN.md, Labs);
 //   ext            = an external client (192.168.100.2) reaching the node IP 192.168.100.1.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
 import { serviceId } from '../../../src/dataplane/ipvs/types.ts';
 import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../../../src/util/v8-flags.ts';
+import { spawnOwned } from '../../support/owned.ts';
+import { resetNode, watchExit } from './hygiene.ts';
+
+/** Every long-lived process a case starts dies with the case's process (support/owned.ts). */
+export const spawn = spawnOwned;
 
 export const NODE_IP = '192.168.100.1';
 export const EXT_IP = '192.168.100.2';
@@ -39,7 +44,8 @@ export const CLI = [...DAEMON_V8_FLAGS, ...LAB_V8_FLAGS, join(repo, 'src/cli.ts'
  */
 export const procEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|TAP.*|_TAPJS.*)$/.test(k)));
 
-export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', env: procEnv });
+/** A short command; none may block a case for more than a minute. */
+export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', env: procEnv, timeout: 60_000 });
 const ns = (name: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', name, ...cmd);
 
 function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string, v6?: { nsAddr: string; gw: string; hostAddr?: string }) {
@@ -80,6 +86,9 @@ export class LabNode {
 
   /** The network, and `count` backends named be1..beN at 10.244.0.11.. */
   async build(count: number): Promise<void> {
+    // A clean node whatever an earlier case file left behind (it may have hung and been killed).
+    const left = resetNode();
+    if (left.length) process.stderr.write(`lab: removed what an earlier case left: ${left.join('; ')}\n`);
     sh('ip', 'link', 'add', 'kbr0', 'type', 'bridge');
     sh('ip', 'addr', 'add', '10.244.0.1/24', 'dev', 'kbr0');
     sh('ip', '-6', 'addr', 'add', `${POD6_GW}/64`, 'dev', 'kbr0', 'nodad');
@@ -205,11 +214,18 @@ export class LabNode {
 
   /** Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case file starts clean. */
   async shutdown(): Promise<void> {
+    // Whatever happens below, a case file still alive 20 s from now says what keeps it alive.
+    watchExit(20_000);
     await this.killProxy('SIGTERM');
+    let cleanupError: Error | null = null;
+    const started = Date.now();
     try {
-      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: 'ignore', env: procEnv });
-    } catch {
-      /* nothing was started, or already cleaned */
+      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv, timeout: 60_000, killSignal: 'SIGKILL' });
+    } catch (e) {
+      const err = e as { signal?: string; status?: number; stderr?: Buffer };
+      // A cleanup that hangs is a product bug: say so (after the rest is torn down).
+      if (err.signal) cleanupError = new Error(`kube-ipvs cleanup did not finish within 60 s (killed after ${Date.now() - started} ms): ${err.stderr?.toString().slice(-500) ?? ''}`);
+      /* a non-zero exit: nothing was started, or already cleaned */
     }
     for (const c of this.#children) c.kill('SIGKILL');
     for (const n of [...this.backends, 'client', 'ext']) {
@@ -226,5 +242,6 @@ export class LabNode {
         /* already gone */
       }
     }
+    if (cleanupError) throw cleanupError;
   }
 }
