@@ -7,7 +7,8 @@ set -euo pipefail
 check=0
 if [ "${1:-}" = "--check" ]; then check=1; fi
 here=$(cd "$(dirname "$0")" && pwd)
-bin="$here/.cache/bin"
+# K8S_CACHE_DIR moves the binaries (.ci/run FRESH=1 points it at an empty folder).
+bin="${K8S_CACHE_DIR:-$here/.cache}/bin"
 stamp="$bin/.stamp"
 want=$(cat "$here/go.mod" "$here/go.sum" "$here/cmd/etcd/main.go" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ] && [ -x "$bin/kube-proxy" ]; then

@@ -3,7 +3,10 @@
 #   test/lab/boot.sh 'node test/lab/cases/run.ts'
 # The command's stdout is printed on stdout when the VM is done; everything else goes to stderr.
 # Exit status: the command's, or 90+ when the VM itself failed.
+# The whole script is one function, read before it runs: editing this file while a VM is up
+# cannot change what the running copy does next.
 set -euo pipefail
+main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 eval "$(bash "$here/prepare.sh")"
@@ -42,3 +45,6 @@ fi
 cat "$results/err.txt" >&2
 cat "$results/out.txt"
 exit "$(cat "$results/status")"
+}
+main "$@"
+exit

@@ -6,7 +6,8 @@
 # the paths) only when everything is in place and the initramfs is up to date, else 4.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-cache="$here/.cache"
+# LAB_CACHE_DIR moves the cache (.ci/run FRESH=1 points it at an empty folder).
+cache="${LAB_CACHE_DIR:-$here/.cache}"
 log() { echo "lab: $*" >&2; }
 check=0
 if [ "${1:-}" = "--check" ]; then check=1; fi

@@ -168,7 +168,12 @@ t.test('the iptables rule count does not grow with Services', async (t) => {
   const before = ruleCount();
   const many = Array.from({ length: 50 }, (_, i) => [service(`many-${i}`, { clusterIPs: [`10.96.2.${i + 1}`], type: 'NodePort', ports: [port(80, 8080, 31000 + i)] }), slice(`many-${i}-1`, `many-${i}`, onNode('be1'), { ports: slicePorts })]).flat();
   lab.write('many', many);
-  await lab.waitKernel((k) => 'TCP/10.96.2.50:80' in k);
+  // Every one of the 50 ClusterIPs and NodePorts with its one destination.
+  const be1 = `${lab.backendIP('be1')}:8080`;
+  await lab.waitKernel((k) => {
+    const missing = Array.from({ length: 50 }, (_, i) => [`TCP/10.96.2.${i + 1}:80`, `TCP/${NODE_IP}:${31000 + i}`]).flat().filter((id) => Object.keys(k[id]?.dests ?? {}).join() !== be1);
+    return missing.length === 0 || `${missing.length} of 100 virtual servers without exactly ${be1}: ${missing.slice(0, 10).join(', ')}`;
+  }, 30_000);
   t.equal(ruleCount(), before, `${before} rules with 10 Services and with 60`);
   t.ok(sh('ipset', 'list', 'KIPVS-CLUSTER-IP').includes('10.96.2.50,tcp:80'), 'the new Services are set entries');
   t.same(lab.client('client', 'tcp', '10.96.2.50', '80', '1'), ['be1']);

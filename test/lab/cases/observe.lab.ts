@@ -130,8 +130,16 @@ t.test('kube-ipvs status shows the Services with their backends', async (t) => {
 t.test('/healthz turns 503 while syncs are stalled and 200 when they resume', async (t) => {
   t.equal((await get(10256, '/healthz')).code, 200);
   // Another interface takes the dummy interface's name: every sync fails (not one Service's fault).
-  sh('ip', 'link', 'del', 'kube-ipvs0');
-  sh('ip', 'link', 'add', 'kube-ipvs0', 'type', 'bridge');
+  // The daemon may put its dummy back between the two commands (a sync every 2 s): until a bridge holds the name.
+  for (let i = 0; !sh('ip', '-d', 'link', 'show', 'kube-ipvs0').includes('bridge'); i++) {
+    if (i === 20) throw new Error('could not put a bridge in place of kube-ipvs0');
+    sh('ip', 'link', 'del', 'kube-ipvs0');
+    try {
+      sh('ip', 'link', 'add', 'kube-ipvs0', 'type', 'bridge');
+    } catch {
+      /* the daemon was quicker: again */
+    }
+  }
   lab.write('late', [service('late', { clusterIPs: ['10.96.0.50'] }), slice('late-1', 'late', [ep(lab.backendIP('be1'))])]);
   const started = Date.now();
   const r = await until('healthz 503', () => get(10256, '/healthz'), (r) => r.code === 503);

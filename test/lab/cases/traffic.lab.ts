@@ -136,7 +136,11 @@ t.test('SIGKILL and restart under load: no connection fails, state converges', a
   t.ok(res.ok > 20, 'the client kept connecting');
   // The restarted proxy follows changes.
   lab.write('web', [webService(), webSlice('be2', 'be3')]);
-  await lab.waitKernel((k) => Object.values(k['UDP/10.96.0.10:53']!.dests).length === 2);
+  await lab.waitKernel((k) => {
+    const udp = Object.keys(k['UDP/10.96.0.10:53']?.dests ?? {}).sort();
+    const want = [`${lab.backendIP('be2')}:8080`, `${lab.backendIP('be3')}:8080`];
+    return udp.join() === want.join() || `UDP/10.96.0.10:53 has [${udp.join(', ')}], wants [${want.join(', ')}]`;
+  });
   t.pass('converged after restart');
 });
 

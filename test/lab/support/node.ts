@@ -65,6 +65,9 @@ function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge
   }
 }
 
+/** The kernel's IPVS state as waitKernel() shows it: service id -> scheduler, timeout, destination -> weight. */
+export type KernelView = Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }>;
+
 /** The pod network's IPv6 side (dual-stack cases). */
 export const POD6_GW = 'fd00:244::1';
 export const CLIENT_IP6 = 'fd00:250::2';
@@ -75,6 +78,7 @@ export class LabNode {
   readonly backends: string[] = [];
   readonly #children: ChildProcess[] = [];
   #proxy: ChildProcess | null = null;
+  #shutDown = false;
   proxyLog = '';
 
   constructor() {
@@ -191,20 +195,25 @@ export class LabNode {
     };
   }
 
-  /** Polls the kernel until `check` passes (or throws after `ms`). */
-  async waitKernel(check: (k: Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }>) => boolean, ms = 15_000): Promise<Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }>> {
+  /**
+   * Polls the kernel until `check` passes (or throws after `ms`). `check` returns true when the
+   * kernel is as wanted, or false or a description of what still differs, which the error
+   * repeats with the kernel's state and the proxy's log.
+   */
+  async waitKernel(check: (k: KernelView) => boolean | string, ms = 15_000): Promise<KernelView> {
     const ipvs = await NetlinkIpvs.open();
     try {
       const until = Date.now() + ms;
       for (;;) {
-        const k: Record<string, { scheduler: string; timeout: number; dests: Record<string, number> }> = {};
+        const k: KernelView = {};
         for (const s of await ipvs.services()) {
           const dests: Record<string, number> = {};
           for (const d of await ipvs.destinations(s)) dests[`${d.address}:${d.port}`] = d.weight;
           k[serviceId(s)] = { scheduler: s.scheduler, timeout: s.timeout, dests };
         }
-        if (check(k)) return k;
-        if (Date.now() > until) throw new Error(`kernel did not converge: ${JSON.stringify(k)}\nproxy log:\n${this.proxyLog.slice(-2000)}`);
+        const r = check(k);
+        if (r === true) return k;
+        if (Date.now() > until) throw new Error(`kernel did not converge in ${ms} ms${typeof r === 'string' ? `: ${r}` : ''}\nkernel: ${JSON.stringify(k)}\nproxy log:\n${this.proxyLog.slice(-3000)}`);
         await new Promise((r) => setTimeout(r, 200));
       }
     } finally {
@@ -214,8 +223,8 @@ export class LabNode {
 
   /** Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case file starts clean. */
   async shutdown(): Promise<void> {
-    // Whatever happens below, a case file still alive 20 s from now says what keeps it alive.
-    watchExit(20_000);
+    if (this.#shutDown) return; // a case may shut down in a test and again in its teardown
+    this.#shutDown = true;
     await this.killProxy('SIGTERM');
     let cleanupError: Error | null = null;
     const started = Date.now();
@@ -242,6 +251,8 @@ export class LabNode {
         /* already gone */
       }
     }
+    // Nothing of the node is left: a case file still alive 20 s from now says what keeps it alive.
+    watchExit(20_000);
     if (cleanupError) throw cleanupError;
   }
 }
