@@ -12,14 +12,15 @@
 // run side by side (the Go build is CPU-bound, the lab's downloads are not). The exit status is 0
 // whatever the steps did (their tests skip with the reason); 2 only on bad usage.
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { SETUP_STATE_FILE, type StepState } from './support/setup-state.ts';
 
 const repo = resolve(import.meta.dirname, '..');
 
-interface Step {
-  name: 'k8s' | 'lab';
+export interface Step {
+  name: string;
   what: string;
   skip: () => string | null;
   cmd: string[];
@@ -37,7 +38,7 @@ const limit = (env: string, dflt: number) => {
   return n;
 };
 
-const steps: Step[] = [
+const steps = (): Step[] => [
   {
     name: 'k8s',
     what: 'kube-apiserver, kube-proxy and etcd from Go modules',
@@ -59,10 +60,11 @@ const clock = (from: number) => {
   const s = Math.round((Date.now() - from) / 1000);
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 };
-const say = (step: string, line: string) => process.stderr.write(`[setup ${step} +${clock(started)}] ${line}\n`);
+export type Say = (step: string, line: string) => void;
+const progress: Say = (step, line) => void process.stderr.write(`[setup ${step} +${clock(started)}] ${line}\n`);
 
 /** Runs one step in a process group of its own (a timeout kills the whole build, not just bash). */
-function run(step: Step): Promise<StepState> {
+export function runStep(step: Step, say: Say = progress): Promise<StepState> {
   const skip = step.skip();
   if (skip) {
     say(step.name, `skipped: ${skip}`);
@@ -127,10 +129,18 @@ function run(step: Step): Promise<StepState> {
   });
 }
 
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => process.exit(130));
-const results = await Promise.all(steps.map(run));
-const state = Object.fromEntries(steps.map((s, i) => [s.name, results[i]!]));
-mkdirSync(join(repo, 'test/.setup'), { recursive: true });
-writeFileSync(SETUP_STATE_FILE, `${JSON.stringify({ at: new Date().toISOString(), ...state }, null, 2)}\n`);
-const summary = steps.map((s, i) => `${s.name} ${results[i]!.ok ? 'ready' : `not ready (${results[i]!.why}): its tests will skip`}`).join('; ');
-process.stderr.write(`setup: done in ${clock(started)}: ${summary}\n`);
+async function main(): Promise<void> {
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => process.exit(130));
+  const STEPS = steps();
+  const results = await Promise.all(STEPS.map((s) => runStep(s)));
+  const state = Object.fromEntries(STEPS.map((s, i) => [s.name, results[i]!]));
+  mkdirSync(join(repo, 'test/.setup'), { recursive: true });
+  writeFileSync(SETUP_STATE_FILE, `${JSON.stringify({ at: new Date().toISOString(), ...state }, null, 2)}\n`);
+  const summary = STEPS.map((s, i) => {
+    const r = results[i]!;
+    return `${s.name} ${r.ok ? 'ready' : `not ready (${r.why}): its tests will skip`}`;
+  }).join('; ');
+  process.stderr.write(`setup: done in ${clock(started)}: ${summary}\n`);
+}
+
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) await main();
