@@ -18,7 +18,7 @@ import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
 import type { HealthCheckTarget } from './observe/service-health.ts';
 import type { Family } from './util/ip.ts';
 import { planConfigFrom } from './plan/from-manifests.ts';
-import { Planner } from './plan/plan.ts';
+import { conflictProblem, Planner } from './plan/plan.ts';
 import type { ServicePlan } from './plan/types.ts';
 import type { Source, SourceBatch } from './sources/source.ts';
 
@@ -134,6 +134,7 @@ export class Daemon {
     await this.#source.start((b) => this.#apply(b));
     if (this.#stopped) return;
     this.planner.planAll();
+    this.#reportConflicts();
     this.#updateHealthCheckTargets(this.planner.plans().keys());
     this.runner.start();
   }
@@ -155,6 +156,7 @@ export class Daemon {
     await this.#source.start((b) => this.#apply(b));
     this.#source.stop();
     this.planner.planAll();
+    this.#reportConflicts();
     await this.#sync(true);
     return this.lastSync!;
   }
@@ -205,6 +207,7 @@ export class Daemon {
       }
       this.#updateHealthCheckTargets(changed);
     }
+    this.#reportConflicts();
     if (nodeChanged) {
       this.health.syncNode(this.model.node);
       this.#updateHealthCheckTargets(this.planner.plans().keys());
@@ -218,6 +221,21 @@ export class Daemon {
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
     if (this.#dirty.size > 0) this.runner.request();
+  }
+
+  /** One line per Service whose refused claims changed: what it lost and to whom, or that it has everything again. */
+  #reportConflicts(): void {
+    const { log } = this.#deps;
+    for (const { service, conflicts } of this.planner.takeConflictChanges()) {
+      if (conflicts.length === 0) {
+        log.info('conflict over: the Service has all it asks for', { service });
+        continue;
+      }
+      for (const c of conflicts) {
+        const p = conflictProblem(c);
+        log.error(formatProblem(p), { code: p.code }, `conflict:${service}:${c.what}`);
+      }
+    }
   }
 
   async #sync(full: boolean): Promise<boolean> {
@@ -357,6 +375,13 @@ export class Daemon {
           }
         }
         return (['IPv4', 'IPv6'] as const).flatMap((f) => (['internal', 'external'] as const).map((policy) => ({ labels: { ip_family: f, traffic_policy: policy }, value: counts.get(`${f}/${policy}`) ?? 0 })));
+      }),
+    );
+    m.add(
+      new ScrapeMetric('kubeipvs_service_conflicts', 'Virtual servers, service addresses and node ports a Service asks for and does not get, because another Service holds them', 'gauge', () => {
+        const counts = new Map<string, number>();
+        for (const c of this.planner.conflicts()) counts.set(c.service, (counts.get(c.service) ?? 0) + 1);
+        return [...counts].map(([k, value]) => ({ labels: { namespace: k.slice(0, k.indexOf('/')), service: k.slice(k.indexOf('/') + 1) }, value }));
       }),
     );
     const c = this.#opts.source.counters;

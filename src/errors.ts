@@ -9,6 +9,8 @@ export const Codes = {
   ANNOTATION_INVALID: 'KIPVS_ANNOTATION_INVALID',
   NODE_NOT_FOUND: 'KIPVS_NODE_NOT_FOUND',
   OBJECT_DUPLICATE: 'KIPVS_OBJECT_DUPLICATE',
+  /** A Service asks for a virtual server, address or node port another Service holds. */
+  SERVICE_CONFLICT: 'KIPVS_SERVICE_CONFLICT',
   // Configuration.
   CONFIG_UNREADABLE: 'KIPVS_CONFIG_UNREADABLE',
   CONFIG_UNKNOWN_FIELD: 'KIPVS_CONFIG_UNKNOWN_FIELD',
@@ -43,10 +45,34 @@ export interface Problem {
   field?: string;
 }
 
-/** One line per problem: `error KIPVS_OBJECT_INVALID file:line: Service ns/name: spec.x: message`. */
+/**
+ * One line per problem: `error KIPVS_OBJECT_INVALID file:line: Service ns/name: spec.x: message`.
+ * Every part may hold text from outside (a hostile name, a file name): control characters,
+ * escapes and line breaks are escaped and long parts cut, so one problem is one honest line.
+ */
 export function formatProblem(p: Problem): string {
-  const where = p.file ? `${p.file}${p.line ? `:${p.line}` : ''}: ` : '';
-  const what = p.kind ? `${p.kind}${p.name ? ` ${p.name}` : ''}: ` : '';
-  const field = p.field ? `${p.field}: ` : '';
-  return `${p.severity} ${p.code} ${where}${what}${field}${p.message}`;
+  const where = p.file ? `${escapeText(p.file, 300)}${p.line ? `:${p.line}` : ''}: ` : '';
+  const what = p.kind ? `${escapeText(p.kind, 63)}${p.name ? ` ${escapeText(p.name, 300)}` : ''}: ` : '';
+  const field = p.field ? `${escapeText(p.field, 300)}: ` : '';
+  return `${p.severity} ${p.code} ${where}${what}${field}${escapeText(p.message, 2000)}`;
+}
+
+/** Characters that must never reach a terminal or a log line raw: C0/C1 controls, DEL, line and bidi controls. */
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** `s` cut at `max` characters, with unsafe characters written out as \uXXXX (text, never the character itself). */
+export function escapeText(s: string, max = 300): string {
+  const cut = s.length > max ? `${s.slice(0, max)}...(${s.length} characters)` : s;
+  return cut.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A value from outside as a message quotes it: JSON, unsafe characters escaped, at most `max` characters. */
+export function quote(v: unknown, max = 100): string {
+  let text: string;
+  try {
+    text = JSON.stringify(v) ?? String(v);
+  } catch {
+    text = String(v); // a BigInt, a cycle
+  }
+  return escapeText(text, max);
 }

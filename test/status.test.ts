@@ -37,6 +37,7 @@ const daemonView: DaemonStatus = {
   virtualServers: 3,
   source: null,
   healthCheckNodePorts: [],
+  conflicts: [{ service: 'zz-evil/grab', what: 'ExternalIP TCP/10.96.0.1:80', heldBy: 'shop/web' }],
   recentErrors: [],
 };
 

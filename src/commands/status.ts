@@ -6,7 +6,7 @@
 import { get } from 'node:http';
 import { join } from 'node:path';
 import type { Config } from '../config/config.ts';
-import { Codes } from '../errors.ts';
+import { Codes, escapeText } from '../errors.ts';
 import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { SvcFlag } from '../dataplane/ipvs/constants.ts';
 import { destinationId, serviceId, type IpvsStats } from '../dataplane/ipvs/types.ts';
@@ -139,6 +139,8 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
   return out.sort((a, b) => (a.service === '' ? 1 : 0) - (b.service === '' ? 1 : 0) || a.service.localeCompare(b.service) || a.portName.localeCompare(b.portName) || kinds.indexOf(a.kind) - kinds.indexOf(b.kind) || a.address.localeCompare(b.address) || a.port - b.port);
 }
 
+/** Text from the daemon or the ownership record (Service names, errors) as the table prints it. */
+const esc = (s: string) => escapeText(String(s), 300);
 const ago = (iso: string | null, now: number) => (iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`);
 /** "addr:port" (util/ip.ts), or the mark of a firewall-mark virtual server as it is. */
 const where = (address: string, port: number) => (address.startsWith('0x') ? address : hostPort(address, port));
@@ -148,13 +150,14 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   const d = r.daemon;
   if (d) {
     const ls = d.lastSync;
-    lines.push(`kube-ipvs on node ${d.node}: ${d.healthy ? 'healthy' : 'UNHEALTHY (changes waiting longer than 2 x syncPeriod)'}${d.nodeEligible ? '' : ', node being deleted (healthz 503)'}`);
+    lines.push(`kube-ipvs on node ${esc(d.node)}: ${d.healthy ? 'healthy' : 'UNHEALTHY (changes waiting longer than 2 x syncPeriod)'}${d.nodeEligible ? '' : ', node being deleted (healthz 503)'}`);
     lines.push(`  last sync ${ago(d.lastSyncAt, now)}${ls ? ` (${ls.full ? 'full' : 'partial'}, ${ls.services} services, ${ls.operations} kernel operations, ${ls.errors} errors, ${ls.durationMs} ms)` : ''}; last without errors ${ago(d.lastSuccessfulSyncAt, now)}`);
     lines.push(`  pending: ${d.pending.services} Service changes, ${d.pending.endpoints} endpoint changes${d.oldestPendingChangeAt ? ` (oldest ${ago(d.oldestPendingChangeAt, now)})` : ''}; ${d.services} Services, ${d.virtualServers} virtual servers planned`);
     if (d.source) lines.push(`  watch: ${d.source.events} events, ${d.source.reconnects} reconnects, ${d.source.relists} relists, ${d.source.errors} errors; last event ${ago(d.source.lastEventAt as string | null, now)}`);
-    for (const e of d.recentErrors.slice(-5)) lines.push(`  error ${e.at} ${e.op}: ${e.code}${e.service ? ` (${e.service})` : ''}`);
+    for (const c of d.conflicts ?? []) lines.push(`  conflict: ${esc(c.service)} does not get ${esc(c.what)}: held by ${esc(c.heldBy)}`);
+    for (const e of d.recentErrors.slice(-5)) lines.push(`  error ${esc(e.at)} ${esc(e.op)}: ${esc(e.code)}${e.service ? ` (${esc(e.service)})` : ''}`);
   } else {
-    lines.push(`kube-ipvs daemon: not reachable (${r.daemonError ?? 'unknown'}); the kernel view below is read directly`);
+    lines.push(`kube-ipvs daemon: not reachable (${esc(r.daemonError ?? 'unknown')}); the kernel view below is read directly`);
   }
   lines.push('');
   if (r.virtualServers.length === 0) {
@@ -163,7 +166,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   }
   lines.push('SERVICE / PORT / KIND          VIRTUAL SERVER              SCHED  AFFINITY   CONNS    CPS  INPPS  OUTPPS  INBPS  OUTBPS');
   for (const vs of r.virtualServers) {
-    const name = vs.service ? `${vs.service}${vs.portName ? `:${vs.portName}` : ''} ${vs.kind}` : '(not kube-ipvs)';
+    const name = vs.service ? `${esc(vs.service)}${vs.portName ? `:${esc(vs.portName)}` : ''} ${esc(vs.kind)}` : '(not kube-ipvs)';
     const s = vs.stats;
     lines.push(
       `${name.padEnd(30)} ${`${vs.protocol} ${where(vs.address, vs.port)}`.padEnd(27)} ${vs.scheduler.padEnd(6)} ${(vs.persistenceTimeoutSeconds ? `${vs.persistenceTimeoutSeconds}s` : 'none').padEnd(8)} ${String(s.conns).padStart(7)} ${String(s.cps).padStart(6)} ${String(s.inPps).padStart(6)} ${String(s.outPps).padStart(7)} ${String(s.inBps).padStart(6)} ${String(s.outBps).padStart(7)}`,

@@ -3,7 +3,7 @@
 // every field is applied, accepted as belonging to another proxy mode, or allowed only at its
 // default. Anything else is an error that names the field; nothing is silently dropped.
 import { parseAllDocuments } from 'yaml';
-import { Codes, type Problem } from '../errors.ts';
+import { Codes, quote, type Problem } from '../errors.ts';
 import { isValidScheduler, SCHEDULERS } from '../model/schedulers.ts';
 import { canonicalIP, parseBindAddress, parseCIDR } from '../util/ip.ts';
 import { parseDuration } from './duration.ts';
@@ -130,24 +130,24 @@ type Rule =
 
 // Value readers. A null or absent value means "kube-proxy's default" and never reaches them.
 const str = (v: unknown): string => {
-  if (typeof v !== 'string') throw new BadValue(`must be a string, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string') throw new BadValue(`must be a string, got ${quote(v)}`);
   return v;
 };
 const bool = (v: unknown): boolean => {
-  if (typeof v !== 'boolean') throw new BadValue(`must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean') throw new BadValue(`must be true or false, got ${quote(v)}`);
   return v;
 };
 const int = (min: number, max: number) => (v: unknown): number => {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new BadValue(`must be an integer in ${min}-${max}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new BadValue(`must be an integer in ${min}-${max}, got ${quote(v)}`);
   return v;
 };
 const num = (v: unknown): number => {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new BadValue(`must be a non-negative number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new BadValue(`must be a non-negative number, got ${quote(v)}`);
   return v;
 };
 const duration = (v: unknown): number => {
   const d = typeof v === 'string' ? parseDuration(v) : null;
-  if (d === null || d < 0) throw new BadValue(`${JSON.stringify(v)} is not a duration such as "30s" or "1m0s"`);
+  if (d === null || d < 0) throw new BadValue(`${quote(v)} is not a duration such as "30s" or "1m0s"`);
   return d;
 };
 const cidrs = (v: unknown, allowPrimary = false): string[] => {
@@ -156,18 +156,18 @@ const cidrs = (v: unknown, allowPrimary = false): string[] => {
   return list.map((item) => {
     if (allowPrimary && item === 'primary') return 'primary';
     const c = typeof item === 'string' ? parseCIDR(item.trim()) : null;
-    if (!c) throw new BadValue(`${JSON.stringify(item)} is not a CIDR${allowPrimary ? ' or "primary"' : ''}`);
+    if (!c) throw new BadValue(`${quote(item)} is not a CIDR${allowPrimary ? ' or "primary"' : ''}`);
     return c.text;
   });
 };
 const hostPortText = (v: unknown): string => {
   const s = str(v);
   const b = parseBindAddress(s);
-  if (!b || (b.host !== undefined && !canonicalIP(b.host))) throw new BadValue(`${JSON.stringify(s)} is not an IP:port`);
+  if (!b || (b.host !== undefined && !canonicalIP(b.host))) throw new BadValue(`${quote(s)} is not an IP:port`);
   return s;
 };
 const oneOf = <T extends string>(allowed: readonly T[]) => (v: unknown): T => {
-  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new BadValue(`${JSON.stringify(v)} is not one of ${allowed.join(', ')}`);
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new BadValue(`${quote(v)} is not one of ${allowed.join(', ')}`);
   return v as T;
 };
 const zeroish = (v: unknown) => v === false || v === '' || v === 0 || v === '0s' || (Array.isArray(v) && v.length === 0);
@@ -185,7 +185,7 @@ const RULES: Record<string, Rule> = {
   hostnameOverride: { apply: (c, v) => (c.hostnameOverride = str(v)) },
   bindAddress: {
     apply: unlessEmpty(
-      (v) => canonicalIP(str(v)) ?? (() => { throw new BadValue(`${JSON.stringify(v)} is not an IP address`); })(),
+      (v) => canonicalIP(str(v)) ?? (() => { throw new BadValue(`${quote(v)} is not an IP address`); })(),
       (c, v: string) => (c.bindAddress = v),
     ),
   },
@@ -223,7 +223,7 @@ const RULES: Record<string, Rule> = {
       scheduler: {
         apply: unlessEmpty(
           (v) => {
-            if (!isValidScheduler(v)) throw new BadValue(`${JSON.stringify(v)} is not an IPVS scheduler (${SCHEDULERS.join(', ')})`);
+            if (!isValidScheduler(v)) throw new BadValue(`${quote(v)} is not an IPVS scheduler (${SCHEDULERS.join(', ')})`);
             return v;
           },
           (c, v: string) => (c.ipvs.scheduler = v),
@@ -292,7 +292,7 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
     apply: unlessEmpty(
       (v) => {
         const s = str(v);
-        if (!/^[A-Za-z0-9_.-]{1,15}$/.test(s)) throw new BadValue(`${JSON.stringify(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+        if (!/^[A-Za-z0-9_.-]{1,15}$/.test(s)) throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
         return s;
       },
       (c, v: string) => (c.dummyInterface = v),
@@ -302,7 +302,7 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
     apply: unlessEmpty(
       (v) => {
         const s = str(v);
-        if (!s.startsWith('/')) throw new BadValue(`${JSON.stringify(s)} must be an absolute path`);
+        if (!s.startsWith('/')) throw new BadValue(`${quote(s)} must be an absolute path`);
         return s;
       },
       (c, v: string) => (c.stateDirectory = v),
@@ -332,7 +332,7 @@ function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix:
         if (typeof value !== 'object' || Array.isArray(value)) throw new BadValue('must be an object');
         walk(value as Record<string, unknown>, rule.fields, field, cfg, problem);
       } else if ('defaultOnly' in rule) {
-        if (!rule.defaultOnly(value)) problem(Codes.CONFIG_UNSUPPORTED_FIELD, field, `${JSON.stringify(value)} is not supported: ${rule.why}; remove the field or leave it at its default`);
+        if (!rule.defaultOnly(value)) problem(Codes.CONFIG_UNSUPPORTED_FIELD, field, `${quote(value)} is not supported: ${rule.why}; remove the field or leave it at its default`);
       }
       // otherMode: accepted and not used.
     } catch (e) {
@@ -376,7 +376,7 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     rules = RULES;
     const mode = obj.mode ?? '';
     if (mode !== '' && mode !== 'ipvs') {
-      problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', `${JSON.stringify(mode)}: kube-ipvs is an IPVS proxy; set mode to "ipvs" (or leave it empty) to use this KubeProxyConfiguration`);
+      problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', `${quote(mode)}: kube-ipvs is an IPVS proxy; set mode to "ipvs" (or leave it empty) to use this KubeProxyConfiguration`);
     }
   } else if (obj.kind === KUBE_IPVS_KIND && obj.apiVersion === KUBE_IPVS_API_VERSION) {
     cfg.source = KUBE_IPVS_KIND;
@@ -386,7 +386,7 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     problem(
       Codes.CONFIG_UNREADABLE,
       'kind',
-      `${JSON.stringify(obj.apiVersion)} ${JSON.stringify(obj.kind)} is not a config kube-ipvs reads (${KUBE_IPVS_API_VERSION} ${KUBE_IPVS_KIND}, or ${KUBE_PROXY_API_VERSION} ${KUBE_PROXY_KIND})`,
+      `${quote(obj.apiVersion)} ${quote(obj.kind)} is not a config kube-ipvs reads (${KUBE_IPVS_API_VERSION} ${KUBE_IPVS_KIND}, or ${KUBE_PROXY_API_VERSION} ${KUBE_PROXY_KIND})`,
     );
     return { config: null, problems };
   }

@@ -188,10 +188,18 @@ export class Reconciler {
   }
 
   async #incremental(req: SyncRequest, run: Run): Promise<void> {
+    // Owners first: a virtual server that moves from one Service to another in this sync (a
+    // conflict's holder changed) is handed over, never deleted by the one that lost it.
+    const desiredOf = new Map<string, DesiredVS[]>();
+    for (const [key, plan] of req.plans) {
+      const desired = (plan?.virtualServers ?? []).map(toDesired);
+      desiredOf.set(key, desired);
+      for (const d of desired) this.#vsOwner.set(d.id, key);
+    }
     for (const [key, plan] of req.plans) {
       const before = this.#applied.get(key) ?? { vs: new Set<string>(), addresses: new Set<string>() };
       const now = { vs: new Set<string>(), addresses: new Set(plan?.addresses ?? []) };
-      const desired = (plan?.virtualServers ?? []).map(toDesired);
+      const desired = desiredOf.get(key)!;
       for (const a of now.addresses) await this.#addAddress(a, run);
       await pool(desired, this.#o.concurrency, async (d) => {
         now.vs.add(d.id);

@@ -1,8 +1,8 @@
 // Raw Kubernetes objects (from YAML files or the API server) in, normalized model objects out.
 // Each object is either accepted, ignored on purpose (not ours to proxy), or rejected with one
 // Problem that names the offending fields. Nothing here throws on bad input.
-import { Codes, type Problem } from '../errors.ts';
-import { canonicalIP, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
+import { Codes, quote, type Problem } from '../errors.ts';
+import { canonicalIP, ipFamily, parseCIDR, specialAddress, type Family } from '../util/ip.ts';
 import {
   PROTOCOLS,
   type EndpointSlice,
@@ -66,7 +66,7 @@ class Fields {
   str(v: unknown, field: string, dflt = ''): string {
     if (v === undefined || v === null) return dflt;
     if (typeof v !== 'string') {
-      this.fail(field, `must be a string, got ${JSON.stringify(v)}`);
+      this.fail(field, `must be a string, got ${quote(v)}`);
       return dflt;
     }
     return v;
@@ -74,7 +74,7 @@ class Fields {
   bool(v: unknown, field: string): boolean | null {
     if (v === undefined || v === null) return null;
     if (typeof v !== 'boolean') {
-      this.fail(field, `must be true or false, got ${JSON.stringify(v)}`);
+      this.fail(field, `must be true or false, got ${quote(v)}`);
       return null;
     }
     return v;
@@ -83,7 +83,7 @@ class Fields {
     if (v === undefined || v === null) return 0;
     const min = allowZero ? 0 : 1;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > 65535) {
-      this.fail(field, `${JSON.stringify(v)} is not a port number (${min}-65535)`);
+      this.fail(field, `${quote(v)} is not a port number (${min}-65535)`);
       return 0;
     }
     return v;
@@ -91,13 +91,23 @@ class Fields {
   ip(v: unknown, field: string): string | null {
     const s = this.str(v, field);
     const c = canonicalIP(s);
-    if (!c) this.fail(field, `${JSON.stringify(v)} is not a valid IP address`);
+    if (!c) this.fail(field, `${quote(v)} is not a valid IP address`);
+    return c;
+  }
+  /** An address traffic is sent to or served on: never loopback, link-local, multicast... */
+  usableIP(v: unknown, field: string): string | null {
+    const c = this.ip(v, field);
+    const why = c && specialAddress(c);
+    if (why) {
+      this.fail(field, `${c} is ${why}: never a Service address or an endpoint`);
+      return null;
+    }
     return c;
   }
   oneOf<T extends string>(v: unknown, field: string, allowed: readonly T[], dflt: T): T {
     if (v === undefined || v === null || v === '') return dflt;
     if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
-      this.fail(field, `${JSON.stringify(v)} is not one of ${allowed.join(', ')}`);
+      this.fail(field, `${quote(v)} is not one of ${allowed.join(', ')}`);
       return dflt;
     }
     return v as T;
@@ -127,8 +137,17 @@ function metadata(raw: Obj, f: Fields, namespaced: boolean) {
   const namespace = namespaced ? f.str(md.namespace, 'metadata.namespace', 'default') || 'default' : '';
   const labels = stringMap(md.labels, 'metadata.labels', f);
   const annotations = stringMap(md.annotations, 'metadata.annotations', f);
-  return { name, namespace, labels, annotations, key: namespaced ? `${namespace}/${name}` : name };
+  let createdAt: number | null = null;
+  if (md.creationTimestamp !== undefined && md.creationTimestamp !== null) {
+    // RFC 3339 as the API server writes it; YAML may also hand over a Date.
+    const t = md.creationTimestamp instanceof Date ? md.creationTimestamp.getTime() : typeof md.creationTimestamp === 'string' && RFC3339.test(md.creationTimestamp) ? Date.parse(md.creationTimestamp) : NaN;
+    if (Number.isFinite(t)) createdAt = t;
+    else f.fail('metadata.creationTimestamp', `${quote(md.creationTimestamp)} is not an RFC 3339 time`);
+  }
+  return { name, namespace, labels, annotations, createdAt, key: namespaced ? `${namespace}/${name}` : name };
 }
+
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
 function stringMap(v: unknown, field: string, f: Fields): Record<string, string> {
   const o = f.obj(v, field);
@@ -182,7 +201,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
   if (!headless) {
     ipTexts.forEach((t, i) => {
       if (t === '') return;
-      const ip = f.ip(t, ipField(i));
+      const ip = f.usableIP(t, ipField(i));
       if (ip) clusterIPs.push(ip);
     });
     if (clusterIPs.length === 2 && ipFamily(clusterIPs[0]!) === ipFamily(clusterIPs[1]!)) {
@@ -201,14 +220,21 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       nodePort: f.port(po.nodePort, `${field}.nodePort`, true),
     };
   });
+  // As the API server: names, protocol+port and protocol+nodePort are unique within a Service
+  // (one Service's two ports on one virtual server would fight over it).
   const seen = new Set<string>();
   ports.forEach((p, i) => {
-    const k = `${p.name}`;
-    if (seen.has(k)) f.fail(`spec.ports[${i}].name`, `duplicate port name ${JSON.stringify(p.name)}`);
-    seen.add(k);
+    for (const [k, field, what] of [
+      [`name ${p.name}`, 'name', `duplicate port name ${quote(p.name)}`],
+      [`port ${p.protocol}/${p.port}`, 'port', `${p.protocol} port ${p.port} is already spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.port === p.port)}]`],
+      ...(p.nodePort ? [[`nodePort ${p.protocol}/${p.nodePort}`, 'nodePort', `${p.protocol} nodePort ${p.nodePort} is already used by spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.nodePort === p.nodePort)}]`]] : []),
+    ] as [string, string, string][]) {
+      if (seen.has(k)) f.fail(`spec.ports[${i}].${field}`, what);
+      seen.add(k);
+    }
   });
 
-  const externalIPs = f.arr(spec.externalIPs, 'spec.externalIPs').flatMap((t, i) => f.ip(t, `spec.externalIPs[${i}]`) ?? []);
+  const externalIPs = f.arr(spec.externalIPs, 'spec.externalIPs').flatMap((t, i) => f.usableIP(t, `spec.externalIPs[${i}]`) ?? []);
   const loadBalancerIPs: string[] = [];
   const lb = f.obj(status.loadBalancer, 'status.loadBalancer');
   f.arr(lb.ingress, 'status.loadBalancer.ingress').forEach((ing, i) => {
@@ -216,14 +242,14 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
     const io = f.obj(ing, field);
     const mode = f.oneOf(io.ipMode, `${field}.ipMode`, ['VIP', 'Proxy'] as const, 'VIP');
     if (io.ip === undefined || io.ip === null || io.ip === '') return; // hostname-only ingress
-    const ip = f.ip(io.ip, `${field}.ip`);
+    const ip = f.usableIP(io.ip, `${field}.ip`);
     if (ip && mode === 'VIP') loadBalancerIPs.push(ip);
   });
   const loadBalancerSourceRanges = f.arr(spec.loadBalancerSourceRanges, 'spec.loadBalancerSourceRanges').flatMap((t, i) => {
     const text = typeof t === 'string' ? t.trim() : t;
     const c = typeof text === 'string' ? parseCIDR(text) : null;
     if (!c) {
-      f.fail(`spec.loadBalancerSourceRanges[${i}]`, `${JSON.stringify(t)} is not a CIDR`);
+      f.fail(`spec.loadBalancerSourceRanges[${i}]`, `${quote(t)} is not a CIDR`);
       return [];
     }
     return [c.text];
@@ -237,7 +263,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
     affinityTimeoutSeconds = DEFAULT_AFFINITY_TIMEOUT_SECONDS;
     if (t !== undefined && t !== null) {
       if (typeof t !== 'number' || !Number.isInteger(t) || t < 1 || t > MAX_AFFINITY_TIMEOUT_SECONDS) {
-        f.fail('spec.sessionAffinityConfig.clientIP.timeoutSeconds', `${JSON.stringify(t)} is not in 1-${MAX_AFFINITY_TIMEOUT_SECONDS}`);
+        f.fail('spec.sessionAffinityConfig.clientIP.timeoutSeconds', `${quote(t)} is not in 1-${MAX_AFFINITY_TIMEOUT_SECONDS}`);
       } else {
         affinityTimeoutSeconds = t;
       }
@@ -259,7 +285,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
         kind: 'Service',
         name: md.key,
         field: `metadata.annotations[${ANNOTATION_SCHEDULER}]`,
-        message: `${JSON.stringify(ann)} is not an IPVS scheduler (${SCHEDULERS.join(', ')}); using the default scheduler`,
+        message: `${quote(ann)} is not an IPVS scheduler (${SCHEDULERS.join(', ')}); using the default scheduler`,
       });
   }
 
@@ -290,10 +316,11 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       key: md.key,
       namespace: md.namespace,
       name: md.name,
+      createdAt: md.createdAt,
       type: type as ServiceType,
       clusterIPs,
-      externalIPs,
-      loadBalancerIPs: type === 'LoadBalancer' ? loadBalancerIPs : [],
+      externalIPs: [...new Set(externalIPs)],
+      loadBalancerIPs: type === 'LoadBalancer' ? [...new Set(loadBalancerIPs)] : [],
       loadBalancerSourceRanges: type === 'LoadBalancer' ? loadBalancerSourceRanges : [],
       ports: type === 'ClusterIP' ? ports.map((p) => ({ ...p, nodePort: 0 })) : ports,
       affinityTimeoutSeconds,
@@ -346,7 +373,7 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     const eo = f.obj(e, field);
     const addrs = f.arr(eo.addresses, `${field}.addresses`);
     if (addrs.length === 0) return; // kube-proxy skips endpoints without addresses
-    const address = f.ip(addrs[0], `${field}.addresses[0]`);
+    const address = f.usableIP(addrs[0], `${field}.addresses[0]`);
     if (address && family !== null && ipFamily(address) !== family) {
       f.fail(`${field}.addresses[0]`, `${address} is not an ${addressType} address`);
     }
@@ -381,12 +408,19 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
   const f = new Fields();
   const md = metadata(raw, f, false);
   const status = f.obj(raw.status, 'status');
+  const warnings: Problem[] = [];
   const addresses: NodeInfo['addresses'] = [];
   f.arr(status.addresses, 'status.addresses').forEach((a, i) => {
     const ao = f.obj(a, `status.addresses[${i}]`);
     const type = f.str(ao.type, `status.addresses[${i}].type`);
     if (type !== 'InternalIP' && type !== 'ExternalIP') return;
     const ip = f.ip(ao.address, `status.addresses[${i}].address`);
+    const why = ip && specialAddress(ip);
+    if (why) {
+      // Not the Node's fault alone (it is still this node): the address just never gets NodePorts.
+      warnings.push({ code: Codes.OBJECT_UNSUPPORTED, severity: 'warning', kind: 'Node', name: ref.name, field: `status.addresses[${i}].address`, message: `${ip} is ${why}: no NodePort is served on it` });
+      return;
+    }
     if (ip && !addresses.some((x) => x.address === ip)) addresses.push({ type, address: ip });
   });
   const spec = f.obj(raw.spec, 'spec');
@@ -401,5 +435,5 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
   const deleting = isObj(raw.metadata) && raw.metadata.deletionTimestamp !== undefined && raw.metadata.deletionTimestamp !== null;
   const problem = f.problem(ref);
   if (problem) return { status: 'invalid', problem };
-  return { status: 'ok', warnings: [], value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, podCIDRs, deleting, toBeDeleted } };
+  return { status: 'ok', warnings, value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, podCIDRs, deleting, toBeDeleted } };
 }

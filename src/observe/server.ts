@@ -93,6 +93,8 @@ export interface DaemonStatus {
   virtualServers: number;
   source: Record<string, number | string | null> | null;
   healthCheckNodePorts: { port: number; service: string; localEndpoints: number }[];
+  /** What Services asked for and did not get because another Service holds it. */
+  conflicts: { service: string; what: string; heldBy: string }[];
   recentErrors: { at: string; op: string; code: string; message: string; service?: string }[];
 }
 
@@ -116,6 +118,7 @@ export function daemonStatus(d: Daemon): DaemonStatus {
     virtualServers,
     source: c ? { ...c, lastEventAt: iso(c.lastEventAt) } : null,
     healthCheckNodePorts: [...d.healthCheckTargets()].map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints })).sort((a, b) => a.port - b.port),
+    conflicts: d.planner.conflicts(),
     recentErrors: d.recentErrors.slice(-10).map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
   };
 }

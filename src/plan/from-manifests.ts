@@ -6,7 +6,7 @@ import type { Config } from '../config/config.ts';
 import { APPLY_ORDER, Model } from '../model/model.ts';
 import type { ManifestObject, ManifestSet } from '../sources/manifests.ts';
 import { refOf } from '../model/validate.ts';
-import { Planner } from './plan.ts';
+import { conflictProblem, Planner } from './plan.ts';
 import type { NodePlan, PlanConfig } from './types.ts';
 
 export function planConfigFrom(cfg: Config): PlanConfig {
@@ -72,5 +72,9 @@ export function planManifests(set: ManifestSet, cfg: Config, nodeFlag?: string):
   }
   const planner = new Planner(model, planConfigFrom(cfg));
   planner.planAll();
+  for (const c of planner.conflicts()) {
+    const o = seen.get(`Service ${c.service}`);
+    problems.push({ ...conflictProblem(c), ...(o ? { file: o.file, line: o.line } : {}) });
+  }
   return { plan: planner.snapshot(), model, planner, problems };
 }

@@ -1,5 +1,6 @@
 // From the model to the desired IPVS state, one Service at a time. Deterministic: the same
 // model and config always give the same plan, in the same order.
+import { Codes, type Problem } from '../errors.ts';
 import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/endpoints.ts';
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
@@ -55,8 +56,63 @@ function realServers(eps: readonly Endpoint[]): RealServer[] {
     .sort((a, b) => compareIP(a.address, b.address) || a.port - b.port);
 }
 
-/** Plans one Service: its virtual servers and the addresses they need on the dummy interface. */
-export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig): ServicePlan {
+/** Where one family of a Service is served: per kind, the addresses. */
+function targetsOf(svc: Service, clusterIP: string, ctx: NodeContext): [VirtualServerKind, string[]][] {
+  const family = ipFamily(clusterIP)!;
+  const ofFamily = (ips: string[]) => ips.filter((ip) => ipFamily(ip) === family);
+  return [
+    ['ClusterIP', [clusterIP]],
+    ['ExternalIP', ofFamily(svc.externalIPs)],
+    ['LoadBalancer', ofFamily(svc.loadBalancerIPs)],
+    ['NodePort', ctx.nodePortAddresses[family]],
+  ];
+}
+
+/** The IPVS layer's name for a virtual server: "TCP/10.0.0.1:80", "TCP/[fd00::1]:80". */
+export const virtualServerId = (vs: Pick<VirtualServer, 'protocol' | 'family' | 'address' | 'port'>) => `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
+
+/**
+ * What a Service claims on the node, for arbitration between Services (see Planner): each
+ * service address (`vip:`, class 0 for its own ClusterIPs, 1 for externalIPs and LoadBalancer
+ * IPs), each virtual server (`vs:`, class 0 on its own ClusterIP, 1 elsewhere), and each node
+ * port, NodePorts and the healthCheckNodePort (`np:`).
+ */
+export function claimsOf(svc: Service, ctx: NodeContext): Map<string, 0 | 1> {
+  const out = new Map<string, 0 | 1>();
+  for (const a of [...svc.externalIPs, ...svc.loadBalancerIPs]) out.set(`vip:${a}`, 1);
+  for (const clusterIP of svc.clusterIPs) out.set(`vip:${clusterIP}`, 0);
+  for (const clusterIP of svc.clusterIPs) {
+    const family = ipFamily(clusterIP)!;
+    for (const port of svc.ports) {
+      for (const [kind, ips] of targetsOf(svc, clusterIP, ctx)) {
+        if (kind === 'NodePort' && port.nodePort === 0) continue;
+        for (const address of ips) {
+          const id = `vs:${virtualServerId({ protocol: port.protocol, family, address, port: kind === 'NodePort' ? port.nodePort : port.port })}`;
+          if (!out.has(id) || kind === 'ClusterIP') out.set(id, kind === 'ClusterIP' ? 0 : 1);
+        }
+      }
+      if (port.nodePort) out.set(`np:${port.protocol}/${port.nodePort}`, 1);
+    }
+  }
+  if (svc.healthCheckNodePort) out.set(`np:TCP/${svc.healthCheckNodePort}`, 1);
+  return out;
+}
+
+/** Decides, per claim, whether this Service holds it; `refused` hears of each one it does not. */
+export interface ClaimCheck {
+  holds(claim: string): boolean;
+  /** Whether it may serve on this address: not when the address is another Service's ClusterIP. */
+  mayUseAddress(address: string): boolean;
+  refused(what: string, claim: string): void;
+}
+
+const holdsAll: ClaimCheck = { holds: () => true, mayUseAddress: () => true, refused: () => {} };
+
+/**
+ * Plans one Service: its virtual servers and the addresses they need on the dummy interface.
+ * `claims` says which of the Service's claims it holds against other Services (all, alone).
+ */
+export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig, claims: ClaimCheck = holdsAll): ServicePlan {
   const virtualServers: VirtualServer[] = [];
   const addresses: string[] = [];
   const slices = model.slicesFor(svc.key);
@@ -69,22 +125,16 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
   const noLocalEndpoints: ServicePlan['noLocalEndpoints'] = [];
   const local = new Set<string>();
   for (const slice of slices) for (const e of slice.endpoints) if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
+  /** Virtual server ids already planned for this Service (its own duplicates: a ClusterIP also listed as an externalIP). */
+  const planned = new Set<string>();
+  /** An address carries this Service's virtual servers unless it is another Service's ClusterIP. */
+  const addressHeld = (address: string, kind: VirtualServerKind) => kind === 'NodePort' || claims.mayUseAddress(address);
 
   // One family at a time, as kube-proxy runs one proxier per family: a family without a
   // ClusterIP gets nothing, and external addresses of the other family are not ours there.
   for (const clusterIP of svc.clusterIPs) {
     const family = ipFamily(clusterIP)!;
-    const ofFamily = (ips: string[]) => ips.filter((ip) => ipFamily(ip) === family);
-    const targets: [VirtualServerKind, string[]][] = [
-      ['ClusterIP', [clusterIP]],
-      ['ExternalIP', ofFamily(svc.externalIPs)],
-      ['LoadBalancer', ofFamily(svc.loadBalancerIPs)],
-      ['NodePort', ctx.nodePortAddresses[family]],
-    ];
-    // Service addresses go on the dummy interface, except one the node already has (an
-    // ExternalIP equal to a node IP keeps working without a second copy: kubernetes#93175).
-    for (const [, ips] of targets.slice(0, 3)) for (const ip of ips) if (!addresses.includes(ip) && !ctx.nodeAddresses.has(ip)) addresses.push(ip);
-
+    const targets = targetsOf(svc, clusterIP, ctx);
     for (const port of svc.ports) {
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
       const internal = realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster);
@@ -93,9 +143,26 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
         if (svc.internalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'internal' });
         if (svc.externalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'external' });
       }
+      const nodePortHeld = port.nodePort !== 0 && claims.holds(`np:${port.protocol}/${port.nodePort}`);
+      if (port.nodePort !== 0 && !nodePortHeld) claims.refused(`nodePort ${port.protocol}/${port.nodePort}`, `np:${port.protocol}/${port.nodePort}`);
       for (const [kind, ips] of targets) {
-        if (kind === 'NodePort' && port.nodePort === 0) continue;
+        if (kind === 'NodePort' && (port.nodePort === 0 || !nodePortHeld)) continue;
         for (const address of ips) {
+          const vsPort = kind === 'NodePort' ? port.nodePort : port.port;
+          const id = virtualServerId({ protocol: port.protocol, family, address, port: vsPort });
+          if (planned.has(id)) continue;
+          planned.add(id);
+          if (!addressHeld(address, kind)) {
+            claims.refused(`${kind} ${id}`, `vip:${address}`);
+            continue;
+          }
+          if (!claims.holds(`vs:${id}`)) {
+            claims.refused(`${kind} ${id}`, `vs:${id}`);
+            continue;
+          }
+          // Service addresses go on the dummy interface, except one the node already has (an
+          // ExternalIP equal to a node IP keeps working without a second copy: kubernetes#93175).
+          if (kind !== 'NodePort' && !addresses.includes(address) && !ctx.nodeAddresses.has(address)) addresses.push(address);
           const rs = kind === 'ClusterIP' ? internal : external;
           const vs: VirtualServer = {
             service: svc.key,
@@ -104,7 +171,7 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
             protocol: port.protocol,
             family,
             address,
-            port: kind === 'NodePort' ? port.nodePort : port.port,
+            port: vsPort,
             scheduler,
             persistenceTimeoutSeconds: svc.affinityTimeoutSeconds,
             realServers: rs, // shared between this port's virtual servers; nothing mutates plans
@@ -120,8 +187,37 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
       }
     }
   }
-  const setEntries = serviceSetEntries(svc, virtualServers, addresses);
-  return { service: svc.key, virtualServers, addresses, setEntries, healthCheckNodePort: svc.healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
+  const hcHeld = svc.healthCheckNodePort !== 0 && claims.holds(`np:TCP/${svc.healthCheckNodePort}`);
+  if (svc.healthCheckNodePort !== 0 && !hcHeld) claims.refused(`healthCheckNodePort ${svc.healthCheckNodePort}`, `np:TCP/${svc.healthCheckNodePort}`);
+  const healthCheckNodePort = hcHeld ? svc.healthCheckNodePort : 0;
+  const setEntries = serviceSetEntries({ ...svc, healthCheckNodePort }, virtualServers, addresses);
+  return { service: svc.key, virtualServers, addresses, setEntries, healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
+}
+
+/** Something a Service asked for and did not get: another Service holds it. */
+export interface Conflict {
+  service: string;
+  /** What was refused: "ExternalIP TCP/10.96.0.10:80", "nodePort TCP/30080", "healthCheckNodePort 32000". */
+  what: string;
+  /** The Service that holds it ("namespace/name"). */
+  heldBy: string;
+}
+
+/** A conflict as a problem line: the loser named, what it did not get, and who holds it. */
+export function conflictProblem(c: Conflict): Problem {
+  return {
+    code: Codes.SERVICE_CONFLICT,
+    severity: 'error',
+    kind: 'Service',
+    name: c.service,
+    message: `${c.what} is held by Service ${c.heldBy} (its own ClusterIP, or an older claim); not programmed for this Service`,
+  };
+}
+
+function sameClaims(a: Map<string, 0 | 1>, b: Map<string, 0 | 1>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }
 
 /** What a firewall mark stands for: one LoadBalancer IP, protocol and port. */
@@ -158,6 +254,20 @@ export class Planner {
   #marks = new Map<string, { mark: number; refs: number }>();
   #markUsed = new Set<number>();
   readonly #markFor = (key: string) => this.#fwmark(key);
+  /**
+   * Arbitration between Services that want the same thing (CVE-2020-8554, duplicate ClusterIPs or
+   * NodePorts): claim -> claimant -> class. The holder of a claim is its claimant with the lowest
+   * (class, creationTimestamp, namespace/name): a Service's own ClusterIP first, then the oldest.
+   * It depends only on who claims what, never on the order changes came in, so incremental and
+   * full planning agree, and a loser's changes never move the holder's virtual servers.
+   */
+  #claimants = new Map<string, Map<string, 0 | 1>>();
+  /** Service -> its claims and creation time, as last planned. */
+  #claimsOf = new Map<string, { claims: Map<string, 0 | 1>; createdAt: number | null }>();
+  /** Service -> what it asked for and did not get, with who holds it. */
+  #conflicts = new Map<string, Conflict[]>();
+  /** Services whose conflicts changed since the last takeConflictChanges(). */
+  #conflictsDirty = new Set<string>();
 
   constructor(model: Model, config: PlanConfig) {
     this.model = model;
@@ -197,7 +307,13 @@ export class Planner {
     this.#setRefs.clear();
     this.#marks.clear();
     this.#markUsed.clear();
+    this.#claimants.clear();
+    this.#claimsOf.clear();
+    for (const k of this.#conflicts.keys()) this.#conflictsDirty.add(k);
+    this.#conflicts.clear();
     const keys = this.model.serviceKeys();
+    // Every claim first, then every plan: each Service is planned once, against the final holders.
+    for (const key of keys) this.#claim(key);
     for (const key of keys) this.#replan(key);
     return keys;
   }
@@ -205,8 +321,71 @@ export class Planner {
   /** Re-plans what one model change touched. Returns the Service keys whose plan was recomputed. */
   update(result: ApplyResult): string[] {
     if (result.nodeChanged) return this.planAll();
-    for (const key of result.changedServices) this.#replan(key);
-    return result.changedServices;
+    const out = new Set(result.changedServices);
+    // A changed Service's claims may move a holder: the other claimants of what it claimed
+    // before or claims now are planned again too (their own claims did not change).
+    for (const key of result.changedServices) for (const other of this.#claim(key)) out.add(other);
+    for (const key of out) this.#replan(key);
+    return [...out];
+  }
+
+  /** What Services asked for and did not get (another Service holds it), by Service key. */
+  conflicts(): Conflict[] {
+    return [...this.#conflicts.keys()].sort().flatMap((k) => this.#conflicts.get(k)!);
+  }
+
+  /** Services whose refused claims changed since the last call, with what they are refused now. */
+  takeConflictChanges(): { service: string; conflicts: Conflict[] }[] {
+    const out = [...this.#conflictsDirty].sort().map((service) => ({ service, conflicts: this.#conflicts.get(service) ?? [] }));
+    this.#conflictsDirty.clear();
+    return out;
+  }
+
+  /** The claimant holding `claim`: lowest class, then oldest, then by namespace/name. */
+  #holder(claim: string): string | undefined {
+    return this.#holding(claim)?.service;
+  }
+
+  #holding(claim: string): { service: string; cls: number } | undefined {
+    let best: string | undefined;
+    let bestClass = 2;
+    let bestAt = Infinity;
+    for (const [svc, cls] of this.#claimants.get(claim) ?? []) {
+      const at = this.#claimsOf.get(svc)?.createdAt ?? Infinity;
+      if (cls < bestClass || (cls === bestClass && (at < bestAt || (at === bestAt && (best === undefined || svc < best))))) {
+        best = svc;
+        bestClass = cls;
+        bestAt = at;
+      }
+    }
+    return best === undefined ? undefined : { service: best, cls: bestClass };
+  }
+
+  /**
+   * Records what Service `key` claims now (nothing once it is gone). Returns the other Services
+   * that claimed or claim the same things when something changed (their holders may have moved).
+   */
+  #claim(key: string): Set<string> {
+    const svc = this.model.service(key);
+    const before = this.#claimsOf.get(key);
+    const claims = svc ? claimsOf(svc, this.#ctx) : new Map<string, 0 | 1>();
+    const createdAt = svc?.createdAt ?? null;
+    const others = new Set<string>();
+    if (before && before.createdAt === createdAt && sameClaims(before.claims, claims)) return others;
+    for (const c of [...(before?.claims.keys() ?? []), ...claims.keys()]) for (const o of this.#claimants.get(c)?.keys() ?? []) if (o !== key) others.add(o);
+    for (const c of before?.claims.keys() ?? []) {
+      const m = this.#claimants.get(c)!;
+      m.delete(key);
+      if (m.size === 0) this.#claimants.delete(c);
+    }
+    for (const [c, cls] of claims) {
+      let m = this.#claimants.get(c);
+      if (!m) this.#claimants.set(c, (m = new Map()));
+      m.set(key, cls);
+    }
+    if (svc) this.#claimsOf.set(key, { claims, createdAt });
+    else this.#claimsOf.delete(key);
+    return others;
   }
 
   servicePlan(key: string): ServicePlan | undefined {
@@ -283,11 +462,27 @@ export class Planner {
       }
     }
     const svc = this.model.service(key);
+    const conflicts: Conflict[] = [];
     if (!svc) {
       this.#plans.delete(key);
+      this.#setConflicts(key, conflicts);
       return;
     }
-    const plan = planService(svc, this.model, this.#ctx, this.config);
+    const check: ClaimCheck = {
+      holds: (c) => {
+        const h = this.#holder(c);
+        return h === undefined || h === key;
+      },
+      mayUseAddress: (a) => {
+        // Someone's ClusterIP (a class-0 holder) is that Service's alone; other addresses are shared,
+        // each virtual server on them going to its own holder.
+        const h = this.#holding(`vip:${a}`);
+        return h === undefined || h.cls !== 0 || h.service === key;
+      },
+      refused: (what, c) => conflicts.push({ service: key, what, heldBy: this.#holder(c) ?? '' }),
+    };
+    const plan = planService(svc, this.model, this.#ctx, this.config, check);
+    this.#setConflicts(key, conflicts);
     this.#plans.set(key, plan);
     for (const a of plan.addresses) this.#addressRefs.set(a, (this.#addressRefs.get(a) ?? 0) + 1);
     for (const e of plan.setEntries) {
@@ -295,6 +490,13 @@ export class Planner {
       if (n === 0) this.#setDirty.add(e);
       this.#setRefs.set(e, n + 1);
     }
+  }
+
+  #setConflicts(key: string, conflicts: Conflict[]): void {
+    const before = this.#conflicts.get(key) ?? [];
+    if (conflicts.length === 0) this.#conflicts.delete(key);
+    else this.#conflicts.set(key, conflicts);
+    if (JSON.stringify(before) !== JSON.stringify(conflicts)) this.#conflictsDirty.add(key);
   }
 
   /** The whole node's desired state, Services in key order. */

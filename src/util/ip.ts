@@ -171,3 +171,32 @@ export function parseBindAddress(s: string): { host: string | undefined; port: n
   const host = m[1] ?? m[2] ?? '';
   return { host: host === '' ? undefined : host, port };
 }
+
+/** Ranges no Service address or endpoint may be in, with what they are (checked in this order). */
+const SPECIAL: [CIDR, string][] = (
+  [
+    ['0.0.0.0/8', 'an unspecified ("this network") address'],
+    ['127.0.0.0/8', 'a loopback address'],
+    ['169.254.0.0/16', 'a link-local address (cloud metadata lives there)'],
+    ['224.0.0.0/4', 'a multicast address'],
+    ['255.255.255.255/32', 'the broadcast address'],
+    ['240.0.0.0/4', 'a reserved (class E) address'],
+    ['::/128', 'the unspecified address'],
+    ['::1/128', 'the loopback address'],
+    ['::ffff:0:0/96', 'an IPv4-mapped IPv6 address (use the IPv4 address itself)'],
+    ['fe80::/10', 'a link-local address'],
+    ['ff00::/8', 'a multicast address'],
+  ] as const
+).map(([c, why]) => [parseCIDR(c)!, why]);
+
+/**
+ * Why `ip` must never be a Service address or an endpoint (loopback, unspecified, link-local,
+ * multicast, broadcast, reserved, IPv4-mapped IPv6), or null when it may. The API server refuses
+ * most of these (ValidateNonSpecialIP, EndpointSlice address validation); manifests have none.
+ */
+export function specialAddress(ip: string | ParsedIP): string | null {
+  const p = typeof ip === 'string' ? parseIP(ip) : ip;
+  if (!p) return null;
+  for (const [c, why] of SPECIAL) if (cidrContains(c, p)) return why;
+  return null;
+}
