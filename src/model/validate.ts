@@ -130,13 +130,55 @@ class Fields {
   }
 }
 
-function metadata(raw: Obj, f: Fields, namespaced: boolean) {
+// Kubernetes' naming rules (k8s.io/apimachinery/pkg/util/validation), as the API server applies them.
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+const QUALIFIED_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+/** The API server's cap on one object's annotations (keys and values). */
+const ANNOTATIONS_MAX_BYTES = 256 * 1024;
+
+export type NameRule = 'dns1035' | 'dns1123' | 'subdomain' | 'labelValue' | 'portName';
+const RULES: Record<NameRule, { re: RegExp; max: number; what: string }> = {
+  dns1035: { re: DNS1035_LABEL, max: 63, what: 'a DNS-1035 label (lower case letters, digits and "-", starting with a letter, at most 63)' },
+  dns1123: { re: DNS1123_LABEL, max: 63, what: 'a DNS-1123 label (lower case letters, digits and "-", at most 63)' },
+  subdomain: { re: DNS1123_SUBDOMAIN, max: 253, what: 'a DNS-1123 subdomain (lower case letters, digits, "-" and ".", at most 253)' },
+  labelValue: { re: LABEL_VALUE, max: 63, what: 'a label value (letters, digits, "-", "_" and ".", at most 63)' },
+  portName: { re: /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, max: 15, what: 'an IANA service name (lower case letters, digits and "-", with a letter, at most 15)' },
+};
+
+/** Why `v` breaks the naming rule, or null. */
+export function badName(v: string, rule: NameRule): string | null {
+  const r = RULES[rule];
+  if (v.length > r.max || !r.re.test(v) || (rule === 'portName' && (!/[a-z]/.test(v) || v.includes('--')))) return `${quote(v, 70)} is not ${r.what}`;
+  return null;
+}
+
+function checkName(f: Fields, field: string, v: string, rule: NameRule): void {
+  const why = v === '' ? null : badName(v, rule);
+  if (why) f.fail(field, why);
+}
+
+function metadata(raw: Obj, f: Fields, namespaced: boolean, nameRule: NameRule) {
   const md = f.obj(raw.metadata, 'metadata');
   const name = f.str(md.name, 'metadata.name');
   if (!name) f.fail('metadata.name', 'is required');
+  checkName(f, 'metadata.name', name, nameRule);
   const namespace = namespaced ? f.str(md.namespace, 'metadata.namespace', 'default') || 'default' : '';
+  if (namespaced) checkName(f, 'metadata.namespace', namespace, 'dns1123');
   const labels = stringMap(md.labels, 'metadata.labels', f);
+  for (const [k, v] of Object.entries(labels)) {
+    if (!QUALIFIED_NAME.test(k) || k.length > 317) f.fail('metadata.labels', `${quote(k, 70)} is not a label key`);
+    else checkName(f, `metadata.labels[${k}]`, v, 'labelValue');
+  }
   const annotations = stringMap(md.annotations, 'metadata.annotations', f);
+  let annotationBytes = 0;
+  for (const [k, v] of Object.entries(annotations)) {
+    annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
+    if (!QUALIFIED_NAME.test(k) || k.length > 317) f.fail('metadata.annotations', `${quote(k, 70)} is not an annotation key`);
+  }
+  if (annotationBytes > ANNOTATIONS_MAX_BYTES) f.fail('metadata.annotations', `${annotationBytes} bytes, more than the ${ANNOTATIONS_MAX_BYTES} the API server allows`);
   let createdAt: number | null = null;
   if (md.creationTimestamp !== undefined && md.creationTimestamp !== null) {
     // RFC 3339 as the API server writes it; YAML may also hand over a Date.
@@ -186,7 +228,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
   const ref = refOf('Service', raw);
   if (!isObj(raw)) return { status: 'invalid', problem: new Fields().problem(ref) ?? notAnObject(ref) };
   const f = new Fields();
-  const md = metadata(raw, f, true);
+  const md = metadata(raw, f, true, 'dns1035');
   const spec = f.obj(raw.spec, 'spec');
   const status = f.obj(raw.status, 'status');
   const warnings: Problem[] = [];
@@ -210,11 +252,15 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
     if (clusterIPs.length > 2) f.fail('spec.clusterIPs', 'at most two ClusterIPs (one per family)');
   }
 
-  const ports: ServicePort[] = f.arr(spec.ports, 'spec.ports').map((p, i) => {
+  const rawPorts = f.arr(spec.ports, 'spec.ports');
+  const ports: ServicePort[] = rawPorts.map((p, i) => {
     const field = `spec.ports[${i}]`;
     const po = f.obj(p, field);
+    const name = f.str(po.name, `${field}.name`);
+    checkName(f, `${field}.name`, name, 'portName');
+    if (name === '' && rawPorts.length > 1) f.fail(`${field}.name`, 'is required when a Service has more than one port');
     return {
-      name: f.str(po.name, `${field}.name`),
+      name,
       protocol: f.protocol(po.protocol, `${field}.protocol`),
       port: po.port === undefined ? (f.fail(`${field}.port`, 'is required'), 0) : f.port(po.port, `${field}.port`, false),
       nodePort: f.port(po.nodePort, `${field}.nodePort`, true),
@@ -337,19 +383,27 @@ function notAnObject(ref: ObjectRef): Problem {
   return { code: Codes.OBJECT_INVALID, severity: 'error', kind: ref.kind, name: ref.name, message: 'is not an object (object ignored)' };
 }
 
-function hintNames(v: unknown, field: string, f: Fields): string[] | null {
+function hintNames(v: unknown, field: string, f: Fields, rule: NameRule): string[] | null {
   const list = f.arr(v, field);
   if (list.length === 0) return null;
-  return list.map((h, i) => f.str(f.obj(h, `${field}[${i}]`).name, `${field}[${i}].name`));
+  return list.map((h, i) => named(f, f.obj(h, `${field}[${i}]`).name, `${field}[${i}].name`, rule));
+}
+
+/** A string field that names something (a node, a zone): checked against its naming rule. */
+function named(f: Fields, v: unknown, field: string, rule: NameRule): string {
+  const s = f.str(v, field);
+  checkName(f, field, s, rule);
+  return s;
 }
 
 export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<EndpointSlice> {
   const ref = refOf('EndpointSlice', raw);
   if (!isObj(raw)) return { status: 'invalid', problem: notAnObject(ref) };
   const f = new Fields();
-  const md = metadata(raw, f, true);
+  const md = metadata(raw, f, true, 'subdomain');
   const serviceName = md.labels[LABEL_SERVICE_NAME];
   if (!serviceName) f.fail(`metadata.labels[${LABEL_SERVICE_NAME}]`, 'is missing: the slice has no owning Service');
+  else checkName(f, `metadata.labels[${LABEL_SERVICE_NAME}]`, serviceName, 'dns1035');
   const addressType = f.oneOf(raw.addressType, 'addressType', ['IPv4', 'IPv6', 'FQDN'] as const, 'IPv4');
   if (raw.addressType === undefined) f.fail('addressType', 'is required');
   const family: Family | null = addressType === 'IPv4' ? 4 : addressType === 'IPv6' ? 6 : null;
@@ -359,8 +413,10 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     const po = f.obj(p, `ports[${i}]`);
     // kube-proxy skips a port with no number rather than rejecting the slice.
     if (po.port === undefined || po.port === null) return;
+    const name = f.str(po.name, `ports[${i}].name`);
+    checkName(f, `ports[${i}].name`, name, 'dns1123');
     ports.push({
-      name: f.str(po.name, `ports[${i}].name`),
+      name,
       protocol: f.protocol(po.protocol, `ports[${i}].protocol`),
       port: f.port(po.port, `ports[${i}].port`, false),
     });
@@ -384,10 +440,10 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
       ready: f.bool(cond.ready, `${field}.conditions.ready`) ?? true,
       serving: f.bool(cond.serving, `${field}.conditions.serving`) ?? true,
       terminating: f.bool(cond.terminating, `${field}.conditions.terminating`) ?? false,
-      nodeName: f.str(eo.nodeName, `${field}.nodeName`),
-      zone: f.str(eo.zone, `${field}.zone`),
-      zoneHints: hintNames(hints.forZones, `${field}.hints.forZones`, f),
-      nodeHints: hintNames(hints.forNodes, `${field}.hints.forNodes`, f),
+      nodeName: named(f, eo.nodeName, `${field}.nodeName`, 'subdomain'),
+      zone: named(f, eo.zone, `${field}.zone`, 'labelValue'),
+      zoneHints: hintNames(hints.forZones, `${field}.hints.forZones`, f, 'labelValue'),
+      nodeHints: hintNames(hints.forNodes, `${field}.hints.forNodes`, f, 'subdomain'),
     });
   });
 
@@ -406,7 +462,7 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
   const ref = refOf('Node', raw);
   if (!isObj(raw)) return { status: 'invalid', problem: notAnObject(ref) };
   const f = new Fields();
-  const md = metadata(raw, f, false);
+  const md = metadata(raw, f, false, 'subdomain');
   const status = f.obj(raw.status, 'status');
   const warnings: Problem[] = [];
   const addresses: NodeInfo['addresses'] = [];

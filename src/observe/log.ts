@@ -1,6 +1,8 @@
 // Structured logs: one JSON object per line (or readable text when asked), written to an
 // injected sink. Repeated lines with the same key are rate limited, so one broken object or
 // one failing kernel operation cannot flood the log; the count of suppressed lines is reported.
+import { escapeText } from '../errors.ts';
+
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
@@ -56,14 +58,22 @@ export class Logger {
     }
     const rec: Record<string, unknown> = { time: new Date(now).toISOString(), level, msg, ...fields };
     if (suppressed > 0) rec.suppressed = suppressed;
-    this.#o.sink(this.#o.format === 'json' ? JSON.stringify(rec, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) : text(rec));
+    // Messages and fields may carry outside text (names, kernel and tool answers): cut long
+    // strings; JSON escapes the rest, and the text format escapes control characters itself.
+    const json = JSON.stringify(rec, (_k, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'string' && v.length > MAX_FIELD ? `${v.slice(0, MAX_FIELD)}...(${v.length} characters)` : v));
+    this.#o.sink(this.#o.format === 'json' ? json : text(JSON.parse(json) as Record<string, unknown>));
   }
 }
+
+/** The longest string a log line carries whole. */
+const MAX_FIELD = 4000;
+/** Values printed bare in the text format; anything else is quoted. */
+const BARE = /^[\w.:/@%+=,\-[\]]*$/;
 
 function text(rec: Record<string, unknown>): string {
   const { time, level, msg, ...rest } = rec;
   const kv = Object.entries(rest)
-    .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+    .map(([k, v]) => `${escapeText(k, 100)}=${typeof v === 'string' && BARE.test(v) ? v : escapeText(JSON.stringify(v) ?? String(v), MAX_FIELD + 40)}`)
     .join(' ');
-  return `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${String(msg)}${kv ? ` ${kv}` : ''}`;
+  return `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${escapeText(String(msg), MAX_FIELD + 40)}${kv ? ` ${kv}` : ''}`;
 }
