@@ -93,14 +93,29 @@ function isEntry(): boolean {
   }
 }
 
+/**
+ * Resolves once everything written to `s` so far has been handed to the kernel. Writes to a pipe
+ * are asynchronous: a slow reader (`plan | (sleep 5; wc -c)`) holds them in Node's queue, and
+ * exiting before it is empty loses the rest. A reader that went away (EPIPE) ends the wait.
+ */
+export function drained(s: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (s.destroyed || !s.writable) return resolve();
+    s.once('error', () => resolve());
+    s.write('', () => resolve());
+  });
+}
+
 if (isEntry()) {
-  main(process.argv.slice(2), { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) }).then(
-    // Exit after the event loop has turned: closed netlink sockets finish closing their libuv
-    // handles (exiting in the middle of that has crashed the addon), and stdout drains.
-    (code) => setTimeout(() => process.exit(code), 20),
-    (e: unknown) => {
-      process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
-      process.exit(70);
-    },
-  );
+  for (const s of [process.stdout, process.stderr]) s.on('error', () => {}); // EPIPE: the reader left; nothing to report to
+  const exit = async (code: number) => {
+    await Promise.all([drained(process.stdout), drained(process.stderr)]);
+    // Then one more turn of the event loop: closed netlink sockets finish closing their libuv
+    // handles (exiting in the middle of that has crashed the addon).
+    setTimeout(() => process.exit(code), 20);
+  };
+  main(process.argv.slice(2), { stdout: (t) => void process.stdout.write(t), stderr: (t) => void process.stderr.write(t) }).then(exit, (e: unknown) => {
+    process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
+    void exit(70);
+  });
 }

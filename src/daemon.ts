@@ -2,7 +2,7 @@
 // bounded-frequency runner has the reconciler bring the kernel in step. Kernel access and the
 // source come in as dependencies, so the same daemon runs against fakes in tests and dry runs.
 import type { Config } from './config/config.ts';
-import { formatProblem, type Problem } from './errors.ts';
+import { Codes, formatProblem, type Problem } from './errors.ts';
 import type { Ipvs } from './dataplane/ipvs/client.ts';
 import type { ConntrackCleaner } from './dataplane/conntrack.ts';
 import type { Links } from './dataplane/links.ts';
@@ -18,7 +18,7 @@ import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
 import type { HealthCheckTarget } from './observe/service-health.ts';
 import type { Family } from './util/ip.ts';
 import { planConfigFrom } from './plan/from-manifests.ts';
-import { conflictProblem, Planner } from './plan/plan.ts';
+import { conflictProblem, inFwmarkRange, Planner } from './plan/plan.ts';
 import type { ServicePlan } from './plan/types.ts';
 import type { Source, SourceBatch } from './sources/source.ts';
 
@@ -110,6 +110,9 @@ export class Daemon {
       excludeCIDRs: cfg.ipvs.excludeCIDRs,
       gracefulTerminationSeconds: cfg.gracefulTerminationSeconds,
       clock: this.#clock,
+      // A recorded virtual server off our interface is ours only if it is a NodePort on one of
+      // this node's addresses or carries one of our firewall marks.
+      recordedMayBeOurs: (s) => (s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && this.planner.nodeAddresses.has(s.address)),
       onError: (e) => {
         deps.log.warn('kernel operation failed', { ...e }, `op:${e.op}:${e.code}`);
         this.recentErrors.push({ at: this.#clock.now(), ...e });
@@ -130,6 +133,7 @@ export class Daemon {
    * is programmed before the source has synced: a partial view would delete working Services.
    */
   async start(): Promise<void> {
+    this.#reportOwnership();
     await this.#kernelSettings();
     await this.#source.start((b) => this.#apply(b));
     if (this.#stopped) return;
@@ -137,6 +141,11 @@ export class Daemon {
     this.#reportConflicts();
     this.#updateHealthCheckTargets(this.planner.plans().keys());
     this.runner.start();
+  }
+
+  /** Why the ownership record read at start was not usable (null: fine or absent). */
+  get ownershipProblem(): string | null {
+    return this.#deps.owned.problem ?? null;
   }
 
   get source(): Source {
@@ -152,6 +161,7 @@ export class Daemon {
 
   /** One full sync now, outside the runner (for --once). */
   async syncOnce(): Promise<SyncResult> {
+    this.#reportOwnership();
     await this.#kernelSettings();
     await this.#source.start((b) => this.#apply(b));
     this.#source.stop();
@@ -221,6 +231,12 @@ export class Daemon {
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
     if (this.#dirty.size > 0) this.runner.request();
+  }
+
+  /** A record that could not be read is said once, loudly: what kube-ipvs owns is narrower until it is rewritten. */
+  #reportOwnership(): void {
+    const why = this.#deps.owned.problem;
+    if (why) this.#deps.log.error(formatProblem({ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: why }), { code: Codes.OWNERSHIP_RECORD_INVALID });
   }
 
   /** One line per Service whose refused claims changed: what it lost and to whom, or that it has everything again. */

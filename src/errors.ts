@@ -11,6 +11,8 @@ export const Codes = {
   OBJECT_DUPLICATE: 'KIPVS_OBJECT_DUPLICATE',
   /** A Service asks for a virtual server, address or node port another Service holds. */
   SERVICE_CONFLICT: 'KIPVS_SERVICE_CONFLICT',
+  /** A manifest file or folder that could not be read: not a regular file, too large, an I/O error. */
+  MANIFEST_UNREADABLE: 'KIPVS_MANIFEST_UNREADABLE',
   // Configuration.
   CONFIG_UNREADABLE: 'KIPVS_CONFIG_UNREADABLE',
   CONFIG_UNKNOWN_FIELD: 'KIPVS_CONFIG_UNKNOWN_FIELD',
@@ -23,6 +25,8 @@ export const Codes = {
   // The node.
   NEEDS_PRIVILEGE: 'KIPVS_NEEDS_PRIVILEGE',
   KERNEL_UNAVAILABLE: 'KIPVS_KERNEL_UNAVAILABLE',
+  /** The ownership record (stateDirectory/owned.json) is corrupt, of the wrong shape, or not a file. */
+  OWNERSHIP_RECORD_INVALID: 'KIPVS_OWNERSHIP_RECORD_INVALID',
 } as const;
 
 export type Code = (typeof Codes)[keyof typeof Codes];

@@ -83,7 +83,7 @@ t.test('usage', async (t) => {
   t.equal((await run('frobnicate')).code, 2);
   t.equal((await run('--help')).code, 0);
   const missingDir = await run('plan', '--manifests', '/nonexistent-dir');
-  t.match(missingDir.stderr, /KIPVS_MANIFEST_UNPARSABLE \/nonexistent-dir: is not a readable directory/);
+  t.match(missingDir.stderr, /KIPVS_MANIFEST_UNREADABLE \/nonexistent-dir: cannot be read \(ENOENT\)/);
   t.equal((await run('status', '--output', 'yaml')).code, 2);
   // This host has no IPVS (or the test is not root): a clear error, not a crash.
   const status = await run('status');

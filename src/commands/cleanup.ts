@@ -25,12 +25,15 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
     return 1;
   }
   const links = new NetlinkLinks();
-  const r = await cleanup(ipvs, links, new FileOwnership(join(config.stateDirectory, 'owned.json')), { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
+  const owned = new FileOwnership(join(config.stateDirectory, 'owned.json'));
+  if (owned.problem) report(io, [{ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: owned.problem }]);
+  const r = await cleanup(ipvs, links, owned, { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
   // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
   ipvs.close();
   links.close();
   io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
   for (const e of r.errors) io.stderr(`error ${e}\n`);
+  for (const id of r.leftAlone) io.stderr(`warning the ownership record lists ${id}, which is not on ${config.dummyInterface}, not a node address and not one of kube-ipvs' firewall marks: left alone\n`);
   // Our iptables chains and jumps (both backends: whichever was used) and our ipsets.
   const exec = new SystemExec();
   const nfErrors: string[] = [];

@@ -195,7 +195,12 @@ export async function statusCommand(args: StatusArgs, io: IO, deps: StatusDeps =
       return 1;
     }
   }
-  const labels = deps.labels ?? new FileOwnership(join(config.stateDirectory, 'owned.json')).labels;
+  let labels = deps.labels;
+  if (!labels) {
+    const owned = new FileOwnership(join(config.stateDirectory, 'owned.json'));
+    if (owned.problem) report(io, [{ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: `${owned.problem}: virtual servers below are not named` }]);
+    labels = owned.labels;
+  }
   const [daemon, kernel] = await Promise.allSettled([(deps.fetchDaemon ?? fetchDaemonStatus)(config), collectStatus(ipvs, labels, { namespace: args.namespace, service: args.service })]);
   if (kernel.status === 'rejected') {
     report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `cannot read IPVS: ${(kernel.reason as Error).message}` }]);

@@ -363,7 +363,14 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     problem(Codes.CONFIG_UNREADABLE, '', doc.errors.map((e) => e.message.split('\n')[0]).join('; '));
     return { config: null, problems };
   }
-  const raw: unknown = doc.toJS();
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    // The yaml package refuses excessive alias expansion ("billion laughs") with a ReferenceError.
+    problem(Codes.CONFIG_UNREADABLE, '', /alias/i.test((e as Error).message) ? 'more than 100 YAML aliases expanded' : (e as Error).message.split('\n')[0]!);
+    return { config: null, problems };
+  }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     problem(Codes.CONFIG_UNREADABLE, '', 'the config must be a YAML mapping');
     return { config: null, problems };

@@ -5,23 +5,37 @@ import type { Ipvs } from './ipvs/client.ts';
 import { serviceId } from './ipvs/types.ts';
 import type { Links } from './links.ts';
 import type { OwnershipStore } from './ownership.ts';
+import { inFwmarkRange } from '../plan/plan.ts';
 
 export interface CleanupResult {
   services: string[];
   addresses: string[];
   interfaceRemoved: boolean;
   errors: string[];
+  /** Recorded as ours but of no shape kube-ipvs makes off its interface: not touched. */
+  leftAlone: string[];
 }
 
 export async function cleanup(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: { dummyInterface: string; excludeCIDRs?: string[] }): Promise<CleanupResult> {
-  const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [] };
+  const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [], leftAlone: [] };
   const exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
   const index = await links.find(opts.dummyInterface);
-  const ifAddrs = new Set(index === null ? [] : await links.addresses(index));
+  const lo = await links.find('lo');
+  const all = await links.allAddresses();
+  const ifAddrs = new Set(index === null ? [] : (all.get(index) ?? []));
+  // The node's own addresses (not loopback, not ours): where kube-ipvs puts NodePorts.
+  const nodeAddrs = new Set([...all].filter(([i]) => i !== index && i !== lo).flatMap(([, a]) => a));
   for (const s of await ipvs.services()) {
     const id = serviceId(s);
     if (s.address !== undefined && exclude.some((c) => cidrContains(c, s.address!))) continue;
-    if (!owned.services.has(id) && !(s.address !== undefined && ifAddrs.has(s.address))) continue;
+    const onOurInterface = s.address !== undefined && ifAddrs.has(s.address);
+    // The record alone is not enough (it may be corrupt or another's): a recorded virtual server
+    // off our interface must also be of a shape kube-ipvs makes there.
+    const plausible = s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && nodeAddrs.has(s.address);
+    if (!onOurInterface && !(owned.services.has(id) && plausible)) {
+      if (owned.services.has(id)) res.leftAlone.push(id);
+      continue;
+    }
     try {
       await ipvs.deleteService(s);
       res.services.push(id);

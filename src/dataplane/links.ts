@@ -13,6 +13,8 @@ export interface Links {
   ensureDummy(name: string): Promise<number>;
   /** Canonical addresses on the interface. */
   addresses(index: number): Promise<string[]>;
+  /** Every interface's addresses, by interface index (lo included). */
+  allAddresses(): Promise<Map<number, string[]>>;
   /** Adds a host address (/32 or /128); an address already there is not an error. */
   addAddress(index: number, address: string): Promise<void>;
   /** Removes an address; one already gone is not an error. */
@@ -89,13 +91,20 @@ export class NetlinkLinks implements Links {
   }
 
   async addresses(index: number): Promise<string[]> {
+    return (await this.allAddresses()).get(index) ?? [];
+  }
+
+  async allAddresses(): Promise<Map<number, string[]>> {
     const all = (await this.#call('list addresses', () => this.#rt.getAddresses({}, {}, { timeout: this.#timeout }))) ?? [];
-    return all.flatMap((m) => {
-      if (m.data.index !== index) return [];
+    const out = new Map<number, string[]>();
+    for (const m of all) {
       const raw = m.attrs.local ?? m.attrs.address;
-      if (!raw) return [];
-      return [formatIP({ family: raw.length === 4 ? 4 : 6, bytes: Uint8Array.from(raw) })];
-    });
+      if (!raw || m.data.index === undefined) continue;
+      const list = out.get(m.data.index) ?? [];
+      list.push(formatIP({ family: raw.length === 4 ? 4 : 6, bytes: Uint8Array.from(raw) }));
+      out.set(m.data.index, list);
+    }
+    return out;
   }
 
   #addr(address: string) {
@@ -150,6 +159,9 @@ export class FakeLinks implements Links {
   }
   async addresses(index: number) {
     return [...this.#byIndex(index).addresses];
+  }
+  async allAddresses() {
+    return new Map([...this.links.values()].map((l) => [l.index, [...l.addresses]]));
   }
   async addAddress(index: number, address: string) {
     this.#byIndex(index).addresses.add(address);

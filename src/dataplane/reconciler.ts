@@ -57,6 +57,13 @@ export interface ReconcilerOptions {
   concurrency?: number;
   clock?: Clock;
   onError?: (e: OpError) => void;
+  /**
+   * Whether a virtual server the ownership record calls ours, not on our interface, is one
+   * kube-ipvs could have made (a NodePort on a node address, a firewall mark in its range). The
+   * record alone is not enough: a corrupt or foreign record must never get a foreign virtual
+   * server deleted. Default: believe the record.
+   */
+  recordedMayBeOurs?: (s: IpvsService) => boolean;
 }
 
 const ok = (e: unknown, ...codes: string[]) => e instanceof IpvsError && codes.includes(e.code);
@@ -65,7 +72,7 @@ export class Reconciler {
   readonly #ipvs: Ipvs;
   readonly #links: Links;
   readonly #owned: OwnershipStore;
-  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError'>> & { onError: (e: OpError) => void };
+  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError' | 'recordedMayBeOurs'>> & { onError: (e: OpError) => void; recordedMayBeOurs: (s: IpvsService) => boolean };
   readonly #exclude: CIDR[];
   #index: number | null = null;
   #ifAddrs = new Set<string>();
@@ -88,6 +95,7 @@ export class Reconciler {
       concurrency: opts.concurrency ?? 32,
       clock: opts.clock ?? systemClock,
       onError: opts.onError ?? (() => {}),
+      recordedMayBeOurs: opts.recordedMayBeOurs ?? (() => true),
     };
     this.#exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
   }
@@ -142,11 +150,11 @@ export class Reconciler {
     return address !== undefined && this.#exclude.some((c) => cidrContains(c, address));
   }
 
-  /** Ours: recorded as created by us, or on an address of our own interface (and not excluded). */
+  /** Ours: on an address of our own interface, or recorded as created by us and of a shape we create (and not excluded). */
   #isOurs(s: IpvsService): boolean {
-    const id = serviceId(s);
     if (this.#excluded(s.address)) return false;
-    return this.#owned.services.has(id) || (s.address !== undefined && this.#ifAddrs.has(s.address));
+    if (s.address !== undefined && this.#ifAddrs.has(s.address)) return true;
+    return this.#owned.services.has(serviceId(s)) && this.#o.recordedMayBeOurs(s);
   }
 
   async #full(req: SyncRequest, run: Run): Promise<void> {

@@ -95,6 +95,8 @@ export interface DaemonStatus {
   healthCheckNodePorts: { port: number; service: string; localEndpoints: number }[];
   /** What Services asked for and did not get because another Service holds it. */
   conflicts: { service: string; what: string; heldBy: string }[];
+  /** Why the ownership record read at start was not usable; null when it was fine (or absent). */
+  ownershipProblem?: string | null;
   recentErrors: { at: string; op: string; code: string; message: string; service?: string }[];
 }
 
@@ -119,6 +121,7 @@ export function daemonStatus(d: Daemon): DaemonStatus {
     source: c ? { ...c, lastEventAt: iso(c.lastEventAt) } : null,
     healthCheckNodePorts: [...d.healthCheckTargets()].map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints })).sort((a, b) => a.port - b.port),
     conflicts: d.planner.conflicts(),
+    ownershipProblem: d.ownershipProblem,
     recentErrors: d.recentErrors.slice(-10).map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
   };
 }

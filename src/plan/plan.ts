@@ -227,6 +227,9 @@ export const fwmarkKey = (vs: Pick<VirtualServer, 'protocol' | 'address' | 'port
 const FWMARK_BASE = 0x100000;
 const FWMARK_SPAN = 0xf00000;
 
+/** Whether `mark` is one kube-ipvs hands out (its range; never the masquerade bit is checked by the caller). */
+export const inFwmarkRange = (mark: number) => mark >= FWMARK_BASE && mark < FWMARK_BASE + FWMARK_SPAN;
+
 /** The first choice of mark for a key: a hash, so marks do not depend on the order Services arrive in. */
 export function fwmarkOf(key: string, attempt = 0): number {
   let h = 0x811c9dc5;
@@ -274,6 +277,11 @@ export class Planner {
     this.config = config;
     this.#ctx = nodeContext(model, config, this.#markFor);
     this.#netfilter = netfilterConfig(config.netfilter, model.node);
+  }
+
+  /** The local Node's addresses, as last planned. */
+  get nodeAddresses(): ReadonlySet<string> {
+    return this.#ctx.nodeAddresses;
   }
 
   /** The constant iptables rules' inputs (config and, for detectLocalMode NodeCIDR, the Node). */

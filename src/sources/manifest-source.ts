@@ -2,10 +2,9 @@
 // added, changed or removed since the last poll, as {kind, previous, current} events — the same
 // shape the Kubernetes source produces, so the model cannot tell them apart.
 import { watch, type FSWatcher } from 'node:fs';
-import { Codes } from '../errors.ts';
 import { APPLY_ORDER, type Change } from '../model/model.ts';
 import { refOf } from '../model/validate.ts';
-import { readManifests } from './manifests.ts';
+import { readManifests, type ManifestCache } from './manifests.ts';
 import type { Source, SourceBatch } from './source.ts';
 
 export interface Poll extends SourceBatch {
@@ -17,6 +16,8 @@ type Entry = { kind: Change['kind']; object: Record<string, unknown>; json: stri
 export class ManifestSource implements Source {
   readonly dir: string;
   #objects = new Map<string, Entry>();
+  /** Files parsed at the last read: an unchanged file is not parsed again at every poll. */
+  readonly #cache: ManifestCache = new Map();
   readonly #watch: boolean;
   readonly #pollMs: number;
   #deliver: ((b: SourceBatch) => void) | null = null;
@@ -70,18 +71,23 @@ export class ManifestSource implements Source {
   }
 
   async poll(): Promise<Poll> {
-    const set = await readManifests(this.dir);
+    const set = await readManifests(this.dir, { cache: this.#cache });
+    // The folder itself is gone or unreadable (a remount, a ConfigMap being swapped): nothing is
+    // known, so nothing changes; the last good state keeps serving and the problem is said.
+    if (set.unreadable) return { changes: [], problems: set.problems, origins: new Map() };
     const next = new Map<string, Entry>();
-    // A file that does not parse (half-written, or broken by an edit) keeps what it last had:
-    // dropping its objects would delete Services that were working a moment ago.
-    const unreadable = new Set(set.problems.filter((p) => p.code === Codes.MANIFEST_UNPARSABLE && p.file).map((p) => p.file!));
-    for (const [id, old] of this.#objects) if (unreadable.has(old.file)) next.set(id, old);
     for (const o of set.objects) {
-      if (unreadable.has(o.file)) continue;
       const ref = refOf(o.kind, o.object);
       // The later definition of a duplicate wins, as in `kube-ipvs plan`.
       next.set(`${ref.kind} ${ref.name}`, { kind: o.kind, object: o.object, json: JSON.stringify(o.object), file: o.file, line: o.line });
     }
+    // Every document that reads is taken, as `plan` takes it. An object missing now from a file
+    // read only in part (a broken or half-written document) or from a folder that could not be
+    // listed may still be there: it keeps its last version until the file reads whole again.
+    const incomplete = set.incomplete ?? new Set<string>();
+    const dirs = set.unreadableDirs ?? [];
+    const unsure = (file: string) => incomplete.has(file) || dirs.some((d) => file.startsWith(`${d}/`));
+    for (const [id, old] of this.#objects) if (!next.has(id) && unsure(old.file)) next.set(id, old);
     const changes: Change[] = [];
     const origins = new Map<Change, { file: string; line: number }>();
     for (const [id, old] of this.#objects) {
