@@ -1,6 +1,21 @@
 // Hostile and careless input: what a proxy running as root on every node must refuse, and how it
 // says so. One test per class of input; each names what it checks.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import t from 'tap';
+import { main } from '../src/cli.ts';
+import { defaultConfig } from '../src/config/config.ts';
+import { Daemon } from '../src/daemon.ts';
+import { cleanup } from '../src/dataplane/cleanup.ts';
+import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
+import { FakeLinks } from '../src/dataplane/links.ts';
+import { FileOwnership } from '../src/dataplane/ownership.ts';
+import { Model } from '../src/model/model.ts';
+import { ManifestSource } from '../src/sources/manifest-source.ts';
+import { EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
+import { PushSource } from './support/source.ts';
 import { escapeText, formatProblem, quote } from '../src/errors.ts';
 import { parseEndpointSlice, parseNode, parseService } from '../src/model/validate.ts';
 import { specialAddress } from '../src/util/ip.ts';
@@ -136,4 +151,162 @@ t.test('text logs and the status table escape what came from outside', async (t)
     virtualServers: [{ service: 'ns/evil\nFAKE LINE', portName: 'p\u001b', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: 80, scheduler: 'rr', persistenceTimeoutSeconds: 0, stats: { conns: 0, cps: 0, inPps: 0, outPps: 0, inBps: 0, outBps: 0 }, realServers: [] }],
   } as never);
   t.notMatch(table, /\u001b|FAKE LINE\n|\nFAKE/, 'a name from a tampered ownership record prints as text');
+});
+
+// ---- Files from outside: bombs, huge files, FIFOs, symlinks, a folder that comes and goes ----
+
+const BOMB = `a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+`;
+const yaml = (...objs: Record<string, unknown>[]) => objs.map((o) => JSON.stringify(o)).join('\n---\n') + '\n';
+function folder(t: { teardown: (f: () => void) => void }, files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kipvs-hostile-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), text);
+  }
+  return dir;
+}
+async function cli(...argv: string[]) {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(argv, { stdout: (s) => (stdout += s), stderr: (s) => (stderr += s) });
+  return { code, stdout, stderr };
+}
+const good = () => [node('node-a', [['InternalIP', '192.168.1.10']]), service('good', { clusterIPs: ['10.96.0.1'] }), slice('good-1', 'good', [ep('10.0.0.1')])];
+
+t.test('a YAML alias bomb is one problem line naming the file; plan, run --once and --config go on', async (t) => {
+  const dir = folder(t, { 'a-good.yaml': yaml(...good()), 'b-bomb.yaml': BOMB });
+  const started = Date.now();
+  const plan = await cli('plan', '--manifests', dir, '--output', 'json');
+  t.equal(plan.code, 0, 'plan exits 0 (not 70)');
+  t.match(plan.stderr, /KIPVS_MANIFEST_UNPARSABLE .*b-bomb\.yaml:1: more than 100 YAML aliases expanded \(document ignored\)/);
+  t.ok((JSON.parse(plan.stdout) as { virtualServers: unknown[] }).virtualServers.length > 0, 'the good Service is planned');
+  t.ok(Date.now() - started < 10_000, 'in bounded time');
+  const once = await cli('run', '--manifests', dir, '--dry-run', '--once');
+  t.equal(once.code, 0, 'run --once');
+  t.match(once.stdout, /addService TCP\/10\.96\.0\.1:80/);
+  const cfg = join(dir, 'config.yml.bomb');
+  writeFileSync(cfg, `apiVersion: kube-ipvs.io/v1alpha1\nkind: KubeIPVSConfiguration\n${BOMB}`);
+  const c = await cli('plan', '--manifests', dir, '--config', cfg);
+  t.equal(c.code, 1, 'a bomb as config: rejected, exit 1');
+  t.match(c.stderr, /KIPVS_CONFIG_UNREADABLE .*more than 100 YAML aliases/);
+});
+
+t.test('a huge manifest is refused at once by its size; a FIFO is skipped, never read; symlinks are followed or reported', async (t) => {
+  const dir = folder(t, { 'a-good.yaml': yaml(...good()), 'sub/real.yaml': yaml(service('linked', { clusterIPs: ['10.96.0.2'] })), '.hidden.yaml': yaml(service('hidden', { clusterIPs: ['10.96.0.3'] })) });
+  const big = join(dir, 'huge.yaml');
+  writeFileSync(big, '');
+  truncateSync(big, 50 * 1024 * 1024); // 50 MB
+  execFileSync('mkfifo', [join(dir, 'pipe.yaml')]);
+  symlinkSync(join(dir, 'sub/real.yaml'), join(dir, 'link.yaml'));
+  symlinkSync(join(dir, 'nowhere.yaml'), join(dir, 'dangling.yaml'));
+  const started = Date.now();
+  const r = await cli('plan', '--manifests', dir, '--output', 'json');
+  t.ok(Date.now() - started < 5000, `done in ${Date.now() - started} ms: the 50 MB file was not parsed, the FIFO not waited on`);
+  t.equal(r.code, 0);
+  t.match(r.stderr, /KIPVS_MANIFEST_UNREADABLE .*huge\.yaml: is 52428800 bytes, more than the 8388608 allowed: split it/);
+  t.match(r.stderr, /KIPVS_MANIFEST_UNREADABLE .*pipe\.yaml: is not a regular file/);
+  t.match(r.stderr, /KIPVS_MANIFEST_UNREADABLE .*dangling\.yaml: cannot be opened \(a dangling symlink/);
+  const svcs = new Set((JSON.parse(r.stdout) as { virtualServers: { service: string }[] }).virtualServers.map((v) => v.service));
+  t.same([...svcs].sort(), ['default/good', 'default/linked'], 'a symlinked file is read (once); a dot-file is not');
+  // A FIFO as the config, or as the ownership record: refused, not waited on.
+  execFileSync('mkfifo', [join(dir, 'cfg.fifo')]);
+  const c = await cli('plan', '--manifests', dir, '--config', join(dir, 'cfg.fifo'));
+  t.match(c.stderr, /KIPVS_CONFIG_UNREADABLE .*is not a regular file/);
+  const rec = new FileOwnership(join(dir, 'cfg.fifo'));
+  t.match(rec.problem, /is not a regular file/, 'a FIFO in place of the ownership record is said, not read');
+});
+
+t.test('a folder that vanishes keeps the last state; a broken document keeps what it held; run takes what plan takes', async (t) => {
+  const dir = folder(t, { 'web.yaml': yaml(...good(), service('second', { clusterIPs: ['10.96.0.5'] })) + '---\n{ broken: [\n' });
+  const src = new ManifestSource(dir);
+  const model = new Model({ nodeName: 'node-a', proxyName: 'kube-ipvs' });
+  let batches = 0;
+  let problems: string[] = [];
+  await src.start((b) => {
+    batches++;
+    problems = b.problems.map(formatProblem);
+    for (const c of b.changes) model.apply(c);
+  });
+  t.same(model.serviceKeys(), ['default/good', 'default/second'], 'first start: every document that reads is taken (as plan)');
+  t.ok(problems.some((p) => p.includes('KIPVS_MANIFEST_UNPARSABLE')), 'and the broken one is reported');
+  // The broken document now is a Service that was there: kept; a document removed while another is broken stays until the file reads whole.
+  writeFileSync(join(dir, 'web.yaml'), yaml(...good()) + '---\n{ broken: [\n');
+  await src.refresh();
+  t.same(model.serviceKeys(), ['default/good', 'default/second'], 'an object missing from a file read only in part is kept');
+  writeFileSync(join(dir, 'web.yaml'), yaml(...good()));
+  await src.refresh();
+  t.same(model.serviceKeys(), ['default/good'], 'once the file reads whole, its removal is followed');
+  const moved = `${dir}.away`;
+  renameSync(dir, moved);
+  const before = batches;
+  await src.refresh();
+  t.equal(batches, before + 1);
+  t.same(model.serviceKeys(), ['default/good'], 'the folder is gone: nothing deleted');
+  t.ok(problems.some((p) => /KIPVS_MANIFEST_UNREADABLE .*cannot be read \(ENOENT\)/.test(p)), 'and said');
+  renameSync(moved, dir);
+  await src.refresh();
+  t.same(model.serviceKeys(), ['default/good'], 'back: no churn');
+  src.stop();
+});
+
+t.test('the output of plan is complete however slowly it is read', async (t) => {
+  // Enough Services for several MB of JSON, read by a process that waits before it reads.
+  const objs = [node('node-a', [['InternalIP', '192.168.1.10']])];
+  for (let i = 0; i < 3000; i++) objs.push(service(`s${i}`, { clusterIPs: [`10.96.${i >> 8}.${i & 255}`], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30000 + (i % 2000) }] }));
+  const dir = folder(t, { 'many.json': JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objs }) });
+  const inProcess = await cli('plan', '--manifests', dir, '--output', 'json');
+  const want = Buffer.byteLength(inProcess.stdout);
+  t.ok(want > 1_000_000, `${want} bytes of plan`);
+  const out = execFileSync('sh', ['-c', `"$0" ${EXIT_DEADLOCK_V8_FLAGS.join(' ')} src/cli.ts plan --manifests "$1" --output json 2>/dev/null | (sleep 3; wc -c)`, process.execPath, dir], { encoding: 'utf8', timeout: 120_000 });
+  t.equal(Number(out.trim()), want, 'every byte reached the slow reader');
+});
+
+t.test('a corrupt or wrong-shaped ownership record is said, and never gets a foreign virtual server deleted', async (t) => {
+  const dir = folder(t, {});
+  for (const [text, why] of [
+    ['{not json', /not JSON/],
+    ['[1,2]', /not a JSON object/],
+    ['{"version":1,"services":"TCP/10.0.0.1:80","addresses":[]}', /services is not a list/],
+    ['{"version":1,"services":["rm -rf /"],"addresses":[]}', /services is not a list of virtual server ids/],
+    ['{"version":1,"services":[],"addresses":["010.1.1.1"]}', /addresses is not a list of canonical/],
+    ['{"version":7,"services":[],"addresses":[]}', /version 7/],
+  ] as const) {
+    writeFileSync(join(dir, 'owned.json'), text);
+    const rec = new FileOwnership(join(dir, 'owned.json'));
+    t.match(rec.problem, why, text);
+    t.equal(rec.services.size, 0);
+  }
+  t.equal(new FileOwnership(join(dir, 'absent.json')).problem, null, 'an absent record is the first start, not a problem');
+  // A well-formed record that claims a foreign service (on lo, or on another node's address).
+  const ipvs = new FakeIpvs();
+  const links = new FakeLinks();
+  const foreign = { family: 4 as const, protocol: 'TCP' as const, address: '10.97.0.1', port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff };
+  const otherNode = { ...foreign, address: '192.168.77.7', port: 30080 };
+  await ipvs.addService(foreign);
+  await ipvs.addService(otherNode);
+  writeFileSync(join(dir, 'owned.json'), JSON.stringify({ version: 1, services: ['TCP/10.97.0.1:80', 'TCP/192.168.77.7:30080'], addresses: [], labels: {} }));
+  const logs: string[] = [];
+  const cfg = defaultConfig();
+  const source = new PushSource();
+  source.initial = good().map((o) => ({ kind: o.kind as 'Service', previous: null, current: o }));
+  const daemon = new Daemon({ source, config: cfg, nodeName: 'node-a' }, { ipvs, links, owned: new FileOwnership(join(dir, 'owned.json')), sysctl: { read: () => null, write: () => {} }, log: new Logger({ sink: (l) => void logs.push(l) }), kernelRelease: '6.1.0' });
+  await daemon.syncOnce();
+  daemon.stop();
+  const left = (await ipvs.services()).map((s) => `${s.address}:${s.port}`).sort();
+  t.same(left, ['10.96.0.1:80', '10.97.0.1:80', '192.168.77.7:30080'], 'the record claimed them, yet neither was deleted by a full sync');
+  writeFileSync(join(dir, 'bad.json'), '{oops');
+  const d2 = new Daemon({ source: new PushSource(), config: cfg, nodeName: 'node-a' }, { ipvs, links, owned: new FileOwnership(join(dir, 'bad.json')), sysctl: { read: () => null, write: () => {} }, log: new Logger({ sink: (l) => void logs.push(l) }), kernelRelease: '6.1.0' });
+  await d2.syncOnce();
+  d2.stop();
+  t.ok(logs.some((l) => l.includes('KIPVS_OWNERSHIP_RECORD_INVALID')), 'a corrupt record is logged as an error');
+  const r = await cleanup(ipvs, links, new FileOwnership(join(dir, 'owned.json')), { dummyInterface: 'kube-ipvs0' });
+  t.same(r.leftAlone.sort(), ['TCP/10.97.0.1:80', 'TCP/192.168.77.7:30080'], 'cleanup too leaves what the record claims but kube-ipvs could not have made');
 });

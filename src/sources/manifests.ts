@@ -85,7 +85,7 @@ export async function readManifests(dir: string, opts: ReadOptions | string = {}
       if (entry.name.startsWith('.')) continue;
       const p = join(d, entry.name);
       if (entry.isDirectory()) await walk(p);
-      else if (/\.(ya?ml|json)$/.test(entry.name) && (entry.isFile() || entry.isSymbolicLink())) {
+      else if (/\.(ya?ml|json)$/.test(entry.name)) {
         if (seen.has(p)) continue;
         seen.add(p);
         const r = await readOne(p, name(p), o.cache);
