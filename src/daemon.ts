@@ -1,6 +1,7 @@
 // The `run` daemon: a source feeds the model, the planner re-plans what changed, and the
 // bounded-frequency runner has the reconciler bring the kernel in step. Kernel access and the
 // source come in as dependencies, so the same daemon runs against fakes in tests and dry runs.
+import { availableParallelism } from 'node:os';
 import type { Config } from './config/config.ts';
 import { Codes, formatProblem, type Problem } from './errors.ts';
 import type { Ipvs } from './dataplane/ipvs/client.ts';
@@ -10,7 +11,7 @@ import type { NetfilterApplier } from './dataplane/netfilter.ts';
 import type { OwnershipStore } from './dataplane/ownership.ts';
 import { Reconciler, type SyncResult } from './dataplane/reconciler.ts';
 import { BoundedFrequencyRunner, systemClock, type Clock } from './dataplane/runner.ts';
-import { applySysctls, ipvsSysctls, type SysctlWriter } from './dataplane/sysctl.ts';
+import { applySysctls, conntrackSysctls, ipvsSysctls, type SysctlWriter } from './dataplane/sysctl.ts';
 import { Model } from './model/model.ts';
 import { ProxyHealth } from './observe/health.ts';
 import type { Logger } from './observe/log.ts';
@@ -29,6 +30,8 @@ export interface DaemonDeps {
   sysctl: SysctlWriter;
   log: Logger;
   kernelRelease: string;
+  /** CPUs for conntrack.maxPerCore (default: what this process may use). */
+  cpus?: number;
   clock?: Clock;
   /** Created by the daemon when not given (run.ts gives one, to count kernel operations too). */
   metrics?: Metrics;
@@ -179,7 +182,8 @@ export class Daemon {
   async #kernelSettings(): Promise<void> {
     const { config: cfg } = this.#opts;
     const { log } = this.#deps;
-    for (const f of applySysctls(ipvsSysctls({ strictARP: cfg.ipvs.strictARP, kernelRelease: this.#deps.kernelRelease }), this.#deps.sysctl)) {
+    const sysctls = [...ipvsSysctls({ strictARP: cfg.ipvs.strictARP, kernelRelease: this.#deps.kernelRelease }), ...conntrackSysctls(cfg.conntrack, this.#deps.cpus ?? availableParallelism(), (p) => this.#deps.sysctl.read(p))];
+    for (const f of applySysctls(sysctls, this.#deps.sysctl)) {
       log.warn('cannot set sysctl', f);
     }
     const t = cfg.ipvs;

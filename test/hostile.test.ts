@@ -6,12 +6,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import t from 'tap';
 import { main } from '../src/cli.ts';
-import { defaultConfig } from '../src/config/config.ts';
+import { defaultConfig, parseConfig } from '../src/config/config.ts';
 import { Daemon } from '../src/daemon.ts';
 import { cleanup } from '../src/dataplane/cleanup.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { FileOwnership } from '../src/dataplane/ownership.ts';
+import { conntrackSysctls } from '../src/dataplane/sysctl.ts';
 import { Model } from '../src/model/model.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
 import { EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
@@ -309,4 +310,54 @@ t.test('a corrupt or wrong-shaped ownership record is said, and never gets a for
   t.ok(logs.some((l) => l.includes('KIPVS_OWNERSHIP_RECORD_INVALID')), 'a corrupt record is logged as an error');
   const r = await cleanup(ipvs, links, new FileOwnership(join(dir, 'owned.json')), { dummyInterface: 'kube-ipvs0' });
   t.same(r.leftAlone.sort(), ['TCP/10.97.0.1:80', 'TCP/192.168.77.7:30080'], 'cleanup too leaves what the record claims but kube-ipvs could not have made');
+});
+
+// ---- Config values that reach a command line, restore text, a header or a timer ----
+
+t.test('config values that reach iptables rules, headers or timers are checked', async (t) => {
+  const kp = (body: string) => parseConfig(`apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n${body}`);
+  const refused = (body: string, field: RegExp, why: RegExp) => {
+    const r = kp(body);
+    t.equal(r.config, null, body.split('\n')[0]!);
+    t.match(r.problems.map((p) => `${p.field}: ${p.message}`).join('\n'), new RegExp(`${field.source}.*${why.source}`));
+  };
+  refused('detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: "cbr0\\n-A INPUT -j ACCEPT"}', /detectLocal\.bridgeInterface/, /not an interface name/);
+  refused('detectLocalMode: InterfaceNamePrefix\ndetectLocal: {interfaceNamePrefix: "veth -j ACCEPT"}', /detectLocal\.interfaceNamePrefix/, /not an interface name/);
+  refused('detectLocalMode: BridgeInterface', /detectLocal\.bridgeInterface/, /is required/);
+  refused('detectLocalMode: InterfaceNamePrefix', /detectLocal\.interfaceNamePrefix/, /is required/);
+  refused('clientConnection: {contentType: "application/json\\r\\nX-Evil: 1"}', /clientConnection\.contentType/, /not a list of media types/);
+  refused('hostnameOverride: "node-a\\nfake"', /hostnameOverride/, /not a node name/);
+  refused('ipvs: {syncPeriod: 100000h}', /ipvs\.syncPeriod/, /longer than/);
+  refused('ipvs: {syncPeriod: 30s, minSyncPeriod: 1m}', /ipvs\.minSyncPeriod/, /longer than ipvs\.syncPeriod/);
+  refused('configSyncPeriod: 1000000h', /configSyncPeriod/, /longer than/);
+  refused('conntrack: {tcpEstablishedTimeout: 10000000h}', /conntrack\.tcpEstablishedTimeout/, /longer than/);
+  refused('iptables: {masqueradeBit: 32}', /iptables\.masqueradeBit/, /0-31/);
+  const ours = parseConfig('apiVersion: kube-ipvs.io/v1alpha1\nkind: KubeIPVSConfiguration\nserviceProxyName: "a,b=c"');
+  t.equal(ours.config, null, 'serviceProxyName must be a label value (it goes into a label selector)');
+  const ok = kp('detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cbr0}\nipvs: {syncPeriod: 30s, minSyncPeriod: 1s}\nclientConnection: {contentType: application/vnd.kubernetes.protobuf, acceptContentTypes: "application/vnd.kubernetes.protobuf,application/json"}');
+  t.same(ok.problems, [], 'ordinary values pass');
+});
+
+t.test('masqueradeBit 31 makes a valid mark, not a negative one', async (t) => {
+  const cfg = defaultConfig();
+  cfg.iptables.masqueradeBit = 31;
+  const { plan } = planObjects([node('node-a', [['InternalIP', '192.168.1.10']]), service('web', { clusterIPs: ['10.96.0.1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] })], { config: cfg });
+  const nat = plan.iptables.nat ?? '';
+  t.match(nat, /0x80000000/, 'the mark is 0x80000000');
+  t.notMatch(JSON.stringify(plan.iptables), /0x-/, 'no negative hex anywhere');
+});
+
+t.test("conntrack settings are applied as kube-proxy applies them", async (t) => {
+  const c = defaultConfig().conntrack;
+  const list = conntrackSysctls(c, 4, () => '65536');
+  t.same(list.map((s) => `${s.path}=${s.value}`), ['net/netfilter/nf_conntrack_max=131072', 'net/netfilter/nf_conntrack_tcp_timeout_established=86400', 'net/netfilter/nf_conntrack_tcp_timeout_close_wait=3600'], "kube-proxy's defaults: max(32768 x 4 CPUs, 131072), 24h, 1h");
+  t.same(conntrackSysctls(c, 4, () => '1000000').map((s) => s.path).includes('net/netfilter/nf_conntrack_max'), false, 'a larger table is never shrunk');
+  const more = conntrackSysctls({ ...c, maxPerCore: 0, tcpEstablishedTimeoutSeconds: 0, tcpCloseWaitTimeoutSeconds: 0, tcpBeLiberal: true, udpTimeoutSeconds: 30, udpStreamTimeoutSeconds: 120 }, 4, () => null);
+  t.same(more.map((s) => `${s.path}=${s.value}`), ['net/netfilter/nf_conntrack_udp_timeout=30', 'net/netfilter/nf_conntrack_udp_timeout_stream=120', 'net/netfilter/nf_conntrack_tcp_be_liberal=1'], '0 leaves the kernel alone; set values are written');
+  // The daemon writes them at start.
+  const writes: string[] = [];
+  const d = new Daemon({ source: new PushSource(), config: defaultConfig(), nodeName: 'node-a' }, { ipvs: new FakeIpvs(), links: new FakeLinks(), owned: new FileOwnership(join(mkdtempSync(join(tmpdir(), 'kipvs-ct-')), 'owned.json')), sysctl: { read: () => null, write: (p, v) => void writes.push(`${p}=${v}`) }, log: new Logger({ sink: () => {} }), kernelRelease: '6.1.0', cpus: 2 });
+  await d.syncOnce();
+  d.stop();
+  t.ok(writes.includes('net/netfilter/nf_conntrack_max=131072') && writes.includes('net/netfilter/nf_conntrack_tcp_timeout_established=86400'), 'written by the daemon');
 });

@@ -372,7 +372,8 @@ t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort server
   t.equal(r.code, 503);
   t.match(r.body, /"nodeEligible": false/);
   t.equal((await get(hp, '/livez')).code, 200);
-  const status = JSON.parse((await get(hp, '/status')).body);
+  t.equal((await get(hp, '/status')).code, 404, '/status is not on the health port, which anyone who reaches the node reaches');
+  const status = JSON.parse((await get(mp, '/status')).body);
   t.equal(status.node, 'node-a');
   t.equal(status.services, 1);
   t.equal((await get(hp, '/nope')).code, 404);

@@ -70,9 +70,9 @@ t.test('status command: the daemon down is said, the kernel is still shown; JSON
   const { ipvs, labels } = await kernel();
   let out = '';
   const io = { stdout: (s: string) => void (out += s), stderr: () => {} };
-  const code = await statusCommand({ output: 'table', namespace: 'shop' }, io, { ipvs, labels, fetchDaemon: () => Promise.reject(new Error('127.0.0.1:10256: ECONNREFUSED')) });
+  const code = await statusCommand({ output: 'table', namespace: 'shop' }, io, { ipvs, labels, fetchDaemon: () => Promise.reject(new Error('127.0.0.1:10249: ECONNREFUSED')) });
   t.equal(code, 0);
-  t.match(out, /kube-ipvs daemon: not reachable \(127\.0\.0\.1:10256: ECONNREFUSED\); the kernel view below is read directly/);
+  t.match(out, /kube-ipvs daemon: not reachable \(127\.0\.0\.1:10249: ECONNREFUSED\); the kernel view below is read directly/);
   t.match(out, /shop\/web:http NodePort/);
   t.notMatch(out, /auth\/login/);
   out = '';

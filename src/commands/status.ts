@@ -26,7 +26,7 @@ export interface StatusArgs {
 export interface StatusDeps {
   /** The kernel; opened over netlink when not given. */
   ipvs?: Ipvs;
-  /** Asks the daemon for /status; over HTTP to healthzBindAddress when not given. */
+  /** Asks the daemon for /status; over HTTP to metricsBindAddress when not given. */
   fetchDaemon?: (config: Config) => Promise<DaemonStatus>;
   /** Virtual server names; from the ownership record in stateDirectory when not given. */
   labels?: ReadonlyMap<string, VsLabel>;
@@ -81,16 +81,22 @@ function stats(s: IpvsStats | undefined): Stats {
   return { conns: Number(s.conns), inPkts: Number(s.inPkts), outPkts: Number(s.outPkts), inBytes: Number(s.inBytes), outBytes: Number(s.outBytes), cps: Number(s.cps), inPps: Number(s.inPps), outPps: Number(s.outPps), inBps: Number(s.inBps), outBps: Number(s.outBps) };
 }
 
-/** GET /status on the daemon's health port (loopback when it listens on every address). */
+/** The most of the daemon's answer read (it describes every Service: generous, but bounded). */
+const MAX_STATUS_BYTES = 32 * 1024 * 1024;
+
+/** GET /status on the daemon's metrics port (loopback when it listens on every address). */
 export function fetchDaemonStatus(config: Config, timeoutMs = 1500): Promise<DaemonStatus> {
-  const b = parseBindAddress(config.healthzBindAddress);
-  if (!b || b.port === 0) return Promise.reject(new Error(`the health port is disabled (healthzBindAddress ${JSON.stringify(config.healthzBindAddress)})`));
+  const b = parseBindAddress(config.metricsBindAddress);
+  if (!b || b.port === 0) return Promise.reject(new Error(`the metrics port is disabled (metricsBindAddress ${JSON.stringify(config.metricsBindAddress)})`));
   const host = !b.host || b.host === '0.0.0.0' ? '127.0.0.1' : b.host === '::' ? '::1' : b.host;
   return new Promise((resolve, reject) => {
     const req = get({ host, port: b.port, path: '/status', timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
+      res.on('data', (c: string) => {
+        body += c;
+        if (body.length > MAX_STATUS_BYTES) req.destroy(new Error(`more than ${MAX_STATUS_BYTES} bytes`));
+      });
       res.on('end', () => {
         if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode} from ${host}:${b.port}/status`));
         try {

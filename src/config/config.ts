@@ -6,7 +6,7 @@ import { parseAllDocuments } from 'yaml';
 import { Codes, quote, type Problem } from '../errors.ts';
 import { isValidScheduler, SCHEDULERS } from '../model/schedulers.ts';
 import { canonicalIP, parseBindAddress, parseCIDR } from '../util/ip.ts';
-import { parseDuration } from './duration.ts';
+import { formatDuration, parseDuration } from './duration.ts';
 
 export const KUBE_IPVS_API_VERSION = 'kube-ipvs.io/v1alpha1';
 export const KUBE_IPVS_KIND = 'KubeIPVSConfiguration';
@@ -145,10 +145,39 @@ const num = (v: unknown): number => {
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new BadValue(`must be a non-negative number, got ${quote(v)}`);
   return v;
 };
-const duration = (v: unknown): number => {
+/** The longest duration a timer can hold (Node's setTimeout: 2^31-1 ms, about 596 hours); longer ones fire at once. */
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+const duration = (v: unknown, max = MAX_TIMER_SECONDS): number => {
   const d = typeof v === 'string' ? parseDuration(v) : null;
-  if (d === null || d < 0) throw new BadValue(`${quote(v)} is not a duration such as "30s" or "1m0s"`);
+  if (d === null || d < 0 || !Number.isFinite(d)) throw new BadValue(`${quote(v)} is not a duration such as "30s" or "1m0s"`);
+  if (d > max) throw new BadValue(`${quote(v)} is longer than ${formatDuration(max)}, the most kube-ipvs can wait for`);
   return d;
+};
+/** An IPVS or conntrack timeout: whole seconds the kernel keeps as a 32-bit number. */
+const kernelSeconds = (v: unknown): number => Math.round(duration(v, 2 ** 31 - 1));
+/** A network interface name (IFNAMSIZ: 15), or its prefix: it goes into iptables rules. */
+const interfaceName = (v: unknown): string => {
+  const s = str(v);
+  if (s !== '' && (!/^[A-Za-z0-9_.-]{1,15}$/.test(s) || s === '.' || s === '..')) throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+  return s;
+};
+/** A node name (hostnameOverride): a DNS-1123 subdomain, as the API server requires. */
+const nodeName = (v: unknown): string => {
+  const s = str(v).trim().toLowerCase();
+  if (s !== '' && (s.length > 253 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(s))) throw new BadValue(`${quote(s)} is not a node name (a DNS-1123 subdomain)`);
+  return s;
+};
+/** A label value (serviceProxyName is matched against a label). */
+const labelValue = (v: unknown): string => {
+  const s = str(v);
+  if (s.length > 63 || !/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/.test(s)) throw new BadValue(`${quote(s)} is not a label value (letters, digits, "-", "_" and ".", at most 63)`);
+  return s;
+};
+/** Media types for the API client's headers: no line breaks or other header text. */
+const mediaTypes = (v: unknown): string => {
+  const s = str(v);
+  if (s !== '' && !/^[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*(\s*,\s*[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*)*$/.test(s)) throw new BadValue(`${quote(s)} is not a list of media types`);
+  return s;
 };
 const cidrs = (v: unknown, allowPrimary = false): string[] => {
   const list = typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v;
@@ -182,7 +211,7 @@ const RULES: Record<string, Rule> = {
   kind: { apply: () => {} },
   apiVersion: { apply: () => {} },
   mode: { apply: () => {} }, // checked before the walk, with its own code
-  hostnameOverride: { apply: (c, v) => (c.hostnameOverride = str(v)) },
+  hostnameOverride: { apply: (c, v) => (c.hostnameOverride = nodeName(v)) },
   bindAddress: {
     apply: unlessEmpty(
       (v) => canonicalIP(str(v)) ?? (() => { throw new BadValue(`${quote(v)} is not an IP address`); })(),
@@ -204,8 +233,8 @@ const RULES: Record<string, Rule> = {
   },
   detectLocal: {
     fields: {
-      bridgeInterface: { apply: (c, v) => (c.detectLocal.bridgeInterface = str(v)) },
-      interfaceNamePrefix: { apply: (c, v) => (c.detectLocal.interfaceNamePrefix = str(v)) },
+      bridgeInterface: { apply: (c, v) => (c.detectLocal.bridgeInterface = interfaceName(v)) },
+      interfaceNamePrefix: { apply: (c, v) => (c.detectLocal.interfaceNamePrefix = interfaceName(v)) },
     },
   },
   configSyncPeriod: { apply: unlessEmpty(duration, (c, v: number) => (c.configSyncPeriodSeconds = v || c.configSyncPeriodSeconds)) },
@@ -214,8 +243,8 @@ const RULES: Record<string, Rule> = {
       kubeconfig: { apply: (c, v) => (c.clientConnection.kubeconfig = str(v)) },
       qps: { apply: unlessEmpty(num, (c, v: number) => (c.clientConnection.qps = v)) },
       burst: { apply: unlessEmpty(int(0, 1e6), (c, v: number) => (c.clientConnection.burst = v)) },
-      contentType: { apply: unlessEmpty(str, (c, v: string) => (c.clientConnection.contentType = v)) },
-      acceptContentTypes: { apply: (c, v) => (c.clientConnection.acceptContentTypes = str(v)) },
+      contentType: { apply: unlessEmpty(mediaTypes, (c, v: string) => (c.clientConnection.contentType = v)) },
+      acceptContentTypes: { apply: (c, v) => (c.clientConnection.acceptContentTypes = mediaTypes(v)) },
     },
   },
   ipvs: {
@@ -233,9 +262,9 @@ const RULES: Record<string, Rule> = {
       minSyncPeriod: { apply: (c, v) => (c.ipvs.minSyncPeriodSeconds = duration(v)) },
       strictARP: { apply: (c, v) => (c.ipvs.strictARP = bool(v)) },
       excludeCIDRs: { apply: (c, v) => (c.ipvs.excludeCIDRs = cidrs(v)) },
-      tcpTimeout: { apply: (c, v) => (c.ipvs.tcpTimeoutSeconds = duration(v)) },
-      tcpFinTimeout: { apply: (c, v) => (c.ipvs.tcpFinTimeoutSeconds = duration(v)) },
-      udpTimeout: { apply: (c, v) => (c.ipvs.udpTimeoutSeconds = duration(v)) },
+      tcpTimeout: { apply: (c, v) => (c.ipvs.tcpTimeoutSeconds = kernelSeconds(v)) },
+      tcpFinTimeout: { apply: (c, v) => (c.ipvs.tcpFinTimeoutSeconds = kernelSeconds(v)) },
+      udpTimeout: { apply: (c, v) => (c.ipvs.udpTimeoutSeconds = kernelSeconds(v)) },
     },
   },
   iptables: {
@@ -251,11 +280,11 @@ const RULES: Record<string, Rule> = {
     fields: {
       maxPerCore: { apply: (c, v) => (c.conntrack.maxPerCore = int(0, 2 ** 31 - 1)(v)) },
       min: { apply: (c, v) => (c.conntrack.min = int(0, 2 ** 31 - 1)(v)) },
-      tcpEstablishedTimeout: { apply: (c, v) => (c.conntrack.tcpEstablishedTimeoutSeconds = duration(v)) },
-      tcpCloseWaitTimeout: { apply: (c, v) => (c.conntrack.tcpCloseWaitTimeoutSeconds = duration(v)) },
+      tcpEstablishedTimeout: { apply: (c, v) => (c.conntrack.tcpEstablishedTimeoutSeconds = kernelSeconds(v)) },
+      tcpCloseWaitTimeout: { apply: (c, v) => (c.conntrack.tcpCloseWaitTimeoutSeconds = kernelSeconds(v)) },
       tcpBeLiberal: { apply: (c, v) => (c.conntrack.tcpBeLiberal = bool(v)) },
-      udpTimeout: { apply: (c, v) => (c.conntrack.udpTimeoutSeconds = duration(v)) },
-      udpStreamTimeout: { apply: (c, v) => (c.conntrack.udpStreamTimeoutSeconds = duration(v)) },
+      udpTimeout: { apply: (c, v) => (c.conntrack.udpTimeoutSeconds = kernelSeconds(v)) },
+      udpStreamTimeout: { apply: (c, v) => (c.conntrack.udpStreamTimeoutSeconds = kernelSeconds(v)) },
     },
   },
   featureGates: {
@@ -287,7 +316,7 @@ const RULES: Record<string, Rule> = {
 /** Fields only our own kind has. */
 const KUBE_IPVS_RULES: Record<string, Rule> = {
   ...RULES,
-  serviceProxyName: { apply: unlessEmpty(str, (c, v: string) => (c.serviceProxyName = v)) },
+  serviceProxyName: { apply: unlessEmpty(labelValue, (c, v: string) => (c.serviceProxyName = v)) },
   dummyInterface: {
     apply: unlessEmpty(
       (v) => {
@@ -398,5 +427,13 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     return { config: null, problems };
   }
   walk(obj, rules, '', cfg, problem);
+  // What no single field can say (kube-proxy's validation says the same).
+  if (problems.length === 0) {
+    if (cfg.ipvs.minSyncPeriodSeconds > cfg.ipvs.syncPeriodSeconds) {
+      problem(Codes.CONFIG_INVALID_VALUE, 'ipvs.minSyncPeriod', `${formatDuration(cfg.ipvs.minSyncPeriodSeconds)} is longer than ipvs.syncPeriod (${formatDuration(cfg.ipvs.syncPeriodSeconds)})`);
+    }
+    if (cfg.detectLocalMode === 'BridgeInterface' && !cfg.detectLocal.bridgeInterface) problem(Codes.CONFIG_INVALID_VALUE, 'detectLocal.bridgeInterface', 'is required with detectLocalMode: BridgeInterface');
+    if (cfg.detectLocalMode === 'InterfaceNamePrefix' && !cfg.detectLocal.interfaceNamePrefix) problem(Codes.CONFIG_INVALID_VALUE, 'detectLocal.interfaceNamePrefix', 'is required with detectLocalMode: InterfaceNamePrefix');
+  }
   return { config: problems.length === 0 ? cfg : null, problems };
 }

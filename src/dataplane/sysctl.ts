@@ -64,3 +64,37 @@ export function applySysctls(list: Sysctl[], w: SysctlWriter): { path: string; e
   }
   return failed;
 }
+
+export interface ConntrackSettings {
+  maxPerCore: number;
+  min: number;
+  tcpEstablishedTimeoutSeconds: number;
+  tcpCloseWaitTimeoutSeconds: number;
+  tcpBeLiberal: boolean;
+  udpTimeoutSeconds: number;
+  udpStreamTimeoutSeconds: number;
+}
+
+/**
+ * kube-proxy's conntrack settings (KubeProxyConfiguration conntrack.*), as it applies them: the
+ * table size raised to maxPerCore x CPUs (at least `min`) but never lowered, each timeout only
+ * when set (0 leaves the kernel's), tcp_be_liberal only when true. The hash table size
+ * (/sys/module/nf_conntrack/parameters/hashsize) is left to the kernel.
+ */
+export function conntrackSysctls(c: ConntrackSettings, cpus: number, current: (path: string) => string | null): Sysctl[] {
+  const out: Sysctl[] = [];
+  if (c.maxPerCore > 0) {
+    const want = Math.max(c.maxPerCore * Math.max(1, cpus), c.min);
+    const have = Number(current('net/netfilter/nf_conntrack_max') ?? NaN);
+    if (!(have >= want)) out.push({ path: 'net/netfilter/nf_conntrack_max', value: String(want), why: `conntrack.maxPerCore ${c.maxPerCore} x ${cpus} CPUs (min ${c.min})` });
+  }
+  const timeout = (secs: number, path: string, field: string) => {
+    if (secs > 0) out.push({ path: `net/netfilter/${path}`, value: String(Math.round(secs)), why: `conntrack.${field}` });
+  };
+  timeout(c.tcpEstablishedTimeoutSeconds, 'nf_conntrack_tcp_timeout_established', 'tcpEstablishedTimeout');
+  timeout(c.tcpCloseWaitTimeoutSeconds, 'nf_conntrack_tcp_timeout_close_wait', 'tcpCloseWaitTimeout');
+  timeout(c.udpTimeoutSeconds, 'nf_conntrack_udp_timeout', 'udpTimeout');
+  timeout(c.udpStreamTimeoutSeconds, 'nf_conntrack_udp_timeout_stream', 'udpStreamTimeout');
+  if (c.tcpBeLiberal) out.push({ path: 'net/netfilter/nf_conntrack_tcp_be_liberal', value: '1', why: 'conntrack.tcpBeLiberal' });
+  return out;
+}

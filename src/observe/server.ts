@@ -1,4 +1,4 @@
-// The daemon's HTTP listeners: /metrics on metricsBindAddress, and /healthz, /livez and /status on
+// The daemon's HTTP listeners: /metrics and /status on metricsBindAddress, and /healthz and /livez on
 // healthzBindAddress (kube-proxy's defaults 127.0.0.1:10249 and 0.0.0.0:10256). A port of 0
 // disables a listener.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -48,8 +48,14 @@ export async function listen(bind: string, what: string, handler: (req: Incoming
 export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    // /status names Services, backends and kernel errors: it is served here (loopback by
+    // default), never on the health port, which load balancers' health checkers reach.
+    if (path === '/status') {
+      sendJSON(res, 200, JSON.stringify(daemonStatus(daemon), null, 2) + '\n');
+      return;
+    }
     if (path !== '/metrics') {
-      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics\n');
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics or /status\n');
       return;
     }
     daemon.metrics.exposition().then(
@@ -69,12 +75,7 @@ export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessa
 export function healthHandler(daemon: Daemon): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     if (serveProxyHealth(req, res, daemon.health, daemon.metrics)) return;
-    const path = (req.url ?? '/').split('?')[0];
-    if (path === '/status') {
-      sendJSON(res, 200, JSON.stringify(daemonStatus(daemon), null, 2) + '\n');
-      return;
-    }
-    res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /healthz, /livez or /status\n');
+    res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /healthz or /livez\n');
   };
 }
 

@@ -176,7 +176,7 @@ export const HOOKS: { table: Table; chain: string; target: string; comment: stri
  */
 export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: string; filter: string; mangle: string } {
   const set = (role: SetRole) => setName(role, family);
-  const mark = `0x${(1 << nc.masqueradeBit).toString(16)}`;
+  const mark = `0x${(2 ** nc.masqueradeBit).toString(16)}`; // not 1 << bit: bit 31 would make it negative
   const notLocal = nc.notLocal[family];
   const icmp = family === 4 ? 'icmp' : 'ipv6-icmp';
   const reject = family === 4 ? 'REJECT --reject-with icmp-port-unreachable' : 'REJECT --reject-with icmp6-port-unreachable';

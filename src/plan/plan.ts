@@ -427,7 +427,7 @@ export class Planner {
       have.refs++;
       return have.mark;
     }
-    const masq = 1 << this.config.netfilter.iptables.masqueradeBit;
+    const masq = 2 ** this.config.netfilter.iptables.masqueradeBit;
     let mark = 0;
     for (let attempt = 0; ; attempt++) {
       mark = fwmarkOf(key, attempt);
