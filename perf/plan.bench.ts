@@ -51,7 +51,7 @@ function serviceObj(i: number) {
       type: nodePort ? 'NodePort' : 'ClusterIP',
       clusterIP: ip(96, i),
       clusterIPs: [ip(96, i)],
-      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, ...(nodePort ? { nodePort: 30000 + (i % 2000) } : {}) }],
+      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, ...(nodePort ? { nodePort: 30000 + ((i / 5) % 2768) } : {}) }],
       ...(i % 7 === 0 ? { sessionAffinity: 'ClientIP' } : {}),
     },
   };

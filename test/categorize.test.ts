@@ -7,7 +7,7 @@ const here: Topology = { nodeName: 'node-a', zone: 'zone-a', nodeHints: true };
 const cluster: PolicyInfo = { internalTrafficPolicyLocal: false, externalTrafficPolicyLocal: false, externallyAccessible: false };
 
 function e(address: string, o: Partial<Endpoint> = {}): Endpoint {
-  return { address, family: 4, port: 80, ready: true, serving: true, terminating: false, nodeName: '', zone: '', zoneHints: null, nodeHints: null, ...o };
+  return { address, sortKey: address, family: 4, port: 80, ready: true, serving: true, terminating: false, nodeName: '', zone: '', zoneHints: null, nodeHints: null, ...o };
 }
 const ips = (eps: Endpoint[]) => eps.map((x) => x.address).sort();
 

@@ -97,7 +97,7 @@ t.test('EndpointSlice', async (t) => {
   if (r.status !== 'ok') throw new Error(JSON.stringify(r));
   t.equal(r.value.serviceKey, 'default/s');
   t.equal(r.value.endpoints.length, 2, 'an endpoint without addresses is skipped');
-  t.same(r.value.endpoints[1], { address: '10.0.0.2', ready: true, serving: true, terminating: false, nodeName: '', zone: '', zoneHints: null, nodeHints: null }, 'unset conditions: ready and serving, not terminating');
+  t.same(r.value.endpoints[1], { address: '10.0.0.2', sortKey: '40a000002', ready: true, serving: true, terminating: false, nodeName: '', zone: '', zoneHints: null, nodeHints: null }, 'unset conditions: ready and serving, not terminating');
   t.same(r.value.endpoints[0]?.zoneHints, ['z']);
 
   const noPort = parseEndpointSlice(slice('s-1', 's', [ep('10.0.0.1')], { ports: [{ name: 'x' }] }), opts);

@@ -53,6 +53,8 @@ export interface EndpointSlicePort {
 export interface SliceEndpoint {
   /** Canonical addresses[0]; kube-proxy uses only the first address. */
   address: string;
+  /** The address's numeric sort key (util/ip.ts ipSortKey), computed once when the slice is read. */
+  sortKey: string;
   ready: boolean;
   serving: boolean;
   terminating: boolean;

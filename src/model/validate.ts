@@ -2,7 +2,7 @@
 // Each object is either accepted, ignored on purpose (not ours to proxy), or rejected with one
 // Problem that names the offending fields. Nothing here throws on bad input.
 import { Codes, quote, type Problem } from '../errors.ts';
-import { canonicalIP, ipFamily, parseCIDR, specialAddress, type Family } from '../util/ip.ts';
+import { canonicalIP, formatIP, ipFamily, ipSortKey, parseCIDR, parseIP, specialAddress, type Family } from '../util/ip.ts';
 import {
   PROTOCOLS,
   type EndpointSlice,
@@ -96,13 +96,23 @@ class Fields {
   }
   /** An address traffic is sent to or served on: never loopback, link-local, multicast... */
   usableIP(v: unknown, field: string): string | null {
-    const c = this.ip(v, field);
-    const why = c && specialAddress(c);
-    if (why) {
-      this.fail(field, `${c} is ${why}: never a Service address or an endpoint`);
+    return this.usableParsed(v, field)?.address ?? null;
+  }
+  /** usableIP, with the address's sort key (one parse for both). */
+  usableParsed(v: unknown, field: string): { address: string; sortKey: string } | null {
+    const s = this.str(v, field);
+    const p = parseIP(s);
+    if (!p) {
+      this.fail(field, `${quote(v)} is not a valid IP address`);
       return null;
     }
-    return c;
+    const address = formatIP(p);
+    const why = specialAddress(p);
+    if (why) {
+      this.fail(field, `${address} is ${why}: never a Service address or an endpoint`);
+      return null;
+    }
+    return { address, sortKey: ipSortKey(p) };
   }
   oneOf<T extends string>(v: unknown, field: string, allowed: readonly T[], dflt: T): T {
     if (v === undefined || v === null || v === '') return dflt;
@@ -429,7 +439,8 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     const eo = f.obj(e, field);
     const addrs = f.arr(eo.addresses, `${field}.addresses`);
     if (addrs.length === 0) return; // kube-proxy skips endpoints without addresses
-    const address = f.usableIP(addrs[0], `${field}.addresses[0]`);
+    const parsedAddress = f.usableParsed(addrs[0], `${field}.addresses[0]`);
+    const address = parsedAddress?.address ?? null;
     if (address && family !== null && ipFamily(address) !== family) {
       f.fail(`${field}.addresses[0]`, `${address} is not an ${addressType} address`);
     }
@@ -437,6 +448,7 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     const hints = f.obj(eo.hints, `${field}.hints`);
     endpoints.push({
       address: address ?? '',
+      sortKey: parsedAddress?.sortKey ?? '',
       ready: f.bool(cond.ready, `${field}.conditions.ready`) ?? true,
       serving: f.bool(cond.serving, `${field}.conditions.serving`) ?? true,
       terminating: f.bool(cond.terminating, `${field}.conditions.terminating`) ?? false,

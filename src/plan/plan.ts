@@ -4,7 +4,7 @@ import { Codes, type Problem } from '../errors.ts';
 import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/endpoints.ts';
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
-import { cidrContains, compareIP, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
+import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
 import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
 import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind } from './types.ts';
 
@@ -51,15 +51,15 @@ export function nodeContext(model: Model, cfg: PlanConfig, fwmark: (key: string)
 }
 
 function realServers(eps: readonly Endpoint[]): RealServer[] {
-  return eps
-    .map((e) => ({ address: e.address, port: e.port, weight: 1 }))
-    .sort((a, b) => compareIP(a.address, b.address) || a.port - b.port);
+  // Sorted by address (numerically, by the key the model computed once) then port.
+  const sorted = [...eps].sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : a.port - b.port));
+  return sorted.map((e) => ({ address: e.address, port: e.port, weight: 1 }));
 }
 
 /** Where one family of a Service is served: per kind, the addresses. */
 function targetsOf(svc: Service, clusterIP: string, ctx: NodeContext): [VirtualServerKind, string[]][] {
-  const family = ipFamily(clusterIP)!;
-  const ofFamily = (ips: string[]) => ips.filter((ip) => ipFamily(ip) === family);
+  const family = familyOfCanonical(clusterIP);
+  const ofFamily = (ips: string[]) => (ips.length === 0 ? ips : ips.filter((ip) => familyOfCanonical(ip) === family));
   return [
     ['ClusterIP', [clusterIP]],
     ['ExternalIP', ofFamily(svc.externalIPs)],
@@ -82,7 +82,7 @@ export function claimsOf(svc: Service, ctx: NodeContext): Map<string, 0 | 1> {
   for (const a of [...svc.externalIPs, ...svc.loadBalancerIPs]) out.set(`vip:${a}`, 1);
   for (const clusterIP of svc.clusterIPs) out.set(`vip:${clusterIP}`, 0);
   for (const clusterIP of svc.clusterIPs) {
-    const family = ipFamily(clusterIP)!;
+    const family = familyOfCanonical(clusterIP);
     for (const port of svc.ports) {
       for (const [kind, ips] of targetsOf(svc, clusterIP, ctx)) {
         if (kind === 'NodePort' && port.nodePort === 0) continue;
@@ -133,7 +133,7 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
   // One family at a time, as kube-proxy runs one proxier per family: a family without a
   // ClusterIP gets nothing, and external addresses of the other family are not ours there.
   for (const clusterIP of svc.clusterIPs) {
-    const family = ipFamily(clusterIP)!;
+    const family = familyOfCanonical(clusterIP);
     const targets = targetsOf(svc, clusterIP, ctx);
     for (const port of svc.ports) {
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
@@ -478,13 +478,17 @@ export class Planner {
     }
     const check: ClaimCheck = {
       holds: (c) => {
+        // Almost always the Service is the only claimant: no ranking needed.
+        if ((this.#claimants.get(c)?.size ?? 0) <= 1) return true;
         const h = this.#holder(c);
         return h === undefined || h === key;
       },
       mayUseAddress: (a) => {
+        const c = `vip:${a}`;
+        if ((this.#claimants.get(c)?.size ?? 0) <= 1) return true;
         // Someone's ClusterIP (a class-0 holder) is that Service's alone; other addresses are shared,
         // each virtual server on them going to its own holder.
-        const h = this.#holding(`vip:${a}`);
+        const h = this.#holding(c);
         return h === undefined || h.cls !== 0 || h.service === key;
       },
       refused: (what, c) => conflicts.push({ service: key, what, heldBy: this.#holder(c) ?? '' }),

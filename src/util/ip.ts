@@ -144,6 +144,21 @@ export function cidrContains(cidr: CIDR, ip: ParsedIP | string): boolean {
   return (p.bytes[full]! & mask) === cidr.bytes[full];
 }
 
+/** The family of a canonical address (the model's and the plan's): no parsing needed. */
+export const familyOfCanonical = (a: string): Family => (a.includes(':') ? 6 : 4);
+
+/**
+ * A string that sorts like compareIP (IPv4 before IPv6, then numerically): compute it once per
+ * address and sort by it, instead of parsing both addresses at every comparison.
+ */
+export function ipSortKey(a: string | ParsedIP): string {
+  const p = typeof a === 'string' ? parseIP(a) : a;
+  if (!p) return `9${String(a)}`;
+  let hex = String(p.family);
+  for (const b of p.bytes) hex += (b < 16 ? '0' : '') + b.toString(16);
+  return hex;
+}
+
 /** Orders addresses numerically, IPv4 before IPv6; non-addresses last, by text. */
 export function compareIP(a: string, b: string): number {
   const pa = parseIP(a);
@@ -172,31 +187,33 @@ export function parseBindAddress(s: string): { host: string | undefined; port: n
   return { host: host === '' ? undefined : host, port };
 }
 
-/** Ranges no Service address or endpoint may be in, with what they are (checked in this order). */
-const SPECIAL: [CIDR, string][] = (
-  [
-    ['0.0.0.0/8', 'an unspecified ("this network") address'],
-    ['127.0.0.0/8', 'a loopback address'],
-    ['169.254.0.0/16', 'a link-local address (cloud metadata lives there)'],
-    ['224.0.0.0/4', 'a multicast address'],
-    ['255.255.255.255/32', 'the broadcast address'],
-    ['240.0.0.0/4', 'a reserved (class E) address'],
-    ['::/128', 'the unspecified address'],
-    ['::1/128', 'the loopback address'],
-    ['::ffff:0:0/96', 'an IPv4-mapped IPv6 address (use the IPv4 address itself)'],
-    ['fe80::/10', 'a link-local address'],
-    ['ff00::/8', 'a multicast address'],
-  ] as const
-).map(([c, why]) => [parseCIDR(c)!, why]);
-
 /**
- * Why `ip` must never be a Service address or an endpoint (loopback, unspecified, link-local,
- * multicast, broadcast, reserved, IPv4-mapped IPv6), or null when it may. The API server refuses
- * most of these (ValidateNonSpecialIP, EndpointSlice address validation); manifests have none.
+ * Why `ip` must never be a Service address or an endpoint, or null when it may: IPv4 loopback
+ * (127/8), unspecified ("this network", 0/8), link-local (169.254/16, cloud metadata lives
+ * there), multicast (224/4), reserved (240/4) and broadcast; IPv6 unspecified, loopback,
+ * IPv4-mapped (::ffff:0:0/96), link-local (fe80::/10) and multicast (ff00::/8). The API server
+ * refuses most of these (ValidateNonSpecialIP, EndpointSlice address validation); manifests have
+ * no API server in front of them. Checked on every endpoint: bytes, no CIDR walk.
  */
 export function specialAddress(ip: string | ParsedIP): string | null {
   const p = typeof ip === 'string' ? parseIP(ip) : ip;
   if (!p) return null;
-  for (const [c, why] of SPECIAL) if (cidrContains(c, p)) return why;
+  const b = p.bytes;
+  if (p.family === 4) {
+    if (b[0] === 0) return 'an unspecified ("this network") address';
+    if (b[0] === 127) return 'a loopback address';
+    if (b[0] === 169 && b[1] === 254) return 'a link-local address (cloud metadata lives there)';
+    if (b[0]! >= 224 && b[0]! < 240) return 'a multicast address';
+    if (b[0] === 255 && b[1] === 255 && b[2] === 255 && b[3] === 255) return 'the broadcast address';
+    if (b[0]! >= 240) return 'a reserved (class E) address';
+    return null;
+  }
+  let zeros = 0;
+  while (zeros < 16 && b[zeros] === 0) zeros++;
+  if (zeros === 16) return 'the unspecified address';
+  if (zeros === 15 && b[15] === 1) return 'the loopback address';
+  if (zeros >= 10 && b[10] === 0xff && b[11] === 0xff) return 'an IPv4-mapped IPv6 address (use the IPv4 address itself)';
+  if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return 'a link-local address';
+  if (b[0] === 0xff) return 'a multicast address';
   return null;
 }
