@@ -19,6 +19,9 @@ import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
 import type { HealthCheckTarget } from './observe/service-health.ts';
 import type { Family } from './util/ip.ts';
 import { planConfigFrom } from './plan/from-manifests.ts';
+import { SocketProber, type Prober } from './health/probers.ts';
+import { HealthStage, type CounterReader } from './health/stage.ts';
+import { serviceHealthOf } from './health/targets.ts';
 import { conflictProblem, inFwmarkRange, Planner } from './plan/plan.ts';
 import type { ServicePlan } from './plan/types.ts';
 import type { Source, SourceBatch } from './sources/source.ts';
@@ -41,6 +44,12 @@ export interface DaemonDeps {
   conntrack?: ConntrackCleaner;
   /** Told whenever the set of healthCheckNodePorts or their local endpoint counts change. */
   onHealthCheckTargets?: (targets: ReadonlyMap<number, HealthCheckTarget>) => void;
+  /** Health probes (default: real TCP and HTTP from this node). */
+  prober?: Prober;
+  /** Where health reads IPVS counters (passive detection, idle Services); none: neither. */
+  healthCounters?: CounterReader;
+  /** The jitter source of health probes (tests pin it). */
+  random?: () => number;
 }
 
 /** One kernel operation that failed, kept for the status view. */
@@ -69,6 +78,8 @@ const DRAIN_CHECK_MS = 5000;
 export class Daemon {
   readonly model: Model;
   readonly planner: Planner;
+  /** Backend health: probes and kernel counters in, weight factors out (src/health/). */
+  readonly health: HealthStage;
   readonly reconciler: Reconciler;
   readonly runner: BoundedFrequencyRunner;
   readonly #deps: DaemonDeps;
@@ -85,7 +96,8 @@ export class Daemon {
   lastSyncAt = 0;
   lastSuccessAt = 0;
   readonly metrics: Metrics;
-  readonly health: ProxyHealth;
+  /** /healthz and /livez: whether changes reach the kernel (kube-proxy's semantics). */
+  readonly proxyHealth: ProxyHealth;
   /** Newest last. */
   readonly recentErrors: RecentError[] = [];
   /** Services with Service / EndpointSlice changes not in the kernel yet (kube-proxy's pending gauges). */
@@ -103,10 +115,26 @@ export class Daemon {
     const cfg = opts.config;
     this.metrics = deps.metrics ?? new Metrics({ defaultMetrics: false });
     // kube-proxy: unhealthy when a queued change is not in the kernel after 2 x syncPeriod.
-    this.health = new ProxyHealth(2 * cfg.ipvs.syncPeriodSeconds * 1000, this.#clock);
+    this.proxyHealth = new ProxyHealth(2 * cfg.ipvs.syncPeriodSeconds * 1000, this.#clock);
     this.#registerScrapeMetrics();
     this.model = new Model({ nodeName: opts.nodeName, proxyName: cfg.serviceProxyName });
-    this.planner = new Planner(this.model, planConfigFrom(cfg));
+    this.health = new HealthStage({
+      config: cfg.healthChecks,
+      clock: this.#clock,
+      prober: deps.prober ?? new SocketProber(),
+      ...(deps.healthCounters ? { counters: deps.healthCounters } : {}),
+      ...(deps.random ? { random: deps.random } : {}),
+      log: deps.log,
+      onChange: (services) => this.#healthChanged(services),
+      observe: {
+        probe: (ok, ms) => {
+          this.metrics.healthProbes.inc({ result: ok ? 'ok' : 'fail' });
+          this.metrics.healthProbeDuration.observe({ result: ok ? 'ok' : 'fail' }, ms / 1000);
+        },
+        transition: (to, reason) => this.metrics.healthTransitions.inc({ to, reason }),
+      },
+    });
+    this.planner = new Planner(this.model, planConfigFrom(cfg), (svc, address, port) => this.health.weight(svc, address, port));
     this.#source = opts.source;
     this.reconciler = new Reconciler(deps.ipvs, deps.links, deps.owned, {
       dummyInterface: cfg.dummyInterface,
@@ -143,6 +171,9 @@ export class Daemon {
     this.planner.planAll();
     this.#reportConflicts();
     this.#updateHealthCheckTargets(this.planner.plans().keys());
+    this.#updateHealthTargets(this.model.serviceKeys());
+    this.#started = true;
+    this.health.start();
     this.runner.start();
   }
 
@@ -158,6 +189,7 @@ export class Daemon {
   stop(): void {
     this.#stopped = true;
     this.#source.stop();
+    this.health.stop();
     this.runner.stop();
     if (this.#drainTimer !== null) this.#clock.clearTimeout(this.#drainTimer);
   }
@@ -212,6 +244,7 @@ export class Daemon {
       nodeChanged ||= r.nodeChanged;
       const changed = this.planner.update(r);
       for (const k of changed) this.#dirty.add(k);
+      if (this.#started) this.#updateHealthTargets(r.nodeChanged ? this.model.serviceKeys() : changed);
       if (change.kind === 'Service') {
         this.metrics.serviceChangesTotal.inc();
         for (const k of changed) this.#pendingServiceChanges.add(k);
@@ -223,13 +256,13 @@ export class Daemon {
     }
     this.#reportConflicts();
     if (nodeChanged) {
-      this.health.syncNode(this.model.node);
+      this.proxyHealth.syncNode(this.model.node);
       this.#updateHealthCheckTargets(this.planner.plans().keys());
     }
     this.metrics.serviceChangesPending.set(this.#pendingServiceChanges.size);
     this.metrics.endpointChangesPending.set(this.#pendingEndpointChanges.size);
     if (this.#dirty.size > 0) {
-      this.health.queued();
+      this.proxyHealth.queued();
       for (const f of this.#families(this.#dirty)) this.metrics.lastQueuedTimestamp.set({ ip_family: ipFamilyLabel(f) }, this.#clock.now() / 1000);
     }
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
@@ -241,6 +274,24 @@ export class Daemon {
   #reportOwnership(): void {
     const why = this.#deps.owned.problem;
     if (why) this.#deps.log.error(formatProblem({ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: why }), { code: Codes.OWNERSHIP_RECORD_INVALID });
+  }
+
+  #started = false;
+
+  /** Tells the health stage what each of these Services' plans now asks it to look after. */
+  #updateHealthTargets(keys: Iterable<string>): void {
+    const cfg = this.#opts.config.healthChecks;
+    for (const k of keys) {
+      const svc = this.model.service(k);
+      const plan = this.planner.servicePlan(k);
+      this.health.setService(k, svc && plan ? serviceHealthOf(svc, plan, this.model, cfg) : null);
+    }
+  }
+
+  /** Health moved these Services' weights: re-plan them and sync now, not after minSyncPeriod. */
+  #healthChanged(services: string[]): void {
+    for (const k of this.planner.replan(services)) this.#dirty.add(k);
+    if (this.#dirty.size > 0) this.runner.requestNow();
   }
 
   /** One line per Service whose refused claims changed: what it lost and to whom, or that it has everything again. */
@@ -338,7 +389,7 @@ export class Daemon {
     // retried and is visible in the logs, metrics and status, but it does not take the whole node
     // out of load balancers; a failure not tied to a Service (the dummy interface, the ownership
     // record) does, once changes wait longer than 2 x syncPeriod, as in kube-proxy.
-    if (!r.errors.some((e) => !e.service)) this.health.updated();
+    if (!r.errors.some((e) => !e.service)) this.proxyHealth.updated();
   }
 
   /** Address families of these Services' virtual servers (IPv4 when there are none). */
@@ -404,6 +455,19 @@ export class Daemon {
         return [...counts].map(([k, value]) => ({ labels: { namespace: k.slice(0, k.indexOf('/')), service: k.slice(k.indexOf('/') + 1) }, value }));
       }),
     );
+    // Health: bounded like the per-backend series (one series per Service with ejections, at most 1000).
+    const gauge = (name: string, help: string, f: () => { labels: Record<string, string>; value: number }[]) => m.add(new ScrapeMetric(name, help, 'gauge', f));
+    gauge('kubeipvs_health_endpoints', 'Endpoints looked after by health checks, by state (unknown: not probed yet)', () => Object.entries(this.health.summary().byState).map(([state, value]) => ({ labels: { state }, value })));
+    gauge('kubeipvs_health_ejected_endpoints', 'Endpoints at weight 0 because of health, per Service (at most 1000 Services)', () =>
+      [...this.health.summary().ejected].sort(([a], [b]) => (a < b ? -1 : 1)).slice(0, 1000).map(([k, value]) => ({ labels: { namespace: k.slice(0, k.indexOf('/')), service: k.slice(k.indexOf('/') + 1) }, value })),
+    );
+    gauge('kubeipvs_health_ejections_refused', 'Unhealthy endpoints kept in, by why: the Service ejection cap, or the node failing open', () => {
+      const r = this.health.summary().refused;
+      return [{ labels: { why: 'cap' }, value: r.cap }, { labels: { why: 'fail_open' }, value: r['fail-open'] }];
+    });
+    gauge('kubeipvs_health_fail_open', '1 while nearly every endpoint probed from this node fails (the node is the likely fault): nothing is ejected', () => [{ labels: {}, value: this.health.failingOpen ? 1 : 0 }]);
+    gauge('kubeipvs_health_probe_budget_stretch', 'How much probe intervals are stretched to stay within healthChecks.probesPerSecond (1: not at all)', () => [{ labels: {}, value: this.health.budget.stretch }]);
+    gauge('kubeipvs_health_probe_demand', 'Probes per second the health targets ask for, before stretching', () => [{ labels: {}, value: this.health.budget.demand }]);
     const c = this.#opts.source.counters;
     if (!c) return;
     const counter = (name: string, help: string, v: () => number) => m.add(new ScrapeMetric(name, help, 'counter', () => [{ labels: {}, value: v() }]));

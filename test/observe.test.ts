@@ -289,11 +289,11 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
   source.push(add('Service', service('dns', { clusterIPs: ['10.96.0.10'] })));
   await clock.advance(0);
-  t.ok(daemon.health.healthy, 'not late yet');
+  t.ok(daemon.proxyHealth.healthy, 'not late yet');
   await clock.advance(19_000);
-  t.ok(daemon.health.healthy, 'still within 2 x syncPeriod');
+  t.ok(daemon.proxyHealth.healthy, 'still within 2 x syncPeriod');
   await clock.advance(2_000);
-  t.notOk(daemon.health.healthy, 'a change waited longer than 2 x syncPeriod');
+  t.notOk(daemon.proxyHealth.healthy, 'a change waited longer than 2 x syncPeriod');
   text = await daemon.metrics.text();
   t.ok((sample(text, 'kubeipvs_syncs_total', { type: 'full', result: 'error' }) ?? 0) >= 1, 'failed syncs counted');
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_service_changes_pending'), 1, 'dns still pending');
@@ -302,7 +302,7 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   links.links.delete('kube-ipvs0');
   await clock.advance(10_000);
   await daemon.runner.whenIdle();
-  t.ok(daemon.health.healthy, 'healthy again once the kernel caught up');
+  t.ok(daemon.proxyHealth.healthy, 'healthy again once the kernel caught up');
   t.equal(sample(await daemon.metrics.text(), 'kubeproxy_sync_proxy_rules_service_changes_pending'), 0);
 });
 
@@ -315,7 +315,7 @@ t.test('a failure tied to one Service does not make the node unhealthy', async (
   ipvs.failures.set('addService TCP/10.96.0.2:80', 'EINVAL');
   source.push(add('Service', service('odd', { clusterIPs: ['10.96.0.2'] })));
   await clock.advance(60_000);
-  t.ok(daemon.health.healthy, 'one broken Service keeps being retried; the node stays in rotation');
+  t.ok(daemon.proxyHealth.healthy, 'one broken Service keeps being retried; the node stays in rotation');
   t.ok(daemon.recentErrors.some((e) => e.service === 'default/odd'));
 });
 
@@ -384,7 +384,7 @@ t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort server
   t.equal(sample(text, 'kubeproxy_proxy_livez_total', { code: '200' }), 2);
 
   // healthCheckNodePort servers open, answer from the current count, and close.
-  const servers = new ServiceHealthServers({ health: daemon.health, log, metrics: daemon.metrics, addresses: () => ['127.0.0.1'] });
+  const servers = new ServiceHealthServers({ health: daemon.proxyHealth, log, metrics: daemon.metrics, addresses: () => ['127.0.0.1'] });
   t.teardown(() => servers.close());
   const p = await freePort();
   await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 1 }]]));

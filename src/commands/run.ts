@@ -161,7 +161,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   const healthServer = await listen(config.healthzBindAddress, 'healthz', healthHandler(daemon), log);
   const metricsServer = await listen(config.metricsBindAddress, 'metrics', metricsHandler(daemon, log), log);
   hcServers = new ServiceHealthServers({
-    health: daemon.health,
+    health: daemon.proxyHealth,
     log,
     metrics,
     // kube-proxy listens on every address unless nodePortAddresses narrows it.

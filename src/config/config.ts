@@ -7,6 +7,7 @@ import { Codes, quote, type Problem } from '../errors.ts';
 import { isValidScheduler, SCHEDULERS } from '../model/schedulers.ts';
 import { canonicalIP, parseBindAddress, parseCIDR } from '../util/ip.ts';
 import { formatDuration, parseDuration } from './duration.ts';
+import { defaultHealthConfig, MIN_INTERVAL_MS, readers, type HealthConfig, type Reader } from '../health/settings.ts';
 
 export const KUBE_IPVS_API_VERSION = 'kube-ipvs.io/v1alpha1';
 export const KUBE_IPVS_KIND = 'KubeIPVSConfiguration';
@@ -62,6 +63,8 @@ export interface Config {
   gracefulTerminationSeconds: number;
   /** kube-ipvs only: at most this many real servers get per-backend series per scrape (0: none). */
   metrics: { realServerSeriesLimit: number };
+  /** kube-ipvs only: backend health checks (`healthChecks:`); per-Service annotations override. */
+  healthChecks: HealthConfig;
   logging: { format: LogFormat; verbosity: number };
 }
 
@@ -109,6 +112,7 @@ export function defaultConfig(): Config {
     stateDirectory: '/run/kube-ipvs',
     gracefulTerminationSeconds: 15 * 60,
     metrics: { realServerSeriesLimit: 1000 },
+    healthChecks: defaultHealthConfig(),
     logging: { format: 'auto', verbosity: 0 },
   };
 }
@@ -343,7 +347,33 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
       realServerSeriesLimit: { apply: (c, v) => (c.metrics.realServerSeriesLimit = int(0, 10_000_000)(v)) },
     },
   },
+  healthChecks: {
+    fields: {
+      default: { apply: (c, v) => (c.healthChecks.kind = health(readers.kind)(v)) },
+      path: { apply: (c, v) => (c.healthChecks.path = health(readers.path)(v)) },
+      port: { apply: (c, v) => (c.healthChecks.port = v === '' ? '' : health(readers.port)(v)) },
+      interval: { apply: (c, v) => (c.healthChecks.intervalMs = health(readers.duration(MIN_INTERVAL_MS))(v)) },
+      timeout: { apply: (c, v) => (c.healthChecks.timeoutMs = health(readers.duration(MIN_INTERVAL_MS))(v)) },
+      unhealthyThreshold: { apply: (c, v) => (c.healthChecks.unhealthyThreshold = health(readers.count)(v)) },
+      healthyThreshold: { apply: (c, v) => (c.healthChecks.healthyThreshold = health(readers.count)(v)) },
+      slowStart: { apply: (c, v) => (c.healthChecks.slowStartMs = health(readers.duration(1000, true))(v)) },
+      maxEjectionPercent: { apply: (c, v) => (c.healthChecks.maxEjectionPercent = health(readers.percent)(v)) },
+      idleInterval: { apply: (c, v) => (c.healthChecks.idleIntervalMs = health(readers.duration(MIN_INTERVAL_MS))(v)) },
+      probesPerSecond: { apply: (c, v) => (c.healthChecks.probesPerSecond = int(1, 1_000_000)(v)) },
+      passive: { apply: (c, v) => (c.healthChecks.passive = bool(v)) },
+    },
+  },
 };
+
+/** A health setting read as its annotation is (numbers given as numbers are fine here). */
+function health<T>(read: Reader<T>): (v: unknown) => T {
+  return (v) => {
+    if (typeof v !== 'string' && typeof v !== 'number') throw new BadValue(`must be a string or a number, got ${quote(v)}`);
+    const r = read(String(v));
+    if (typeof r === 'object' && r !== null && 'invalid' in r) throw new BadValue(`${quote(v)} ${(r as { invalid: string }).invalid}`);
+    return r as T;
+  };
+}
 
 function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix: string, cfg: Config, problem: (code: Problem['code'], field: string, message: string) => void): void {
   for (const [key, value] of Object.entries(obj)) {

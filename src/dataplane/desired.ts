@@ -1,7 +1,7 @@
 // The plan's virtual servers in IPVS terms, and what "already right" means when comparing
 // them with what the kernel reports.
 import type { VirtualServer } from '../plan/types.ts';
-import { FwdMethod, SvcFlag } from './ipvs/constants.ts';
+import { FwdMethod, SCHED_FLAG_FALLBACK, SvcFlag } from './ipvs/constants.ts';
 import { destinationId, serviceId, serviceKeyOf, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
 import type { VsLabel } from './ownership.ts';
 
@@ -17,6 +17,8 @@ export interface DesiredVS {
   port: number;
   service: IpvsService;
   destinations: Map<string, IpvsDestination>;
+  /** Destinations health evicted: deleted at once, never drained (their connections are dead anyway). */
+  evicted: Set<string>;
 }
 
 export function toDesired(vs: VirtualServer): DesiredVS {
@@ -24,7 +26,9 @@ export function toDesired(vs: VirtualServer): DesiredVS {
   const service: IpvsService = {
     ...key,
     scheduler: vs.scheduler,
-    flags: vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0,
+    // sh and mh with fallback: a client hashed to a destination at weight 0 (ejected by health,
+    // or draining) goes to another one instead of being dropped.
+    flags: (vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0) | (vs.scheduler === 'sh' || vs.scheduler === 'mh' ? SCHED_FLAG_FALLBACK : 0),
     timeout: vs.persistenceTimeoutSeconds,
     netmask: vs.family === 4 ? 0xffffffff : 128,
   };
@@ -33,7 +37,8 @@ export function toDesired(vs: VirtualServer): DesiredVS {
     const d: IpvsDestination = { family: vs.family, address: rs.address, port: rs.port, fwdMethod: FwdMethod.MASQ, weight: rs.weight, upperThreshold: 0, lowerThreshold: 0 };
     destinations.set(destinationId(d), d);
   }
-  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, protocol: vs.protocol, address: vs.address, port: vs.port, service, destinations };
+  const evicted = new Set((vs.evicted ?? []).map((e) => destinationId(e)));
+  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, protocol: vs.protocol, address: vs.address, port: vs.port, service, destinations, evicted };
 }
 
 /** Flags the kernel sets by itself and that we never ask for. */

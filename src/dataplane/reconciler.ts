@@ -335,8 +335,9 @@ export class Reconciler {
     const now = this.#o.clock.now();
     for (const [did, k] of kernel) {
       if (d.destinations.has(did)) continue;
-      if (d.protocol !== 'TCP') {
-        // UDP and SCTP have no connection to finish: delete at once.
+      if (d.protocol !== 'TCP' || d.evicted.has(did)) {
+        // UDP and SCTP have no connection to finish; an evicted (dead) TCP backend's connections
+        // are dead already: deleting it lets IPVS end them (expire_nodest_conn).
         await this.#deleteDest(d, k, run);
         continue;
       }

@@ -36,6 +36,8 @@ export class BoundedFrequencyRunner {
   #timerAt = Infinity;
   #running = false;
   #pending = false;
+  /** A request that must not wait for minInterval (a health transition). */
+  #urgent = false;
   #lastRun = -Infinity;
   #lastFull: number;
   #failures = 0;
@@ -74,6 +76,18 @@ export class BoundedFrequencyRunner {
     this.#schedule(Math.max(0, this.#lastRun + this.#o.minIntervalMs - now));
   }
 
+  /**
+   * Asks for a sync now, not after minInterval: a health transition must reach the kernel at
+   * once. Still one sync at a time: one running is followed by this one as soon as it ends.
+   */
+  requestNow(): void {
+    if (this.#stopped) return;
+    this.#pending = true;
+    this.#urgent = true;
+    if (this.#running) return;
+    this.#schedule(0);
+  }
+
   /** Resolves when no sync is running or scheduled sooner than the periodic one (for tests). */
   whenIdle(): Promise<void> {
     if (!this.#running && !this.#pending) return Promise.resolve();
@@ -105,6 +119,7 @@ export class BoundedFrequencyRunner {
     const full = now - this.#lastFull >= this.#o.maxIntervalMs;
     this.#running = true;
     this.#pending = false;
+    this.#urgent = false;
     this.#lastRun = now;
     let ok = false;
     try {
@@ -126,7 +141,7 @@ export class BoundedFrequencyRunner {
       const backoff = Math.min(this.#o.retryMaxMs, this.#o.retryBaseMs * 2 ** (this.#failures - 1));
       this.#schedule(Math.max(backoff, this.#lastRun + this.#o.minIntervalMs - after));
     } else if (this.#pending) {
-      this.#schedule(Math.max(0, this.#lastRun + this.#o.minIntervalMs - after));
+      this.#schedule(this.#urgent ? 0 : Math.max(0, this.#lastRun + this.#o.minIntervalMs - after));
     }
     // The periodic full resync.
     this.#schedule(Math.max(0, (full ? now : this.#lastFull) + this.#o.maxIntervalMs - after));

@@ -1,5 +1,6 @@
 // The model's normalized view of Kubernetes objects. Everything here is already validated:
 // addresses are canonical, ports in range, enums known. Raw API objects never get past validate.ts.
+import type { HealthSettings } from '../health/settings.ts';
 import type { Family } from '../util/ip.ts';
 
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
@@ -42,6 +43,8 @@ export interface Service {
   trafficDistribution: string;
   /** From the kube-ipvs.io/scheduler annotation, already validated; "" means the configured default. */
   scheduler: string;
+  /** What the kube-ipvs.io/health-* annotations override of the config's health checks (validated). */
+  healthOverrides: Partial<HealthSettings>;
 }
 
 export interface EndpointSlicePort {

@@ -15,6 +15,7 @@ import {
   type SliceEndpoint,
 } from './types.ts';
 import { isValidScheduler, SCHEDULERS } from './schedulers.ts';
+import { parseHealthAnnotations } from '../health/settings.ts';
 
 export const LABEL_SERVICE_PROXY_NAME = 'service.kubernetes.io/service-proxy-name';
 export const LABEL_HEADLESS = 'service.kubernetes.io/headless';
@@ -345,6 +346,9 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       });
   }
 
+  const health = parseHealthAnnotations(md.key, md.annotations);
+  warnings.push(...health.warnings);
+
   const problem = f.problem({ kind: 'Service', name: md.key });
   if (problem) return { status: 'invalid', problem };
 
@@ -385,6 +389,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       healthCheckNodePort: type === 'LoadBalancer' && etp === 'Local' ? healthCheckNodePort : 0,
       trafficDistribution,
       scheduler,
+      healthOverrides: health.overrides,
     },
   };
 }

@@ -72,6 +72,9 @@ export class Metrics {
   readonly rejectedObjects: Counter<'kind'>;
   readonly syncs: Counter<'type' | 'result'>;
   readonly healthCheckNodePortErrors: Counter;
+  readonly healthProbes: Counter<'result'>;
+  readonly healthProbeDuration: Histogram<'result'>;
+  readonly healthTransitions: Counter<'to' | 'reason'>;
   readonly ipsetFailures: Counter;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
@@ -100,6 +103,9 @@ export class Metrics {
     this.kernelFailures = new Counter({ name: 'kubeipvs_kernel_operation_failures_total', help: 'Failed kernel operations by operation and errno', labelNames: ['operation', 'errno'] as const, registers });
     this.rejectedObjects = new Counter({ name: 'kubeipvs_rejected_objects_total', help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind', labelNames: ['kind'] as const, registers });
     this.syncs = new Counter({ name: 'kubeipvs_syncs_total', help: 'Syncs of the kernel state by type (full, partial) and result (success, error)', labelNames: ['type', 'result'] as const, registers });
+    this.healthProbes = new Counter({ name: 'kubeipvs_health_probes_total', help: 'Health probes of endpoints by result (ok, fail)', labelNames: ['result'] as const, registers });
+    this.healthProbeDuration = new Histogram({ name: 'kubeipvs_health_probe_duration_seconds', help: 'How long health probes took, by result', labelNames: ['result'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5], registers });
+    this.healthTransitions = new Counter({ name: 'kubeipvs_health_transitions_total', help: 'Endpoint health transitions, by new state and reason (refused, reset, timeout, unreachable, http_status, passive, other; recovered)', labelNames: ['to', 'reason'] as const, registers });
     this.healthCheckNodePortErrors = new Counter({ name: 'kubeipvs_health_check_node_port_errors_total', help: 'healthCheckNodePort servers that could not listen', registers });
   }
 

@@ -3,6 +3,7 @@
 // disables a listener.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Daemon } from '../daemon.ts';
+import type { HealthView } from '../health/stage.ts';
 import type { Logger } from './log.ts';
 import { parseBindAddress } from '../util/ip.ts';
 import { sendJSON, serveProxyHealth } from './health.ts';
@@ -74,7 +75,7 @@ export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessa
 
 export function healthHandler(daemon: Daemon): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
-    if (serveProxyHealth(req, res, daemon.health, daemon.metrics)) return;
+    if (serveProxyHealth(req, res, daemon.proxyHealth, daemon.metrics)) return;
     res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /healthz or /livez\n');
   };
 }
@@ -98,6 +99,8 @@ export interface DaemonStatus {
   conflicts: { service: string; what: string; heldBy: string }[];
   /** Why the ownership record read at start was not usable; null when it was fine (or absent). */
   ownershipProblem?: string | null;
+  /** Backend health: every endpoint looked after (at most 10 000 listed), fail-open, the probe budget. */
+  health?: { failingOpen: boolean; probeDemand: number; probeStretch: number; endpoints: HealthView[]; endpointsNotListed: number };
   recentErrors: { at: string; op: string; code: string; message: string; service?: string }[];
 }
 
@@ -110,11 +113,11 @@ export function daemonStatus(d: Daemon): DaemonStatus {
   const c = d.source.counters;
   return {
     node: d.model.nodeName,
-    healthy: d.health.healthy,
-    nodeEligible: d.health.nodeEligible,
+    healthy: d.proxyHealth.healthy,
+    nodeEligible: d.proxyHealth.nodeEligible,
     lastSyncAt: iso(d.lastSyncAt),
     lastSuccessfulSyncAt: iso(d.lastSuccessAt),
-    oldestPendingChangeAt: iso(d.health.oldestPendingQueued),
+    oldestPendingChangeAt: iso(d.proxyHealth.oldestPendingQueued),
     lastSync: ls ? { full: ls.full, services: ls.services, operations: ls.operations, errors: ls.errors.length, durationMs: Math.round(ls.durationMs) } : null,
     pending: d.pendingChanges(),
     services: d.planner.plans().size,
@@ -123,6 +126,11 @@ export function daemonStatus(d: Daemon): DaemonStatus {
     healthCheckNodePorts: [...d.healthCheckTargets()].map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints })).sort((a, b) => a.port - b.port),
     conflicts: d.planner.conflicts(),
     ownershipProblem: d.ownershipProblem,
+    health: (() => {
+      const all = d.health.view();
+      const b = d.health.budget;
+      return { failingOpen: d.health.failingOpen, probeDemand: b.demand, probeStretch: b.stretch, endpoints: all.slice(0, 10_000), endpointsNotListed: Math.max(0, all.length - 10_000) };
+    })(),
     recentErrors: d.recentErrors.slice(-10).map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
   };
 }

@@ -6,7 +6,7 @@ import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
 import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
-import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind } from './types.ts';
+import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind, WeightSource } from './types.ts';
 
 /** What planning needs from the node, derived once per Node change rather than per Service. */
 export interface NodeContext {
@@ -54,6 +54,28 @@ function realServers(eps: readonly Endpoint[]): RealServer[] {
   // Sorted by address (numerically, by the key the model computed once) then port.
   const sorted = [...eps].sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : a.port - b.port));
   return sorted.map((e) => ({ address: e.address, port: e.port, weight: 1 }));
+}
+
+/** Schedulers that ignore weights, and their weighted forms (used while a slow-start ramp runs). */
+const RAMP_SCHEDULER: Record<string, string> = { rr: 'wrr', lc: 'wlc' };
+/** Weights while any endpoint of a virtual server ramps: full is 10 (1 otherwise, as kube-proxy's). */
+const RAMP_SCALE = 10;
+
+/** Real servers with health's weights: ejected at 0, ramping ones scaled, evicted ones set apart. */
+function weighted(service: string, servers: RealServer[], weights?: WeightSource): { servers: RealServer[]; evicted: { address: string; port: number }[]; ramping: boolean } {
+  if (!weights) return { servers, evicted: [], ramping: false };
+  const ws = servers.map((r) => weights(service, r.address, r.port));
+  if (ws.every((w) => w.factor === 1 && !w.evict)) return { servers, evicted: [], ramping: false };
+  const ramping = ws.some((w) => w.factor > 0 && w.factor < 1);
+  const scale = ramping ? RAMP_SCALE : 1;
+  const out: RealServer[] = [];
+  const evicted: { address: string; port: number }[] = [];
+  servers.forEach((r, i) => {
+    const w = ws[i]!;
+    if (w.evict) evicted.push({ address: r.address, port: r.port });
+    else out.push({ ...r, weight: w.factor === 0 ? 0 : Math.max(1, Math.round(w.factor * scale)) });
+  });
+  return { servers: out, evicted, ramping };
 }
 
 /** Where one family of a Service is served: per kind, the addresses. */
@@ -112,7 +134,7 @@ const holdsAll: ClaimCheck = { holds: () => true, mayUseAddress: () => true, ref
  * Plans one Service: its virtual servers and the addresses they need on the dummy interface.
  * `claims` says which of the Service's claims it holds against other Services (all, alone).
  */
-export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig, claims: ClaimCheck = holdsAll): ServicePlan {
+export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig, claims: ClaimCheck = holdsAll, weights?: WeightSource): ServicePlan {
   const virtualServers: VirtualServer[] = [];
   const addresses: string[] = [];
   const slices = model.slicesFor(svc.key);
@@ -137,8 +159,8 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
     const targets = targetsOf(svc, clusterIP, ctx);
     for (const port of svc.ports) {
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
-      const internal = realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster);
-      const external = realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster);
+      const internal = weighted(svc.key, realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster), weights);
+      const external = weighted(svc.key, realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster), weights);
       if (cat.hasAny && cat.local.length === 0) {
         if (svc.internalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'internal' });
         if (svc.externalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'external' });
@@ -172,16 +194,21 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
             family,
             address,
             port: vsPort,
-            scheduler,
+            // IPVS rr and lc ignore weights other than 0: a slow-start ramp needs their weighted forms.
+            scheduler: rs.ramping ? (RAMP_SCHEDULER[scheduler] ?? scheduler) : scheduler,
             persistenceTimeoutSeconds: svc.affinityTimeoutSeconds,
-            realServers: rs, // shared between this port's virtual servers; nothing mutates plans
+            realServers: rs.servers, // shared between this port's virtual servers; nothing mutates plans
+            ...(rs.evicted.length ? { evicted: rs.evicted } : {}),
           };
           virtualServers.push(vs);
           // externalTrafficPolicy: Local LoadBalancer IPs reached from inside the cluster go to
           // every endpoint, as in kube-proxy's iptables mode (kubernetes#93456): a second,
           // firewall-mark virtual server that in-cluster packets are steered to.
           if (kind === 'LoadBalancer' && svc.externalTrafficPolicyLocal) {
-            virtualServers.push({ ...vs, realServers: internal, fwmark: ctx.fwmark(fwmarkKey(vs)) });
+            const { evicted: _ignored, ...base } = vs;
+            const fw: VirtualServer = { ...base, scheduler: internal.ramping ? (RAMP_SCHEDULER[scheduler] ?? scheduler) : scheduler, realServers: internal.servers, fwmark: ctx.fwmark(fwmarkKey(vs)) };
+            if (internal.evicted.length) fw.evicted = internal.evicted;
+            virtualServers.push(fw);
           }
         }
       }
@@ -272,9 +299,13 @@ export class Planner {
   /** Services whose conflicts changed since the last takeConflictChanges(). */
   #conflictsDirty = new Set<string>();
 
-  constructor(model: Model, config: PlanConfig) {
+  /** Health's weights (src/health/); none: every endpoint at full weight. */
+  weights: WeightSource | undefined;
+
+  constructor(model: Model, config: PlanConfig, weights?: WeightSource) {
     this.model = model;
     this.config = config;
+    this.weights = weights;
     this.#ctx = nodeContext(model, config, this.#markFor);
     this.#netfilter = netfilterConfig(config.netfilter, model.node);
   }
@@ -324,6 +355,17 @@ export class Planner {
     for (const key of keys) this.#claim(key);
     for (const key of keys) this.#replan(key);
     return keys;
+  }
+
+  /** Re-plans these Services (their health weights changed); returns those that exist. */
+  replan(keys: Iterable<string>): string[] {
+    const out: string[] = [];
+    for (const k of keys) {
+      if (!this.model.service(k)) continue;
+      this.#replan(k);
+      out.push(k);
+    }
+    return out;
   }
 
   /** Re-plans what one model change touched. Returns the Service keys whose plan was recomputed. */
@@ -493,7 +535,7 @@ export class Planner {
       },
       refused: (what, c) => conflicts.push({ service: key, what, heldBy: this.#holder(c) ?? '' }),
     };
-    const plan = planService(svc, this.model, this.#ctx, this.config, check);
+    const plan = planService(svc, this.model, this.#ctx, this.config, check, this.weights);
     this.#setConflicts(key, conflicts);
     this.#plans.set(key, plan);
     for (const a of plan.addresses) this.#addressRefs.set(a, (this.#addressRefs.get(a) ?? 0) + 1);

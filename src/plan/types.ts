@@ -32,6 +32,12 @@ export interface VirtualServer {
    * (kubernetes#93456); the iptables stage marks those packets. Absent on every other one.
    */
   fwmark?: number;
+  /**
+   * Endpoints health has had at weight 0 long enough: deleted from the kernel at once (not
+   * drained), so IPVS ends their connections (expire_nodest_conn) instead of leaving clients on a
+   * dead backend until the established timeout. Absent when there are none.
+   */
+  evicted?: { address: string; port: number }[];
 }
 
 export interface IpsetPlan {
@@ -64,6 +70,17 @@ export interface ServicePlan {
   /** Service ports with a Local traffic policy, endpoints elsewhere and none here (a metric). */
   noLocalEndpoints: { family: Family; policy: 'internal' | 'external' }[];
 }
+
+/** What health says of one endpoint of one Service (src/health/): a weight factor, and whether to evict it. */
+export interface EndpointWeight {
+  /** 0: ejected (weight 0); (0, 1): ramping up after a recovery; 1: full weight. */
+  factor: number;
+  /** Ejected long enough: its destination is deleted, ending its connections. */
+  evict: boolean;
+}
+
+/** Health weights as the planner reads them; absent: every endpoint at full weight. */
+export type WeightSource = (service: string, address: string, port: number) => EndpointWeight;
 
 export interface PlanConfig {
   /** Default IPVS scheduler. */

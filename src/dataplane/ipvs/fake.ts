@@ -143,6 +143,16 @@ export class FakeIpvs implements Ipvs {
     this.closed = true;
   }
 
+  /** Test helper: a virtual server's or a destination's counters, as the kernel would have counted them. */
+  setCounters(key: ServiceKey, dest: { address: string; port: number } | null, c: { conns?: number; inPkts?: number; outPkts?: number }): void {
+    const e = this.#get('set counters', key);
+    const target = dest ? e.dests.get(destinationId(dest)) : e.svc;
+    if (!target) throw new Error(`no destination ${dest ? destinationId(dest) : ''}`);
+    const z = 0n;
+    const old = target.stats ?? { conns: z, inPkts: z, outPkts: z, inBytes: z, outBytes: z, cps: z, inPps: z, outPps: z, inBps: z, outBps: z };
+    target.stats = { ...old, ...(c.conns !== undefined ? { conns: BigInt(c.conns) } : {}), ...(c.inPkts !== undefined ? { inPkts: BigInt(c.inPkts) } : {}), ...(c.outPkts !== undefined ? { outPkts: BigInt(c.outPkts) } : {}) };
+  }
+
   /** Test helper: pretend connections exist on a destination (what graceful termination waits for). */
   setConnections(key: ServiceKey, dest: { address: string; port: number }, active: number, inactive: number): void {
     const d = this.#get('set connections', key).dests.get(destinationId(dest));
