@@ -12,7 +12,7 @@ import { NetlinkLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Reconciler } from '../src/dataplane/reconciler.ts';
 import { Model } from '../src/model/model.ts';
-import { planConfigFrom } from '../src/plan/from-manifests.ts';
+import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { hostPort } from '../src/util/ip.ts';
 

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { defaultConfig } from '../src/config/config.ts';
 import { Model } from '../src/model/model.ts';
-import { planConfigFrom } from '../src/plan/from-manifests.ts';
+import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
 

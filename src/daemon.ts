@@ -18,7 +18,7 @@ import type { Logger } from './observe/log.ts';
 import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
 import type { HealthCheckTarget } from './observe/service-health.ts';
 import type { Family } from './util/ip.ts';
-import { planConfigFrom } from './plan/from-manifests.ts';
+import { planConfigFrom } from './plan/config.ts';
 import { SocketProber, type Prober } from './health/probers.ts';
 import { HealthStage, type CounterReader } from './health/stage.ts';
 import { serviceHealthOf } from './health/targets.ts';

@@ -11,7 +11,7 @@ import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Model, type Change } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import { daemonStatus } from '../src/observe/server.ts';
-import { planConfigFrom } from '../src/plan/from-manifests.ts';
+import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 import { planObjects } from './support/plan.ts';

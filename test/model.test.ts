@@ -3,7 +3,7 @@
 import t from 'tap';
 import { defaultConfig } from '../src/config/config.ts';
 import { Model, type Change } from '../src/model/model.ts';
-import { planConfigFrom } from '../src/plan/from-manifests.ts';
+import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 

@@ -1,6 +1,6 @@
 // `kube-ipvs plan`: the desired state for a folder of manifests. No root, no kernel.
 import { formatJSON, formatTable } from '../plan/format.ts';
-import { planManifests } from '../plan/from-manifests.ts';
+import { planManifests } from './manifest-plan.ts';
 import { readManifests } from '../sources/manifests.ts';
 import { loadConfig, report, type IO } from './common.ts';
 

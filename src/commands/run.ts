@@ -21,7 +21,7 @@ import { healthHandler, listen, metricsHandler } from '../observe/server.ts';
 import { ServiceHealthServers } from '../observe/service-health.ts';
 import { selectNodePortAddresses } from '../plan/plan.ts';
 import { formatTable } from '../plan/format.ts';
-import { chooseNodeName } from '../plan/from-manifests.ts';
+import { chooseNodeName } from './manifest-plan.ts';
 import { ManifestSource } from '../sources/manifest-source.ts';
 import type { Source } from '../sources/source.ts';
 import { readManifests } from '../sources/manifests.ts';

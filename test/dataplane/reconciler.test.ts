@@ -8,7 +8,7 @@ import { FakeLinks } from '../../src/dataplane/links.ts';
 import { MemoryOwnership } from '../../src/dataplane/ownership.ts';
 import { Reconciler, type SyncResult } from '../../src/dataplane/reconciler.ts';
 import { Model, type Change } from '../../src/model/model.ts';
-import { planConfigFrom } from '../../src/plan/from-manifests.ts';
+import { planConfigFrom } from '../../src/plan/config.ts';
 import { Planner } from '../../src/plan/plan.ts';
 import type { ServicePlan } from '../../src/plan/types.ts';
 import { ManualClock } from '../support/clock.ts';

@@ -1,6 +1,6 @@
 // Plan raw objects in memory, the way `kube-ipvs plan` does for a folder.
 import { defaultConfig, type Config } from '../../src/config/config.ts';
-import { planManifests, type ManifestPlan } from '../../src/plan/from-manifests.ts';
+import { planManifests, type ManifestPlan } from '../../src/commands/manifest-plan.ts';
 import type { ManifestObject } from '../../src/sources/manifests.ts';
 
 export function planObjects(objects: Record<string, unknown>[], opts: { node?: string; config?: Partial<Config> } = {}): ManifestPlan {

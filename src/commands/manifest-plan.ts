@@ -1,22 +1,16 @@
-// Builds a model and a full plan from a folder of manifests: what `kube-ipvs plan` and the
-// golden tests run. Problems come back with the file and line of the object that caused them.
+// A folder's manifests planned in memory: what `kube-ipvs plan`, `run --manifests` (for the node
+// name) and the golden tests run. It wires the file source to the model and the planner, so it
+// lives with the commands: the plan stage itself knows nothing of where objects come from.
+// Problems come back with the file and line of the object that caused them.
 import { hostname } from 'node:os';
 import { Codes, type Problem } from '../errors.ts';
 import type { Config } from '../config/config.ts';
 import { APPLY_ORDER, Model } from '../model/model.ts';
-import type { ManifestObject, ManifestSet } from '../sources/manifests.ts';
 import { refOf } from '../model/validate.ts';
-import { conflictProblem, Planner } from './plan.ts';
-import type { NodePlan, PlanConfig } from './types.ts';
-
-export function planConfigFrom(cfg: Config): PlanConfig {
-  return {
-    scheduler: cfg.ipvs.scheduler,
-    nodePortAddresses: cfg.nodePortAddresses,
-    nodeHints: cfg.featureGates.PreferSameTrafficDistribution ?? true,
-    netfilter: { iptables: cfg.iptables, clusterCIDRs: cfg.clusterCIDRs, detectLocalMode: cfg.detectLocalMode, detectLocal: cfg.detectLocal },
-  };
-}
+import { planConfigFrom } from '../plan/config.ts';
+import { conflictProblem, Planner } from '../plan/plan.ts';
+import type { NodePlan } from '../plan/types.ts';
+import type { ManifestObject, ManifestSet } from '../sources/manifests.ts';
 
 /** --node, else the config's hostnameOverride, else the only Node in the set, else the hostname. */
 export function chooseNodeName(set: ManifestSet, cfg: Config, nodeFlag?: string): string {
