@@ -64,6 +64,31 @@ t.test('the kernel view in Kubernetes terms, filtered', async (t) => {
   t.match(table, /auth\/login:https ClusterIP +TCP 10\.96\.0\.2:443 +rr +10800s/);
   t.match(table, /-> \(no real servers: connections are refused\)/);
   t.match(table, /\(not kube-ipvs\) +TCP 172\.16\.0\.1:9999/);
+  t.match(table, /conflict: zz-evil\/grab does not get ExternalIP TCP\/10\.96\.0\.1:80: held by shop\/web/);
+});
+
+t.test('the table shows what health says of each real server', async (t) => {
+  const { ipvs, labels } = await kernel();
+  const all = await collectStatus(ipvs, labels, {});
+  const since = new Date(Date.now() - 12_000).toISOString();
+  const h = (endpoint: string, o: Record<string, unknown>) => ({ service: 'shop/web', endpoint, check: 'tcp', state: 'healthy', reason: '', since, factor: 1, evicted: false, refused: null, slowStart: null, lastResult: 'ok', ...o });
+  const view = {
+    ...daemonView,
+    health: {
+      failingOpen: false,
+      probeDemand: 10,
+      probeStretch: 1,
+      endpointsNotListed: 0,
+      endpoints: [h('10.244.0.1:8080', { state: 'unhealthy', reason: 'connection refused x2', factor: 0 }), h('10.244.0.2:8080', { slowStart: 45, factor: 0.45 }), h('10.244.0.9:8080', { state: 'unhealthy', reason: 'timeout x5', factor: 0, evicted: true })],
+    },
+  } as unknown as DaemonStatus;
+  const table = formatStatus({ daemon: view, daemonError: null, virtualServers: all });
+  t.match(table, /health: 3 endpoints checked, 2 unhealthy; 10 probes\/s asked/);
+  t.match(table, /-> 10\.244\.0\.1:8080 +weight 0 +\(ejected: connection refused x2 since 1[12]s ago\)/, 'an ejected one, with the reason and since when');
+  t.match(table, /-> 10\.244\.0\.2:8080 +weight 1 +\(slow start 45%\)/);
+  t.match(table, /-> 10\.244\.0\.9:8080 +\(evicted by health: timeout x5; its connections ended\)/, 'an evicted one, no longer in the kernel, still shown');
+  const open = formatStatus({ daemon: { ...view, health: { ...view.health!, failingOpen: true } }, daemonError: null, virtualServers: all });
+  t.match(open, /FAILING OPEN/);
 });
 
 t.test('status command: the daemon down is said, the kernel is still shown; JSON', async (t) => {

@@ -7,6 +7,7 @@ import { get } from 'node:http';
 import { join } from 'node:path';
 import type { Config } from '../config/config.ts';
 import { Codes, escapeText } from '../errors.ts';
+import type { HealthView } from '../health/stage.ts';
 import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { SvcFlag } from '../dataplane/ipvs/constants.ts';
 import { destinationId, serviceId, type IpvsStats } from '../dataplane/ipvs/types.ts';
@@ -145,6 +146,13 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
   return out.sort((a, b) => (a.service === '' ? 1 : 0) - (b.service === '' ? 1 : 0) || a.service.localeCompare(b.service) || a.portName.localeCompare(b.portName) || kinds.indexOf(a.kind) - kinds.indexOf(b.kind) || a.address.localeCompare(b.address) || a.port - b.port);
 }
 
+/** What health says of a real server, for the table: '' when it is healthy at full weight. */
+function healthNote(h: HealthView, now: number): string {
+  if (h.state === 'unhealthy') return ` (${h.refused ? `unhealthy, kept in by ${h.refused === 'cap' ? 'the ejection cap' : 'fail-open'}` : 'ejected'}: ${esc(h.reason)} since ${ago(h.since, now)})`;
+  if (h.slowStart !== null) return ` (slow start ${h.slowStart}%)`;
+  return '';
+}
+
 /** Text from the daemon or the ownership record (Service names, errors) as the table prints it. */
 const esc = (s: string) => escapeText(String(s), 300);
 const ago = (iso: string | null, now: number) => (iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`);
@@ -161,6 +169,11 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     lines.push(`  pending: ${d.pending.services} Service changes, ${d.pending.endpoints} endpoint changes${d.oldestPendingChangeAt ? ` (oldest ${ago(d.oldestPendingChangeAt, now)})` : ''}; ${d.services} Services, ${d.virtualServers} virtual servers planned`);
     if (d.source) lines.push(`  watch: ${d.source.events} events, ${d.source.reconnects} reconnects, ${d.source.relists} relists, ${d.source.errors} errors; last event ${ago(d.source.lastEventAt as string | null, now)}`);
     for (const c of d.conflicts ?? []) lines.push(`  conflict: ${esc(c.service)} does not get ${esc(c.what)}: held by ${esc(c.heldBy)}`);
+    if (d.health && d.health.endpoints.length > 0) {
+      const h = d.health;
+      const down = h.endpoints.filter((e) => e.state === 'unhealthy').length;
+      lines.push(`  health: ${h.endpoints.length + h.endpointsNotListed} endpoints checked, ${down} unhealthy; ${Math.round(h.probeDemand)} probes/s asked${h.probeStretch > 1 ? `, intervals stretched x${h.probeStretch.toFixed(1)} to fit the budget` : ''}${h.failingOpen ? '; FAILING OPEN: nearly every probe from this node fails, nothing is ejected' : ''}`);
+    }
     for (const e of d.recentErrors.slice(-5)) lines.push(`  error ${esc(e.at)} ${esc(e.op)}: ${esc(e.code)}${e.service ? ` (${esc(e.service)})` : ''}`);
   } else {
     lines.push(`kube-ipvs daemon: not reachable (${esc(r.daemonError ?? 'unknown')}); the kernel view below is read directly`);
@@ -169,6 +182,13 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   if (r.virtualServers.length === 0) {
     lines.push('no IPVS virtual servers' + (d ? '' : ' (or none matching the filter)'));
     return lines.join('\n') + '\n';
+  }
+  // Health, per Service and endpoint, to annotate the kernel's real servers.
+  const health = new Map<string, HealthView>();
+  const evictedOf = new Map<string, HealthView[]>();
+  for (const h of d?.health?.endpoints ?? []) {
+    health.set(`${h.service}|${h.endpoint}`, h);
+    if (h.evicted) evictedOf.set(h.service, [...(evictedOf.get(h.service) ?? []), h]);
   }
   lines.push('SERVICE / PORT / KIND          VIRTUAL SERVER              SCHED  AFFINITY   CONNS    CPS  INPPS  OUTPPS  INBPS  OUTBPS');
   for (const vs of r.virtualServers) {
@@ -179,8 +199,11 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     );
     if (vs.realServers.length === 0) lines.push('  -> (no real servers: connections are refused)');
     for (const rs of vs.realServers) {
-      lines.push(`  -> ${hostPort(rs.address, rs.port).padEnd(24)} weight ${String(rs.weight).padEnd(3)}${rs.weight === 0 ? ' (draining)' : ''} active ${rs.activeConns} inactive ${rs.inactiveConns} conns ${rs.stats.conns} cps ${rs.stats.cps}`);
+      const h = health.get(`${vs.service}|${hostPort(rs.address, rs.port)}`);
+      const why = h ? healthNote(h, now) : '';
+      lines.push(`  -> ${hostPort(rs.address, rs.port).padEnd(24)} weight ${String(rs.weight).padEnd(3)}${rs.weight === 0 && !why ? ' (draining)' : ''}${why} active ${rs.activeConns} inactive ${rs.inactiveConns} conns ${rs.stats.conns} cps ${rs.stats.cps}`);
     }
+    for (const h of evictedOf.get(vs.service) ?? []) if (h.evicted) lines.push(`  -> ${esc(h.endpoint).padEnd(24)} (evicted by health: ${esc(h.reason)}; its connections ended)`);
   }
   return lines.join('\n') + '\n';
 }
