@@ -6,6 +6,7 @@ import { Codes } from '../errors.ts';
 import { Daemon, type DaemonDeps } from '../daemon.ts';
 import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/client.ts';
 import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
+import { FakeProber } from '../health/probers.ts';
 import { ConntrackCleaner } from '../dataplane/conntrack.ts';
 import { FakeExec, SystemExec, type Exec } from '../dataplane/exec.ts';
 import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
@@ -115,10 +116,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   deps.onHealthCheckTargets = (targets) => {
     hcServers?.update(targets).catch((e: unknown) => log.warn('healthCheckNodePort update failed', { error: (e as Error).message }));
   };
-  const daemon = new Daemon({ source, config, nodeName }, deps);
   // Scrapes read IPVS on a socket of their own: a scrape never waits behind the reconciler's dumps
   // (one dump per socket at a time) and reads in 64 KiB chunks (DUMP_READ_BYTES; see NetlinkIpvs readBufferBytes).
-  // Not for --once, which serves no metrics.
+  // Health reads its counters there too. Not for --once, which serves no metrics and probes nothing.
   let scrapeIpvs = deps.ipvs;
   if (!args.dryRun && !args.once) {
     try {
@@ -127,6 +127,10 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       log.warn('metrics: no socket of their own for IPVS scrapes; sharing the reconciler\'s', { error: (e as Error).message });
     }
   }
+  deps.healthCounters = scrapeIpvs;
+  // A dry run sends no packet: its health probes all answer healthy, in memory.
+  if (args.dryRun) deps.prober = new FakeProber();
+  const daemon = new Daemon({ source, config, nodeName }, deps);
   new IpvsCollector({
     ipvs: scrapeIpvs,
     labels: deps.owned.labels,

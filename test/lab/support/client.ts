@@ -5,6 +5,8 @@
 //   who HOST PORT                  one connection: [backend, the client address the backend saw]
 //   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
 //                                  per datagram as it happens (not one JSON line)
+//   tally HOST PORT EVERY_MS FOR_MS  a new connection every EVERY_MS, each on its own (none waits for the
+//                                  one before): every outcome, [[ms since start, backend or ERR...], ...]
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -115,6 +117,16 @@ async function main() {
       await new Promise((res) => setTimeout(res, Math.max(0, every - (Date.now() - started))));
     }
     console.log(JSON.stringify({ ok, failed, errors }));
+  } else if (mode === 'tally') {
+    const every = Number(a);
+    const t0 = Date.now();
+    const out: Promise<[number, string]>[] = [];
+    for (let next = 0; Date.now() - t0 < Number(b); next += every) {
+      await new Promise((res) => setTimeout(res, Math.max(0, t0 + next - Date.now())));
+      const at = Date.now() - t0;
+      out.push(tcpOnce().then((r) => [at, r]));
+    }
+    console.log(JSON.stringify(await Promise.all(out)));
   } else if (mode === 'hold') {
     const s = connect({ host, port });
     s.setNoDelay(true);

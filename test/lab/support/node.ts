@@ -77,6 +77,8 @@ export class LabNode {
   readonly stateDir: string;
   readonly backends: string[] = [];
   readonly #children: ChildProcess[] = [];
+  /** Each backend's echo server. */
+  readonly #servers = new Map<string, ChildProcess>();
   #proxy: ChildProcess | null = null;
   #shutDown = false;
   proxyLog = '';
@@ -103,10 +105,32 @@ export class LabNode {
       const name = `be${i}`;
       veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0', undefined, { nsAddr: `fd00:244::${10 + i}/64`, gw: POD6_GW });
       this.backends.push(name);
-      await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/);
+      this.#servers.set(name, await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/));
     }
     veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24', { nsAddr: `${CLIENT_IP6}/64`, gw: 'fd00:250::1', hostAddr: 'fd00:250::1/64' });
     veth('ext', 'vext', `${EXT_IP}/24`, NODE_IP, undefined, `${NODE_IP}/24`);
+  }
+
+  /** Kills a backend's server: its port refuses connections (RST). */
+  async stopBackend(name: string): Promise<void> {
+    const c = this.#servers.get(name);
+    this.#servers.delete(name);
+    if (!c || c.exitCode !== null) return;
+    await new Promise<void>((r) => {
+      c.once('exit', () => r());
+      c.kill('SIGKILL');
+    });
+  }
+
+  /** (Re)starts a backend's server: `delayMs` makes it slow to greet; `udpSink` never answers UDP. */
+  async startBackend(name: string, opts: { delayMs?: number; udpSink?: boolean } = {}): Promise<void> {
+    await this.stopBackend(name);
+    this.#servers.set(name, await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080', String(opts.delayMs ?? 0), opts.udpSink ? 'udp-sink' : ''], /ready/));
+  }
+
+  /** Drops every TCP packet to a backend's port inside its namespace (a black hole), or stops that. */
+  blackhole(name: string, on: boolean): void {
+    ns(name, 'iptables', on ? '-I' : '-D', 'INPUT', '-p', 'tcp', '--dport', '8080', '-j', 'DROP');
   }
 
   backendIP(name: string): string {

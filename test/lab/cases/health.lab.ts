@@ -1,0 +1,210 @@
+// Health checks against real packets: a backend killed (RST) or black-holed (DROP) reaches weight 0
+// within a second; a recovered one ramps through slow start; the ejection cap and fail-open; a
+// ClientIP-affinity client re-pinned; an mh Service never black-holes a client; an established
+// connection to a dead backend ends; passive detection ejects a black hole and leaves a slow
+// backend, an idle connection and a one-way UDP flow alone. Times are printed as TAP comments
+// (the README carries the last run's).
+import t from 'tap';
+import { NetlinkIpvs } from '../../../src/dataplane/ipvs/client.ts';
+import type { ServiceKey } from '../../../src/dataplane/ipvs/types.ts';
+import { ep, node, service, slice } from '../../support/objects.ts';
+import { LabNode, NODE_IP, nodeArgs, procEnv, spawn } from '../support/node.ts';
+
+t.setTimeout(400_000);
+const lab = new LabNode();
+// minSyncPeriod at kube-proxy's default (1 s): health transitions must not wait for it.
+const config = { ipvs: { syncPeriod: '30s', minSyncPeriod: '1s' }, healthChecks: { default: 'tcp', passive: true }, metricsBindAddress: '127.0.0.1:10249', healthzBindAddress: '0.0.0.0:0' };
+const svc = (name: string, ip: string, backends: string[], extra: { annotations?: Record<string, string>; spec?: Record<string, unknown>; udp?: boolean } = {}) => [
+  service(name, { clusterIPs: [ip], annotations: extra.annotations, ports: [extra.udp ? { name: 'dns', protocol: 'UDP', port: 53, targetPort: 8080 } : { name: 'http', port: 80, targetPort: 8080 }], spec: extra.spec }),
+  slice(`${name}-1`, name, backends.map((b) => ep(lab.backendIP(b), { node: 'lab-node' })), { ports: [extra.udp ? { name: 'dns', protocol: 'UDP', port: 8080 } : { name: 'http', protocol: 'TCP', port: 8080 }] }),
+];
+const vs = (ip: string, port = 80, protocol: 'TCP' | 'UDP' = 'TCP'): ServiceKey => ({ family: 4, protocol, address: ip, port });
+let ipvs: NetlinkIpvs;
+
+/** be -> weight (absent: not in the kernel: evicted). */
+async function weights(key: ServiceKey): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const d of await ipvs.destinations(key)) out[`be${Number(d.address.split('.')[3]) - 10}`] = d.weight;
+  return out;
+}
+/** Polls every 20 ms until `ok`; the time it took (ms), or throws after `ms`. */
+async function until(what: string, ok: () => Promise<boolean>, ms = 10_000): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    if (await ok()) return Date.now() - t0;
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms\nproxy log:\n${lab.proxyLog.slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
+/** A client connecting every `every` ms for `forMs`, in the background; its tally when it ends. */
+function tally(ip: string, every: number, forMs: number): Promise<[number, string][]> {
+  const c = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'tally', ip, '80', String(every), String(forMs))], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
+  let out = '';
+  c.stdout!.on('data', (d) => (out += d));
+  return new Promise((res) => c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])));
+}
+
+t.before(async () => {
+  await lab.build(7);
+  lab.write('node', [node('lab-node', [['InternalIP', NODE_IP]], 'zone-a')]);
+  lab.write('fast', svc('fast', '10.96.6.1', ['be1', 'be2', 'be3', 'be4']));
+  lab.write('ramp', svc('ramp', '10.96.6.2', ['be1', 'be2'], { annotations: { 'kube-ipvs.io/slow-start': '10s' } }));
+  lab.write('sticky', svc('sticky', '10.96.6.3', ['be1', 'be2'], { spec: { sessionAffinity: 'ClientIP' } }));
+  lab.write('hash', svc('hash', '10.96.6.4', ['be1', 'be2', 'be3'], { annotations: { 'kube-ipvs.io/scheduler': 'mh' } }));
+  // Passive detection only: no probes for these (their backends are no one else's).
+  const passive = { annotations: { 'kube-ipvs.io/health-check': 'none' } };
+  lab.write('quiet', svc('quiet', '10.96.6.5', ['be5', 'be6', 'be7'], passive));
+  lab.write('udp', svc('udp', '10.96.6.6', ['be7'], { ...passive, udp: true }));
+  lab.startProxy(config);
+  ipvs = await NetlinkIpvs.open();
+  await until('every Service programmed', async () => Object.keys(await weights(vs('10.96.6.1'))).length === 4 && Object.keys(await weights(vs('10.96.6.6', 53, 'UDP'))).length === 1, 60_000);
+  await new Promise((r) => setTimeout(r, 1500)); // a few probes: everything healthy
+});
+
+t.teardown(async () => {
+  ipvs?.close();
+  await lab.shutdown();
+});
+
+t.test('a killed backend (RST) and a black-holed one (DROP) reach weight 0 within a second', async (t) => {
+  const key = vs('10.96.6.1');
+  const gone = async (b: string) => ((await weights(key))[b] ?? 0) === 0;
+  const back = async (b: string) => (await weights(key))[b] === 1;
+  const clientDone = tally('10.96.6.1', 20, 30_000);
+  const rst: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const t0 = Date.now();
+    await lab.stopBackend('be1');
+    rst.push(Date.now() - t0 + (await until('RST: weight 0', () => gone('be1'))));
+    await lab.startBackend('be1');
+    await until('RST: back', () => back('be1'));
+  }
+  const conns = await clientDone;
+  const failed = conns.filter(([, r]) => r.startsWith('ERR')).length;
+  const drop: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const t0 = Date.now();
+    lab.blackhole('be2', true);
+    drop.push(Date.now() - t0 + (await until('DROP: weight 0', () => gone('be2'))));
+    lab.blackhole('be2', false);
+    await until('DROP: back', () => back('be2'));
+  }
+  t.comment(`RST  -> weight 0: p50 ${pct(rst, 0.5)} ms, p99 ${pct(rst, 0.99)} ms (${rst.join(' ')})`);
+  t.comment(`DROP -> weight 0: p50 ${pct(drop, 0.5)} ms, p99 ${pct(drop, 0.99)} ms (${drop.join(' ')})`);
+  t.comment(`a client connecting every 20 ms: ${conns.length} connections, ${failed} failed over 10 RST failures (${(failed / 10).toFixed(1)} per failure)`);
+  t.ok(pct(rst, 0.99) < 1000, `RST: p99 ${pct(rst, 0.99)} ms, under 1 s`);
+  t.ok(pct(drop, 0.99) < 1000, `DROP: p99 ${pct(drop, 0.99)} ms, under 1 s`);
+  t.ok(failed / 10 <= Math.max(...rst) / 20, 'failed connections per failure bounded by the detection time');
+});
+
+t.test('recovery with a 10 s slow start: the recovered backend gets a growing share', async (t) => {
+  const key = vs('10.96.6.2');
+  await lab.stopBackend('be1');
+  await until('ejected', async () => ((await weights(key)).be1 ?? 0) === 0);
+  await lab.startBackend('be1');
+  await until('recovered', async () => ((await weights(key)).be1 ?? 0) > 0);
+  const conns = await tally('10.96.6.2', 50, 11_000);
+  const share = (from: number, to: number) => {
+    const w = conns.filter(([ms, r]) => ms >= from && ms < to && !r.startsWith('ERR'));
+    return w.length ? w.filter(([, r]) => r === 'be1').length / w.length : NaN;
+  };
+  const perSecond = Array.from({ length: 11 }, (_, s) => share(s * 1000, (s + 1) * 1000));
+  t.comment(`be1's share of new connections, second by second: ${perSecond.map((x) => `${Math.round(x * 100)}%`).join(' ')}`);
+  t.ok(share(0, 2000) < 0.3, `the first 2 s: ${Math.round(share(0, 2000) * 100)}% (full would be 50%)`);
+  t.ok(share(8000, 11_000) > share(0, 2000) + 0.15, `grows: ${Math.round(share(8000, 11_000) * 100)}% in the last 3 s`);
+  t.equal((await ipvs.service(key))?.scheduler, 'rr', 'rr again once the ramp is over');
+});
+
+t.test('the cap: 3 of 4 failing, 2 ejected; all failing from this node, none (fail open)', async (t) => {
+  const key = vs('10.96.6.1');
+  for (const b of ['be1', 'be2', 'be3']) lab.blackhole(b, true);
+  await until('two ejected', async () => Object.values(await weights(key)).filter((w) => w === 0).length === 2);
+  await new Promise((r) => setTimeout(r, 1500));
+  const w = await weights(key);
+  t.equal(w.be4, 1, `the healthy one serves (${JSON.stringify(w)})`);
+  t.ok(['be1', 'be2', 'be3'].filter((b) => (w[b] ?? 0) === 0).length <= 2, 'at most 2 of the 3 failing are out');
+  lab.blackhole('be4', true);
+  await until('fail open: every backend back at weight 1', async () => Object.values(await weights(key)).every((x) => x === 1) && Object.keys(await weights(key)).length === 4);
+  t.pass('every backend failing from this node: none ejected');
+  const m = await fetch('http://127.0.0.1:10249/metrics').then((r) => r.text());
+  t.match(m, /kubeipvs_health_fail_open 1/);
+  for (const b of ['be1', 'be2', 'be3', 'be4']) lab.blackhole(b, false);
+  await until('all healthy', async () => Object.values(await weights(key)).filter((x) => x === 1).length === 4 && !/kubeipvs_health_fail_open 1/.test(await fetch('http://127.0.0.1:10249/metrics').then((r) => r.text())), 20_000);
+});
+
+t.test('ClientIP affinity: a client pinned to an ejected backend is re-pinned; mh never black-holes', async (t) => {
+  const first = lab.client<string[]>('client', 'tcp', '10.96.6.3', '80', '3');
+  t.equal(new Set(first).size, 1, `pinned (${first.join(' ')})`);
+  const pinned = first[0]!;
+  await lab.stopBackend(pinned);
+  await until('ejected', async () => ((await weights(vs('10.96.6.3')))[pinned] ?? 0) === 0);
+  const after = lab.client<string[]>('client', 'tcp', '10.96.6.3', '80', '5');
+  t.ok(after.every((r) => r !== pinned && !r.startsWith('ERR')), `re-pinned to the other backend (${after.join(' ')})`);
+  await lab.startBackend(pinned);
+  // mh: the client's hash lands on one backend; ejected, it must go elsewhere, never nowhere.
+  const h = lab.client<string[]>('client', 'tcp', '10.96.6.4', '80', '3');
+  const hashed = h[0]!;
+  t.ok(h.every((x) => x === hashed), `mh keeps the client on ${hashed}`);
+  await lab.stopBackend(hashed);
+  await until('mh: ejected', async () => ((await weights(vs('10.96.6.4')))[hashed] ?? 0) === 0);
+  const res = lab.client<string[]>('client', 'tcp', '10.96.6.4', '80', '10');
+  t.same(res.filter((r) => r.startsWith('ERR')), [], `no connection fails after the ejection (${res.join(' ')})`);
+  await lab.startBackend(hashed);
+  await until('all back', async () => Object.values(await weights(vs('10.96.6.4'))).every((w) => w === 1) && Object.keys(await weights(vs('10.96.6.4'))).length === 3);
+});
+
+t.test('an established connection to a black-holed backend ends instead of hanging', async (t) => {
+  const conn = lab.hold('client', '10.96.6.1', 80);
+  const backend = await conn.first();
+  t.match(backend, /^be[1-4]$/);
+  t.equal(await conn.send('hello'), `${backend} hello`);
+  const t0 = Date.now();
+  lab.blackhole(backend, true);
+  // Each send waits 2 s for its reply ("ERR timeout" while the backend is silent); the connection
+  // itself failing is another error (a reset once IPVS ended it).
+  let reply = '';
+  for (let i = 0; i < 15 && !(reply.startsWith('ERR') && reply !== 'ERR timeout'); i++) {
+    reply = await conn.send(`ping ${i}`);
+  }
+  const ended = Date.now() - t0;
+  t.comment(`the client saw "${reply}" ${ended} ms after its backend was black-holed (IPVS's established timeout is 15 min)`);
+  t.match(reply, /^ERR/, 'the connection failed');
+  t.ok(ended < 30_000, `within ${ended} ms`);
+  await conn.close();
+  lab.blackhole(backend, false);
+  await until('back', async () => Object.values(await weights(vs('10.96.6.1'))).filter((w) => w === 1).length === 4, 20_000);
+});
+
+t.test('passive: a black hole is ejected; a slow backend, an idle connection and a one-way UDP flow are not', async (t) => {
+  const key = vs('10.96.6.5');
+  await lab.startBackend('be6', { delayMs: 1500 }); // slow, but its kernel answers SYNs at once
+  await lab.startBackend('be7', { udpSink: true }); // never answers UDP
+  // An idle connection held on a backend other than the one about to be black-holed.
+  let idle = lab.hold('client', '10.96.6.5', 80);
+  let idleOn = await idle.first();
+  for (let i = 0; i < 5 && idleOn === 'be5'; i++) {
+    await idle.close();
+    idle = lab.hold('client', '10.96.6.5', 80);
+    idleOn = await idle.first();
+  }
+  const udp = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'udpwatch', '10.96.6.6', '53', '100', '20000')], { stdio: ['ignore', 'ignore', 'ignore'], env: procEnv });
+  const traffic = tally('10.96.6.5', 50, 20_000);
+  lab.blackhole('be5', true);
+  const t0 = Date.now();
+  const took = await until('passive ejection', async () => ((await weights(key)).be5 ?? 0) === 0, 20_000);
+  t.comment(`passive: the black hole was ejected ${took} ms after it began (two 2 s counter windows), with no probe before`);
+  await new Promise((r) => setTimeout(r, Math.max(0, 12_000 - (Date.now() - t0))));
+  const w = await weights(key);
+  t.equal(w.be6, 1, 'the slow backend is not ejected');
+  t.equal(w[idleOn], 1, `the backend holding an idle connection (${idleOn}) is not ejected`);
+  t.equal(w.be7, 1);
+  t.same(await weights(vs('10.96.6.6', 53, 'UDP')), { be7: 1 }, 'a one-way UDP flow is not evidence');
+  udp.kill('SIGKILL');
+  await traffic;
+  await idle.close();
+  lab.blackhole('be5', false);
+  await until('recovery confirmed by a probe', async () => (await weights(key)).be5 === 1, 20_000);
+  const status = await fetch('http://127.0.0.1:10249/status').then((r) => r.json() as Promise<{ health: { endpoints: { service: string; endpoint: string; check: string; state: string }[] } }>);
+  t.ok(status.health.endpoints.some((e) => e.service === 'default/quiet' && e.check === 'passive'), '/status lists the passive endpoints');
+});
