@@ -139,7 +139,11 @@ t.test('a UDP client keeps sending while its backend is replaced; replies resume
   const firstBe2 = seen.findIndex(([, r]) => r === 'be2');
   await new Promise((r) => setTimeout(r, 2000));
   child.kill('SIGKILL');
-  t.ok(resumedAfter < 15_000, `be2 answered ${resumedAfter} ms after the change was written (one sync, plus TCG)`);
+  t.comment(`the UDP client got be2 ${resumedAfter} ms after the change was written`);
+  // Folder watch + one sync + conntrack under TCG: 2-5 s on a quiet host; 16 s was seen with the
+  // host busy with another VM and a benchmark. The bound catches a lost change (minutes), not load.
+  const syncs = lab.proxyLog.split('\n').filter((l) => l.includes('sync done') || l.includes('sync finished')).slice(-4).join('\n');
+  t.ok(resumedAfter < 25_000, `be2 answered ${resumedAfter} ms after the change was written (one sync, plus TCG); last syncs:\n${syncs}`);
   const after = seen.slice(firstBe2);
   t.notOk(after.some(([, r]) => r === 'be1'), `never back to the old backend (${after.length} replies since)`);
   t.ok(after.filter(([, r]) => r === 'be2').length >= after.length - 1, 'the same socket keeps getting replies from be2');
