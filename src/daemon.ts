@@ -465,7 +465,7 @@ export class Daemon {
       const r = this.health.summary().refused;
       return [{ labels: { why: 'cap' }, value: r.cap }, { labels: { why: 'fail_open' }, value: r['fail-open'] }];
     });
-    gauge('kubeipvs_health_fail_open', '1 while nearly every endpoint probed from this node fails (the node is the likely fault): nothing is ejected', () => [{ labels: {}, value: this.health.failingOpen ? 1 : 0 }]);
+    gauge('kubeipvs_health_fail_open', 'Whether this node fails open (1): nearly every endpoint it probes fails, the node is the likely fault, nothing is ejected', () => [{ labels: {}, value: this.health.failingOpen ? 1 : 0 }]);
     gauge('kubeipvs_health_probe_budget_stretch', 'How much probe intervals are stretched to stay within healthChecks.probesPerSecond (1: not at all)', () => [{ labels: {}, value: this.health.budget.stretch }]);
     gauge('kubeipvs_health_probe_demand', 'Probes per second the health targets ask for, before stretching', () => [{ labels: {}, value: this.health.budget.demand }]);
     const c = this.#opts.source.counters;

@@ -1,7 +1,8 @@
 // Passive outlier detection, pure: TCP backends whose new connections never establish, told from
 // what the kernel already counts per destination. A black-holed backend takes new connections
-// (the `conns` counter moves) and sends nothing back (`outPkts` stays), and none of them is ever
-// established (no active connection). Two such windows in a row are evidence. Not evidence:
+// (the `conns` counter moves) and sends nothing back (`outPkts` stays: not even a SYN-ACK). Two
+// such windows in a row are evidence. (IPVS counts those half-open connections as *active*, seen
+// in the lab: the active/inactive split says nothing here.) Not evidence:
 // a slow but healthy backend (its SYN-ACKs are reply packets), long-lived idle connections (no
 // new connections), and UDP (one-way flows are normal there: never looked at).
 // The kernel folds these counters every 2 s: windows shorter than that see nothing move.
@@ -11,6 +12,7 @@ export interface DestinationSample {
   conns: number;
   /** Packets from it back to clients, ever. */
   outPkts: number;
+  /** Read, not judged on (see above). */
   activeConns: number;
 }
 
@@ -47,13 +49,13 @@ export class PassiveDetector {
       t.newConns = 0;
       return null;
     }
-    if (newConns >= MIN_NEW_CONNECTIONS && replies === 0 && s.activeConns === 0) {
+    if (newConns >= MIN_NEW_CONNECTIONS && replies === 0) {
       t.strikes++;
       t.newConns += newConns;
-      if (t.strikes === WINDOWS) return `passive: ${t.newConns} new connections, no packet back, none established`;
+      if (t.strikes === WINDOWS) return `passive: ${t.newConns} new connections, not one packet back`;
       return null;
     }
-    if (replies > 0 || s.activeConns > 0) {
+    if (replies > 0) {
       t.strikes = 0;
       t.newConns = 0;
     }

@@ -82,6 +82,12 @@ export class ProbeSchedule {
     if (this.#entries.size === 0) this.#demand = 0;
   }
 
+  /** Probes a target again at once (to confirm a change of state), then back to its interval. */
+  dueNow(key: string, now: number): void {
+    const e = this.#entries.get(key);
+    if (e && e.due > now) this.#move(e, now);
+  }
+
   has(key: string): boolean {
     return this.#entries.has(key);
   }

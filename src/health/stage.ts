@@ -302,6 +302,10 @@ export class HealthStage {
       const tr = recordResult(t.state, r.ok, r.reason, now, s);
       if (tr) this.#transition(t, tr, now);
       if (tr && t.passiveOnly) this.#reschedule(t);
+      // A result that goes against the state is confirmed at once rather than an interval later
+      // (Envoy's unhealthy edge): a black hole costs timeout x threshold, not interval x threshold.
+      const confirming = r.ok ? t.state.status === 'unhealthy' : t.state.status !== 'unhealthy';
+      if (!tr && confirming && this.#schedule.has(t.key)) this.#schedule.dueNow(t.key, now);
       this.#arm();
     };
     this.#o.prober.probe(t.probe, s.timeoutMs).then(done, (e: unknown) => done({ ok: false, reason: `error ${(e as Error).message}`, ms: 0 }));

@@ -28,12 +28,21 @@ async function weights(key: ServiceKey): Promise<Record<string, number>> {
   return out;
 }
 /** Polls every 20 ms until `ok`; the time it took (ms), or throws after `ms`. */
-async function until(what: string, ok: () => Promise<boolean>, ms = 10_000): Promise<number> {
+async function until(what: string, ok: () => Promise<boolean>, ms = 10_000, key: ServiceKey = vs('10.96.6.1')): Promise<number> {
   const t0 = Date.now();
   for (;;) {
     if (await ok()) return Date.now() - t0;
-    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms\nproxy log:\n${lab.proxyLog.slice(-3000)}`);
+    if (Date.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms\nkernel ${key.address}: ${JSON.stringify(await weights(key))}\nhealth: ${await healthView()}\nproxy log:\n${lab.proxyLog.slice(-3000)}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+/** The daemon's health view, one line per endpoint (for failure messages). */
+async function healthView(): Promise<string> {
+  try {
+    const st = (await fetch('http://127.0.0.1:10249/status').then((r) => r.json())) as { health: { failingOpen: boolean; endpoints: { service: string; endpoint: string; check: string; state: string; reason: string; factor: number; evicted: boolean; refused: string | null; lastResult: string }[] } };
+    return `failingOpen ${st.health.failingOpen}\n${st.health.endpoints.map((e) => `  ${e.service} ${e.endpoint} ${e.check} ${e.state} ${e.reason} factor ${e.factor}${e.evicted ? ' evicted' : ''}${e.refused ? ` refused ${e.refused}` : ''} last ${e.lastResult}`).join('\n')}`;
+  } catch (e) {
+    return `(no /status: ${(e as Error).message})`;
   }
 }
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
@@ -49,7 +58,8 @@ t.before(async () => {
   await lab.build(7);
   lab.write('node', [node('lab-node', [['InternalIP', NODE_IP]], 'zone-a')]);
   lab.write('fast', svc('fast', '10.96.6.1', ['be1', 'be2', 'be3', 'be4']));
-  lab.write('ramp', svc('ramp', '10.96.6.2', ['be1', 'be2'], { annotations: { 'kube-ipvs.io/slow-start': '10s' } }));
+  // be3 and be4: untouched by the detection trials (a backend recovered then would ramp too).
+  lab.write('ramp', svc('ramp', '10.96.6.2', ['be3', 'be4'], { annotations: { 'kube-ipvs.io/slow-start': '10s' } }));
   lab.write('sticky', svc('sticky', '10.96.6.3', ['be1', 'be2'], { spec: { sessionAffinity: 'ClientIP' } }));
   lab.write('hash', svc('hash', '10.96.6.4', ['be1', 'be2', 'be3'], { annotations: { 'kube-ipvs.io/scheduler': 'mh' } }));
   // Passive detection only: no probes for these (their backends are no one else's).
@@ -100,17 +110,18 @@ t.test('a killed backend (RST) and a black-holed one (DROP) reach weight 0 withi
 
 t.test('recovery with a 10 s slow start: the recovered backend gets a growing share', async (t) => {
   const key = vs('10.96.6.2');
-  await lab.stopBackend('be1');
-  await until('ejected', async () => ((await weights(key)).be1 ?? 0) === 0);
-  await lab.startBackend('be1');
-  await until('recovered', async () => ((await weights(key)).be1 ?? 0) > 0);
+  await lab.stopBackend('be3');
+  await until('ejected', async () => ((await weights(key)).be3 ?? 0) === 0);
+  await lab.startBackend('be3');
+  await until('recovered', async () => ((await weights(key)).be3 ?? 0) > 0);
+  t.comment(`weights as the ramp starts: ${JSON.stringify(await weights(key))}, scheduler ${(await ipvs.service(key))?.scheduler}`);
   const conns = await tally('10.96.6.2', 50, 11_000);
   const share = (from: number, to: number) => {
     const w = conns.filter(([ms, r]) => ms >= from && ms < to && !r.startsWith('ERR'));
-    return w.length ? w.filter(([, r]) => r === 'be1').length / w.length : NaN;
+    return w.length ? w.filter(([, r]) => r === 'be3').length / w.length : NaN;
   };
   const perSecond = Array.from({ length: 11 }, (_, s) => share(s * 1000, (s + 1) * 1000));
-  t.comment(`be1's share of new connections, second by second: ${perSecond.map((x) => `${Math.round(x * 100)}%`).join(' ')}`);
+  t.comment(`be3's share of new connections, second by second: ${perSecond.map((x) => `${Math.round(x * 100)}%`).join(' ')}`);
   t.ok(share(0, 2000) < 0.3, `the first 2 s: ${Math.round(share(0, 2000) * 100)}% (full would be 50%)`);
   t.ok(share(8000, 11_000) > share(0, 2000) + 0.15, `grows: ${Math.round(share(8000, 11_000) * 100)}% in the last 3 s`);
   t.equal((await ipvs.service(key))?.scheduler, 'rr', 'rr again once the ramp is over');
@@ -128,9 +139,9 @@ t.test('the cap: 3 of 4 failing, 2 ejected; all failing from this node, none (fa
   await until('fail open: every backend back at weight 1', async () => Object.values(await weights(key)).every((x) => x === 1) && Object.keys(await weights(key)).length === 4);
   t.pass('every backend failing from this node: none ejected');
   const m = await fetch('http://127.0.0.1:10249/metrics').then((r) => r.text());
-  t.match(m, /kubeipvs_health_fail_open 1/);
+  t.match(m, /^kubeipvs_health_fail_open 1$/m);
   for (const b of ['be1', 'be2', 'be3', 'be4']) lab.blackhole(b, false);
-  await until('all healthy', async () => Object.values(await weights(key)).filter((x) => x === 1).length === 4 && !/kubeipvs_health_fail_open 1/.test(await fetch('http://127.0.0.1:10249/metrics').then((r) => r.text())), 20_000);
+  await until('all healthy', async () => Object.values(await weights(key)).filter((x) => x === 1).length === 4 && !/^kubeipvs_health_fail_open 1$/m.test(await fetch('http://127.0.0.1:10249/metrics').then((r) => r.text())), 20_000, key);
 });
 
 t.test('ClientIP affinity: a client pinned to an ejected backend is re-pinned; mh never black-holes', async (t) => {
