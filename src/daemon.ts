@@ -15,7 +15,8 @@ import { applySysctls, conntrackSysctls, ipvsSysctls, type SysctlWriter } from '
 import { Model } from './model/model.ts';
 import { ProxyHealth } from './observe/health.ts';
 import type { Logger } from './observe/log.ts';
-import { ipFamilyLabel, Metrics, ScrapeMetric } from './observe/metrics.ts';
+import { ipFamilyLabel, Metrics } from './observe/metrics.ts';
+import { registerScrapeMetrics } from './observe/daemon-metrics.ts';
 import type { HealthCheckTarget } from './observe/service-health.ts';
 import type { Family } from './util/ip.ts';
 import { planConfigFrom } from './plan/config.ts';
@@ -116,7 +117,6 @@ export class Daemon {
     this.metrics = deps.metrics ?? new Metrics({ defaultMetrics: false });
     // kube-proxy: unhealthy when a queued change is not in the kernel after 2 x syncPeriod.
     this.proxyHealth = new ProxyHealth(2 * cfg.ipvs.syncPeriodSeconds * 1000, this.#clock);
-    this.#registerScrapeMetrics();
     this.model = new Model({ nodeName: opts.nodeName, proxyName: cfg.serviceProxyName });
     this.health = new HealthStage({
       config: cfg.healthChecks,
@@ -150,6 +150,7 @@ export class Daemon {
         if (this.recentErrors.length > RECENT_ERRORS) this.recentErrors.shift();
       },
     });
+    registerScrapeMetrics(this.metrics, { planner: this.planner, health: this.health, counters: this.#source.counters });
     this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full), {
       minIntervalMs: cfg.ipvs.minSyncPeriodSeconds * 1000,
       maxIntervalMs: cfg.ipvs.syncPeriodSeconds * 1000,
@@ -431,56 +432,6 @@ export class Daemon {
   /** Pending Service and EndpointSlice changes (Services whose change is not in the kernel yet). */
   pendingChanges(): { services: number; endpoints: number; dirty: number } {
     return { services: this.#pendingServiceChanges.size, endpoints: this.#pendingEndpointChanges.size, dirty: this.#dirty.size };
-  }
-
-  /** Series computed when scraped: no_local_endpoints from the plans, the watch's counters. */
-  #registerScrapeMetrics(): void {
-    const m = this.metrics;
-    m.add(
-      new ScrapeMetric('kubeproxy_sync_proxy_rules_no_local_endpoints_total', 'Number of services with a Local traffic policy and no endpoints', 'gauge', () => {
-        const counts = new Map<string, number>();
-        for (const p of this.planner.plans().values()) {
-          for (const n of p.noLocalEndpoints) {
-            const k = `${ipFamilyLabel(n.family)}/${n.policy}`;
-            counts.set(k, (counts.get(k) ?? 0) + 1);
-          }
-        }
-        return (['IPv4', 'IPv6'] as const).flatMap((f) => (['internal', 'external'] as const).map((policy) => ({ labels: { ip_family: f, traffic_policy: policy }, value: counts.get(`${f}/${policy}`) ?? 0 })));
-      }),
-    );
-    m.add(
-      new ScrapeMetric('kubeipvs_service_conflicts', 'Virtual servers, service addresses and node ports a Service asks for and does not get, because another Service holds them', 'gauge', () => {
-        const counts = new Map<string, number>();
-        for (const c of this.planner.conflicts()) counts.set(c.service, (counts.get(c.service) ?? 0) + 1);
-        return [...counts].map(([k, value]) => ({ labels: { namespace: k.slice(0, k.indexOf('/')), service: k.slice(k.indexOf('/') + 1) }, value }));
-      }),
-    );
-    // Health: bounded like the per-backend series (one series per Service with ejections, at most 1000).
-    const gauge = (name: string, help: string, f: () => { labels: Record<string, string>; value: number }[]) => m.add(new ScrapeMetric(name, help, 'gauge', f));
-    gauge('kubeipvs_health_endpoints', 'Endpoints looked after by health checks, by state (unknown: not probed yet)', () => Object.entries(this.health.summary().byState).map(([state, value]) => ({ labels: { state }, value })));
-    gauge('kubeipvs_health_ejected_endpoints', 'Endpoints at weight 0 because of health, per Service (at most 1000 Services)', () =>
-      [...this.health.summary().ejected].sort(([a], [b]) => (a < b ? -1 : 1)).slice(0, 1000).map(([k, value]) => ({ labels: { namespace: k.slice(0, k.indexOf('/')), service: k.slice(k.indexOf('/') + 1) }, value })),
-    );
-    gauge('kubeipvs_health_ejections_refused', 'Unhealthy endpoints kept in, by why: the Service ejection cap, or the node failing open', () => {
-      const r = this.health.summary().refused;
-      return [{ labels: { why: 'cap' }, value: r.cap }, { labels: { why: 'fail_open' }, value: r['fail-open'] }];
-    });
-    gauge('kubeipvs_health_fail_open', 'Whether this node fails open (1): nearly every endpoint it probes fails, the node is the likely fault, nothing is ejected', () => [{ labels: {}, value: this.health.failingOpen ? 1 : 0 }]);
-    gauge('kubeipvs_health_probe_budget_stretch', 'How much probe intervals are stretched to stay within healthChecks.probesPerSecond (1: not at all)', () => [{ labels: {}, value: this.health.budget.stretch }]);
-    gauge('kubeipvs_health_probe_demand', 'Probes per second the health targets ask for, before stretching', () => [{ labels: {}, value: this.health.budget.demand }]);
-    const c = this.#opts.source.counters;
-    if (!c) return;
-    const counter = (name: string, help: string, v: () => number) => m.add(new ScrapeMetric(name, help, 'counter', () => [{ labels: {}, value: v() }]));
-    counter('kubeipvs_watch_events_total', 'Object events received from the API server', () => c.events);
-    counter('kubeipvs_watch_reconnects_total', 'Watches re-established after an error or a stall', () => c.reconnects);
-    counter('kubeipvs_watch_relists_total', 'Full relists (410 Gone, or a watch that could not resume)', () => c.relists);
-    counter('kubeipvs_watch_errors_total', 'Failed list or watch requests', () => c.errors);
-    counter('kubeipvs_watch_stalls_total', 'Watches restarted because they were silent past the stall bound', () => c.stalls);
-    m.add(
-      new ScrapeMetric('kubeipvs_watch_last_event_age_seconds', 'Seconds since the last object event from the API server (-1: none yet)', 'gauge', () => [
-        { labels: {}, value: c.lastEventAt === 0 ? -1 : (Date.now() - c.lastEventAt) / 1000 },
-      ]),
-    );
   }
 
   #scheduleDrainCheck(): void {
