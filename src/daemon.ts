@@ -289,11 +289,22 @@ export class Daemon {
     }
   }
 
-  /** Health moved these Services' weights: re-plan them and sync now, not after minSyncPeriod. */
+  /**
+   * Health moved these Services' weights: re-plan them and get them to the kernel now, not after
+   * minSyncPeriod, and not after a sync that is running (a full one can take seconds): their
+   * destinations are written at once, alongside it; the sync right after checks everything.
+   */
   #healthChanged(services: string[]): void {
-    for (const k of this.planner.replan(services)) this.#dirty.add(k);
+    const replanned = this.planner.replan(services);
+    for (const k of replanned) this.#dirty.add(k);
+    if (this.#syncing && this.#started) {
+      const plans = new Map(replanned.flatMap((k) => (this.planner.servicePlan(k) ? [[k, this.planner.servicePlan(k)!] as const] : [])));
+      void this.reconciler.syncDestinations(plans).catch((e: unknown) => this.#deps.log.warn('health: writing destinations failed', { error: (e as Error).message }));
+    }
     if (this.#dirty.size > 0) this.runner.requestNow();
   }
+
+  #syncing = false;
 
   /** One line per Service whose refused claims changed: what it lost and to whom, or that it has everything again. */
   #reportConflicts(): void {
@@ -310,7 +321,17 @@ export class Daemon {
     }
   }
 
+  /** One sync (the runner's); while it runs, health writes destinations on its own (#healthChanged). */
   async #sync(full: boolean): Promise<boolean> {
+    this.#syncing = true;
+    try {
+      return await this.#syncNow(full);
+    } finally {
+      this.#syncing = false;
+    }
+  }
+
+  async #syncNow(full: boolean): Promise<boolean> {
     const { log } = this.#deps;
     const touched = new Set(this.#dirty);
     this.#dirty.clear();
@@ -325,7 +346,7 @@ export class Daemon {
     const nfStarted = this.#clock.now();
     const nfErrors = await this.#syncNetfilter(full);
     const netfilterMs = this.#clock.now() - nfStarted;
-    const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a) });
+    const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a), latest: (k) => this.planner.servicePlan(k) });
     for (const e of nfErrors) {
       const err = { op: e.op, code: 'NETFILTER', message: e.message };
       r.errors.push(err);

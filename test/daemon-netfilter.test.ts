@@ -43,7 +43,9 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
   const restore = exec.calls.find((c) => c.cmd === 'ipset' && c.args[0] === 'restore')!;
   t.match(restore.input!, /add KIPVS-CLUSTER-IP-T 10\.96\.0\.10,udp:53\n/, 'first sync: filled off to the side');
   t.match(restore.input!, /swap KIPVS-CLUSTER-IP-T KIPVS-CLUSTER-IP\n/);
-  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-C')), 'jumps checked');
+  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft-save'), 'jumps checked (one save)');
+  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-I')), 'and the missing ones inserted');
+  t.notOk(exec.calls.some((c) => c.args.includes('-C')), 'no process per jump');
   t.equal(Object.keys(await ipvs.services()).length, 1, 'IPVS programmed too');
 
   // One endpoint goes: its loop-back entry is deleted, nothing is rebuilt, its UDP flows are cleaned.

@@ -7,6 +7,7 @@ import { Daemon } from '../src/daemon.ts';
 import { toDesired } from '../src/dataplane/desired.ts';
 import { SCHED_FLAG_FALLBACK } from '../src/dataplane/ipvs/constants.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
+import { serviceCountersOf } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { PassiveDetector } from '../src/health/passive.ts';
@@ -299,4 +300,34 @@ t.test('metrics and status carry the health view', async (t) => {
   const st = daemonStatus(daemon).health!;
   t.equal(st.endpoints.length, 4);
   t.ok(st.endpoints.every((e) => e.state === 'healthy' && e.factor === 1));
+});
+
+t.test('a transition during a long sync is in the kernel before that sync ends, and the sync does not undo it', async (t) => {
+  const { clock, prober, weights, ipvs, daemon } = await healthDaemon(t);
+  await clock.advance(600);
+  // The next full sync hangs in its first dump until released.
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const services = ipvs.services.bind(ipvs);
+  // (Health's own counter reads go around the gate.)
+  ipvs.serviceCounters = async () => (await services()).map(serviceCountersOf);
+  let held = false;
+  ipvs.services = async () => {
+    if (!held) {
+      held = true;
+      await gate;
+    }
+    return services();
+  };
+  await clock.advance(30_000); // the periodic full sync starts, and waits
+  t.ok(held, 'a full sync is running');
+  prober.answers.set('10.0.0.3:8080', { ok: false, reason: 'connection refused' });
+  await clock.advance(500);
+  t.equal((await weights())['10.0.0.3'], 0, 'weight 0 while the full sync still runs');
+  const mark = ipvs.ops.length;
+  release();
+  await clock.advance(100);
+  await daemon.runner.whenIdle();
+  t.same(ipvs.ops.slice(mark).filter((o) => o.destination === '10.0.0.3:8080' && o.weight !== 0), [], 'the full sync never put the old weight back, not even for a moment');
+  t.equal((await weights())['10.0.0.3'], 0, 'and still 0 once it is done: it wrote the latest plan, not the one it started with');
 });

@@ -156,10 +156,12 @@ export class NetfilterApplier {
         continue;
       }
       this.#appliedRules.set(family, text);
+      // Which jumps exist: one save, not a `-C` per hook (each a process: seconds under emulation).
+      const save = await this.#o.exec.run(this.#cmd(family, 'save'), []);
+      const present = save.code === 0 ? jumpsIn(save.stdout) : null;
       for (const h of HOOKS) {
         const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
-        const check = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec]);
-        if (check.code === 0) continue;
+        if (present ? present.has(`${h.table} ${h.chain} ${h.target}`) : (await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec])).code === 0) continue;
         const ins = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-I', h.chain, '1', ...spec]);
         if (ins.code !== 0) errors.push({ op: `insert ${h.table}/${h.chain} jump`, message: ins.stderr.trim() });
       }
@@ -197,6 +199,21 @@ export class NetfilterApplier {
     this.#setsReady = false;
     return errors;
   }
+}
+
+/** "table chain target" for each of our jumps (with our comment) an iptables-save text holds. */
+export function jumpsIn(save: string): Set<string> {
+  const out = new Set<string>();
+  let table = '';
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) table = line.slice(1).trim();
+    else if (line.startsWith('-A ')) {
+      for (const h of HOOKS) {
+        if (h.table === table && line.startsWith(`-A ${h.chain} `) && line.includes(`--comment "${h.comment}"`) && line.endsWith(`-j ${h.target}`)) out.add(`${table} ${h.chain} ${h.target}`);
+      }
+    }
+  }
+  return out;
 }
 
 /** Our chains and sets, of this version or an earlier one (and a set being rebuilt, "-T"). */

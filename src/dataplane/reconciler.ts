@@ -45,6 +45,12 @@ export interface SyncRequest {
   plans: Map<string, ServicePlan | null>;
   /** Whether any Service still wants this address (so removing one Service's use keeps it). */
   addressInUse: (address: string) => boolean;
+  /**
+   * A Service's plan as it is now (health may have moved its weights since `plans` was taken): a
+   * virtual server's destinations are taken from it when it still has that virtual server, so a
+   * long sync never writes back weights health has already changed.
+   */
+  latest?: (service: string) => ServicePlan | undefined;
 }
 
 export interface ReconcilerOptions {
@@ -182,7 +188,7 @@ export class Reconciler {
       return; // without the kernel's view, a full sync would guess; retry instead
     }
     const byId = new Map(kernel.map((s) => [serviceId(s), s]));
-    await pool([...desired.values()], this.#o.concurrency, (d) => this.#reconcileVS(d, byId.get(d.id) ?? null, run));
+    await pool([...desired.values()], this.#o.concurrency, (d) => this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run));
     for (const [id, s] of byId) {
       if (desired.has(id) || !this.#isOurs(s)) continue;
       await this.#deleteVS(id, s, run);
@@ -193,6 +199,54 @@ export class Reconciler {
     this.#applied = applied;
     this.#vsOwner = new Map([...desired.values()].map((d) => [d.id, d.owner]));
     for (const id of this.#draining.keys()) if (!desired.has(id)) this.#draining.delete(id);
+  }
+
+  /** `d` with its destinations from the Service's latest plan (see SyncRequest.latest). */
+  #fresh(d: DesiredVS, req: SyncRequest): DesiredVS {
+    const plan = req.latest?.(d.owner);
+    if (!plan || plan === req.plans.get(d.owner)) return d;
+    for (const vs of plan.virtualServers) {
+      const n = toDesired(vs);
+      if (n.id === d.id) return { ...d, destinations: n.destinations, evicted: n.evicted, service: n.service };
+    }
+    return d;
+  }
+
+  /**
+   * Brings only the destinations of these Services' virtual servers in line (weights, additions,
+   * evictions), now, alongside a sync that may be running: what health needs when a backend
+   * fails. Never creates or deletes a virtual server, an address or an ownership record, and
+   * never drains: the next sync does the rest.
+   */
+  async syncDestinations(plans: ReadonlyMap<string, ServicePlan>): Promise<{ operations: number; errors: OpError[] }> {
+    const run = new Run(this.#o.onError);
+    const all = [...plans.values()].flatMap((p) => p.virtualServers.map(toDesired));
+    await pool(all, this.#o.concurrency, async (d) => {
+      let kernel: IpvsDestination[];
+      try {
+        kernel = await this.#ipvs.destinations(d.service);
+      } catch (e) {
+        if (!ok(e, 'ESRCH', 'ENOENT')) run.fail(`list destinations of ${d.id}`, e, d.owner);
+        return; // not in the kernel yet: the sync that creates it brings its destinations
+      }
+      const have = new Map(kernel.map((x) => [destinationId(x), x]));
+      for (const [did, want] of d.destinations) {
+        const k = have.get(did);
+        if (k && destinationMatches(want, k)) continue;
+        run.ops++;
+        try {
+          if (k) await this.#ipvs.updateDestination(d.service, want);
+          else await this.#ipvs.addDestination(d.service, want);
+        } catch (e) {
+          if (!ok(e, 'EEXIST')) run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
+        }
+      }
+      for (const did of d.evicted) {
+        const k = have.get(did);
+        if (k) await this.#deleteDest(d, k, run);
+      }
+    });
+    return { operations: run.ops, errors: run.errors };
   }
 
   async #incremental(req: SyncRequest, run: Run): Promise<void> {

@@ -234,7 +234,8 @@ export class HealthStage {
     if (!this.#running) return;
     const now = this.#o.clock.now();
     let at = this.#schedule.nextAt();
-    if (this.#o.counters && this.#services.size > 0) at = Math.min(at, Math.max(now, this.#lastCounters + COUNTER_INTERVAL_MS));
+    // (Not while a read is running: it re-arms when it ends; arming now would spin.)
+    if (this.#o.counters && this.#services.size > 0 && !this.#reading) at = Math.min(at, Math.max(now, this.#lastCounters + COUNTER_INTERVAL_MS));
     at = Math.min(at, this.#nextDecisionAt(now));
     if (!Number.isFinite(at)) return;
     at = Math.max(at, now);
