@@ -135,7 +135,7 @@ t.test('settings: annotations over config defaults; a bad annotation is a warnin
   });
   const s = effectiveSettings(defaultHealthConfig(), overrides);
   t.same([s.kind, s.path, s.port, s.intervalMs, s.unhealthyThreshold, s.slowStartMs], ['http', '/ready', 'metrics', 1000, 3, 30_000]);
-  t.same([s.timeoutMs, s.healthyThreshold, s.maxEjectionPercent], [200, 2, 50], 'the invalid ones keep the defaults');
+  t.same([s.timeoutMs, s.healthyThreshold, s.maxEjectionPercent], [150, 2, 50], 'the invalid ones keep the defaults');
   t.same(warnings.map((w) => w.field).sort(), ['metadata.annotations[kube-ipvs.io/health-check-healthy-threshold]', 'metadata.annotations[kube-ipvs.io/health-check-timeout]', 'metadata.annotations[kube-ipvs.io/max-ejection-percent]']);
   t.match(warnings[0]?.message, /using the default/);
   const cfg = parseConfig('apiVersion: kube-ipvs.io/v1alpha1\nkind: KubeIPVSConfiguration\nhealthChecks: {default: tcp, interval: 500ms, probesPerSecond: 50, passive: true, idleInterval: 30s, port: 8081}');
