@@ -12,6 +12,7 @@ import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { PassiveDetector } from '../src/health/passive.ts';
 import { FakeProber } from '../src/health/probers.ts';
+import { HealthStage } from '../src/health/stage.ts';
 import { JITTER, ProbeSchedule } from '../src/health/schedule.ts';
 import { defaultHealthConfig, effectiveSettings, parseHealthAnnotations } from '../src/health/settings.ts';
 import { decideService, evictAfterMs, failOpen, newTarget, rampFactor, recordPassive, recordResult, type TargetState } from '../src/health/state.ts';
@@ -330,4 +331,30 @@ t.test('a transition during a long sync is in the kernel before that sync ends, 
   await daemon.runner.whenIdle();
   t.same(ipvs.ops.slice(mark).filter((o) => o.destination === '10.0.0.3:8080' && o.weight !== 0), [], 'the full sync never put the old weight back, not even for a moment');
   t.equal((await weights())['10.0.0.3'], 0, 'and still 0 once it is done: it wrote the latest plan, not the one it started with');
+});
+
+t.test('the budget holds: a thousand targets added at once never probe faster than probesPerSecond', async (t) => {
+  const clock = new ManualClock();
+  const prober = new FakeProber(() => clock.now());
+  const cfg = { ...defaultHealthConfig(), kind: 'tcp' as const, probesPerSecond: 50 };
+  const stage = new HealthStage({ config: cfg, clock, prober, log: new Logger({ sink: () => {} }), onChange: () => {}, random: () => 0.5 });
+  for (let s = 0; s < 100; s++) {
+    stage.setService(`ns/s${s}`, {
+      service: `ns/s${s}`,
+      settings: cfg,
+      passive: false,
+      tcpVirtualServers: [],
+      virtualServers: [],
+      unresolvedPort: null,
+      endpoints: Array.from({ length: 10 }, (_, k) => ({ endpoint: `10.${s}.0.${k}:80`, address: `10.${s}.0.${k}`, port: 80, probe: { kind: 'tcp' as const, address: `10.${s}.0.${k}`, port: 80, path: '/' } })),
+    });
+  }
+  stage.start();
+  t.equal(stage.budget.demand, 5000, '1000 targets every 200 ms ask 5000 probes/s');
+  t.equal(stage.budget.stretch, 100, 'intervals stretched 100x');
+  await clock.advance(4000);
+  stage.stop();
+  const perSecond = [0, 1, 2, 3].map((s) => prober.calls.filter((c) => c.at >= clock.now() - 4000 + s * 1000 && c.at < clock.now() - 4000 + (s + 1) * 1000).length);
+  t.ok(perSecond.every((n) => n <= 50 + 5), `at most the budget (and a tenth of a second saved up) each second: ${perSecond.join(' ')}`);
+  t.ok(perSecond.every((n) => n >= 40), 'and the budget is used');
 });

@@ -68,6 +68,7 @@ interface ServiceEntry {
   h: ServiceHealth;
   /** endpoint -> its target key (null: not probed). */
   targets: Map<string, string | null>;
+  /** Endpoints not at full weight (absent: factor 1, not evicted, not refused). */
   decisions: Map<string, Decision>;
   /** endpoint -> when it was ejected (factor 0), for eviction. */
   ejectedAt: Map<string, number>;
@@ -97,6 +98,18 @@ export class HealthStage {
   readonly #targets = new Map<string, Target>();
   readonly #services = new Map<string, ServiceEntry>();
   readonly #passive = new PassiveDetector();
+  /**
+   * The budget, enforced: a token bucket of probesPerSecond (at most a tenth of a second's worth
+   * saved up), so no burst (a thousand targets added at once, intervals stretched later) ever
+   * probes faster than the node allows. Stretching the intervals keeps the backlog from growing.
+   */
+  #tokens = 1;
+  #tokensTime = 0;
+  #tokensAt(now: number): number {
+    const pps = this.#o.config.probesPerSecond;
+    return Math.min(Math.max(1, pps / 10), this.#tokens + ((now - this.#tokensTime) * pps) / 1000);
+  }
+
   /** Services with a ramp running or an ejection not yet evicted: time alone changes their weights. */
   readonly #timed = new Set<string>();
   readonly counters: HealthCounters = { probes: { ok: 0, fail: 0 }, durations: { ok: [], fail: [] }, transitions: new Map(), passiveEjections: 0 };
@@ -234,6 +247,8 @@ export class HealthStage {
     if (!this.#running) return;
     const now = this.#o.clock.now();
     let at = this.#schedule.nextAt();
+    // A probe due with the budget spent waits for the next token, not for a busy loop.
+    if (at <= now && this.#tokensAt(now) < 1) at = now + Math.ceil((1 - this.#tokensAt(now)) * (1000 / this.#o.config.probesPerSecond));
     // (Not while a read is running: it re-arms when it ends; arming now would spin.)
     if (this.#o.counters && this.#services.size > 0 && !this.#reading) at = Math.min(at, Math.max(now, this.#lastCounters + COUNTER_INTERVAL_MS));
     at = Math.min(at, this.#nextDecisionAt(now));
@@ -270,8 +285,11 @@ export class HealthStage {
   #tick(): void {
     if (!this.#running) return;
     const now = this.#o.clock.now();
-    const room = this.#o.maxInFlight - this.#inFlight;
-    for (const key of this.#schedule.takeDue(now, Math.max(0, room))) {
+    const room = Math.min(this.#o.maxInFlight - this.#inFlight, Math.floor(this.#tokensAt(now)));
+    const due = this.#schedule.takeDue(now, Math.max(0, room));
+    this.#tokens = this.#tokensAt(now) - due.length;
+    this.#tokensTime = now;
+    for (const key of due) {
       const t = this.#targets.get(key);
       if (!t || t.inFlight) continue;
       this.#probe(t);
@@ -366,7 +384,9 @@ export class HealthStage {
         const wasFull = !before || (before.factor === 1 && !before.evicted && before.refused === null);
         const full = d.factor === 1 && !evicted && d.refused === null;
         if (before ? quantize(before.factor) !== quantize(d.factor) || before.evicted !== evicted || before.refused !== d.refused : !(wasFull && full)) moved = true;
-        s.decisions.set(d.endpoint, { ...d, evicted });
+        // Only what differs from full weight is kept: 100 000 healthy endpoints cost no object each.
+        if (d.factor === 1 && !evicted && d.refused === null) s.decisions.delete(d.endpoint);
+        else s.decisions.set(d.endpoint, { ...d, evicted });
       }
       if (timed) this.#timed.add(key);
       else this.#timed.delete(key);
