@@ -24,8 +24,6 @@ export interface CounterReader {
 /** What the stage counts, for the metrics (observe/ reads it at scrape time). */
 export interface HealthCounters {
   probes: { ok: number; fail: number };
-  /** Probe durations in ms, newest last (a window), by result. */
-  durations: { ok: number[]; fail: number[] };
   transitions: Map<string, number>;
   passiveEjections: number;
 }
@@ -112,7 +110,7 @@ export class HealthStage {
 
   /** Services with a ramp running or an ejection not yet evicted: time alone changes their weights. */
   readonly #timed = new Set<string>();
-  readonly counters: HealthCounters = { probes: { ok: 0, fail: 0 }, durations: { ok: [], fail: [] }, transitions: new Map(), passiveEjections: 0 };
+  readonly counters: HealthCounters = { probes: { ok: 0, fail: 0 }, transitions: new Map(), passiveEjections: 0 };
   #timer: unknown = null;
   #timerAt = Infinity;
   #inFlight = 0;
@@ -315,9 +313,6 @@ export class HealthStage {
       if (r.ok) this.counters.probes.ok++;
       else this.counters.probes.fail++;
       this.#o.observe?.probe(r.ok, r.ms);
-      const d = this.counters.durations[r.ok ? 'ok' : 'fail'];
-      d.push(r.ms);
-      if (d.length > 1000) d.shift();
       const tr = recordResult(t.state, r.ok, r.reason, now, s);
       if (tr) this.#transition(t, tr, now);
       if (tr && t.passiveOnly) this.#reschedule(t);

@@ -6,7 +6,7 @@
 //   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
 //                                  per datagram as it happens (not one JSON line)
 //   tally HOST PORT EVERY_MS FOR_MS  a new connection every EVERY_MS, each on its own (none waits for the
-//                                  one before): every outcome, [[ms since start, backend or ERR...], ...]
+//                                  one before): every outcome, [[when it began (ms since the epoch), backend or ERR...], ...]
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -123,7 +123,7 @@ async function main() {
     const out: Promise<[number, string]>[] = [];
     for (let next = 0; Date.now() - t0 < Number(b); next += every) {
       await new Promise((res) => setTimeout(res, Math.max(0, t0 + next - Date.now())));
-      const at = Date.now() - t0;
+      const at = Date.now();
       out.push(tcpOnce().then((r) => [at, r]));
     }
     console.log(JSON.stringify(await Promise.all(out)));
