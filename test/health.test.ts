@@ -110,6 +110,14 @@ t.test('the schedule: jittered intervals, one heap, and the budget stretches eve
   sch.remove('t0');
   t.notOk(sch.has('t0'));
   t.equal(sch.size, 39);
+  // A target removed and added again (an endpoint that left and came back) keeps no trace of its
+  // old entry: the heap item left behind must not pass for the new one.
+  const again = new ProbeSchedule({ probesPerSecond: 100, random: () => 0.5 });
+  again.set('a', 200, 0);
+  again.remove('a');
+  again.set('a', 10_000, 0);
+  t.equal(again.nextAt(), 5000, 'due when its new entry says');
+  t.same(again.takeDue(200), [], 'not at the old entry\'s time');
 });
 
 t.test('passive evidence: a black hole, not a slow backend, not idle connections', async (t) => {

@@ -13,7 +13,7 @@ interface Entry {
   key: string;
   intervalMs: number;
   due: number;
-  /** Bumped when the entry is moved: heap items with an older version are stale. */
+  /** Set anew (unique across the schedule) when the entry is moved: heap items of another version are stale. */
   version: number;
 }
 
@@ -26,6 +26,8 @@ export class ProbeSchedule {
   #heap: [number, number, string][] = [];
   /** Σ 1000 / interval over the targets: the probes per second they ask for. */
   #demand = 0;
+  /** Versions never repeat, so a target removed and added again cannot take its old heap items for its own. */
+  #version = 0;
 
   constructor(opts: ScheduleOptions) {
     this.#o = { random: Math.random, ...opts };
@@ -118,7 +120,7 @@ export class ProbeSchedule {
 
   #move(e: Entry, due: number): void {
     e.due = due;
-    e.version++;
+    e.version = ++this.#version;
     this.#push([due, e.version, e.key]);
   }
 
