@@ -120,6 +120,50 @@ t.test('the schedule: jittered intervals, one heap, and the budget stretches eve
   t.same(again.takeDue(200), [], 'not at the old entry\'s time');
 });
 
+t.test('the schedule heap against a plain list, through random adds, moves, removals and takes', async (t) => {
+  // random() = 0.5: no jitter, first probe half an interval in; a budget never reached: no stretch.
+  const sch = new ProbeSchedule({ probesPerSecond: 1e9, random: () => 0.5 });
+  const model = new Map<string, { interval: number; due: number }>();
+  let seed = 7;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+  let now = 0;
+  let bad = 0;
+  for (let step = 0; step < 3000; step++) {
+    const key = `k${rand(40)}`;
+    const op = rand(5);
+    if (op === 0) {
+      const interval = 100 * (1 + rand(5));
+      const m = model.get(key);
+      if (!m) model.set(key, { interval, due: now + interval / 2 });
+      else if (m.interval !== interval) model.set(key, { interval, due: Math.min(m.due, now + interval) });
+      sch.set(key, interval, now);
+    } else if (op === 1) {
+      model.delete(key);
+      sch.remove(key);
+    } else if (op === 2) {
+      const m = model.get(key);
+      if (m && m.due > now) m.due = now;
+      sch.dueNow(key, now);
+    } else {
+      now += rand(120);
+      const want: string[] = [];
+      for (;;) {
+        let top: string | null = null;
+        for (const [k, m] of model) if (m.due <= now && (top === null || m.due < model.get(top)!.due)) top = k;
+        if (top === null) break;
+        want.push(top);
+        const m = model.get(top)!;
+        m.due = m.due + m.interval > now ? m.due + m.interval : now + m.interval;
+      }
+      const got = sch.takeDue(now);
+      if (got.length !== want.length || new Set(got).size !== new Set(want).size || got.some((k) => !want.includes(k))) bad++;
+    }
+    const min = Math.min(...[...model.values()].map((m) => m.due));
+    if (sch.nextAt() !== min || sch.size !== model.size) bad++;
+  }
+  t.equal(bad, 0, 'the same next due time, the same targets taken, every step');
+});
+
 t.test('passive evidence: a black hole, not a slow backend, not idle connections', async (t) => {
   const p = new PassiveDetector();
   const feed = (ep: string, samples: [number, number, number][]) => samples.map(([conns, outPkts, active]) => p.observe(ep, { conns, outPkts, activeConns: active }));

@@ -58,12 +58,13 @@ async function changedAt(endpoint: string): Promise<number | null> {
 /** A trial's time split: failure -> the daemon's verdict ("detected"), verdict -> weight 0 seen in the kernel. */
 const split = (total: number, failedAt: number, verdictAt: number | null) => (verdictAt === null ? `${total}` : `${total}=${verdictAt - failedAt}+${total - (verdictAt - failedAt)}`);
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
-/** A client connecting every `every` ms for `forMs`, in the background; its tally when it ends. */
-function tally(ip: string, every: number, forMs: number): Promise<[number, string][]> {
-  const c = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'tally', ip, '80', String(every), String(forMs))], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
+/** A client connecting every `every` ms for `forMs` (0: until `stop`), in the background; its tally when it ends. */
+function tally(ip: string, every: number, forMs: number): Promise<[number, string][]> & { stop(): void } {
+  const c = spawn('ip', ['netns', 'exec', 'client', process.execPath, ...nodeArgs('test/lab/support/client.ts', 'tally', ip, '80', String(every), String(forMs))], { stdio: [forMs === 0 ? 'pipe' : 'ignore', 'pipe', 'inherit'], env: procEnv });
   let out = '';
   c.stdout!.on('data', (d) => (out += d));
-  return new Promise((res) => c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])));
+  const done = new Promise<[number, string][]>((res) => c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])));
+  return Object.assign(done, { stop: () => c.stdin?.end() });
 }
 
 t.before(async () => {
@@ -93,7 +94,9 @@ t.test('a killed backend (RST) and a black-holed one (DROP) reach weight 0 withi
   const key = vs('10.96.6.1');
   const gone = async (b: string) => ((await weights(key))[b] ?? 0) === 0;
   const back = async (b: string) => (await weights(key))[b] === 1;
-  const clientDone = tally('10.96.6.1', 20, 30_000);
+  // The client runs until the trials are over: a Service without new connections for 10 s is idle,
+  // and its endpoints are probed every idleInterval instead.
+  const clientDone = tally('10.96.6.1', 20, 0);
   // Each time counts from the failure in force: the backend's process gone (its sockets close as it
   // exits) or the DROP rule committed (iptables commits the table as its last act). What starting
   // those commands costs under emulation is the lab's, not the proxy's: printed apart.
@@ -110,6 +113,7 @@ t.test('a killed backend (RST) and a black-holed one (DROP) reach weight 0 withi
     await lab.startBackend('be1');
     await until('RST: back', () => back('be1'));
   }
+  clientDone.stop();
   const conns = await clientDone;
   const failed = conns.filter(([, r]) => r.startsWith('ERR')).length;
   const drop: number[] = [];

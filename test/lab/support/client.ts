@@ -6,7 +6,8 @@
 //   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
 //                                  per datagram as it happens (not one JSON line)
 //   tally HOST PORT EVERY_MS FOR_MS  a new connection every EVERY_MS, each on its own (none waits for the
-//                                  one before): every outcome, [[when it began (ms since the epoch), backend or ERR...], ...]
+//                                  one before): every outcome, [[when it began (ms since the epoch), backend or ERR...], ...];
+//                                  FOR_MS 0: until stdin closes
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -121,7 +122,11 @@ async function main() {
     const every = Number(a);
     const t0 = Date.now();
     const out: Promise<[number, string]>[] = [];
-    for (let next = 0; Date.now() - t0 < Number(b); next += every) {
+    let open = Number(b) === 0;
+    if (open) {
+      process.stdin.on('end', () => (open = false)).resume();
+    }
+    for (let next = 0; open || Date.now() - t0 < Number(b); next += every) {
       await new Promise((res) => setTimeout(res, Math.max(0, t0 + next - Date.now())));
       const at = Date.now();
       out.push(tcpOnce().then((r) => [at, r]));
