@@ -1,5 +1,5 @@
 // Health-check cost: ENDPOINTS endpoints (default 100 000: 10 000 Services x 10) probed with the
-// default settings (TCP, 200 ms interval, 300 probes/s budget), measured in one run: probes per
+// default settings (TCP, 200 ms interval, 250 probes/s budget), measured in one run: probes per
 // second and this process's CPU with health checks on, and the same stage with them off.
 //   sudo npm run bench:health            (ENDPOINTS=... SECONDS=... WARMUP=... to scale it)
 // Needs root: the endpoints are addresses of a network namespace of its own, every address of

@@ -22,12 +22,12 @@ t.test('synthetic scrape benchmark runs at small scale', async (t) => {
 });
 
 t.test('health benchmark runs at small scale', { skip: process.getuid?.() === 0 ? false : 'needs root: its endpoints live in a network namespace' }, async (t) => {
-  // 200 endpoints at 200 ms ask 1 000 probes/s: the budget (300/s) holds them, and every probe reaches the listener.
+  // 200 endpoints at 200 ms ask 1 000 probes/s: the budget (250/s) holds them, and every probe reaches the listener.
   const { stdout } = await promisify(execFile)(process.execPath, [...EXIT_DEADLOCK_V8_FLAGS, 'perf/health.bench.ts'], { env: { ...process.env, ENDPOINTS: '200', SECONDS: '2', WARMUP: '1' } });
   const m = /health checks, 200 endpoints.*?: ([0-9]+) probes\/s \(asked ([0-9]+)\/s, intervals stretched x[0-9]+; ([0-9]+) failed\), CPU [0-9.]+% of one core/.exec(stdout);
   t.ok(m, stdout);
   if (!m) return;
-  t.ok(Number(m[1]) > 150 && Number(m[1]) <= 330, `probes/s within the budget, and near it: ${m[1]}`);
+  t.ok(Number(m[1]) > 125 && Number(m[1]) <= 275, `probes/s within the budget, and near it: ${m[1]}`);
   t.ok(Number(m[2]) >= 900, `demand counted: ${m[2]}`);
   t.equal(Number(m[3]), 0, 'no probe failed');
 });

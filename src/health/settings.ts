@@ -37,11 +37,11 @@ export interface HealthConfig extends HealthSettings {
  * second: a probe every 200 ms with a 150 ms timeout (a TCP connect inside a cluster takes well
  * under a millisecond), unhealthy after 2 failures, the second probed at once after the first (at
  * worst 200 + 150 + 150 ms for a black hole, one interval for a refusal), healthy again after 2
- * successes. The budget, 300 probes a second, is what a node spends under 10% of one core on (a
- * TCP probe costs 250-300 µs of CPU, kernel and garbage collection included, with 100 000
- * endpoints looked after: perf/health.bench.ts); up to 60 endpoints of busy Services get the full
- * rate (idle Services' endpoints ask for one probe each idleInterval), more stretch every
- * interval alike.
+ * successes. The budget, 250 probes a second, is what a node spends under 10% of one core on
+ * (a TCP probe costs 300-400 µs of CPU, the kernel's connect and garbage collection included,
+ * with 100 000 endpoints looked after: perf/health.bench.ts; at 300 a second the median was at
+ * the 10% mark); up to 50 endpoints of busy Services get the full rate (idle Services' endpoints
+ * ask for one probe each idleInterval), more stretch every interval alike.
  */
 export function defaultHealthConfig(): HealthConfig {
   return {
@@ -55,7 +55,7 @@ export function defaultHealthConfig(): HealthConfig {
     slowStartMs: 0,
     maxEjectionPercent: 50,
     idleIntervalMs: 10_000,
-    probesPerSecond: 300,
+    probesPerSecond: 250,
     passive: false,
   };
 }
