@@ -172,6 +172,11 @@ export class LabNode {
     this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
   }
 
+  /** The running proxy's process id (null: none). */
+  get proxyPid(): number | null {
+    return this.#proxy?.pid ?? null;
+  }
+
   killProxy(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const p = this.#proxy;
     this.#proxy = null;
