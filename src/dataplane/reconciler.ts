@@ -230,23 +230,28 @@ export class Reconciler {
         return; // not in the kernel yet: the sync that creates it brings its destinations
       }
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
-      for (const [did, want] of d.destinations) {
-        const k = have.get(did);
-        if (k && destinationMatches(want, k)) continue;
-        run.ops++;
-        try {
-          if (k) await this.#ipvs.updateDestination(d.service, want);
-          else await this.#ipvs.addDestination(d.service, want);
-        } catch (e) {
-          if (!ok(e, 'EEXIST')) run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
-        }
-      }
+      for (const [did, want] of d.destinations) await this.#putDestination(d, did, want, have.get(did), run);
       for (const did of d.evicted) {
         const k = have.get(did);
         if (k) await this.#deleteDest(d, k, run);
       }
     });
     return { operations: run.ops, errors: run.errors };
+  }
+
+  /**
+   * One destination as wanted, given what the kernel had (`k`). EEXIST is no failure: health's
+   * syncDestinations and a running sync may both add the same destination.
+   */
+  async #putDestination(d: DesiredVS, did: string, want: IpvsDestination, k: IpvsDestination | undefined, run: Run): Promise<void> {
+    if (k && destinationMatches(want, k)) return;
+    run.ops++;
+    try {
+      if (k) await this.#ipvs.updateDestination(d.service, want);
+      else await this.#ipvs.addDestination(d.service, want);
+    } catch (e) {
+      if (!ok(e, 'EEXIST')) run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
+    }
   }
 
   async #incremental(req: SyncRequest, run: Run): Promise<void> {
@@ -375,16 +380,8 @@ export class Reconciler {
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();
     // New and changed destinations first, so capacity is added before any is taken away.
     for (const [did, want] of d.destinations) {
-      const k = kernel.get(did);
       draining.delete(did);
-      if (k && destinationMatches(want, k)) continue;
-      run.ops++;
-      try {
-        if (k) await this.#ipvs.updateDestination(d.service, want);
-        else await this.#ipvs.addDestination(d.service, want);
-      } catch (e) {
-        run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
-      }
+      await this.#putDestination(d, did, want, kernel.get(did), run);
     }
     const now = this.#o.clock.now();
     for (const [did, k] of kernel) {
