@@ -11,6 +11,7 @@ import { Model } from '../src/model/model.ts';
 import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { DAEMON_V8_FLAGS, EXIT_DEADLOCK_V8_FLAGS } from '../src/util/v8-flags.ts';
+import { syntheticCluster } from './cluster.ts';
 
 if (!process.env.BENCH_CHILD) {
   let failed = false;
@@ -28,63 +29,16 @@ if (!process.env.BENCH_CHILD) {
 
 const SERVICES = Number(process.env.SERVICES ?? 10_000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
+const { serviceObj, sliceObj, node } = syntheticCluster(ENDPOINTS);
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 const CHANGES = Number(process.env.CHANGES ?? 2000);
-const zones = ['zone-a', 'zone-b', 'zone-c'];
 const gc = (globalThis as { gc?: () => void }).gc;
-
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const mb = (n: number) => `${(n / 1024 / 1024).toFixed(0)} MB`;
-const ip = (base: number, i: number) => `10.${base + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
-
-function serviceObj(i: number) {
-  const nodePort = i % 5 === 0;
-  return {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name: `svc-${i}`, namespace: `ns-${i % 100}` },
-    spec: {
-      type: nodePort ? 'NodePort' : 'ClusterIP',
-      clusterIP: ip(96, i),
-      clusterIPs: [ip(96, i)],
-      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, ...(nodePort ? { nodePort: 30000 + ((i / 5) % 2768) } : {}) }],
-      ...(i % 7 === 0 ? { sessionAffinity: 'ClientIP' } : {}),
-    },
-  };
-}
-
-function sliceObj(i: number, version: number) {
-  const hinted = i % 2 === 0;
-  return {
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: { name: `svc-${i}-abcde`, namespace: `ns-${i % 100}`, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
-    addressType: 'IPv4',
-    ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
-    endpoints: Array.from({ length: ENDPOINTS }, (_, k) => {
-      const zone = zones[k % 3]!;
-      return {
-        addresses: [ip(128, i * ENDPOINTS + k)],
-        // `version` flips one endpoint's readiness: the change a rollout makes.
-        conditions: { ready: !(k === 0 && version % 2 === 1), serving: true, terminating: k === 0 && version % 2 === 1 },
-        nodeName: `node-${(i + k) % 50}`,
-        zone,
-        ...(hinted ? { hints: { forZones: [{ name: zone }] } } : {}),
-      };
-    }),
-  };
-}
-
-const node = {
-  apiVersion: 'v1',
-  kind: 'Node',
-  metadata: { name: 'node-0', labels: { 'topology.kubernetes.io/zone': 'zone-a' } },
-  status: { addresses: [{ type: 'InternalIP', address: '192.168.0.10' }] },
-};
 
 const rssBefore = process.memoryUsage().rss;
 let model = new Model({ nodeName: 'node-0', proxyName: 'kube-ipvs' });

@@ -4,11 +4,12 @@
 // (test/support/setup-state.ts); when a step could not finish, its reason is recorded in
 // test/.setup/state.json and the tests that need it skip with that reason.
 //
-//   k8s  kube-apiserver, kube-proxy and etcd from Go modules (test/k8s/build.sh)   K8S=0 skips
+//   build  the compiled JavaScript in dist/ (`npm run build`), which the image and the bin run
+//   k8s  kube-apiserver, kube-proxy, etcd and helm from Go modules (test/k8s/build.sh)   K8S=0 skips
 //   lab  qemu and the tools from Debian, the Debian kernel, the initramfs (test/lab/prepare.sh)
 //        needs root                                                                 LAB=0 skips
 //
-// Limits: SETUP_K8S_TIMEOUT / SETUP_LAB_TIMEOUT in seconds (defaults 2400 and 1200). The steps
+// Limits: SETUP_BUILD_TIMEOUT / SETUP_K8S_TIMEOUT / SETUP_LAB_TIMEOUT in seconds (defaults 300, 2400, 1200). The steps
 // run side by side (the Go build is CPU-bound, the lab's downloads are not). The exit status is 0
 // whatever the steps did (their tests skip with the reason); 2 only on bad usage.
 import { spawn } from 'node:child_process';
@@ -39,6 +40,13 @@ const limit = (env: string, dflt: number) => {
 };
 
 const steps = (): Step[] => [
+  {
+    name: 'build',
+    what: 'the compiled JavaScript in dist/ (tsc -p tsconfig.build.json)',
+    skip: () => null,
+    cmd: [process.execPath, 'node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'],
+    limitS: limit('SETUP_BUILD_TIMEOUT', 300),
+  },
   {
     name: 'k8s',
     what: 'kube-apiserver, kube-proxy and etcd from Go modules',

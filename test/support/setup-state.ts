@@ -1,7 +1,7 @@
 // What the set-up step (test/setup.ts) left for the tests: each test checks that its step's result
 // is in place (fast, never building anything) and otherwise skips with the step's recorded reason.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 const repo = resolve(import.meta.dirname, '../..');
@@ -44,4 +44,15 @@ export function labPrepared(): { env: Record<string, string> } | { why: string }
   const out = check('test/lab/prepare.sh');
   if (!out) return { why: recordedWhy('lab') };
   return { env: Object.fromEntries(out.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) };
+}
+
+/** dist/ compiled from the sources as they are now (no source file newer than dist/cli.js), or why not. */
+export function distBuilt(): { cli: string } | { why: string } {
+  const cli = join(repo, 'dist/cli.js');
+  if (!existsSync(cli)) return { why: recordedWhy('build') };
+  const builtAt = statSync(cli).mtimeMs;
+  const newer = (readdirSync(join(repo, 'src'), { recursive: true, encoding: 'utf8' }) as string[]).find(
+    (f) => f.endsWith('.ts') && statSync(join(repo, 'src', f)).mtimeMs > builtAt,
+  );
+  return newer ? { why: `src/${newer} is newer than dist/: run \`npm run build\` (npm test's set-up does)` } : { cli };
 }

@@ -1,0 +1,70 @@
+// Start-up benchmark: the sources run through Node's type stripping (development, tests) against
+// the compiled JavaScript of `npm run build` (dist/: the image and the published bin).
+//   npm run bench:startup          (SERVICES=2000 ROUNDS=3 npm run bench:startup to scale it)
+// Two commands, each launcher in turn, ROUNDS times, with kube-ipvs' V8 flags:
+//   help     the modules loaded, nothing done: the launcher's own cost
+//   run      `run --manifests DIR --dry-run --once` on SERVICES Services x 10 endpoints: read,
+//            model, plan, program the in-memory kernel, exit
+// Reported: median wall time and median peak RSS (/usr/bin/time), and compiled/sources ratios.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
+import { syntheticCluster } from './cluster.ts';
+
+const SERVICES = Number(process.env.SERVICES ?? 10_000);
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
+const repo = resolve(import.meta.dirname, '..');
+const dist = join(repo, 'dist/cli.js');
+if (!existsSync(dist)) {
+  process.stderr.write('dist/cli.js is missing: run `npm run build` first\n');
+  process.exit(2);
+}
+if (!existsSync('/usr/bin/time')) {
+  process.stderr.write('/usr/bin/time is missing (Debian package `time`)\n');
+  process.exit(2);
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'kipvs-startup-'));
+const { serviceObj, sliceObj, node } = syntheticCluster(10);
+const list = (items: unknown[]) => JSON.stringify({ apiVersion: 'v1', kind: 'List', items });
+writeFileSync(join(dir, 'node.json'), JSON.stringify(node));
+writeFileSync(join(dir, 'services.json'), list(Array.from({ length: SERVICES }, (_, i) => serviceObj(i))));
+writeFileSync(join(dir, 'slices.json'), list(Array.from({ length: SERVICES }, (_, i) => sliceObj(i, 0))));
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const launchers = { sources: join(repo, 'src/cli.ts'), compiled: dist } as const;
+const commands = { help: ['help'], run: ['run', '--manifests', dir, '--node', 'node-0', '--dry-run', '--once'] } as const;
+type Sample = { ms: number; rssKb: number };
+const samples: Record<string, Sample[]> = {};
+try {
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const [cmd, args] of Object.entries(commands)) {
+      // Alternate which launcher goes first so drift on a shared host falls on both.
+      const order = r % 2 ? (['compiled', 'sources'] as const) : (['sources', 'compiled'] as const);
+      for (const l of order) {
+        const res = spawnSync('/usr/bin/time', ['-f', '%e %M', process.execPath, ...DAEMON_V8_FLAGS, launchers[l], ...args], { encoding: 'utf8', maxBuffer: 1 << 30 });
+        if (res.status !== 0) throw new Error(`${l} ${cmd} failed (${res.status}): ${res.stderr.slice(-2000)}`);
+        const [s, kb] = res.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
+        (samples[`${cmd} ${l}`] ??= []).push({ ms: s! * 1000, rssKb: kb! });
+      }
+    }
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+process.stdout.write(`start-up benchmark: ${SERVICES} Services x 10 endpoints, ${ROUNDS} rounds, node ${process.version}, medians\n`);
+for (const cmd of Object.keys(commands)) {
+  const s = samples[`${cmd} sources`]!;
+  const c = samples[`${cmd} compiled`]!;
+  const [sm, cm] = [median(s.map((x) => x.ms)), median(c.map((x) => x.ms))];
+  const [sr, cr] = [median(s.map((x) => x.rssKb)), median(c.map((x) => x.rssKb))];
+  process.stdout.write(
+    `  ${cmd.padEnd(5)} sources ${sm.toFixed(0).padStart(6)} ms ${(sr / 1024).toFixed(0).padStart(4)} MB   compiled ${cm.toFixed(0).padStart(6)} ms ${(cr / 1024).toFixed(0).padStart(4)} MB   compiled/sources: time ${(cm / sm).toFixed(2)}x, RSS ${(cr / sr).toFixed(2)}x\n`,
+  );
+}
