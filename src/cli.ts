@@ -27,6 +27,7 @@ Commands:
               --manifests DIR        or follow a folder of manifests instead
               --node NAME  --config FILE
               --dry-run              program an in-memory kernel instead and print what would be done
+              --proc-sys DIR         where /proc/sys is writable (default /proc/sys; the chart: /host/proc/sys)
               --once                 one full sync, then exit
   cleanup   remove every virtual service, address and interface kube-ipvs created (needs root)
               --config FILE
@@ -46,6 +47,7 @@ const OPTIONS = {
   strict: { type: 'boolean', default: false },
   'dry-run': { type: 'boolean', default: false },
   once: { type: 'boolean', default: false },
+  'proc-sys': { type: 'string' },
   namespace: { type: 'string', short: 'n' },
   service: { type: 'string' },
 } as const;
@@ -79,7 +81,7 @@ export async function main(argv: string[], io: IO): Promise<number> {
       if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
       return statusCommand({ config: args.config, namespace: args.namespace, service: args.service, output: args.output }, io);
     case 'run':
-      return runCommand({ manifests: args.manifests, kubeconfig: args.kubeconfig, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once }, io);
+      return runCommand({ manifests: args.manifests, kubeconfig: args.kubeconfig, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once, ...(args['proc-sys'] !== undefined ? { procSys: args['proc-sys'] } : {}) }, io);
     default:
       return cleanupCommand({ config: args.config }, io);
   }

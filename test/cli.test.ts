@@ -96,6 +96,12 @@ t.test('usage', async (t) => {
   t.equal(noSource.code, 2, 'run outside a cluster without a source');
   t.match(noSource.stderr, /KIPVS_USAGE .*--kubeconfig FILE or --manifests DIR/);
   t.equal((await run('run', '--manifests', 'x', '--kubeconfig', 'y')).code, 2, 'one source at a time');
+  for (const bad of ['host/proc/sys', '/host/../etc', '/host/proc\nsys']) {
+    const r = await run('run', '--manifests', 'config/examples', '--dry-run', '--once', '--proc-sys', bad);
+    t.equal(r.code, 2, `--proc-sys ${JSON.stringify(bad)} refused`);
+    t.match(r.stderr, /KIPVS_USAGE --proc-sys/);
+    t.notMatch(r.stderr, /proc\nsys/, 'printed escaped');
+  }
   const badKc = await run('run', '--kubeconfig', '/nonexistent/kubeconfig', '--dry-run', '--once');
   t.equal(badKc.code, 1);
   t.match(badKc.stderr, /cannot load the kubeconfig/);

@@ -13,7 +13,7 @@ import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
 import { detectBackend, NetfilterApplier } from '../dataplane/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
-import { procSysctl, type SysctlWriter } from '../dataplane/sysctl.ts';
+import { checkProcSysRoot, procSysctlAt, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { instrumentKernel } from '../observe/instrument.ts';
 import { IpvsCollector } from '../observe/ipvs-collector.ts';
 import { Logger } from '../observe/log.ts';
@@ -35,6 +35,8 @@ export interface RunArgs {
   config?: string;
   dryRun: boolean;
   once: boolean;
+  /** Where /proc/sys is writable (default /proc/sys). */
+  procSys?: string;
 }
 
 /** Records sysctl writes instead of making them. */
@@ -51,6 +53,11 @@ class RecordingSysctl implements SysctlWriter {
 export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmitter = process): Promise<number> {
   if (args.manifests && args.kubeconfig) {
     report(io, [{ code: Codes.USAGE, severity: 'error', message: 'use either --manifests DIR or --kubeconfig FILE, not both' }]);
+    return 2;
+  }
+  const procSysWhy = args.procSys === undefined ? null : checkProcSysRoot(args.procSys);
+  if (procSysWhy) {
+    report(io, [{ code: Codes.USAGE, severity: 'error', message: `--proc-sys ${JSON.stringify(args.procSys)}: ${procSysWhy}` }]);
     return 2;
   }
   const inCluster = !args.manifests && !args.kubeconfig;
@@ -98,7 +105,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. On a node: modprobe ip_vs (and ip_vs_rr, ip_vs_wrr, ip_vs_sh…); --dry-run works without it.` }]);
       return 1;
     }
-    deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctl, log, kernelRelease: release() };
+    deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctlAt(args.procSys), log, kernelRelease: release() };
   }
 
   // Kernel operations are counted on their way to the kernel (or the in-memory one).

@@ -13,18 +13,34 @@ export interface SysctlWriter {
   write(path: string, value: string): void;
 }
 
-export const procSysctl: SysctlWriter = {
-  read(path) {
-    try {
-      return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
-    } catch {
-      return null;
-    }
-  },
-  write(path, value) {
-    writeFileSync(`/proc/sys/${path}`, value);
-  },
-};
+/**
+ * Reads and writes the files under `root` (default /proc/sys). In a container /proc/sys is mounted
+ * read-only; the Helm chart mounts the host's /proc/sys/net writable at /host/proc/sys/net and
+ * passes `--proc-sys /host/proc/sys` (every setting kube-ipvs makes is under net/).
+ */
+export function procSysctlAt(root = '/proc/sys'): SysctlWriter {
+  return {
+    read(path) {
+      try {
+        return readFileSync(`${root}/${path}`, 'utf8').trim();
+      } catch {
+        return null;
+      }
+    },
+    write(path, value) {
+      writeFileSync(`${root}/${path}`, value);
+    },
+  };
+}
+export const procSysctl: SysctlWriter = procSysctlAt();
+
+/** `--proc-sys DIR`: an absolute, plain path (no `..`, no control characters), or why not. */
+export function checkProcSysRoot(dir: string): string | null {
+  if (!dir.startsWith('/')) return 'must be an absolute path';
+  if (/[\x00-\x1f\x7f]/.test(dir)) return 'contains control characters';
+  if (dir.split('/').includes('..')) return 'must not contain ..';
+  return null;
+}
 
 /** Kernel release "6.1.0-56-amd64" -> [6, 1]. */
 export function kernelVersion(release: string): [number, number] {
