@@ -32,8 +32,12 @@ export class ApiServer {
   #api: ChildProcess | null = null;
   log = '';
 
-  constructor(bin: string) {
+  /** --authorization-mode (AlwaysAllow, or Node,RBAC where a test shows what a role lets through). */
+  readonly authorization: string;
+
+  constructor(bin: string, opts: { authorization?: string } = {}) {
     this.bin = bin;
+    this.authorization = opts.authorization ?? 'AlwaysAllow';
     this.dir = mkdtempSync(join(tmpdir(), 'kipvs-apiserver-'));
   }
 
@@ -42,14 +46,14 @@ export class ApiServer {
   }
 
   /** A kubeconfig for the test client (token, no TLS verification: the serving cert is self-signed). */
-  kubeconfig(): string {
-    const file = join(this.dir, 'kubeconfig');
+  kubeconfig(token = this.token, name = 'kubeconfig'): string {
+    const file = join(this.dir, name);
     writeFileSync(
       file,
       `apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: "${this.url}", insecure-skip-tls-verify: true}}]
-users: [{name: test, user: {token: "${this.token}"}}]
+users: [{name: test, user: {token: "${token}"}}]
 contexts: [{name: test, context: {cluster: test, user: test}}]
 current-context: test
 `,
@@ -90,7 +94,7 @@ current-context: test
       '--advertise-address=127.0.0.1',
       `--cert-dir=${join(this.dir, 'certs')}`,
       `--token-auth-file=${join(this.dir, 'tokens.csv')}`,
-      '--authorization-mode=AlwaysAllow',
+      `--authorization-mode=${this.authorization}`,
       `--service-account-key-file=${join(this.dir, 'sa.pub')}`,
       `--service-account-signing-key-file=${join(this.dir, 'sa.key')}`,
       '--service-account-issuer=https://kubernetes.default.svc',
@@ -119,12 +123,12 @@ current-context: test
     }
   }
 
-  /** A raw API request (TLS not verified). */
-  async request(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  /** A raw API request (TLS not verified), as the admin or with another bearer token. */
+  async request(method: string, path: string, body?: unknown, token = this.token): Promise<{ status: number; json: unknown }> {
     const { Agent, request } = await import('node:https');
     return new Promise((res, rej) => {
       const req = request(
-        { host: '127.0.0.1', port: this.apiPort, path, method, agent: new Agent({ rejectUnauthorized: false }), headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' } },
+        { host: '127.0.0.1', port: this.apiPort, path, method, agent: new Agent({ rejectUnauthorized: false }), headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
         (r) => {
           let data = '';
           r.on('data', (d) => (data += d));
