@@ -6,10 +6,12 @@
 //
 //   build  the compiled JavaScript in dist/ (`npm run build`), which the image and the bin run
 //   k8s  kube-apiserver, kube-proxy, etcd and helm from Go modules (test/k8s/build.sh)   K8S=0 skips
+//   image  the container image (images/build.sh: mmdebstrap, npm, tsc), needs root      IMAGE=0 skips
 //   lab  qemu and the tools from Debian, the Debian kernel, the initramfs (test/lab/prepare.sh)
 //        needs root                                                                 LAB=0 skips
 //
-// Limits: SETUP_BUILD_TIMEOUT / SETUP_K8S_TIMEOUT / SETUP_LAB_TIMEOUT in seconds (defaults 300, 2400, 1200). The steps
+// Limits: SETUP_BUILD_TIMEOUT / SETUP_K8S_TIMEOUT / SETUP_IMAGE_TIMEOUT / SETUP_LAB_TIMEOUT in seconds (defaults 300,
+// 2400, 900, 1200). The steps
 // run side by side (the Go build is CPU-bound, the lab's downloads are not). The exit status is 0
 // whatever the steps did (their tests skip with the reason); 2 only on bad usage.
 import { spawn } from 'node:child_process';
@@ -53,6 +55,13 @@ const steps = (): Step[] => [
     skip: () => (process.env.K8S === '0' ? 'K8S=0 set' : null),
     cmd: ['bash', 'test/k8s/build.sh'],
     limitS: limit('SETUP_K8S_TIMEOUT', 2400),
+  },
+  {
+    name: 'image',
+    what: 'the container image (images/build.sh)',
+    skip: () => (process.env.IMAGE === '0' ? 'IMAGE=0 set' : process.getuid?.() !== 0 ? 'not root: the image build runs mmdebstrap and stores root-owned files' : null),
+    cmd: ['bash', 'images/build.sh'],
+    limitS: limit('SETUP_IMAGE_TIMEOUT', 900),
   },
   {
     name: 'lab',

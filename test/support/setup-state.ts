@@ -56,3 +56,12 @@ export function distBuilt(): { cli: string } | { why: string } {
   );
   return newer ? { why: `src/${newer} is newer than dist/: run \`npm run build\` (npm test's set-up does)` } : { cli };
 }
+
+/** The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not. */
+export function imageBuilt(): { env: Record<string, string> } | { why: string } {
+  if (process.env.IMAGE === '0') return { why: 'IMAGE=0 set' };
+  if (process.getuid?.() !== 0) return { why: 'not root: the image build runs mmdebstrap and stores root-owned files' };
+  const out = check('images/build.sh');
+  if (!out) return { why: recordedWhy('image') };
+  return { env: Object.fromEntries(out.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) };
+}

@@ -1,0 +1,95 @@
+// The container image (images/build.sh, built by the test set-up when root): an OCI layout whose
+// blobs match their digests, holding what kube-ipvs runs with and nothing else, and running
+// `kube-ipvs plan` on the example manifests from its own root. The lab's image case
+// (test/lab/cases/image.lab.ts) runs the same root against the IPVS kernel with real traffic.
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import t from 'tap';
+import { imageBuilt } from './support/setup-state.ts';
+
+const repo = resolve(import.meta.dirname, '..');
+const built = imageBuilt();
+type Desc = { mediaType: string; digest: string; size: number; annotations?: Record<string, string> };
+
+if ('why' in built) {
+  t.plan(0, `image tests skipped: ${built.why}`);
+} else {
+  const { IMAGE_OCI: oci, IMAGE_ROOTFS: root } = built.env as Record<string, string>;
+  const blob = (d: string) => readFileSync(join(oci!, 'blobs/sha256', d.replace(/^sha256:/, '')));
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const index = JSON.parse(readFileSync(join(oci!, 'index.json'), 'utf8')) as { manifests: Desc[] };
+  const manifestBlob = blob(index.manifests[0]!.digest);
+  const manifest = JSON.parse(manifestBlob.toString()) as { config: Desc; layers: Desc[] };
+  const configBlob = blob(manifest.config.digest);
+  const config = JSON.parse(configBlob.toString()) as { config: { Entrypoint: string[]; Cmd: string[]; Env: string[] }; rootfs: { diff_ids: string[] }; architecture: string; os: string };
+
+  t.test('an OCI layout whose every blob matches its digest and size', async (t) => {
+    t.same(JSON.parse(readFileSync(join(oci!, 'oci-layout'), 'utf8')), { imageLayoutVersion: '1.0.0' });
+    t.equal(index.manifests.length, 1);
+    t.equal(index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name'], JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')).version);
+    t.equal(sha(manifestBlob), index.manifests[0]!.digest);
+    t.equal(manifestBlob.length, index.manifests[0]!.size);
+    t.equal(built.env.IMAGE_DIGEST, index.manifests[0]!.digest);
+    t.equal(sha(configBlob), manifest.config.digest);
+    t.equal([config.os, config.architecture].join('/'), 'linux/amd64');
+    t.equal(manifest.layers.length, 2, 'a base layer and an app layer');
+    manifest.layers.forEach((l, i) => {
+      const b = blob(l.digest);
+      t.equal(sha(b), l.digest, `layer ${i} digest`);
+      t.equal(b.length, l.size, `layer ${i} size`);
+      t.equal(sha(gunzipSync(b)), config.rootfs.diff_ids[i], `layer ${i} diff_id`);
+    });
+    const compressed = manifest.layers.reduce((a, l) => a + l.size, 0);
+    t.equal(String(compressed), built.env.IMAGE_COMPRESSED_BYTES);
+    t.comment(`image: ${(compressed / 2 ** 20).toFixed(1)} MB compressed, ${(Number(built.env.IMAGE_UNCOMPRESSED_BYTES) / 2 ** 20).toFixed(1)} MB uncompressed`);
+  });
+
+  t.test('the entry point is the node of the npm package running the compiled CLI with the shipped V8 flags', async (t) => {
+    // "#!/usr/bin/env -S node --flag ...": the flags after `node`.
+    const [env, dashS, node, ...flags] = readFileSync(join(repo, 'src/cli.ts'), 'utf8').split('\n')[0]!.split(' ');
+    t.same([env, dashS, node], ['#!/usr/bin/env', '-S', 'node']);
+    t.ok(flags.length > 0 && flags.every((f) => f.startsWith('--')), 'V8 flags');
+    t.same(config.config.Entrypoint, ['/usr/bin/node', ...flags, '/opt/kube-ipvs/dist/cli.js']);
+    t.same(config.config.Cmd, ['run']);
+  });
+
+  t.test('what the root holds: node 24, the kernel tools, production dependencies; no shell, no package manager', async (t) => {
+    for (const f of ['usr/bin/node', 'usr/sbin/iptables-nft-restore', 'usr/sbin/iptables-legacy-restore', 'usr/sbin/ip6tables-nft-save', 'usr/sbin/ipset', 'usr/sbin/conntrack', 'bin/kmod', 'sbin/modprobe', 'opt/kube-ipvs/dist/cli.js', 'opt/kube-ipvs/examples/web.yaml']) t.ok(existsSync(join(root!, f)), f);
+    for (const f of ['etc/resolv.conf', 'etc/hostname', 'etc/init.d', 'bin/sh', 'bin/bash', 'bin/dash', 'usr/bin/apt', 'usr/bin/dpkg', 'usr/bin/perl', 'usr/bin/env', 'usr/share/doc']) t.notOk(existsSync(join(root!, f)) || isLink(join(root!, f)), `no ${f}`);
+    const deps = readdirSync(join(root!, 'opt/kube-ipvs/node_modules'));
+    // (@types/* stay: @kubernetes/client-node lists them as dependencies of its own.)
+    for (const dev of ['typescript', 'tap', '@tapjs', 'node']) t.notOk(deps.includes(dev), `no dev dependency ${dev}`);
+    for (const prod of ['@kubernetes', 'netlink', 'prom-client', 'yaml']) t.ok(deps.includes(prod), `production dependency ${prod}`);
+  });
+
+  // `env -i`: nothing of the test runner's environment (tap puts its loader in NODE_OPTIONS) reaches the image's node.
+  const inRoot = (...cmd: string[]) => spawnSync('env', ['-i', 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'unshare', '--net', '--mount', '--pid', '--fork', 'chroot', root!, ...cmd], { encoding: 'utf8', timeout: 60_000 });
+
+  t.test('kube-ipvs plan on the example manifests, inside the image root, equals the sources\' plan', async (t) => {
+    const r = inRoot(...config.config.Entrypoint, 'plan', '--manifests', '/opt/kube-ipvs/examples', '--output', 'json');
+    t.equal(r.status, 0, r.stderr);
+    const src = spawnSync(process.execPath, ['src/cli.ts', 'plan', '--manifests', 'config/examples', '--output', 'json'], { cwd: repo, encoding: 'utf8' });
+    t.same(JSON.parse(r.stdout), JSON.parse(src.stdout));
+    const v = inRoot('/usr/bin/node', '-p', 'process.versions.node');
+    t.match(v.stdout, /^24\./, 'Node 24');
+  });
+
+  t.test('the image\'s iptables (nft and legacy) and ipset work from its root', async (t) => {
+    for (const cmd of [['iptables-nft-save', '-t', 'nat'], ['iptables-legacy-save'], ['ipset', 'version'], ['conntrack', '--version'], ['iptables', '--version']]) {
+      const r = inRoot(...cmd);
+      t.equal(r.status, 0, `${cmd.join(' ')}: ${r.stderr}`);
+    }
+    t.match(inRoot('iptables', '--version').stdout, /nf_tables/, 'the generic name is nft, as Debian\'s default');
+  });
+}
+
+function isLink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
