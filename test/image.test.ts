@@ -8,23 +8,18 @@ import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import t from 'tap';
+import { readLayout } from './support/image.ts';
 import { imageBuilt } from './support/setup-state.ts';
 
 const repo = resolve(import.meta.dirname, '..');
 const built = imageBuilt();
-type Desc = { mediaType: string; digest: string; size: number; annotations?: Record<string, string> };
 
 if ('why' in built) {
   t.plan(0, `image tests skipped: ${built.why}`);
 } else {
   const { IMAGE_OCI: oci, IMAGE_ROOTFS: root } = built.env as Record<string, string>;
-  const blob = (d: string) => readFileSync(join(oci!, 'blobs/sha256', d.replace(/^sha256:/, '')));
+  const { blob, index, manifestBlob, manifest, configBlob, config } = readLayout(oci!);
   const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  const index = JSON.parse(readFileSync(join(oci!, 'index.json'), 'utf8')) as { manifests: Desc[] };
-  const manifestBlob = blob(index.manifests[0]!.digest);
-  const manifest = JSON.parse(manifestBlob.toString()) as { config: Desc; layers: Desc[] };
-  const configBlob = blob(manifest.config.digest);
-  const config = JSON.parse(configBlob.toString()) as { config: { Entrypoint: string[]; Cmd: string[]; Env: string[] }; rootfs: { diff_ids: string[] }; architecture: string; os: string };
 
   t.test('an OCI layout whose every blob matches its digest and size', async (t) => {
     t.same(JSON.parse(readFileSync(join(oci!, 'oci-layout'), 'utf8')), { imageLayoutVersion: '1.0.0' });

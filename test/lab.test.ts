@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { ApiServer, k8sBinaries } from './support/apiserver.ts';
 import { owned } from './support/owned.ts';
-import { labPrepared } from './support/setup-state.ts';
+import { imageBuilt, labPrepared } from './support/setup-state.ts';
 
 /** The VM's own limit (boot.sh's LAB_TIMEOUT); this file's is a little longer so the VM's report comes first. */
 const VM_SECONDS = Number(process.env.LAB_TIMEOUT ?? 1500);
@@ -23,14 +23,18 @@ if ('why' in prepared) {
   const env: Record<string, string> = { ...(process.env as Record<string, string>), LAB_TIMEOUT: String(VM_SECONDS) };
   const built = k8sBinaries();
   let api: ApiServer | null = null;
+  const share = mkdtempSync(join(tmpdir(), 'kipvs-lab-share-'));
+  t.teardown(() => rmSync(share, { recursive: true, force: true }));
+  env.LAB_SHARE = share;
+  // The image case runs kube-ipvs from the container image's root (built by the set-up when root).
+  const image = imageBuilt();
+  if ('env' in image) writeFileSync(join(share, 'image.env'), Object.entries(image.env).map(([k, v]) => `${k}=${v}`).join('\n') + '\n');
+  else writeFileSync(join(share, 'image.why'), image.why);
   if ('bin' in built) {
     api = new ApiServer(built.bin);
     await api.start();
-    const share = mkdtempSync(join(tmpdir(), 'kipvs-lab-share-'));
-    t.teardown(() => rmSync(share, { recursive: true, force: true }));
     const kc = readFileSync(api.kubeconfig(), 'utf8').replace(api.url, 'https://10.0.2.100:6443');
     writeFileSync(join(share, 'kubeconfig'), kc);
-    env.LAB_SHARE = share;
     env.LAB_HOST_PORT = String(api.apiPort);
   } else {
     t.comment(`no API server for the lab's Kubernetes case: ${built.why}`);

@@ -167,7 +167,12 @@ export class LabNode {
   startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
     writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
-    this.#proxy = spawn(nodeBin, [...CLI, 'run', ...source, '--config', cfgFile, '--node', 'lab-node'], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv });
+    this.startProxyCommand(nodeBin, [...CLI, 'run', ...source, '--config', cfgFile, '--node', 'lab-node']);
+  }
+
+  /** Starts kube-ipvs by another command line (the image case: from the image's root); its log is kept as startProxy's. */
+  startProxyCommand(cmd: string, args: string[], env: NodeJS.ProcessEnv = procEnv): void {
+    this.#proxy = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
     this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
   }
