@@ -35,7 +35,7 @@ if (!existsSync(ENV_FILE)) {
     `${lab.manifests}:/etc/kube-ipvs/manifests:ro`,
     `${podConfig}:/etc/kube-ipvs/config.yaml:ro`,
     `${lab.stateDir}:/run/kube-ipvs`,
-    '/run/xtables.lock:/run/xtables.lock',
+    '/run/xtables.lock:/run/xtables.lock:file',
     '/lib/modules:/lib/modules:ro',
     '/proc/sys/net:/host/proc/sys/net',
   ];
@@ -45,7 +45,8 @@ if (!existsSync(ENV_FILE)) {
     try {
       return { ok: true, out: execFileSync('bash', inPod(caps, binds, ...cmd), { encoding: 'utf8', env: procEnv, timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] }) };
     } catch (e) {
-      return { ok: false, out: `${(e as { stderr?: string }).stderr ?? ''}${(e as { stdout?: string }).stdout ?? ''}` };
+      const err = e as { stderr?: string; stdout?: string; status?: number | null; signal?: string | null };
+      return { ok: false, out: `[exit ${err.status ?? err.signal}] ${err.stderr ?? ''}${err.stdout ?? ''}` };
     }
   };
   const count = (names: string[]) => names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
@@ -91,8 +92,8 @@ if (!existsSync(ENV_FILE)) {
     t.same(count(lab.client('ext', 'tcp', NODE_IP, '30080', '4')), { be1: 2, be2: 2 }, 'NodePort from outside');
     // The image's iptables-restore and ipset made the rules and sets the traffic needed.
     const rules = execFileSync('iptables-nft-save', ['-t', 'nat'], { encoding: 'utf8' });
-    t.match(rules, /KUBE-IPVS/, 'its nat rules');
-    t.match(execFileSync('ipset', ['list', '-n'], { encoding: 'utf8' }), /KUBE-IPVS/i, 'its ipsets');
+    t.match(rules, /KIPVS-SERVICES/, 'its nat rules');
+    t.match(execFileSync('ipset', ['list', '-n'], { encoding: 'utf8' }), /KIPVS-CLUSTER-IP/, 'its ipsets');
   });
 
   t.test('the IPVS sysctls were written through the host\'s /proc/sys/net, not the read-only /proc/sys', async (t) => {
@@ -108,11 +109,30 @@ if (!existsSync(ENV_FILE)) {
     t.match(ro.out, /EROFS/);
     const none = tryInPod([], volumes, '/usr/bin/node', '-e', write(`/host${sysfs}`));
     t.ok(none.ok, `uid 0 writes the host's /proc/sys/net mount with no capability at all: the mount is what it needs (${none.out.trim()})`);
-    t.notOk(tryInPod([], volumes, 'ipset', 'list', '-n').ok, 'without NET_ADMIN: no ipset');
-    t.ok(tryInPod(['cap_net_admin'], volumes, 'ipset', 'list', '-n').ok, 'NET_ADMIN: ipset');
-    t.ok(tryInPod(['cap_net_admin'], volumes, 'iptables-nft-save', '-t', 'nat').ok, 'NET_ADMIN: iptables-nft');
-    const legacy = tryInPod(['cap_net_admin'], volumes, 'iptables-legacy-save', '-t', 'filter');
-    t.notOk(legacy.ok, `without NET_RAW: no iptables-legacy (${legacy.out.trim().split('\n')[0]})`);
-    t.ok(tryInPod(['cap_net_admin', 'cap_net_raw'], volumes, 'iptables-legacy-save', '-t', 'filter').ok, 'NET_RAW: iptables-legacy');
+    const noAdmin = tryInPod([], volumes, '/usr/sbin/ipset', 'list', '-n');
+    t.notOk(noAdmin.ok, 'without NET_ADMIN: no ipset');
+    t.match(noAdmin.out, /not permitted/i);
+    const works = (caps: string[], what: string, ...cmd: string[]) => {
+      const r = tryInPod(caps, volumes, ...cmd);
+      t.ok(r.ok, r.ok ? what : `${what}: ${r.out.slice(0, 800)}`);
+    };
+    works(['cap_net_admin'], 'NET_ADMIN: ipset', '/usr/sbin/ipset', 'list', '-n');
+    // The `-m set` match names its ipset through ipset's socket option on a raw socket: NET_RAW, even for iptables-nft.
+    const nftNoRaw = tryInPod(['cap_net_admin'], volumes, '/usr/sbin/iptables-nft-save', '-t', 'nat');
+    t.notOk(nftNoRaw.ok, 'without NET_RAW: iptables-nft cannot read rules with a set match');
+    t.match(nftNoRaw.out, /-m set\s*$/, 'it stops at the first set match');
+    works(['cap_net_admin', 'cap_net_raw'], 'NET_ADMIN + NET_RAW: iptables-nft with set matches', '/usr/sbin/iptables-nft-save', '-t', 'nat');
+    // iptables-legacy loads its table module itself (modprobe ip_tables) when the kernel has not: SYS_MODULE.
+    if (!existsSync('/sys/module/ip_tables')) {
+      const noModule = tryInPod(['cap_net_admin', 'cap_net_raw'], volumes, '/usr/sbin/iptables-legacy-save', '-t', 'filter');
+      t.notOk(noModule.ok, 'without SYS_MODULE: iptables-legacy cannot load ip_tables');
+      t.match(noModule.out, /could not insert 'ip_tables': Operation not permitted/);
+    } else t.comment('ip_tables was loaded already: SYS_MODULE not shown here');
+    works(chartCaps, "the chart's capabilities: iptables-legacy", '/usr/sbin/iptables-legacy-save', '-t', 'filter');
+    t.ok(existsSync('/sys/module/ip_tables'), 'ip_tables loaded from the pod');
+    // Its socket is a raw one: NET_RAW.
+    const legacy = tryInPod(['cap_net_admin', 'cap_sys_module'], volumes, '/usr/sbin/iptables-legacy-save', '-t', 'filter');
+    t.notOk(legacy.ok, 'without NET_RAW: no iptables-legacy');
+    t.match(legacy.out, /Cannot initialize: Permission denied/, legacy.out.trim().split('\n')[0] ?? '');
   });
 }

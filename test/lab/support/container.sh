@@ -5,8 +5,9 @@
 # /dev, tmpfs on /run and /tmp; the chart's hostPath volumes; then chroot and the capability
 # bounding set cut down to CAPS (uid 0 keeps only those: as `capabilities: {drop: [ALL], add: CAPS}`).
 #
-#   container.sh ROOT CAPS [--bind SRC:DST[:ro]]... -- COMMAND [ARG]...
+#   container.sh ROOT CAPS [--bind SRC:DST[:ro|:file]]... -- /ABSOLUTE/COMMAND [ARG]...   (capsh runs it by path)
 #   CAPS: comma-separated, e.g. cap_net_admin,cap_net_raw,cap_sys_module ("none" for no capability)
+# `:file` creates a missing source file (hostPath FileOrCreate: /run/xtables.lock).
 # The environment is only PATH and what KIPVS_ENV_* names (KIPVS_ENV_NODE_NAME=x -> NODE_NAME=x).
 set -euo pipefail
 if [ -z "${KIPVS_IN_MOUNT_NS:-}" ]; then
@@ -33,9 +34,11 @@ mount -t tmpfs tmpfs "$m/run"
 mount -t tmpfs tmpfs "$m/tmp"
 for b in "${binds[@]}"; do
   IFS=: read -r src dst mode <<<"$b"
-  [ -e "$src" ] || touch "$src"  # hostPath type FileOrCreate
+  # hostPath types: FileOrCreate (mode "file"), else the source must be there (Directory, File).
+  if [ "${mode:-}" = file ] && [ ! -e "$src" ]; then touch "$src"; fi
+  [ -e "$src" ] || { echo "container.sh: $src does not exist" >&2; exit 2; }
   if [ -d "$src" ]; then mkdir -p "$m$dst"; else mkdir -p "$(dirname "$m$dst")"; touch "$m$dst"; fi
-  mount --bind "$src" "$m$dst"
+  mount --rbind "$src" "$m$dst"
   if [ "${mode:-}" = ro ]; then mount -o remount,bind,ro "$m$dst"; fi
 done
 mount -o remount,bind,ro "$m"
