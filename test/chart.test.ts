@@ -117,7 +117,7 @@ if ('why' in built) {
     t.same(one(objs, 'ClusterRole').rules, [
       { apiGroups: [''], resources: ['services'], verbs: ['list', 'watch'] },
       { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
-      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['nodes'], verbs: ['list', 'watch'] },
     ]);
     const b = one(objs, 'ClusterRoleBinding');
     t.same(b.subjects, [{ kind: 'ServiceAccount', name: one(objs, 'ServiceAccount').metadata.name, namespace: 'kube-system' }]);
@@ -156,7 +156,7 @@ if ('why' in built) {
     const api = new ApiServer(built.bin, { authorization: 'Node,RBAC' });
     await api.start();
     t.teardown(() => api.stop());
-    const objs = render();
+    const objs = render('--set', 'dashboard.enabled=true');
     const path = (o: Obj) => {
       const [group, version] = o.apiVersion.includes('/') ? o.apiVersion.split('/') : ['', o.apiVersion];
       const base = group ? `/apis/${group}/${version}` : `/api/${version}`;
@@ -222,5 +222,32 @@ if ('why' in built) {
     while (!(model.service('default/later') !== undefined) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
     t.ok((model.service('default/later') !== undefined), 'watched');
     t.notMatch(logs.join('\n'), /forbidden|403/i, 'no request of the source was denied');
+
+    // Each rule is needed: with any one left out, the source never completes its first list (and
+    // nothing is programmed from a partial view); it says which informer was refused.
+    const role = one(objs, 'ClusterRole') as { rules: { resources: string[] }[] };
+    for (let i = 0; i < role.rules.length; i++) {
+      const name = `minus-${role.rules[i]!.resources[0]}`;
+      const rules = role.rules.filter((_, j) => j !== i);
+      for (const [p, body] of [
+        ['/api/v1/namespaces/kube-system/serviceaccounts', { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name } }],
+        ['/apis/rbac.authorization.k8s.io/v1/clusterroles', { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name }, rules }],
+        ['/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name }, subjects: [{ kind: 'ServiceAccount', name, namespace: 'kube-system' }] }],
+      ] as const) t.equal((await api.request('POST', p, body)).status, 201, `${name}: ${p}`);
+      const tok = ((await api.request('POST', `/api/v1/namespaces/kube-system/serviceaccounts/${name}/token`, { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { expirationSeconds: 600 } })).json as { status: { token: string } }).status.token;
+      const kc2 = new KubeConfig();
+      kc2.loadFromFile(api.kubeconfig(tok, `kubeconfig-${name}`));
+      const logs2: string[] = [];
+      const src2 = new KubernetesSource(kc2, { nodeName: 'node-a', proxyName: 'kube-ipvs', log: new Logger({ sink: (l) => void logs2.push(l) }), backoffBaseMs: 100, backoffMaxMs: 500 });
+      let started = false;
+      void src2.start(() => {}).then(() => (started = true), () => {});
+      const until = Date.now() + 20_000;
+      while (!logs2.some((l) => /403|forbidden/i.test(l)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      src2.stop();
+      const refused = logs2.find((l) => /403|forbidden/i.test(l)) ?? '';
+      t.ok(refused, `without ${role.rules[i]!.resources[0]}: a request refused`);
+      t.match(refused, role.rules[i]!.resources[0] === 'nodes' ? /node/ : new RegExp(role.rules[i]!.resources[0]!), 'the log names what was refused');
+      t.notOk(started, `without ${role.rules[i]!.resources[0]}: never started`);
+    }
   });
 }
