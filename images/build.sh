@@ -9,7 +9,7 @@
 # owners, gzip stores no name or time; the same inputs and the same Debian packages give the same
 # digest. Cached by content: the inputs' hash names the build, and a build with that hash is reused.
 #
-#   bash images/build.sh            build (needs root, mmdebstrap, network access to a Debian mirror)
+#   bash images/build.sh            build (needs root, a Debian mirror; installs mmdebstrap and skopeo)
 #   bash images/build.sh --check    exit 0 and print KEY=VALUE lines if the image of these inputs is built, else 4
 #
 # Output under ${IMAGE_CACHE_DIR:-images/.cache}: oci/ (the layout, tag kube-ipvs:<version>),
@@ -34,9 +34,16 @@ if [ -f "$cache/image.env" ] && grep -qx "INPUTS=$want" "$cache/image.env" && [ 
 fi
 if [ "$check" = 1 ]; then echo "images: not built, or built from other inputs" >&2; exit 4; fi
 [ "$(id -u)" = 0 ] || { echo "images: needs root (mmdebstrap, numeric root ownership)" >&2; exit 3; }
-for tool in mmdebstrap; do
-  command -v "$tool" >/dev/null || { echo "images: installing $tool from Debian" >&2; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >&2; apt-get install -y -qq --no-install-recommends mmdebstrap >&2; }
-done
+# mmdebstrap makes the root; skopeo reads the finished layout back, as a registry client would.
+need=()
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v skopeo >/dev/null || need+=(skopeo)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "images: installing ${need[*]} from Debian" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
 
 version=$(node -p 'require("./package.json").version')
 node_bin=$(readlink -f node_modules/node/bin/node)
@@ -117,6 +124,11 @@ man_digest=$(sha256sum "$work/manifest.json" | cut -d' ' -f1); man_size=$(stat -
 mv "$work/manifest.json" "$work/oci/blobs/sha256/$man_digest"
 printf '{"imageLayoutVersion":"1.0.0"}\n' > "$work/oci/oci-layout"
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}\n' "$man_digest" "$man_size" "$version" > "$work/oci/index.json"
+
+# A registry client must read it: skopeo resolves the tag, checks the digests, copies it whole.
+skopeo inspect --config "oci:$work/oci:$version" > /dev/null
+skopeo copy --quiet "oci:$work/oci:$version" "dir:$work/copy" >&2
+rm -rf "$work/copy"
 
 # The root a runtime would see: the layers unpacked in order, from the blobs themselves.
 mkdir -p "$work/rootfs"

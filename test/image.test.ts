@@ -49,6 +49,10 @@ if ('why' in built) {
     t.ok(flags.length > 0 && flags.every((f) => f.startsWith('--')), 'V8 flags');
     t.same(config.config.Entrypoint, ['/usr/bin/node', ...flags, '/opt/kube-ipvs/dist/cli.js']);
     t.same(config.config.Cmd, ['run']);
+    // As a registry client reads it (the build installed skopeo and read it back too).
+    const sk = spawnSync('skopeo', ['inspect', '--config', `oci:${oci}:${index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name']}`], { encoding: 'utf8', timeout: 60_000 });
+    t.equal(sk.status, 0, sk.stderr);
+    t.same((JSON.parse(sk.stdout) as { config: { Entrypoint: string[] } }).config.Entrypoint, config.config.Entrypoint, 'skopeo reads the same entry point');
   });
 
   t.test('what the root holds: node 24, the kernel tools, production dependencies; no shell, no package manager', async (t) => {
