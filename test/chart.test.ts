@@ -52,6 +52,7 @@ if ('why' in built) {
     const ds = one(objs, 'DaemonSet');
     const pod = ds.spec.template.spec;
     t.equal(pod.hostNetwork, true);
+    t.equal(pod.dnsPolicy, 'Default', "the node's resolver, not cluster DNS behind a ClusterIP kube-ipvs programs");
     t.equal(pod.priorityClassName, 'system-node-critical');
     t.same(pod.tolerations, [{ operator: 'Exists' }], 'tolerates every taint');
     t.equal(ds.spec.updateStrategy.type, 'RollingUpdate');
@@ -168,6 +169,11 @@ if ('why' in built) {
       t.ok(dry.status === 201 || dry.status === 200, `${o.kind} ${o.metadata.name} accepted in a dry run (${dry.status} ${dry.status >= 300 ? JSON.stringify(dry.json) : ''})`);
     }
     t.equal((await api.request('GET', `${path(one(objs, 'DaemonSet'))}/kipvs-kube-ipvs`)).status, 404, 'the dry run stored nothing');
+    // The other shape: kube-proxy's ConfigMap reused, the API server address set, no RBAC or metrics Service of its own.
+    for (const o of render('--set', 'config.existingConfigMap=kube-proxy', '--set', 'k8sServiceHost=10.0.0.1', '--set', 'rbac.create=false', '--set', 'metricsService.enabled=false')) {
+      const dry = await api.request('POST', `${path(o)}?dryRun=All&fieldValidation=Strict`, o);
+      t.ok(dry.status === 201 || dry.status === 200, `kube-proxy ConfigMap variant: ${o.kind} accepted in a dry run (${dry.status})`);
+    }
     for (const o of objs) {
       const r = await api.request('POST', `${path(o)}?fieldValidation=Strict`, o);
       t.equal(r.status, 201, `${o.kind} ${o.metadata.name} created${r.status !== 201 ? `: ${JSON.stringify(r.json)}` : ''}`);

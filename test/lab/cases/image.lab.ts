@@ -96,6 +96,16 @@ if (!existsSync(ENV_FILE)) {
     t.match(execFileSync('ipset', ['list', '-n'], { encoding: 'utf8' }), /KIPVS-CLUSTER-IP/, 'its ipsets');
   });
 
+  t.test("`kube-ipvs status` in the pod, as the chart's NOTES say to run it", async (t) => {
+    const notes = readFileSync(join(repo, 'charts/kube-ipvs/templates/NOTES.txt'), 'utf8');
+    const cmd = /exec <pod> -- (\/usr\/bin\/node \/opt\/kube-ipvs\/dist\/cli\.js status)/.exec(notes)?.[1];
+    t.ok(cmd, 'the NOTES name the command');
+    const r = tryInPod(chartCaps, volumes, ...cmd!.split(' '), '--config=/etc/kube-ipvs/config.yaml');
+    t.ok(r.ok, r.out.slice(0, 800));
+    t.match(r.out, /default\/web/, 'the Service, read from the kernel');
+    t.match(r.out, new RegExp(lab.backendIP('be1').replaceAll('.', '\\.')), 'its backends');
+  });
+
   t.test('the IPVS sysctls were written through the host\'s /proc/sys/net, not the read-only /proc/sys', async (t) => {
     for (const s of ['expire_nodest_conn', 'expire_quiescent_template']) t.equal(readFileSync(`/proc/sys/net/ipv4/vs/${s}`, 'utf8').trim(), '1', s);
     t.notMatch(lab.proxyLog, /sysctl.*(fail|EROFS|EACCES)/i, 'no sysctl failed');
