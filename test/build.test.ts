@@ -24,6 +24,17 @@ t.test('the package publishes the compiled bin, with the V8 flags of the sources
   t.match(shebang, DAEMON_V8_FLAGS.join(' '));
 });
 
+t.test('the package npm would publish: the compiled code and the examples, no sources or tests', { skip: 'why' in built ? `dist/ not built: ${built.why}` : false }, async (t) => {
+  const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: repo, encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.status, 0, r.stderr);
+  const files = (JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+  t.ok(files.includes('dist/cli.js'), 'dist/cli.js');
+  t.ok(files.includes('config/examples/web.yaml'), 'the examples');
+  t.same(files.filter((f) => /^(src|test|perf|images|charts)\//.test(f) || f.endsWith('.ts')), [], 'no sources, tests or build files');
+  const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  t.equal(pkg.scripts.prepack, 'npm run build', 'packing compiles first');
+});
+
 t.test('compiled and sources plan the example manifests identically', { skip: 'why' in built ? `dist/ not built: ${built.why}` : false }, async (t) => {
   const args = ['plan', '--manifests', 'config/examples', '--output', 'json'];
   const src = run('src/cli.ts', args);
