@@ -13,6 +13,7 @@ import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
 import { detectBackend, NetfilterApplier } from '../dataplane/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
+import { NetlinkIpset } from '../dataplane/ipset-netlink.ts';
 import { checkProcSysRoot, procSysctlAt, type SysctlWriter } from '../dataplane/sysctl.ts';
 import { instrumentKernel } from '../observe/instrument.ts';
 import { IpvsCollector } from '../observe/ipvs-collector.ts';
@@ -116,7 +117,15 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   const families: Family[] = [4];
   if (args.dryRun || (await exec.run(`ip6tables-${backend}`, ['-w', '5', '-t', 'nat', '-L', 'POSTROUTING', '-n'])).code === 0) families.push(6);
   else log.warn('ip6tables does not work here: IPv6 Services get IPVS but no iptables rules', { backend });
-  deps.netfilter = new NetfilterApplier({ exec, log, metrics, backend, families });
+  let ipset: NetlinkIpset | undefined;
+  if (!args.dryRun) {
+    try {
+      ipset = new NetlinkIpset();
+    } catch (e) {
+      log.warn('no nfnetlink socket: ipset changes go through ipset restore', { error: (e as Error).message });
+    }
+  }
+  deps.netfilter = new NetfilterApplier({ exec, log, metrics, backend, families, ...(ipset ? { ipset } : {}) });
   deps.conntrack = new ConntrackCleaner(exec, log, metrics);
   deps = { ...deps, ipvs: instrumentKernel(deps.ipvs, 'ipvs', metrics), links: instrumentKernel(deps.links, 'link', metrics), metrics };
   let hcServers: ServiceHealthServers | null = null;

@@ -7,6 +7,7 @@ import type { Metrics } from '../observe/metrics.ts';
 import { allSets, HOOKS, netfilterRules, type NetfilterConfig } from '../plan/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import type { Exec } from './exec.ts';
+import type { IpsetOp, IpsetType, IpsetWriter } from './ipset-netlink.ts';
 
 export type IptablesBackend = 'nft' | 'legacy';
 
@@ -36,6 +37,11 @@ export interface NetfilterApplierOptions {
   backend: IptablesBackend;
   /** Families to program (IPv6 only where ip6tables works). */
   families: Family[];
+  /**
+   * Entry adds and deletes between full syncs over nfnetlink instead of an `ipset restore`
+   * process (src/dataplane/ipset-netlink.ts); when it fails, the same lines go to `ipset restore`.
+   */
+  ipset?: IpsetWriter;
 }
 
 export class NetfilterApplier {
@@ -102,7 +108,7 @@ export class NetfilterApplier {
     }
     lines.push(...adds);
     if (lines.length === 0) return [];
-    const r = await this.#ipset(lines);
+    const r = (await this.#overNetlink(lines)) ? null : await this.#ipset(lines);
     if (r) {
       this.#setsReady = false; // unsure of the kernel's state: rebuild next time
       return [r];
@@ -112,6 +118,27 @@ export class NetfilterApplier {
       else this.#entries.delete(e);
     }
     return [];
+  }
+
+  /** `add`/`del` lines over nfnetlink; true when every one was acknowledged. */
+  async #overNetlink(lines: string[]): Promise<boolean> {
+    const w = this.#o.ipset;
+    if (!w) return false;
+    const types = setTypes();
+    const ops: IpsetOp[] = [];
+    for (const l of lines) {
+      const [op, set, ...rest] = l.split(' ');
+      const entry = rest.filter((x) => x !== '-exist').join(' ');
+      const type = types.get(set ?? '');
+      if ((op !== 'add' && op !== 'del') || !type) return false;
+      ops.push({ op, set: set!, type, entry });
+    }
+    const failed = await w.apply(ops);
+    if (failed.length === 0) return true;
+    const f = failed[0]!;
+    this.#o.metrics?.ipsetNetlinkFailures.inc();
+    this.#o.log.warn('ipset over netlink failed; the same changes go to ipset restore', { failed: failed.length, of: ops.length, op: f.op.op, set: f.op.set, entry: f.op.entry, error: f.message }, 'ipset-netlink');
+    return false;
   }
 
   async #kernelCounts(): Promise<Map<string, number>> {
@@ -253,4 +280,11 @@ export function cleanupRestoreInput(save: string): string {
   }
   flush();
   return out.length ? `${out.join('\n')}\n` : '';
+}
+
+let typesBySet: Map<string, IpsetType> | null = null;
+/** Set name -> type, for every set kube-ipvs makes. */
+function setTypes(): Map<string, IpsetType> {
+  typesBySet ??= new Map(allSets().map((s) => [s.name, s.type as IpsetType]));
+  return typesBySet;
 }

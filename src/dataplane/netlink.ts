@@ -92,3 +92,8 @@ export function openGenericNetlink(o: SocketOptions = {}): GenericNetlinkSocket 
 export function openRtNetlink(o: SocketOptions = {}): RtNetlinkSocket {
   return new RtNetlinkSocket(new DemuxNetlinkSocket(rawSocket(Protocol.ROUTE, o)));
 }
+
+/** A NETLINK_NETFILTER socket (nfnetlink: ipset), replies matched to requests as above. */
+export function openNetfilterNetlink(o: SocketOptions = {}): DemuxNetlinkSocket {
+  return new DemuxNetlinkSocket(rawSocket(Protocol.NETFILTER, o));
+}

@@ -76,6 +76,7 @@ export class Metrics {
   readonly healthProbeDuration: Histogram<'result'>;
   readonly healthTransitions: Counter<'to' | 'reason'>;
   readonly ipsetFailures: Counter;
+  readonly ipsetNetlinkFailures: Counter;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -99,6 +100,7 @@ export class Metrics {
     this.conntrackDeleted = new Counter({ name: 'kubeproxy_conntrack_reconciler_deleted_entries_total', help: 'Cumulative conntrack flows deleted by conntrack reconciler', labelNames: ['ip_family'] as const, registers });
     this.iptablesRestoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total', help: 'Cumulative proxy iptables restore failures', labelNames: ['ip_family'] as const, registers });
     this.ipsetFailures = new Counter({ name: 'kubeipvs_ipset_restore_failures_total', help: 'Failed ipset restore runs', registers });
+    this.ipsetNetlinkFailures = new Counter({ name: 'kubeipvs_ipset_netlink_failures_total', help: 'Incremental ipset changes the kernel refused over netlink (they were retried with ipset restore)', registers });
     this.kernelOperations = new Counter({ name: 'kubeipvs_kernel_operations_total', help: 'Kernel operations (IPVS over generic netlink, links and addresses over rtnetlink) by operation', labelNames: ['operation'] as const, registers });
     this.kernelFailures = new Counter({ name: 'kubeipvs_kernel_operation_failures_total', help: 'Failed kernel operations by operation and errno', labelNames: ['operation', 'errno'] as const, registers });
     this.rejectedObjects = new Counter({ name: 'kubeipvs_rejected_objects_total', help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind', labelNames: ['kind'] as const, registers });

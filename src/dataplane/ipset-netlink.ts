@@ -1,0 +1,209 @@
+// ipset entries added and deleted over nfnetlink (the protocol the `ipset` tool speaks to the
+// kernel), for the incremental path: one endpoint change used to cost an `ipset restore` process
+// (its hairpin LOOP-BACK entries), 170-230 ms of a one-endpoint sync under emulation. Sets are still
+// created, rebuilt and swapped by `ipset restore` (src/dataplane/netfilter.ts); only `add` and
+// `del` of entries go here, each request acknowledged by the kernel, many in flight at once.
+//
+// Entries are the text the plan writes (the `ipset restore` syntax of src/plan/netfilter.ts):
+//   hash:ip            ADDR
+//   hash:ip,port       ADDR,PROTO:PORT [skbmark 0xMARK[/0xMASK]]
+//   hash:ip,port,ip    ADDR,PROTO:PORT,ADDR
+//   hash:ip,port,net   ADDR,PROTO:PORT,ADDR/LEN
+//   bitmap:port        PORT
+// Anything else is refused with a reason before a byte is sent.
+import { isIP } from 'node:net';
+import { Flags } from 'netlink';
+import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } from './netlink.ts';
+
+const NFNL_SUBSYS_IPSET = 6;
+export const IPSET_CMD = { PROTOCOL: 1, ADD: 9, DEL: 10 } as const;
+const IPSET_PROTOCOL = 7;
+const A = { PROTOCOL: 1, SETNAME: 2, DATA: 7, LINENO: 9 } as const;
+const D = { IP: 1, CIDR: 3, PORT: 4, PROTO: 7, IP2: 20, CIDR2: 21, SKBMARK: 27 } as const;
+const IPADDR_IPV4 = 1;
+const IPADDR_IPV6 = 2;
+const NLA_F_NESTED = 0x8000;
+const NLA_F_NET_BYTEORDER = 0x4000;
+const PROTOS: Record<string, number> = { tcp: 6, udp: 17, sctp: 132 };
+/** ipset's own errno values (IPSET_ERR_PRIVATE and up), as the ipset tool words them. */
+const IPSET_ERRORS: Record<number, string> = {
+  4097: 'kernel and ipset protocols differ',
+  4098: 'set type not supported',
+  4099: 'set of that name exists',
+  4101: 'set type mismatch',
+  4102: 'set is full',
+  4103: 'element exists',
+  4104: 'element does not exist',
+  4105: 'invalid CIDR',
+  4106: 'family mismatch',
+  4107: 'hash table is full',
+};
+
+export type IpsetType = 'hash:ip' | 'hash:ip,port' | 'hash:ip,port,ip' | 'hash:ip,port,net' | 'bitmap:port';
+export interface IpsetOp {
+  op: 'add' | 'del';
+  set: string;
+  type: IpsetType;
+  entry: string;
+}
+
+function attr(type: number, payload: Buffer): Buffer {
+  const len = 4 + payload.length;
+  const out = Buffer.alloc((len + 3) & ~3);
+  out.writeUInt16LE(len, 0);
+  out.writeUInt16LE(type, 2);
+  payload.copy(out, 4);
+  return out;
+}
+const u8 = (v: number) => Buffer.from([v]);
+const be16 = (v: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(v);
+  return b;
+};
+const be64 = (hi: number, lo: number) => {
+  const b = Buffer.alloc(8);
+  b.writeUInt32BE(hi >>> 0, 0);
+  b.writeUInt32BE(lo >>> 0, 4);
+  return b;
+};
+
+function ipBytes(text: string): { family: 4 | 6; bytes: Buffer } {
+  const v = isIP(text);
+  if (v === 4) return { family: 4, bytes: Buffer.from(text.split('.').map(Number)) };
+  if (v === 6) {
+    const [head = '', tail = ''] = text.includes('::') ? text.split('::') : [text, ''];
+    const groups = (s: string) => (s === '' ? [] : s.split(':'));
+    let h = groups(head);
+    let tl = groups(tail);
+    // An embedded IPv4 tail (::ffff:1.2.3.4) is two groups.
+    const last = (text.includes('::') ? tl : h).at(-1);
+    if (last?.includes('.')) {
+      const b = last.split('.').map(Number);
+      const g = [((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16)];
+      if (text.includes('::')) tl = [...tl.slice(0, -1), ...g];
+      else h = [...h.slice(0, -1), ...g];
+    }
+    const all = text.includes('::') ? [...h, ...Array(8 - h.length - tl.length).fill('0'), ...tl] : h;
+    const bytes = Buffer.alloc(16);
+    all.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
+    return { family: 6, bytes };
+  }
+  throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+}
+
+function ipAttr(type: number, text: string): { family: 4 | 6; buf: Buffer } {
+  const { family, bytes } = ipBytes(text);
+  return { family, buf: attr(type | NLA_F_NESTED, attr((family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER, bytes)) };
+}
+
+function portNumber(text: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) > 65535) throw new Error(`not a port: ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+function protoPort(text: string): Buffer[] {
+  const m = /^(tcp|udp|sctp):(\d{1,5})$/.exec(text);
+  if (!m) throw new Error(`not PROTO:PORT: ${JSON.stringify(text)}`);
+  return [attr(D.PORT | NLA_F_NET_BYTEORDER, be16(portNumber(m[2]!))), attr(D.PROTO, u8(PROTOS[m[1]!]!))];
+}
+
+/** The IPSET_ATTR_DATA attributes of one entry of a set of `type` (and the family it is in; 0 for bitmap:port). */
+export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; data: Buffer } {
+  if (type === 'bitmap:port') return { family: 0, data: attr(D.PORT | NLA_F_NET_BYTEORDER, be16(portNumber(entry))) };
+  const [main = '', ...ext] = entry.split(' ');
+  const parts = main.split(',');
+  const want = { 'hash:ip': 1, 'hash:ip,port': 2, 'hash:ip,port,ip': 3, 'hash:ip,port,net': 3 }[type];
+  if (parts.length !== want) throw new Error(`a ${type} entry has ${want} part(s): ${JSON.stringify(entry)}`);
+  const ip = ipAttr(D.IP, parts[0]!);
+  const out = [ip.buf];
+  if (parts.length > 1) out.push(...protoPort(parts[1]!));
+  if (type === 'hash:ip,port,ip') {
+    const ip2 = ipAttr(D.IP2, parts[2]!);
+    if (ip2.family !== ip.family) throw new Error(`mixed address families: ${JSON.stringify(entry)}`);
+    out.push(ip2.buf);
+  } else if (type === 'hash:ip,port,net') {
+    const [addr = '', len = ''] = parts[2]!.split('/');
+    const ip2 = ipAttr(D.IP2, addr);
+    const max = ip2.family === 4 ? 32 : 128;
+    if (ip2.family !== ip.family) throw new Error(`mixed address families: ${JSON.stringify(entry)}`);
+    const cidr = len === '' ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
+    if (!(cidr >= 1 && cidr <= max)) throw new Error(`not a prefix length: ${JSON.stringify(entry)}`);
+    out.push(ip2.buf, attr(D.CIDR2, u8(cidr)));
+  }
+  if (ext.length > 0) {
+    if (type !== 'hash:ip,port' || ext.length !== 2 || ext[0] !== 'skbmark') throw new Error(`unknown entry extension: ${JSON.stringify(entry)}`);
+    const m = /^0x([0-9a-f]{1,8})(?:\/0x([0-9a-f]{1,8}))?$/i.exec(ext[1]!);
+    if (!m) throw new Error(`not a mark: ${JSON.stringify(entry)}`);
+    out.push(attr(D.SKBMARK | NLA_F_NET_BYTEORDER, be64(parseInt(m[1]!, 16), m[2] ? parseInt(m[2], 16) : 0xffffffff)));
+  }
+  return { family: ip.family, data: Buffer.concat(out) };
+}
+
+/** The payload of an IPSET_CMD_ADD / DEL request: nfgenmsg, protocol, set name, the entry. */
+export function requestPayload(op: IpsetOp): Buffer {
+  if (!/^[A-Za-z0-9_.-]{1,31}$/.test(op.set)) throw new Error(`not a set name: ${JSON.stringify(op.set)}`);
+  const { family, data } = entryData(op.type, op.entry);
+  const nfgen = Buffer.from([family === 4 ? 2 : family === 6 ? 10 : 0, 0, 0, 0]);
+  return Buffer.concat([nfgen, attr(A.PROTOCOL, u8(IPSET_PROTOCOL)), attr(A.SETNAME, Buffer.from(`${op.set}\0`)), attr(A.DATA | NLA_F_NESTED, data)]);
+}
+
+export const messageType = (cmd: number) => (NFNL_SUBSYS_IPSET << 8) | cmd;
+
+export interface IpsetOpFailure {
+  op: IpsetOp;
+  message: string;
+}
+
+/** What NetfilterApplier needs of it: apply ops in order, say which failed. */
+export interface IpsetWriter {
+  apply(ops: IpsetOp[]): Promise<IpsetOpFailure[]>;
+  close(): void;
+}
+
+/** The kernel's answer in words: the netlink package says "Request rejected: <errno or its name>". */
+function describe(e: Error & { errno?: number }): string {
+  const code = e.errno !== undefined ? String(e.errno) : (/Request rejected: (\S+)/.exec(e.message)?.[1] ?? '');
+  const n = Number(code);
+  if (Number.isInteger(n) && IPSET_ERRORS[n]) return `${IPSET_ERRORS[n]} (${n})`;
+  return e.message;
+}
+
+export class NetlinkIpset implements IpsetWriter {
+  readonly #sock: DemuxNetlinkSocket;
+
+  constructor(o: SocketOptions = {}) {
+    this.#sock = openNetfilterNetlink(o);
+  }
+
+  /**
+   * Every op is sent at once (the kernel handles them in order) and each is acknowledged. `add`
+   * of an element already there and `del` of one not there succeed (no NLM_F_EXCL: ipset's
+   * `-exist`). Entries that cannot be encoded fail alone, before anything is sent.
+   */
+  async apply(ops: IpsetOp[]): Promise<IpsetOpFailure[]> {
+    const failures: IpsetOpFailure[] = [];
+    const sent: Promise<void>[] = [];
+    for (const op of ops) {
+      let payload: Buffer;
+      try {
+        payload = requestPayload(op);
+      } catch (e) {
+        failures.push({ op, message: (e as Error).message });
+        continue;
+      }
+      sent.push(
+        this.#sock.request(messageType(op.op === 'add' ? IPSET_CMD.ADD : IPSET_CMD.DEL), payload, { flags: Flags.REQUEST | Flags.ACK }).then(
+          () => {},
+          (e: Error & { errno?: number }) => void failures.push({ op, message: describe(e) }),
+        ),
+      );
+    }
+    await Promise.all(sent);
+    return failures;
+  }
+
+  close(): void {
+    this.#sock.close();
+  }
+}
