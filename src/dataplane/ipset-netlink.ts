@@ -11,8 +11,8 @@
 //   hash:ip,port,net   ADDR,PROTO:PORT,ADDR/LEN
 //   bitmap:port        PORT
 // Anything else is refused with a reason before a byte is sent.
-import { isIP } from 'node:net';
 import { Flags } from 'netlink';
+import { formatIP, parseIP } from '../util/ip.ts';
 import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } from './netlink.ts';
 
 const NFNL_SUBSYS_IPSET = 6;
@@ -69,27 +69,12 @@ const be64 = (hi: number, lo: number) => {
 };
 
 function ipBytes(text: string): { family: 4 | 6; bytes: Buffer } {
-  const v = isIP(text);
-  if (v === 4) return { family: 4, bytes: Buffer.from(text.split('.').map(Number)) };
-  if (v === 6) {
-    const [head = '', tail = ''] = text.includes('::') ? text.split('::') : [text, ''];
-    const groups = (s: string) => (s === '' ? [] : s.split(':'));
-    let h = groups(head);
-    let tl = groups(tail);
-    // An embedded IPv4 tail (::ffff:1.2.3.4) is two groups.
-    const last = (text.includes('::') ? tl : h).at(-1);
-    if (last?.includes('.')) {
-      const b = last.split('.').map(Number);
-      const g = [((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16)];
-      if (text.includes('::')) tl = [...tl.slice(0, -1), ...g];
-      else h = [...h.slice(0, -1), ...g];
-    }
-    const all = text.includes('::') ? [...h, ...Array(8 - h.length - tl.length).fill('0'), ...tl] : h;
-    const bytes = Buffer.alloc(16);
-    all.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
-    return { family: 6, bytes };
-  }
-  throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+  const p = parseIP(text);
+  if (!p) throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+  // Canonical text only (the plan writes nothing else): `ipset restore` may read a leading zero
+  // as octal where this parser would not, and the two paths must mean the same element.
+  if (formatIP(p) !== text) throw new Error(`not an address in canonical form: ${JSON.stringify(text)}`);
+  return { family: p.family, bytes: Buffer.from(p.bytes) };
 }
 
 function ipAttr(type: number, text: string): { family: 4 | 6; buf: Buffer } {

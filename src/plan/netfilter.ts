@@ -50,6 +50,17 @@ export function setName(role: SetRole, family: Family): string {
 }
 
 /** Every set name with its ipset type and family ("inet", "inet6", or "" for bitmap:port). */
+/**
+ * A source range as hash:ip,port,net entries: ipset refuses a /0 net ("The value of the CIDR
+ * parameter of the IP address is invalid", and the whole `ipset restore` with it), so
+ * 0.0.0.0/0 and ::/0 are their two halves.
+ */
+export function ipsetNets(cidr: string): string[] {
+  if (cidr === '0.0.0.0/0') return ['0.0.0.0/1', '128.0.0.0/1'];
+  if (cidr === '::/0') return ['::/1', '8000::/1'];
+  return [cidr];
+}
+
 export function allSets(): { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] {
   const out: { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] = [];
   for (const role of Object.keys(SETS) as SetRole[]) {
@@ -85,7 +96,7 @@ export function serviceSetEntries(svc: Service, virtualServers: readonly Virtual
         if (svc.externalTrafficPolicyLocal) add('lbLocal', vs.family, ipPort);
         if (svc.loadBalancerSourceRanges.length > 0) {
           add('lbFirewall', vs.family, ipPort);
-          for (const c of svc.loadBalancerSourceRanges) if (parseCIDR(c)?.family === vs.family) add('lbSourceCIDR', vs.family, `${ipPort},${c}`);
+          for (const c of svc.loadBalancerSourceRanges) if (parseCIDR(c)?.family === vs.family) for (const n of ipsetNets(c)) add('lbSourceCIDR', vs.family, `${ipPort},${n}`);
         }
         break;
       case 'NodePort':
