@@ -174,6 +174,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     if (scrapeIpvs !== deps.ipvs) scrapeIpvs.close();
     deps.ipvs.close();
     deps.links.close();
+    ipset?.close();
     return r.errors.length === 0 ? 0 : 1;
   }
 
@@ -202,6 +203,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   if (scrapeIpvs !== deps.ipvs) scrapeIpvs.close();
   deps.ipvs.close();
   deps.links.close();
+  ipset?.close();
   await hcServers.close();
   for (const s of [healthServer, metricsServer]) {
     s?.close();
