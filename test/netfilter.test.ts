@@ -125,6 +125,16 @@ t.test('loadBalancerSourceRanges: listed sources only, also from the node itself
   ]);
 });
 
+t.test('loadBalancerSourceRanges of everyone (0.0.0.0/0): both halves of the address space pass', async (t) => {
+  const everyone = service('everyone', { clusterIPs: ['10.96.0.9'], type: 'LoadBalancer', ports: [{ name: 'http', protocol: 'TCP', port: 443, targetPort: 8443, nodePort: 30444 }], lbIngress: [{ ip: '203.0.113.70' }], spec: { loadBalancerSourceRanges: ['0.0.0.0/0'] } });
+  const { plan } = planObjects([NODE, everyone, slice('everyone-1', 'everyone', [ep(POD_B, { node: 'node-b' })], { ports: [{ name: 'http', protocol: 'TCP', port: 8443 }] })], { config: cfg({}) });
+  t.same(plan.ipsets['KIPVS-LB-SRC-CIDR']!.entries.sort(), ['203.0.113.70,tcp:443,0.0.0.0/1', '203.0.113.70,tcp:443,128.0.0.0/1']);
+  for (const source of ['1.2.3.4', '200.1.1.1', '127.0.0.1']) {
+    const v = traceNetfilter(plan, [NODE_IP, NODE_IP6, '127.0.0.1'], { source, protocol: 'TCP', destination: '203.0.113.70', port: 443 });
+    check(t, v, { [`${POD_B}:8443`]: true }, `from ${source}`);
+  }
+});
+
 t.test('hairpin: an endpoint reaching itself through its Service is masqueraded', async (t) => {
   run(t, {}, [
     { name: 'pod A -> ClusterIP: to itself masqueraded, to B not', pkt: { source: POD_A, destination: '10.96.0.1', port: 80 }, want: { [`${POD_A}:8080`]: true, [`${POD_B}:8080`]: false } },
