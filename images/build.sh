@@ -89,8 +89,7 @@ node node_modules/typescript/bin/tsc -p tsconfig.build.json --outDir "$app/opt/k
 cp -r config/examples "$app/opt/kube-ipvs/examples"
 # Other architectures' prebuilt addons, source maps, type declarations and docs are not run.
 find "$app/opt/kube-ipvs/node_modules" \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.md' -o -name '*.markdown' \) -type f -delete
-find "$app/opt/kube-ipvs/node_modules" -path '*/prebuilds/*' -mindepth 1 -maxdepth 4 -type d ! -name 'linux-x64' -name 'linux-*' -prune -exec rm -rf {} + 2>/dev/null || true
-find "$app/opt/kube-ipvs/node_modules" -path '*/prebuilds/*' -mindepth 1 -maxdepth 4 -type d \( -name 'darwin-*' -o -name 'win32-*' -o -name 'android-*' -o -name 'freebsd-*' \) -prune -exec rm -rf {} + 2>/dev/null || true
+find "$app/opt/kube-ipvs/node_modules" -type d -path '*/prebuilds/*' ! -path '*/prebuilds/*/*' ! -name linux-x64 -prune -exec rm -rf {} +
 
 # Layers: sorted, numeric root owners, every time SOURCE_DATE_EPOCH, no atime/ctime; gzip -n.
 mkdir -p "$work/oci/blobs/sha256"

@@ -100,15 +100,18 @@ export class NetfilterApplier {
     }
     // Deletions first: an entry whose extension changed (a firewall mark) is one del and one add
     // of the same element, and `del` names the element without its extensions.
-    const adds: string[] = [];
+    const dels: IpsetOp[] = [];
+    const adds: IpsetOp[] = [];
+    const types = setTypes();
     for (const e of changed) {
       const [set, entry] = [e.slice(0, e.indexOf(' ')), e.slice(e.indexOf(' ') + 1)];
-      if (wanted(e) && !this.#entries.has(e)) adds.push(`add ${set} ${entry} -exist`);
-      else if (!wanted(e) && this.#entries.has(e)) lines.push(`del ${set} ${entry.split(' ')[0]} -exist`);
+      const type = types.get(set)!;
+      if (wanted(e) && !this.#entries.has(e)) adds.push({ op: 'add', set, type, entry });
+      else if (!wanted(e) && this.#entries.has(e)) dels.push({ op: 'del', set, type, entry: entry.split(' ')[0]! });
     }
-    lines.push(...adds);
-    if (lines.length === 0) return [];
-    const r = (await this.#overNetlink(lines)) ? null : await this.#ipset(lines);
+    const ops = [...dels, ...adds];
+    if (ops.length === 0) return [];
+    const r = (await this.#overNetlink(ops)) ? null : await this.#ipset(ops.map((o) => `${o.op} ${o.set} ${o.entry} -exist`));
     if (r) {
       this.#setsReady = false; // unsure of the kernel's state: rebuild next time
       return [r];
@@ -120,19 +123,10 @@ export class NetfilterApplier {
     return [];
   }
 
-  /** `add`/`del` lines over nfnetlink; true when every one was acknowledged. */
-  async #overNetlink(lines: string[]): Promise<boolean> {
+  /** The ops over nfnetlink; true when every one was acknowledged. */
+  async #overNetlink(ops: IpsetOp[]): Promise<boolean> {
     const w = this.#o.ipset;
     if (!w) return false;
-    const types = setTypes();
-    const ops: IpsetOp[] = [];
-    for (const l of lines) {
-      const [op, set, ...rest] = l.split(' ');
-      const entry = rest.filter((x) => x !== '-exist').join(' ');
-      const type = types.get(set ?? '');
-      if ((op !== 'add' && op !== 'del') || !type) return false;
-      ops.push({ op, set: set!, type, entry });
-    }
     const failed = await w.apply(ops);
     if (failed.length === 0) return true;
     const f = failed[0]!;

@@ -33,12 +33,19 @@ const objects = [
 ];
 
 const why = whyNot();
-t.test('ipsets and rules load, stay idempotent, follow changes and are cleaned up', { skip: why ?? false }, async (t) => {
-  const ns = `kipvs-nf-${process.pid}`;
+
+/** A network namespace of this host for one test (removed with it), its tools' exec and a runner. */
+function netns(t: { teardown: (f: () => void) => void }, tag: string) {
+  const ns = `${tag}-${process.pid}`;
   execFileSync('ip', ['netns', 'add', ns]);
   t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-  const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
-  const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  return {
+    exec: new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] }),
+    inNs: (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' }),
+  };
+}
+t.test('ipsets and rules load, stay idempotent, follow changes and are cleaned up', { skip: why ?? false }, async (t) => {
+  const { exec, inNs } = netns(t, 'kipvs-nf');
   const backend = await detectBackend(exec);
   t.equal(backend, 'nft', 'an empty namespace: nft, as kube-proxy picks');
   const metrics = new Metrics({ defaultMetrics: false });
@@ -193,11 +200,7 @@ t.test('iptables-legacy: detected when it holds the rules, and the same text loa
 });
 
 t.test('a source range of everyone (0.0.0.0/0, ::/0) loads: ipset refuses a /0 net, so it is two halves', { skip: why ?? false }, async (t) => {
-  const ns = `kipvs-nf0-${process.pid}`;
-  execFileSync('ip', ['netns', 'add', ns]);
-  t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-  const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
-  const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  const { exec, inNs } = netns(t, 'kipvs-nf0');
   const nf = new NetfilterApplier({ exec, log: quiet, backend: 'nft', families: [4, 6] });
   const { planner } = planObjects([
     node('node-a', [['InternalIP', '192.168.1.10']]),

@@ -37,15 +37,24 @@ export function k8sBinaries(): { bin: string } | { why: string } {
   return out ? { bin: out.trim().split('\n').at(-1)! } : { why: recordedWhy('k8s') };
 }
 
-/** The IPVS lab's prepared kernel and initramfs (prepare.sh's KEY=VALUE lines), or why not. */
-export function labPrepared(): { env: Record<string, string> } | { why: string } {
-  if (process.env.LAB === '0') return { why: 'LAB=0 set' };
-  if (process.getuid?.() !== 0) return { why: 'not root: the lab installs qemu from Debian packages and boots a VM' };
-  const out = check('test/lab/prepare.sh');
-  if (!out) return { why: recordedWhy('lab') };
-  return { env: Object.fromEntries(out.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) };
+/** KEY=VALUE lines (what prepare.sh and images/build.sh print) as an object. */
+export function keyValueLines(text: string): Record<string, string> {
+  return Object.fromEntries(text.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
 }
 
+/** A root-only step whose `--check` prints KEY=VALUE lines: those, or why not. */
+function rootStep(step: string, script: string, off: string, notRoot: string): { env: Record<string, string> } | { why: string } {
+  if (process.env[off] === '0') return { why: `${off}=0 set` };
+  if (process.getuid?.() !== 0) return { why: `not root: ${notRoot}` };
+  const out = check(script);
+  return out ? { env: keyValueLines(out) } : { why: recordedWhy(step) };
+}
+
+/** The IPVS lab's prepared kernel and initramfs (prepare.sh's KEY=VALUE lines), or why not. */
+export const labPrepared = () => rootStep('lab', 'test/lab/prepare.sh', 'LAB', 'the lab installs qemu from Debian packages and boots a VM');
+
+/** The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not. */
+export const imageBuilt = () => rootStep('image', 'images/build.sh', 'IMAGE', 'the image build runs mmdebstrap and stores root-owned files');
 /** dist/ compiled from the sources as they are now (no source file newer than dist/cli.js), or why not. */
 export function distBuilt(): { cli: string } | { why: string } {
   const cli = join(repo, 'dist/cli.js');
@@ -57,11 +66,3 @@ export function distBuilt(): { cli: string } | { why: string } {
   return newer ? { why: `src/${newer} is newer than dist/: run \`npm run build\` (npm test's set-up does)` } : { cli };
 }
 
-/** The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not. */
-export function imageBuilt(): { env: Record<string, string> } | { why: string } {
-  if (process.env.IMAGE === '0') return { why: 'IMAGE=0 set' };
-  if (process.getuid?.() !== 0) return { why: 'not root: the image build runs mmdebstrap and stores root-owned files' };
-  const out = check('images/build.sh');
-  if (!out) return { why: recordedWhy('image') };
-  return { env: Object.fromEntries(out.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) };
-}

@@ -10,6 +10,7 @@ import t from 'tap';
 import { parse, stringify } from 'yaml';
 import { ep, node, service, slice } from '../../support/objects.ts';
 import { readLayout } from '../../support/image.ts';
+import { keyValueLines } from '../../support/setup-state.ts';
 import { LabNode, NODE_IP, procEnv } from '../support/node.ts';
 
 const repo = resolve(import.meta.dirname, '../../..');
@@ -20,7 +21,7 @@ if (!existsSync(ENV_FILE)) {
   const why = existsSync('/lab-results/image.why') ? readFileSync('/lab-results/image.why', 'utf8') : 'the lab was started without the image (test/lab.test.ts writes image.env)';
   t.plan(0, `image case skipped: ${why}`);
 } else {
-  const img = Object.fromEntries(readFileSync(ENV_FILE, 'utf8').trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) as Record<string, string>;
+  const img = keyValueLines(readFileSync(ENV_FILE, 'utf8'));
   const root = img.IMAGE_ROOTFS!;
   const { config } = readLayout(img.IMAGE_OCI!);
   // The chart's capabilities, as values.yaml gives them to the pod (test/chart.test.ts checks the rendering).
