@@ -6,7 +6,17 @@ import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['dist/', 'node_modules/', '.tap/', 'test/lab/.cache/', 'test/k8s/.cache/', 'test/.setup/', 'images/.cache/'] },
+  {
+    ignores: [
+      'dist/',
+      'node_modules/',
+      '.tap/',
+      'test/lab/.cache/',
+      'test/k8s/.cache/',
+      'test/.setup/',
+      'images/.cache/',
+    ],
+  },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {

@@ -15,7 +15,15 @@ export function syntheticCluster(endpoints: number) {
         type: nodePort ? 'NodePort' : 'ClusterIP',
         clusterIP: ip(96, i),
         clusterIPs: [ip(96, i)],
-        ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, ...(nodePort ? { nodePort: 30000 + ((i / 5) % 2768) } : {}) }],
+        ports: [
+          {
+            name: 'http',
+            protocol: 'TCP',
+            port: 80,
+            targetPort: 8080,
+            ...(nodePort ? { nodePort: 30000 + ((i / 5) % 2768) } : {}),
+          },
+        ],
         ...(i % 7 === 0 ? { sessionAffinity: 'ClientIP' } : {}),
       },
     };
@@ -24,14 +32,22 @@ export function syntheticCluster(endpoints: number) {
   const sliceObj = (i: number, version: number) => ({
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
-    metadata: { name: `svc-${i}-abcde`, namespace: `ns-${i % 100}`, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
+    metadata: {
+      name: `svc-${i}-abcde`,
+      namespace: `ns-${i % 100}`,
+      labels: { 'kubernetes.io/service-name': `svc-${i}` },
+    },
     addressType: 'IPv4',
     ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
     endpoints: Array.from({ length: endpoints }, (_, k) => {
       const zone = ZONES[k % 3]!;
       return {
         addresses: [ip(128, i * endpoints + k)],
-        conditions: { ready: !(k === 0 && version % 2 === 1), serving: true, terminating: k === 0 && version % 2 === 1 },
+        conditions: {
+          ready: !(k === 0 && version % 2 === 1),
+          serving: true,
+          terminating: k === 0 && version % 2 === 1,
+        },
         nodeName: `node-${(i + k) % 50}`,
         zone,
         ...(i % 2 === 0 ? { hints: { forZones: [{ name: zone }] } } : {}),

@@ -21,7 +21,14 @@ const NS = `kipvs-hbench-${process.pid}`;
 
 export interface HealthBench {
   endpoints: number;
-  on: { probesPerSecond: number; cpuPercent: number; userPercent: number; stretch: number; demand: number; failed: number };
+  on: {
+    probesPerSecond: number;
+    cpuPercent: number;
+    userPercent: number;
+    stretch: number;
+    demand: number;
+    failed: number;
+  };
   off: { cpuPercent: number };
 }
 
@@ -31,7 +38,13 @@ const addr = (i: number) => `10.${200 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`
 async function measure(endpoints: number, seconds: number): Promise<HealthBench> {
   const run = async (kind: 'tcp' | 'none') => {
     const cfg = { ...defaultHealthConfig(), kind };
-    const stage = new HealthStage({ config: cfg, clock: systemClock, prober: new SocketProber(), log: new Logger({ sink: () => {} }), onChange: () => {} });
+    const stage = new HealthStage({
+      config: cfg,
+      clock: systemClock,
+      prober: new SocketProber(),
+      log: new Logger({ sink: () => {} }),
+      onChange: () => {},
+    });
     for (let s = 0; s < endpoints / 10; s++) {
       const h: ServiceHealth = {
         service: `bench/svc-${s}`,
@@ -42,7 +55,12 @@ async function measure(endpoints: number, seconds: number): Promise<HealthBench>
         unresolvedPort: null,
         endpoints: Array.from({ length: 10 }, (_, k) => {
           const a = addr(s * 10 + k + 1);
-          return { endpoint: `${a}:8080`, address: a, port: 8080, probe: kind === 'none' ? null : { kind: 'tcp' as const, address: a, port: 8080, path: '/' } };
+          return {
+            endpoint: `${a}:8080`,
+            address: a,
+            port: 8080,
+            probe: kind === 'none' ? null : { kind: 'tcp' as const, address: a, port: 8080, path: '/' },
+          };
         }),
       };
       stage.setService(h.service, h);
@@ -61,7 +79,14 @@ async function measure(endpoints: number, seconds: number): Promise<HealthBench>
     const failed = stage.counters.probes.fail - f0;
     const b = stage.budget;
     stage.stop();
-    return { probesPerSecond: probes / wall, cpuPercent: ((cpu.user + cpu.system) / 1e6 / wall) * 100, userPercent: (cpu.user / 1e6 / wall) * 100, stretch: b.stretch, demand: b.demand, failed };
+    return {
+      probesPerSecond: probes / wall,
+      cpuPercent: ((cpu.user + cpu.system) / 1e6 / wall) * 100,
+      userPercent: (cpu.user / 1e6 / wall) * 100,
+      stretch: b.stretch,
+      demand: b.demand,
+      failed,
+    };
   };
   const off = await run('none');
   const on = await run('tcp');
@@ -77,14 +102,29 @@ export const describe = (r: HealthBench) =>
 export async function healthBench(endpoints = ENDPOINTS, seconds = SECONDS): Promise<HealthBench> {
   const sh = (...a: string[]) => execFileSync(a[0]!, a.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   sh('ip', 'netns', 'add', NS);
-  const listener = spawn('ip', ['netns', 'exec', NS, process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, '-e', "require('net').createServer((s) => s.on('error', () => {}).destroy()).listen({ port: 8080, host: '0.0.0.0', backlog: 4096 }, () => console.log('ready'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const listener = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      NS,
+      process.execPath,
+      ...EXIT_DEADLOCK_V8_FLAGS,
+      '-e',
+      "require('net').createServer((s) => s.on('error', () => {}).destroy()).listen({ port: 8080, host: '0.0.0.0', backlog: 4096 }, () => console.log('ready'))",
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   try {
     sh('ip', 'netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up');
     // Every address of 10.200.0.0/15 is local in the namespace: one route instead of 100 000 addresses.
     sh('ip', 'netns', 'exec', NS, 'ip', 'route', 'add', 'local', '10.200.0.0/15', 'dev', 'lo');
     sh('ip', 'netns', 'exec', NS, 'sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000');
     await new Promise((r) => listener.stdout!.once('data', r));
-    const child = spawn('ip', ['netns', 'exec', NS, process.execPath, ...DAEMON_V8_FLAGS, import.meta.filename], { env: { ...process.env, HEALTH_BENCH_CHILD: '1', ENDPOINTS: String(endpoints), SECONDS: String(seconds) }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn('ip', ['netns', 'exec', NS, process.execPath, ...DAEMON_V8_FLAGS, import.meta.filename], {
+      env: { ...process.env, HEALTH_BENCH_CHILD: '1', ENDPOINTS: String(endpoints), SECONDS: String(seconds) },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     const code = await new Promise<number | null>((r) => child.once('exit', r));

@@ -12,14 +12,18 @@ import { Logger } from '../src/observe/log.ts';
 const CHANGES = Number(process.env.CHANGES ?? 30);
 const ENTRIES = Number(process.env.ENTRIES ?? 10_000);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const ip = (i: number) => `10.${128 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
 const loop = (i: number) => `KIPVS-LOOP-BACK ${ip(i)},tcp:8080,${ip(i)}`;
 
 const log = new Logger({ sink: () => {} });
 const exec = new SystemExec();
 const ipset = new NetlinkIpset();
-const appliers = { netlink: new NetfilterApplier({ exec, log, backend: 'nft', families: [4], ipset }), restore: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }) };
+const appliers = {
+  netlink: new NetfilterApplier({ exec, log, backend: 'nft', families: [4], ipset }),
+  restore: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }),
+};
 const wanted = new Set(Array.from({ length: ENTRIES }, (_, i) => loop(i)));
 const times: Record<keyof typeof appliers, number[]> = { netlink: [], restore: [] };
 let next = ENTRIES;
@@ -42,5 +46,8 @@ for (let i = 0; i < CHANGES * 2; i++) {
   await appliers[which === 'netlink' ? 'restore' : 'netlink'].syncSets((e) => wanted.has(e), wanted, [out, inn], false);
 }
 ipset.close();
-const line = (k: keyof typeof times) => `${k.padEnd(8)} median ${median(times[k]).toFixed(1)} ms, p99 ${pct(times[k], 0.99).toFixed(1)} ms`;
-process.stdout.write(`ipset: one endpoint change (1 del + 1 add) with ${ENTRIES} entries, ${CHANGES} changes each\n  ${line('netlink')}\n  ${line('restore')}\n  restore / netlink: ${(median(times.restore) / median(times.netlink)).toFixed(1)}x\n`);
+const line = (k: keyof typeof times) =>
+  `${k.padEnd(8)} median ${median(times[k]).toFixed(1)} ms, p99 ${pct(times[k], 0.99).toFixed(1)} ms`;
+process.stdout.write(
+  `ipset: one endpoint change (1 del + 1 add) with ${ENTRIES} entries, ${CHANGES} changes each\n  ${line('netlink')}\n  ${line('restore')}\n  restore / netlink: ${(median(times.restore) / median(times.netlink)).toFixed(1)}x\n`,
+);

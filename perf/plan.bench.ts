@@ -21,7 +21,10 @@ if (!process.env.BENCH_CHILD) {
     [`as kube-ipvs is launched: ${DAEMON_V8_FLAGS.join(' ')}`, DAEMON_V8_FLAGS],
   ] as const) {
     process.stdout.write(`--- ${label}\n`);
-    const r = spawnSync(process.execPath, ['--expose-gc', ...flags, import.meta.filename], { env: { ...process.env, BENCH_CHILD: label }, stdio: 'inherit' });
+    const r = spawnSync(process.execPath, ['--expose-gc', ...flags, import.meta.filename], {
+      env: { ...process.env, BENCH_CHILD: label },
+      stdio: 'inherit',
+    });
     if (r.status !== 0) failed = true;
   }
   process.exit(failed ? 1 : 0);
@@ -37,7 +40,8 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
-const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const mb = (n: number) => `${(n / 1024 / 1024).toFixed(0)} MB`;
 
 const rssBefore = process.memoryUsage().rss;
@@ -113,6 +117,8 @@ process.stdout.write(lines.join('\n') + '\n');
 const timeOk = fullMedian < 1000 && incrMedian < 1;
 const memOk = rssAfter < 200 * 1024 * 1024;
 const judged = process.env.BENCH_CHILD !== 'V8 defaults';
-process.stdout.write(`${timeOk ? 'time targets met' : 'TIME TARGET MISSED'}; ${memOk ? 'RSS under 200 MB' : `RSS over 200 MB${judged ? '' : ' (not judged with V8 defaults)'}`}\n`);
+process.stdout.write(
+  `${timeOk ? 'time targets met' : 'TIME TARGET MISSED'}; ${memOk ? 'RSS under 200 MB' : `RSS over 200 MB${judged ? '' : ' (not judged with V8 defaults)'}`}\n`,
+);
 process.exitCode = timeOk && (memOk || !judged) ? 0 : 1;
 model = undefined as unknown as Model;

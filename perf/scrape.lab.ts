@@ -65,9 +65,14 @@ for (const read of [0, 65536]) {
   const fam = (await sock.ctrlRequest(genl.Commands.GET_FAMILY, { familyName: IPVS_GENL_NAME }))[0]!.familyId!;
   let msgs = 0;
   const ms = await time(async () => {
-    msgs = (await sock.socket.request(fam, encodeRequest(Cmd.GET_SERVICE, []), { flags: FlagsGet.DUMP, timeout: 60_000 }))[0].length;
+    msgs = (
+      await sock.socket.request(fam, encodeRequest(Cmd.GET_SERVICE, []), { flags: FlagsGet.DUMP, timeout: 60_000 })
+    )[0].length;
   });
-  rows.push([`kernel service dump, undecoded, ${read ? `${read / 1024} KiB reads` : 'peeked reads'} (${msgs} messages)`, ms]);
+  rows.push([
+    `kernel service dump, undecoded, ${read ? `${read / 1024} KiB reads` : 'peeked reads'} (${msgs} messages)`,
+    ms,
+  ]);
   sock.socket.close();
 }
 rows.push(['kernel service dump, decoded, peeked reads', await time(() => ipvs.services())]);
@@ -76,7 +81,13 @@ rows.push(['kernel service dump, decoded, 64 KiB reads', await time(() => bigRea
 rows.push(['kernel service dump, keys and counters only, 64 KiB reads', await time(() => bigReads.serviceCounters())]);
 let http = '';
 for (const limit of [defaultConfig().metrics.realServerSeriesLimit, 0]) {
-  const collector = new IpvsCollector({ ipvs: bigReads, labels, realServerLimit: limit, plannedRealServers: () => planned, log });
+  const collector = new IpvsCollector({
+    ipvs: bigReads,
+    labels,
+    realServerLimit: limit,
+    plannedRealServers: () => planned,
+    log,
+  });
   const snap = await collector.snapshot();
   rows.push([`collector snapshot (limit ${limit})`, await time(() => collector.snapshot())]);
   rows.push([`collector render (limit ${limit})`, await time(async () => collector.render(snap))]);
@@ -94,7 +105,14 @@ for (const limit of [defaultConfig().metrics.realServerSeriesLimit, 0]) {
   let bytes = 0;
   const curlMs: number[] = [];
   for (let k = 0; k < RUNS; k++) {
-    const { stdout } = await execFileP('curl', ['-sS', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', `http://127.0.0.1:${port}/metrics`]);
+    const { stdout } = await execFileP('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{time_total} %{size_download}',
+      `http://127.0.0.1:${port}/metrics`,
+    ]);
     const [secs, size] = stdout.trim().split(' ');
     curlMs.push(Number(secs) * 1000);
     bytes = Number(size);
@@ -108,9 +126,12 @@ ipvs.close();
 bigReads.close();
 // The same JavaScript without a kernel, as `npm run bench:scrape` runs it on a host: the ratio of
 // the two is what emulation costs this workload.
-for (const limit of [1000, 0]) http += `  ${describe(await syntheticScrape(SERVICES, ENDPOINTS, limit, RUNS), SERVICES, ENDPOINTS, limit)}\n`;
+for (const limit of [1000, 0])
+  http += `  ${describe(await syntheticScrape(SERVICES, ENDPOINTS, limit, RUNS), SERVICES, ENDPOINTS, limit)}\n`;
 
-console.log(`Scrape benchmark: ${SERVICES} virtual servers x ${ENDPOINTS} destinations (ipvsadm -R ${(restoreMs / 1000).toFixed(1)} s; kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, medians of ${RUNS})`);
+console.log(
+  `Scrape benchmark: ${SERVICES} virtual servers x ${ENDPOINTS} destinations (ipvsadm -R ${(restoreMs / 1000).toFixed(1)} s; kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, medians of ${RUNS})`,
+);
 for (const [what, ms] of rows) console.log(`  ${what.padEnd(80)} ${ms.toFixed(0)} ms`);
 process.stdout.write(http);
 setTimeout(() => process.exit(0), 20);

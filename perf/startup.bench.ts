@@ -40,8 +40,15 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 // BUNDLE=FILE adds a third launcher (a bundler's single file, measured against tsc's output).
-const launchers: Record<string, string> = { sources: join(repo, 'src/cli.ts'), compiled: dist, ...(process.env.BUNDLE ? { bundle: resolve(process.env.BUNDLE) } : {}) };
-const commands = { help: ['help'], run: ['run', '--manifests', dir, '--node', 'node-0', '--dry-run', '--once'] } as const;
+const launchers: Record<string, string> = {
+  sources: join(repo, 'src/cli.ts'),
+  compiled: dist,
+  ...(process.env.BUNDLE ? { bundle: resolve(process.env.BUNDLE) } : {}),
+};
+const commands = {
+  help: ['help'],
+  run: ['run', '--manifests', dir, '--node', 'node-0', '--dry-run', '--once'],
+} as const;
 type Sample = { ms: number; rssKb: number };
 const samples: Record<string, Sample[]> = {};
 try {
@@ -51,7 +58,11 @@ try {
       const names = Object.keys(launchers);
       const order = r % 2 ? [...names].reverse() : names;
       for (const l of order) {
-        const res = spawnSync('/usr/bin/time', ['-f', '%e %M', process.execPath, ...DAEMON_V8_FLAGS, launchers[l]!, ...args], { encoding: 'utf8', maxBuffer: 1 << 30 });
+        const res = spawnSync(
+          '/usr/bin/time',
+          ['-f', '%e %M', process.execPath, ...DAEMON_V8_FLAGS, launchers[l]!, ...args],
+          { encoding: 'utf8', maxBuffer: 1 << 30 },
+        );
         if (res.status !== 0) throw new Error(`${l} ${cmd} failed (${res.status}): ${res.stderr.slice(-2000)}`);
         const [s, kb] = res.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
         (samples[`${cmd} ${l}`] ??= []).push({ ms: s! * 1000, rssKb: kb! });
@@ -62,7 +73,9 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-process.stdout.write(`start-up benchmark: ${SERVICES} Services x 10 endpoints, ${ROUNDS} rounds, node ${process.version}, medians\n`);
+process.stdout.write(
+  `start-up benchmark: ${SERVICES} Services x 10 endpoints, ${ROUNDS} rounds, node ${process.version}, medians\n`,
+);
 for (const cmd of Object.keys(commands)) {
   const med = (l: string) => {
     const s = samples[`${cmd} ${l}`]!;

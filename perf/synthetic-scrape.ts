@@ -32,7 +32,8 @@ const addr = (a: number[]) => {
   b.set(a);
   return b;
 };
-const stats = (k: number, w: (n: number) => Buffer) => Buffer.concat(Array.from({ length: 10 }, (_, i) => tlv(i + 1, w(k * (i + 1)))));
+const stats = (k: number, w: (n: number) => Buffer) =>
+  Buffer.concat(Array.from({ length: 10 }, (_, i) => tlv(i + 1, w(k * (i + 1)))));
 const reply = (attr: number, inner: Buffer) => Buffer.concat([Buffer.from([1, 1, 0, 0]), tlv(attr, inner)]);
 /** The byte offset of the first 64-bit counter (conns) in a reply whose last attribute is STATS64. */
 const connsAt = (r: Buffer) => r.length - 10 * 12 + 4;
@@ -43,20 +44,60 @@ export interface SyntheticScrape {
   bytes: number;
 }
 
-export async function syntheticScrape(services = 10_000, endpoints = 10, limit = 1000, runs = 5): Promise<SyntheticScrape> {
+export async function syntheticScrape(
+  services = 10_000,
+  endpoints = 10,
+  limit = 1000,
+  runs = 5,
+): Promise<SyntheticScrape> {
   const svc: Buffer[] = [];
   const labels = new Map<string, { service: string; portName: string; kind: string }>();
   for (let i = 0; i < services; i++) {
     const a = [10, 96, (i >> 8) & 255, i & 255];
-    svc.push(reply(1, Buffer.concat([tlv(1, le16(2)), tlv(2, le16(6)), tlv(3, addr(a)), tlv(4, be16(80)), tlv(6, Buffer.from('rr\0')), tlv(7, Buffer.concat([le32(2), le32(0xffffffff)])), tlv(8, le32(0)), tlv(9, le32(0xffffffff)), tlv(10, stats(i, le32)), tlv(12, stats(i, le64))])));
-    labels.set(serviceId({ family: 4, protocol: 'TCP', address: a.join('.'), port: 80 }), { service: `bench/svc-${i}`, portName: 'http', kind: 'ClusterIP' });
+    svc.push(
+      reply(
+        1,
+        Buffer.concat([
+          tlv(1, le16(2)),
+          tlv(2, le16(6)),
+          tlv(3, addr(a)),
+          tlv(4, be16(80)),
+          tlv(6, Buffer.from('rr\0')),
+          tlv(7, Buffer.concat([le32(2), le32(0xffffffff)])),
+          tlv(8, le32(0)),
+          tlv(9, le32(0xffffffff)),
+          tlv(10, stats(i, le32)),
+          tlv(12, stats(i, le64)),
+        ]),
+      ),
+    );
+    labels.set(serviceId({ family: 4, protocol: 'TCP', address: a.join('.'), port: 80 }), {
+      service: `bench/svc-${i}`,
+      portName: 'http',
+      kind: 'ClusterIP',
+    });
   }
   const dst = new Map<string, Buffer[]>();
   const destsOf = (address: string) => {
     let d = dst.get(address);
     if (!d) {
       const [, , x, y] = address.split('.').map(Number);
-      d = Array.from({ length: endpoints }, (_, k) => reply(2, Buffer.concat([tlv(1, addr([10, 128 + k, x!, y!])), tlv(2, be16(8080)), tlv(3, le32(0)), tlv(4, le32(1)), tlv(7, le32(3)), tlv(8, le32(2)), tlv(10, stats(k, le32)), tlv(11, le16(2)), tlv(12, stats(k, le64))])));
+      d = Array.from({ length: endpoints }, (_, k) =>
+        reply(
+          2,
+          Buffer.concat([
+            tlv(1, addr([10, 128 + k, x!, y!])),
+            tlv(2, be16(8080)),
+            tlv(3, le32(0)),
+            tlv(4, le32(1)),
+            tlv(7, le32(3)),
+            tlv(8, le32(2)),
+            tlv(10, stats(k, le32)),
+            tlv(11, le16(2)),
+            tlv(12, stats(k, le64)),
+          ]),
+        ),
+      );
       dst.set(address, d);
     }
     return d;
@@ -78,7 +119,13 @@ export async function syntheticScrape(services = 10_000, endpoints = 10, limit =
       }),
   } as unknown as Ipvs;
   const metrics = new Metrics();
-  new IpvsCollector({ ipvs: kernel, labels, realServerLimit: limit, plannedRealServers: () => new Map(), log: new Logger({ sink: () => {} }) }).register(metrics);
+  new IpvsCollector({
+    ipvs: kernel,
+    labels,
+    realServerLimit: limit,
+    plannedRealServers: () => new Map(),
+    log: new Logger({ sink: () => {} }),
+  }).register(metrics);
   let bytes = 0;
   const time = async () => {
     const ts: number[] = [];
@@ -102,5 +149,6 @@ export const describe = (s: SyntheticScrape, services: number, endpoints: number
 if (process.argv[1] === import.meta.filename) {
   const services = Number(process.env.SERVICES ?? 10_000);
   const endpoints = Number(process.env.ENDPOINTS ?? 10);
-  for (const limit of [1000, 0]) console.log(describe(await syntheticScrape(services, endpoints, limit), services, endpoints, limit));
+  for (const limit of [1000, 0])
+    console.log(describe(await syntheticScrape(services, endpoints, limit), services, endpoints, limit));
 }

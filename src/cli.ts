@@ -64,7 +64,8 @@ export async function main(argv: string[], io: IO): Promise<number> {
     io.stdout(USAGE);
     return command === undefined ? 2 : 0;
   }
-  if (!['plan', 'run', 'cleanup', 'status'].includes(command)) return usage(`unknown command ${JSON.stringify(command)}`);
+  if (!['plan', 'run', 'cleanup', 'status'].includes(command))
+    return usage(`unknown command ${JSON.stringify(command)}`);
 
   let args;
   try {
@@ -75,13 +76,32 @@ export async function main(argv: string[], io: IO): Promise<number> {
   switch (command) {
     case 'plan':
       if (!args.manifests) return usage('plan needs --manifests DIR');
-      if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
-      return planCommand({ manifests: args.manifests, node: args.node, config: args.config, output: args.output, strict: args.strict }, io);
+      if (args.output !== 'table' && args.output !== 'json')
+        return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
+      return planCommand(
+        { manifests: args.manifests, node: args.node, config: args.config, output: args.output, strict: args.strict },
+        io,
+      );
     case 'status':
-      if (args.output !== 'table' && args.output !== 'json') return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
-      return statusCommand({ config: args.config, namespace: args.namespace, service: args.service, output: args.output }, io);
+      if (args.output !== 'table' && args.output !== 'json')
+        return usage(`--output must be table or json, not ${JSON.stringify(args.output)}`);
+      return statusCommand(
+        { config: args.config, namespace: args.namespace, service: args.service, output: args.output },
+        io,
+      );
     case 'run':
-      return runCommand({ manifests: args.manifests, kubeconfig: args.kubeconfig, node: args.node, config: args.config, dryRun: args['dry-run'], once: args.once, ...(args['proc-sys'] !== undefined ? { procSys: args['proc-sys'] } : {}) }, io);
+      return runCommand(
+        {
+          manifests: args.manifests,
+          kubeconfig: args.kubeconfig,
+          node: args.node,
+          config: args.config,
+          dryRun: args['dry-run'],
+          once: args.once,
+          ...(args['proc-sys'] !== undefined ? { procSys: args['proc-sys'] } : {}),
+        },
+        io,
+      );
     default:
       return cleanupCommand({ config: args.config }, io);
   }
@@ -116,7 +136,10 @@ if (isEntry()) {
     // handles (exiting in the middle of that has crashed the addon).
     setTimeout(() => process.exit(code), 20);
   };
-  main(process.argv.slice(2), { stdout: (t) => void process.stdout.write(t), stderr: (t) => void process.stderr.write(t) }).then(exit, (e: unknown) => {
+  main(process.argv.slice(2), {
+    stdout: (t) => void process.stdout.write(t),
+    stderr: (t) => void process.stderr.write(t),
+  }).then(exit, (e: unknown) => {
     process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
     void exit(70);
   });

@@ -134,7 +134,9 @@ export class Daemon {
         transition: (to, reason) => this.metrics.healthTransitions.inc({ to, reason }),
       },
     });
-    this.planner = new Planner(this.model, planConfigFrom(cfg), (svc, address, port) => this.health.weight(svc, address, port));
+    this.planner = new Planner(this.model, planConfigFrom(cfg), (svc, address, port) =>
+      this.health.weight(svc, address, port),
+    );
     this.#source = opts.source;
     this.reconciler = new Reconciler(deps.ipvs, deps.links, deps.owned, {
       dummyInterface: cfg.dummyInterface,
@@ -143,14 +145,21 @@ export class Daemon {
       clock: this.#clock,
       // A recorded virtual server off our interface is ours only if it is a NodePort on one of
       // this node's addresses or carries one of our firewall marks.
-      recordedMayBeOurs: (s) => (s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && this.planner.nodeAddresses.has(s.address)),
+      recordedMayBeOurs: (s) =>
+        s.fwmark !== undefined
+          ? inFwmarkRange(s.fwmark)
+          : s.address !== undefined && this.planner.nodeAddresses.has(s.address),
       onError: (e) => {
         deps.log.warn('kernel operation failed', { ...e }, `op:${e.op}:${e.code}`);
         this.recentErrors.push({ at: this.#clock.now(), ...e });
         if (this.recentErrors.length > RECENT_ERRORS) this.recentErrors.shift();
       },
     });
-    registerScrapeMetrics(this.metrics, { planner: this.planner, health: this.health, counters: this.#source.counters });
+    registerScrapeMetrics(this.metrics, {
+      planner: this.planner,
+      health: this.health,
+      counters: this.#source.counters,
+    });
     this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full), {
       minIntervalMs: cfg.ipvs.minSyncPeriodSeconds * 1000,
       maxIntervalMs: cfg.ipvs.syncPeriodSeconds * 1000,
@@ -215,14 +224,21 @@ export class Daemon {
   async #kernelSettings(): Promise<void> {
     const { config: cfg } = this.#opts;
     const { log } = this.#deps;
-    const sysctls = [...ipvsSysctls({ strictARP: cfg.ipvs.strictARP, kernelRelease: this.#deps.kernelRelease }), ...conntrackSysctls(cfg.conntrack, this.#deps.cpus ?? availableParallelism(), (p) => this.#deps.sysctl.read(p))];
+    const sysctls = [
+      ...ipvsSysctls({ strictARP: cfg.ipvs.strictARP, kernelRelease: this.#deps.kernelRelease }),
+      ...conntrackSysctls(cfg.conntrack, this.#deps.cpus ?? availableParallelism(), (p) => this.#deps.sysctl.read(p)),
+    ];
     for (const f of applySysctls(sysctls, this.#deps.sysctl)) {
       log.warn('cannot set sysctl', f);
     }
     const t = cfg.ipvs;
     if (t.tcpTimeoutSeconds || t.tcpFinTimeoutSeconds || t.udpTimeoutSeconds) {
       try {
-        await this.#deps.ipvs.setTimeouts({ tcp: Math.round(t.tcpTimeoutSeconds), tcpFin: Math.round(t.tcpFinTimeoutSeconds), udp: Math.round(t.udpTimeoutSeconds) });
+        await this.#deps.ipvs.setTimeouts({
+          tcp: Math.round(t.tcpTimeoutSeconds),
+          tcpFin: Math.round(t.tcpFinTimeoutSeconds),
+          udp: Math.round(t.udpTimeoutSeconds),
+        });
       } catch (e) {
         log.warn('cannot set IPVS timeouts', { error: (e as Error).message });
       }
@@ -264,7 +280,8 @@ export class Daemon {
     this.metrics.endpointChangesPending.set(this.#pendingEndpointChanges.size);
     if (this.#dirty.size > 0) {
       this.proxyHealth.queued();
-      for (const f of this.#families(this.#dirty)) this.metrics.lastQueuedTimestamp.set({ ip_family: ipFamilyLabel(f) }, this.#clock.now() / 1000);
+      for (const f of this.#families(this.#dirty))
+        this.metrics.lastQueuedTimestamp.set({ ip_family: ipFamilyLabel(f) }, this.#clock.now() / 1000);
     }
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
@@ -274,7 +291,10 @@ export class Daemon {
   /** A record that could not be read is said once, loudly: what kube-ipvs owns is narrower until it is rewritten. */
   #reportOwnership(): void {
     const why = this.#deps.owned.problem;
-    if (why) this.#deps.log.error(formatProblem({ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: why }), { code: Codes.OWNERSHIP_RECORD_INVALID });
+    if (why)
+      this.#deps.log.error(formatProblem({ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: why }), {
+        code: Codes.OWNERSHIP_RECORD_INVALID,
+      });
   }
 
   #started = false;
@@ -298,8 +318,14 @@ export class Daemon {
     const replanned = this.planner.replan(services);
     for (const k of replanned) this.#dirty.add(k);
     if (this.#syncing && this.#started) {
-      const plans = new Map(replanned.flatMap((k) => (this.planner.servicePlan(k) ? [[k, this.planner.servicePlan(k)!] as const] : [])));
-      void this.reconciler.syncDestinations(plans).catch((e: unknown) => this.#deps.log.warn('health: writing destinations failed', { error: (e as Error).message }));
+      const plans = new Map(
+        replanned.flatMap((k) => (this.planner.servicePlan(k) ? [[k, this.planner.servicePlan(k)!] as const] : [])),
+      );
+      void this.reconciler
+        .syncDestinations(plans)
+        .catch((e: unknown) =>
+          this.#deps.log.warn('health: writing destinations failed', { error: (e as Error).message }),
+        );
     }
     if (this.#dirty.size > 0) this.runner.requestNow();
   }
@@ -346,7 +372,12 @@ export class Daemon {
     const nfStarted = this.#clock.now();
     const nfErrors = await this.#syncNetfilter(full);
     const netfilterMs = this.#clock.now() - nfStarted;
-    const r = await this.reconciler.sync({ full, plans, addressInUse: (a) => this.planner.addressInUse(a), latest: (k) => this.planner.servicePlan(k) });
+    const r = await this.reconciler.sync({
+      full,
+      plans,
+      addressInUse: (a) => this.planner.addressInUse(a),
+      latest: (k) => this.planner.servicePlan(k),
+    });
     for (const e of nfErrors) {
       const err = { op: e.op, code: 'NETFILTER', message: e.message };
       r.errors.push(err);
@@ -356,7 +387,14 @@ export class Daemon {
     if (r.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(r.staleUdp);
     this.lastSync = r;
     this.#observeSync(r, full ? null : touched);
-    const fields = { full: r.full, services: r.services, operations: r.operations, errors: r.errors.length, durationMs: Math.round(r.durationMs), netfilterMs: Math.round(netfilterMs) };
+    const fields = {
+      full: r.full,
+      services: r.services,
+      operations: r.operations,
+      errors: r.errors.length,
+      durationMs: Math.round(r.durationMs),
+      netfilterMs: Math.round(netfilterMs),
+    };
     if (r.errors.length > 0) {
       // Keep the failed Services dirty for the runner's retry (with backoff); an error not tied to
       // one Service (the dummy interface...) keeps them all. A failed full sync is retried full.
@@ -377,7 +415,12 @@ export class Daemon {
     const nf = this.#deps.netfilter;
     if (!nf) return [];
     const changed = this.planner.takeSetChanges();
-    const errors = await nf.syncSets((e) => this.planner.setEntryWanted(e), this.planner.setEntries(), changed, full || this.#netfilterDirty);
+    const errors = await nf.syncSets(
+      (e) => this.planner.setEntryWanted(e),
+      this.planner.setEntries(),
+      changed,
+      full || this.#netfilterDirty,
+    );
     if (errors.length > 0) {
       this.#netfilterDirty = true;
       return errors;
@@ -438,7 +481,8 @@ export class Daemon {
         }
         continue;
       }
-      if (before && before.port === p.healthCheckNodePort && before.target.localEndpoints === p.localEndpoints) continue;
+      if (before && before.port === p.healthCheckNodePort && before.target.localEndpoints === p.localEndpoints)
+        continue;
       this.#hcTargets.set(k, { port: p.healthCheckNodePort, target: { service: k, localEndpoints: p.localEndpoints } });
       changed = true;
     }
@@ -452,7 +496,11 @@ export class Daemon {
 
   /** Pending Service and EndpointSlice changes (Services whose change is not in the kernel yet). */
   pendingChanges(): { services: number; endpoints: number; dirty: number } {
-    return { services: this.#pendingServiceChanges.size, endpoints: this.#pendingEndpointChanges.size, dirty: this.#dirty.size };
+    return {
+      services: this.#pendingServiceChanges.size,
+      endpoints: this.#pendingEndpointChanges.size,
+      dirty: this.#dirty.size,
+    };
   }
 
   #scheduleDrainCheck(): void {
@@ -470,7 +518,10 @@ export class Daemon {
       if (failed.has(k) || (synced && !synced.has(k))) continue;
       this.#triggers.delete(k);
       this.programmingLatencyMs.push(Math.max(0, now - at));
-      this.metrics.programmingDuration.observe({ ip_family: ipFamilyLabel(this.#families([k])[0]!) }, Math.max(0, now - at) / 1000);
+      this.metrics.programmingDuration.observe(
+        { ip_family: ipFamilyLabel(this.#families([k])[0]!) },
+        Math.max(0, now - at) / 1000,
+      );
       if (this.programmingLatencyMs.length > LATENCY_SAMPLES) this.programmingLatencyMs.shift();
     }
   }

@@ -4,10 +4,27 @@ import { categorizeEndpoints, topologyModeFromHints, type PolicyInfo, type Topol
 import type { Endpoint } from '../src/model/types.ts';
 
 const here: Topology = { nodeName: 'node-a', zone: 'zone-a', nodeHints: true };
-const cluster: PolicyInfo = { internalTrafficPolicyLocal: false, externalTrafficPolicyLocal: false, externallyAccessible: false };
+const cluster: PolicyInfo = {
+  internalTrafficPolicyLocal: false,
+  externalTrafficPolicyLocal: false,
+  externallyAccessible: false,
+};
 
 function e(address: string, o: Partial<Endpoint> = {}): Endpoint {
-  return { address, sortKey: address, family: 4, port: 80, ready: true, serving: true, terminating: false, nodeName: '', zone: '', zoneHints: null, nodeHints: null, ...o };
+  return {
+    address,
+    sortKey: address,
+    family: 4,
+    port: 80,
+    ready: true,
+    serving: true,
+    terminating: false,
+    nodeName: '',
+    zone: '',
+    zoneHints: null,
+    nodeHints: null,
+    ...o,
+  };
 }
 const ips = (eps: Endpoint[]) => eps.map((x) => x.address).sort();
 
@@ -22,10 +39,19 @@ interface Case {
 
 const cases: Case[] = [
   { name: 'no endpoints', endpoints: [], cluster: [], local: [], hasAny: false },
-  { name: 'ready only', endpoints: [e('1'), e('2', { ready: false, serving: false })], cluster: ['1'], local: [], hasAny: true },
+  {
+    name: 'ready only',
+    endpoints: [e('1'), e('2', { ready: false, serving: false })],
+    cluster: ['1'],
+    local: [],
+    hasAny: true,
+  },
   {
     name: 'serving-terminating fallback when nothing is ready',
-    endpoints: [e('1', { ready: false, terminating: true }), e('2', { ready: false, serving: false, terminating: true })],
+    endpoints: [
+      e('1', { ready: false, terminating: true }),
+      e('2', { ready: false, serving: false, terminating: true }),
+    ],
     cluster: ['1'],
     local: [],
     hasAny: true,
@@ -56,7 +82,11 @@ const cases: Case[] = [
   {
     name: 'eTP Local: local ready preferred over local terminating',
     policy: { externallyAccessible: true, externalTrafficPolicyLocal: true },
-    endpoints: [e('1', { nodeName: 'node-a' }), e('3', { nodeName: 'node-a', ready: false, terminating: true }), e('2', { nodeName: 'node-b' })],
+    endpoints: [
+      e('1', { nodeName: 'node-a' }),
+      e('3', { nodeName: 'node-a', ready: false, terminating: true }),
+      e('2', { nodeName: 'node-b' }),
+    ],
     cluster: ['1', '2'],
     local: ['1'],
     hasAny: true,
@@ -80,7 +110,10 @@ const cases: Case[] = [
   {
     name: 'zone hints filter the cluster endpoints but not the local ones',
     policy: { externallyAccessible: true, externalTrafficPolicyLocal: true },
-    endpoints: [e('1', { zoneHints: ['zone-a'], nodeName: 'node-x' }), e('2', { zoneHints: ['zone-b'], nodeName: 'node-a' })],
+    endpoints: [
+      e('1', { zoneHints: ['zone-a'], nodeName: 'node-x' }),
+      e('2', { zoneHints: ['zone-b'], nodeName: 'node-a' }),
+    ],
     cluster: ['1'],
     local: ['2'],
     hasAny: true,
@@ -97,12 +130,31 @@ for (const c of cases) {
 }
 
 t.test('topology mode', async (t) => {
-  t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2', { zoneHints: ['zone-b'] })], here), 'PreferSameZone');
-  t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2')], here), '', 'a ready endpoint without hints disables them');
-  t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2', { ready: false })], here), 'PreferSameZone', 'unready endpoints do not count');
+  t.equal(
+    topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2', { zoneHints: ['zone-b'] })], here),
+    'PreferSameZone',
+  );
+  t.equal(
+    topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2')], here),
+    '',
+    'a ready endpoint without hints disables them',
+  );
+  t.equal(
+    topologyModeFromHints([e('1', { zoneHints: ['zone-a'] }), e('2', { ready: false })], here),
+    'PreferSameZone',
+    'unready endpoints do not count',
+  );
   t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-b'] })], here), '', 'no hint for our zone');
-  t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'] })], { ...here, zone: '' }), '', 'a node without a zone label ignores zone hints');
+  t.equal(
+    topologyModeFromHints([e('1', { zoneHints: ['zone-a'] })], { ...here, zone: '' }),
+    '',
+    'a node without a zone label ignores zone hints',
+  );
   t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'], nodeHints: ['node-a'] })], here), 'PreferSameNode');
-  t.equal(topologyModeFromHints([e('1', { zoneHints: ['zone-a'], nodeHints: ['node-a'] })], { ...here, nodeHints: false }), 'PreferSameZone', 'node hints off by gate');
+  t.equal(
+    topologyModeFromHints([e('1', { zoneHints: ['zone-a'], nodeHints: ['node-a'] })], { ...here, nodeHints: false }),
+    'PreferSameZone',
+    'node hints off by gate',
+  );
   t.equal(topologyModeFromHints([], here), '', 'no endpoints: no hints');
 });

@@ -21,9 +21,25 @@ t.test('plan --output json keeps the contract', async (t) => {
   t.equal(r.code, 0);
   t.equal(r.stderr, '', 'the examples are clean');
   const plan = JSON.parse(r.stdout) as NodePlan;
-  t.same(Object.keys(plan).filter((k) => ['virtualServers', 'ipsets', 'iptables', 'addresses'].includes(k)).sort(), ['addresses', 'ipsets', 'iptables', 'virtualServers']);
+  t.same(
+    Object.keys(plan)
+      .filter((k) => ['virtualServers', 'ipsets', 'iptables', 'addresses'].includes(k))
+      .sort(),
+    ['addresses', 'ipsets', 'iptables', 'virtualServers'],
+  );
   for (const vs of plan.virtualServers) {
-    for (const f of ['service', 'portName', 'kind', 'protocol', 'address', 'port', 'scheduler', 'persistenceTimeoutSeconds', 'realServers']) t.ok(f in vs, `${vs.service} ${vs.address}:${vs.port} has ${f}`);
+    for (const f of [
+      'service',
+      'portName',
+      'kind',
+      'protocol',
+      'address',
+      'port',
+      'scheduler',
+      'persistenceTimeoutSeconds',
+      'realServers',
+    ])
+      t.ok(f in vs, `${vs.service} ${vs.address}:${vs.port} has ${f}`);
     t.match(vs.kind, /^(ClusterIP|NodePort|LoadBalancer|ExternalIP)$/);
     t.match(vs.protocol, /^(TCP|UDP|SCTP)$/);
     for (const rs of vs.realServers) t.same(Object.keys(rs).sort(), ['address', 'port', 'weight']);
@@ -48,11 +64,22 @@ t.test('--node picks the node; a missing Node is a warning', async (t) => {
   t.equal(r.code, 0);
   t.match(r.stderr, /warning KIPVS_NODE_NOT_FOUND Node node-z/);
   const plan = JSON.parse(r.stdout) as NodePlan;
-  t.notOk(plan.virtualServers.some((v) => v.kind === 'NodePort'), 'no node addresses, no NodePorts');
+  t.notOk(
+    plan.virtualServers.some((v) => v.kind === 'NodePort'),
+    'no node addresses, no NodePorts',
+  );
 });
 
 t.test('bad input: every valid Service still planned; --strict makes it fail', async (t) => {
-  const lax = await run('plan', '--manifests', 'test/golden/bad-input/manifests', '--node', 'node-a', '--output', 'json');
+  const lax = await run(
+    'plan',
+    '--manifests',
+    'test/golden/bad-input/manifests',
+    '--node',
+    'node-a',
+    '--output',
+    'json',
+  );
   t.equal(lax.code, 0);
   t.ok((JSON.parse(lax.stdout) as NodePlan).virtualServers.some((v) => v.service === 'default/good'));
   const strict = await run('plan', '--manifests', 'test/golden/bad-input/manifests', '--node', 'node-a', '--strict');
@@ -72,7 +99,15 @@ t.test('config errors stop the plan', async (t) => {
   const missing = await run('plan', '--manifests', 'config/examples', '--config', join(dir, 'nope.yaml'));
   t.equal(missing.code, 1);
   t.match(missing.stderr, /KIPVS_CONFIG_UNREADABLE/);
-  const withCfg = await run('plan', '--manifests', 'config/examples', '--config', 'config/kube-ipvs.yaml', '--output', 'json');
+  const withCfg = await run(
+    'plan',
+    '--manifests',
+    'config/examples',
+    '--config',
+    'config/kube-ipvs.yaml',
+    '--output',
+    'json',
+  );
   t.equal(withCfg.code, 0);
 });
 
@@ -116,23 +151,31 @@ t.test('run --dry-run --once prints the plan and what it would do to an empty no
   t.match(r.stdout, /addService UDP\/10\.96\.0\.10:53\n/);
   t.match(r.stdout, /addDestination UDP\/10\.96\.0\.10:53 -> 10\.244\.0\.2:53 weight 1/);
   const adds = r.stdout.match(/^ {2}addService /gm)?.length;
-  t.equal(adds, 14, 'one addService per planned virtual server: 13 by address, 1 firewall mark (the Local LoadBalancer)');
+  t.equal(
+    adds,
+    14,
+    'one addService per planned virtual server: 13 by address, 1 firewall mark (the Local LoadBalancer)',
+  );
   t.match(r.stdout, /addService FWM\/\d+\n/);
   t.match(r.stdout, /ipset restore \(\d+ entries\)/, 'the ipsets it would load');
   t.match(r.stdout, /iptables-nft-restore --noflush -w 5 \(\d+ rules\)/, 'and the rules');
 });
 
-t.test('without root, run and cleanup say what they need', { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false }, async (t) => {
-  const exec = promisify(execFile);
-  for (const args of [['run', '--manifests', 'config/examples'], ['cleanup']]) {
-    const r = await exec(process.execPath, ['src/cli.ts', ...args], { uid: 65534, gid: 65534 }).then(
-      () => ({ code: 0, stderr: '' }),
-      (e: { code: number; stderr: string }) => e,
-    );
-    t.equal(r.code, 1, `${args[0]} exits 1`);
-    t.match(r.stderr, /KIPVS_NEEDS_PRIVILEGE .*needs root/, `${args[0]} explains`);
-  }
-});
+t.test(
+  'without root, run and cleanup say what they need',
+  { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false },
+  async (t) => {
+    const exec = promisify(execFile);
+    for (const args of [['run', '--manifests', 'config/examples'], ['cleanup']]) {
+      const r = await exec(process.execPath, ['src/cli.ts', ...args], { uid: 65534, gid: 65534 }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      t.equal(r.code, 1, `${args[0]} exits 1`);
+      t.match(r.stderr, /KIPVS_NEEDS_PRIVILEGE .*needs root/, `${args[0]} explains`);
+    }
+  },
+);
 
 t.test('the real entry point runs what npm start runs', async (t) => {
   const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: { start: string } };
@@ -155,7 +198,8 @@ t.test('the entry point exits every time (the exit deadlock stays fixed)', async
   const hangs: string[] = [];
   for (let batch = 0; batch < 20; batch++) {
     const runs = await Promise.all([0, 1].map(() => runWatched(process.execPath, args, 20_000)));
-    for (const r of runs) if (r.hung !== null || r.code !== 0) hangs.push(r.hung ?? `exit code ${r.code}: ${r.stderr.slice(-300)}`);
+    for (const r of runs)
+      if (r.hung !== null || r.code !== 0) hangs.push(r.hung ?? `exit code ${r.code}: ${r.stderr.slice(-300)}`);
   }
   t.same(hangs, [], '40 runs, each exited within 20 s');
 });
@@ -166,9 +210,17 @@ t.test('the entry point exits every time (the exit deadlock stays fixed)', async
  * summary in `hung`. (Written when a CI run saw `npm start`'s command never exit: Node's exit
  * deadlock, since fixed by flags; this keeps the evidence if anything like it comes back.)
  */
-async function runWatched(exe: string, args: string[], limitMs: number): Promise<{ code: number | null; stdout: string; stderr: string; hung: string | null }> {
+async function runWatched(
+  exe: string,
+  args: string[],
+  limitMs: number,
+): Promise<{ code: number | null; stdout: string; stderr: string; hung: string | null }> {
   const dir = mkdtempSync(join(tmpdir(), 'kube-ipvs-report-'));
-  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --report-on-signal --report-signal=SIGUSR2 --report-directory=${dir}`.trim() };
+  const env = {
+    ...process.env,
+    NODE_OPTIONS:
+      `${process.env.NODE_OPTIONS ?? ''} --report-on-signal --report-signal=SIGUSR2 --report-directory=${dir}`.trim(),
+  };
   const child = spawn(exe, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -187,7 +239,10 @@ async function runWatched(exe: string, args: string[], limitMs: number): Promise
   let threads = '';
   try {
     threads = readdirSync(`/proc/${child.pid}/task`)
-      .map((t) => `${readFileSync(`/proc/${child.pid}/task/${t}/comm`, 'utf8').trim()}:${readFileSync(`/proc/${child.pid}/task/${t}/wchan`, 'utf8').trim()}`)
+      .map(
+        (t) =>
+          `${readFileSync(`/proc/${child.pid}/task/${t}/comm`, 'utf8').trim()}:${readFileSync(`/proc/${child.pid}/task/${t}/wchan`, 'utf8').trim()}`,
+      )
       .join(', ');
   } catch {
     /* not Linux, or gone */
@@ -197,10 +252,24 @@ async function runWatched(exe: string, args: string[], limitMs: number): Promise
   const reports = readdirSync(dir).filter((f) => f.endsWith('.json'));
   let hung = `no report written (stuck outside JavaScript, e.g. in exit); threads: ${threads}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
   if (reports.length > 0) {
-    type Report = { javascriptStack?: { stack?: string[] }; libuv?: { type: string; is_active: boolean; remoteEndpoint?: unknown; filename?: string }[]; resourceUsage?: { userCpuSeconds?: number; kernelCpuSeconds?: number } };
+    type Report = {
+      javascriptStack?: { stack?: string[] };
+      libuv?: { type: string; is_active: boolean; remoteEndpoint?: unknown; filename?: string }[];
+      resourceUsage?: { userCpuSeconds?: number; kernelCpuSeconds?: number };
+    };
     const rep = JSON.parse(readFileSync(join(dir, reports[0]!), 'utf8')) as Report;
-    const stack = (rep.javascriptStack?.stack ?? []).slice(0, 10).map((f) => f.trim()).join(' | ') || 'empty (idle in the event loop)';
-    const handles = (rep.libuv ?? []).filter((h) => h.is_active && h.type !== 'loop').map((h) => h.type + (h.filename ? ` ${h.filename}` : h.remoteEndpoint ? ` ${JSON.stringify(h.remoteEndpoint)}` : '')).join(', ');
+    const stack =
+      (rep.javascriptStack?.stack ?? [])
+        .slice(0, 10)
+        .map((f) => f.trim())
+        .join(' | ') || 'empty (idle in the event loop)';
+    const handles = (rep.libuv ?? [])
+      .filter((h) => h.is_active && h.type !== 'loop')
+      .map(
+        (h) =>
+          h.type + (h.filename ? ` ${h.filename}` : h.remoteEndpoint ? ` ${JSON.stringify(h.remoteEndpoint)}` : ''),
+      )
+      .join(', ');
     const cpu = `${rep.resourceUsage?.userCpuSeconds ?? '?'} s user, ${rep.resourceUsage?.kernelCpuSeconds ?? '?'} s system`;
     hung = `JS stack: ${stack}; active handles: ${handles || 'none'}; cpu: ${cpu}; threads: ${threads}; stdout ${stdout.length} bytes; stderr: ${stderr.slice(-500)}`;
   }

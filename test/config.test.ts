@@ -7,7 +7,20 @@ const kp = (body: string) => `apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind
 const ours = (body: string) => `apiVersion: kube-ipvs.io/v1alpha1\nkind: KubeIPVSConfiguration\n${body}`;
 
 t.test('durations', async (t) => {
-  const cases: [string, number | null][] = [['0s', 0], ['0', 0], ['30s', 30], ['1m0s', 60], ['24h0m0s', 86400], ['1.5s', 1.5], ['500ms', 0.5], ['1h2m3s', 3723], ['', null], ['30', null], ['5x', null], ['s', null]];
+  const cases: [string, number | null][] = [
+    ['0s', 0],
+    ['0', 0],
+    ['30s', 30],
+    ['1m0s', 60],
+    ['24h0m0s', 86400],
+    ['1.5s', 1.5],
+    ['500ms', 0.5],
+    ['1h2m3s', 3723],
+    ['', null],
+    ['30', null],
+    ['5x', null],
+    ['s', null],
+  ];
   for (const [text, want] of cases) t.equal(parseDuration(text), want, JSON.stringify(text));
   t.equal(formatDuration(3723), '1h2m3s');
   t.equal(formatDuration(0), '0s');
@@ -56,7 +69,16 @@ featureGates: {PreferSameTrafficDistribution: false}
   const c = r.config!;
   t.equal(c.hostnameOverride, 'node-7');
   t.same(c.nodePortAddresses, ['192.168.0.0/16', 'fd00::/64']);
-  t.same(c.ipvs, { scheduler: 'wlc', syncPeriodSeconds: 60, minSyncPeriodSeconds: 2, strictARP: false, excludeCIDRs: ['10.1.0.0/16'], tcpTimeoutSeconds: 900, tcpFinTimeoutSeconds: 30, udpTimeoutSeconds: 300 });
+  t.same(c.ipvs, {
+    scheduler: 'wlc',
+    syncPeriodSeconds: 60,
+    minSyncPeriodSeconds: 2,
+    strictARP: false,
+    excludeCIDRs: ['10.1.0.0/16'],
+    tcpTimeoutSeconds: 900,
+    tcpFinTimeoutSeconds: 30,
+    udpTimeoutSeconds: 300,
+  });
   t.same(c.iptables, { masqueradeAll: true, masqueradeBit: 15 });
   t.equal(c.detectLocalMode, 'InterfaceNamePrefix');
   t.equal(c.conntrack.maxPerCore, 0);
@@ -69,7 +91,12 @@ t.test('errors name the field', async (t) => {
     ['mode nftables', kp('mode: nftables'), 'KIPVS_CONFIG_UNSUPPORTED_MODE', 'mode'],
     ['unknown top-level', kp('fancyMode: true'), 'KIPVS_CONFIG_UNKNOWN_FIELD', 'fancyMode'],
     ['unknown nested', kp('ipvs: {schedular: rr}'), 'KIPVS_CONFIG_UNKNOWN_FIELD', 'ipvs.schedular'],
-    ['our fields are not kube-proxy fields', kp('dummyInterface: kipvs0'), 'KIPVS_CONFIG_UNKNOWN_FIELD', 'dummyInterface'],
+    [
+      'our fields are not kube-proxy fields',
+      kp('dummyInterface: kipvs0'),
+      'KIPVS_CONFIG_UNKNOWN_FIELD',
+      'dummyInterface',
+    ],
     ['profiling', kp('enableProfiling: true'), 'KIPVS_CONFIG_UNSUPPORTED_FIELD', 'enableProfiling'],
     ['portRange', kp('portRange: 30000-32767'), 'KIPVS_CONFIG_UNSUPPORTED_FIELD', 'portRange'],
     ['oomScoreAdj', kp('oomScoreAdj: -500'), 'KIPVS_CONFIG_UNSUPPORTED_FIELD', 'oomScoreAdj'],
@@ -77,12 +104,32 @@ t.test('errors name the field', async (t) => {
     ['bad scheduler', kp('ipvs: {scheduler: fastest}'), 'KIPVS_CONFIG_INVALID_VALUE', 'ipvs.scheduler'],
     ['bad duration', kp('ipvs: {syncPeriod: 30}'), 'KIPVS_CONFIG_INVALID_VALUE', 'ipvs.syncPeriod'],
     ['bad CIDR', kp('clusterCIDR: 10.244.0.0/99'), 'KIPVS_CONFIG_INVALID_VALUE', 'clusterCIDR'],
-    ['primary with CIDRs', kp('nodePortAddresses: [primary, 10.0.0.0/8]'), 'KIPVS_CONFIG_INVALID_VALUE', 'nodePortAddresses'],
-    ['masqueradeBit range', kp('iptables: {masqueradeBit: 32}'), 'KIPVS_CONFIG_INVALID_VALUE', 'iptables.masqueradeBit'],
+    [
+      'primary with CIDRs',
+      kp('nodePortAddresses: [primary, 10.0.0.0/8]'),
+      'KIPVS_CONFIG_INVALID_VALUE',
+      'nodePortAddresses',
+    ],
+    [
+      'masqueradeBit range',
+      kp('iptables: {masqueradeBit: 32}'),
+      'KIPVS_CONFIG_INVALID_VALUE',
+      'iptables.masqueradeBit',
+    ],
     ['bad bind', kp('healthzBindAddress: "localhost:99999"'), 'KIPVS_CONFIG_INVALID_VALUE', 'healthzBindAddress'],
     ['bad detectLocalMode', kp('detectLocalMode: Magic'), 'KIPVS_CONFIG_INVALID_VALUE', 'detectLocalMode'],
-    ['bad interface name', ours('dummyInterface: "this-name-is-too-long"'), 'KIPVS_CONFIG_INVALID_VALUE', 'dummyInterface'],
-    ['negative series limit', ours('metrics: {realServerSeriesLimit: -1}'), 'KIPVS_CONFIG_INVALID_VALUE', 'metrics.realServerSeriesLimit'],
+    [
+      'bad interface name',
+      ours('dummyInterface: "this-name-is-too-long"'),
+      'KIPVS_CONFIG_INVALID_VALUE',
+      'dummyInterface',
+    ],
+    [
+      'negative series limit',
+      ours('metrics: {realServerSeriesLimit: -1}'),
+      'KIPVS_CONFIG_INVALID_VALUE',
+      'metrics.realServerSeriesLimit',
+    ],
     ['metrics is ours only', kp('metrics: {realServerSeriesLimit: 5}'), 'KIPVS_CONFIG_UNKNOWN_FIELD', 'metrics'],
     ['wrong kind', 'apiVersion: v1\nkind: ConfigMap\n', 'KIPVS_CONFIG_UNREADABLE', 'kind'],
     ['not YAML', 'a: [1, 2', 'KIPVS_CONFIG_UNREADABLE', ''],
@@ -97,13 +144,21 @@ t.test('errors name the field', async (t) => {
 });
 
 t.test('settings for other modes and platforms are accepted and unused', async (t) => {
-  const r = parseConfig(kp('mode: ""\nnftables: {masqueradeAll: true}\nwinkernel: {enableDSR: true}\niptables: {syncPeriod: 10s, localhostNodePorts: false}'));
+  const r = parseConfig(
+    kp(
+      'mode: ""\nnftables: {masqueradeAll: true}\nwinkernel: {enableDSR: true}\niptables: {syncPeriod: 10s, localhostNodePorts: false}',
+    ),
+  );
   t.same(r.problems, []);
   t.equal(r.config?.iptables.masqueradeAll, false, 'nftables.masqueradeAll does not leak into iptables');
 });
 
 t.test('our own kind', async (t) => {
-  const r = parseConfig(ours('serviceProxyName: ipvs-b\ndummyInterface: kipvs0\nlogging: {format: text}\nmetrics: {realServerSeriesLimit: 50}'));
+  const r = parseConfig(
+    ours(
+      'serviceProxyName: ipvs-b\ndummyInterface: kipvs0\nlogging: {format: text}\nmetrics: {realServerSeriesLimit: 50}',
+    ),
+  );
   t.same(r.problems, []);
   t.equal(r.config?.metrics.realServerSeriesLimit, 50);
   t.equal(defaultConfig().metrics.realServerSeriesLimit, 1000);

@@ -24,17 +24,41 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
   cfg.ipvs.minSyncPeriodSeconds = 0;
   const exec = new FakeExec();
   let failRestore = false;
-  exec.handlers.push((cmd) => (failRestore && cmd.endsWith('-restore') && cmd.startsWith('iptables') ? { code: 2, stdout: '', stderr: 'iptables-restore: line 3 failed' } : undefined));
+  exec.handlers.push((cmd) =>
+    failRestore && cmd.endsWith('-restore') && cmd.startsWith('iptables')
+      ? { code: 2, stdout: '', stderr: 'iptables-restore: line 3 failed' }
+      : undefined,
+  );
   const log = new Logger({ sink: () => {} });
   const source = new PushSource();
   const ipvs = new FakeIpvs();
   const daemon = new Daemon(
     { source, config: cfg, nodeName: 'node-a' },
-    { ipvs, links: new FakeLinks(), owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log, kernelRelease: '6.1.0', clock, netfilter: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }), conntrack: new ConntrackCleaner(exec, log) },
+    {
+      ipvs,
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log,
+      kernelRelease: '6.1.0',
+      clock,
+      netfilter: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }),
+      conntrack: new ConntrackCleaner(exec, log),
+    },
   );
   t.teardown(() => daemon.stop());
-  const dnsSlice = (...ips: string[]) => slice('dns-1', 'dns', ips.map((ip) => ep(ip)), { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
-  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] })), add('EndpointSlice', dnsSlice('10.244.0.5', '10.244.0.6'))];
+  const dnsSlice = (...ips: string[]) =>
+    slice(
+      'dns-1',
+      'dns',
+      ips.map((ip) => ep(ip)),
+      { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] },
+    );
+  source.initial = [
+    add('Node', node('node-a', [['InternalIP', '192.168.1.10']])),
+    add('Service', service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] })),
+    add('EndpointSlice', dnsSlice('10.244.0.5', '10.244.0.6')),
+  ];
   await daemon.start();
   await clock.advance(0);
   await daemon.runner.whenIdle();
@@ -43,31 +67,65 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
   const restore = exec.calls.find((c) => c.cmd === 'ipset' && c.args[0] === 'restore')!;
   t.match(restore.input!, /add KIPVS-CLUSTER-IP-T 10\.96\.0\.10,udp:53\n/, 'first sync: filled off to the side');
   t.match(restore.input!, /swap KIPVS-CLUSTER-IP-T KIPVS-CLUSTER-IP\n/);
-  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft-save'), 'jumps checked (one save)');
-  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-I')), 'and the missing ones inserted');
-  t.notOk(exec.calls.some((c) => c.args.includes('-C')), 'no process per jump');
+  t.ok(
+    exec.calls.some((c) => c.cmd === 'iptables-nft-save'),
+    'jumps checked (one save)',
+  );
+  t.ok(
+    exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-I')),
+    'and the missing ones inserted',
+  );
+  t.notOk(
+    exec.calls.some((c) => c.args.includes('-C')),
+    'no process per jump',
+  );
   t.equal(Object.keys(await ipvs.services()).length, 1, 'IPVS programmed too');
 
   // One endpoint goes: its loop-back entry is deleted, nothing is rebuilt, its UDP flows are cleaned.
   exec.calls.length = 0;
-  source.push({ kind: 'EndpointSlice', previous: dnsSlice('10.244.0.5', '10.244.0.6'), current: dnsSlice('10.244.0.5') });
+  source.push({
+    kind: 'EndpointSlice',
+    previous: dnsSlice('10.244.0.5', '10.244.0.6'),
+    current: dnsSlice('10.244.0.5'),
+  });
   await clock.advance(0);
   await daemon.runner.whenIdle();
   const inc = exec.calls.filter((c) => c.cmd === 'ipset');
   t.equal(inc.length, 1);
   t.equal(inc[0]!.input, 'del KIPVS-LOOP-BACK 10.244.0.6,udp:53,10.244.0.6 -exist\n', 'just the change');
-  t.notOk(exec.calls.some((c) => c.cmd.includes('iptables')), 'constant rules not restored or checked again until the next full sync');
-  t.same(exec.calls.find((c) => c.cmd === 'conntrack')?.args, ['-D', '-f', 'ipv4', '-p', 'udp', '--orig-dst', '10.96.0.10', '--orig-port-dst', '53', '--reply-src', '10.244.0.6']);
+  t.notOk(
+    exec.calls.some((c) => c.cmd.includes('iptables')),
+    'constant rules not restored or checked again until the next full sync',
+  );
+  t.same(exec.calls.find((c) => c.cmd === 'conntrack')?.args, [
+    '-D',
+    '-f',
+    'ipv4',
+    '-p',
+    'udp',
+    '--orig-dst',
+    '10.96.0.10',
+    '--orig-port-dst',
+    '53',
+    '--reply-src',
+    '10.244.0.6',
+  ]);
 
   // iptables-restore fails on a full sync: an error not tied to a Service, retried until it works.
   failRestore = true;
   await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
   t.ok(daemon.recentErrors.some((e) => e.code === 'NETFILTER' && /iptables-restore/.test(e.message)));
-  t.ok(daemon.lastSync!.errors.some((e) => !e.service), 'not attributed to a Service');
+  t.ok(
+    daemon.lastSync!.errors.some((e) => !e.service),
+    'not attributed to a Service',
+  );
   failRestore = false;
   exec.calls.length = 0;
   await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
   await daemon.runner.whenIdle();
-  t.ok(exec.calls.some((c) => c.cmd === 'iptables-nft-restore'), 'restored on the retry');
+  t.ok(
+    exec.calls.some((c) => c.cmd === 'iptables-nft-restore'),
+    'restored on the retry',
+  );
   t.equal(daemon.lastSync!.errors.length, 0);
 });

@@ -27,13 +27,22 @@ function setup(t: { teardown: (f: () => void) => void }) {
   const sysctls: string[] = [];
   const daemon = new Daemon(
     { source: new ManifestSource(dir), config: cfg, nodeName: 'node-a' },
-    { ipvs, links, owned: new MemoryOwnership(), sysctl: { read: () => null, write: (p, v) => void sysctls.push(`${p}=${v}`) }, log: new Logger({ sink: (l) => void logs.push(l) }), kernelRelease: '6.1.0' },
+    {
+      ipvs,
+      links,
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: (p, v) => void sysctls.push(`${p}=${v}`) },
+      log: new Logger({ sink: (l) => void logs.push(l) }),
+      kernelRelease: '6.1.0',
+    },
   );
   t.teardown(() => daemon.stop());
-  const write = (name: string, objs: Record<string, unknown>[]) => writeFileSync(join(dir, name), objs.map((o) => stringify(o)).join('---\n'));
+  const write = (name: string, objs: Record<string, unknown>[]) =>
+    writeFileSync(join(dir, name), objs.map((o) => stringify(o)).join('---\n'));
   const kernel = async () => {
     const out: Record<string, string[]> = {};
-    for (const s of await ipvs.services()) out[serviceId(s)] = (await ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
+    for (const s of await ipvs.services())
+      out[serviceId(s)] = (await ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
     return out;
   };
   return { dir, ipvs, links, logs, daemon, write, kernel, sysctls };
@@ -42,29 +51,45 @@ function setup(t: { teardown: (f: () => void) => void }) {
 t.test('the kernel follows the folder', async (t) => {
   const { daemon, write, kernel, ipvs, logs, sysctls } = setup(t);
   write('node.yaml', [node('node-a', [['InternalIP', '192.168.1.10']])]);
-  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')])]);
+  write('web.yaml', [
+    service('web', { clusterIPs: ['10.96.0.1'] }),
+    slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]),
+  ]);
   await daemon.start();
   await daemon.runner.whenIdle();
   t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.1:8080=1', '10.0.0.2:8080=1'] });
   t.ok(sysctls.includes('net/ipv4/vs/conntrack=1') && sysctls.includes('net/ipv4/ip_forward=1'), 'IPVS sysctls set');
-  t.notOk(sysctls.some((s) => s.startsWith('net/ipv4/vs/conn_reuse_mode')), 'conn_reuse_mode left alone on 6.1');
+  t.notOk(
+    sysctls.some((s) => s.startsWith('net/ipv4/vs/conn_reuse_mode')),
+    'conn_reuse_mode left alone on 6.1',
+  );
 
   // An endpoint is added: one incremental sync, one operation.
   const before = ipvs.ops.length;
-  write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2'), ep('10.0.0.3')])]);
+  write('web.yaml', [
+    service('web', { clusterIPs: ['10.96.0.1'] }),
+    slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2'), ep('10.0.0.3')]),
+  ]);
   await daemon.reload();
   await daemon.runner.whenIdle();
-  t.same(ipvs.ops.slice(before).map((o) => `${o.op} ${o.destination}`), ['addDestination 10.0.0.3:8080']);
+  t.same(
+    ipvs.ops.slice(before).map((o) => `${o.op} ${o.destination}`),
+    ['addDestination 10.0.0.3:8080'],
+  );
   t.equal(daemon.lastSync?.full, false, 'incremental');
 
   // A broken file next to it: logged, the rest keeps working.
   write('broken.yaml', [service('bad', { clusterIPs: ['10.96.0.300'] })]);
-  write('dns.yaml', [service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] })]);
+  write('dns.yaml', [
+    service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] }),
+  ]);
   await daemon.reload();
   await daemon.runner.whenIdle();
   t.ok('UDP/10.96.0.10:53' in (await kernel()));
-  t.ok(logs.some((l) => l.includes('KIPVS_OBJECT_INVALID') && l.includes('broken.yaml')), 'the broken object is logged with its file');
-
+  t.ok(
+    logs.some((l) => l.includes('KIPVS_OBJECT_INVALID') && l.includes('broken.yaml')),
+    'the broken object is logged with its file',
+  );
 });
 
 t.test('a Service removed from the folder is removed from the kernel', async (t) => {
@@ -91,7 +116,10 @@ t.test('a file that stops parsing keeps its last objects serving', async (t) => 
   await daemon.reload();
   await daemon.runner.whenIdle();
   t.same(await kernel(), { 'TCP/10.96.0.1:80': ['10.0.0.1:8080=1'] }, 'still programmed');
-  t.ok(logs.some((l) => l.includes('KIPVS_MANIFEST_UNPARSABLE')), 'the parse error is logged');
+  t.ok(
+    logs.some((l) => l.includes('KIPVS_MANIFEST_UNPARSABLE')),
+    'the parse error is logged',
+  );
   write('web.yaml', [service('web', { clusterIPs: ['10.96.0.1'] }), slice('web-1', 'web', [ep('10.0.0.2')])]);
   await daemon.reload();
   await daemon.runner.whenIdle();
@@ -103,7 +131,17 @@ t.test('network programming latency: trigger time to kernel updated', async (t) 
   const source: Source = { start: async (d) => void (deliver = d), refresh: async () => {}, stop: () => {} };
   const cfg = defaultConfig();
   cfg.ipvs.minSyncPeriodSeconds = 0;
-  const daemon = new Daemon({ source, config: cfg, nodeName: 'node-a' }, { ipvs: new FakeIpvs(), links: new FakeLinks(), owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log: new Logger({ sink: () => {} }), kernelRelease: '6.1.0' });
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    {
+      ipvs: new FakeIpvs(),
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log: new Logger({ sink: () => {} }),
+      kernelRelease: '6.1.0',
+    },
+  );
   t.teardown(() => daemon.stop());
   await daemon.start();
   await daemon.runner.whenIdle();
@@ -118,5 +156,8 @@ t.test('network programming latency: trigger time to kernel updated', async (t) 
   });
   await daemon.runner.whenIdle();
   t.equal(daemon.programmingLatencyMs.length, 1, 'one latency recorded');
-  t.ok(daemon.programmingLatencyMs[0]! >= 1500 && daemon.programmingLatencyMs[0]! < 10_000, `${daemon.programmingLatencyMs[0]} ms`);
+  t.ok(
+    daemon.programmingLatencyMs[0]! >= 1500 && daemon.programmingLatencyMs[0]! < 10_000,
+    `${daemon.programmingLatencyMs[0]} ms`,
+  );
 });

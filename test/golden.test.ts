@@ -17,7 +17,9 @@ interface CaseFile {
 for (const name of readdirSync(root).sort()) {
   const dir = join(root, name);
   t.test(name, async (t) => {
-    const c: CaseFile = existsSync(join(dir, 'case.json')) ? JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8')) : {};
+    const c: CaseFile = existsSync(join(dir, 'case.json'))
+      ? JSON.parse(readFileSync(join(dir, 'case.json'), 'utf8'))
+      : {};
     const argv = ['plan', '--manifests', c.manifests ?? join(dir, 'manifests'), '--output', 'json'];
     if (c.config) argv.push('--config', c.config);
     if (c.node) argv.push('--node', c.node);

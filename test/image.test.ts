@@ -24,7 +24,10 @@ if ('why' in built) {
   t.test('an OCI layout whose every blob matches its digest and size', async (t) => {
     t.same(JSON.parse(readFileSync(join(oci!, 'oci-layout'), 'utf8')), { imageLayoutVersion: '1.0.0' });
     t.equal(index.manifests.length, 1);
-    t.equal(index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name'], JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')).version);
+    t.equal(
+      index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name'],
+      JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')).version,
+    );
     t.equal(sha(manifestBlob), index.manifests[0]!.digest);
     t.equal(manifestBlob.length, index.manifests[0]!.size);
     t.equal(built.env.IMAGE_DIGEST, index.manifests[0]!.digest);
@@ -39,49 +42,118 @@ if ('why' in built) {
     });
     const compressed = manifest.layers.reduce((a, l) => a + l.size, 0);
     t.equal(String(compressed), built.env.IMAGE_COMPRESSED_BYTES);
-    t.comment(`image: ${(compressed / 2 ** 20).toFixed(1)} MB compressed, ${(Number(built.env.IMAGE_UNCOMPRESSED_BYTES) / 2 ** 20).toFixed(1)} MB uncompressed`);
+    t.comment(
+      `image: ${(compressed / 2 ** 20).toFixed(1)} MB compressed, ${(Number(built.env.IMAGE_UNCOMPRESSED_BYTES) / 2 ** 20).toFixed(1)} MB uncompressed`,
+    );
   });
 
-  t.test('the entry point is the node of the npm package running the compiled CLI with the shipped V8 flags', async (t) => {
-    // "#!/usr/bin/env -S node --flag ...": the flags after `node`.
-    const [env, dashS, node, ...flags] = readFileSync(join(repo, 'src/cli.ts'), 'utf8').split('\n')[0]!.split(' ');
-    t.same([env, dashS, node], ['#!/usr/bin/env', '-S', 'node']);
-    t.ok(flags.length > 0 && flags.every((f) => f.startsWith('--')), 'V8 flags');
-    t.same(config.config.Entrypoint, ['/usr/bin/node', ...flags, '/opt/kube-ipvs/dist/cli.js']);
-    t.same(config.config.Cmd, ['run']);
-    // As a registry client reads it (the build installed skopeo and read it back too).
-    const sk = spawnSync('skopeo', ['inspect', '--config', `oci:${oci}:${index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name']}`], { encoding: 'utf8', timeout: 60_000 });
-    t.equal(sk.status, 0, sk.stderr);
-    t.same((JSON.parse(sk.stdout) as { config: { Entrypoint: string[] } }).config.Entrypoint, config.config.Entrypoint, 'skopeo reads the same entry point');
-  });
+  t.test(
+    'the entry point is the node of the npm package running the compiled CLI with the shipped V8 flags',
+    async (t) => {
+      // "#!/usr/bin/env -S node --flag ...": the flags after `node`.
+      const [env, dashS, node, ...flags] = readFileSync(join(repo, 'src/cli.ts'), 'utf8').split('\n')[0]!.split(' ');
+      t.same([env, dashS, node], ['#!/usr/bin/env', '-S', 'node']);
+      t.ok(flags.length > 0 && flags.every((f) => f.startsWith('--')), 'V8 flags');
+      t.same(config.config.Entrypoint, ['/usr/bin/node', ...flags, '/opt/kube-ipvs/dist/cli.js']);
+      t.same(config.config.Cmd, ['run']);
+      // As a registry client reads it (the build installed skopeo and read it back too).
+      const sk = spawnSync(
+        'skopeo',
+        ['inspect', '--config', `oci:${oci}:${index.manifests[0]!.annotations?.['org.opencontainers.image.ref.name']}`],
+        { encoding: 'utf8', timeout: 60_000 },
+      );
+      t.equal(sk.status, 0, sk.stderr);
+      t.same(
+        (JSON.parse(sk.stdout) as { config: { Entrypoint: string[] } }).config.Entrypoint,
+        config.config.Entrypoint,
+        'skopeo reads the same entry point',
+      );
+    },
+  );
 
-  t.test('what the root holds: node 24, the kernel tools, production dependencies; no shell, no package manager', async (t) => {
-    for (const f of ['usr/bin/node', 'usr/sbin/iptables-nft-restore', 'usr/sbin/iptables-legacy-restore', 'usr/sbin/ip6tables-nft-save', 'usr/sbin/ipset', 'usr/sbin/conntrack', 'bin/kmod', 'sbin/modprobe', 'opt/kube-ipvs/dist/cli.js', 'opt/kube-ipvs/examples/web.yaml']) t.ok(existsSync(join(root!, f)), f);
-    for (const f of ['etc/resolv.conf', 'etc/hostname', 'etc/init.d', 'bin/sh', 'bin/bash', 'bin/dash', 'usr/bin/apt', 'usr/bin/dpkg', 'usr/bin/perl', 'usr/bin/env', 'usr/share/doc']) t.notOk(existsSync(join(root!, f)) || isLink(join(root!, f)), `no ${f}`);
-    const deps = readdirSync(join(root!, 'opt/kube-ipvs/node_modules'));
-    // (@types/* stay: @kubernetes/client-node lists them as dependencies of its own.)
-    for (const dev of ['typescript', 'tap', '@tapjs', 'node']) t.notOk(deps.includes(dev), `no dev dependency ${dev}`);
-    for (const prod of ['@kubernetes', 'netlink', 'prom-client', 'yaml']) t.ok(deps.includes(prod), `production dependency ${prod}`);
-  });
+  t.test(
+    'what the root holds: node 24, the kernel tools, production dependencies; no shell, no package manager',
+    async (t) => {
+      for (const f of [
+        'usr/bin/node',
+        'usr/sbin/iptables-nft-restore',
+        'usr/sbin/iptables-legacy-restore',
+        'usr/sbin/ip6tables-nft-save',
+        'usr/sbin/ipset',
+        'usr/sbin/conntrack',
+        'bin/kmod',
+        'sbin/modprobe',
+        'opt/kube-ipvs/dist/cli.js',
+        'opt/kube-ipvs/examples/web.yaml',
+      ])
+        t.ok(existsSync(join(root!, f)), f);
+      for (const f of [
+        'etc/resolv.conf',
+        'etc/hostname',
+        'etc/init.d',
+        'bin/sh',
+        'bin/bash',
+        'bin/dash',
+        'usr/bin/apt',
+        'usr/bin/dpkg',
+        'usr/bin/perl',
+        'usr/bin/env',
+        'usr/share/doc',
+      ])
+        t.notOk(existsSync(join(root!, f)) || isLink(join(root!, f)), `no ${f}`);
+      const deps = readdirSync(join(root!, 'opt/kube-ipvs/node_modules'));
+      // (@types/* stay: @kubernetes/client-node lists them as dependencies of its own.)
+      for (const dev of ['typescript', 'tap', '@tapjs', 'node'])
+        t.notOk(deps.includes(dev), `no dev dependency ${dev}`);
+      for (const prod of ['@kubernetes', 'netlink', 'prom-client', 'yaml'])
+        t.ok(deps.includes(prod), `production dependency ${prod}`);
+    },
+  );
 
   // `env -i`: nothing of the test runner's environment (tap puts its loader in NODE_OPTIONS) reaches the image's node.
-  const inRoot = (...cmd: string[]) => spawnSync('env', ['-i', 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'unshare', '--net', '--mount', '--pid', '--fork', 'chroot', root!, ...cmd], { encoding: 'utf8', timeout: 60_000 });
+  const inRoot = (...cmd: string[]) =>
+    spawnSync(
+      'env',
+      [
+        '-i',
+        'PATH=/usr/sbin:/usr/bin:/sbin:/bin',
+        'unshare',
+        '--net',
+        '--mount',
+        '--pid',
+        '--fork',
+        'chroot',
+        root!,
+        ...cmd,
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
 
-  t.test('kube-ipvs plan on the example manifests, inside the image root, equals the sources\' plan', async (t) => {
+  t.test("kube-ipvs plan on the example manifests, inside the image root, equals the sources' plan", async (t) => {
     const r = inRoot(...config.config.Entrypoint, 'plan', '--manifests', '/opt/kube-ipvs/examples', '--output', 'json');
     t.equal(r.status, 0, r.stderr);
-    const src = spawnSync(process.execPath, ['src/cli.ts', 'plan', '--manifests', 'config/examples', '--output', 'json'], { cwd: repo, encoding: 'utf8' });
+    const src = spawnSync(
+      process.execPath,
+      ['src/cli.ts', 'plan', '--manifests', 'config/examples', '--output', 'json'],
+      { cwd: repo, encoding: 'utf8' },
+    );
     t.same(JSON.parse(r.stdout), JSON.parse(src.stdout));
     const v = inRoot('/usr/bin/node', '-p', 'process.versions.node');
     t.match(v.stdout, /^24\./, 'Node 24');
   });
 
-  t.test('the image\'s iptables (nft and legacy) and ipset work from its root', async (t) => {
-    for (const cmd of [['iptables-nft-save', '-t', 'nat'], ['iptables-legacy-save'], ['ipset', 'version'], ['conntrack', '--version'], ['iptables', '--version']]) {
+  t.test("the image's iptables (nft and legacy) and ipset work from its root", async (t) => {
+    for (const cmd of [
+      ['iptables-nft-save', '-t', 'nat'],
+      ['iptables-legacy-save'],
+      ['ipset', 'version'],
+      ['conntrack', '--version'],
+      ['iptables', '--version'],
+    ]) {
       const r = inRoot(...cmd);
       t.equal(r.status, 0, `${cmd.join(' ')}: ${r.stderr}`);
     }
-    t.match(inRoot('iptables', '--version').stdout, /nf_tables/, 'the generic name is nft, as Debian\'s default');
+    t.match(inRoot('iptables', '--version').stdout, /nf_tables/, "the generic name is nft, as Debian's default");
   });
 }
 

@@ -38,7 +38,12 @@ t.test('CIDRs', async (t) => {
 });
 
 t.test('ordering and printing', async (t) => {
-  t.same(['10.0.0.10', 'fd00::1', '10.0.0.9', '9.0.0.1'].sort(compareIP), ['9.0.0.1', '10.0.0.9', '10.0.0.10', 'fd00::1']);
+  t.same(['10.0.0.10', 'fd00::1', '10.0.0.9', '9.0.0.1'].sort(compareIP), [
+    '9.0.0.1',
+    '10.0.0.9',
+    '10.0.0.10',
+    'fd00::1',
+  ]);
   t.equal(hostPort('fd00::1', 80), '[fd00::1]:80');
   t.equal(hostPort('10.0.0.1', 80), '10.0.0.1:80');
   t.equal(parseIP('10.0.0.1')?.family, 4);

@@ -26,7 +26,14 @@ if ('why' in built) {
     const model = new Model({ nodeName: 'node-a', proxyName: 'kube-ipvs' });
     const problems: Problem[] = [];
     const logs: string[] = [];
-    const src = new KubernetesSource(kc, { nodeName: 'node-a', proxyName: 'kube-ipvs', log: new Logger({ sink: (l) => void logs.push(l) }), backoffBaseMs: 200, backoffMaxMs: 2000, ...opts });
+    const src = new KubernetesSource(kc, {
+      nodeName: 'node-a',
+      proxyName: 'kube-ipvs',
+      log: new Logger({ sink: (l) => void logs.push(l) }),
+      backoffBaseMs: 200,
+      backoffMaxMs: 2000,
+      ...opts,
+    });
     t.teardown(() => src.stop());
     await src.start((b) => {
       for (const c of b.changes) problems.push(...model.apply(c).problems);
@@ -48,7 +55,10 @@ if ('why' in built) {
   const svcPath = (ns = 'default') => `/api/v1/namespaces/${ns}/services`;
   const slicePath = (ns = 'default') => `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`;
   const apiService = (name: string, extra: Record<string, unknown> = {}) => {
-    const s = service(name, { ports: [{ name: 'http', port: 80, targetPort: 8080 }], ...extra }) as { spec: Record<string, unknown>; status?: unknown };
+    const s = service(name, { ports: [{ name: 'http', port: 80, targetPort: 8080 }], ...extra }) as {
+      spec: Record<string, unknown>;
+      status?: unknown;
+    };
     delete s.spec.clusterIP; // allocated by the API server
     delete s.spec.clusterIPs;
     delete s.status;
@@ -62,24 +72,39 @@ if ('why' in built) {
     t.equal(model.node?.zone, 'zone-a', 'the local Node');
     await create(svcPath(), apiService('web'));
     await create(svcPath(), apiService('theirs', { labels: { 'service.kubernetes.io/service-proxy-name': 'cilium' } }));
-    await create(svcPath(), apiService('ours', { labels: { 'service.kubernetes.io/service-proxy-name': 'kube-ipvs' } }));
+    await create(
+      svcPath(),
+      apiService('ours', { labels: { 'service.kubernetes.io/service-proxy-name': 'kube-ipvs' } }),
+    );
     await create(slicePath(), slice('web-1', 'web', [ep('10.0.0.1')]));
-    await until('web and its slice', () => model.slicesFor('default/web').length === 1 && model.service('default/web') !== undefined);
+    await until(
+      'web and its slice',
+      () => model.slicesFor('default/web').length === 1 && model.service('default/web') !== undefined,
+    );
     await until('ours', () => model.service('default/ours') !== undefined);
     t.match(model.service('default/web')?.clusterIPs[0], /^10\.(9[6-9]|1[01]\d)\./, 'the allocated ClusterIP arrives');
     t.equal(model.service('default/theirs'), undefined, "another proxy's Service is never delivered");
 
-    const r = await api.request('PUT', `${slicePath()}/web-1`, { ...slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]), metadata: { name: 'web-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'web' } } });
+    const r = await api.request('PUT', `${slicePath()}/web-1`, {
+      ...slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]),
+      metadata: { name: 'web-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'web' } },
+    });
     t.equal(r.status, 200);
     await until('the update', () => model.slicesFor('default/web')[0]?.endpoints.length === 2);
     await api.request('DELETE', `${slicePath()}/web-1`);
     await api.request('DELETE', `${svcPath()}/web`);
-    await until('the deletes', () => model.service('default/web') === undefined && model.slicesFor('default/web').length === 0);
+    await until(
+      'the deletes',
+      () => model.service('default/web') === undefined && model.slicesFor('default/web').length === 0,
+    );
     t.pass('deletes followed');
 
     const n = await api.request('GET', '/api/v1/nodes/node-a');
     const nodeObj = n.json as Record<string, unknown> & { spec?: Record<string, unknown> };
-    nodeObj.spec = { ...(nodeObj.spec ?? {}), taints: [{ key: 'ToBeDeletedByClusterAutoscaler', effect: 'NoSchedule', value: '1' }] };
+    nodeObj.spec = {
+      ...(nodeObj.spec ?? {}),
+      taints: [{ key: 'ToBeDeletedByClusterAutoscaler', effect: 'NoSchedule', value: '1' }],
+    };
     t.equal((await api.request('PUT', '/api/v1/nodes/node-a', nodeObj)).status, 200);
     await until('the taint', () => model.node?.toBeDeleted === true);
     t.pass('the autoscaler taint is seen');
@@ -88,10 +113,16 @@ if ('why' in built) {
   t.test('an object the model rejects is reported while the rest keeps flowing', async (t) => {
     const { model, problems } = await open(t);
     // Valid for the API server, not for a proxy: a slice that names no Service.
-    await create(slicePath(), { ...slice('orphan', 'x', [ep('10.0.0.9')]), metadata: { name: 'orphan', namespace: 'default' } });
+    await create(slicePath(), {
+      ...slice('orphan', 'x', [ep('10.0.0.9')]),
+      metadata: { name: 'orphan', namespace: 'default' },
+    });
     await create(svcPath(), apiService('after-orphan'));
     await until('the next Service', () => model.service('default/after-orphan') !== undefined);
-    t.ok(problems.some((p) => p.code === 'KIPVS_OBJECT_INVALID' && p.name === 'default/orphan'), 'the orphan slice is rejected with its name');
+    t.ok(
+      problems.some((p) => p.code === 'KIPVS_OBJECT_INVALID' && p.name === 'default/orphan'),
+      'the orphan slice is rejected with its name',
+    );
   });
 
   t.test('5000 Services are listed with pagination before start() resolves', async (t) => {
@@ -102,7 +133,12 @@ if ('why' in built) {
     const worker = async () => {
       while (next < total) {
         const i = next++;
-        await create(svcPath(ns), { apiVersion: 'v1', kind: 'Service', metadata: { name: `s${i}`, namespace: ns }, spec: { ports: [{ port: 80 }] } });
+        await create(svcPath(ns), {
+          apiVersion: 'v1',
+          kind: 'Service',
+          metadata: { name: `s${i}`, namespace: ns },
+          spec: { ports: [{ port: 80 }] },
+        });
       }
     };
     await Promise.all(Array.from({ length: 24 }, worker));
@@ -117,7 +153,10 @@ if ('why' in built) {
     const { model, src } = await open(t, { backoffBaseMs: 8000, backoffMaxMs: 16_000 });
     await create(svcPath(), apiService('before-outage'));
     await create(svcPath(), apiService('doomed'));
-    await until('the first Services', () => model.service('default/before-outage') !== undefined && model.service('default/doomed') !== undefined);
+    await until(
+      'the first Services',
+      () => model.service('default/before-outage') !== undefined && model.service('default/doomed') !== undefined,
+    );
     const before = model.serviceCount;
     await api.stopApiServer();
     await new Promise((r) => setTimeout(r, 500));
@@ -126,8 +165,15 @@ if ('why' in built) {
     await api.request('DELETE', `${svcPath()}/doomed`);
     await create(svcPath(), apiService('during-outage'));
     await api.compact();
-    await until('reconnect and relist', () => model.service('default/during-outage') !== undefined && model.service('default/doomed') === undefined, 60_000);
-    t.ok(src.counters.errors > 0 && src.counters.reconnects > 0, `reconnected (${src.counters.errors} errors, ${src.counters.reconnects} reconnects)`);
+    await until(
+      'reconnect and relist',
+      () => model.service('default/during-outage') !== undefined && model.service('default/doomed') === undefined,
+      60_000,
+    );
+    t.ok(
+      src.counters.errors > 0 && src.counters.reconnects > 0,
+      `reconnected (${src.counters.errors} errors, ${src.counters.reconnects} reconnects)`,
+    );
     t.ok(src.counters.relists > 0, `relisted after 410 (${src.counters.relists})`);
     t.ok(model.service('default/before-outage'), 'nothing lost');
     await create(svcPath(), apiService('after-outage'));
@@ -139,7 +185,10 @@ if ('why' in built) {
     // The test API server has no watch cache, so no bookmarks: an idle watch is silent.
     const { model, src, logs } = await open(t, { stallMs: 3000 });
     await until('a stall restart', () => src.counters.stalls > 0, 20_000);
-    t.ok(logs.some((l) => l.includes('delivered nothing for too long')), 'logged');
+    t.ok(
+      logs.some((l) => l.includes('delivered nothing for too long')),
+      'logged',
+    );
     await create(svcPath(), apiService('after-stall'));
     await until('events after the restart', () => model.service('default/after-stall') !== undefined);
     t.pass('the restarted watch delivers');
@@ -151,7 +200,10 @@ if ('why' in built) {
     await create(slicePath(), slice('e2e-1', 'e2e', [ep('10.0.7.1'), ep('10.0.7.2')]));
     let out = '';
     let err = '';
-    const code = await main(['run', '--kubeconfig', api.kubeconfig(), '--node', 'node-a', '--dry-run', '--once'], { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+    const code = await main(['run', '--kubeconfig', api.kubeconfig(), '--node', 'node-a', '--dry-run', '--once'], {
+      stdout: (s) => (out += s),
+      stderr: (s) => (err += s),
+    });
     t.equal(code, 0, err.slice(-500));
     t.ok(out.includes(`addService TCP/${vip}:80\n`), `the ClusterIP ${vip} is programmed`);
     t.ok(out.includes(`addDestination TCP/${vip}:80 -> 10.0.7.1:8080 weight 1`), 'with its first endpoint');

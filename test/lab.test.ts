@@ -28,7 +28,13 @@ if ('why' in prepared) {
   env.LAB_SHARE = share;
   // The image case runs kube-ipvs from the container image's root (built by the set-up when root).
   const image = imageBuilt();
-  if ('env' in image) writeFileSync(join(share, 'image.env'), Object.entries(image.env).map(([k, v]) => `${k}=${v}`).join('\n') + '\n');
+  if ('env' in image)
+    writeFileSync(
+      join(share, 'image.env'),
+      Object.entries(image.env)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n') + '\n',
+    );
   else writeFileSync(join(share, 'image.why'), image.why);
   if ('bin' in built) {
     api = new ApiServer(built.bin);

@@ -11,7 +11,10 @@ t.test('JSON lines, levels, rate limiting by key', async (t) => {
   now = 1500;
   log.warn('op failed', { i: 9 }, 'op:x');
   const recs = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.same(recs.map((r) => r.msg), ['hello', 'op failed', 'op failed']);
+  t.same(
+    recs.map((r) => r.msg),
+    ['hello', 'op failed', 'op failed'],
+  );
   t.equal(recs[0]?.big, '5', 'bigints are written as strings');
   t.equal(recs[2]?.suppressed, 4, 'the count of suppressed lines comes with the next one');
   t.equal(recs[2]?.i, 9);
@@ -19,6 +22,9 @@ t.test('JSON lines, levels, rate limiting by key', async (t) => {
 
 t.test('text format', async (t) => {
   const lines: string[] = [];
-  new Logger({ sink: (l) => lines.push(l), now: () => 0, format: 'text' }).error('boom', { code: 'EEXIST', what: 'a b' });
+  new Logger({ sink: (l) => lines.push(l), now: () => 0, format: 'text' }).error('boom', {
+    code: 'EEXIST',
+    what: 'a b',
+  });
   t.equal(lines[0], '1970-01-01T00:00:00.000Z ERROR boom code=EEXIST what="a b"');
 });

@@ -9,7 +9,11 @@ import { ep, node, service, slice } from './support/objects.ts';
 
 const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
 const del = (kind: Change['kind'], previous: Record<string, unknown>): Change => ({ kind, previous, current: null });
-const upd = (kind: Change['kind'], previous: Record<string, unknown>, current: Record<string, unknown>): Change => ({ kind, previous, current });
+const upd = (kind: Change['kind'], previous: Record<string, unknown>, current: Record<string, unknown>): Change => ({
+  kind,
+  previous,
+  current,
+});
 
 function fresh() {
   return new Model({ nodeName: 'node-a', proxyName: 'kube-ipvs' });
@@ -25,7 +29,11 @@ t.test('services and slices report the Service they touch', async (t) => {
 
   const s1 = slice('a-1', 'a', [ep('10.0.0.1')]);
   t.same(m.apply(add('EndpointSlice', s1)).changedServices, ['default/a']);
-  t.same(m.apply(add('EndpointSlice', slice('b-1', 'b', [ep('10.0.0.2')]))).changedServices, ['default/b'], 'a slice may arrive before its Service');
+  t.same(
+    m.apply(add('EndpointSlice', slice('b-1', 'b', [ep('10.0.0.2')]))).changedServices,
+    ['default/b'],
+    'a slice may arrive before its Service',
+  );
   t.equal(m.slicesFor('default/a').length, 1);
 
   // A slice relabelled to another Service changes both.
@@ -57,7 +65,10 @@ t.test('a Service becoming ignored is removed', async (t) => {
   const m = fresh();
   const a = service('a', { clusterIPs: ['10.96.0.1'] });
   m.apply(add('Service', a));
-  const theirs = service('a', { clusterIPs: ['10.96.0.1'], labels: { 'service.kubernetes.io/service-proxy-name': 'other' } });
+  const theirs = service('a', {
+    clusterIPs: ['10.96.0.1'],
+    labels: { 'service.kubernetes.io/service-proxy-name': 'other' },
+  });
   t.same(m.apply(upd('Service', a, theirs)).changedServices, ['default/a']);
   t.equal(m.serviceCount, 0);
 });
@@ -95,7 +106,10 @@ t.test('incremental planning equals planning from scratch, through many random c
         clusterIPs: [`10.96.0.${i + 1}`],
         type: rand(2) ? 'NodePort' : 'ClusterIP',
         ports: [{ name: 'http', port: 80, nodePort: 30000 + i }],
-        spec: { internalTrafficPolicy: rand(3) ? 'Cluster' : 'Local', externalTrafficPolicy: rand(2) ? 'Cluster' : 'Local' },
+        spec: {
+          internalTrafficPolicy: rand(3) ? 'Cluster' : 'Local',
+          externalTrafficPolicy: rand(2) ? 'Cluster' : 'Local',
+        },
       });
       const prev = live.get(key);
       if (prev && rand(4) === 0) {
@@ -109,7 +123,13 @@ t.test('incremental planning equals planning from scratch, through many random c
       const j = rand(2);
       const key = `EndpointSlice/s${i}-${j}`;
       const eps = Array.from({ length: rand(4) }, (_, k) =>
-        ep(`10.${i}.${j}.${k + rand(3)}`, { ready: rand(4) > 0, serving: rand(2) > 0, terminating: rand(3) === 0, node: nodes[rand(3)]!, zones: rand(2) ? [zones[rand(2)]!] : undefined }),
+        ep(`10.${i}.${j}.${k + rand(3)}`, {
+          ready: rand(4) > 0,
+          serving: rand(2) > 0,
+          terminating: rand(3) === 0,
+          node: nodes[rand(3)]!,
+          zones: rand(2) ? [zones[rand(2)]!] : undefined,
+        }),
       );
       const obj = slice(`s${i}-${j}`, `s${rand(5) ? i : rand(8)}`, eps);
       const prev = live.get(key);
@@ -132,5 +152,8 @@ t.test('incremental planning equals planning from scratch, through many random c
   scratch.planAll();
   t.same(incremental, scratch.snapshot(), 'same plan');
   t.ok(incremental.virtualServers.length > 0, 'the random walk produced virtual servers');
-  t.ok(incremental.virtualServers.some((v) => v.realServers.length > 0), 'and real servers');
+  t.ok(
+    incremental.virtualServers.some((v) => v.realServers.length > 0),
+    'and real servers',
+  );
 });

@@ -30,13 +30,23 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
     if (line.startsWith('#')) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (.+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[3] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v) && Object.keys(have).length === Object.keys(labels).length) return Number(m[4]);
+    const have = Object.fromEntries(
+      [...(m[3] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    );
+    if (
+      Object.entries(labels).every(([k, v]) => have[k] === v) &&
+      Object.keys(have).length === Object.keys(labels).length
+    )
+      return Number(m[4]);
   }
   return undefined;
 }
 
-function get(port: number, path: string, host = '127.0.0.1'): Promise<{ code: number; headers: Record<string, unknown>; body: string }> {
+function get(
+  port: number,
+  path: string,
+  host = '127.0.0.1',
+): Promise<{ code: number; headers: Record<string, unknown>; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host, port, path, agent: false }, (res) => {
       let body = '';
@@ -66,7 +76,10 @@ t.test("kube-proxy's buckets", async (t) => {
   t.same(PROGRAMMING_BUCKETS.slice(0, 4), [0.25, 0.5, 1, 2]);
   t.same(PROGRAMMING_BUCKETS.slice(60, 63), [59, 60, 65]);
   t.equal(PROGRAMMING_BUCKETS.at(-1), 300);
-  t.ok(PROGRAMMING_BUCKETS.every((b, i) => i === 0 || b > PROGRAMMING_BUCKETS[i - 1]!), 'strictly increasing');
+  t.ok(
+    PROGRAMMING_BUCKETS.every((b, i) => i === 0 || b > PROGRAMMING_BUCKETS[i - 1]!),
+    'strictly increasing',
+  );
 });
 
 t.test('proxy health: queued changes older than the timeout make it unhealthy, an update heals it', async (t) => {
@@ -96,7 +109,11 @@ t.test('proxy health: queued changes older than the timeout make it unhealthy, a
 t.test('healthCheckNodePort body and code, as kube-proxy', async (t) => {
   const ok = serviceHealthBody('shop/web', 2, true);
   t.equal(ok.code, 200);
-  t.same(JSON.parse(ok.body), { service: { namespace: 'shop', name: 'web' }, localEndpoints: 2, serviceProxyHealthy: true });
+  t.same(JSON.parse(ok.body), {
+    service: { namespace: 'shop', name: 'web' },
+    localEndpoints: 2,
+    serviceProxyHealthy: true,
+  });
   t.equal(ok.headers['X-Load-Balancing-Endpoint-Weight'], '2');
   t.equal(serviceHealthBody('shop/web', 0, true).code, 503, 'no local endpoint');
   t.equal(serviceHealthBody('shop/web', 3, false).code, 503, 'proxy unhealthy');
@@ -106,15 +123,30 @@ t.test('kernel operations are counted by operation, failures by errno', async (t
   const m = new Metrics({ defaultMetrics: false });
   const fake = new FakeIpvs();
   const ipvs = instrumentKernel<Ipvs>(fake, 'ipvs', m);
-  const svc = { family: 4 as const, protocol: 'TCP' as const, address: '10.0.0.1', port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff };
+  const svc = {
+    family: 4 as const,
+    protocol: 'TCP' as const,
+    address: '10.0.0.1',
+    port: 80,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  };
   await ipvs.addService(svc);
   await t.rejects(ipvs.addService(svc), IpvsError, 'EEXIST from the kernel twin');
   await ipvs.services();
   const text = await m.text();
   t.equal(sample(text, 'kubeipvs_kernel_operations_total', { operation: 'ipvs.addService' }), 2);
   t.equal(sample(text, 'kubeipvs_kernel_operations_total', { operation: 'ipvs.services' }), 1);
-  t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.addService', errno: 'EEXIST' }), 1);
-  t.equal(sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.services', errno: 'EEXIST' }), undefined);
+  t.equal(
+    sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.addService', errno: 'EEXIST' }),
+    1,
+  );
+  t.equal(
+    sample(text, 'kubeipvs_kernel_operation_failures_total', { operation: 'ipvs.services', errno: 'EEXIST' }),
+    undefined,
+  );
   // close() reaches the target's private state through the proxy.
   class Priv {
     #open = true;
@@ -129,10 +161,42 @@ t.test('kernel operations are counted by operation, failures by errno', async (t
 
 /** A kernel twin whose dumps carry stats (the fake's do not). */
 function statsKernel(vsCount: number, destsPer: number): Ipvs {
-  const st = (k: number): IpvsStats => ({ conns: BigInt(k), inPkts: BigInt(10 * k), outPkts: BigInt(9 * k), inBytes: BigInt(1000 * k), outBytes: BigInt(900 * k), cps: 0n, inPps: 0n, outPps: 0n, inBps: 0n, outBps: 0n });
-  const services = Array.from({ length: vsCount }, (_, i) => ({ family: 4 as const, protocol: 'TCP' as const, address: `10.96.0.${i + 1}`, port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, stats: st(i + 1) }));
+  const st = (k: number): IpvsStats => ({
+    conns: BigInt(k),
+    inPkts: BigInt(10 * k),
+    outPkts: BigInt(9 * k),
+    inBytes: BigInt(1000 * k),
+    outBytes: BigInt(900 * k),
+    cps: 0n,
+    inPps: 0n,
+    outPps: 0n,
+    inBps: 0n,
+    outBps: 0n,
+  });
+  const services = Array.from({ length: vsCount }, (_, i) => ({
+    family: 4 as const,
+    protocol: 'TCP' as const,
+    address: `10.96.0.${i + 1}`,
+    port: 80,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+    stats: st(i + 1),
+  }));
   const destinations = (k: { address?: string }) =>
-    Array.from({ length: destsPer }, (_, j) => ({ family: 4 as const, address: `10.244.${k.address!.split('.')[3]}.${j + 1}`, port: 8080, fwdMethod: 0, weight: j === 0 ? 0 : 1, upperThreshold: 0, lowerThreshold: 0, activeConns: j, inactiveConns: 1, stats: st(j + 1) }));
+    Array.from({ length: destsPer }, (_, j) => ({
+      family: 4 as const,
+      address: `10.244.${k.address!.split('.')[3]}.${j + 1}`,
+      port: 8080,
+      fwdMethod: 0,
+      weight: j === 0 ? 0 : 1,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+      activeConns: j,
+      inactiveConns: 1,
+      stats: st(j + 1),
+    }));
   return {
     services: async () => services,
     destinations: async (k: { address?: string }) => destinations(k),
@@ -148,13 +212,35 @@ t.test('IPVS series: labelled with the Service port, only ours, capped, drops co
   ]);
   const m = new Metrics({ defaultMetrics: false });
   // Three virtual servers in the kernel, one not ours; three destinations each; room for four series.
-  new IpvsCollector({ ipvs: statsKernel(3, 3), labels, realServerLimit: 4, plannedRealServers: () => new Map([['TCP/10.96.0.2:80', 3]]), log: quiet() }).register(m);
+  new IpvsCollector({
+    ipvs: statsKernel(3, 3),
+    labels,
+    realServerLimit: 4,
+    plannedRealServers: () => new Map([['TCP/10.96.0.2:80', 3]]),
+    log: quiet(),
+  }).register(m);
   const text = await m.text();
-  const web = { namespace: 'shop', service: 'web', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  const web = {
+    namespace: 'shop',
+    service: 'web',
+    port_name: 'http',
+    kind: 'ClusterIP',
+    protocol: 'TCP',
+    address: '10.96.0.1',
+    port: '80',
+  };
   t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
   t.equal(sample(text, 'kubeipvs_virtual_server_packets_total', { ...web, direction: 'in' }), 10);
   t.equal(sample(text, 'kubeipvs_virtual_server_bytes_total', { ...web, direction: 'out' }), 900);
-  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...web, service: 'api', port_name: '', address: '10.96.0.2' }), 2);
+  t.equal(
+    sample(text, 'kubeipvs_virtual_server_connections_total', {
+      ...web,
+      service: 'api',
+      port_name: '',
+      address: '10.96.0.2',
+    }),
+    2,
+  );
   t.notMatch(text, /10\.96\.0\.3/, 'a virtual server kube-ipvs does not own is not exported');
   const rs = (backend: string) => ({ ...web, backend });
   t.equal(sample(text, 'kubeipvs_real_server_weight', rs('10.244.1.1:8080')), 0, 'draining weight');
@@ -162,24 +248,79 @@ t.test('IPVS series: labelled with the Service port, only ours, capped, drops co
   t.equal(sample(text, 'kubeipvs_real_server_active_connections', rs('10.244.1.3:8080')), 2);
   t.equal(sample(text, 'kubeipvs_real_server_inactive_connections', rs('10.244.1.3:8080')), 1);
   t.equal(sample(text, 'kubeipvs_real_server_connections_total', rs('10.244.1.2:8080')), 2);
-  t.equal(text.split('\n').filter((l) => l.startsWith('kubeipvs_real_server_weight{')).length, 4, 'four real servers within the limit');
+  t.equal(
+    text.split('\n').filter((l) => l.startsWith('kubeipvs_real_server_weight{')).length,
+    4,
+    'four real servers within the limit',
+  );
   t.equal(sample(text, 'kubeipvs_real_server_series_dropped'), 2, 'two of api left out (read, not exported)');
 
   const none = new Metrics({ defaultMetrics: false });
-  new IpvsCollector({ ipvs: statsKernel(3, 3), labels, realServerLimit: 0, plannedRealServers: () => new Map([['TCP/10.96.0.1:80', 3], ['TCP/10.96.0.2:80', 5]]), log: quiet() }).register(none);
+  new IpvsCollector({
+    ipvs: statsKernel(3, 3),
+    labels,
+    realServerLimit: 0,
+    plannedRealServers: () =>
+      new Map([
+        ['TCP/10.96.0.1:80', 3],
+        ['TCP/10.96.0.2:80', 5],
+      ]),
+    log: quiet(),
+  }).register(none);
   const t2 = await none.text();
-  t.equal(sample(t2, 'kubeipvs_real_server_series_dropped'), 8, 'limit 0: every planned real server counted as dropped');
+  t.equal(
+    sample(t2, 'kubeipvs_real_server_series_dropped'),
+    8,
+    'limit 0: every planned real server counted as dropped',
+  );
   t.notMatch(t2, /^kubeipvs_real_server_weight\{/m);
 });
 
 t.test('IPVS series kept across scrapes follow the kernel: changed counters, weights, labels, removals', async (t) => {
   // A kernel whose counters and destinations the test changes between scrapes.
-  const conns = new Map([['10.96.0.1', 1], ['10.96.0.2', 2]]);
+  const conns = new Map([
+    ['10.96.0.1', 1],
+    ['10.96.0.2', 2],
+  ]);
   let weight = 1;
   let dests = ['10.244.0.1', '10.244.0.2'];
-  const stats = (k: number): IpvsStats => ({ conns: BigInt(k), inPkts: BigInt(k), outPkts: 0n, inBytes: BigInt(100 * k), outBytes: 0n, cps: 0n, inPps: 0n, outPps: 0n, inBps: 0n, outBps: 0n });
-  const services = () => [...conns].map(([address, k]) => ({ family: 4 as const, protocol: 'TCP' as const, address, port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, stats: stats(k) }));
-  const destinations = () => dests.map((address) => ({ family: 4 as const, address, port: 8080, fwdMethod: 0, weight, upperThreshold: 0, lowerThreshold: 0, activeConns: 0, inactiveConns: 0, stats: stats(1) }));
+  const stats = (k: number): IpvsStats => ({
+    conns: BigInt(k),
+    inPkts: BigInt(k),
+    outPkts: 0n,
+    inBytes: BigInt(100 * k),
+    outBytes: 0n,
+    cps: 0n,
+    inPps: 0n,
+    outPps: 0n,
+    inBps: 0n,
+    outBps: 0n,
+  });
+  const services = () =>
+    [...conns].map(([address, k]) => ({
+      family: 4 as const,
+      protocol: 'TCP' as const,
+      address,
+      port: 80,
+      scheduler: 'rr',
+      flags: 0,
+      timeout: 0,
+      netmask: 0xffffffff,
+      stats: stats(k),
+    }));
+  const destinations = () =>
+    dests.map((address) => ({
+      family: 4 as const,
+      address,
+      port: 8080,
+      fwdMethod: 0,
+      weight,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+      activeConns: 0,
+      inactiveConns: 0,
+      stats: stats(1),
+    }));
   const kernel = {
     serviceCounters: async () => services().map(serviceCountersOf),
     destinationCounters: async () => destinations().map(destinationCountersOf),
@@ -189,8 +330,22 @@ t.test('IPVS series kept across scrapes follow the kernel: changed counters, wei
     ['TCP/10.96.0.2:80', { service: 'shop/api', portName: 'http', kind: 'ClusterIP' }],
   ]);
   const m = new Metrics({ defaultMetrics: false });
-  new IpvsCollector({ ipvs: kernel, labels, realServerLimit: 10, plannedRealServers: () => new Map(), log: quiet() }).register(m);
-  const web = { namespace: 'shop', service: 'web', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  new IpvsCollector({
+    ipvs: kernel,
+    labels,
+    realServerLimit: 10,
+    plannedRealServers: () => new Map(),
+    log: quiet(),
+  }).register(m);
+  const web = {
+    namespace: 'shop',
+    service: 'web',
+    port_name: 'http',
+    kind: 'ClusterIP',
+    protocol: 'TCP',
+    address: '10.96.0.1',
+    port: '80',
+  };
   const api = { ...web, service: 'api', address: '10.96.0.2' };
   let text = await m.text();
   t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
@@ -199,10 +354,18 @@ t.test('IPVS series kept across scrapes follow the kernel: changed counters, wei
   conns.set('10.96.0.1', 5);
   weight = 0;
   text = await m.text();
-  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 5, 'a changed counter is shown at the next scrape');
+  t.equal(
+    sample(text, 'kubeipvs_virtual_server_connections_total', web),
+    5,
+    'a changed counter is shown at the next scrape',
+  );
   t.equal(sample(text, 'kubeipvs_virtual_server_bytes_total', { ...web, direction: 'in' }), 500);
   t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', api), 2, 'an unchanged one still is');
-  t.equal(sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.0.2:8080' }), 0, 'a weight set to 0 is shown');
+  t.equal(
+    sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.0.2:8080' }),
+    0,
+    'a weight set to 0 is shown',
+  );
 
   labels.set('TCP/10.96.0.2:80', { service: 'shop/api-v2', portName: 'grpc', kind: 'ClusterIP' });
   dests = ['10.244.0.2', '10.244.0.3'];
@@ -211,22 +374,61 @@ t.test('IPVS series kept across scrapes follow the kernel: changed counters, wei
   text = await m.text();
   t.notMatch(text, /service="web"/, 'a virtual server gone from the kernel is gone from the series');
   t.notMatch(text, /service="api",/, 'the old labels of a relabelled virtual server are gone');
-  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...api, service: 'api-v2', port_name: 'grpc' }), 2, 'relabelled');
-  t.equal(sample(text, 'kubeipvs_real_server_connections_total', { ...api, service: 'api-v2', port_name: 'grpc', backend: '10.244.0.3:8080' }), 1, 'its real servers carry the new labels');
+  t.equal(
+    sample(text, 'kubeipvs_virtual_server_connections_total', { ...api, service: 'api-v2', port_name: 'grpc' }),
+    2,
+    'relabelled',
+  );
+  t.equal(
+    sample(text, 'kubeipvs_real_server_connections_total', {
+      ...api,
+      service: 'api-v2',
+      port_name: 'grpc',
+      backend: '10.244.0.3:8080',
+    }),
+    1,
+    'its real servers carry the new labels',
+  );
   t.notMatch(text, /10\.244\.0\.1:8080/, 'a real server gone from the kernel is gone from the series');
   t.notMatch(text, /10\.96\.0\.3/, 'not ours: not exported');
   t.equal(text.split('\n').filter((l) => l.startsWith('kubeipvs_virtual_server_connections_total{')).length, 1);
 });
 
 t.test('IPVS series with labels outside ASCII are written whole (UTF-8)', async (t) => {
-  const labels = new Map([['TCP/10.96.0.1:80', { service: 'café/wéb', portName: 'http', kind: 'ClusterIP' }], ['TCP/10.96.0.2:80', { service: 'shop/api', portName: 'http', kind: 'ClusterIP' }]]);
+  const labels = new Map([
+    ['TCP/10.96.0.1:80', { service: 'café/wéb', portName: 'http', kind: 'ClusterIP' }],
+    ['TCP/10.96.0.2:80', { service: 'shop/api', portName: 'http', kind: 'ClusterIP' }],
+  ]);
   const m = new Metrics({ defaultMetrics: false });
-  new IpvsCollector({ ipvs: statsKernel(2, 1), labels, realServerLimit: 10, plannedRealServers: () => new Map(), log: quiet() }).register(m);
+  new IpvsCollector({
+    ipvs: statsKernel(2, 1),
+    labels,
+    realServerLimit: 10,
+    plannedRealServers: () => new Map(),
+    log: quiet(),
+  }).register(m);
   const text = await m.text();
-  const web = { namespace: 'café', service: 'wéb', port_name: 'http', kind: 'ClusterIP', protocol: 'TCP', address: '10.96.0.1', port: '80' };
+  const web = {
+    namespace: 'café',
+    service: 'wéb',
+    port_name: 'http',
+    kind: 'ClusterIP',
+    protocol: 'TCP',
+    address: '10.96.0.1',
+    port: '80',
+  };
   t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', web), 1);
   t.equal(sample(text, 'kubeipvs_real_server_weight', { ...web, backend: '10.244.1.1:8080' }), 0);
-  t.equal(sample(text, 'kubeipvs_virtual_server_connections_total', { ...web, namespace: 'shop', service: 'api', address: '10.96.0.2' }), 2, 'the ASCII row after it is intact');
+  t.equal(
+    sample(text, 'kubeipvs_virtual_server_connections_total', {
+      ...web,
+      namespace: 'shop',
+      service: 'api',
+      address: '10.96.0.2',
+    }),
+    2,
+    'the ASCII row after it is intact',
+  );
   t.notMatch(text, /\uFFFD|\0/, 'no mangled or unwritten bytes');
 });
 
@@ -241,7 +443,16 @@ function daemonSetup(t: { teardown: (f: () => void) => void }) {
   const hc: Map<number, { service: string; localEndpoints: number }>[] = [];
   const daemon = new Daemon(
     { source, config: cfg, nodeName: 'node-a' },
-    { ipvs, links, owned: new MemoryOwnership(), sysctl: { read: () => null, write: () => {} }, log: quiet(), kernelRelease: '6.1.0', clock, onHealthCheckTargets: (m) => void hc.push(new Map(m)) },
+    {
+      ipvs,
+      links,
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log: quiet(),
+      kernelRelease: '6.1.0',
+      clock,
+      onHealthCheckTargets: (m) => void hc.push(new Map(m)),
+    },
   );
   t.teardown(() => daemon.stop());
   return { clock, source, links, ipvs, daemon, hc };
@@ -251,12 +462,20 @@ const add = (kind: Change['kind'], current: Record<string, unknown>): Change => 
 
 t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   const { clock, source, links, daemon } = daemonSetup(t);
-  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', service('web', { clusterIPs: ['10.96.0.1'] })), add('EndpointSlice', slice('web-1', 'web', [ep('10.0.0.1')]))];
+  source.initial = [
+    add('Node', node('node-a', [['InternalIP', '192.168.1.10']])),
+    add('Service', service('web', { clusterIPs: ['10.96.0.1'] })),
+    add('EndpointSlice', slice('web-1', 'web', [ep('10.0.0.1')])),
+  ];
   await daemon.start();
   await clock.advance(0);
   await daemon.runner.whenIdle();
   let text = await daemon.metrics.text();
-  t.equal(sample(text, 'kubeproxy_sync_full_proxy_rules_duration_seconds_count', { ip_family: 'IPv4' }), 1, 'one full sync');
+  t.equal(
+    sample(text, 'kubeproxy_sync_full_proxy_rules_duration_seconds_count', { ip_family: 'IPv4' }),
+    1,
+    'one full sync',
+  );
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_service_changes_total'), 1);
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 1);
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 0, 'synced');
@@ -266,10 +485,17 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   t.ok((sample(text, 'kubeipvs_watch_last_event_age_seconds') ?? 0) >= 5);
 
   // An endpoint change: a partial sync, counted; pending while not yet synced.
-  source.push({ kind: 'EndpointSlice', previous: slice('web-1', 'web', [ep('10.0.0.1')]), current: slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]) });
+  source.push({
+    kind: 'EndpointSlice',
+    previous: slice('web-1', 'web', [ep('10.0.0.1')]),
+    current: slice('web-1', 'web', [ep('10.0.0.1'), ep('10.0.0.2')]),
+  });
   text = await daemon.metrics.text();
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 1, 'pending before the sync');
-  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds', { ip_family: 'IPv4' }), clock.now() / 1000);
+  t.equal(
+    sample(text, 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds', { ip_family: 'IPv4' }),
+    clock.now() / 1000,
+  );
   await clock.advance(0);
   await daemon.runner.whenIdle();
   text = await daemon.metrics.text();
@@ -298,7 +524,10 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   t.ok((sample(text, 'kubeipvs_syncs_total', { type: 'full', result: 'error' }) ?? 0) >= 1, 'failed syncs counted');
   t.equal(sample(text, 'kubeproxy_sync_proxy_rules_service_changes_pending'), 1, 'dns still pending');
   t.equal(daemonStatus(daemon).healthy, false);
-  t.ok(daemonStatus(daemon).recentErrors.some((e) => e.code === 'EEXIST'), 'the failure is in the status view');
+  t.ok(
+    daemonStatus(daemon).recentErrors.some((e) => e.code === 'EEXIST'),
+    'the failure is in the status view',
+  );
   links.links.delete('kube-ipvs0');
   await clock.advance(10_000);
   await daemon.runner.whenIdle();
@@ -321,21 +550,52 @@ t.test('a failure tied to one Service does not make the node unhealthy', async (
 
 t.test('no-local-endpoints gauge and healthCheckNodePort targets follow the plan', async (t) => {
   const { clock, source, daemon, hc } = daemonSetup(t);
-  const lb = service('lb', { clusterIPs: ['10.96.0.5'], type: 'LoadBalancer', spec: { externalTrafficPolicy: 'Local', healthCheckNodePort: 32100, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30100 }] } });
+  const lb = service('lb', {
+    clusterIPs: ['10.96.0.5'],
+    type: 'LoadBalancer',
+    spec: {
+      externalTrafficPolicy: 'Local',
+      healthCheckNodePort: 32100,
+      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30100 }],
+    },
+  });
   const local = slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' }), ep('10.0.0.2', { node: 'node-b' })]);
   const remote = slice('lb-1', 'lb', [ep('10.0.0.2', { node: 'node-b' })]);
-  source.initial = [add('Node', node('node-a', [['InternalIP', '192.168.1.10']])), add('Service', lb), add('EndpointSlice', local)];
+  source.initial = [
+    add('Node', node('node-a', [['InternalIP', '192.168.1.10']])),
+    add('Service', lb),
+    add('EndpointSlice', local),
+  ];
   await daemon.start();
   await clock.advance(0);
   t.same([...daemon.healthCheckTargets()], [[32100, { service: 'default/lb', localEndpoints: 1 }]]);
   let text = await daemon.metrics.text();
-  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'external' }), 0);
+  t.equal(
+    sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', {
+      ip_family: 'IPv4',
+      traffic_policy: 'external',
+    }),
+    0,
+  );
 
   source.push({ kind: 'EndpointSlice', previous: local, current: remote });
   t.same(hc.at(-1), new Map([[32100, { service: 'default/lb', localEndpoints: 0 }]]), 'told of the new count');
   text = await daemon.metrics.text();
-  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'external' }), 1, 'endpoints elsewhere, none here');
-  t.equal(sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', { ip_family: 'IPv4', traffic_policy: 'internal' }), 0);
+  t.equal(
+    sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', {
+      ip_family: 'IPv4',
+      traffic_policy: 'external',
+    }),
+    1,
+    'endpoints elsewhere, none here',
+  );
+  t.equal(
+    sample(text, 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', {
+      ip_family: 'IPv4',
+      traffic_policy: 'internal',
+    }),
+    0,
+  );
 
   source.push({ kind: 'Service', previous: lb, current: null });
   t.same(hc.at(-1), new Map(), 'the Service is gone: no health check port');
@@ -372,7 +632,11 @@ t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort server
   t.equal(r.code, 503);
   t.match(r.body, /"nodeEligible": false/);
   t.equal((await get(hp, '/livez')).code, 200);
-  t.equal((await get(hp, '/status')).code, 404, '/status is not on the health port, which anyone who reaches the node reaches');
+  t.equal(
+    (await get(hp, '/status')).code,
+    404,
+    '/status is not on the health port, which anyone who reaches the node reaches',
+  );
   const status = JSON.parse((await get(mp, '/status')).body);
   t.equal(status.node, 'node-a');
   t.equal(status.services, 1);
@@ -384,13 +648,22 @@ t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort server
   t.equal(sample(text, 'kubeproxy_proxy_livez_total', { code: '200' }), 2);
 
   // healthCheckNodePort servers open, answer from the current count, and close.
-  const servers = new ServiceHealthServers({ health: daemon.proxyHealth, log, metrics: daemon.metrics, addresses: () => ['127.0.0.1'] });
+  const servers = new ServiceHealthServers({
+    health: daemon.proxyHealth,
+    log,
+    metrics: daemon.metrics,
+    addresses: () => ['127.0.0.1'],
+  });
   t.teardown(() => servers.close());
   const p = await freePort();
   await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 1 }]]));
   r = await get(p, '/');
   t.equal(r.code, 200);
-  t.same(JSON.parse(r.body), { service: { namespace: 'default', name: 'web' }, localEndpoints: 1, serviceProxyHealthy: true });
+  t.same(JSON.parse(r.body), {
+    service: { namespace: 'default', name: 'web' },
+    localEndpoints: 1,
+    serviceProxyHealthy: true,
+  });
   await servers.update(new Map([[p, { service: 'default/web', localEndpoints: 0 }]]));
   t.equal((await get(p, '/')).code, 503, 'no local endpoint: 503, same listener');
   await servers.update(new Map());

@@ -23,7 +23,15 @@ interface Case {
   flows: Flow[];
 }
 
-const NODE = node('node-a', [['InternalIP', '192.168.1.10'], ['ExternalIP', '203.0.113.10'], ['InternalIP', 'fd00::10']], 'zone-a');
+const NODE = node(
+  'node-a',
+  [
+    ['InternalIP', '192.168.1.10'],
+    ['ExternalIP', '203.0.113.10'],
+    ['InternalIP', 'fd00::10'],
+  ],
+  'zone-a',
+);
 const two = [ep('10.0.1.1', { node: 'node-a', zone: 'zone-a' }), ep('10.0.2.2', { node: 'node-b', zone: 'zone-b' })];
 
 const cases: Case[] = [
@@ -45,7 +53,11 @@ const cases: Case[] = [
     name: 'dual-stack: each family reaches endpoints of its own family',
     objects: [
       NODE,
-      service('s', { clusterIPs: ['10.96.0.1', 'fd00:96::1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }),
+      service('s', {
+        clusterIPs: ['10.96.0.1', 'fd00:96::1'],
+        type: 'NodePort',
+        ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+      }),
       slice('s-v4', 's', two),
       slice('s-v6', 's', [ep('fd00:244::1', { node: 'node-b' })], { addressType: 'IPv6' }),
     ],
@@ -58,7 +70,11 @@ const cases: Case[] = [
   },
   {
     name: 'single-stack IPv4: IPv6 slices and IPv6 externalIPs are ignored',
-    objects: [NODE, service('s', { externalIPs: ['198.51.100.1', '2001:db8::1'] }), slice('s-v6', 's', [ep('fd00:244::1')], { addressType: 'IPv6' })],
+    objects: [
+      NODE,
+      service('s', { externalIPs: ['198.51.100.1', '2001:db8::1'] }),
+      slice('s-v6', 's', [ep('fd00:244::1')], { addressType: 'IPv6' }),
+    ],
     flows: [
       { to: '10.96.0.1:80', expect: 'dropped' },
       { to: '198.51.100.1:80', expect: 'dropped' },
@@ -67,7 +83,11 @@ const cases: Case[] = [
   },
   {
     name: 'NodePort listens on every node address by default',
-    objects: [NODE, service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }), slice('s-1', 's', two)],
+    objects: [
+      NODE,
+      service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }),
+      slice('s-1', 's', two),
+    ],
     flows: [
       { to: '192.168.1.10:30080', expect: ['10.0.1.1:8080', '10.0.2.2:8080'] },
       { to: '203.0.113.10:30080', expect: ['10.0.1.1:8080', '10.0.2.2:8080'] },
@@ -78,7 +98,11 @@ const cases: Case[] = [
   {
     name: 'nodePortAddresses limits NodePorts to the listed CIDRs',
     config: { nodePortAddresses: ['192.168.0.0/16'] },
-    objects: [NODE, service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }), slice('s-1', 's', two)],
+    objects: [
+      NODE,
+      service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }),
+      slice('s-1', 's', two),
+    ],
     flows: [
       { to: '192.168.1.10:30080', expect: ['10.0.1.1:8080', '10.0.2.2:8080'] },
       { to: '203.0.113.10:30080', expect: 'not-a-service' },
@@ -88,7 +112,11 @@ const cases: Case[] = [
   {
     name: 'nodePortAddresses "primary" uses the first InternalIP of each family',
     config: { nodePortAddresses: ['primary'] },
-    objects: [NODE, service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }), slice('s-1', 's', two)],
+    objects: [
+      NODE,
+      service('s', { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] }),
+      slice('s-1', 's', two),
+    ],
     flows: [
       { to: '192.168.1.10:30080', expect: ['10.0.1.1:8080', '10.0.2.2:8080'] },
       { to: '203.0.113.10:30080', expect: 'not-a-service' },
@@ -118,13 +146,16 @@ const cases: Case[] = [
     flows: [{ to: '198.51.100.1:80', expect: ['10.0.1.1:8080', '10.0.2.2:8080'] }],
   },
   {
-    name: 'headless, ExternalName, another proxy\'s and headless-labelled Services get nothing',
+    name: "headless, ExternalName, another proxy's and headless-labelled Services get nothing",
     objects: [
       NODE,
       service('headless', { clusterIPs: 'None' }),
       service('ext', { clusterIPs: [], type: 'ExternalName', spec: { externalName: 'example.com' } }),
       service('other', { clusterIPs: ['10.96.0.3'], labels: { 'service.kubernetes.io/service-proxy-name': 'cilium' } }),
-      service('mine', { clusterIPs: ['10.96.0.4'], labels: { 'service.kubernetes.io/service-proxy-name': 'kube-ipvs' } }),
+      service('mine', {
+        clusterIPs: ['10.96.0.4'],
+        labels: { 'service.kubernetes.io/service-proxy-name': 'kube-ipvs' },
+      }),
       service('hl', { clusterIPs: ['10.96.0.5'], labels: { 'service.kubernetes.io/headless': '' } }),
       slice('mine-1', 'mine', two),
       slice('other-1', 'other', two),
@@ -188,9 +219,15 @@ const cases: Case[] = [
       service('ready-left', { clusterIPs: ['10.96.0.1'] }),
       slice('a', 'ready-left', [ep('10.0.1.1'), ep('10.0.2.2', { ready: false, serving: true, terminating: true })]),
       service('all-terminating', { clusterIPs: ['10.96.0.2'] }),
-      slice('b', 'all-terminating', [ep('10.0.1.1', { ready: false, serving: true, terminating: true }), ep('10.0.2.2', { ready: false, serving: false, terminating: true })]),
+      slice('b', 'all-terminating', [
+        ep('10.0.1.1', { ready: false, serving: true, terminating: true }),
+        ep('10.0.2.2', { ready: false, serving: false, terminating: true }),
+      ]),
       service('none-serving', { clusterIPs: ['10.96.0.3'] }),
-      slice('c', 'none-serving', [ep('10.0.1.1', { ready: false, serving: false, terminating: true }), ep('10.0.2.2', { ready: false, serving: false })]),
+      slice('c', 'none-serving', [
+        ep('10.0.1.1', { ready: false, serving: false, terminating: true }),
+        ep('10.0.2.2', { ready: false, serving: false }),
+      ]),
     ],
     flows: [
       { to: '10.96.0.1:80', expect: ['10.0.1.1:8080'] },
@@ -203,13 +240,21 @@ const cases: Case[] = [
     objects: [
       NODE,
       service('hinted', { clusterIPs: ['10.96.0.1'] }),
-      slice('a', 'hinted', [ep('10.0.1.1', { zones: ['zone-a'] }), ep('10.0.2.2', { zones: ['zone-b'] }), ep('10.0.3.3', { zones: ['zone-a', 'zone-c'] })]),
+      slice('a', 'hinted', [
+        ep('10.0.1.1', { zones: ['zone-a'] }),
+        ep('10.0.2.2', { zones: ['zone-b'] }),
+        ep('10.0.3.3', { zones: ['zone-a', 'zone-c'] }),
+      ]),
       service('one-unhinted', { clusterIPs: ['10.96.0.2'] }),
       slice('b', 'one-unhinted', [ep('10.0.1.1', { zones: ['zone-a'] }), ep('10.0.2.2')]),
       service('not-for-us', { clusterIPs: ['10.96.0.3'] }),
       slice('c', 'not-for-us', [ep('10.0.1.1', { zones: ['zone-b'] }), ep('10.0.2.2', { zones: ['zone-c'] })]),
       service('unready-unhinted', { clusterIPs: ['10.96.0.4'] }),
-      slice('d', 'unready-unhinted', [ep('10.0.1.1', { zones: ['zone-a'] }), ep('10.0.2.2', { zones: ['zone-b'] }), ep('10.0.9.9', { ready: false })]),
+      slice('d', 'unready-unhinted', [
+        ep('10.0.1.1', { zones: ['zone-a'] }),
+        ep('10.0.2.2', { zones: ['zone-b'] }),
+        ep('10.0.9.9', { ready: false }),
+      ]),
     ],
     flows: [
       { to: '10.96.0.1:80', expect: ['10.0.1.1:8080', '10.0.3.3:8080'] },
@@ -229,7 +274,10 @@ const cases: Case[] = [
         ep('10.0.2.2', { node: 'node-b', zones: ['zone-b'], nodes: ['node-b'] }),
       ]),
       service('elsewhere', { clusterIPs: ['10.96.0.2'], spec: { trafficDistribution: 'PreferSameNode' } }),
-      slice('b', 'elsewhere', [ep('10.0.1.2', { zones: ['zone-a'], nodes: ['node-x'] }), ep('10.0.2.2', { zones: ['zone-b'], nodes: ['node-b'] })]),
+      slice('b', 'elsewhere', [
+        ep('10.0.1.2', { zones: ['zone-a'], nodes: ['node-x'] }),
+        ep('10.0.2.2', { zones: ['zone-b'], nodes: ['node-b'] }),
+      ]),
     ],
     flows: [
       { to: '10.96.0.1:80', expect: ['10.0.1.1:8080'] },
@@ -242,12 +290,15 @@ const cases: Case[] = [
     objects: [
       NODE,
       service('s', { clusterIPs: ['10.96.0.1'] }),
-      slice('a', 's', [ep('10.0.1.1', { zones: ['zone-a'], nodes: ['node-a'] }), ep('10.0.1.2', { zones: ['zone-a'], nodes: ['node-x'] })]),
+      slice('a', 's', [
+        ep('10.0.1.1', { zones: ['zone-a'], nodes: ['node-a'] }),
+        ep('10.0.1.2', { zones: ['zone-a'], nodes: ['node-x'] }),
+      ]),
     ],
     flows: [{ to: '10.96.0.1:80', expect: ['10.0.1.1:8080', '10.0.1.2:8080'] }],
   },
   {
-    name: 'internalTrafficPolicy Local: the ClusterIP reaches this node\'s endpoints only, none means dropped',
+    name: "internalTrafficPolicy Local: the ClusterIP reaches this node's endpoints only, none means dropped",
     objects: [
       NODE,
       service('local', { clusterIPs: ['10.96.0.1'], spec: { internalTrafficPolicy: 'Local' } }),
@@ -284,9 +335,22 @@ const cases: Case[] = [
     name: 'externalTrafficPolicy Local falls back to local serving-terminating endpoints; none local means dropped',
     objects: [
       NODE,
-      service('s', { type: 'NodePort', clusterIPs: ['10.96.0.1'], ports: [{ name: 'http', port: 80, nodePort: 30080 }], spec: { externalTrafficPolicy: 'Local' } }),
-      slice('a', 's', [ep('10.0.1.1', { node: 'node-a', ready: false, serving: true, terminating: true }), ep('10.0.2.2', { node: 'node-b' })]),
-      service('r', { type: 'NodePort', clusterIPs: ['10.96.0.2'], ports: [{ name: 'http', port: 80, nodePort: 30081 }], spec: { externalTrafficPolicy: 'Local' } }),
+      service('s', {
+        type: 'NodePort',
+        clusterIPs: ['10.96.0.1'],
+        ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+        spec: { externalTrafficPolicy: 'Local' },
+      }),
+      slice('a', 's', [
+        ep('10.0.1.1', { node: 'node-a', ready: false, serving: true, terminating: true }),
+        ep('10.0.2.2', { node: 'node-b' }),
+      ]),
+      service('r', {
+        type: 'NodePort',
+        clusterIPs: ['10.96.0.2'],
+        ports: [{ name: 'http', port: 80, nodePort: 30081 }],
+        spec: { externalTrafficPolicy: 'Local' },
+      }),
       slice('b', 'r', [ep('10.0.2.2', { node: 'node-b' })]),
     ],
     flows: [
@@ -300,7 +364,10 @@ const cases: Case[] = [
     objects: [
       NODE,
       service('a', { clusterIPs: ['10.96.0.1'], spec: { sessionAffinity: 'ClientIP' } }),
-      service('b', { clusterIPs: ['10.96.0.2'], spec: { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } } }),
+      service('b', {
+        clusterIPs: ['10.96.0.2'],
+        spec: { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } },
+      }),
       service('c', { clusterIPs: ['10.96.0.3'], spec: { sessionAffinity: 'None' } }),
       slice('a-1', 'a', two),
       slice('b-1', 'b', two),
@@ -329,7 +396,15 @@ const cases: Case[] = [
   },
   {
     name: 'endpoints on a node named like this one are local; without a Node object nothing has NodePorts',
-    objects: [service('s', { type: 'NodePort', clusterIPs: ['10.96.0.1'], ports: [{ name: 'http', port: 80, nodePort: 30080 }], spec: { internalTrafficPolicy: 'Local' } }), slice('a', 's', two)],
+    objects: [
+      service('s', {
+        type: 'NodePort',
+        clusterIPs: ['10.96.0.1'],
+        ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+        spec: { internalTrafficPolicy: 'Local' },
+      }),
+      slice('a', 's', two),
+    ],
     flows: [
       { to: '10.96.0.1:80', expect: ['10.0.1.1:8080'] },
       { to: '192.168.1.10:30080', expect: 'not-a-service' },
@@ -338,7 +413,16 @@ const cases: Case[] = [
 ];
 
 function defaultIpvs() {
-  return { scheduler: 'rr', syncPeriodSeconds: 30, minSyncPeriodSeconds: 0, strictARP: false, excludeCIDRs: [], tcpTimeoutSeconds: 0, tcpFinTimeoutSeconds: 0, udpTimeoutSeconds: 0 };
+  return {
+    scheduler: 'rr',
+    syncPeriodSeconds: 30,
+    minSyncPeriodSeconds: 0,
+    strictARP: false,
+    excludeCIDRs: [],
+    tcpTimeoutSeconds: 0,
+    tcpFinTimeoutSeconds: 0,
+    udpTimeoutSeconds: 0,
+  };
 }
 
 function parseTo(to: string): { address: string; port: number } {
@@ -359,8 +443,14 @@ for (const c of cases) {
         t.equal(v.result, 'forwarded', label);
         t.same(v.result === 'forwarded' ? [...v.backends].sort() : [], [...f.expect].sort(), `${label} backends`);
       }
-      if (f.persistent !== undefined) t.equal(v.result === 'forwarded' ? v.virtualServer.persistenceTimeoutSeconds : -1, f.persistent, `${label} persistence`);
-      if (f.scheduler !== undefined) t.equal(v.result !== 'not-a-service' ? v.virtualServer.scheduler : '', f.scheduler, `${label} scheduler`);
+      if (f.persistent !== undefined)
+        t.equal(
+          v.result === 'forwarded' ? v.virtualServer.persistenceTimeoutSeconds : -1,
+          f.persistent,
+          `${label} persistence`,
+        );
+      if (f.scheduler !== undefined)
+        t.equal(v.result !== 'not-a-service' ? v.virtualServer.scheduler : '', f.scheduler, `${label} scheduler`);
     }
   });
 }

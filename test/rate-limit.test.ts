@@ -4,10 +4,15 @@ import { TokenBucket } from '../src/sources/rate-limit.ts';
 t.test('burst first, then qps', async (t) => {
   let now = 0;
   const slept: number[] = [];
-  const b = new TokenBucket(5, 3, () => now, async (ms) => {
-    slept.push(ms);
-    now += ms;
-  });
+  const b = new TokenBucket(
+    5,
+    3,
+    () => now,
+    async (ms) => {
+      slept.push(ms);
+      now += ms;
+    },
+  );
   for (let i = 0; i < 3; i++) await b.take();
   t.same(slept, [], 'the burst goes at once');
   await b.take();

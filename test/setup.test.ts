@@ -17,24 +17,36 @@ const alive = (pid: number) => {
   }
 };
 const until = async (f: () => boolean, ms: number) => {
-  for (const end = Date.now() + ms; Date.now() < end; ) {
+  for (const end = Date.now() + ms; Date.now() < end;) {
     if (f()) return true;
     await new Promise((r) => setTimeout(r, 50));
   }
   return f();
 };
-const step = (cmd: string, limitS: number): Step => ({ name: 'test', what: 'a test step', skip: () => null, cmd: ['bash', '-c', cmd], limitS });
+const step = (cmd: string, limitS: number): Step => ({
+  name: 'test',
+  what: 'a test step',
+  skip: () => null,
+  cmd: ['bash', '-c', cmd],
+  limitS,
+});
 
 t.test('a step over its limit is stopped, children included, and the reason recorded', async (t) => {
   const lines: string[] = [];
   // The step starts a grandchild (as go build starts compilers) and prints its pid.
-  const r = await runStep(step('sleep 600 & echo "child $!" >&2; echo compiling >&2; wait', 1), (_, l) => void lines.push(l));
+  const r = await runStep(
+    step('sleep 600 & echo "child $!" >&2; echo compiling >&2; wait', 1),
+    (_, l) => void lines.push(l),
+  );
   t.equal(r.ok, false);
   t.match(!r.ok && r.why, /did not finish within 1 s \(SETUP_TEST_TIMEOUT\); last output: .*compiling/);
   const pid = Number(/child (\d+)/.exec(lines.join('\n'))?.[1]);
   t.ok(pid > 0, 'the grandchild was started');
   t.ok(await until(() => !alive(pid), 2000), 'and is gone with the step');
-  t.ok(lines.some((l) => /no result after/.test(l)), 'the stop is said as it happens');
+  t.ok(
+    lines.some((l) => /no result after/.test(l)),
+    'the stop is said as it happens',
+  );
 });
 
 t.test("a failing step's reason names its exit and last output; a good one is ready", async (t) => {
@@ -46,12 +58,18 @@ t.test("a failing step's reason names its exit and last output; a good one is re
   t.same(skipped, { ok: false, why: 'K8S=0 set' });
 });
 
-t.test('a child started through owned() dies when its starter is SIGKILLed', { skip: childrenDieWithUs ? false : 'no setpriv on this machine' }, async (t) => {
-  // A Node process that starts `sleep` the way tests start servers, prints its pid, and waits.
-  const script = `import { spawnOwned } from './test/support/owned.ts'; const c = spawnOwned('sleep', ['600'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000);`;
-  const starter = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const pid = await new Promise<number>((res) => starter.stdout!.once('data', (d) => res(Number(String(d).trim()))));
-  t.ok(await until(() => alive(pid), 2000), `the server (${pid}) runs`);
-  starter.kill('SIGKILL');
-  t.ok(await until(() => !alive(pid), 3000), 'and dies with its starter, with no teardown run');
-});
+t.test(
+  'a child started through owned() dies when its starter is SIGKILLed',
+  { skip: childrenDieWithUs ? false : 'no setpriv on this machine' },
+  async (t) => {
+    // A Node process that starts `sleep` the way tests start servers, prints its pid, and waits.
+    const script = `import { spawnOwned } from './test/support/owned.ts'; const c = spawnOwned('sleep', ['600'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000);`;
+    const starter = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const pid = await new Promise<number>((res) => starter.stdout!.once('data', (d) => res(Number(String(d).trim()))));
+    t.ok(await until(() => alive(pid), 2000), `the server (${pid}) runs`);
+    starter.kill('SIGKILL');
+    t.ok(await until(() => !alive(pid), 3000), 'and dies with its starter, with no teardown run');
+  },
+);

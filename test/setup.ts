@@ -59,14 +59,24 @@ const steps = (): Step[] => [
   {
     name: 'image',
     what: 'the container image (images/build.sh)',
-    skip: () => (process.env.IMAGE === '0' ? 'IMAGE=0 set' : process.getuid?.() !== 0 ? 'not root: the image build runs mmdebstrap and stores root-owned files' : null),
+    skip: () =>
+      process.env.IMAGE === '0'
+        ? 'IMAGE=0 set'
+        : process.getuid?.() !== 0
+          ? 'not root: the image build runs mmdebstrap and stores root-owned files'
+          : null,
     cmd: ['bash', 'images/build.sh'],
     limitS: limit('SETUP_IMAGE_TIMEOUT', 900),
   },
   {
     name: 'lab',
     what: 'qemu, the Debian kernel and the initramfs of the IPVS lab',
-    skip: () => (process.env.LAB === '0' ? 'LAB=0 set' : process.getuid?.() !== 0 ? 'not root: the lab installs qemu from Debian packages and boots a VM' : null),
+    skip: () =>
+      process.env.LAB === '0'
+        ? 'LAB=0 set'
+        : process.getuid?.() !== 0
+          ? 'not root: the lab installs qemu from Debian packages and boots a VM'
+          : null,
     cmd: ['bash', 'test/lab/prepare.sh'],
     limitS: limit('SETUP_LAB_TIMEOUT', 1200),
   },
@@ -90,7 +100,11 @@ export function runStep(step: Step, say: Say = progress): Promise<StepState> {
   say(step.name, `${step.what} (limit ${Math.round(step.limitS / 60)} min)`);
   const t0 = Date.now();
   return new Promise((done) => {
-    const child = spawn(step.cmd[0]!, step.cmd.slice(1), { cwd: repo, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(step.cmd[0]!, step.cmd.slice(1), {
+      cwd: repo,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let tail: string[] = [];
     let lines = 0;
     let partial = '';
@@ -107,7 +121,10 @@ export function runStep(step: Step, say: Say = progress): Promise<StepState> {
       }
     });
     child.stdout.resume();
-    const beat = setInterval(() => say(step.name, `still working (${clock(t0)} so far, ${lines} lines of output)`), 60_000);
+    const beat = setInterval(
+      () => say(step.name, `still working (${clock(t0)} so far, ${lines} lines of output)`),
+      60_000,
+    );
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;

@@ -14,7 +14,13 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
   const config = await loadConfig(io, args.config);
   if (!config) return 1;
   if (!isRoot()) {
-    report(io, [{ code: Codes.NEEDS_PRIVILEGE, severity: 'error', message: 'kube-ipvs cleanup changes IPVS and network interfaces: it needs root' }]);
+    report(io, [
+      {
+        code: Codes.NEEDS_PRIVILEGE,
+        severity: 'error',
+        message: 'kube-ipvs cleanup changes IPVS and network interfaces: it needs root',
+      },
+    ]);
     return 1;
   }
   let ipvs;
@@ -27,13 +33,21 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
   const links = new NetlinkLinks();
   const owned = new FileOwnership(join(config.stateDirectory, 'owned.json'));
   if (owned.problem) report(io, [{ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: owned.problem }]);
-  const r = await cleanup(ipvs, links, owned, { dummyInterface: config.dummyInterface, excludeCIDRs: config.ipvs.excludeCIDRs });
+  const r = await cleanup(ipvs, links, owned, {
+    dummyInterface: config.dummyInterface,
+    excludeCIDRs: config.ipvs.excludeCIDRs,
+  });
   // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
   ipvs.close();
   links.close();
-  io.stdout(`removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`);
+  io.stdout(
+    `removed ${r.services.length} virtual services, ${r.addresses.length} addresses${r.interfaceRemoved ? `, interface ${config.dummyInterface}` : ''}\n`,
+  );
   for (const e of r.errors) io.stderr(`error ${e}\n`);
-  for (const id of r.leftAlone) io.stderr(`warning the ownership record lists ${id}, which is not on ${config.dummyInterface}, not a node address and not one of kube-ipvs' firewall marks: left alone\n`);
+  for (const id of r.leftAlone)
+    io.stderr(
+      `warning the ownership record lists ${id}, which is not on ${config.dummyInterface}, not a node address and not one of kube-ipvs' firewall marks: left alone\n`,
+    );
   // Our iptables chains and jumps (both backends: whichever was used) and our ipsets.
   const exec = new SystemExec();
   const nfErrors: string[] = [];

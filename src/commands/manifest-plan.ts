@@ -61,7 +61,8 @@ export function planManifests(set: ManifestSet, cfg: Config, nodeFlag?: string):
       severity: 'warning',
       kind: 'Node',
       name: model.nodeName,
-      message: 'no such Node in the manifests: no node addresses (NodePorts get no virtual servers) and no zone (topology hints are ignored)',
+      message:
+        'no such Node in the manifests: no node addresses (NodePorts get no virtual servers) and no zone (topology hints are ignored)',
     });
   }
   const planner = new Planner(model, planConfigFrom(cfg));

@@ -53,23 +53,43 @@ class RecordingSysctl implements SysctlWriter {
 
 export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmitter = process): Promise<number> {
   if (args.manifests && args.kubeconfig) {
-    report(io, [{ code: Codes.USAGE, severity: 'error', message: 'use either --manifests DIR or --kubeconfig FILE, not both' }]);
+    report(io, [
+      { code: Codes.USAGE, severity: 'error', message: 'use either --manifests DIR or --kubeconfig FILE, not both' },
+    ]);
     return 2;
   }
   const procSysWhy = args.procSys === undefined ? null : checkProcSysRoot(args.procSys);
   if (procSysWhy) {
-    report(io, [{ code: Codes.USAGE, severity: 'error', message: `--proc-sys ${JSON.stringify(args.procSys)}: ${procSysWhy}` }]);
+    report(io, [
+      { code: Codes.USAGE, severity: 'error', message: `--proc-sys ${JSON.stringify(args.procSys)}: ${procSysWhy}` },
+    ]);
     return 2;
   }
   const inCluster = !args.manifests && !args.kubeconfig;
   if (inCluster && !process.env.KUBERNETES_SERVICE_HOST) {
-    report(io, [{ code: Codes.USAGE, severity: 'error', message: 'not in a cluster (KUBERNETES_SERVICE_HOST is unset): give --kubeconfig FILE or --manifests DIR' }]);
+    report(io, [
+      {
+        code: Codes.USAGE,
+        severity: 'error',
+        message: 'not in a cluster (KUBERNETES_SERVICE_HOST is unset): give --kubeconfig FILE or --manifests DIR',
+      },
+    ]);
     return 2;
   }
   const config = await loadConfig(io, args.config);
   if (!config) return 1;
-  const format = args.dryRun ? 'text' : config.logging.format === 'auto' ? (process.stderr.isTTY ? 'text' : 'json') : config.logging.format;
-  const log = new Logger({ format, level: config.logging.verbosity >= 4 ? 'debug' : 'info', sink: (l) => io.stderr(l + '\n') });
+  const format = args.dryRun
+    ? 'text'
+    : config.logging.format === 'auto'
+      ? process.stderr.isTTY
+        ? 'text'
+        : 'json'
+      : config.logging.format;
+  const log = new Logger({
+    format,
+    level: config.logging.verbosity >= 4 ? 'debug' : 'info',
+    sink: (l) => io.stderr(l + '\n'),
+  });
   const nodeName = args.manifests
     ? chooseNodeName(await readManifests(args.manifests), config, args.node)
     : (args.node ?? (config.hostnameOverride.trim() || process.env.NODE_NAME || hostname()).toLowerCase());
@@ -84,29 +104,69 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     try {
       kc = loadKubeConfig(args.kubeconfig ?? (config.clientConnection.kubeconfig || undefined));
     } catch (e) {
-      report(io, [{ code: Codes.CONFIG_UNREADABLE, severity: 'error', file: args.kubeconfig, message: `cannot load the kubeconfig: ${(e as Error).message}` }]);
+      report(io, [
+        {
+          code: Codes.CONFIG_UNREADABLE,
+          severity: 'error',
+          file: args.kubeconfig,
+          message: `cannot load the kubeconfig: ${(e as Error).message}`,
+        },
+      ]);
       return 1;
     }
-    source = new KubernetesSource(kc, { nodeName, proxyName: config.serviceProxyName, log, qps: config.clientConnection.qps, burst: config.clientConnection.burst });
+    source = new KubernetesSource(kc, {
+      nodeName,
+      proxyName: config.serviceProxyName,
+      log,
+      qps: config.clientConnection.qps,
+      burst: config.clientConnection.burst,
+    });
   }
 
   let deps: DaemonDeps;
   const sysctl = new RecordingSysctl();
   if (args.dryRun) {
-    deps = { ipvs: new FakeIpvs(), links: new FakeLinks(), owned: new MemoryOwnership(), sysctl, log, kernelRelease: release() };
+    deps = {
+      ipvs: new FakeIpvs(),
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl,
+      log,
+      kernelRelease: release(),
+    };
   } else {
     if (!isRoot()) {
-      report(io, [{ code: Codes.NEEDS_PRIVILEGE, severity: 'error', message: 'kube-ipvs run programs IPVS, a dummy interface and sysctls: it needs root (CAP_NET_ADMIN and write access to /proc/sys). Use --dry-run to see what it would do.' }]);
+      report(io, [
+        {
+          code: Codes.NEEDS_PRIVILEGE,
+          severity: 'error',
+          message:
+            'kube-ipvs run programs IPVS, a dummy interface and sysctls: it needs root (CAP_NET_ADMIN and write access to /proc/sys). Use --dry-run to see what it would do.',
+        },
+      ]);
       return 1;
     }
     let ipvs: Ipvs;
     try {
       ipvs = await NetlinkIpvs.open();
     } catch (e) {
-      report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. On a node: modprobe ip_vs (and ip_vs_rr, ip_vs_wrr, ip_vs_sh…); --dry-run works without it.` }]);
+      report(io, [
+        {
+          code: Codes.KERNEL_UNAVAILABLE,
+          severity: 'error',
+          message: `${(e as Error).message}. On a node: modprobe ip_vs (and ip_vs_rr, ip_vs_wrr, ip_vs_sh…); --dry-run works without it.`,
+        },
+      ]);
       return 1;
     }
-    deps = { ipvs, links: new NetlinkLinks(), owned: new FileOwnership(join(config.stateDirectory, 'owned.json')), sysctl: procSysctlAt(args.procSys), log, kernelRelease: release() };
+    deps = {
+      ipvs,
+      links: new NetlinkLinks(),
+      owned: new FileOwnership(join(config.stateDirectory, 'owned.json')),
+      sysctl: procSysctlAt(args.procSys),
+      log,
+      kernelRelease: release(),
+    };
   }
 
   // Kernel operations are counted on their way to the kernel (or the in-memory one).
@@ -115,7 +175,11 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   const exec: Exec = args.dryRun ? new FakeExec() : new SystemExec();
   const backend = args.dryRun ? 'nft' : await detectBackend(exec);
   const families: Family[] = [4];
-  if (args.dryRun || (await exec.run(`ip6tables-${backend}`, ['-w', '5', '-t', 'nat', '-L', 'POSTROUTING', '-n'])).code === 0) families.push(6);
+  if (
+    args.dryRun ||
+    (await exec.run(`ip6tables-${backend}`, ['-w', '5', '-t', 'nat', '-L', 'POSTROUTING', '-n'])).code === 0
+  )
+    families.push(6);
   else log.warn('ip6tables does not work here: IPv6 Services get IPVS but no iptables rules', { backend });
   let ipset: NetlinkIpset | undefined;
   if (!args.dryRun) {
@@ -127,10 +191,17 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   }
   deps.netfilter = new NetfilterApplier({ exec, log, metrics, backend, families, ...(ipset ? { ipset } : {}) });
   deps.conntrack = new ConntrackCleaner(exec, log, metrics);
-  deps = { ...deps, ipvs: instrumentKernel(deps.ipvs, 'ipvs', metrics), links: instrumentKernel(deps.links, 'link', metrics), metrics };
+  deps = {
+    ...deps,
+    ipvs: instrumentKernel(deps.ipvs, 'ipvs', metrics),
+    links: instrumentKernel(deps.links, 'link', metrics),
+    metrics,
+  };
   let hcServers: ServiceHealthServers | null = null;
   deps.onHealthCheckTargets = (targets) => {
-    hcServers?.update(targets).catch((e: unknown) => log.warn('healthCheckNodePort update failed', { error: (e as Error).message }));
+    hcServers
+      ?.update(targets)
+      .catch((e: unknown) => log.warn('healthCheckNodePort update failed', { error: (e as Error).message }));
   };
   // Scrapes read IPVS on a socket of their own: a scrape never waits behind the reconciler's dumps
   // (one dump per socket at a time) and reads in 64 KiB chunks (DUMP_READ_BYTES; see NetlinkIpvs readBufferBytes).
@@ -140,7 +211,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     try {
       scrapeIpvs = instrumentKernel(await NetlinkIpvs.open({ readBufferBytes: DUMP_READ_BYTES }), 'ipvs', metrics);
     } catch (e) {
-      log.warn('metrics: no socket of their own for IPVS scrapes; sharing the reconciler\'s', { error: (e as Error).message });
+      log.warn("metrics: no socket of their own for IPVS scrapes; sharing the reconciler's", {
+        error: (e as Error).message,
+      });
     }
   }
   deps.healthCounters = scrapeIpvs;
@@ -161,13 +234,21 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
       io.stdout(`\nDry run: what kube-ipvs would do to an empty node (${r.operations} kernel operations):\n`);
       for (const s of sysctl.writes) io.stdout(`  sysctl ${s}\n`);
       const links = deps.links as FakeLinks;
-      for (const [name, l] of links.links) io.stdout(`  ip link add ${name} type dummy (down, NOARP); ${l.addresses.size} addresses: ${[...l.addresses].join(' ')}\n`);
+      for (const [name, l] of links.links)
+        io.stdout(
+          `  ip link add ${name} type dummy (down, NOARP); ${l.addresses.size} addresses: ${[...l.addresses].join(' ')}\n`,
+        );
       // Grouped by virtual service (the operations ran concurrently across services).
       const ops = [...(deps.ipvs as FakeIpvs).ops].sort((a, b) => (a.service ?? '').localeCompare(b.service ?? ''));
-      for (const op of ops) io.stdout(`  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`);
+      for (const op of ops)
+        io.stdout(
+          `  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`,
+        );
       for (const c of (exec as FakeExec).calls.filter((x) => x.input !== undefined)) {
         const lines = (c.input ?? '').split('\n').filter((l) => l.startsWith('add ') || l.startsWith('-A ')).length;
-        io.stdout(`  ${c.cmd} ${c.args.join(' ')}${c.input !== undefined ? ` (${lines} ${c.cmd === 'ipset' ? 'entries' : 'rules'})` : ''}\n`);
+        io.stdout(
+          `  ${c.cmd} ${c.args.join(' ')}${c.input !== undefined ? ` (${lines} ${c.cmd === 'ipset' ? 'entries' : 'rules'})` : ''}\n`,
+        );
       }
     }
     // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
@@ -186,11 +267,20 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     log,
     metrics,
     // kube-proxy listens on every address unless nodePortAddresses narrows it.
-    addresses: () => (config.nodePortAddresses.length === 0 ? [] : selectNodePortAddresses(daemon.model.node, config.nodePortAddresses)),
+    addresses: () =>
+      config.nodePortAddresses.length === 0 ? [] : selectNodePortAddresses(daemon.model.node, config.nodePortAddresses),
   });
   await daemon.start();
   await hcServers.update(daemon.healthCheckTargets());
-  log.info('kube-ipvs running', { node: nodeName, source: args.manifests ? `folder ${args.manifests}` : args.kubeconfig ? `kubeconfig ${args.kubeconfig}` : 'in-cluster', dryRun: args.dryRun });
+  log.info('kube-ipvs running', {
+    node: nodeName,
+    source: args.manifests
+      ? `folder ${args.manifests}`
+      : args.kubeconfig
+        ? `kubeconfig ${args.kubeconfig}`
+        : 'in-cluster',
+    dryRun: args.dryRun,
+  });
   await new Promise<void>((resolve) => {
     const done = (sig: string) => {
       log.info('stopping; the kernel state stays as it is', { signal: sig });

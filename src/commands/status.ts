@@ -76,10 +76,32 @@ export interface StatusReport {
   virtualServers: StatusVirtualServer[];
 }
 
-const ZERO: Stats = { conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0, cps: 0, inPps: 0, outPps: 0, inBps: 0, outBps: 0 };
+const ZERO: Stats = {
+  conns: 0,
+  inPkts: 0,
+  outPkts: 0,
+  inBytes: 0,
+  outBytes: 0,
+  cps: 0,
+  inPps: 0,
+  outPps: 0,
+  inBps: 0,
+  outBps: 0,
+};
 function stats(s: IpvsStats | undefined): Stats {
   if (!s) return { ...ZERO };
-  return { conns: Number(s.conns), inPkts: Number(s.inPkts), outPkts: Number(s.outPkts), inBytes: Number(s.inBytes), outBytes: Number(s.outBytes), cps: Number(s.cps), inPps: Number(s.inPps), outPps: Number(s.outPps), inBps: Number(s.inBps), outBps: Number(s.outBps) };
+  return {
+    conns: Number(s.conns),
+    inPkts: Number(s.inPkts),
+    outPkts: Number(s.outPkts),
+    inBytes: Number(s.inBytes),
+    outBytes: Number(s.outBytes),
+    cps: Number(s.cps),
+    inPps: Number(s.inPps),
+    outPps: Number(s.outPps),
+    inBps: Number(s.inBps),
+    outBps: Number(s.outBps),
+  };
 }
 
 /** The most of the daemon's answer read (it describes every Service: generous, but bounded). */
@@ -88,7 +110,10 @@ const MAX_STATUS_BYTES = 32 * 1024 * 1024;
 /** GET /status on the daemon's metrics port (loopback when it listens on every address). */
 export function fetchDaemonStatus(config: Config, timeoutMs = 1500): Promise<DaemonStatus> {
   const b = parseBindAddress(config.metricsBindAddress);
-  if (!b || b.port === 0) return Promise.reject(new Error(`the metrics port is disabled (metricsBindAddress ${JSON.stringify(config.metricsBindAddress)})`));
+  if (!b || b.port === 0)
+    return Promise.reject(
+      new Error(`the metrics port is disabled (metricsBindAddress ${JSON.stringify(config.metricsBindAddress)})`),
+    );
   const host = !b.host || b.host === '0.0.0.0' ? '127.0.0.1' : b.host === '::' ? '::1' : b.host;
   return new Promise((resolve, reject) => {
     const req = get({ host, port: b.port, path: '/status', timeout: timeoutMs }, (res) => {
@@ -113,7 +138,11 @@ export function fetchDaemonStatus(config: Config, timeoutMs = 1500): Promise<Dae
 }
 
 /** Reads the kernel and the labels; filters by namespace / Service. */
-export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLabel>, filter: { namespace?: string; service?: string }): Promise<StatusVirtualServer[]> {
+export async function collectStatus(
+  ipvs: Ipvs,
+  labels: ReadonlyMap<string, VsLabel>,
+  filter: { namespace?: string; service?: string },
+): Promise<StatusVirtualServer[]> {
   const out: StatusVirtualServer[] = [];
   const filtered = filter.namespace !== undefined || filter.service !== undefined;
   for (const s of await ipvs.services()) {
@@ -138,24 +167,41 @@ export async function collectStatus(ipvs: Ipvs, labels: ReadonlyMap<string, VsLa
       persistenceTimeoutSeconds: s.flags & SvcFlag.PERSISTENT ? s.timeout : 0,
       stats: stats(s.stats),
       realServers: dests
-        .map((d) => ({ address: d.address, port: d.port, weight: d.weight, activeConns: d.activeConns ?? 0, inactiveConns: d.inactiveConns ?? 0, stats: stats(d.stats) }))
+        .map((d) => ({
+          address: d.address,
+          port: d.port,
+          weight: d.weight,
+          activeConns: d.activeConns ?? 0,
+          inactiveConns: d.inactiveConns ?? 0,
+          stats: stats(d.stats),
+        }))
         .sort((a, b) => (destinationId(a) < destinationId(b) ? -1 : 1)),
     });
   }
   const kinds = ['ClusterIP', 'ExternalIP', 'LoadBalancer', 'NodePort', ''];
-  return out.sort((a, b) => (a.service === '' ? 1 : 0) - (b.service === '' ? 1 : 0) || a.service.localeCompare(b.service) || a.portName.localeCompare(b.portName) || kinds.indexOf(a.kind) - kinds.indexOf(b.kind) || a.address.localeCompare(b.address) || a.port - b.port);
+  return out.sort(
+    (a, b) =>
+      (a.service === '' ? 1 : 0) - (b.service === '' ? 1 : 0) ||
+      a.service.localeCompare(b.service) ||
+      a.portName.localeCompare(b.portName) ||
+      kinds.indexOf(a.kind) - kinds.indexOf(b.kind) ||
+      a.address.localeCompare(b.address) ||
+      a.port - b.port,
+  );
 }
 
 /** What health says of a real server, for the table: '' when it is healthy at full weight. */
 function healthNote(h: HealthView, now: number): string {
-  if (h.state === 'unhealthy') return ` (${h.refused ? `unhealthy, kept in by ${h.refused === 'cap' ? 'the ejection cap' : 'fail-open'}` : 'ejected'}: ${esc(h.reason)} since ${ago(h.since, now)})`;
+  if (h.state === 'unhealthy')
+    return ` (${h.refused ? `unhealthy, kept in by ${h.refused === 'cap' ? 'the ejection cap' : 'fail-open'}` : 'ejected'}: ${esc(h.reason)} since ${ago(h.since, now)})`;
   if (h.slowStart !== null) return ` (slow start ${h.slowStart}%)`;
   return '';
 }
 
 /** Text from the daemon or the ownership record (Service names, errors) as the table prints it. */
 const esc = (s: string) => escapeText(String(s), 300);
-const ago = (iso: string | null, now: number) => (iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`);
+const ago = (iso: string | null, now: number) =>
+  iso === null ? 'never' : `${Math.max(0, Math.round((now - Date.parse(iso)) / 1000))}s ago`;
 /** "addr:port" (util/ip.ts), or the mark of a firewall-mark virtual server as it is. */
 const where = (address: string, port: number) => (address.startsWith('0x') ? address : hostPort(address, port));
 
@@ -164,19 +210,34 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   const d = r.daemon;
   if (d) {
     const ls = d.lastSync;
-    lines.push(`kube-ipvs on node ${esc(d.node)}: ${d.healthy ? 'healthy' : 'UNHEALTHY (changes waiting longer than 2 x syncPeriod)'}${d.nodeEligible ? '' : ', node being deleted (healthz 503)'}`);
-    lines.push(`  last sync ${ago(d.lastSyncAt, now)}${ls ? ` (${ls.full ? 'full' : 'partial'}, ${ls.services} services, ${ls.operations} kernel operations, ${ls.errors} errors, ${ls.durationMs} ms)` : ''}; last without errors ${ago(d.lastSuccessfulSyncAt, now)}`);
-    lines.push(`  pending: ${d.pending.services} Service changes, ${d.pending.endpoints} endpoint changes${d.oldestPendingChangeAt ? ` (oldest ${ago(d.oldestPendingChangeAt, now)})` : ''}; ${d.services} Services, ${d.virtualServers} virtual servers planned`);
-    if (d.source) lines.push(`  watch: ${d.source.events} events, ${d.source.reconnects} reconnects, ${d.source.relists} relists, ${d.source.errors} errors; last event ${ago(d.source.lastEventAt as string | null, now)}`);
-    for (const c of d.conflicts ?? []) lines.push(`  conflict: ${esc(c.service)} does not get ${esc(c.what)}: held by ${esc(c.heldBy)}`);
+    lines.push(
+      `kube-ipvs on node ${esc(d.node)}: ${d.healthy ? 'healthy' : 'UNHEALTHY (changes waiting longer than 2 x syncPeriod)'}${d.nodeEligible ? '' : ', node being deleted (healthz 503)'}`,
+    );
+    lines.push(
+      `  last sync ${ago(d.lastSyncAt, now)}${ls ? ` (${ls.full ? 'full' : 'partial'}, ${ls.services} services, ${ls.operations} kernel operations, ${ls.errors} errors, ${ls.durationMs} ms)` : ''}; last without errors ${ago(d.lastSuccessfulSyncAt, now)}`,
+    );
+    lines.push(
+      `  pending: ${d.pending.services} Service changes, ${d.pending.endpoints} endpoint changes${d.oldestPendingChangeAt ? ` (oldest ${ago(d.oldestPendingChangeAt, now)})` : ''}; ${d.services} Services, ${d.virtualServers} virtual servers planned`,
+    );
+    if (d.source)
+      lines.push(
+        `  watch: ${d.source.events} events, ${d.source.reconnects} reconnects, ${d.source.relists} relists, ${d.source.errors} errors; last event ${ago(d.source.lastEventAt as string | null, now)}`,
+      );
+    for (const c of d.conflicts ?? [])
+      lines.push(`  conflict: ${esc(c.service)} does not get ${esc(c.what)}: held by ${esc(c.heldBy)}`);
     if (d.health && d.health.endpoints.length > 0) {
       const h = d.health;
       const down = h.endpoints.filter((e) => e.state === 'unhealthy').length;
-      lines.push(`  health: ${h.endpoints.length + h.endpointsNotListed} endpoints checked, ${down} unhealthy; ${Math.round(h.probeDemand)} probes/s asked${h.probeStretch > 1 ? `, intervals stretched x${h.probeStretch.toFixed(1)} to fit the budget` : ''}${h.failingOpen ? '; FAILING OPEN: nearly every probe from this node fails, nothing is ejected' : ''}`);
+      lines.push(
+        `  health: ${h.endpoints.length + h.endpointsNotListed} endpoints checked, ${down} unhealthy; ${Math.round(h.probeDemand)} probes/s asked${h.probeStretch > 1 ? `, intervals stretched x${h.probeStretch.toFixed(1)} to fit the budget` : ''}${h.failingOpen ? '; FAILING OPEN: nearly every probe from this node fails, nothing is ejected' : ''}`,
+      );
     }
-    for (const e of d.recentErrors.slice(-5)) lines.push(`  error ${esc(e.at)} ${esc(e.op)}: ${esc(e.code)}${e.service ? ` (${esc(e.service)})` : ''}`);
+    for (const e of d.recentErrors.slice(-5))
+      lines.push(`  error ${esc(e.at)} ${esc(e.op)}: ${esc(e.code)}${e.service ? ` (${esc(e.service)})` : ''}`);
   } else {
-    lines.push(`kube-ipvs daemon: not reachable (${esc(r.daemonError ?? 'unknown')}); the kernel view below is read directly`);
+    lines.push(
+      `kube-ipvs daemon: not reachable (${esc(r.daemonError ?? 'unknown')}); the kernel view below is read directly`,
+    );
   }
   lines.push('');
   if (r.virtualServers.length === 0) {
@@ -190,9 +251,13 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     health.set(`${h.service}|${h.endpoint}`, h);
     if (h.evicted) evictedOf.set(h.service, [...(evictedOf.get(h.service) ?? []), h]);
   }
-  lines.push('SERVICE / PORT / KIND          VIRTUAL SERVER              SCHED  AFFINITY   CONNS    CPS  INPPS  OUTPPS  INBPS  OUTBPS');
+  lines.push(
+    'SERVICE / PORT / KIND          VIRTUAL SERVER              SCHED  AFFINITY   CONNS    CPS  INPPS  OUTPPS  INBPS  OUTBPS',
+  );
   for (const vs of r.virtualServers) {
-    const name = vs.service ? `${esc(vs.service)}${vs.portName ? `:${esc(vs.portName)}` : ''} ${esc(vs.kind)}` : '(not kube-ipvs)';
+    const name = vs.service
+      ? `${esc(vs.service)}${vs.portName ? `:${esc(vs.portName)}` : ''} ${esc(vs.kind)}`
+      : '(not kube-ipvs)';
     const s = vs.stats;
     lines.push(
       `${name.padEnd(30)} ${`${vs.protocol} ${where(vs.address, vs.port)}`.padEnd(27)} ${vs.scheduler.padEnd(6)} ${(vs.persistenceTimeoutSeconds ? `${vs.persistenceTimeoutSeconds}s` : 'none').padEnd(8)} ${String(s.conns).padStart(7)} ${String(s.cps).padStart(6)} ${String(s.inPps).padStart(6)} ${String(s.outPps).padStart(7)} ${String(s.inBps).padStart(6)} ${String(s.outBps).padStart(7)}`,
@@ -201,9 +266,13 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     for (const rs of vs.realServers) {
       const h = health.get(`${vs.service}|${hostPort(rs.address, rs.port)}`);
       const why = h ? healthNote(h, now) : '';
-      lines.push(`  -> ${hostPort(rs.address, rs.port).padEnd(24)} weight ${String(rs.weight).padEnd(3)}${rs.weight === 0 && !why ? ' (draining)' : ''}${why} active ${rs.activeConns} inactive ${rs.inactiveConns} conns ${rs.stats.conns} cps ${rs.stats.cps}`);
+      lines.push(
+        `  -> ${hostPort(rs.address, rs.port).padEnd(24)} weight ${String(rs.weight).padEnd(3)}${rs.weight === 0 && !why ? ' (draining)' : ''}${why} active ${rs.activeConns} inactive ${rs.inactiveConns} conns ${rs.stats.conns} cps ${rs.stats.cps}`,
+      );
     }
-    for (const h of evictedOf.get(vs.service) ?? []) if (h.evicted) lines.push(`  -> ${esc(h.endpoint).padEnd(24)} (evicted by health: ${esc(h.reason)}; its connections ended)`);
+    for (const h of evictedOf.get(vs.service) ?? [])
+      if (h.evicted)
+        lines.push(`  -> ${esc(h.endpoint).padEnd(24)} (evicted by health: ${esc(h.reason)}; its connections ended)`);
   }
   return lines.join('\n') + '\n';
 }
@@ -214,25 +283,53 @@ export async function statusCommand(args: StatusArgs, io: IO, deps: StatusDeps =
   let ipvs = deps.ipvs;
   if (!ipvs) {
     if (!isRoot()) {
-      report(io, [{ code: Codes.NEEDS_PRIVILEGE, severity: 'error', message: 'kube-ipvs status reads IPVS over netlink: it needs root (CAP_NET_ADMIN)' }]);
+      report(io, [
+        {
+          code: Codes.NEEDS_PRIVILEGE,
+          severity: 'error',
+          message: 'kube-ipvs status reads IPVS over netlink: it needs root (CAP_NET_ADMIN)',
+        },
+      ]);
       return 1;
     }
     try {
       ipvs = await NetlinkIpvs.open({ readBufferBytes: DUMP_READ_BYTES });
     } catch (e) {
-      report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `${(e as Error).message}. Is the ip_vs module loaded?` }]);
+      report(io, [
+        {
+          code: Codes.KERNEL_UNAVAILABLE,
+          severity: 'error',
+          message: `${(e as Error).message}. Is the ip_vs module loaded?`,
+        },
+      ]);
       return 1;
     }
   }
   let labels = deps.labels;
   if (!labels) {
     const owned = new FileOwnership(join(config.stateDirectory, 'owned.json'));
-    if (owned.problem) report(io, [{ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: `${owned.problem}: virtual servers below are not named` }]);
+    if (owned.problem)
+      report(io, [
+        {
+          code: Codes.OWNERSHIP_RECORD_INVALID,
+          severity: 'error',
+          message: `${owned.problem}: virtual servers below are not named`,
+        },
+      ]);
     labels = owned.labels;
   }
-  const [daemon, kernel] = await Promise.allSettled([(deps.fetchDaemon ?? fetchDaemonStatus)(config), collectStatus(ipvs, labels, { namespace: args.namespace, service: args.service })]);
+  const [daemon, kernel] = await Promise.allSettled([
+    (deps.fetchDaemon ?? fetchDaemonStatus)(config),
+    collectStatus(ipvs, labels, { namespace: args.namespace, service: args.service }),
+  ]);
   if (kernel.status === 'rejected') {
-    report(io, [{ code: Codes.KERNEL_UNAVAILABLE, severity: 'error', message: `cannot read IPVS: ${(kernel.reason as Error).message}` }]);
+    report(io, [
+      {
+        code: Codes.KERNEL_UNAVAILABLE,
+        severity: 'error',
+        message: `cannot read IPVS: ${(kernel.reason as Error).message}`,
+      },
+    ]);
     return 1;
   }
   const r: StatusReport = {

@@ -86,7 +86,13 @@ export function defaultConfig(): Config {
     detectLocalMode: 'ClusterCIDR',
     detectLocal: { bridgeInterface: '', interfaceNamePrefix: '' },
     configSyncPeriodSeconds: 15 * 60,
-    clientConnection: { kubeconfig: '', qps: 5, burst: 10, contentType: 'application/vnd.kubernetes.protobuf', acceptContentTypes: '' },
+    clientConnection: {
+      kubeconfig: '',
+      qps: 5,
+      burst: 10,
+      contentType: 'application/vnd.kubernetes.protobuf',
+      acceptContentTypes: '',
+    },
     ipvs: {
       scheduler: 'rr',
       syncPeriodSeconds: 30,
@@ -141,19 +147,24 @@ const bool = (v: unknown): boolean => {
   if (typeof v !== 'boolean') throw new BadValue(`must be true or false, got ${quote(v)}`);
   return v;
 };
-const int = (min: number, max: number) => (v: unknown): number => {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new BadValue(`must be an integer in ${min}-${max}, got ${quote(v)}`);
-  return v;
-};
+const int =
+  (min: number, max: number) =>
+  (v: unknown): number => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+      throw new BadValue(`must be an integer in ${min}-${max}, got ${quote(v)}`);
+    return v;
+  };
 const num = (v: unknown): number => {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new BadValue(`must be a non-negative number, got ${quote(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
+    throw new BadValue(`must be a non-negative number, got ${quote(v)}`);
   return v;
 };
 /** The longest duration a timer can hold (Node's setTimeout: 2^31-1 ms, about 596 hours); longer ones fire at once. */
 const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 const duration = (v: unknown, max = MAX_TIMER_SECONDS): number => {
   const d = typeof v === 'string' ? parseDuration(v) : null;
-  if (d === null || d < 0 || !Number.isFinite(d)) throw new BadValue(`${quote(v)} is not a duration such as "30s" or "1m0s"`);
+  if (d === null || d < 0 || !Number.isFinite(d))
+    throw new BadValue(`${quote(v)} is not a duration such as "30s" or "1m0s"`);
   if (d > max) throw new BadValue(`${quote(v)} is longer than ${formatDuration(max)}, the most kube-ipvs can wait for`);
   return d;
 };
@@ -162,29 +173,44 @@ const kernelSeconds = (v: unknown): number => Math.round(duration(v, 2 ** 31 - 1
 /** A network interface name (IFNAMSIZ: 15), or its prefix: it goes into iptables rules. */
 const interfaceName = (v: unknown): string => {
   const s = str(v);
-  if (s !== '' && (!/^[A-Za-z0-9_.-]{1,15}$/.test(s) || s === '.' || s === '..')) throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+  if (s !== '' && (!/^[A-Za-z0-9_.-]{1,15}$/.test(s) || s === '.' || s === '..'))
+    throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
   return s;
 };
 /** A node name (hostnameOverride): a DNS-1123 subdomain, as the API server requires. */
 const nodeName = (v: unknown): string => {
   const s = str(v).trim().toLowerCase();
-  if (s !== '' && (s.length > 253 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(s))) throw new BadValue(`${quote(s)} is not a node name (a DNS-1123 subdomain)`);
+  if (s !== '' && (s.length > 253 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(s)))
+    throw new BadValue(`${quote(s)} is not a node name (a DNS-1123 subdomain)`);
   return s;
 };
 /** A label value (serviceProxyName is matched against a label). */
 const labelValue = (v: unknown): string => {
   const s = str(v);
-  if (s.length > 63 || !/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/.test(s)) throw new BadValue(`${quote(s)} is not a label value (letters, digits, "-", "_" and ".", at most 63)`);
+  if (s.length > 63 || !/^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/.test(s))
+    throw new BadValue(`${quote(s)} is not a label value (letters, digits, "-", "_" and ".", at most 63)`);
   return s;
 };
 /** Media types for the API client's headers: no line breaks or other header text. */
 const mediaTypes = (v: unknown): string => {
   const s = str(v);
-  if (s !== '' && !/^[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*(\s*,\s*[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*)*$/.test(s)) throw new BadValue(`${quote(s)} is not a list of media types`);
+  if (
+    s !== '' &&
+    !/^[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*(\s*,\s*[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*)*$/.test(
+      s,
+    )
+  )
+    throw new BadValue(`${quote(s)} is not a list of media types`);
   return s;
 };
 const cidrs = (v: unknown, allowPrimary = false): string[] => {
-  const list = typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : v;
+  const list =
+    typeof v === 'string'
+      ? v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : v;
   if (!Array.isArray(list)) throw new BadValue('must be a list of CIDRs');
   return list.map((item) => {
     if (allowPrimary && item === 'primary') return 'primary';
@@ -199,17 +225,23 @@ const hostPortText = (v: unknown): string => {
   if (!b || (b.host !== undefined && !canonicalIP(b.host))) throw new BadValue(`${quote(s)} is not an IP:port`);
   return s;
 };
-const oneOf = <T extends string>(allowed: readonly T[]) => (v: unknown): T => {
-  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new BadValue(`${quote(v)} is not one of ${allowed.join(', ')}`);
-  return v as T;
-};
-const zeroish = (v: unknown) => v === false || v === '' || v === 0 || v === '0s' || (Array.isArray(v) && v.length === 0);
+const oneOf =
+  <T extends string>(allowed: readonly T[]) =>
+  (v: unknown): T => {
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v))
+      throw new BadValue(`${quote(v)} is not one of ${allowed.join(', ')}`);
+    return v as T;
+  };
+const zeroish = (v: unknown) =>
+  v === false || v === '' || v === 0 || v === '0s' || (Array.isArray(v) && v.length === 0);
 
 /** kube-proxy writes "" and 0 for "use the default"; so do we. */
-const unlessEmpty = (read: (v: unknown) => unknown, set: (c: Config, v: never) => void): Setter => (c, v) => {
-  if (v === '' || v === 0) return;
-  set(c, read(v) as never);
-};
+const unlessEmpty =
+  (read: (v: unknown) => unknown, set: (c: Config, v: never) => void): Setter =>
+  (c, v) => {
+    if (v === '' || v === 0) return;
+    set(c, read(v) as never);
+  };
 
 const RULES: Record<string, Rule> = {
   kind: { apply: () => {} },
@@ -218,7 +250,11 @@ const RULES: Record<string, Rule> = {
   hostnameOverride: { apply: (c, v) => (c.hostnameOverride = nodeName(v)) },
   bindAddress: {
     apply: unlessEmpty(
-      (v) => canonicalIP(str(v)) ?? (() => { throw new BadValue(`${quote(v)} is not an IP address`); })(),
+      (v) =>
+        canonicalIP(str(v)) ??
+        (() => {
+          throw new BadValue(`${quote(v)} is not an IP address`);
+        })(),
       (c, v: string) => (c.bindAddress = v),
     ),
   },
@@ -233,7 +269,10 @@ const RULES: Record<string, Rule> = {
     },
   },
   detectLocalMode: {
-    apply: unlessEmpty(oneOf(['ClusterCIDR', 'NodeCIDR', 'BridgeInterface', 'InterfaceNamePrefix'] as const), (c, v: DetectLocalMode) => (c.detectLocalMode = v)),
+    apply: unlessEmpty(
+      oneOf(['ClusterCIDR', 'NodeCIDR', 'BridgeInterface', 'InterfaceNamePrefix'] as const),
+      (c, v: DetectLocalMode) => (c.detectLocalMode = v),
+    ),
   },
   detectLocal: {
     fields: {
@@ -241,7 +280,9 @@ const RULES: Record<string, Rule> = {
       interfaceNamePrefix: { apply: (c, v) => (c.detectLocal.interfaceNamePrefix = interfaceName(v)) },
     },
   },
-  configSyncPeriod: { apply: unlessEmpty(duration, (c, v: number) => (c.configSyncPeriodSeconds = v || c.configSyncPeriodSeconds)) },
+  configSyncPeriod: {
+    apply: unlessEmpty(duration, (c, v: number) => (c.configSyncPeriodSeconds = v || c.configSyncPeriodSeconds)),
+  },
   clientConnection: {
     fields: {
       kubeconfig: { apply: (c, v) => (c.clientConnection.kubeconfig = str(v)) },
@@ -256,13 +297,16 @@ const RULES: Record<string, Rule> = {
       scheduler: {
         apply: unlessEmpty(
           (v) => {
-            if (!isValidScheduler(v)) throw new BadValue(`${quote(v)} is not an IPVS scheduler (${SCHEDULERS.join(', ')})`);
+            if (!isValidScheduler(v))
+              throw new BadValue(`${quote(v)} is not an IPVS scheduler (${SCHEDULERS.join(', ')})`);
             return v;
           },
           (c, v: string) => (c.ipvs.scheduler = v),
         ),
       },
-      syncPeriod: { apply: unlessEmpty(duration, (c, v: number) => (c.ipvs.syncPeriodSeconds = v || c.ipvs.syncPeriodSeconds)) },
+      syncPeriod: {
+        apply: unlessEmpty(duration, (c, v: number) => (c.ipvs.syncPeriodSeconds = v || c.ipvs.syncPeriodSeconds)),
+      },
       minSyncPeriod: { apply: (c, v) => (c.ipvs.minSyncPeriodSeconds = duration(v)) },
       strictARP: { apply: (c, v) => (c.ipvs.strictARP = bool(v)) },
       excludeCIDRs: { apply: (c, v) => (c.ipvs.excludeCIDRs = cidrs(v)) },
@@ -293,16 +337,22 @@ const RULES: Record<string, Rule> = {
   },
   featureGates: {
     map: (c, v) => {
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadValue('must be a map of gate name to true/false');
+      if (typeof v !== 'object' || v === null || Array.isArray(v))
+        throw new BadValue('must be a map of gate name to true/false');
       for (const [gate, on] of Object.entries(v)) {
-        if (!(gate in FEATURE_GATES)) throw new BadValue(`feature gate ${gate} is not implemented by kube-ipvs (known: ${Object.keys(FEATURE_GATES).join(', ')})`);
+        if (!(gate in FEATURE_GATES))
+          throw new BadValue(
+            `feature gate ${gate} is not implemented by kube-ipvs (known: ${Object.keys(FEATURE_GATES).join(', ')})`,
+          );
         c.featureGates[gate] = bool(on);
       }
     },
   },
   logging: {
     fields: {
-      format: { apply: unlessEmpty(oneOf(['json', 'text', 'auto'] as const), (c, v: LogFormat) => (c.logging.format = v)) },
+      format: {
+        apply: unlessEmpty(oneOf(['json', 'text', 'auto'] as const), (c, v: LogFormat) => (c.logging.format = v)),
+      },
       verbosity: { apply: (c, v) => (c.logging.verbosity = int(0, 10)(v)) },
       flushFrequency: { otherMode: 'klog' },
       options: { otherMode: 'klog' },
@@ -314,7 +364,10 @@ const RULES: Record<string, Rule> = {
   enableProfiling: { defaultOnly: zeroish, why: 'profiling endpoints are not served' },
   portRange: { defaultOnly: zeroish, why: 'the userspace proxy port range does not exist in kube-ipvs' },
   showHiddenMetricsForVersion: { defaultOnly: zeroish, why: 'kube-ipvs has no hidden metrics' },
-  oomScoreAdj: { defaultOnly: (v) => v === -999, why: 'kube-ipvs does not change its OOM score; set it in the pod spec' },
+  oomScoreAdj: {
+    defaultOnly: (v) => v === -999,
+    why: 'kube-ipvs does not change its OOM score; set it in the pod spec',
+  },
 };
 
 /** Fields only our own kind has. */
@@ -325,7 +378,8 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
     apply: unlessEmpty(
       (v) => {
         const s = str(v);
-        if (!/^[A-Za-z0-9_.-]{1,15}$/.test(s)) throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+        if (!/^[A-Za-z0-9_.-]{1,15}$/.test(s))
+          throw new BadValue(`${quote(s)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
         return s;
       },
       (c, v: string) => (c.dummyInterface = v),
@@ -368,14 +422,22 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
 /** A health setting read as its annotation is (numbers given as numbers are fine here). */
 function health<T>(read: Reader<T>): (v: unknown) => T {
   return (v) => {
-    if (typeof v !== 'string' && typeof v !== 'number') throw new BadValue(`must be a string or a number, got ${quote(v)}`);
+    if (typeof v !== 'string' && typeof v !== 'number')
+      throw new BadValue(`must be a string or a number, got ${quote(v)}`);
     const r = read(String(v));
-    if (typeof r === 'object' && r !== null && 'invalid' in r) throw new BadValue(`${quote(v)} ${(r as { invalid: string }).invalid}`);
+    if (typeof r === 'object' && r !== null && 'invalid' in r)
+      throw new BadValue(`${quote(v)} ${(r as { invalid: string }).invalid}`);
     return r as T;
   };
 }
 
-function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix: string, cfg: Config, problem: (code: Problem['code'], field: string, message: string) => void): void {
+function walk(
+  obj: Record<string, unknown>,
+  rules: Record<string, Rule>,
+  prefix: string,
+  cfg: Config,
+  problem: (code: Problem['code'], field: string, message: string) => void,
+): void {
   for (const [key, value] of Object.entries(obj)) {
     const field = prefix ? `${prefix}.${key}` : key;
     const rule = rules[key];
@@ -391,7 +453,12 @@ function walk(obj: Record<string, unknown>, rules: Record<string, Rule>, prefix:
         if (typeof value !== 'object' || Array.isArray(value)) throw new BadValue('must be an object');
         walk(value as Record<string, unknown>, rule.fields, field, cfg, problem);
       } else if ('defaultOnly' in rule) {
-        if (!rule.defaultOnly(value)) problem(Codes.CONFIG_UNSUPPORTED_FIELD, field, `${quote(value)} is not supported: ${rule.why}; remove the field or leave it at its default`);
+        if (!rule.defaultOnly(value))
+          problem(
+            Codes.CONFIG_UNSUPPORTED_FIELD,
+            field,
+            `${quote(value)} is not supported: ${rule.why}; remove the field or leave it at its default`,
+          );
       }
       // otherMode: accepted and not used.
     } catch (e) {
@@ -427,7 +494,13 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     raw = doc.toJS({ maxAliasCount: 100 });
   } catch (e) {
     // The yaml package refuses excessive alias expansion ("billion laughs") with a ReferenceError.
-    problem(Codes.CONFIG_UNREADABLE, '', /alias/i.test((e as Error).message) ? 'more than 100 YAML aliases expanded' : (e as Error).message.split('\n')[0]!);
+    problem(
+      Codes.CONFIG_UNREADABLE,
+      '',
+      /alias/i.test((e as Error).message)
+        ? 'more than 100 YAML aliases expanded'
+        : (e as Error).message.split('\n')[0]!,
+    );
     return { config: null, problems };
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
@@ -442,12 +515,17 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
     rules = RULES;
     const mode = obj.mode ?? '';
     if (mode !== '' && mode !== 'ipvs') {
-      problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', `${quote(mode)}: kube-ipvs is an IPVS proxy; set mode to "ipvs" (or leave it empty) to use this KubeProxyConfiguration`);
+      problem(
+        Codes.CONFIG_UNSUPPORTED_MODE,
+        'mode',
+        `${quote(mode)}: kube-ipvs is an IPVS proxy; set mode to "ipvs" (or leave it empty) to use this KubeProxyConfiguration`,
+      );
     }
   } else if (obj.kind === KUBE_IPVS_KIND && obj.apiVersion === KUBE_IPVS_API_VERSION) {
     cfg.source = KUBE_IPVS_KIND;
     rules = KUBE_IPVS_RULES;
-    if (obj.mode !== undefined && obj.mode !== 'ipvs') problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', 'kube-ipvs only has mode "ipvs"');
+    if (obj.mode !== undefined && obj.mode !== 'ipvs')
+      problem(Codes.CONFIG_UNSUPPORTED_MODE, 'mode', 'kube-ipvs only has mode "ipvs"');
   } else {
     problem(
       Codes.CONFIG_UNREADABLE,
@@ -460,10 +538,24 @@ export function parseConfig(text: string, file = '<config>'): ConfigResult {
   // What no single field can say (kube-proxy's validation says the same).
   if (problems.length === 0) {
     if (cfg.ipvs.minSyncPeriodSeconds > cfg.ipvs.syncPeriodSeconds) {
-      problem(Codes.CONFIG_INVALID_VALUE, 'ipvs.minSyncPeriod', `${formatDuration(cfg.ipvs.minSyncPeriodSeconds)} is longer than ipvs.syncPeriod (${formatDuration(cfg.ipvs.syncPeriodSeconds)})`);
+      problem(
+        Codes.CONFIG_INVALID_VALUE,
+        'ipvs.minSyncPeriod',
+        `${formatDuration(cfg.ipvs.minSyncPeriodSeconds)} is longer than ipvs.syncPeriod (${formatDuration(cfg.ipvs.syncPeriodSeconds)})`,
+      );
     }
-    if (cfg.detectLocalMode === 'BridgeInterface' && !cfg.detectLocal.bridgeInterface) problem(Codes.CONFIG_INVALID_VALUE, 'detectLocal.bridgeInterface', 'is required with detectLocalMode: BridgeInterface');
-    if (cfg.detectLocalMode === 'InterfaceNamePrefix' && !cfg.detectLocal.interfaceNamePrefix) problem(Codes.CONFIG_INVALID_VALUE, 'detectLocal.interfaceNamePrefix', 'is required with detectLocalMode: InterfaceNamePrefix');
+    if (cfg.detectLocalMode === 'BridgeInterface' && !cfg.detectLocal.bridgeInterface)
+      problem(
+        Codes.CONFIG_INVALID_VALUE,
+        'detectLocal.bridgeInterface',
+        'is required with detectLocalMode: BridgeInterface',
+      );
+    if (cfg.detectLocalMode === 'InterfaceNamePrefix' && !cfg.detectLocal.interfaceNamePrefix)
+      problem(
+        Codes.CONFIG_INVALID_VALUE,
+        'detectLocal.interfaceNamePrefix',
+        'is required with detectLocalMode: InterfaceNamePrefix',
+      );
   }
   return { config: problems.length === 0 ? cfg : null, problems };
 }

@@ -16,7 +16,12 @@ export interface CleanupResult {
   leftAlone: string[];
 }
 
-export async function cleanup(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: { dummyInterface: string; excludeCIDRs?: string[] }): Promise<CleanupResult> {
+export async function cleanup(
+  ipvs: Ipvs,
+  links: Links,
+  owned: OwnershipStore,
+  opts: { dummyInterface: string; excludeCIDRs?: string[] },
+): Promise<CleanupResult> {
   const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [], leftAlone: [] };
   const exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
   const index = await links.find(opts.dummyInterface);
@@ -31,7 +36,8 @@ export async function cleanup(ipvs: Ipvs, links: Links, owned: OwnershipStore, o
     const onOurInterface = s.address !== undefined && ifAddrs.has(s.address);
     // The record alone is not enough (it may be corrupt or another's): a recorded virtual server
     // off our interface must also be of a shape kube-ipvs makes there.
-    const plausible = s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && nodeAddrs.has(s.address);
+    const plausible =
+      s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && nodeAddrs.has(s.address);
     if (!onOurInterface && !(owned.services.has(id) && plausible)) {
       if (owned.services.has(id)) res.leftAlone.push(id);
       continue;

@@ -15,7 +15,8 @@ export interface ConntrackResult {
 }
 
 /** "3 flow entries have been deleted." -> 3 */
-const deletedCount = (stderr: string) => Number(/(\d+) flow entr(?:y|ies) ha(?:s|ve) been deleted/.exec(stderr)?.[1] ?? 0);
+const deletedCount = (stderr: string) =>
+  Number(/(\d+) flow entr(?:y|ies) ha(?:s|ve) been deleted/.exec(stderr)?.[1] ?? 0);
 
 export class ConntrackCleaner {
   readonly #exec: Exec;
@@ -43,7 +44,17 @@ export class ConntrackCleaner {
         const key = `${s.address}|${s.port}|${s.endpoint ?? ''}`;
         if (seen.has(key)) continue;
         seen.add(key);
-        const args = ['-D', '-f', family === 6 ? 'ipv6' : 'ipv4', '-p', 'udp', '--orig-dst', s.address, '--orig-port-dst', String(s.port)];
+        const args = [
+          '-D',
+          '-f',
+          family === 6 ? 'ipv6' : 'ipv4',
+          '-p',
+          'udp',
+          '--orig-dst',
+          s.address,
+          '--orig-port-dst',
+          String(s.port),
+        ];
         if (s.endpoint) args.push('--reply-src', s.endpoint);
         const r = await this.#exec.run('conntrack', args);
         const n = deletedCount(r.stderr + r.stdout);

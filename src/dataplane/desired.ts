@@ -28,17 +28,37 @@ export function toDesired(vs: VirtualServer): DesiredVS {
     scheduler: vs.scheduler,
     // sh and mh with fallback: a client hashed to a destination at weight 0 (ejected by health,
     // or draining) goes to another one instead of being dropped.
-    flags: (vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0) | (vs.scheduler === 'sh' || vs.scheduler === 'mh' ? SCHED_FLAG_FALLBACK : 0),
+    flags:
+      (vs.persistenceTimeoutSeconds > 0 ? SvcFlag.PERSISTENT : 0) |
+      (vs.scheduler === 'sh' || vs.scheduler === 'mh' ? SCHED_FLAG_FALLBACK : 0),
     timeout: vs.persistenceTimeoutSeconds,
     netmask: vs.family === 4 ? 0xffffffff : 128,
   };
   const destinations = new Map<string, IpvsDestination>();
   for (const rs of vs.realServers) {
-    const d: IpvsDestination = { family: vs.family, address: rs.address, port: rs.port, fwdMethod: FwdMethod.MASQ, weight: rs.weight, upperThreshold: 0, lowerThreshold: 0 };
+    const d: IpvsDestination = {
+      family: vs.family,
+      address: rs.address,
+      port: rs.port,
+      fwdMethod: FwdMethod.MASQ,
+      weight: rs.weight,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+    };
     destinations.set(destinationId(d), d);
   }
   const evicted = new Set((vs.evicted ?? []).map((e) => destinationId(e)));
-  return { id: serviceId(service), owner: vs.service, label: { service: vs.service, portName: vs.portName, kind: vs.kind }, protocol: vs.protocol, address: vs.address, port: vs.port, service, destinations, evicted };
+  return {
+    id: serviceId(service),
+    owner: vs.service,
+    label: { service: vs.service, portName: vs.portName, kind: vs.kind },
+    protocol: vs.protocol,
+    address: vs.address,
+    port: vs.port,
+    service,
+    destinations,
+    evicted,
+  };
 }
 
 /** Flags the kernel sets by itself and that we never ask for. */
@@ -53,5 +73,10 @@ export function serviceMatches(want: IpvsService, have: IpvsService): boolean {
 }
 
 export function destinationMatches(want: IpvsDestination, have: IpvsDestination): boolean {
-  return want.weight === have.weight && want.fwdMethod === have.fwdMethod && want.upperThreshold === have.upperThreshold && want.lowerThreshold === have.lowerThreshold;
+  return (
+    want.weight === have.weight &&
+    want.fwdMethod === have.fwdMethod &&
+    want.upperThreshold === have.upperThreshold &&
+    want.lowerThreshold === have.lowerThreshold
+  );
 }

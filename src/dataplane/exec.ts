@@ -30,7 +30,9 @@ export class SystemExec implements Exec {
       child.stdout.on('data', (d) => (stdout += d));
       child.stderr.on('data', (d) => (stderr += d));
       child.on('error', (e) => resolve({ code: 127, stdout, stderr: stderr + String(e.message) }));
-      child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr: signal ? `${stderr}killed by ${signal}` : stderr }));
+      child.on('close', (code, signal) =>
+        resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr: signal ? `${stderr}killed by ${signal}` : stderr }),
+      );
       child.stdin.on('error', () => {}); // a tool that exits early closes its stdin
       child.stdin.end(input ?? '');
     });

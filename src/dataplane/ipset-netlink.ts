@@ -79,7 +79,10 @@ function ipBytes(text: string): { family: 4 | 6; bytes: Buffer } {
 
 function ipAttr(type: number, text: string): { family: 4 | 6; buf: Buffer } {
   const { family, bytes } = ipBytes(text);
-  return { family, buf: attr(type | NLA_F_NESTED, attr((family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER, bytes)) };
+  return {
+    family,
+    buf: attr(type | NLA_F_NESTED, attr((family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER, bytes)),
+  };
 }
 
 function portNumber(text: string): number {
@@ -117,7 +120,8 @@ export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; 
     out.push(ip2.buf, attr(D.CIDR2, u8(cidr)));
   }
   if (ext.length > 0) {
-    if (type !== 'hash:ip,port' || ext.length !== 2 || ext[0] !== 'skbmark') throw new Error(`unknown entry extension: ${JSON.stringify(entry)}`);
+    if (type !== 'hash:ip,port' || ext.length !== 2 || ext[0] !== 'skbmark')
+      throw new Error(`unknown entry extension: ${JSON.stringify(entry)}`);
     const m = /^0x([0-9a-f]{1,8})(?:\/0x([0-9a-f]{1,8}))?$/i.exec(ext[1]!);
     if (!m) throw new Error(`not a mark: ${JSON.stringify(entry)}`);
     out.push(attr(D.SKBMARK | NLA_F_NET_BYTEORDER, be64(parseInt(m[1]!, 16), m[2] ? parseInt(m[2], 16) : 0xffffffff)));
@@ -130,7 +134,12 @@ export function requestPayload(op: IpsetOp): Buffer {
   if (!/^[A-Za-z0-9_.-]{1,31}$/.test(op.set)) throw new Error(`not a set name: ${JSON.stringify(op.set)}`);
   const { family, data } = entryData(op.type, op.entry);
   const nfgen = Buffer.from([family === 4 ? 2 : family === 6 ? 10 : 0, 0, 0, 0]);
-  return Buffer.concat([nfgen, attr(A.PROTOCOL, u8(IPSET_PROTOCOL)), attr(A.SETNAME, Buffer.from(`${op.set}\0`)), attr(A.DATA | NLA_F_NESTED, data)]);
+  return Buffer.concat([
+    nfgen,
+    attr(A.PROTOCOL, u8(IPSET_PROTOCOL)),
+    attr(A.SETNAME, Buffer.from(`${op.set}\0`)),
+    attr(A.DATA | NLA_F_NESTED, data),
+  ]);
 }
 
 export const messageType = (cmd: number) => (NFNL_SUBSYS_IPSET << 8) | cmd;
@@ -178,10 +187,14 @@ export class NetlinkIpset implements IpsetWriter {
         continue;
       }
       sent.push(
-        this.#sock.request(messageType(op.op === 'add' ? IPSET_CMD.ADD : IPSET_CMD.DEL), payload, { flags: Flags.REQUEST | Flags.ACK }).then(
-          () => {},
-          (e: Error & { errno?: number }) => void failures.push({ op, message: describe(e) }),
-        ),
+        this.#sock
+          .request(messageType(op.op === 'add' ? IPSET_CMD.ADD : IPSET_CMD.DEL), payload, {
+            flags: Flags.REQUEST | Flags.ACK,
+          })
+          .then(
+            () => {},
+            (e: Error & { errno?: number }) => void failures.push({ op, message: describe(e) }),
+          ),
       );
     }
     await Promise.all(sent);

@@ -39,7 +39,9 @@ const NLM_F_CREATE = 0x400;
 const IFLA_INFO_KIND = 1;
 const AF_INET = 2;
 const AF_INET6 = 10;
-const codeOf = (e: unknown) => /Request rejected: (\w+)/.exec((e as Error).message)?.[1] ?? (/Timeout/.test((e as Error).message) ? 'ETIMEDOUT' : 'EIO');
+const codeOf = (e: unknown) =>
+  /Request rejected: (\w+)/.exec((e as Error).message)?.[1] ??
+  (/Timeout/.test((e as Error).message) ? 'ETIMEDOUT' : 'EIO');
 
 export class NetlinkLinks implements Links {
   readonly #rt: RtNetlinkSocket;
@@ -61,28 +63,48 @@ export class NetlinkLinks implements Links {
   }
 
   async find(name: string): Promise<number | null> {
-    const r = await this.#call(`get link ${name}`, () => this.#rt.getLink({}, { ifname: name }, { timeout: this.#timeout }), ['ENODEV']);
+    const r = await this.#call(
+      `get link ${name}`,
+      () => this.#rt.getLink({}, { ifname: name }, { timeout: this.#timeout }),
+      ['ENODEV'],
+    );
     return r?.[0]?.data.index ?? null;
   }
 
   async #kind(name: string): Promise<string | null> {
-    const r = await this.#call(`get link ${name}`, () => this.#rt.getLink({}, { ifname: name }, { timeout: this.#timeout }), ['ENODEV']);
+    const r = await this.#call(
+      `get link ${name}`,
+      () => this.#rt.getLink({}, { ifname: name }, { timeout: this.#timeout }),
+      ['ENODEV'],
+    );
     const info = r?.[0]?.attrs.linkinfo;
     if (!info || info.length < 8) return null;
     // The first nested attribute of IFLA_LINKINFO is IFLA_INFO_KIND.
-    return info.readUInt16LE(2) === IFLA_INFO_KIND ? info.subarray(4, info.readUInt16LE(0)).toString('utf8').replace(/\0.*$/s, '') : null;
+    return info.readUInt16LE(2) === IFLA_INFO_KIND
+      ? info.subarray(4, info.readUInt16LE(0)).toString('utf8').replace(/\0.*$/s, '')
+      : null;
   }
 
   async ensureDummy(name: string): Promise<number> {
     const existing = await this.find(name);
     if (existing !== null) {
       const kind = await this.#kind(name);
-      if (kind !== 'dummy') throw new LinkError(`adopt ${name}`, 'EEXIST', `an interface named ${name} exists and is a ${kind ?? 'non-dummy'} interface`);
+      if (kind !== 'dummy')
+        throw new LinkError(
+          `adopt ${name}`,
+          'EEXIST',
+          `an interface named ${name} exists and is a ${kind ?? 'non-dummy'} interface`,
+        );
       return existing;
     }
     await this.#call(
       `create dummy ${name}`,
-      () => this.#rt.newLink({ flags: { noarp: true }, change: { noarp: true } }, { ifname: name, linkinfo: attr(IFLA_INFO_KIND, cstr('dummy')) }, { flags: NLM_F_CREATE | NLM_F_EXCL, timeout: this.#timeout }),
+      () =>
+        this.#rt.newLink(
+          { flags: { noarp: true }, change: { noarp: true } },
+          { ifname: name, linkinfo: attr(IFLA_INFO_KIND, cstr('dummy')) },
+          { flags: NLM_F_CREATE | NLM_F_EXCL, timeout: this.#timeout },
+        ),
       ['EEXIST'],
     );
     const index = await this.find(name);
@@ -95,7 +117,8 @@ export class NetlinkLinks implements Links {
   }
 
   async allAddresses(): Promise<Map<number, string[]>> {
-    const all = (await this.#call('list addresses', () => this.#rt.getAddresses({}, {}, { timeout: this.#timeout }))) ?? [];
+    const all =
+      (await this.#call('list addresses', () => this.#rt.getAddresses({}, {}, { timeout: this.#timeout }))) ?? [];
     const out = new Map<number, string[]>();
     for (const m of all) {
       const raw = m.attrs.local ?? m.attrs.address;
@@ -110,7 +133,11 @@ export class NetlinkLinks implements Links {
   #addr(address: string) {
     const p = parseIP(address);
     if (!p) throw new LinkError('address', 'EINVAL', `${JSON.stringify(address)} is not an IP address`);
-    return { family: p.family === 4 ? AF_INET : AF_INET6, prefixlen: p.family === 4 ? 32 : 128, bytes: Buffer.from(p.bytes) };
+    return {
+      family: p.family === 4 ? AF_INET : AF_INET6,
+      prefixlen: p.family === 4 ? 32 : 128,
+      bytes: Buffer.from(p.bytes),
+    };
   }
 
   async addAddress(index: number, address: string): Promise<void> {
@@ -118,18 +145,34 @@ export class NetlinkLinks implements Links {
     await this.#call(
       `add address ${address}`,
       // nodad: an IPv6 service address must be usable at once, not after duplicate detection.
-      () => this.#rt.newAddress({ family: a.family, prefixlen: a.prefixlen, index, flags: a.family === AF_INET6 ? { nodad: true } : {} }, { local: a.bytes, address: a.bytes }, { flags: NLM_F_CREATE | NLM_F_EXCL, timeout: this.#timeout }),
+      () =>
+        this.#rt.newAddress(
+          { family: a.family, prefixlen: a.prefixlen, index, flags: a.family === AF_INET6 ? { nodad: true } : {} },
+          { local: a.bytes, address: a.bytes },
+          { flags: NLM_F_CREATE | NLM_F_EXCL, timeout: this.#timeout },
+        ),
       ['EEXIST'],
     );
   }
 
   async deleteAddress(index: number, address: string): Promise<void> {
     const a = this.#addr(address);
-    await this.#call(`delete address ${address}`, () => this.#rt.delAddress({ family: a.family, prefixlen: a.prefixlen, index }, { local: a.bytes, address: a.bytes }, { timeout: this.#timeout }), ['EADDRNOTAVAIL', 'ENOENT', 'ENODEV']);
+    await this.#call(
+      `delete address ${address}`,
+      () =>
+        this.#rt.delAddress(
+          { family: a.family, prefixlen: a.prefixlen, index },
+          { local: a.bytes, address: a.bytes },
+          { timeout: this.#timeout },
+        ),
+      ['EADDRNOTAVAIL', 'ENOENT', 'ENODEV'],
+    );
   }
 
   async deleteLink(index: number): Promise<void> {
-    await this.#call(`delete link ${index}`, () => this.#rt.delLink({ index }, {}, { timeout: this.#timeout }), ['ENODEV']);
+    await this.#call(`delete link ${index}`, () => this.#rt.delLink({ index }, {}, { timeout: this.#timeout }), [
+      'ENODEV',
+    ]);
   }
 
   close(): void {
@@ -151,7 +194,8 @@ export class FakeLinks implements Links {
   }
   async ensureDummy(name: string) {
     const l = this.links.get(name);
-    if (l && l.kind !== 'dummy') throw new LinkError(`adopt ${name}`, 'EEXIST', `an interface named ${name} exists and is a ${l.kind} interface`);
+    if (l && l.kind !== 'dummy')
+      throw new LinkError(`adopt ${name}`, 'EEXIST', `an interface named ${name} exists and is a ${l.kind} interface`);
     if (l) return l.index;
     const index = this.#next++;
     this.links.set(name, { index, kind: 'dummy', addresses: new Set() });

@@ -22,7 +22,8 @@ export async function detectBackend(exec: Exec): Promise<IptablesBackend> {
     let n = 0;
     for (const save of [`iptables-${b}-save`, `ip6tables-${b}-save`]) {
       const r = await exec.run(save, []);
-      if (r.code === 0) n += r.stdout.split('\n').filter((l) => l.startsWith('-A ') || /^:(KUBE|KIPVS)-/.test(l)).length;
+      if (r.code === 0)
+        n += r.stdout.split('\n').filter((l) => l.startsWith('-A ') || /^:(KUBE|KIPVS)-/.test(l)).length;
     }
     return n;
   };
@@ -70,7 +71,12 @@ export class NetfilterApplier {
    * rebuilt by create-and-swap where they differ (or on the first run); otherwise only `changed`
    * entries are added or deleted.
    */
-  async syncSets(wanted: (entry: string) => boolean, all: Iterable<string>, changed: readonly string[], full: boolean): Promise<NetfilterError[]> {
+  async syncSets(
+    wanted: (entry: string) => boolean,
+    all: Iterable<string>,
+    changed: readonly string[],
+    full: boolean,
+  ): Promise<NetfilterError[]> {
     const lines: string[] = [];
     if (full || !this.#setsReady) {
       const everything = [...all];
@@ -83,13 +89,23 @@ export class NetfilterApplier {
         inMemory.set(name, (inMemory.get(name) ?? 0) + 1);
       }
       for (const s of allSets()) {
-        const create = (name: string) => (s.type === 'bitmap:port' ? `create ${name} bitmap:port range 0-65535 -exist` : `create ${name} ${s.type} family ${s.family} hashsize 1024 maxelem 1048576${s.options ? ` ${s.options}` : ''} -exist`);
+        const create = (name: string) =>
+          s.type === 'bitmap:port'
+            ? `create ${name} bitmap:port range 0-65535 -exist`
+            : `create ${name} ${s.type} family ${s.family} hashsize 1024 maxelem 1048576${s.options ? ` ${s.options}` : ''} -exist`;
         lines.push(create(s.name));
         const want = desired.get(s.name)!;
-        if (this.#setsReady && counts.get(s.name) === want.length && (inMemory.get(s.name) ?? 0) === want.length) continue;
+        if (this.#setsReady && counts.get(s.name) === want.length && (inMemory.get(s.name) ?? 0) === want.length)
+          continue;
         // Rebuild off to the side and swap in: readers never see a half-filled set.
         const tmp = `${s.name}-T`;
-        lines.push(create(tmp), `flush ${tmp}`, ...want.map((e) => `add ${tmp} ${e}`), `swap ${tmp} ${s.name}`, `destroy ${tmp}`);
+        lines.push(
+          create(tmp),
+          `flush ${tmp}`,
+          ...want.map((e) => `add ${tmp} ${e}`),
+          `swap ${tmp} ${s.name}`,
+          `destroy ${tmp}`,
+        );
       }
       const r = await this.#ipset(lines);
       if (r) return [r];
@@ -111,7 +127,9 @@ export class NetfilterApplier {
     }
     const ops = [...dels, ...adds];
     if (ops.length === 0) return [];
-    const r = (await this.#overNetlink(ops)) ? null : await this.#ipset(ops.map((o) => `${o.op} ${o.set} ${o.entry} -exist`));
+    const r = (await this.#overNetlink(ops))
+      ? null
+      : await this.#ipset(ops.map((o) => `${o.op} ${o.set} ${o.entry} -exist`));
     if (r) {
       this.#setsReady = false; // unsure of the kernel's state: rebuild next time
       return [r];
@@ -131,7 +149,11 @@ export class NetfilterApplier {
     if (failed.length === 0) return true;
     const f = failed[0]!;
     this.#o.metrics?.ipsetNetlinkFailures.inc();
-    this.#o.log.warn('ipset over netlink failed; the same changes go to ipset restore', { failed: failed.length, of: ops.length, op: f.op.op, set: f.op.set, entry: f.op.entry, error: f.message }, 'ipset-netlink');
+    this.#o.log.warn(
+      'ipset over netlink failed; the same changes go to ipset restore',
+      { failed: failed.length, of: ops.length, op: f.op.op, set: f.op.set, entry: f.op.entry, error: f.message },
+      'ipset-netlink',
+    );
     return false;
   }
 
@@ -182,7 +204,12 @@ export class NetfilterApplier {
       const present = save.code === 0 ? jumpsIn(save.stdout) : null;
       for (const h of HOOKS) {
         const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
-        if (present ? present.has(`${h.table} ${h.chain} ${h.target}`) : (await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec])).code === 0) continue;
+        if (
+          present
+            ? present.has(`${h.table} ${h.chain} ${h.target}`)
+            : (await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec])).code === 0
+        )
+          continue;
         const ins = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-I', h.chain, '1', ...spec]);
         if (ins.code !== 0) errors.push({ op: `insert ${h.table}/${h.chain} jump`, message: ins.stderr.trim() });
       }
@@ -204,15 +231,26 @@ export class NetfilterApplier {
       const input = cleanupRestoreInput(save.stdout);
       if (!input) continue;
       const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], input);
-      if (r.code !== 0) errors.push({ op: `${this.#cmd(family, 'restore')} (cleanup)`, message: `exit ${r.code}: ${r.stderr.trim()}` });
+      if (r.code !== 0)
+        errors.push({ op: `${this.#cmd(family, 'restore')} (cleanup)`, message: `exit ${r.code}: ${r.stderr.trim()}` });
     }
     const list = await this.#o.exec.run('ipset', ['list', '-n']);
-    const ours = list.code === 0 ? list.stdout.split('\n').map((l) => l.trim()).filter((n) => OUR_SET.test(n)) : [];
-    if (ours.length > 0 && (await this.#o.exec.run('ipset', ['restore'], ours.map((n) => `destroy ${n}`).join('\n') + '\n')).code !== 0) {
+    const ours =
+      list.code === 0
+        ? list.stdout
+            .split('\n')
+            .map((l) => l.trim())
+            .filter((n) => OUR_SET.test(n))
+        : [];
+    if (
+      ours.length > 0 &&
+      (await this.#o.exec.run('ipset', ['restore'], ours.map((n) => `destroy ${n}`).join('\n') + '\n')).code !== 0
+    ) {
       // ipset restore stops at the first failure: one by one, to name each set that stays.
       for (const n of ours) {
         const r = await this.#o.exec.run('ipset', ['destroy', n]);
-        if (r.code !== 0 && !/does not exist/.test(r.stderr)) errors.push({ op: `ipset destroy ${n}`, message: r.stderr.trim() });
+        if (r.code !== 0 && !/does not exist/.test(r.stderr))
+          errors.push({ op: `ipset destroy ${n}`, message: r.stderr.trim() });
       }
     }
     this.#appliedRules.clear();
@@ -230,7 +268,13 @@ export function jumpsIn(save: string): Set<string> {
     if (line.startsWith('*')) table = line.slice(1).trim();
     else if (line.startsWith('-A ')) {
       for (const h of HOOKS) {
-        if (h.table === table && line.startsWith(`-A ${h.chain} `) && line.includes(`--comment "${h.comment}"`) && line.endsWith(`-j ${h.target}`)) out.add(`${table} ${h.chain} ${h.target}`);
+        if (
+          h.table === table &&
+          line.startsWith(`-A ${h.chain} `) &&
+          line.includes(`--comment "${h.comment}"`) &&
+          line.endsWith(`-j ${h.target}`)
+        )
+          out.add(`${table} ${h.chain} ${h.target}`);
       }
     }
   }
@@ -252,7 +296,8 @@ export function cleanupRestoreInput(save: string): string {
   let chains: string[] = [];
   let jumps: string[] = [];
   const flush = () => {
-    if (table && (chains.length || jumps.length)) out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...jumps, ...chains.map((c) => `-X ${c}`), 'COMMIT');
+    if (table && (chains.length || jumps.length))
+      out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...jumps, ...chains.map((c) => `-X ${c}`), 'COMMIT');
     chains = [];
     jumps = [];
   };

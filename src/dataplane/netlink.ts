@@ -5,7 +5,17 @@
 // the dump early as "Multipart message not terminated properly", and the reconciler, which lists a
 // service's destinations while it changes another's, read that as a failed sync. Here every
 // request's parts are kept apart by sequence number, whatever arrives in between.
-import { Flags, GenericNetlinkSocket, MessageType, NetlinkSocket, Protocol, RawNetlinkSocket, RtNetlinkSocket, type MessageInfo, type NetlinkMessage } from 'netlink';
+import {
+  Flags,
+  GenericNetlinkSocket,
+  MessageType,
+  NetlinkSocket,
+  Protocol,
+  RawNetlinkSocket,
+  RtNetlinkSocket,
+  type MessageInfo,
+  type NetlinkMessage,
+} from 'netlink';
 
 /** What NetlinkSocket uses of its raw socket; tests pass an in-memory kernel. */
 export type RawSocket = RawNetlinkSocket;

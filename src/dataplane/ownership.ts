@@ -58,7 +58,8 @@ export class FileOwnership implements OwnershipStore {
     const f = readRegularFileSync(path, MAX_RECORD_BYTES);
     if ('error' in f) {
       // Absent: first start on this boot, nothing owned yet. Anything else is said.
-      if (!f.missing) this.problem = `the ownership record ${path} ${f.error}; kube-ipvs owns only what is on its interface`;
+      if (!f.missing)
+        this.problem = `the ownership record ${path} ${f.error}; kube-ipvs owns only what is on its interface`;
       return;
     }
     const why = this.#load(f.text);
@@ -81,8 +82,10 @@ export class FileOwnership implements OwnershipStore {
     if (typeof data !== 'object' || data === null || Array.isArray(data)) return 'not a JSON object';
     const d = data as { version?: unknown; services?: unknown; addresses?: unknown; labels?: unknown };
     if (d.version !== undefined && d.version !== 1) return `version ${JSON.stringify(d.version)}, not 1`;
-    if (!Array.isArray(d.services) || !d.services.every((x) => typeof x === 'string' && SERVICE_ID.test(x))) return 'services is not a list of virtual server ids';
-    if (!Array.isArray(d.addresses) || !d.addresses.every((x) => typeof x === 'string' && canonicalIP(x) === x)) return 'addresses is not a list of canonical IP addresses';
+    if (!Array.isArray(d.services) || !d.services.every((x) => typeof x === 'string' && SERVICE_ID.test(x)))
+      return 'services is not a list of virtual server ids';
+    if (!Array.isArray(d.addresses) || !d.addresses.every((x) => typeof x === 'string' && canonicalIP(x) === x))
+      return 'addresses is not a list of canonical IP addresses';
     for (const x of d.services as string[]) this.services.add(x);
     for (const x of d.addresses as string[]) this.addresses.add(x);
     for (const [id, l] of parseLabels(d.labels)) if (this.services.has(id)) this.labels.set(id, l);
@@ -94,7 +97,20 @@ export class FileOwnership implements OwnershipStore {
     const tmp = `${this.path}.tmp`;
     // A new file, never through whatever is at tmp already (a planted symlink would redirect a root write).
     rmSync(tmp, { force: true });
-    writeFileSync(tmp, JSON.stringify({ version: 1, services: [...this.services].sort(), addresses: [...this.addresses].sort(), labels: Object.fromEntries([...this.labels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([id, l]) => [id, [l.service, l.portName, l.kind]])) }) + '\n', { flag: 'wx', mode: 0o600 });
+    writeFileSync(
+      tmp,
+      JSON.stringify({
+        version: 1,
+        services: [...this.services].sort(),
+        addresses: [...this.addresses].sort(),
+        labels: Object.fromEntries(
+          [...this.labels]
+            .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+            .map(([id, l]) => [id, [l.service, l.portName, l.kind]]),
+        ),
+      }) + '\n',
+      { flag: 'wx', mode: 0o600 },
+    );
     renameSync(tmp, this.path);
   }
 }
@@ -106,7 +122,8 @@ function parseLabels(v: unknown): Map<string, VsLabel> {
   for (const [id, l] of Object.entries(v)) {
     if (!Array.isArray(l) || l.length !== 3) continue;
     const [service, portName, kind] = l as unknown[];
-    if (typeof service === 'string' && typeof portName === 'string' && typeof kind === 'string') out.set(id, { service, portName, kind });
+    if (typeof service === 'string' && typeof portName === 'string' && typeof kind === 'string')
+      out.set(id, { service, portName, kind });
   }
   return out;
 }

@@ -78,7 +78,10 @@ export class Reconciler {
   readonly #ipvs: Ipvs;
   readonly #links: Links;
   readonly #owned: OwnershipStore;
-  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError' | 'recordedMayBeOurs'>> & { onError: (e: OpError) => void; recordedMayBeOurs: (s: IpvsService) => boolean };
+  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError' | 'recordedMayBeOurs'>> & {
+    onError: (e: OpError) => void;
+    recordedMayBeOurs: (s: IpvsService) => boolean;
+  };
   readonly #exclude: CIDR[];
   #index: number | null = null;
   #ifAddrs = new Set<string>();
@@ -134,7 +137,14 @@ export class Reconciler {
         run.fail('save ownership record', e);
       }
     }
-    return { full: req.full, services: req.plans.size, operations: run.ops, errors: run.errors, durationMs: this.#o.clock.now() - started, staleUdp: run.staleUdp };
+    return {
+      full: req.full,
+      services: req.plans.size,
+      operations: run.ops,
+      errors: run.errors,
+      durationMs: this.#o.clock.now() - started,
+      staleUdp: run.staleUdp,
+    };
   }
 
   /** Finds or creates the dummy interface; a full sync re-reads it (someone may have changed it). */
@@ -188,7 +198,9 @@ export class Reconciler {
       return; // without the kernel's view, a full sync would guess; retry instead
     }
     const byId = new Map(kernel.map((s) => [serviceId(s), s]));
-    await pool([...desired.values()], this.#o.concurrency, (d) => this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run));
+    await pool([...desired.values()], this.#o.concurrency, (d) =>
+      this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run),
+    );
     for (const [id, s] of byId) {
       if (desired.has(id) || !this.#isOurs(s)) continue;
       await this.#deleteVS(id, s, run);
@@ -243,7 +255,13 @@ export class Reconciler {
    * One destination as wanted, given what the kernel had (`k`). EEXIST is no failure: health's
    * syncDestinations and a running sync may both add the same destination.
    */
-  async #putDestination(d: DesiredVS, did: string, want: IpvsDestination, k: IpvsDestination | undefined, run: Run): Promise<void> {
+  async #putDestination(
+    d: DesiredVS,
+    did: string,
+    want: IpvsDestination,
+    k: IpvsDestination | undefined,
+    run: Run,
+  ): Promise<void> {
     if (k && destinationMatches(want, k)) return;
     run.ops++;
     try {
@@ -332,7 +350,8 @@ export class Reconciler {
     this.#own(this.#owned.services, id, false);
     if (this.#owned.labels.delete(id)) this.#ownedChanged = true;
     const gone = s ?? parseServiceId(id);
-    if (gone.protocol === 'UDP' && gone.address !== undefined) run.staleUdp.push({ family: gone.family, address: gone.address, port: gone.port });
+    if (gone.protocol === 'UDP' && gone.address !== undefined)
+      run.staleUdp.push({ family: gone.family, address: gone.address, port: gone.port });
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
   }
@@ -415,7 +434,8 @@ export class Reconciler {
     run.ops++;
     try {
       await this.#ipvs.deleteDestination(d.service, k);
-      if (d.protocol === 'UDP') run.staleUdp.push({ family: d.service.family, address: d.address, port: d.port, endpoint: k.address });
+      if (d.protocol === 'UDP')
+        run.staleUdp.push({ family: d.service.family, address: d.address, port: d.port, endpoint: k.address });
       return true;
     } catch (e) {
       if (ok(e, 'ENOENT', 'ESRCH')) return true;
@@ -462,5 +482,14 @@ export function parseServiceId(id: string): IpvsService {
   const m = /^(TCP|UDP|SCTP)\/(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(id);
   if (!m) throw new Error(`not a service id: ${id}`);
   const address = m[2] ?? m[3]!;
-  return { family: address.includes(':') ? 6 : 4, protocol: m[1] as IpvsService['protocol'] & string, address, port: Number(m[4]), scheduler: '', flags: 0, timeout: 0, netmask: 0 } as IpvsService;
+  return {
+    family: address.includes(':') ? 6 : 4,
+    protocol: m[1] as IpvsService['protocol'] & string,
+    address,
+    port: Number(m[4]),
+    scheduler: '',
+    flags: 0,
+    timeout: 0,
+    netmask: 0,
+  } as IpvsService;
 }

@@ -50,19 +50,44 @@ export function kernelVersion(release: string): [number, number] {
 
 export function ipvsSysctls(opts: { strictARP: boolean; kernelRelease: string }): Sysctl[] {
   const out: Sysctl[] = [
-    { path: 'net/ipv4/vs/conntrack', value: '1', why: 'keep conntrack entries for IPVS connections (needed for SNAT/masquerade)' },
-    { path: 'net/ipv4/vs/expire_nodest_conn', value: '1', why: 'drop connections whose destination was deleted instead of black-holing them' },
-    { path: 'net/ipv4/vs/expire_quiescent_template', value: '1', why: 'expire affinity templates of weight-0 destinations' },
+    {
+      path: 'net/ipv4/vs/conntrack',
+      value: '1',
+      why: 'keep conntrack entries for IPVS connections (needed for SNAT/masquerade)',
+    },
+    {
+      path: 'net/ipv4/vs/expire_nodest_conn',
+      value: '1',
+      why: 'drop connections whose destination was deleted instead of black-holing them',
+    },
+    {
+      path: 'net/ipv4/vs/expire_quiescent_template',
+      value: '1',
+      why: 'expire affinity templates of weight-0 destinations',
+    },
     { path: 'net/ipv4/ip_forward', value: '1', why: 'forward packets to backends' },
   ];
   const [maj, min] = kernelVersion(opts.kernelRelease);
   // Before 5.9, conn_reuse_mode=1 made reused ports stall for a second; kube-proxy sets 0 there.
   if (maj > 4 || (maj === 4 && min >= 1)) {
-    if (maj < 5 || (maj === 5 && min < 9)) out.push({ path: 'net/ipv4/vs/conn_reuse_mode', value: '0', why: 'kernels before 5.9 stall reused source ports with mode 1' });
+    if (maj < 5 || (maj === 5 && min < 9))
+      out.push({
+        path: 'net/ipv4/vs/conn_reuse_mode',
+        value: '0',
+        why: 'kernels before 5.9 stall reused source ports with mode 1',
+      });
   }
   if (opts.strictARP) {
-    out.push({ path: 'net/ipv4/conf/all/arp_ignore', value: '1', why: 'strictARP: answer ARP only for addresses on the receiving interface' });
-    out.push({ path: 'net/ipv4/conf/all/arp_announce', value: '2', why: 'strictARP: never announce service addresses from the dummy interface' });
+    out.push({
+      path: 'net/ipv4/conf/all/arp_ignore',
+      value: '1',
+      why: 'strictARP: answer ARP only for addresses on the receiving interface',
+    });
+    out.push({
+      path: 'net/ipv4/conf/all/arp_announce',
+      value: '2',
+      why: 'strictARP: never announce service addresses from the dummy interface',
+    });
   }
   return out;
 }
@@ -97,20 +122,31 @@ export interface ConntrackSettings {
  * when set (0 leaves the kernel's), tcp_be_liberal only when true. The hash table size
  * (/sys/module/nf_conntrack/parameters/hashsize) is left to the kernel.
  */
-export function conntrackSysctls(c: ConntrackSettings, cpus: number, current: (path: string) => string | null): Sysctl[] {
+export function conntrackSysctls(
+  c: ConntrackSettings,
+  cpus: number,
+  current: (path: string) => string | null,
+): Sysctl[] {
   const out: Sysctl[] = [];
   if (c.maxPerCore > 0) {
     const want = Math.max(c.maxPerCore * Math.max(1, cpus), c.min);
     const have = Number(current('net/netfilter/nf_conntrack_max') ?? NaN);
-    if (!(have >= want)) out.push({ path: 'net/netfilter/nf_conntrack_max', value: String(want), why: `conntrack.maxPerCore ${c.maxPerCore} x ${cpus} CPUs (min ${c.min})` });
+    if (!(have >= want))
+      out.push({
+        path: 'net/netfilter/nf_conntrack_max',
+        value: String(want),
+        why: `conntrack.maxPerCore ${c.maxPerCore} x ${cpus} CPUs (min ${c.min})`,
+      });
   }
   const timeout = (secs: number, path: string, field: string) => {
-    if (secs > 0) out.push({ path: `net/netfilter/${path}`, value: String(Math.round(secs)), why: `conntrack.${field}` });
+    if (secs > 0)
+      out.push({ path: `net/netfilter/${path}`, value: String(Math.round(secs)), why: `conntrack.${field}` });
   };
   timeout(c.tcpEstablishedTimeoutSeconds, 'nf_conntrack_tcp_timeout_established', 'tcpEstablishedTimeout');
   timeout(c.tcpCloseWaitTimeoutSeconds, 'nf_conntrack_tcp_timeout_close_wait', 'tcpCloseWaitTimeout');
   timeout(c.udpTimeoutSeconds, 'nf_conntrack_udp_timeout', 'udpTimeout');
   timeout(c.udpStreamTimeoutSeconds, 'nf_conntrack_udp_timeout_stream', 'udpStreamTimeout');
-  if (c.tcpBeLiberal) out.push({ path: 'net/netfilter/nf_conntrack_tcp_be_liberal', value: '1', why: 'conntrack.tcpBeLiberal' });
+  if (c.tcpBeLiberal)
+    out.push({ path: 'net/netfilter/nf_conntrack_tcp_be_liberal', value: '1', why: 'conntrack.tcpBeLiberal' });
   return out;
 }

@@ -32,7 +32,9 @@ const REASONS: Record<string, string> = {
   EADDRNOTAVAIL: 'address not available',
   EPIPE: 'connection reset',
 };
-const reasonOf = (e: unknown) => REASONS[(e as NodeJS.ErrnoException).code ?? ''] ?? `error ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+const reasonOf = (e: unknown) =>
+  REASONS[(e as NodeJS.ErrnoException).code ?? ''] ??
+  `error ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
 
 /** The most of an HTTP answer read: the status line is what counts. */
 const MAX_BODY = 64 * 1024;
@@ -73,16 +75,26 @@ export class SocketProber implements Prober {
         resolve({ ok, reason, ms: performance.now() - started });
       };
       const host = t.address.includes(':') ? `[${t.address}]:${t.port}` : `${t.address}:${t.port}`;
-      const req = request({ host: t.address, port: t.port, path: t.path, method: 'GET', agent: false, headers: { Host: host, 'User-Agent': 'kube-ipvs-health/1', Accept: '*/*', Connection: 'close' } }, (res) => {
-        const code = res.statusCode ?? 0;
-        let read = 0;
-        res.on('data', (c: Buffer) => {
-          read += c.length;
-          if (read > MAX_BODY) res.destroy();
-        });
-        res.on('error', () => {});
-        finish(code >= 200 && code < 400, code >= 200 && code < 400 ? 'ok' : `HTTP ${code}`);
-      });
+      const req = request(
+        {
+          host: t.address,
+          port: t.port,
+          path: t.path,
+          method: 'GET',
+          agent: false,
+          headers: { Host: host, 'User-Agent': 'kube-ipvs-health/1', Accept: '*/*', Connection: 'close' },
+        },
+        (res) => {
+          const code = res.statusCode ?? 0;
+          let read = 0;
+          res.on('data', (c: Buffer) => {
+            read += c.length;
+            if (read > MAX_BODY) res.destroy();
+          });
+          res.on('error', () => {});
+          finish(code >= 200 && code < 400, code >= 200 && code < 400 ? 'ok' : `HTTP ${code}`);
+        },
+      );
       const timer = setTimeout(() => finish(false, 'timeout'), timeoutMs);
       req.on('error', (e) => finish(false, reasonOf(e)));
       req.end();

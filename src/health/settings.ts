@@ -81,32 +81,48 @@ export const MAX_DURATION_MS = 3_600_000;
 export type Reader<T> = (v: string) => T | { invalid: string };
 
 export const readers = {
-  kind: ((v) => (v === 'tcp' || v === 'http' || v === 'none' ? v : { invalid: 'is not tcp, http or none' })) as Reader<CheckKind>,
-  path: ((v) => (/^\/[\x21-\x7e]*$/.test(v) && v.length <= 1024 ? v : { invalid: 'is not an absolute HTTP path (printable, no spaces, at most 1024)' })) as Reader<string>,
+  kind: ((v) =>
+    v === 'tcp' || v === 'http' || v === 'none' ? v : { invalid: 'is not tcp, http or none' }) as Reader<CheckKind>,
+  path: ((v) =>
+    /^\/[\x21-\x7e]*$/.test(v) && v.length <= 1024
+      ? v
+      : { invalid: 'is not an absolute HTTP path (printable, no spaces, at most 1024)' }) as Reader<string>,
   port: ((v) => {
     if (/^[0-9]+$/.test(v)) {
       const n = Number(v);
       return n >= 1 && n <= 65535 ? n : { invalid: 'is not a port number (1-65535)' };
     }
-    return /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/.test(v) && v.length <= 63 ? v : { invalid: 'is not a port number or a port name' };
+    return /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/.test(v) && v.length <= 63
+      ? v
+      : { invalid: 'is not a port number or a port name' };
   }) as Reader<number | string>,
-  duration: (min: number, allowZero = false): Reader<number> => (v) => {
-    const s = parseDuration(v);
-    if (s === null || s < 0) return { invalid: 'is not a duration such as "200ms" or "10s"' };
-    const ms = Math.round(s * 1000);
-    if (allowZero && ms === 0) return 0;
-    if (ms < min || ms > MAX_DURATION_MS) return { invalid: `is not between ${min} ms and 1 h${allowZero ? ' (or 0s)' : ''}` };
-    return ms;
-  },
-  count: ((v) => (/^[0-9]+$/.test(v) && Number(v) >= 1 && Number(v) <= 100 ? Number(v) : { invalid: 'is not a count in 1-100' })) as Reader<number>,
-  percent: ((v) => (/^[0-9]+$/.test(v) && Number(v) <= 100 ? Number(v) : { invalid: 'is not a percentage in 0-100' })) as Reader<number>,
+  duration:
+    (min: number, allowZero = false): Reader<number> =>
+    (v) => {
+      const s = parseDuration(v);
+      if (s === null || s < 0) return { invalid: 'is not a duration such as "200ms" or "10s"' };
+      const ms = Math.round(s * 1000);
+      if (allowZero && ms === 0) return 0;
+      if (ms < min || ms > MAX_DURATION_MS)
+        return { invalid: `is not between ${min} ms and 1 h${allowZero ? ' (or 0s)' : ''}` };
+      return ms;
+    },
+  count: ((v) =>
+    /^[0-9]+$/.test(v) && Number(v) >= 1 && Number(v) <= 100
+      ? Number(v)
+      : { invalid: 'is not a count in 1-100' }) as Reader<number>,
+  percent: ((v) =>
+    /^[0-9]+$/.test(v) && Number(v) <= 100 ? Number(v) : { invalid: 'is not a percentage in 0-100' }) as Reader<number>,
 };
 
 /**
  * A Service's health annotations, read once when the Service is (src/model/validate.ts): what
  * they override, and a warning for each invalid one (its default is used).
  */
-export function parseHealthAnnotations(serviceKey: string, annotations: Readonly<Record<string, string>>): { overrides: Partial<HealthSettings>; warnings: Problem[] } {
+export function parseHealthAnnotations(
+  serviceKey: string,
+  annotations: Readonly<Record<string, string>>,
+): { overrides: Partial<HealthSettings>; warnings: Problem[] } {
   const warnings: Problem[] = [];
   const overrides: Partial<HealthSettings> = {};
   const pick = <K extends keyof HealthSettings>(key: K, name: string, read: Reader<HealthSettings[K]>) => {
@@ -114,7 +130,14 @@ export function parseHealthAnnotations(serviceKey: string, annotations: Readonly
     if (raw === undefined) return;
     const v = read(raw.trim());
     if (typeof v === 'object' && v !== null && 'invalid' in v) {
-      warnings.push({ code: Codes.ANNOTATION_INVALID, severity: 'warning', kind: 'Service', name: serviceKey, field: `metadata.annotations[${name}]`, message: `${quote(raw)} ${v.invalid}; using the default` });
+      warnings.push({
+        code: Codes.ANNOTATION_INVALID,
+        severity: 'warning',
+        kind: 'Service',
+        name: serviceKey,
+        field: `metadata.annotations[${name}]`,
+        message: `${quote(raw)} ${v.invalid}; using the default`,
+      });
       return;
     }
     overrides[key] = v as HealthSettings[K];

@@ -12,7 +12,18 @@ import { PassiveDetector } from './passive.ts';
 import type { ProbeResult, ProbeTarget, Prober } from './probers.ts';
 import { ProbeSchedule } from './schedule.ts';
 import type { HealthConfig } from './settings.ts';
-import { decideService, evictAfterMs, failOpen, newTarget, recordPassive, recordResult, type EndpointDecision, type Refusal, type TargetState, type Transition } from './state.ts';
+import {
+  decideService,
+  evictAfterMs,
+  failOpen,
+  newTarget,
+  recordPassive,
+  recordResult,
+  type EndpointDecision,
+  type Refusal,
+  type TargetState,
+  type Transition,
+} from './state.ts';
 import type { ServiceHealth } from './targets.ts';
 
 /** The counters the stage reads (the metrics socket's client has them). */
@@ -91,7 +102,11 @@ export function reasonClass(reason: string): string {
 }
 
 export class HealthStage {
-  readonly #o: Required<Omit<HealthStageOptions, 'counters' | 'random' | 'observe'>> & { counters?: CounterReader; random: () => number; observe?: HealthStageOptions['observe'] };
+  readonly #o: Required<Omit<HealthStageOptions, 'counters' | 'random' | 'observe'>> & {
+    counters?: CounterReader;
+    random: () => number;
+    observe?: HealthStageOptions['observe'];
+  };
   readonly #schedule: ProbeSchedule;
   readonly #targets = new Map<string, Target>();
   readonly #services = new Map<string, ServiceEntry>();
@@ -165,7 +180,17 @@ export class HealthStage {
       for (const k of before.targets.values()) if (k) this.#release(k, service);
       return;
     }
-    const entry: ServiceEntry = before ?? { h, targets: new Map(), decisions: new Map(), ejectedAt: new Map(), lastConns: null, lastTrafficAt: now, lastOutPkts: null, flowing: false, warnedProbesBlocked: false };
+    const entry: ServiceEntry = before ?? {
+      h,
+      targets: new Map(),
+      decisions: new Map(),
+      ejectedAt: new Map(),
+      lastConns: null,
+      lastTrafficAt: now,
+      lastOutPkts: null,
+      flowing: false,
+      warnedProbesBlocked: false,
+    };
     entry.h = h;
     const want = new Map<string, string | null>();
     for (const e of h.endpoints) {
@@ -211,7 +236,10 @@ export class HealthStage {
       if (e.h.settings.kind === 'none') continue;
       active = true;
       const idle = this.#o.counters !== undefined && now - e.lastTrafficAt >= IDLE_AFTER_MS;
-      interval = Math.min(interval, idle ? Math.max(this.#o.config.idleIntervalMs, e.h.settings.intervalMs) : e.h.settings.intervalMs);
+      interval = Math.min(
+        interval,
+        idle ? Math.max(this.#o.config.idleIntervalMs, e.h.settings.intervalMs) : e.h.settings.intervalMs,
+      );
     }
     t.passiveOnly = !active;
     if (!active) {
@@ -237,7 +265,11 @@ export class HealthStage {
       healthy = Math.min(healthy, e.h.settings.healthyThreshold);
     }
     const c = this.#o.config;
-    return { timeoutMs: Number.isFinite(timeout) ? timeout : c.timeoutMs, unhealthyThreshold: Number.isFinite(unhealthy) ? unhealthy : c.unhealthyThreshold, healthyThreshold: Number.isFinite(healthy) ? healthy : c.healthyThreshold };
+    return {
+      timeoutMs: Number.isFinite(timeout) ? timeout : c.timeoutMs,
+      unhealthyThreshold: Number.isFinite(unhealthy) ? unhealthy : c.unhealthyThreshold,
+      healthyThreshold: Number.isFinite(healthy) ? healthy : c.healthyThreshold,
+    };
   }
 
   /** Arms the one timer for the next thing due: a probe, a counter read, a ramp step or an eviction. */
@@ -246,9 +278,11 @@ export class HealthStage {
     const now = this.#o.clock.now();
     let at = this.#schedule.nextAt();
     // A probe due with the budget spent waits for the next token, not for a busy loop.
-    if (at <= now && this.#tokensAt(now) < 1) at = now + Math.ceil((1 - this.#tokensAt(now)) * (1000 / this.#o.config.probesPerSecond));
+    if (at <= now && this.#tokensAt(now) < 1)
+      at = now + Math.ceil((1 - this.#tokensAt(now)) * (1000 / this.#o.config.probesPerSecond));
     // (Not while a read is running: it re-arms when it ends; arming now would spin.)
-    if (this.#o.counters && this.#services.size > 0 && !this.#reading) at = Math.min(at, Math.max(now, this.#lastCounters + COUNTER_INTERVAL_MS));
+    if (this.#o.counters && this.#services.size > 0 && !this.#reading)
+      at = Math.min(at, Math.max(now, this.#lastCounters + COUNTER_INTERVAL_MS));
     at = Math.min(at, this.#nextDecisionAt(now));
     if (!Number.isFinite(at)) return;
     at = Math.max(at, now);
@@ -269,7 +303,8 @@ export class HealthStage {
       const s = this.#services.get(key);
       if (!s) continue;
       for (const [ep, d] of s.decisions) {
-        if (d.factor > 0 && d.factor < 1) at = Math.min(at, now + Math.min(RAMP_TICK_MS, Math.max(100, s.h.settings.slowStartMs / 20)));
+        if (d.factor > 0 && d.factor < 1)
+          at = Math.min(at, now + Math.min(RAMP_TICK_MS, Math.max(100, s.h.settings.slowStartMs / 20)));
         const ej = s.ejectedAt.get(ep);
         if (d.factor === 0 && ej !== undefined) {
           const due = ej + evictAfterMs(s.h.settings.intervalMs);
@@ -292,7 +327,12 @@ export class HealthStage {
       if (!t || t.inFlight) continue;
       this.#probe(t);
     }
-    if (this.#o.counters && this.#services.size > 0 && now - this.#lastCounters >= COUNTER_INTERVAL_MS && !this.#reading) {
+    if (
+      this.#o.counters &&
+      this.#services.size > 0 &&
+      now - this.#lastCounters >= COUNTER_INTERVAL_MS &&
+      !this.#reading
+    ) {
       this.#lastCounters = now;
       void this.#readCounters();
     }
@@ -322,7 +362,9 @@ export class HealthStage {
       if (!tr && confirming && this.#schedule.has(t.key)) this.#schedule.dueNow(t.key, now);
       this.#arm();
     };
-    this.#o.prober.probe(t.probe, s.timeoutMs).then(done, (e: unknown) => done({ ok: false, reason: `error ${(e as Error).message}`, ms: 0 }));
+    this.#o.prober
+      .probe(t.probe, s.timeoutMs)
+      .then(done, (e: unknown) => done({ ok: false, reason: `error ${(e as Error).message}`, ms: 0 }));
   }
 
   #transition(t: Target, tr: Transition, now: number): void {
@@ -332,7 +374,12 @@ export class HealthStage {
     this.#o.observe?.transition(to, tr === 'down' ? reasonClass(t.state.reason) : 'recovered');
     const endpoint = `${t.probe.address}:${t.probe.port}`;
     const services = [...t.services].sort();
-    if (tr === 'down') this.#o.log.warn('endpoint unhealthy', { endpoint, services, reason: t.state.reason, check: t.passiveOnly ? 'passive' : t.probe.kind }, `health:${t.key}:down`);
+    if (tr === 'down')
+      this.#o.log.warn(
+        'endpoint unhealthy',
+        { endpoint, services, reason: t.state.reason, check: t.passiveOnly ? 'passive' : t.probe.kind },
+        `health:${t.key}:down`,
+      );
     else this.#o.log.info('endpoint healthy again', { endpoint, services }, `health:${t.key}:up`);
     if (tr === 'up') this.#passive.reset(endpoint);
     this.#decide(new Set(t.services), now, true);
@@ -354,7 +401,11 @@ export class HealthStage {
       const fo = failOpen(unhealthy, probed);
       if (fo !== this.#failOpen) {
         this.#failOpen = fo;
-        if (fo) this.#o.log.error('nearly every endpoint probed from this node fails: the node’s own network is the likely fault; ejecting nothing (fail open)', { unhealthy, probed });
+        if (fo)
+          this.#o.log.error(
+            'nearly every endpoint probed from this node fails: the node’s own network is the likely fault; ejecting nothing (fail open)',
+            { unhealthy, probed },
+          );
         else this.#o.log.info('probes recover: health ejections resume', { unhealthy, probed });
         for (const k of this.#services.keys()) services.add(k);
       }
@@ -366,8 +417,17 @@ export class HealthStage {
         this.#timed.delete(key);
         continue;
       }
-      const eps = [...s.targets].map(([endpoint, k]) => ({ endpoint, state: (k ? this.#targets.get(k)?.state : undefined) ?? newTarget(now) }));
-      const decisions = decideService(eps, s.h.settings.maxEjectionPercent, s.h.settings.slowStartMs, this.#failOpen, now);
+      const eps = [...s.targets].map(([endpoint, k]) => ({
+        endpoint,
+        state: (k ? this.#targets.get(k)?.state : undefined) ?? newTarget(now),
+      }));
+      const decisions = decideService(
+        eps,
+        s.h.settings.maxEjectionPercent,
+        s.h.settings.slowStartMs,
+        this.#failOpen,
+        now,
+      );
       let moved = false;
       let timed = false;
       for (const d of decisions) {
@@ -378,7 +438,14 @@ export class HealthStage {
         if ((d.factor > 0 && d.factor < 1) || (d.factor === 0 && !evicted)) timed = true;
         const wasFull = !before || (before.factor === 1 && !before.evicted && before.refused === null);
         const full = d.factor === 1 && !evicted && d.refused === null;
-        if (before ? quantize(before.factor) !== quantize(d.factor) || before.evicted !== evicted || before.refused !== d.refused : !(wasFull && full)) moved = true;
+        if (
+          before
+            ? quantize(before.factor) !== quantize(d.factor) ||
+              before.evicted !== evicted ||
+              before.refused !== d.refused
+            : !(wasFull && full)
+        )
+          moved = true;
         // Only what differs from full weight is kept: 100 000 healthy endpoints cost no object each.
         if (d.factor === 1 && !evicted && d.refused === null) s.decisions.delete(d.endpoint);
         else s.decisions.set(d.endpoint, { ...d, evicted });
@@ -393,11 +460,18 @@ export class HealthStage {
 
   /** One line when every probe of a Service fails while its backends answer its traffic: the probes are likely blocked. */
   #warnBlocked(s: ServiceEntry): void {
-    const probed = [...s.targets.values()].filter((k): k is string => k !== null).map((k) => this.#targets.get(k)).filter((t) => t && !t.passiveOnly);
+    const probed = [...s.targets.values()]
+      .filter((k): k is string => k !== null)
+      .map((k) => this.#targets.get(k))
+      .filter((t) => t && !t.passiveOnly);
     const allDown = probed.length > 0 && probed.every((t) => t!.state.status === 'unhealthy');
     if (allDown && s.flowing && !s.warnedProbesBlocked) {
       s.warnedProbesBlocked = true;
-      this.#o.log.warn('every health probe of this Service fails while its backends answer its traffic: are the node’s probes blocked (a NetworkPolicy, a host firewall)?', { service: s.h.service, endpoints: probed.length }, `health:blocked:${s.h.service}`);
+      this.#o.log.warn(
+        'every health probe of this Service fails while its backends answer its traffic: are the node’s probes blocked (a NetworkPolicy, a host firewall)?',
+        { service: s.h.service, endpoints: probed.length },
+        `health:blocked:${s.h.service}`,
+      );
     }
     if (!allDown) s.warnedProbesBlocked = false;
   }
@@ -429,7 +503,8 @@ export class HealthStage {
         const moved = s.lastConns !== null && conns !== s.lastConns;
         s.lastConns = conns;
         s.lastOutPkts = outPkts;
-        if (wasIdle !== now - s.lastTrafficAt >= IDLE_AFTER_MS) for (const k of s.targets.values()) if (k) this.#reschedule(this.#targets.get(k)!);
+        if (wasIdle !== now - s.lastTrafficAt >= IDLE_AFTER_MS)
+          for (const k of s.targets.values()) if (k) this.#reschedule(this.#targets.get(k)!);
         if (!s.h.passive || !moved) continue;
         // Per-destination counters only for Services whose connection count moved.
         for (const id of s.h.tcpVirtualServers) {

@@ -29,7 +29,16 @@ export interface Thresholds {
 }
 
 export function newTarget(now: number): TargetState {
-  return { status: 'unknown', successes: 0, failures: 0, since: now, reason: '', source: null, recoveredAt: null, last: '' };
+  return {
+    status: 'unknown',
+    successes: 0,
+    failures: 0,
+    since: now,
+    reason: '',
+    source: null,
+    recoveredAt: null,
+    last: '',
+  };
 }
 
 /** What one result did: 'down' or 'up' when the status changed, else null. */
@@ -127,8 +136,16 @@ export interface EndpointDecision {
  * (at least one when the percentage is above 0, as Envoy), the ones unhealthy longest first;
  * none when the node is failing open. Deterministic: the same states give the same answer.
  */
-export function decideService(endpoints: readonly EndpointHealth[], maxEjectionPercent: number, slowStartMs: number, nodeFailOpen: boolean, now: number): EndpointDecision[] {
-  const unhealthy = endpoints.filter((e) => e.state.status === 'unhealthy').sort((a, b) => a.state.since - b.state.since || (a.endpoint < b.endpoint ? -1 : a.endpoint > b.endpoint ? 1 : 0));
+export function decideService(
+  endpoints: readonly EndpointHealth[],
+  maxEjectionPercent: number,
+  slowStartMs: number,
+  nodeFailOpen: boolean,
+  now: number,
+): EndpointDecision[] {
+  const unhealthy = endpoints
+    .filter((e) => e.state.status === 'unhealthy')
+    .sort((a, b) => a.state.since - b.state.since || (a.endpoint < b.endpoint ? -1 : a.endpoint > b.endpoint ? 1 : 0));
   const cap = maxEjectionPercent <= 0 ? 0 : Math.max(1, Math.floor((endpoints.length * maxEjectionPercent) / 100));
   const ejected = new Set<string>();
   const refused = new Map<string, Refusal>();

@@ -32,10 +32,17 @@ export interface ServiceHealth {
 }
 
 const vsId = (v: { protocol: string; family: number; address: string; port: number; fwmark?: number }) =>
-  v.fwmark !== undefined ? `FWM/${v.fwmark}${v.family === 6 ? '/v6' : ''}` : `${v.protocol}/${v.family === 6 ? `[${v.address}]` : v.address}:${v.port}`;
+  v.fwmark !== undefined
+    ? `FWM/${v.fwmark}${v.family === 6 ? '/v6' : ''}`
+    : `${v.protocol}/${v.family === 6 ? `[${v.address}]` : v.address}:${v.port}`;
 
 /** Null when the Service needs no health stage at all (no checks, no passive detection, no endpoints). */
-export function serviceHealthOf(svc: Service, plan: ServicePlan, model: Model, cfg: HealthConfig): ServiceHealth | null {
+export function serviceHealthOf(
+  svc: Service,
+  plan: ServicePlan,
+  model: Model,
+  cfg: HealthConfig,
+): ServiceHealth | null {
   const settings = effectiveSettings(cfg, svc.healthOverrides);
   const active = settings.kind !== 'none';
   const tcpVirtualServers = plan.virtualServers.filter((v) => v.protocol === 'TCP' && v.fwmark === undefined).map(vsId);
@@ -62,11 +69,24 @@ export function serviceHealthOf(svc: Service, plan: ServicePlan, model: Model, c
       }
       // Passive-only endpoints are probed over TCP once ejected, to confirm their recovery.
       const kind = active ? (settings.kind as 'tcp' | 'http') : 'tcp';
-      seen.set(endpoint, { endpoint, address: rs.address, port: rs.port, probe: { kind, address: rs.address, port, path: settings.path } });
+      seen.set(endpoint, {
+        endpoint,
+        address: rs.address,
+        port: rs.port,
+        probe: { kind, address: rs.address, port, path: settings.path },
+      });
     }
   }
   if (seen.size === 0) return null;
-  return { service: svc.key, settings, endpoints: [...seen.values()], passive, tcpVirtualServers, virtualServers: plan.virtualServers.map(vsId), unresolvedPort };
+  return {
+    service: svc.key,
+    settings,
+    endpoints: [...seen.values()],
+    passive,
+    tcpVirtualServers,
+    virtualServers: plan.virtualServers.map(vsId),
+    unresolvedPort,
+  };
 }
 
 /** The number of the port named `name` in the slice that holds this endpoint (TCP). */

@@ -95,7 +95,11 @@ export class Model {
    * Shared shape of every kind: a delete removes, an ignored object removes, an invalid object
    * is reported and the last valid version stays in force (traffic keeps flowing to it).
    */
-  #parse<T>(change: Change, parse: (raw: unknown) => Parsed<T>, result: ApplyResult): { key: string; value: T | null } | 'keep' {
+  #parse<T>(
+    change: Change,
+    parse: (raw: unknown) => Parsed<T>,
+    result: ApplyResult,
+  ): { key: string; value: T | null } | 'keep' {
     const raw = change.current ?? change.previous;
     const key = refOf(change.kind, raw).name;
     if (change.current === null || change.current === undefined) return { key, value: null };

@@ -2,7 +2,16 @@
 // Each object is either accepted, ignored on purpose (not ours to proxy), or rejected with one
 // Problem that names the offending fields. Nothing here throws on bad input.
 import { Codes, quote, type Problem } from '../errors.ts';
-import { canonicalIP, formatIP, ipFamily, ipSortKey, parseCIDR, parseIP, specialAddress, type Family } from '../util/ip.ts';
+import {
+  canonicalIP,
+  formatIP,
+  ipFamily,
+  ipSortKey,
+  parseCIDR,
+  parseIP,
+  specialAddress,
+  type Family,
+} from '../util/ip.ts';
 import {
   PROTOCOLS,
   type EndpointSlice,
@@ -146,23 +155,37 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
-const QUALIFIED_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const QUALIFIED_NAME =
+  /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 /** The API server's cap on one object's annotations (keys and values). */
 const ANNOTATIONS_MAX_BYTES = 256 * 1024;
 
 export type NameRule = 'dns1035' | 'dns1123' | 'subdomain' | 'labelValue' | 'portName';
 const RULES: Record<NameRule, { re: RegExp; max: number; what: string }> = {
-  dns1035: { re: DNS1035_LABEL, max: 63, what: 'a DNS-1035 label (lower case letters, digits and "-", starting with a letter, at most 63)' },
+  dns1035: {
+    re: DNS1035_LABEL,
+    max: 63,
+    what: 'a DNS-1035 label (lower case letters, digits and "-", starting with a letter, at most 63)',
+  },
   dns1123: { re: DNS1123_LABEL, max: 63, what: 'a DNS-1123 label (lower case letters, digits and "-", at most 63)' },
-  subdomain: { re: DNS1123_SUBDOMAIN, max: 253, what: 'a DNS-1123 subdomain (lower case letters, digits, "-" and ".", at most 253)' },
+  subdomain: {
+    re: DNS1123_SUBDOMAIN,
+    max: 253,
+    what: 'a DNS-1123 subdomain (lower case letters, digits, "-" and ".", at most 253)',
+  },
   labelValue: { re: LABEL_VALUE, max: 63, what: 'a label value (letters, digits, "-", "_" and ".", at most 63)' },
-  portName: { re: /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, max: 15, what: 'an IANA service name (lower case letters, digits and "-", with a letter, at most 15)' },
+  portName: {
+    re: /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
+    max: 15,
+    what: 'an IANA service name (lower case letters, digits and "-", with a letter, at most 15)',
+  },
 };
 
 /** Why `v` breaks the naming rule, or null. */
 export function badName(v: string, rule: NameRule): string | null {
   const r = RULES[rule];
-  if (v.length > r.max || !r.re.test(v) || (rule === 'portName' && (!/[a-z]/.test(v) || v.includes('--')))) return `${quote(v, 70)} is not ${r.what}`;
+  if (v.length > r.max || !r.re.test(v) || (rule === 'portName' && (!/[a-z]/.test(v) || v.includes('--'))))
+    return `${quote(v, 70)} is not ${r.what}`;
   return null;
 }
 
@@ -187,13 +210,23 @@ function metadata(raw: Obj, f: Fields, namespaced: boolean, nameRule: NameRule) 
   let annotationBytes = 0;
   for (const [k, v] of Object.entries(annotations)) {
     annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
-    if (!QUALIFIED_NAME.test(k) || k.length > 317) f.fail('metadata.annotations', `${quote(k, 70)} is not an annotation key`);
+    if (!QUALIFIED_NAME.test(k) || k.length > 317)
+      f.fail('metadata.annotations', `${quote(k, 70)} is not an annotation key`);
   }
-  if (annotationBytes > ANNOTATIONS_MAX_BYTES) f.fail('metadata.annotations', `${annotationBytes} bytes, more than the ${ANNOTATIONS_MAX_BYTES} the API server allows`);
+  if (annotationBytes > ANNOTATIONS_MAX_BYTES)
+    f.fail(
+      'metadata.annotations',
+      `${annotationBytes} bytes, more than the ${ANNOTATIONS_MAX_BYTES} the API server allows`,
+    );
   let createdAt: number | null = null;
   if (md.creationTimestamp !== undefined && md.creationTimestamp !== null) {
     // RFC 3339 as the API server writes it; YAML may also hand over a Date.
-    const t = md.creationTimestamp instanceof Date ? md.creationTimestamp.getTime() : typeof md.creationTimestamp === 'string' && RFC3339.test(md.creationTimestamp) ? Date.parse(md.creationTimestamp) : NaN;
+    const t =
+      md.creationTimestamp instanceof Date
+        ? md.creationTimestamp.getTime()
+        : typeof md.creationTimestamp === 'string' && RFC3339.test(md.creationTimestamp)
+          ? Date.parse(md.creationTimestamp)
+          : NaN;
     if (Number.isFinite(t)) createdAt = t;
     else f.fail('metadata.creationTimestamp', `${quote(md.creationTimestamp)} is not an RFC 3339 time`);
   }
@@ -244,10 +277,16 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
   const status = f.obj(raw.status, 'status');
   const warnings: Problem[] = [];
 
-  const type = f.oneOf(spec.type, 'spec.type', ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const, 'ClusterIP');
+  const type = f.oneOf(
+    spec.type,
+    'spec.type',
+    ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const,
+    'ClusterIP',
+  );
 
   const rawIPs = f.arr(spec.clusterIPs, 'spec.clusterIPs');
-  const ipTexts: unknown[] = rawIPs.length > 0 ? rawIPs : spec.clusterIP === undefined || spec.clusterIP === null ? [] : [spec.clusterIP];
+  const ipTexts: unknown[] =
+    rawIPs.length > 0 ? rawIPs : spec.clusterIP === undefined || spec.clusterIP === null ? [] : [spec.clusterIP];
   const ipField = (i: number) => (rawIPs.length > 0 ? `spec.clusterIPs[${i}]` : 'spec.clusterIP');
   const headless = ipTexts.length > 0 && ipTexts[0] === 'None';
   const clusterIPs: string[] = [];
@@ -269,11 +308,13 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
     const po = f.obj(p, field);
     const name = f.str(po.name, `${field}.name`);
     checkName(f, `${field}.name`, name, 'portName');
-    if (name === '' && rawPorts.length > 1) f.fail(`${field}.name`, 'is required when a Service has more than one port');
+    if (name === '' && rawPorts.length > 1)
+      f.fail(`${field}.name`, 'is required when a Service has more than one port');
     return {
       name,
       protocol: f.protocol(po.protocol, `${field}.protocol`),
-      port: po.port === undefined ? (f.fail(`${field}.port`, 'is required'), 0) : f.port(po.port, `${field}.port`, false),
+      port:
+        po.port === undefined ? (f.fail(`${field}.port`, 'is required'), 0) : f.port(po.port, `${field}.port`, false),
       nodePort: f.port(po.nodePort, `${field}.nodePort`, true),
     };
   });
@@ -283,15 +324,29 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
   ports.forEach((p, i) => {
     for (const [k, field, what] of [
       [`name ${p.name}`, 'name', `duplicate port name ${quote(p.name)}`],
-      [`port ${p.protocol}/${p.port}`, 'port', `${p.protocol} port ${p.port} is already spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.port === p.port)}]`],
-      ...(p.nodePort ? [[`nodePort ${p.protocol}/${p.nodePort}`, 'nodePort', `${p.protocol} nodePort ${p.nodePort} is already used by spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.nodePort === p.nodePort)}]`]] : []),
+      [
+        `port ${p.protocol}/${p.port}`,
+        'port',
+        `${p.protocol} port ${p.port} is already spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.port === p.port)}]`,
+      ],
+      ...(p.nodePort
+        ? [
+            [
+              `nodePort ${p.protocol}/${p.nodePort}`,
+              'nodePort',
+              `${p.protocol} nodePort ${p.nodePort} is already used by spec.ports[${ports.findIndex((q) => q.protocol === p.protocol && q.nodePort === p.nodePort)}]`,
+            ],
+          ]
+        : []),
     ] as [string, string, string][]) {
       if (seen.has(k)) f.fail(`spec.ports[${i}].${field}`, what);
       seen.add(k);
     }
   });
 
-  const externalIPs = f.arr(spec.externalIPs, 'spec.externalIPs').flatMap((t, i) => f.usableIP(t, `spec.externalIPs[${i}]`) ?? []);
+  const externalIPs = f
+    .arr(spec.externalIPs, 'spec.externalIPs')
+    .flatMap((t, i) => f.usableIP(t, `spec.externalIPs[${i}]`) ?? []);
   const loadBalancerIPs: string[] = [];
   const lb = f.obj(status.loadBalancer, 'status.loadBalancer');
   f.arr(lb.ingress, 'status.loadBalancer.ingress').forEach((ing, i) => {
@@ -302,34 +357,57 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
     const ip = f.usableIP(io.ip, `${field}.ip`);
     if (ip && mode === 'VIP') loadBalancerIPs.push(ip);
   });
-  const loadBalancerSourceRanges = f.arr(spec.loadBalancerSourceRanges, 'spec.loadBalancerSourceRanges').flatMap((t, i) => {
-    const text = typeof t === 'string' ? t.trim() : t;
-    const c = typeof text === 'string' ? parseCIDR(text) : null;
-    if (!c) {
-      f.fail(`spec.loadBalancerSourceRanges[${i}]`, `${quote(t)} is not a CIDR`);
-      return [];
-    }
-    return [c.text];
-  });
+  const loadBalancerSourceRanges = f
+    .arr(spec.loadBalancerSourceRanges, 'spec.loadBalancerSourceRanges')
+    .flatMap((t, i) => {
+      const text = typeof t === 'string' ? t.trim() : t;
+      const c = typeof text === 'string' ? parseCIDR(text) : null;
+      if (!c) {
+        f.fail(`spec.loadBalancerSourceRanges[${i}]`, `${quote(t)} is not a CIDR`);
+        return [];
+      }
+      return [c.text];
+    });
 
   const affinity = f.oneOf(spec.sessionAffinity, 'spec.sessionAffinity', ['None', 'ClientIP'] as const, 'None');
   let affinityTimeoutSeconds = 0;
   if (affinity === 'ClientIP') {
-    const cfg = f.obj(f.obj(spec.sessionAffinityConfig, 'spec.sessionAffinityConfig').clientIP, 'spec.sessionAffinityConfig.clientIP');
+    const cfg = f.obj(
+      f.obj(spec.sessionAffinityConfig, 'spec.sessionAffinityConfig').clientIP,
+      'spec.sessionAffinityConfig.clientIP',
+    );
     const t = cfg.timeoutSeconds;
     affinityTimeoutSeconds = DEFAULT_AFFINITY_TIMEOUT_SECONDS;
     if (t !== undefined && t !== null) {
       if (typeof t !== 'number' || !Number.isInteger(t) || t < 1 || t > MAX_AFFINITY_TIMEOUT_SECONDS) {
-        f.fail('spec.sessionAffinityConfig.clientIP.timeoutSeconds', `${quote(t)} is not in 1-${MAX_AFFINITY_TIMEOUT_SECONDS}`);
+        f.fail(
+          'spec.sessionAffinityConfig.clientIP.timeoutSeconds',
+          `${quote(t)} is not in 1-${MAX_AFFINITY_TIMEOUT_SECONDS}`,
+        );
       } else {
         affinityTimeoutSeconds = t;
       }
     }
   }
-  const itp = f.oneOf(spec.internalTrafficPolicy, 'spec.internalTrafficPolicy', ['Cluster', 'Local'] as const, 'Cluster');
-  const etp = f.oneOf(spec.externalTrafficPolicy, 'spec.externalTrafficPolicy', ['Cluster', 'Local'] as const, 'Cluster');
+  const itp = f.oneOf(
+    spec.internalTrafficPolicy,
+    'spec.internalTrafficPolicy',
+    ['Cluster', 'Local'] as const,
+    'Cluster',
+  );
+  const etp = f.oneOf(
+    spec.externalTrafficPolicy,
+    'spec.externalTrafficPolicy',
+    ['Cluster', 'Local'] as const,
+    'Cluster',
+  );
   const healthCheckNodePort = f.port(spec.healthCheckNodePort, 'spec.healthCheckNodePort', true);
-  const trafficDistribution = f.oneOf(spec.trafficDistribution, 'spec.trafficDistribution', [...TRAFFIC_DISTRIBUTIONS, ''] as const, '');
+  const trafficDistribution = f.oneOf(
+    spec.trafficDistribution,
+    'spec.trafficDistribution',
+    [...TRAFFIC_DISTRIBUTIONS, ''] as const,
+    '',
+  );
 
   let scheduler = '';
   const ann = md.annotations[ANNOTATION_SCHEDULER];
@@ -395,7 +473,13 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
 }
 
 function notAnObject(ref: ObjectRef): Problem {
-  return { code: Codes.OBJECT_INVALID, severity: 'error', kind: ref.kind, name: ref.name, message: 'is not an object (object ignored)' };
+  return {
+    code: Codes.OBJECT_INVALID,
+    severity: 'error',
+    kind: ref.kind,
+    name: ref.name,
+    message: 'is not an object (object ignored)',
+  };
 }
 
 function hintNames(v: unknown, field: string, f: Fields, rule: NameRule): string[] | null {
@@ -491,22 +575,46 @@ export function parseNode(raw: unknown): Parsed<NodeInfo> {
     const why = ip && specialAddress(ip);
     if (why) {
       // Not the Node's fault alone (it is still this node): the address just never gets NodePorts.
-      warnings.push({ code: Codes.OBJECT_UNSUPPORTED, severity: 'warning', kind: 'Node', name: ref.name, field: `status.addresses[${i}].address`, message: `${ip} is ${why}: no NodePort is served on it` });
+      warnings.push({
+        code: Codes.OBJECT_UNSUPPORTED,
+        severity: 'warning',
+        kind: 'Node',
+        name: ref.name,
+        field: `status.addresses[${i}].address`,
+        message: `${ip} is ${why}: no NodePort is served on it`,
+      });
       return;
     }
     if (ip && !addresses.some((x) => x.address === ip)) addresses.push({ type, address: ip });
   });
   const spec = f.obj(raw.spec, 'spec');
   const podCIDRs: string[] = [];
-  const cidrTexts = Array.isArray(spec.podCIDRs) ? spec.podCIDRs : typeof spec.podCIDR === 'string' ? [spec.podCIDR] : [];
+  const cidrTexts = Array.isArray(spec.podCIDRs)
+    ? spec.podCIDRs
+    : typeof spec.podCIDR === 'string'
+      ? [spec.podCIDR]
+      : [];
   for (const c of cidrTexts) {
     const p = typeof c === 'string' ? parseCIDR(c) : null;
     if (p && !podCIDRs.includes(p.text)) podCIDRs.push(p.text);
   }
   const taints = f.arr(spec.taints, 'spec.taints');
   const toBeDeleted = taints.some((x) => isObj(x) && x.key === TAINT_TO_BE_DELETED);
-  const deleting = isObj(raw.metadata) && raw.metadata.deletionTimestamp !== undefined && raw.metadata.deletionTimestamp !== null;
+  const deleting =
+    isObj(raw.metadata) && raw.metadata.deletionTimestamp !== undefined && raw.metadata.deletionTimestamp !== null;
   const problem = f.problem(ref);
   if (problem) return { status: 'invalid', problem };
-  return { status: 'ok', warnings, value: { name: md.name, labels: md.labels, zone: md.labels[LABEL_ZONE] ?? '', addresses, podCIDRs, deleting, toBeDeleted } };
+  return {
+    status: 'ok',
+    warnings,
+    value: {
+      name: md.name,
+      labels: md.labels,
+      zone: md.labels[LABEL_ZONE] ?? '',
+      addresses,
+      podCIDRs,
+      deleting,
+      toBeDeleted,
+    },
+  };
 }

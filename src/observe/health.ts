@@ -72,7 +72,12 @@ function send(res: ServerResponse, code: number, body: string, headers: Record<s
 }
 
 /** /healthz and /livez. Returns false when the path is not one of them. */
-export function serveProxyHealth(req: IncomingMessage, res: ServerResponse, health: ProxyHealth, metrics: Metrics): boolean {
+export function serveProxyHealth(
+  req: IncomingMessage,
+  res: ServerResponse,
+  health: ProxyHealth,
+  metrics: Metrics,
+): boolean {
   const path = (req.url ?? '/').split('?')[0];
   if (path !== '/healthz' && path !== '/livez') return false;
   let { healthy, lastUpdated, now } = health.check();
@@ -91,10 +96,27 @@ export function serveProxyHealth(req: IncomingMessage, res: ServerResponse, heal
 }
 
 /** kube-proxy's healthCheckNodePort answer for one Service. */
-export function serviceHealthBody(service: string, localEndpoints: number, proxyHealthy: boolean): { code: number; body: string; headers: Record<string, string> } {
+export function serviceHealthBody(
+  service: string,
+  localEndpoints: number,
+  proxyHealthy: boolean,
+): { code: number; body: string; headers: Record<string, string> } {
   const [namespace = '', name = ''] = service.split('/');
-  const body = ['{', '\t"service": {', `\t\t"namespace": ${JSON.stringify(namespace)},`, `\t\t"name": ${JSON.stringify(name)}`, '\t},', `\t"localEndpoints": ${localEndpoints},`, `\t"serviceProxyHealthy": ${proxyHealthy}`, '}'].join('\n');
-  return { code: localEndpoints > 0 && proxyHealthy ? 200 : 503, body, headers: { 'X-Load-Balancing-Endpoint-Weight': String(localEndpoints) } };
+  const body = [
+    '{',
+    '\t"service": {',
+    `\t\t"namespace": ${JSON.stringify(namespace)},`,
+    `\t\t"name": ${JSON.stringify(name)}`,
+    '\t},',
+    `\t"localEndpoints": ${localEndpoints},`,
+    `\t"serviceProxyHealthy": ${proxyHealthy}`,
+    '}',
+  ].join('\n');
+  return {
+    code: localEndpoints > 0 && proxyHealthy ? 200 : 503,
+    body,
+    headers: { 'X-Load-Balancing-Endpoint-Weight': String(localEndpoints) },
+  };
 }
 
 export { send as sendJSON };

@@ -6,7 +6,13 @@
 // strings, each row's lines (rendered again only when one of its values changed) and the sorted order
 // are kept across scrapes.
 import type { Ipvs } from '../dataplane/ipvs/client.ts';
-import { serviceKeyOf, type Counters, type DestinationCounters, type ServiceCounters, type ServiceKey } from '../dataplane/ipvs/types.ts';
+import {
+  serviceKeyOf,
+  type Counters,
+  type DestinationCounters,
+  type ServiceCounters,
+  type ServiceKey,
+} from '../dataplane/ipvs/types.ts';
 import type { VsLabel } from '../dataplane/ownership.ts';
 import type { Logger } from './log.ts';
 import { labelString, type Metrics } from './metrics.ts';
@@ -34,17 +40,62 @@ interface Family<C> {
 }
 
 const VS_FAMILIES: Family<ServiceCounters>[] = [
-  { name: 'kubeipvs_virtual_server_connections_total', help: 'Connections scheduled by the IPVS virtual server (kernel counter)', type: 'counter', fields: ['conns'] },
-  { name: 'kubeipvs_virtual_server_packets_total', help: 'Packets through the IPVS virtual server by direction (kernel counter)', type: 'counter', fields: ['inPkts', 'outPkts'] },
-  { name: 'kubeipvs_virtual_server_bytes_total', help: 'Bytes through the IPVS virtual server by direction (kernel counter)', type: 'counter', fields: ['inBytes', 'outBytes'] },
+  {
+    name: 'kubeipvs_virtual_server_connections_total',
+    help: 'Connections scheduled by the IPVS virtual server (kernel counter)',
+    type: 'counter',
+    fields: ['conns'],
+  },
+  {
+    name: 'kubeipvs_virtual_server_packets_total',
+    help: 'Packets through the IPVS virtual server by direction (kernel counter)',
+    type: 'counter',
+    fields: ['inPkts', 'outPkts'],
+  },
+  {
+    name: 'kubeipvs_virtual_server_bytes_total',
+    help: 'Bytes through the IPVS virtual server by direction (kernel counter)',
+    type: 'counter',
+    fields: ['inBytes', 'outBytes'],
+  },
 ];
 const RS_FAMILIES: Family<DestinationCounters>[] = [
-  { name: 'kubeipvs_real_server_connections_total', help: 'Connections scheduled to the real server (kernel counter)', type: 'counter', fields: ['conns'] },
-  { name: 'kubeipvs_real_server_packets_total', help: 'Packets to and from the real server by direction (kernel counter)', type: 'counter', fields: ['inPkts', 'outPkts'] },
-  { name: 'kubeipvs_real_server_bytes_total', help: 'Bytes to and from the real server by direction (kernel counter)', type: 'counter', fields: ['inBytes', 'outBytes'] },
-  { name: 'kubeipvs_real_server_active_connections', help: 'Active (established) connections to the real server', type: 'gauge', fields: ['activeConns'] },
-  { name: 'kubeipvs_real_server_inactive_connections', help: 'Inactive connections (other states) to the real server', type: 'gauge', fields: ['inactiveConns'] },
-  { name: 'kubeipvs_real_server_weight', help: 'Current IPVS weight of the real server (0: draining)', type: 'gauge', fields: ['weight'] },
+  {
+    name: 'kubeipvs_real_server_connections_total',
+    help: 'Connections scheduled to the real server (kernel counter)',
+    type: 'counter',
+    fields: ['conns'],
+  },
+  {
+    name: 'kubeipvs_real_server_packets_total',
+    help: 'Packets to and from the real server by direction (kernel counter)',
+    type: 'counter',
+    fields: ['inPkts', 'outPkts'],
+  },
+  {
+    name: 'kubeipvs_real_server_bytes_total',
+    help: 'Bytes to and from the real server by direction (kernel counter)',
+    type: 'counter',
+    fields: ['inBytes', 'outBytes'],
+  },
+  {
+    name: 'kubeipvs_real_server_active_connections',
+    help: 'Active (established) connections to the real server',
+    type: 'gauge',
+    fields: ['activeConns'],
+  },
+  {
+    name: 'kubeipvs_real_server_inactive_connections',
+    help: 'Inactive connections (other states) to the real server',
+    type: 'gauge',
+    fields: ['inactiveConns'],
+  },
+  {
+    name: 'kubeipvs_real_server_weight',
+    help: 'Current IPVS weight of the real server (0: draining)',
+    type: 'gauge',
+    fields: ['weight'],
+  },
 ];
 
 const ASCII = /^[\x00-\x7f]*$/;
@@ -154,7 +205,8 @@ export class IpvsCollector {
   }
 
   render(snap: Snapshot): Buffer {
-    const header = (f: { name: string; help: string; type: string }) => `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
+    const header = (f: { name: string; help: string; type: string }) =>
+      `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
     const dropped = `${header({ name: 'kubeipvs_real_server_series_dropped', help: 'Real servers left out of the per-backend series at this scrape by metrics.realServerSeriesLimit', type: 'gauge' })}kubeipvs_real_server_series_dropped ${snap.dropped}\n`;
     // One pass for the size, one to write: no intermediate string or buffer per line.
     let size = Buffer.byteLength(dropped);
@@ -175,7 +227,15 @@ export class IpvsCollector {
 
   static #labels(l: VsLabel, c: ServiceCounters): string {
     const [namespace = '', service = ''] = l.service.split('/');
-    return labelString({ namespace, service, port_name: l.portName, kind: l.kind, protocol: c.protocol ?? 'FWM', address: c.address ?? `0x${(c.fwmark ?? 0).toString(16)}`, port: c.port ?? 0 });
+    return labelString({
+      namespace,
+      service,
+      port_name: l.portName,
+      kind: l.kind,
+      protocol: c.protocol ?? 'FWM',
+      address: c.address ?? `0x${(c.fwmark ?? 0).toString(16)}`,
+      port: c.port ?? 0,
+    });
   }
 
   /** One read of the kernel: our virtual servers' counters, destinations up to the limit. */
@@ -196,7 +256,11 @@ export class IpvsCollector {
       if (!l) continue;
       let row = this.#rows.get(c.id);
       if (!row) {
-        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), { from: l, key: serviceKeyOf(c), real: null });
+        row = Object.assign(new Row(c.id, VS_FAMILIES, l, IpvsCollector.#labels(l, c)), {
+          from: l,
+          key: serviceKeyOf(c),
+          real: null,
+        });
         this.#rows.set(c.id, row);
         reorder = true;
       } else if (row.from !== l) {
@@ -230,7 +294,11 @@ export class IpvsCollector {
       try {
         dests = await ipvs.destinationCounters(row.key);
       } catch (e) {
-        log.warn('metrics: cannot read IPVS destinations', { virtualServer: row.id, error: (e as Error).message }, `metrics:dests:${row.id}`);
+        log.warn(
+          'metrics: cannot read IPVS destinations',
+          { virtualServer: row.id, error: (e as Error).message },
+          `metrics:dests:${row.id}`,
+        );
         continue;
       }
       dests.sort(byId);

@@ -60,7 +60,13 @@ export class Logger {
     if (suppressed > 0) rec.suppressed = suppressed;
     // Messages and fields may carry outside text (names, kernel and tool answers): cut long
     // strings; JSON escapes the rest, and the text format escapes control characters itself.
-    const json = JSON.stringify(rec, (_k, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'string' && v.length > MAX_FIELD ? `${v.slice(0, MAX_FIELD)}...(${v.length} characters)` : v));
+    const json = JSON.stringify(rec, (_k, v) =>
+      typeof v === 'bigint'
+        ? v.toString()
+        : typeof v === 'string' && v.length > MAX_FIELD
+          ? `${v.slice(0, MAX_FIELD)}...(${v.length} characters)`
+          : v,
+    );
     this.#o.sink(this.#o.format === 'json' ? json : text(JSON.parse(json) as Record<string, unknown>));
   }
 }
@@ -73,7 +79,10 @@ const BARE = /^[\w.:/@%+=,\-[\]]*$/;
 function text(rec: Record<string, unknown>): string {
   const { time, level, msg, ...rest } = rec;
   const kv = Object.entries(rest)
-    .map(([k, v]) => `${escapeText(k, 100)}=${typeof v === 'string' && BARE.test(v) ? v : escapeText(JSON.stringify(v) ?? String(v), MAX_FIELD + 40)}`)
+    .map(
+      ([k, v]) =>
+        `${escapeText(k, 100)}=${typeof v === 'string' && BARE.test(v) ? v : escapeText(JSON.stringify(v) ?? String(v), MAX_FIELD + 40)}`,
+    )
     .join(' ');
   return `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${escapeText(String(msg), MAX_FIELD + 40)}${kv ? ` ${kv}` : ''}`;
 }

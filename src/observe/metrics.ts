@@ -5,13 +5,20 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 import type { Family } from '../util/ip.ts';
 
-export const exponentialBuckets = (start: number, factor: number, count: number): number[] => Array.from({ length: count }, (_, i) => start * factor ** i);
-export const linearBuckets = (start: number, width: number, count: number): number[] => Array.from({ length: count }, (_, i) => start + width * i);
+export const exponentialBuckets = (start: number, factor: number, count: number): number[] =>
+  Array.from({ length: count }, (_, i) => start * factor ** i);
+export const linearBuckets = (start: number, width: number, count: number): number[] =>
+  Array.from({ length: count }, (_, i) => start + width * i);
 
 /** kube-proxy's sync duration buckets: 1 ms doubling to about 16 s. */
 export const SYNC_BUCKETS = exponentialBuckets(0.001, 2, 15);
 /** kube-proxy's network programming buckets: 0.25 s, 0.5 s, 1-59 s, 60-115 s by 5, 2-5 min by 30 s. */
-export const PROGRAMMING_BUCKETS = [...linearBuckets(0.25, 0.25, 2), ...linearBuckets(1, 1, 59), ...linearBuckets(60, 5, 12), ...linearBuckets(120, 30, 7)];
+export const PROGRAMMING_BUCKETS = [
+  ...linearBuckets(0.25, 0.25, 2),
+  ...linearBuckets(1, 1, 59),
+  ...linearBuckets(60, 5, 12),
+  ...linearBuckets(120, 30, 7),
+];
 
 export const ipFamilyLabel = (f: Family): 'IPv4' | 'IPv6' => (f === 6 ? 'IPv6' : 'IPv4');
 
@@ -32,7 +39,12 @@ export class ScrapeMetric {
   readonly aggregator = 'sum' as const;
   readonly #collect: () => Promise<CollectedValue[]> | CollectedValue[];
 
-  constructor(name: string, help: string, type: 'counter' | 'gauge', collect: () => Promise<CollectedValue[]> | CollectedValue[]) {
+  constructor(
+    name: string,
+    help: string,
+    type: 'counter' | 'gauge',
+    collect: () => Promise<CollectedValue[]> | CollectedValue[],
+  ) {
     this.name = name;
     this.help = help;
     this.type = type;
@@ -40,7 +52,13 @@ export class ScrapeMetric {
   }
 
   async get() {
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: await this.#collect() };
+    return {
+      name: this.name,
+      help: this.help,
+      type: this.type,
+      aggregator: this.aggregator,
+      values: await this.#collect(),
+    };
   }
 
   reset(): void {}
@@ -82,33 +100,148 @@ export class Metrics {
     const r = this.registry;
     const registers = [r];
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r });
-    const histogram = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, buckets, labelNames: ['ip_family'] as const, registers });
-    this.syncDuration = histogram('kubeproxy_sync_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds', SYNC_BUCKETS);
-    this.syncFullDuration = histogram('kubeproxy_sync_full_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds for full resyncs', SYNC_BUCKETS);
-    this.syncPartialDuration = histogram('kubeproxy_sync_partial_proxy_rules_duration_seconds', 'SyncProxyRules latency in seconds for partial resyncs', SYNC_BUCKETS);
-    this.programmingDuration = histogram('kubeproxy_network_programming_duration_seconds', 'In Cluster Network Programming Latency in seconds', PROGRAMMING_BUCKETS);
-    this.lastSyncTimestamp = new Gauge({ name: 'kubeproxy_sync_proxy_rules_last_timestamp_seconds', help: 'The last time proxy rules were successfully synced', labelNames: ['ip_family'] as const, registers });
-    this.lastQueuedTimestamp = new Gauge({ name: 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds', help: 'The last time a sync of proxy rules was queued', labelNames: ['ip_family'] as const, registers });
-    this.endpointChangesPending = new Gauge({ name: 'kubeproxy_sync_proxy_rules_endpoint_changes_pending', help: 'Pending proxy rules Endpoint changes', registers });
-    this.endpointChangesTotal = new Counter({ name: 'kubeproxy_sync_proxy_rules_endpoint_changes_total', help: 'Cumulative proxy rules Endpoint changes', registers });
-    this.serviceChangesPending = new Gauge({ name: 'kubeproxy_sync_proxy_rules_service_changes_pending', help: 'Pending proxy rules Service changes', registers });
-    this.serviceChangesTotal = new Counter({ name: 'kubeproxy_sync_proxy_rules_service_changes_total', help: 'Cumulative proxy rules Service changes', registers });
-    this.healthzTotal = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'] as const, registers });
-    this.livezTotal = new Counter({ name: 'kubeproxy_proxy_livez_total', help: 'Cumulative proxy livez HTTP status', labelNames: ['code'] as const, registers });
+    const histogram = (name: string, help: string, buckets: number[]) =>
+      new Histogram({ name, help, buckets, labelNames: ['ip_family'] as const, registers });
+    this.syncDuration = histogram(
+      'kubeproxy_sync_proxy_rules_duration_seconds',
+      'SyncProxyRules latency in seconds',
+      SYNC_BUCKETS,
+    );
+    this.syncFullDuration = histogram(
+      'kubeproxy_sync_full_proxy_rules_duration_seconds',
+      'SyncProxyRules latency in seconds for full resyncs',
+      SYNC_BUCKETS,
+    );
+    this.syncPartialDuration = histogram(
+      'kubeproxy_sync_partial_proxy_rules_duration_seconds',
+      'SyncProxyRules latency in seconds for partial resyncs',
+      SYNC_BUCKETS,
+    );
+    this.programmingDuration = histogram(
+      'kubeproxy_network_programming_duration_seconds',
+      'In Cluster Network Programming Latency in seconds',
+      PROGRAMMING_BUCKETS,
+    );
+    this.lastSyncTimestamp = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_last_timestamp_seconds',
+      help: 'The last time proxy rules were successfully synced',
+      labelNames: ['ip_family'] as const,
+      registers,
+    });
+    this.lastQueuedTimestamp = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
+      help: 'The last time a sync of proxy rules was queued',
+      labelNames: ['ip_family'] as const,
+      registers,
+    });
+    this.endpointChangesPending = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_endpoint_changes_pending',
+      help: 'Pending proxy rules Endpoint changes',
+      registers,
+    });
+    this.endpointChangesTotal = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_endpoint_changes_total',
+      help: 'Cumulative proxy rules Endpoint changes',
+      registers,
+    });
+    this.serviceChangesPending = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_service_changes_pending',
+      help: 'Pending proxy rules Service changes',
+      registers,
+    });
+    this.serviceChangesTotal = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_service_changes_total',
+      help: 'Cumulative proxy rules Service changes',
+      registers,
+    });
+    this.healthzTotal = new Counter({
+      name: 'kubeproxy_proxy_healthz_total',
+      help: 'Cumulative proxy healthz HTTP status',
+      labelNames: ['code'] as const,
+      registers,
+    });
+    this.livezTotal = new Counter({
+      name: 'kubeproxy_proxy_livez_total',
+      help: 'Cumulative proxy livez HTTP status',
+      labelNames: ['code'] as const,
+      registers,
+    });
 
-    this.conntrackDuration = histogram('kubeproxy_conntrack_reconciler_sync_duration_seconds', 'ReconcileConntrackFlowsLatency latency in seconds', SYNC_BUCKETS);
-    this.conntrackDeleted = new Counter({ name: 'kubeproxy_conntrack_reconciler_deleted_entries_total', help: 'Cumulative conntrack flows deleted by conntrack reconciler', labelNames: ['ip_family'] as const, registers });
-    this.iptablesRestoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total', help: 'Cumulative proxy iptables restore failures', labelNames: ['ip_family'] as const, registers });
-    this.ipsetFailures = new Counter({ name: 'kubeipvs_ipset_restore_failures_total', help: 'Failed ipset restore runs', registers });
-    this.ipsetNetlinkFailures = new Counter({ name: 'kubeipvs_ipset_netlink_failures_total', help: 'Incremental ipset changes the kernel refused over netlink (they were retried with ipset restore)', registers });
-    this.kernelOperations = new Counter({ name: 'kubeipvs_kernel_operations_total', help: 'Kernel operations (IPVS over generic netlink, links and addresses over rtnetlink) by operation', labelNames: ['operation'] as const, registers });
-    this.kernelFailures = new Counter({ name: 'kubeipvs_kernel_operation_failures_total', help: 'Failed kernel operations by operation and errno', labelNames: ['operation', 'errno'] as const, registers });
-    this.rejectedObjects = new Counter({ name: 'kubeipvs_rejected_objects_total', help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind', labelNames: ['kind'] as const, registers });
-    this.syncs = new Counter({ name: 'kubeipvs_syncs_total', help: 'Syncs of the kernel state by type (full, partial) and result (success, error)', labelNames: ['type', 'result'] as const, registers });
-    this.healthProbes = new Counter({ name: 'kubeipvs_health_probes_total', help: 'Health probes of endpoints by result (ok, fail)', labelNames: ['result'] as const, registers });
-    this.healthProbeDuration = new Histogram({ name: 'kubeipvs_health_probe_duration_seconds', help: 'How long health probes took, by result', labelNames: ['result'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5], registers });
-    this.healthTransitions = new Counter({ name: 'kubeipvs_health_transitions_total', help: 'Endpoint health transitions, by new state and reason (refused, reset, timeout, unreachable, http_status, passive, other; recovered)', labelNames: ['to', 'reason'] as const, registers });
-    this.healthCheckNodePortErrors = new Counter({ name: 'kubeipvs_health_check_node_port_errors_total', help: 'healthCheckNodePort servers that could not listen', registers });
+    this.conntrackDuration = histogram(
+      'kubeproxy_conntrack_reconciler_sync_duration_seconds',
+      'ReconcileConntrackFlowsLatency latency in seconds',
+      SYNC_BUCKETS,
+    );
+    this.conntrackDeleted = new Counter({
+      name: 'kubeproxy_conntrack_reconciler_deleted_entries_total',
+      help: 'Cumulative conntrack flows deleted by conntrack reconciler',
+      labelNames: ['ip_family'] as const,
+      registers,
+    });
+    this.iptablesRestoreFailures = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+      help: 'Cumulative proxy iptables restore failures',
+      labelNames: ['ip_family'] as const,
+      registers,
+    });
+    this.ipsetFailures = new Counter({
+      name: 'kubeipvs_ipset_restore_failures_total',
+      help: 'Failed ipset restore runs',
+      registers,
+    });
+    this.ipsetNetlinkFailures = new Counter({
+      name: 'kubeipvs_ipset_netlink_failures_total',
+      help: 'Incremental ipset changes the kernel refused over netlink (they were retried with ipset restore)',
+      registers,
+    });
+    this.kernelOperations = new Counter({
+      name: 'kubeipvs_kernel_operations_total',
+      help: 'Kernel operations (IPVS over generic netlink, links and addresses over rtnetlink) by operation',
+      labelNames: ['operation'] as const,
+      registers,
+    });
+    this.kernelFailures = new Counter({
+      name: 'kubeipvs_kernel_operation_failures_total',
+      help: 'Failed kernel operations by operation and errno',
+      labelNames: ['operation', 'errno'] as const,
+      registers,
+    });
+    this.rejectedObjects = new Counter({
+      name: 'kubeipvs_rejected_objects_total',
+      help: 'Kubernetes objects (or manifest files) rejected as invalid, by kind',
+      labelNames: ['kind'] as const,
+      registers,
+    });
+    this.syncs = new Counter({
+      name: 'kubeipvs_syncs_total',
+      help: 'Syncs of the kernel state by type (full, partial) and result (success, error)',
+      labelNames: ['type', 'result'] as const,
+      registers,
+    });
+    this.healthProbes = new Counter({
+      name: 'kubeipvs_health_probes_total',
+      help: 'Health probes of endpoints by result (ok, fail)',
+      labelNames: ['result'] as const,
+      registers,
+    });
+    this.healthProbeDuration = new Histogram({
+      name: 'kubeipvs_health_probe_duration_seconds',
+      help: 'How long health probes took, by result',
+      labelNames: ['result'] as const,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5],
+      registers,
+    });
+    this.healthTransitions = new Counter({
+      name: 'kubeipvs_health_transitions_total',
+      help: 'Endpoint health transitions, by new state and reason (refused, reset, timeout, unreachable, http_status, passive, other; recovered)',
+      labelNames: ['to', 'reason'] as const,
+      registers,
+    });
+    this.healthCheckNodePortErrors = new Counter({
+      name: 'kubeipvs_health_check_node_port_errors_total',
+      help: 'healthCheckNodePort servers that could not listen',
+      registers,
+    });
   }
 
   readonly #textSources: (() => Promise<Buffer>)[] = [];

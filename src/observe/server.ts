@@ -11,7 +11,12 @@ import { sendJSON, serveProxyHealth } from './health.ts';
 export { parseBindAddress };
 
 /** Listens on `bind`; null (with a log line) when disabled or when it cannot listen. */
-export async function listen(bind: string, what: string, handler: (req: IncomingMessage, res: ServerResponse) => void, log: Logger): Promise<Server | null> {
+export async function listen(
+  bind: string,
+  what: string,
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+  log: Logger,
+): Promise<Server | null> {
   const b = parseBindAddress(bind);
   if (!b) {
     log.error(`cannot serve ${what}: ${JSON.stringify(bind)} is not host:port`);
@@ -61,7 +66,10 @@ export function metricsHandler(daemon: Daemon, log: Logger): (req: IncomingMessa
     }
     daemon.metrics.exposition().then(
       (parts) => {
-        res.writeHead(200, { 'Content-Type': daemon.metrics.registry.contentType, 'Content-Length': parts.reduce((n, p) => n + p.length, 0) });
+        res.writeHead(200, {
+          'Content-Type': daemon.metrics.registry.contentType,
+          'Content-Length': parts.reduce((n, p) => n + p.length, 0),
+        });
         for (const p of parts) res.write(p);
         res.end();
       },
@@ -100,7 +108,13 @@ export interface DaemonStatus {
   /** Why the ownership record read at start was not usable; null when it was fine (or absent). */
   ownershipProblem?: string | null;
   /** Backend health: every endpoint looked after (at most 10 000 listed), fail-open, the probe budget. */
-  health?: { failingOpen: boolean; probeDemand: number; probeStretch: number; endpoints: HealthView[]; endpointsNotListed: number };
+  health?: {
+    failingOpen: boolean;
+    probeDemand: number;
+    probeStretch: number;
+    endpoints: HealthView[];
+    endpointsNotListed: number;
+  };
   recentErrors: { at: string; op: string; code: string; message: string; service?: string }[];
 }
 
@@ -118,18 +132,34 @@ export function daemonStatus(d: Daemon): DaemonStatus {
     lastSyncAt: iso(d.lastSyncAt),
     lastSuccessfulSyncAt: iso(d.lastSuccessAt),
     oldestPendingChangeAt: iso(d.proxyHealth.oldestPendingQueued),
-    lastSync: ls ? { full: ls.full, services: ls.services, operations: ls.operations, errors: ls.errors.length, durationMs: Math.round(ls.durationMs) } : null,
+    lastSync: ls
+      ? {
+          full: ls.full,
+          services: ls.services,
+          operations: ls.operations,
+          errors: ls.errors.length,
+          durationMs: Math.round(ls.durationMs),
+        }
+      : null,
     pending: d.pendingChanges(),
     services: d.planner.plans().size,
     virtualServers,
     source: c ? { ...c, lastEventAt: iso(c.lastEventAt) } : null,
-    healthCheckNodePorts: [...d.healthCheckTargets()].map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints })).sort((a, b) => a.port - b.port),
+    healthCheckNodePorts: [...d.healthCheckTargets()]
+      .map(([port, t]) => ({ port, service: t.service, localEndpoints: t.localEndpoints }))
+      .sort((a, b) => a.port - b.port),
     conflicts: d.planner.conflicts(),
     ownershipProblem: d.ownershipProblem,
     health: (() => {
       const all = d.health.view();
       const b = d.health.budget;
-      return { failingOpen: d.health.failingOpen, probeDemand: b.demand, probeStretch: b.stretch, endpoints: all.slice(0, 10_000), endpointsNotListed: Math.max(0, all.length - 10_000) };
+      return {
+        failingOpen: d.health.failingOpen,
+        probeDemand: b.demand,
+        probeStretch: b.stretch,
+        endpoints: all.slice(0, 10_000),
+        endpointsNotListed: Math.max(0, all.length - 10_000),
+      };
     })(),
     recentErrors: d.recentErrors.slice(-10).map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
   };

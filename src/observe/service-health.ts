@@ -90,10 +90,15 @@ export class ServiceHealthServers {
         servers.push(server);
       } catch (e) {
         this.#o.metrics.healthCheckNodePortErrors.inc();
-        this.#o.log.warn('cannot serve healthCheckNodePort', { service, port, address: host ?? '*', error: (e as Error).message }, `hcnp:${port}:${host}`);
+        this.#o.log.warn(
+          'cannot serve healthCheckNodePort',
+          { service, port, address: host ?? '*', error: (e as Error).message },
+          `hcnp:${port}:${host}`,
+        );
       }
     }
-    if (servers.length === 0) this.#servers.delete(port); // retried at the next update
+    if (servers.length === 0)
+      this.#servers.delete(port); // retried at the next update
     else this.#o.log.info('healthCheckNodePort serving', { service, port, addresses: hosts.map((h) => h ?? '*') });
   }
 }

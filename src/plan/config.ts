@@ -7,6 +7,11 @@ export function planConfigFrom(cfg: Config): PlanConfig {
     scheduler: cfg.ipvs.scheduler,
     nodePortAddresses: cfg.nodePortAddresses,
     nodeHints: cfg.featureGates.PreferSameTrafficDistribution ?? true,
-    netfilter: { iptables: cfg.iptables, clusterCIDRs: cfg.clusterCIDRs, detectLocalMode: cfg.detectLocalMode, detectLocal: cfg.detectLocal },
+    netfilter: {
+      iptables: cfg.iptables,
+      clusterCIDRs: cfg.clusterCIDRs,
+      detectLocalMode: cfg.detectLocalMode,
+      detectLocal: cfg.detectLocal,
+    },
   };
 }

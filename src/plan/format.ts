@@ -4,7 +4,9 @@ import type { NodePlan } from './types.ts';
 
 export function formatTable(plan: NodePlan): string {
   const lines: string[] = [];
-  lines.push(`IP Virtual Server plan for node ${plan.node}: ${plan.virtualServers.length} virtual servers, ${plan.addresses.length} addresses on the dummy interface`);
+  lines.push(
+    `IP Virtual Server plan for node ${plan.node}: ${plan.virtualServers.length} virtual servers, ${plan.addresses.length} addresses on the dummy interface`,
+  );
   lines.push('Prot LocalAddress:Port Scheduler Flags                      Service [port] kind');
   lines.push('  -> RemoteAddress:Port           Forward Weight');
   const w1 = Math.max(22, ...plan.virtualServers.map((v) => hostPort(v.address, v.port).length + 1));
@@ -12,9 +14,12 @@ export function formatTable(plan: NodePlan): string {
     const flags = vs.persistenceTimeoutSeconds > 0 ? `persistent ${vs.persistenceTimeoutSeconds}` : '';
     const where = vs.fwmark !== undefined ? `0x${vs.fwmark.toString(16)}` : hostPort(vs.address, vs.port);
     const head = `${(vs.fwmark !== undefined ? 'FWM' : vs.protocol).padEnd(4)} ${where.padEnd(w1)} ${vs.scheduler.padEnd(5)} ${flags.padEnd(16)}`;
-    lines.push(`${head} ${vs.service}${vs.portName ? ` [${vs.portName}]` : ''} ${vs.kind}${vs.fwmark !== undefined ? ` (in-cluster traffic to ${vs.protocol} ${hostPort(vs.address, vs.port)})` : ''}`);
+    lines.push(
+      `${head} ${vs.service}${vs.portName ? ` [${vs.portName}]` : ''} ${vs.kind}${vs.fwmark !== undefined ? ` (in-cluster traffic to ${vs.protocol} ${hostPort(vs.address, vs.port)})` : ''}`,
+    );
     if (vs.realServers.length === 0) lines.push('  -> (no endpoints: traffic is dropped)');
-    for (const rs of vs.realServers) lines.push(`  -> ${hostPort(rs.address, rs.port).padEnd(29)} Masq    ${rs.weight}`);
+    for (const rs of vs.realServers)
+      lines.push(`  -> ${hostPort(rs.address, rs.port).padEnd(29)} Masq    ${rs.weight}`);
   }
   return lines.join('\n') + '\n';
 }

@@ -110,7 +110,9 @@ function matchingEntry(sets: Record<string, IpsetPlan>, name: string, flags: str
         return eq(parts[0]!, pick(f[0]!)) && parts[1] === `${proto}:${s.dport}` && eq(parts[2]!, pick(f[2]!));
       case 'hash:ip,port,net': {
         const c = parseCIDR(parts[2]!);
-        return eq(parts[0]!, pick(f[0]!)) && parts[1] === `${proto}:${s.dport}` && c !== null && cidrContains(c, pick(f[2]!));
+        return (
+          eq(parts[0]!, pick(f[0]!)) && parts[1] === `${proto}:${s.dport}` && c !== null && cidrContains(c, pick(f[2]!))
+        );
       }
       default:
         throw new Error(`netfilter-trace: set type ${set.type}`);
@@ -121,7 +123,14 @@ function matchingEntry(sets: Record<string, IpsetPlan>, name: string, flags: str
 type Outcome = { verdict: 'ACCEPT' | 'DROP' | 'REJECT' | 'MASQUERADE' | 'RETURN'; rule: string; chain: string } | null;
 
 /** Runs one chain; null when it falls through (policy / back to the caller). */
-function runChain(tables: Tables, table: string, chain: string, sets: Record<string, IpsetPlan>, s: State, depth = 0): Outcome {
+function runChain(
+  tables: Tables,
+  table: string,
+  chain: string,
+  sets: Record<string, IpsetPlan>,
+  s: State,
+  depth = 0,
+): Outcome {
   if (depth > 16) throw new Error('netfilter-trace: jump loop');
   const rules = tables.get(table)?.get(chain);
   if (!rules) throw new Error(`netfilter-trace: no chain ${table}/${chain}`);
@@ -163,7 +172,12 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
         }
         case '-p': {
           const p = a[i++]!;
-          const have = s.pkt.protocol === 'ICMP' ? (ipFamily(s.pkt.destination) === 6 ? 'ipv6-icmp' : 'icmp') : s.pkt.protocol.toLowerCase();
+          const have =
+            s.pkt.protocol === 'ICMP'
+              ? ipFamily(s.pkt.destination) === 6
+                ? 'ipv6-icmp'
+                : 'icmp'
+              : s.pkt.protocol.toLowerCase();
           test(have === p);
           break;
         }
@@ -200,7 +214,8 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
         return null;
       case 'SET': {
         // -j SET --map-set NAME FLAGS --map-mark: the mark stored with the matching entry.
-        if (targetArgs[0] !== '--map-set' || targetArgs[3] !== '--map-mark') throw new Error(`netfilter-trace: SET ${targetArgs.join(' ')}`);
+        if (targetArgs[0] !== '--map-set' || targetArgs[3] !== '--map-mark')
+          throw new Error(`netfilter-trace: SET ${targetArgs.join(' ')}`);
         const entry = matchingEntry(sets, targetArgs[1]!, targetArgs[2]!, s);
         const m = entry ? /skbmark (0x[0-9a-f]+)/.exec(entry)?.[1] : undefined;
         if (m) s.mark = Number(m);
@@ -223,19 +238,36 @@ function runChain(tables: Tables, table: string, chain: string, sets: Record<str
 }
 
 /** The built-in chain's hook into ours, as installed by the applier. */
-function hook(tables: Tables, table: 'nat' | 'filter' | 'mangle', builtin: string, sets: Record<string, IpsetPlan>, s: State): Outcome {
-  for (const h of HOOKS) if (h.table === table && h.chain === builtin) return runChain(tables, table, h.target, sets, s);
+function hook(
+  tables: Tables,
+  table: 'nat' | 'filter' | 'mangle',
+  builtin: string,
+  sets: Record<string, IpsetPlan>,
+  s: State,
+): Outcome {
+  for (const h of HOOKS)
+    if (h.table === table && h.chain === builtin) return runChain(tables, table, h.target, sets, s);
   return null;
 }
 
 export function traceNetfilter(plan: NodePlan, localAddresses: readonly string[], pkt: NetPacket): NetVerdict {
   const family: Family = ipFamily(pkt.destination) ?? 4;
-  const texts = family === 4 ? [plan.iptables.nat!, plan.iptables.filter!, plan.iptables.mangle!] : [plan.iptables['ip6/nat']!, plan.iptables['ip6/filter']!, plan.iptables['ip6/mangle']!];
+  const texts =
+    family === 4
+      ? [plan.iptables.nat!, plan.iptables.filter!, plan.iptables.mangle!]
+      : [plan.iptables['ip6/nat']!, plan.iptables['ip6/filter']!, plan.iptables['ip6/mangle']!];
   const tables = parseRestore(texts);
   const dst = canonicalIP(pkt.destination)!;
   // Routing: local addresses are the node's own and the dummy interface's.
   const local = new Set([...localAddresses.map((a) => canonicalIP(a)!), ...plan.addresses]);
-  const s: State = { pkt, dst, dport: pkt.port, mark: 0, inIf: pkt.fromNode ? 'lo' : (pkt.inInterface ?? 'eth0'), local };
+  const s: State = {
+    pkt,
+    dst,
+    dport: pkt.port,
+    mark: 0,
+    inIf: pkt.fromNode ? 'lo' : (pkt.inInterface ?? 'eth0'),
+    local,
+  };
 
   // mangle, then nat PREROUTING (or OUTPUT for the node's own packets): only marks there.
   const mangled = hook(tables, 'mangle', pkt.fromNode ? 'OUTPUT' : 'PREROUTING', plan.ipsets, s);

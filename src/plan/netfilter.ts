@@ -28,16 +28,50 @@ export interface SetSpec {
 /** The sets, by role. Names: KIPVS-<suffix> (IPv4), KIPVS6-<suffix> (IPv6); bitmap:port is shared. */
 export const SETS = {
   clusterIP: { suffix: 'CLUSTER-IP', type: 'hash:ip,port', comment: 'ClusterIP, protocol:port' },
-  loopBack: { suffix: 'LOOP-BACK', type: 'hash:ip,port,ip', comment: 'endpoint, protocol:port, endpoint: hairpin masquerade' },
-  externalIP: { suffix: 'EXTERNAL-IP', type: 'hash:ip,port', comment: 'ExternalIP, protocol:port, externalTrafficPolicy Cluster' },
-  externalIPLocal: { suffix: 'EXTERNAL-IP-LOCAL', type: 'hash:ip,port', comment: 'ExternalIP, protocol:port, externalTrafficPolicy Local' },
+  loopBack: {
+    suffix: 'LOOP-BACK',
+    type: 'hash:ip,port,ip',
+    comment: 'endpoint, protocol:port, endpoint: hairpin masquerade',
+  },
+  externalIP: {
+    suffix: 'EXTERNAL-IP',
+    type: 'hash:ip,port',
+    comment: 'ExternalIP, protocol:port, externalTrafficPolicy Cluster',
+  },
+  externalIPLocal: {
+    suffix: 'EXTERNAL-IP-LOCAL',
+    type: 'hash:ip,port',
+    comment: 'ExternalIP, protocol:port, externalTrafficPolicy Local',
+  },
   lb: { suffix: 'LB', type: 'hash:ip,port', comment: 'LoadBalancer IP, protocol:port' },
-  lbLocal: { suffix: 'LB-LOCAL', type: 'hash:ip,port', comment: 'LoadBalancer IP, protocol:port, externalTrafficPolicy Local' },
-  lbFirewall: { suffix: 'LB-FW', type: 'hash:ip,port', comment: 'LoadBalancer IP, protocol:port with loadBalancerSourceRanges' },
-  lbSourceCIDR: { suffix: 'LB-SRC-CIDR', type: 'hash:ip,port,net', comment: 'LoadBalancer IP, protocol:port, allowed source range' },
-  lbLocalMark: { suffix: 'LB-LOCAL-MARK', type: 'hash:ip,port', options: 'skbinfo', comment: 'externalTrafficPolicy Local LoadBalancer IP, protocol:port -> the firewall mark of its in-cluster virtual server' },
+  lbLocal: {
+    suffix: 'LB-LOCAL',
+    type: 'hash:ip,port',
+    comment: 'LoadBalancer IP, protocol:port, externalTrafficPolicy Local',
+  },
+  lbFirewall: {
+    suffix: 'LB-FW',
+    type: 'hash:ip,port',
+    comment: 'LoadBalancer IP, protocol:port with loadBalancerSourceRanges',
+  },
+  lbSourceCIDR: {
+    suffix: 'LB-SRC-CIDR',
+    type: 'hash:ip,port,net',
+    comment: 'LoadBalancer IP, protocol:port, allowed source range',
+  },
+  lbLocalMark: {
+    suffix: 'LB-LOCAL-MARK',
+    type: 'hash:ip,port',
+    options: 'skbinfo',
+    comment:
+      'externalTrafficPolicy Local LoadBalancer IP, protocol:port -> the firewall mark of its in-cluster virtual server',
+  },
   nodePort: { suffix: 'NODE-PORT', type: 'hash:ip,port', comment: 'node address, protocol:NodePort' },
-  nodePortLocal: { suffix: 'NODE-PORT-LOCAL', type: 'hash:ip,port', comment: 'node address, protocol:NodePort, externalTrafficPolicy Local' },
+  nodePortLocal: {
+    suffix: 'NODE-PORT-LOCAL',
+    type: 'hash:ip,port',
+    comment: 'node address, protocol:NodePort, externalTrafficPolicy Local',
+  },
   healthCheckNodePort: { suffix: 'HC-NODE-PORT', type: 'bitmap:port', comment: 'healthCheckNodePorts (TCP)' },
   serviceAddress: { suffix: 'SVC-ADDR', type: 'hash:ip', comment: 'addresses kube-ipvs put on its dummy interface' },
 } as const satisfies Record<string, SetSpec>;
@@ -61,13 +95,21 @@ export function ipsetNets(cidr: string): string[] {
   return [cidr];
 }
 
-export function allSets(): { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] {
+export function allSets(): {
+  name: string;
+  role: SetRole;
+  type: string;
+  family: 'inet' | 'inet6' | '';
+  options: string;
+}[] {
   const out: { name: string; role: SetRole; type: string; family: 'inet' | 'inet6' | ''; options: string }[] = [];
   for (const role of Object.keys(SETS) as SetRole[]) {
     const s: SetSpec = SETS[role];
     const options = s.options ?? '';
     if (s.type === 'bitmap:port') out.push({ name: setName(role, 4), role, type: s.type, family: '', options });
-    else for (const f of [4, 6] as const) out.push({ name: setName(role, f), role, type: s.type, family: f === 4 ? 'inet' : 'inet6', options });
+    else
+      for (const f of [4, 6] as const)
+        out.push({ name: setName(role, f), role, type: s.type, family: f === 4 ? 'inet' : 'inet6', options });
   }
   return out;
 }
@@ -78,7 +120,11 @@ const proto = (p: string) => p.toLowerCase();
  * The set entries one Service contributes, as "SET-NAME entry" strings (so a Planner can count
  * references across Services and a change re-plans one Service's entries only).
  */
-export function serviceSetEntries(svc: Service, virtualServers: readonly VirtualServer[], addresses: readonly string[]): string[] {
+export function serviceSetEntries(
+  svc: Service,
+  virtualServers: readonly VirtualServer[],
+  addresses: readonly string[],
+): string[] {
   const out = new Set<string>();
   const add = (role: SetRole, family: Family, entry: string) => out.add(`${setName(role, family)} ${entry}`);
   for (const vs of virtualServers) {
@@ -96,7 +142,9 @@ export function serviceSetEntries(svc: Service, virtualServers: readonly Virtual
         if (svc.externalTrafficPolicyLocal) add('lbLocal', vs.family, ipPort);
         if (svc.loadBalancerSourceRanges.length > 0) {
           add('lbFirewall', vs.family, ipPort);
-          for (const c of svc.loadBalancerSourceRanges) if (parseCIDR(c)?.family === vs.family) for (const n of ipsetNets(c)) add('lbSourceCIDR', vs.family, `${ipPort},${n}`);
+          for (const c of svc.loadBalancerSourceRanges)
+            if (parseCIDR(c)?.family === vs.family)
+              for (const n of ipsetNets(c)) add('lbSourceCIDR', vs.family, `${ipPort},${n}`);
         }
         break;
       case 'NodePort':
@@ -105,9 +153,11 @@ export function serviceSetEntries(svc: Service, virtualServers: readonly Virtual
         break;
     }
     // Hairpin: an endpoint reaching itself through the Service.
-    for (const rs of vs.realServers) add('loopBack', vs.family, `${rs.address},${proto(vs.protocol)}:${rs.port},${rs.address}`);
+    for (const rs of vs.realServers)
+      add('loopBack', vs.family, `${rs.address},${proto(vs.protocol)}:${rs.port},${rs.address}`);
   }
-  if (svc.healthCheckNodePort > 0 && svc.externalTrafficPolicyLocal) add('healthCheckNodePort', 4, String(svc.healthCheckNodePort));
+  if (svc.healthCheckNodePort > 0 && svc.externalTrafficPolicyLocal)
+    add('healthCheckNodePort', 4, String(svc.healthCheckNodePort));
   for (const a of addresses) add('serviceAddress', a.includes(':') ? 6 : 4, a);
   return [...out].sort();
 }
@@ -172,8 +222,18 @@ export const CHAINS = {
 export type Table = keyof typeof CHAINS;
 
 export const HOOKS: { table: Table; chain: string; target: string; comment: string }[] = [
-  { table: 'mangle', chain: 'PREROUTING', target: 'KIPVS-LB-LOCAL', comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers' },
-  { table: 'mangle', chain: 'OUTPUT', target: 'KIPVS-LB-LOCAL', comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers' },
+  {
+    table: 'mangle',
+    chain: 'PREROUTING',
+    target: 'KIPVS-LB-LOCAL',
+    comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers',
+  },
+  {
+    table: 'mangle',
+    chain: 'OUTPUT',
+    target: 'KIPVS-LB-LOCAL',
+    comment: 'kube-ipvs in-cluster traffic to Local LoadBalancers',
+  },
   { table: 'nat', chain: 'PREROUTING', target: 'KIPVS-SERVICES', comment: 'kube-ipvs service portals' },
   { table: 'nat', chain: 'OUTPUT', target: 'KIPVS-SERVICES', comment: 'kube-ipvs service portals' },
   { table: 'nat', chain: 'POSTROUTING', target: 'KIPVS-POSTROUTING', comment: 'kube-ipvs postrouting rules' },
@@ -190,7 +250,8 @@ export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: stri
   const mark = `0x${(2 ** nc.masqueradeBit).toString(16)}`; // not 1 << bit: bit 31 would make it negative
   const notLocal = nc.notLocal[family];
   const icmp = family === 4 ? 'icmp' : 'ipv6-icmp';
-  const reject = family === 4 ? 'REJECT --reject-with icmp-port-unreachable' : 'REJECT --reject-with icmp6-port-unreachable';
+  const reject =
+    family === 4 ? 'REJECT --reject-with icmp-port-unreachable' : 'REJECT --reject-with icmp6-port-unreachable';
   const nat = [
     '*nat',
     ...CHAINS.nat.map((c) => `:${c} - [0:0]`),
@@ -202,9 +263,13 @@ export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: stri
     `-A KIPVS-MARK-MASQ -j MARK --or-mark ${mark}`,
     // ClusterIPs: from outside the cluster (or everything with masqueradeAll).
     ...(nc.masqueradeAll
-      ? [`-A KIPVS-SERVICES -m comment --comment "masqueradeAll" -m set --match-set ${set('clusterIP')} dst,dst -j KIPVS-MARK-MASQ`]
+      ? [
+          `-A KIPVS-SERVICES -m comment --comment "masqueradeAll" -m set --match-set ${set('clusterIP')} dst,dst -j KIPVS-MARK-MASQ`,
+        ]
       : notLocal
-        ? [`-A KIPVS-SERVICES -m comment --comment "ClusterIP from outside the cluster" -m set --match-set ${set('clusterIP')} dst,dst ${notLocal} -j KIPVS-MARK-MASQ`]
+        ? [
+            `-A KIPVS-SERVICES -m comment --comment "ClusterIP from outside the cluster" -m set --match-set ${set('clusterIP')} dst,dst ${notLocal} -j KIPVS-MARK-MASQ`,
+          ]
         : []),
     // ExternalIPs: masqueraded unless externalTrafficPolicy Local (then only traffic from the cluster).
     `-A KIPVS-SERVICES -m set --match-set ${set('externalIP')} dst,dst -j KIPVS-MARK-MASQ`,
@@ -250,7 +315,11 @@ export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: stri
   const mangle = [
     '*mangle',
     ...CHAINS.mangle.map((c) => `:${c} - [0:0]`),
-    ...(local ? [`-A KIPVS-LB-LOCAL -m comment --comment "in-cluster traffic to Local LoadBalancers reaches every endpoint" -m set --match-set ${set('lbLocalMark')} dst,dst ${local} ${mapMark}`] : []),
+    ...(local
+      ? [
+          `-A KIPVS-LB-LOCAL -m comment --comment "in-cluster traffic to Local LoadBalancers reaches every endpoint" -m set --match-set ${set('lbLocalMark')} dst,dst ${local} ${mapMark}`,
+        ]
+      : []),
     `-A KIPVS-LB-LOCAL -m comment --comment "so does the node's own traffic" -m set --match-set ${set('lbLocalMark')} dst,dst -m addrtype --src-type LOCAL ${mapMark}`,
     'COMMIT',
   ];
@@ -261,5 +330,12 @@ export function netfilterRules(nc: NetfilterConfig, family: Family): { nat: stri
 export function iptablesPlan(nc: NetfilterConfig): Record<string, string> {
   const v4 = netfilterRules(nc, 4);
   const v6 = netfilterRules(nc, 6);
-  return { filter: v4.filter, nat: v4.nat, mangle: v4.mangle, 'ip6/filter': v6.filter, 'ip6/nat': v6.nat, 'ip6/mangle': v6.mangle };
+  return {
+    filter: v4.filter,
+    nat: v4.nat,
+    mangle: v4.mangle,
+    'ip6/filter': v6.filter,
+    'ip6/nat': v6.nat,
+    'ip6/mangle': v6.mangle,
+  };
 }

@@ -6,7 +6,15 @@ import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
 import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
-import type { NodePlan, PlanConfig, RealServer, ServicePlan, VirtualServer, VirtualServerKind, WeightSource } from './types.ts';
+import type {
+  NodePlan,
+  PlanConfig,
+  RealServer,
+  ServicePlan,
+  VirtualServer,
+  VirtualServerKind,
+  WeightSource,
+} from './types.ts';
 
 /** What planning needs from the node, derived once per Node change rather than per Service. */
 export interface NodeContext {
@@ -62,7 +70,11 @@ const RAMP_SCHEDULER: Record<string, string> = { rr: 'wrr', lc: 'wlc' };
 const RAMP_SCALE = 10;
 
 /** Real servers with health's weights: ejected at 0, ramping ones scaled, evicted ones set apart. */
-function weighted(service: string, servers: RealServer[], weights?: WeightSource): { servers: RealServer[]; evicted: { address: string; port: number }[]; ramping: boolean } {
+function weighted(
+  service: string,
+  servers: RealServer[],
+  weights?: WeightSource,
+): { servers: RealServer[]; evicted: { address: string; port: number }[]; ramping: boolean } {
   if (!weights) return { servers, evicted: [], ramping: false };
   const ws = servers.map((r) => weights(service, r.address, r.port));
   if (ws.every((w) => w.factor === 1 && !w.evict)) return { servers, evicted: [], ramping: false };
@@ -91,7 +103,8 @@ function targetsOf(svc: Service, clusterIP: string, ctx: NodeContext): [VirtualS
 }
 
 /** The IPVS layer's name for a virtual server: "TCP/10.0.0.1:80", "TCP/[fd00::1]:80". */
-export const virtualServerId = (vs: Pick<VirtualServer, 'protocol' | 'family' | 'address' | 'port'>) => `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
+export const virtualServerId = (vs: Pick<VirtualServer, 'protocol' | 'family' | 'address' | 'port'>) =>
+  `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
 
 /**
  * What a Service claims on the node, for arbitration between Services (see Planner): each
@@ -134,7 +147,14 @@ const holdsAll: ClaimCheck = { holds: () => true, mayUseAddress: () => true, ref
  * Plans one Service: its virtual servers and the addresses they need on the dummy interface.
  * `claims` says which of the Service's claims it holds against other Services (all, alone).
  */
-export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: PlanConfig, claims: ClaimCheck = holdsAll, weights?: WeightSource): ServicePlan {
+export function planService(
+  svc: Service,
+  model: Model,
+  ctx: NodeContext,
+  cfg: PlanConfig,
+  claims: ClaimCheck = holdsAll,
+  weights?: WeightSource,
+): ServicePlan {
   const virtualServers: VirtualServer[] = [];
   const addresses: string[] = [];
   const slices = model.slicesFor(svc.key);
@@ -146,11 +166,14 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
   const scheduler = svc.scheduler || cfg.scheduler;
   const noLocalEndpoints: ServicePlan['noLocalEndpoints'] = [];
   const local = new Set<string>();
-  for (const slice of slices) for (const e of slice.endpoints) if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
+  for (const slice of slices)
+    for (const e of slice.endpoints)
+      if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
   /** Virtual server ids already planned for this Service (its own duplicates: a ClusterIP also listed as an externalIP). */
   const planned = new Set<string>();
   /** An address carries this Service's virtual servers unless it is another Service's ClusterIP. */
-  const addressHeld = (address: string, kind: VirtualServerKind) => kind === 'NodePort' || claims.mayUseAddress(address);
+  const addressHeld = (address: string, kind: VirtualServerKind) =>
+    kind === 'NodePort' || claims.mayUseAddress(address);
 
   // One family at a time, as kube-proxy runs one proxier per family: a family without a
   // ClusterIP gets nothing, and external addresses of the other family are not ours there.
@@ -159,14 +182,23 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
     const targets = targetsOf(svc, clusterIP, ctx);
     for (const port of svc.ports) {
       const cat = categorizeEndpoints(endpointsForPort(slices, port, family), policy, ctx.topology);
-      const internal = weighted(svc.key, realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster), weights);
-      const external = weighted(svc.key, realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster), weights);
+      const internal = weighted(
+        svc.key,
+        realServers(svc.internalTrafficPolicyLocal ? cat.local : cat.cluster),
+        weights,
+      );
+      const external = weighted(
+        svc.key,
+        realServers(svc.externalTrafficPolicyLocal ? cat.local : cat.cluster),
+        weights,
+      );
       if (cat.hasAny && cat.local.length === 0) {
         if (svc.internalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'internal' });
         if (svc.externalTrafficPolicyLocal) noLocalEndpoints.push({ family, policy: 'external' });
       }
       const nodePortHeld = port.nodePort !== 0 && claims.holds(`np:${port.protocol}/${port.nodePort}`);
-      if (port.nodePort !== 0 && !nodePortHeld) claims.refused(`nodePort ${port.protocol}/${port.nodePort}`, `np:${port.protocol}/${port.nodePort}`);
+      if (port.nodePort !== 0 && !nodePortHeld)
+        claims.refused(`nodePort ${port.protocol}/${port.nodePort}`, `np:${port.protocol}/${port.nodePort}`);
       for (const [kind, ips] of targets) {
         if (kind === 'NodePort' && (port.nodePort === 0 || !nodePortHeld)) continue;
         for (const address of ips) {
@@ -184,7 +216,8 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
           }
           // Service addresses go on the dummy interface, except one the node already has (an
           // ExternalIP equal to a node IP keeps working without a second copy: kubernetes#93175).
-          if (kind !== 'NodePort' && !addresses.includes(address) && !ctx.nodeAddresses.has(address)) addresses.push(address);
+          if (kind !== 'NodePort' && !addresses.includes(address) && !ctx.nodeAddresses.has(address))
+            addresses.push(address);
           const rs = kind === 'ClusterIP' ? internal : external;
           const vs: VirtualServer = {
             service: svc.key,
@@ -206,7 +239,12 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
           // firewall-mark virtual server that in-cluster packets are steered to.
           if (kind === 'LoadBalancer' && svc.externalTrafficPolicyLocal) {
             const { evicted: _ignored, ...base } = vs;
-            const fw: VirtualServer = { ...base, scheduler: internal.ramping ? (RAMP_SCHEDULER[scheduler] ?? scheduler) : scheduler, realServers: internal.servers, fwmark: ctx.fwmark(fwmarkKey(vs)) };
+            const fw: VirtualServer = {
+              ...base,
+              scheduler: internal.ramping ? (RAMP_SCHEDULER[scheduler] ?? scheduler) : scheduler,
+              realServers: internal.servers,
+              fwmark: ctx.fwmark(fwmarkKey(vs)),
+            };
             if (internal.evicted.length) fw.evicted = internal.evicted;
             virtualServers.push(fw);
           }
@@ -215,10 +253,19 @@ export function planService(svc: Service, model: Model, ctx: NodeContext, cfg: P
     }
   }
   const hcHeld = svc.healthCheckNodePort !== 0 && claims.holds(`np:TCP/${svc.healthCheckNodePort}`);
-  if (svc.healthCheckNodePort !== 0 && !hcHeld) claims.refused(`healthCheckNodePort ${svc.healthCheckNodePort}`, `np:TCP/${svc.healthCheckNodePort}`);
+  if (svc.healthCheckNodePort !== 0 && !hcHeld)
+    claims.refused(`healthCheckNodePort ${svc.healthCheckNodePort}`, `np:TCP/${svc.healthCheckNodePort}`);
   const healthCheckNodePort = hcHeld ? svc.healthCheckNodePort : 0;
   const setEntries = serviceSetEntries({ ...svc, healthCheckNodePort }, virtualServers, addresses);
-  return { service: svc.key, virtualServers, addresses, setEntries, healthCheckNodePort, localEndpoints: local.size, noLocalEndpoints };
+  return {
+    service: svc.key,
+    virtualServers,
+    addresses,
+    setEntries,
+    healthCheckNodePort,
+    localEndpoints: local.size,
+    noLocalEndpoints,
+  };
 }
 
 /** Something a Service asked for and did not get: another Service holds it. */
@@ -248,7 +295,8 @@ function sameClaims(a: Map<string, 0 | 1>, b: Map<string, 0 | 1>): boolean {
 }
 
 /** What a firewall mark stands for: one LoadBalancer IP, protocol and port. */
-export const fwmarkKey = (vs: Pick<VirtualServer, 'protocol' | 'address' | 'port'>) => `${vs.protocol}/${vs.address}:${vs.port}`;
+export const fwmarkKey = (vs: Pick<VirtualServer, 'protocol' | 'address' | 'port'>) =>
+  `${vs.protocol}/${vs.address}:${vs.port}`;
 
 /** Marks live in 0x00100000-0x00ffffff, never with the masquerade bit: see Planner#fwmark. */
 const FWMARK_BASE = 0x100000;
@@ -261,7 +309,7 @@ export const inFwmarkRange = (mark: number) => mark >= FWMARK_BASE && mark < FWM
 export function fwmarkOf(key: string, attempt = 0): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193) >>> 0;
-  return FWMARK_BASE + ((h + attempt * 0x9e3779b1) >>> 0) % FWMARK_SPAN;
+  return FWMARK_BASE + (((h + attempt * 0x9e3779b1) >>> 0) % FWMARK_SPAN);
 }
 
 /**
@@ -386,7 +434,9 @@ export class Planner {
 
   /** Services whose refused claims changed since the last call, with what they are refused now. */
   takeConflictChanges(): { service: string; conflicts: Conflict[] }[] {
-    const out = [...this.#conflictsDirty].sort().map((service) => ({ service, conflicts: this.#conflicts.get(service) ?? [] }));
+    const out = [...this.#conflictsDirty]
+      .sort()
+      .map((service) => ({ service, conflicts: this.#conflicts.get(service) ?? [] }));
     this.#conflictsDirty.clear();
     return out;
   }
@@ -402,7 +452,10 @@ export class Planner {
     let bestAt = Infinity;
     for (const [svc, cls] of this.#claimants.get(claim) ?? []) {
       const at = this.#claimsOf.get(svc)?.createdAt ?? Infinity;
-      if (cls < bestClass || (cls === bestClass && (at < bestAt || (at === bestAt && (best === undefined || svc < best))))) {
+      if (
+        cls < bestClass ||
+        (cls === bestClass && (at < bestAt || (at === bestAt && (best === undefined || svc < best))))
+      ) {
         best = svc;
         bestClass = cls;
         bestAt = at;
@@ -422,7 +475,8 @@ export class Planner {
     const createdAt = svc?.createdAt ?? null;
     const others = new Set<string>();
     if (before && before.createdAt === createdAt && sameClaims(before.claims, claims)) return others;
-    for (const c of [...(before?.claims.keys() ?? []), ...claims.keys()]) for (const o of this.#claimants.get(c)?.keys() ?? []) if (o !== key) others.add(o);
+    for (const c of [...(before?.claims.keys() ?? []), ...claims.keys()])
+      for (const o of this.#claimants.get(c)?.keys() ?? []) if (o !== key) others.add(o);
     for (const c of before?.claims.keys() ?? []) {
       const m = this.#claimants.get(c)!;
       m.delete(key);
@@ -452,7 +506,10 @@ export class Planner {
     const out = new Map<string, number>();
     for (const p of this.#plans.values()) {
       for (const vs of p.virtualServers) {
-        const id = vs.fwmark !== undefined ? `FWM/${vs.fwmark}${vs.family === 6 ? '/v6' : ''}` : `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
+        const id =
+          vs.fwmark !== undefined
+            ? `FWM/${vs.fwmark}${vs.family === 6 ? '/v6' : ''}`
+            : `${vs.protocol}/${vs.family === 6 ? `[${vs.address}]` : vs.address}:${vs.port}`;
         out.set(id, vs.realServers.length);
       }
     }

@@ -25,7 +25,11 @@ export function trace(plan: NodePlan, pkt: Packet, mark = 0): Verdict {
   const dst = canonicalIP(pkt.destination);
   const family = dst?.includes(':') ? 6 : 4;
   const byMark = mark ? plan.virtualServers.find((v) => v.fwmark === mark && v.family === family) : undefined;
-  const vs = byMark ?? plan.virtualServers.find((v) => v.fwmark === undefined && v.address === dst && v.port === pkt.port && v.protocol === pkt.protocol);
+  const vs =
+    byMark ??
+    plan.virtualServers.find(
+      (v) => v.fwmark === undefined && v.address === dst && v.port === pkt.port && v.protocol === pkt.protocol,
+    );
   if (!vs) return { result: 'not-a-service' };
   const backends = vs.realServers.filter((r) => r.weight > 0).map((r) => hostPort(r.address, r.port));
   if (backends.length === 0) return { result: 'dropped', virtualServer: vs };

@@ -7,11 +7,23 @@
 //   not even a bookmark, for `stallMs` is restarted. Each is logged and counted.
 // - start() resolves only when every informer has listed once: nothing is programmed from a
 //   partial view. After that, an API server outage leaves the last state serving.
-import { CoreV1Api, DiscoveryV1Api, KubeConfig, ListWatch, Watch, type KubernetesObject } from '@kubernetes/client-node';
+import {
+  CoreV1Api,
+  DiscoveryV1Api,
+  KubeConfig,
+  ListWatch,
+  Watch,
+  type KubernetesObject,
+} from '@kubernetes/client-node';
 // Not re-exported by the package index: the serializer that turns typed list items back into API JSON.
 import { ObjectSerializer } from '@kubernetes/client-node/dist/serializer.js';
 import type { Change, ObjectKind } from '../model/model.ts';
-import { ANNOTATION_TRIGGER_TIME, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME } from '../model/validate.ts';
+import {
+  ANNOTATION_TRIGGER_TIME,
+  LABEL_HEADLESS,
+  LABEL_SERVICE_NAME,
+  LABEL_SERVICE_PROXY_NAME,
+} from '../model/validate.ts';
 import type { Logger } from '../observe/log.ts';
 import { TokenBucket } from './rate-limit.ts';
 import type { Source, SourceBatch } from './source.ts';
@@ -47,11 +59,21 @@ class ActiveWatch extends Watch {
     this.#onActivity = onActivity;
     this.#timeoutSeconds = timeoutSeconds;
   }
-  override watch(path: string, query: Record<string, unknown>, cb: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void) {
-    return super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() }, (phase, obj, w) => {
-      this.#onActivity();
-      cb(phase, obj, w);
-    }, done);
+  override watch(
+    path: string,
+    query: Record<string, unknown>,
+    cb: (phase: string, obj: unknown, watchObj?: unknown) => void,
+    done: (err: unknown) => void,
+  ) {
+    return super.watch(
+      path,
+      { ...query, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() },
+      (phase, obj, w) => {
+        this.#onActivity();
+        cb(phase, obj, w);
+      },
+      done,
+    );
   }
 }
 
@@ -62,7 +84,12 @@ interface InformerSpec {
   type: string;
   labelSelector?: string;
   fieldSelector?: string;
-  list: (page: { labelSelector?: string; fieldSelector?: string; limit: number; _continue?: string }) => Promise<{ items: unknown[]; metadata?: { _continue?: string; resourceVersion?: string } }>;
+  list: (page: {
+    labelSelector?: string;
+    fieldSelector?: string;
+    limit: number;
+    _continue?: string;
+  }) => Promise<{ items: unknown[]; metadata?: { _continue?: string; resourceVersion?: string } }>;
 }
 
 class SupervisedInformer {
@@ -84,7 +111,11 @@ class SupervisedInformer {
     this.src = src;
     this.syncedOnce = new Promise((r) => (this.#onSynced = r));
     const stallMs = src.stallMs;
-    const watch = new ActiveWatch(kc, () => this.#delivered(), () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))));
+    const watch = new ActiveWatch(
+      kc,
+      () => this.#delivered(),
+      () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))),
+    );
     const listFn = async () => {
       const items: unknown[] = [];
       let cont: string | undefined;
@@ -92,7 +123,12 @@ class SupervisedInformer {
       do {
         await src.limiter.take();
         src.counters.pages++;
-        const page = await spec.list({ labelSelector: spec.labelSelector, fieldSelector: spec.fieldSelector, limit: src.pageSize, ...(cont ? { _continue: cont } : {}) });
+        const page = await spec.list({
+          labelSelector: spec.labelSelector,
+          fieldSelector: spec.fieldSelector,
+          limit: src.pageSize,
+          ...(cont ? { _continue: cont } : {}),
+        });
         for (const it of page.items) items.push(ObjectSerializer.serialize(it, spec.type));
         cont = page.metadata?._continue || undefined;
         rv = page.metadata?.resourceVersion ?? rv;
@@ -154,7 +190,11 @@ class SupervisedInformer {
     this.#failures++;
     const base = Math.min(src.backoffMaxMs, src.backoffBaseMs * 2 ** Math.min(this.#failures - 1, 16));
     const delay = Math.round(base * (0.5 + Math.random() / 2));
-    src.log.warn('watch failed; reconnecting', { informer: this.spec.name, error: describe(err), retryInMs: delay, failures: this.#failures }, `watch-error:${this.spec.name}`);
+    src.log.warn(
+      'watch failed; reconnecting',
+      { informer: this.spec.name, error: describe(err), retryInMs: delay, failures: this.#failures },
+      `watch-error:${this.spec.name}`,
+    );
     this.#restartTimer = setTimeout(() => {
       this.#restartTimer = null;
       if (this.#stopped) return;
@@ -169,14 +209,20 @@ class SupervisedInformer {
       if (this.#stopped) return;
       if (!this.#restartTimer && Date.now() - this.lastActivity > this.src.stallMs) {
         this.src.counters.stalls++;
-        this.src.log.warn('watch delivered nothing for too long; restarting it', { informer: this.spec.name, silentMs: Date.now() - this.lastActivity });
+        this.src.log.warn('watch delivered nothing for too long; restarting it', {
+          informer: this.spec.name,
+          silentMs: Date.now() - this.lastActivity,
+        });
         this.lastActivity = Date.now();
-        void this.lw.stop().then(() => {
-          if (!this.#stopped) {
-            this.src.counters.reconnects++;
-            return this.lw.start();
-          }
-        }).catch((e) => this.#failed(e));
+        void this.lw
+          .stop()
+          .then(() => {
+            if (!this.#stopped) {
+              this.src.counters.reconnects++;
+              return this.lw.start();
+            }
+          })
+          .catch((e) => this.#failed(e));
       }
       this.#armStallCheck();
     }, every);
@@ -199,7 +245,15 @@ export class KubernetesSource implements Source {
   readonly backoffBaseMs: number;
   readonly backoffMaxMs: number;
   readonly limiter: TokenBucket;
-  readonly counters: SourceCounters = { pages: 0, reconnects: 0, relists: 0, errors: 0, stalls: 0, events: 0, lastEventAt: 0 };
+  readonly counters: SourceCounters = {
+    pages: 0,
+    reconnects: 0,
+    relists: 0,
+    errors: 0,
+    stalls: 0,
+    events: 0,
+    lastEventAt: 0,
+  };
   readonly #informers: SupervisedInformer[];
   /** kind/namespace/name -> the last object delivered (the `previous` of the next change). */
   readonly #last = new Map<string, Obj>();
@@ -217,11 +271,21 @@ export class KubernetesSource implements Source {
     const core = kc.makeApiClient(CoreV1Api);
     const discovery = kc.makeApiClient(DiscoveryV1Api);
     const notHeadless = `!${LABEL_HEADLESS}`;
-    const selectors = [`!${LABEL_SERVICE_PROXY_NAME},${notHeadless}`, `${LABEL_SERVICE_PROXY_NAME}=${opts.proxyName},${notHeadless}`];
+    const selectors = [
+      `!${LABEL_SERVICE_PROXY_NAME},${notHeadless}`,
+      `${LABEL_SERVICE_PROXY_NAME}=${opts.proxyName},${notHeadless}`,
+    ];
     const specs: InformerSpec[] = [];
     selectors.forEach((labelSelector, i) => {
       const which = i === 0 ? 'unnamed' : 'ours';
-      specs.push({ name: `services(${which})`, kind: 'Service', path: '/api/v1/services', type: 'V1ServiceList', labelSelector, list: (p) => core.listServiceForAllNamespaces(p) });
+      specs.push({
+        name: `services(${which})`,
+        kind: 'Service',
+        path: '/api/v1/services',
+        type: 'V1ServiceList',
+        labelSelector,
+        list: (p) => core.listServiceForAllNamespaces(p),
+      });
       specs.push({
         name: `endpointslices(${which})`,
         kind: 'EndpointSlice',
@@ -231,7 +295,14 @@ export class KubernetesSource implements Source {
         list: (p) => discovery.listEndpointSliceForAllNamespaces(p),
       });
     });
-    specs.push({ name: 'node', kind: 'Node', path: '/api/v1/nodes', type: 'V1NodeList', fieldSelector: `metadata.name=${opts.nodeName}`, list: (p) => core.listNode(p) });
+    specs.push({
+      name: 'node',
+      kind: 'Node',
+      path: '/api/v1/nodes',
+      type: 'V1NodeList',
+      fieldSelector: `metadata.name=${opts.nodeName}`,
+      list: (p) => core.listNode(p),
+    });
     // Items of a list are serialised one by one: the element type, not the list type.
     for (const s of specs) s.type = s.type.replace(/List$/, '');
     this.#informers = specs.map((s) => new SupervisedInformer(kc, s, this));
@@ -253,7 +324,11 @@ export class KubernetesSource implements Source {
     }
     this.#pending.changes.push(change);
     if (spec.kind === 'EndpointSlice' && verb !== 'delete') {
-      const md = (o.metadata ?? {}) as { annotations?: Record<string, string>; labels?: Record<string, string>; namespace?: string };
+      const md = (o.metadata ?? {}) as {
+        annotations?: Record<string, string>;
+        labels?: Record<string, string>;
+        namespace?: string;
+      };
       const trigger = md.annotations?.[ANNOTATION_TRIGGER_TIME];
       const svc = md.labels?.[LABEL_SERVICE_NAME];
       const at = trigger ? Date.parse(trigger) : NaN;

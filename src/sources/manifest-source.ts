@@ -79,7 +79,13 @@ export class ManifestSource implements Source {
     for (const o of set.objects) {
       const ref = refOf(o.kind, o.object);
       // The later definition of a duplicate wins, as in `kube-ipvs plan`.
-      next.set(`${ref.kind} ${ref.name}`, { kind: o.kind, object: o.object, json: JSON.stringify(o.object), file: o.file, line: o.line });
+      next.set(`${ref.kind} ${ref.name}`, {
+        kind: o.kind,
+        object: o.object,
+        json: JSON.stringify(o.object),
+        file: o.file,
+        line: o.line,
+      });
     }
     // Every document that reads is taken, as `plan` takes it. An object missing now from a file
     // read only in part (a broken or half-written document) or from a folder that could not be

@@ -68,7 +68,12 @@ export async function readManifests(dir: string, opts: ReadOptions | string = {}
   const st = await stat(dir).catch((e: NodeJS.ErrnoException) => e);
   if (st instanceof Error || !st.isDirectory()) {
     set.unreadable = true;
-    set.problems.push({ code: Codes.MANIFEST_UNREADABLE, severity: 'error', file: dir, message: st instanceof Error ? `cannot be read (${st.code ?? st.message})` : 'is not a directory' });
+    set.problems.push({
+      code: Codes.MANIFEST_UNREADABLE,
+      severity: 'error',
+      file: dir,
+      message: st instanceof Error ? `cannot be read (${st.code ?? st.message})` : 'is not a directory',
+    });
     return set;
   }
   const seen = new Set<string>();
@@ -78,7 +83,12 @@ export async function readManifests(dir: string, opts: ReadOptions | string = {}
       entries = (await readdir(d, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
     } catch (e) {
       set.unreadableDirs!.push(name(d));
-      set.problems.push({ code: Codes.MANIFEST_UNREADABLE, severity: 'error', file: name(d), message: `cannot be listed (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); what it held stays as it was` });
+      set.problems.push({
+        code: Codes.MANIFEST_UNREADABLE,
+        severity: 'error',
+        file: name(d),
+        message: `cannot be listed (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); what it held stays as it was`,
+      });
       return;
     }
     for (const entry of entries) {
@@ -108,13 +118,29 @@ async function readOne(path: string, file: string, cache?: ManifestCache): Promi
   const cached = cache?.get(path);
   const r = await readRegularFile(path, max, (v) => cached?.version === v);
   if ('error' in r) {
-    const why = /more than/.test(r.error) ? `${r.error}: split it (file ignored)` : r.missing ? 'cannot be opened (a dangling symlink, or removed while read)' : r.error;
-    return { version: '', objects: [], skipped: 0, incomplete: true, problems: [{ code: Codes.MANIFEST_UNREADABLE, severity: 'error', file, message: why }] };
+    const why = /more than/.test(r.error)
+      ? `${r.error}: split it (file ignored)`
+      : r.missing
+        ? 'cannot be opened (a dangling symlink, or removed while read)'
+        : r.error;
+    return {
+      version: '',
+      objects: [],
+      skipped: 0,
+      incomplete: true,
+      problems: [{ code: Codes.MANIFEST_UNREADABLE, severity: 'error', file, message: why }],
+    };
   }
   if (cached && cached.version === r.version) return cached;
   const set: ManifestSet = { objects: [], problems: [], skipped: 0 };
   const incomplete = (json ? readManifestJSON : readManifestText)(r.text, file, set);
-  const parsed: Parsed = { version: r.version, objects: set.objects, problems: set.problems, skipped: set.skipped, incomplete };
+  const parsed: Parsed = {
+    version: r.version,
+    objects: set.objects,
+    problems: set.problems,
+    skipped: set.skipped,
+    incomplete,
+  };
   cache?.set(path, parsed);
   return parsed;
 }
@@ -139,7 +165,10 @@ export function readManifestText(text: string, file: string, set: ManifestSet): 
       value = doc.toJS({ maxAliasCount: MAX_ALIASES });
     } catch (e) {
       // The yaml package refuses excessive alias expansion ("billion laughs") with a ReferenceError.
-      unparsable(line, `${/alias/i.test((e as Error).message) ? `more than ${MAX_ALIASES} YAML aliases expanded` : (e as Error).message.split('\n')[0]} (document ignored)`);
+      unparsable(
+        line,
+        `${/alias/i.test((e as Error).message) ? `more than ${MAX_ALIASES} YAML aliases expanded` : (e as Error).message.split('\n')[0]} (document ignored)`,
+      );
       continue;
     }
     if (value === null || value === undefined) continue;
@@ -153,7 +182,13 @@ function readManifestJSON(text: string, file: string, set: ManifestSet): boolean
   try {
     value = JSON.parse(text);
   } catch (e) {
-    set.problems.push({ code: Codes.MANIFEST_UNPARSABLE, severity: 'error', file, line: 1, message: `unparsable JSON: ${(e as Error).message.split('\n')[0]} (file ignored)` });
+    set.problems.push({
+      code: Codes.MANIFEST_UNPARSABLE,
+      severity: 'error',
+      file,
+      line: 1,
+      message: `unparsable JSON: ${(e as Error).message.split('\n')[0]} (file ignored)`,
+    });
     return true;
   }
   return !addObject(value, file, 1, set);
@@ -162,7 +197,13 @@ function readManifestJSON(text: string, file: string, set: ManifestSet): boolean
 /** False when the document is not a manifest (reported). */
 function addObject(value: unknown, file: string, line: number, set: ManifestSet): boolean {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    set.problems.push({ code: Codes.MANIFEST_UNPARSABLE, severity: 'error', file, line, message: 'a manifest must be a mapping with apiVersion and kind (document ignored)' });
+    set.problems.push({
+      code: Codes.MANIFEST_UNPARSABLE,
+      severity: 'error',
+      file,
+      line,
+      message: 'a manifest must be a mapping with apiVersion and kind (document ignored)',
+    });
     return false;
   }
   const obj = value as Record<string, unknown>;
@@ -175,7 +216,13 @@ function addObject(value: unknown, file: string, line: number, set: ManifestSet)
   if (kind) set.objects.push({ kind, object: obj, file, line });
   else if (typeof obj.kind === 'string' && typeof obj.apiVersion === 'string') set.skipped++;
   else {
-    set.problems.push({ code: Codes.MANIFEST_UNPARSABLE, severity: 'error', file, line, message: 'a manifest must have apiVersion and kind (document ignored)' });
+    set.problems.push({
+      code: Codes.MANIFEST_UNPARSABLE,
+      severity: 'error',
+      file,
+      line,
+      message: 'a manifest must have apiVersion and kind (document ignored)',
+    });
     return false;
   }
   return true;

@@ -7,7 +7,12 @@ export class TokenBucket {
   readonly #now: () => number;
   readonly #sleep: (ms: number) => Promise<void>;
 
-  constructor(qps: number, burst: number, now: () => number = Date.now, sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))) {
+  constructor(
+    qps: number,
+    burst: number,
+    now: () => number = Date.now,
+    sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+  ) {
     this.#qps = qps > 0 ? qps : Infinity;
     this.#burst = Math.max(1, burst);
     this.#tokens = this.#burst;

@@ -17,10 +17,15 @@ function opened(e: unknown): FileText {
 const tooBig = (size: number, max: number) => ({ error: `is ${size} bytes, more than the ${max} allowed` });
 const notRegular = { error: 'is not a regular file (a FIFO, a device, a socket or a folder)' };
 /** Size, times and inode: a file with the same version has not changed. */
-const versionOf = (st: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }) => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+const versionOf = (st: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }) =>
+  `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
 /** The text of a regular file of at most `maxBytes`, or why not. `skipIf(version)` true: returns `{text: '', version}` unread. */
-export async function readRegularFile(path: string, maxBytes: number, skipIf?: (version: string) => boolean): Promise<FileText> {
+export async function readRegularFile(
+  path: string,
+  maxBytes: number,
+  skipIf?: (version: string) => boolean,
+): Promise<FileText> {
   let fh;
   try {
     fh = await open(path, FLAGS);

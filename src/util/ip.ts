@@ -91,7 +91,7 @@ export function formatIP(ip: ParsedIP): string {
   for (let i = 0; i < 16; i += 2) groups.push((b[i]! << 8) | b[i + 1]!);
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;
@@ -212,7 +212,8 @@ export function specialAddress(ip: string | ParsedIP): string | null {
   while (zeros < 16 && b[zeros] === 0) zeros++;
   if (zeros === 16) return 'the unspecified address';
   if (zeros === 15 && b[15] === 1) return 'the loopback address';
-  if (zeros >= 10 && b[10] === 0xff && b[11] === 0xff) return 'an IPv4-mapped IPv6 address (use the IPv4 address itself)';
+  if (zeros >= 10 && b[10] === 0xff && b[11] === 0xff)
+    return 'an IPv4-mapped IPv6 address (use the IPv4 address itself)';
   if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return 'a link-local address';
   if (b[0] === 0xff) return 'a multicast address';
   return null;

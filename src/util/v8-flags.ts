@@ -24,5 +24,9 @@
 //
 // Not applied at run time with v8.setFlagsFromString: the type stripper's WebAssembly is already
 // compiled by then, and changing V8 flags after start is unsupported.
-export const EXIT_DEADLOCK_V8_FLAGS: readonly string[] = ['--no-concurrent-sparkplug', '--no-maglev-build-code-on-background', '--no-maglev-deopt-data-on-background'];
+export const EXIT_DEADLOCK_V8_FLAGS: readonly string[] = [
+  '--no-concurrent-sparkplug',
+  '--no-maglev-build-code-on-background',
+  '--no-maglev-deopt-data-on-background',
+];
 export const DAEMON_V8_FLAGS: readonly string[] = ['--optimize-for-size', ...EXIT_DEADLOCK_V8_FLAGS];

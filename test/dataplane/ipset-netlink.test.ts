@@ -5,7 +5,13 @@ import { execFileSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import t from 'tap';
 import { FakeExec } from '../../src/dataplane/exec.ts';
-import { entryData, requestPayload, type IpsetOp, type IpsetType, type IpsetWriter } from '../../src/dataplane/ipset-netlink.ts';
+import {
+  entryData,
+  requestPayload,
+  type IpsetOp,
+  type IpsetType,
+  type IpsetWriter,
+} from '../../src/dataplane/ipset-netlink.ts';
 import { NetfilterApplier } from '../../src/dataplane/netfilter.ts';
 import { Logger } from '../../src/observe/log.ts';
 import { Metrics } from '../../src/observe/metrics.ts';
@@ -20,7 +26,10 @@ t.test('encoding: the bytes of an entry, and what is refused', async (t) => {
   // hash:ip 10.0.0.1: IP (1, nested 0x8000) holding IPADDR_IPV4 (1, network order) 10.0.0.1.
   t.same([...entryData('hash:ip', '10.0.0.1').data], [12, 0, 1, 0x80, 8, 0, 1, 0x40, 10, 0, 0, 1]);
   t.equal(entryData('hash:ip,port', 'fd00::1,udp:53').family, 6);
-  t.same([...entryData('hash:ip', 'fd00::102:304').data.subarray(8, 24)], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+  t.same(
+    [...entryData('hash:ip', 'fd00::102:304').data.subarray(8, 24)],
+    [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+  );
   for (const [type, entry] of [
     ['hash:ip', '10.0.0.256'],
     ['hash:ip', 'fe80::1%eth0'],
@@ -36,7 +45,8 @@ t.test('encoding: the bytes of an entry, and what is refused', async (t) => {
     ['hash:ip,port,net', '10.0.0.1,tcp:80,10.0.0.0/0'],
     ['bitmap:port', '-1'],
     ['bitmap:port', '80\n'],
-  ] as [IpsetType, string][]) t.throws(() => entryData(type, entry), `${type} ${JSON.stringify(entry)} refused`);
+  ] as [IpsetType, string][])
+    t.throws(() => entryData(type, entry), `${type} ${JSON.stringify(entry)} refused`);
   t.throws(() => requestPayload({ op: 'add', set: 'a b', type: 'hash:ip', entry: '10.0.0.1' }), /set name/);
   t.throws(() => requestPayload({ op: 'add', set: 'X'.repeat(32), type: 'hash:ip', entry: '10.0.0.1' }), /set name/);
 });
@@ -54,7 +64,14 @@ t.test('NetfilterApplier: incremental entries over the writer; a refusal falls b
   };
   const logs: string[] = [];
   const metrics = new Metrics({ defaultMetrics: false });
-  const nf = new NetfilterApplier({ exec, log: new Logger({ sink: (l) => void logs.push(l) }), metrics, backend: 'nft', families: [4], ipset: writer });
+  const nf = new NetfilterApplier({
+    exec,
+    log: new Logger({ sink: (l) => void logs.push(l) }),
+    metrics,
+    backend: 'nft',
+    families: [4],
+    ipset: writer,
+  });
   const entries = new Set(['KIPVS-CLUSTER-IP 10.96.0.1,tcp:80']);
   t.same(await nf.syncSets((e) => entries.has(e), entries, [], true), []);
   const restores = () => exec.calls.filter((c) => c.cmd === 'ipset' && c.args[0] === 'restore').length;
@@ -63,16 +80,36 @@ t.test('NetfilterApplier: incremental entries over the writer; a refusal falls b
   entries.add('KIPVS-LOOP-BACK 10.244.0.5,tcp:8080,10.244.0.5');
   entries.delete('KIPVS-CLUSTER-IP 10.96.0.1,tcp:80');
   entries.add('KIPVS-LB-LOCAL-MARK 203.0.113.1,tcp:443 skbmark 0x10');
-  t.same(await nf.syncSets((e) => entries.has(e), entries, ['KIPVS-LOOP-BACK 10.244.0.5,tcp:8080,10.244.0.5', 'KIPVS-CLUSTER-IP 10.96.0.1,tcp:80', 'KIPVS-LB-LOCAL-MARK 203.0.113.1,tcp:443 skbmark 0x10'], false), []);
+  t.same(
+    await nf.syncSets(
+      (e) => entries.has(e),
+      entries,
+      [
+        'KIPVS-LOOP-BACK 10.244.0.5,tcp:8080,10.244.0.5',
+        'KIPVS-CLUSTER-IP 10.96.0.1,tcp:80',
+        'KIPVS-LB-LOCAL-MARK 203.0.113.1,tcp:443 skbmark 0x10',
+      ],
+      false,
+    ),
+    [],
+  );
   t.equal(restores(), first, 'an incremental change runs no process');
-  t.same(calls.at(-1), [
-    { op: 'del', set: 'KIPVS-CLUSTER-IP', type: 'hash:ip,port', entry: '10.96.0.1,tcp:80' },
-    { op: 'add', set: 'KIPVS-LOOP-BACK', type: 'hash:ip,port,ip', entry: '10.244.0.5,tcp:8080,10.244.0.5' },
-    { op: 'add', set: 'KIPVS-LB-LOCAL-MARK', type: 'hash:ip,port', entry: '203.0.113.1,tcp:443 skbmark 0x10' },
-  ], 'deletes first, entries as the plan wrote them');
+  t.same(
+    calls.at(-1),
+    [
+      { op: 'del', set: 'KIPVS-CLUSTER-IP', type: 'hash:ip,port', entry: '10.96.0.1,tcp:80' },
+      { op: 'add', set: 'KIPVS-LOOP-BACK', type: 'hash:ip,port,ip', entry: '10.244.0.5,tcp:8080,10.244.0.5' },
+      { op: 'add', set: 'KIPVS-LB-LOCAL-MARK', type: 'hash:ip,port', entry: '203.0.113.1,tcp:443 skbmark 0x10' },
+    ],
+    'deletes first, entries as the plan wrote them',
+  );
   fail = true;
   entries.add('KIPVS-CLUSTER-IP 10.96.0.2,tcp:80');
-  t.same(await nf.syncSets((e) => entries.has(e), entries, ['KIPVS-CLUSTER-IP 10.96.0.2,tcp:80'], false), [], 'the fallback succeeded');
+  t.same(
+    await nf.syncSets((e) => entries.has(e), entries, ['KIPVS-CLUSTER-IP 10.96.0.2,tcp:80'], false),
+    [],
+    'the fallback succeeded',
+  );
   t.equal(restores(), first + 1, 'the refused change went to ipset restore');
   t.match(exec.calls.at(-1)!.input, /^add KIPVS-CLUSTER-IP 10\.96\.0\.2,tcp:80 -exist\n$/);
   t.match(logs.join('\n'), /ipset over netlink failed.*element exists/);
@@ -102,57 +139,102 @@ const SETS: { name: string; type: IpsetType; create: string }[] = [
   { name: 'PORTS', type: 'bitmap:port', create: 'bitmap:port range 0-65535' },
 ];
 
-t.test('random adds and deletes over netlink leave every set as ipset restore does', { skip: whyNot() ?? false }, async (t) => {
-  const ns = `kipvs-ipnl-${process.pid}`;
-  execFileSync('ip', ['netns', 'add', ns]);
-  t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-  const inNs = (cmd: string[], input?: string) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
-  // Each set twice: N- fed over netlink, R- by ipset restore.
-  inNs(['ipset', 'restore'], SETS.flatMap((s) => [`create N-${s.name} ${s.create}`, `create R-${s.name} ${s.create}`]).join('\n') + '\n');
-  let seed = 7;
-  // The high bits of a linear congruential generator (its low bits cycle quickly).
-  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >>> 16) % n;
-  const v4 = () => `10.${rnd(2)}.${rnd(3)}.${1 + rnd(4)}`;
-  // Addresses as the plan writes them: canonical text.
-  const v6 = () => canonicalIP(`fd00:${rnd(2).toString(16)}::${(1 + rnd(4)).toString(16)}`)!;
-  const pp = () => `${['tcp', 'udp', 'sctp'][rnd(3)]}:${[53, 80, 8080][rnd(3)]}`;
-  const entry = (s: (typeof SETS)[number]): { add: string; del: string } => {
-    const six = s.name.endsWith('6');
-    const ip = six ? v6 : v4;
-    switch (s.name.replace(/[46]$/, '')) {
-      case 'IP': return { add: ip(), del: '' };
-      case 'IPPORT': return { add: `${ip()},${pp()}`, del: '' };
-      case 'MARK': { const e = `${ip()},${pp()}`; return { add: `${e} skbmark 0x${(1 + rnd(3)).toString(16)}`, del: e }; }
-      case 'LOOP': { const a = ip(); return { add: `${a},${pp()},${rnd(2) ? a : ip()}`, del: '' }; }
-      case 'NET': return { add: `${ip()},${pp()},${six ? `${canonicalIP(`fd00:${rnd(3)}::`)}/${[32, 48, 64][rnd(3)]}` : `10.${rnd(3)}.0.0/${[8, 16, 24][rnd(3)]}`}`, del: '' };
-      default: return { add: String([80, 443, 30000, 65535][rnd(4)]), del: '' };
+t.test(
+  'random adds and deletes over netlink leave every set as ipset restore does',
+  { skip: whyNot() ?? false },
+  async (t) => {
+    const ns = `kipvs-ipnl-${process.pid}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+    const inNs = (cmd: string[], input?: string) =>
+      execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+    // Each set twice: N- fed over netlink, R- by ipset restore.
+    inNs(
+      ['ipset', 'restore'],
+      SETS.flatMap((s) => [`create N-${s.name} ${s.create}`, `create R-${s.name} ${s.create}`]).join('\n') + '\n',
+    );
+    let seed = 7;
+    // The high bits of a linear congruential generator (its low bits cycle quickly).
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >>> 16) % n;
+    const v4 = () => `10.${rnd(2)}.${rnd(3)}.${1 + rnd(4)}`;
+    // Addresses as the plan writes them: canonical text.
+    const v6 = () => canonicalIP(`fd00:${rnd(2).toString(16)}::${(1 + rnd(4)).toString(16)}`)!;
+    const pp = () => `${['tcp', 'udp', 'sctp'][rnd(3)]}:${[53, 80, 8080][rnd(3)]}`;
+    const entry = (s: (typeof SETS)[number]): { add: string; del: string } => {
+      const six = s.name.endsWith('6');
+      const ip = six ? v6 : v4;
+      switch (s.name.replace(/[46]$/, '')) {
+        case 'IP':
+          return { add: ip(), del: '' };
+        case 'IPPORT':
+          return { add: `${ip()},${pp()}`, del: '' };
+        case 'MARK': {
+          const e = `${ip()},${pp()}`;
+          return { add: `${e} skbmark 0x${(1 + rnd(3)).toString(16)}`, del: e };
+        }
+        case 'LOOP': {
+          const a = ip();
+          return { add: `${a},${pp()},${rnd(2) ? a : ip()}`, del: '' };
+        }
+        case 'NET':
+          return {
+            add: `${ip()},${pp()},${six ? `${canonicalIP(`fd00:${rnd(3)}::`)}/${[32, 48, 64][rnd(3)]}` : `10.${rnd(3)}.0.0/${[8, 16, 24][rnd(3)]}`}`,
+            del: '',
+          };
+        default:
+          return { add: String([80, 443, 30000, 65535][rnd(4)]), del: '' };
+      }
+    };
+    for (let round = 0; round < 4; round++) {
+      const ops: IpsetOp[] = [];
+      const lines: string[] = [];
+      for (let i = 0; i < 150; i++) {
+        const s = SETS[rnd(SETS.length)]!;
+        const e = entry(s);
+        const op = rnd(3) === 0 ? 'del' : 'add';
+        const text = op === 'del' ? e.del || e.add.split(' ')[0]! : e.add;
+        ops.push({ op, set: `N-${s.name}`, type: s.type, entry: text });
+        lines.push(`${op} R-${s.name} ${text} -exist`);
+      }
+      const failed = JSON.parse(
+        inNs(
+          [process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, join(repo, 'test/support/ipset-netlink-child.ts')],
+          JSON.stringify(ops),
+        ),
+      ) as unknown[];
+      t.same(failed, [], `round ${round}: every op acknowledged`);
+      inNs(['ipset', 'restore'], lines.join('\n') + '\n');
+      const members = (name: string) =>
+        inNs(['ipset', 'save', name])
+          .split('\n')
+          .filter((l) => l.startsWith('add '))
+          .map((l) => l.slice(l.indexOf(' ', 4) + 1))
+          .sort();
+      for (const s of SETS)
+        t.same(
+          members(`N-${s.name}`),
+          members(`R-${s.name}`),
+          `round ${round}: ${s.name} (${members(`R-${s.name}`).length} members)`,
+        );
     }
-  };
-  for (let round = 0; round < 4; round++) {
-    const ops: IpsetOp[] = [];
-    const lines: string[] = [];
-    for (let i = 0; i < 150; i++) {
-      const s = SETS[rnd(SETS.length)]!;
-      const e = entry(s);
-      const op = rnd(3) === 0 ? 'del' : 'add';
-      const text = op === 'del' ? e.del || e.add.split(' ')[0]! : e.add;
-      ops.push({ op, set: `N-${s.name}`, type: s.type, entry: text });
-      lines.push(`${op} R-${s.name} ${text} -exist`);
-    }
-    const failed = JSON.parse(inNs([process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, join(repo, 'test/support/ipset-netlink-child.ts')], JSON.stringify(ops))) as unknown[];
-    t.same(failed, [], `round ${round}: every op acknowledged`);
-    inNs(['ipset', 'restore'], lines.join('\n') + '\n');
-    const members = (name: string) => inNs(['ipset', 'save', name]).split('\n').filter((l) => l.startsWith('add ')).map((l) => l.slice(l.indexOf(' ', 4) + 1)).sort();
-    for (const s of SETS) t.same(members(`N-${s.name}`), members(`R-${s.name}`), `round ${round}: ${s.name} (${members(`R-${s.name}`).length} members)`);
-  }
-  // The kernel's refusals come back in words, per op, and the rest still apply.
-  const failed = JSON.parse(inNs([process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, join(repo, 'test/support/ipset-netlink-child.ts')], JSON.stringify([
-    { op: 'add', set: 'MISSING', type: 'hash:ip', entry: '10.0.0.1' },
-    { op: 'add', set: 'N-IP4', type: 'hash:ip,port', entry: '10.0.0.1,tcp:80' },
-    { op: 'add', set: 'N-IP6', type: 'hash:ip', entry: '10.0.0.1' },
-    { op: 'add', set: 'N-IP4', type: 'hash:ip', entry: '10.200.0.1' },
-  ]))) as { op: IpsetOp; message: string }[];
-  t.same(failed.map((f) => f.op.set), ['MISSING', 'N-IP4', 'N-IP6'], 'three refused');
-  t.match(failed.map((f) => f.message).join(' | '), /ENOENT.*\|.*\|/);
-  t.match(inNs(['ipset', 'save', 'N-IP4']), /add N-IP4 10\.200\.0\.1/, 'the good one applied');
-});
+    // The kernel's refusals come back in words, per op, and the rest still apply.
+    const failed = JSON.parse(
+      inNs(
+        [process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, join(repo, 'test/support/ipset-netlink-child.ts')],
+        JSON.stringify([
+          { op: 'add', set: 'MISSING', type: 'hash:ip', entry: '10.0.0.1' },
+          { op: 'add', set: 'N-IP4', type: 'hash:ip,port', entry: '10.0.0.1,tcp:80' },
+          { op: 'add', set: 'N-IP6', type: 'hash:ip', entry: '10.0.0.1' },
+          { op: 'add', set: 'N-IP4', type: 'hash:ip', entry: '10.200.0.1' },
+        ]),
+      ),
+    ) as { op: IpsetOp; message: string }[];
+    t.same(
+      failed.map((f) => f.op.set),
+      ['MISSING', 'N-IP4', 'N-IP6'],
+      'three refused',
+    );
+    t.match(failed.map((f) => f.message).join(' | '), /ENOENT.*\|.*\|/);
+    t.match(inNs(['ipset', 'save', 'N-IP4']), /add N-IP4 10\.200\.0\.1/, 'the good one applied');
+  },
+);

@@ -27,11 +27,31 @@ const tlv = (type: number, payload: Buffer) => {
   const pad = Buffer.alloc((4 - (len % 4)) % 4);
   return Buffer.concat([h, payload, pad]);
 };
-const le16 = (n: number) => { const b = Buffer.alloc(2); b.writeUInt16LE(n); return b; };
-const be16 = (n: number) => { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; };
-const le32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
-const le64 = (n: bigint) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(n); return b; };
-const addr = (bytes: number[]) => { const b = Buffer.alloc(16); b.set(bytes); return b; };
+const le16 = (n: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16LE(n);
+  return b;
+};
+const be16 = (n: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+};
+const le32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+};
+const le64 = (n: bigint) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(n);
+  return b;
+};
+const addr = (bytes: number[]) => {
+  const b = Buffer.alloc(16);
+  b.set(bytes);
+  return b;
+};
 
 const svc: IpvsService = {
   family: 4,
@@ -63,9 +83,22 @@ t.test('NEW_SERVICE for an IPv4 TCP service, byte for byte', async (t) => {
 t.test('destination commands carry the service key and the destination', async (t) => {
   const got = encodeRequest(Cmd.NEW_DEST, [
     serviceKeyAttr({ family: 6, protocol: 'UDP', address: 'fd00::a', port: 53 }),
-    destinationAttr({ family: 6, address: 'fd00:244::5', port: 5353, fwdMethod: FwdMethod.MASQ, weight: 3, upperThreshold: 0, lowerThreshold: 0 }),
+    destinationAttr({
+      family: 6,
+      address: 'fd00:244::5',
+      port: 5353,
+      fwdMethod: FwdMethod.MASQ,
+      weight: 3,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+    }),
   ]);
-  const key = Buffer.concat([tlv(1, le16(10)), tlv(2, le16(17)), tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])), tlv(4, be16(53))]);
+  const key = Buffer.concat([
+    tlv(1, le16(10)),
+    tlv(2, le16(17)),
+    tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])),
+    tlv(4, be16(53)),
+  ]);
   const dest = Buffer.concat([
     tlv(1, addr([0xfd, 0, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5])),
     tlv(2, be16(5353)),
@@ -81,14 +114,39 @@ t.test('destination commands carry the service key and the destination', async (
 
 t.test('fwmark services and config timeouts', async (t) => {
   const fw = encodeRequest(Cmd.DEL_SERVICE, [serviceKeyAttr({ family: 4, fwmark: 0x4000 })]);
-  t.same(fw.toString('hex'), Buffer.concat([Buffer.from([Cmd.DEL_SERVICE, 1, 0, 0]), tlv(1, Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x4000))]))]).toString('hex'));
+  t.same(
+    fw.toString('hex'),
+    Buffer.concat([
+      Buffer.from([Cmd.DEL_SERVICE, 1, 0, 0]),
+      tlv(1, Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x4000))])),
+    ]).toString('hex'),
+  );
   const to = encodeRequest(Cmd.SET_CONFIG, timeoutAttrs({ tcp: 900, tcpFin: 120, udp: 300 }));
-  t.same(to.toString('hex'), Buffer.concat([Buffer.from([Cmd.SET_CONFIG, 1, 0, 0]), tlv(4, le32(900)), tlv(5, le32(120)), tlv(6, le32(300))]).toString('hex'));
-  t.throws(() => serviceKeyAttr({ family: 4, protocol: 'TCP', address: 'fd00::1', port: 1 }), { name: 'CodecError' }, 'family mismatch refused');
+  t.same(
+    to.toString('hex'),
+    Buffer.concat([
+      Buffer.from([Cmd.SET_CONFIG, 1, 0, 0]),
+      tlv(4, le32(900)),
+      tlv(5, le32(120)),
+      tlv(6, le32(300)),
+    ]).toString('hex'),
+  );
+  t.throws(
+    () => serviceKeyAttr({ family: 4, protocol: 'TCP', address: 'fd00::1', port: 1 }),
+    { name: 'CodecError' },
+    'family mismatch refused',
+  );
 });
 
 t.test('decode a kernel service reply with 64-bit stats and mh flags', async (t) => {
-  const stats64 = Buffer.concat([tlv(1, le64(7n)), tlv(2, le64(100n)), tlv(3, le64(90n)), tlv(4, le64(2n ** 40n)), tlv(5, le64(5000n)), tlv(6, le64(1n))]);
+  const stats64 = Buffer.concat([
+    tlv(1, le64(7n)),
+    tlv(2, le64(100n)),
+    tlv(3, le64(90n)),
+    tlv(4, le64(2n ** 40n)),
+    tlv(5, le64(5000n)),
+    tlv(6, le64(1n)),
+  ]);
   const inner = Buffer.concat([
     tlv(1, le16(10)),
     tlv(2, le16(132)),
@@ -106,7 +164,18 @@ t.test('decode a kernel service reply with 64-bit stats and mh flags', async (t)
   const s = decodeService(msg.attrs.get(CmdAttr.SERVICE)!);
   t.same(
     { ...s, stats: undefined },
-    { family: 6, protocol: 'SCTP', address: '2001:db8::1', port: 3868, scheduler: 'mh', flags: 0x1a, timeout: 0, netmask: 128, peName: '', stats: undefined },
+    {
+      family: 6,
+      protocol: 'SCTP',
+      address: '2001:db8::1',
+      port: 3868,
+      scheduler: 'mh',
+      flags: 0x1a,
+      timeout: 0,
+      netmask: 128,
+      peName: '',
+      stats: undefined,
+    },
   );
   t.equal(s.stats?.conns, 7n);
   t.equal(s.stats?.inBytes, 2n ** 40n, '64-bit byte counters survive');
@@ -127,46 +196,121 @@ t.test('decode a destination with connection counts; family from the service whe
     tlv(10, Buffer.concat([tlv(1, le32(13)), tlv(4, le64(1234n))])),
   ]);
   const d = decodeDestination(inner, 4);
-  t.same({ ...d, stats: undefined }, { family: 4, address: '10.244.1.5', port: 8080, fwdMethod: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0, activeConns: 4, inactiveConns: 9, persistConns: 2, stats: undefined });
+  t.same(
+    { ...d, stats: undefined },
+    {
+      family: 4,
+      address: '10.244.1.5',
+      port: 8080,
+      fwdMethod: 0,
+      weight: 0,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+      activeConns: 4,
+      inactiveConns: 9,
+      persistConns: 2,
+      stats: undefined,
+    },
+  );
   t.equal(d.stats?.conns, 13n, '32-bit stats read when 64-bit ones are absent');
   t.equal(d.stats?.inBytes, 1234n);
 });
 
 t.test('info and config replies', async (t) => {
-  const info = decodeGenl(Buffer.concat([Buffer.from([Cmd.SET_INFO, 1, 0, 0]), tlv(1, le32(0x010201)), tlv(2, le32(4096))]));
+  const info = decodeGenl(
+    Buffer.concat([Buffer.from([Cmd.SET_INFO, 1, 0, 0]), tlv(1, le32(0x010201)), tlv(2, le32(4096))]),
+  );
   t.same(decodeInfo(info), { version: '1.2.1', connTableSize: 4096 });
-  const cfg = decodeGenl(Buffer.concat([Buffer.from([Cmd.SET_CONFIG, 1, 0, 0]), tlv(4, le32(900)), tlv(5, le32(120)), tlv(6, le32(300))]));
+  const cfg = decodeGenl(
+    Buffer.concat([Buffer.from([Cmd.SET_CONFIG, 1, 0, 0]), tlv(4, le32(900)), tlv(5, le32(120)), tlv(6, le32(300))]),
+  );
   t.same(decodeTimeouts(cfg), { tcp: 900, tcpFin: 120, udp: 300 });
   t.throws(() => decodeGenl(Buffer.from([1, 1])), { name: 'CodecError' });
   t.throws(() => decodeService(tlv(1, le16(99))), { name: 'CodecError' }, 'unknown family refused');
 });
 
 // The scrape's reads: keys and counters straight from the reply, as numbers.
-const reply = (cmd: number, attrType: number, inner: Buffer) => Buffer.concat([Buffer.from([cmd, 1, 0, 0]), tlv(attrType, inner)]);
+const reply = (cmd: number, attrType: number, inner: Buffer) =>
+  Buffer.concat([Buffer.from([cmd, 1, 0, 0]), tlv(attrType, inner)]);
 
 t.test('service counters: the same key and counters as the full decode, ids as serviceId', async (t) => {
-  const stats64 = Buffer.concat([tlv(1, le64(7n)), tlv(2, le64(100n)), tlv(3, le64(90n)), tlv(4, le64(2n ** 40n + 3n)), tlv(5, le64(5000n)), tlv(6, le64(1n))]);
-  const stats32 = Buffer.concat([tlv(1, le32(8)), tlv(2, le32(11)), tlv(3, le32(12)), tlv(4, le64(13n)), tlv(5, le64(14n))]);
+  const stats64 = Buffer.concat([
+    tlv(1, le64(7n)),
+    tlv(2, le64(100n)),
+    tlv(3, le64(90n)),
+    tlv(4, le64(2n ** 40n + 3n)),
+    tlv(5, le64(5000n)),
+    tlv(6, le64(1n)),
+  ]);
+  const stats32 = Buffer.concat([
+    tlv(1, le32(8)),
+    tlv(2, le32(11)),
+    tlv(3, le32(12)),
+    tlv(4, le64(13n)),
+    tlv(5, le64(14n)),
+  ]);
   const cases: [string, Buffer, string][] = [
-    ['IPv4 TCP, 64-bit stats', Buffer.concat([tlv(1, le16(2)), tlv(2, le16(6)), tlv(3, addr([10, 96, 0, 1])), tlv(4, be16(80)), tlv(6, Buffer.from('rr\0')), tlv(10, stats32), tlv(12, stats64)]), 'TCP/10.96.0.1:80'],
-    ['IPv6 UDP, 32-bit stats only', Buffer.concat([tlv(1, le16(10)), tlv(2, le16(17)), tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])), tlv(4, be16(53)), tlv(10, stats32)]), 'UDP/[fd00::a]:53'],
-    ['firewall mark, no stats', Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x100042)), tlv(6, Buffer.from('rr\0'))]), 'FWM/1048642'],
+    [
+      'IPv4 TCP, 64-bit stats',
+      Buffer.concat([
+        tlv(1, le16(2)),
+        tlv(2, le16(6)),
+        tlv(3, addr([10, 96, 0, 1])),
+        tlv(4, be16(80)),
+        tlv(6, Buffer.from('rr\0')),
+        tlv(10, stats32),
+        tlv(12, stats64),
+      ]),
+      'TCP/10.96.0.1:80',
+    ],
+    [
+      'IPv6 UDP, 32-bit stats only',
+      Buffer.concat([
+        tlv(1, le16(10)),
+        tlv(2, le16(17)),
+        tlv(3, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])),
+        tlv(4, be16(53)),
+        tlv(10, stats32),
+      ]),
+      'UDP/[fd00::a]:53',
+    ],
+    [
+      'firewall mark, no stats',
+      Buffer.concat([tlv(1, le16(2)), tlv(5, le32(0x100042)), tlv(6, Buffer.from('rr\0'))]),
+      'FWM/1048642',
+    ],
     ['IPv6 firewall mark', Buffer.concat([tlv(1, le16(10)), tlv(5, le32(7)), tlv(12, stats64)]), 'FWM/7/v6'],
   ];
   for (const [name, inner, id] of cases) {
     const p = reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, inner);
     const c = decodeServiceCounters(p);
     t.equal(c?.id, id, `${name}: id`);
-    t.same(c, serviceCountersOf(decodeService(decodeGenl(p).attrs.get(CmdAttr.SERVICE)!)), `${name}: as the full decode`);
+    t.same(
+      c,
+      serviceCountersOf(decodeService(decodeGenl(p).attrs.get(CmdAttr.SERVICE)!)),
+      `${name}: as the full decode`,
+    );
   }
   const big = decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[0]![1]))!;
   t.equal(big.inBytes, 2 ** 40 + 3, 'counters above 32 bits read whole');
-  t.same([big.conns, big.inPkts, big.outPkts, big.outBytes], [7, 100, 90, 5000], '64-bit stats preferred over 32-bit ones');
-  t.same(decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[2]![1])), { family: 4, fwmark: 0x100042, id: 'FWM/1048642', conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0 }, 'no stats: zeros');
+  t.same(
+    [big.conns, big.inPkts, big.outPkts, big.outBytes],
+    [7, 100, 90, 5000],
+    '64-bit stats preferred over 32-bit ones',
+  );
+  t.same(
+    decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[2]![1])),
+    { family: 4, fwmark: 0x100042, id: 'FWM/1048642', conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0 },
+    'no stats: zeros',
+  );
   t.equal(decodeServiceCounters(Buffer.from([Cmd.NEW_SERVICE, 1, 0, 0])), null, 'a reply without a service');
   const broken = reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[0]![1]);
   broken.writeUInt16LE(200, 8); // the first nested attribute claims more bytes than there are
-  t.throws(() => decodeServiceCounters(broken), { name: 'CodecError' }, 'a malformed attribute is an error, not a misread');
+  t.throws(
+    () => decodeServiceCounters(broken),
+    { name: 'CodecError' },
+    'a malformed attribute is an error, not a misread',
+  );
 });
 
 t.test('destination counters: id, state and counters; family from the service when absent', async (t) => {
@@ -181,9 +325,33 @@ t.test('destination counters: id, state and counters; family from the service wh
   ]);
   const p = reply(Cmd.NEW_DEST, CmdAttr.DEST, inner);
   const c = decodeDestinationCounters(p, 4);
-  t.same(c, { id: '10.244.1.5:8080', address: '10.244.1.5', port: 8080, weight: 0, activeConns: 4, inactiveConns: 9, conns: 13, inPkts: 0, outPkts: 0, inBytes: 1234, outBytes: 0 });
+  t.same(c, {
+    id: '10.244.1.5:8080',
+    address: '10.244.1.5',
+    port: 8080,
+    weight: 0,
+    activeConns: 4,
+    inactiveConns: 9,
+    conns: 13,
+    inPkts: 0,
+    outPkts: 0,
+    inBytes: 1234,
+    outBytes: 0,
+  });
   t.same(c, destinationCountersOf(decodeDestination(decodeGenl(p).attrs.get(CmdAttr.DEST)!, 4)), 'as the full decode');
-  const v6 = reply(Cmd.NEW_DEST, CmdAttr.DEST, Buffer.concat([tlv(1, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11])), tlv(2, be16(80)), tlv(11, le16(10))]));
-  t.equal(decodeDestinationCounters(v6, 4)?.id, '[fd00::11]:80', 'the destination family attribute wins over the service family');
+  const v6 = reply(
+    Cmd.NEW_DEST,
+    CmdAttr.DEST,
+    Buffer.concat([
+      tlv(1, addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11])),
+      tlv(2, be16(80)),
+      tlv(11, le16(10)),
+    ]),
+  );
+  t.equal(
+    decodeDestinationCounters(v6, 4)?.id,
+    '[fd00::11]:80',
+    'the destination family attribute wins over the service family',
+  );
   t.equal(decodeDestinationCounters(Buffer.from([Cmd.NEW_DEST, 1, 0, 0]), 4), null);
 });

@@ -17,7 +17,8 @@ const quiet = new Logger({ sink: () => {} });
 function whyNot(): string | null {
   if (process.getuid?.() !== 0) return 'not root: network namespaces, iptables and ipset need it';
   try {
-    for (const tool of ['ip', 'ipset', 'iptables-nft-restore', 'ip6tables-nft-restore']) execFileSync('sh', ['-c', `command -v ${tool}`]);
+    for (const tool of ['ip', 'ipset', 'iptables-nft-restore', 'ip6tables-nft-restore'])
+      execFileSync('sh', ['-c', `command -v ${tool}`]);
     return null;
   } catch {
     return 'iptables (nft), ipset or iproute2 is not installed';
@@ -25,11 +26,24 @@ function whyNot(): string | null {
 }
 
 const objects = [
-  node('node-a', [['InternalIP', '192.168.1.10'], ['InternalIP', 'fd00::10']]),
-  service('web', { clusterIPs: ['10.96.0.1', 'fd00:96::1'], type: 'NodePort', ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }] }),
+  node('node-a', [
+    ['InternalIP', '192.168.1.10'],
+    ['InternalIP', 'fd00::10'],
+  ]),
+  service('web', {
+    clusterIPs: ['10.96.0.1', 'fd00:96::1'],
+    type: 'NodePort',
+    ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }],
+  }),
   slice('web-1', 'web', [ep('10.244.1.5'), ep('10.244.2.7')]),
   slice('web-6', 'web', [ep('fd00:244::5')], { addressType: 'IPv6' }),
-  service('lb', { clusterIPs: ['10.96.0.2'], type: 'LoadBalancer', lbIngress: [{ ip: '203.0.113.50' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30081 }], spec: { externalTrafficPolicy: 'Local', healthCheckNodePort: 32000, loadBalancerSourceRanges: ['198.51.100.0/24'] } }),
+  service('lb', {
+    clusterIPs: ['10.96.0.2'],
+    type: 'LoadBalancer',
+    lbIngress: [{ ip: '203.0.113.50' }],
+    ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30081 }],
+    spec: { externalTrafficPolicy: 'Local', healthCheckNodePort: 32000, loadBalancerSourceRanges: ['198.51.100.0/24'] },
+  }),
 ];
 
 const why = whyNot();
@@ -44,71 +58,93 @@ function netns(t: { teardown: (f: () => void) => void }, tag: string) {
     inNs: (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' }),
   };
 }
-t.test('ipsets and rules load, stay idempotent, follow changes and are cleaned up', { skip: why ?? false }, async (t) => {
-  const { exec, inNs } = netns(t, 'kipvs-nf');
-  const backend = await detectBackend(exec);
-  t.equal(backend, 'nft', 'an empty namespace: nft, as kube-proxy picks');
-  const metrics = new Metrics({ defaultMetrics: false });
-  const nf = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4, 6] });
-  const { planner } = planObjects(objects);
-  planner.takeSetChanges();
+t.test(
+  'ipsets and rules load, stay idempotent, follow changes and are cleaned up',
+  { skip: why ?? false },
+  async (t) => {
+    const { exec, inNs } = netns(t, 'kipvs-nf');
+    const backend = await detectBackend(exec);
+    t.equal(backend, 'nft', 'an empty namespace: nft, as kube-proxy picks');
+    const metrics = new Metrics({ defaultMetrics: false });
+    const nf = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4, 6] });
+    const { planner } = planObjects(objects);
+    planner.takeSetChanges();
 
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), [], 'sets created and filled');
-  t.same(await nf.syncRules(planner.netfilter, true), [], 'rules restored');
-  const members = (set: string) => inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
-  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80', '10.96.0.2,tcp:80']);
-  t.same(members('KIPVS6-CLUSTER-IP'), ['fd00:96::1,tcp:80']);
-  t.same(members('KIPVS-LB-SRC-CIDR'), ['203.0.113.50,tcp:80,198.51.100.0/24']);
-  t.same(members('KIPVS-HC-NODE-PORT'), ['32000']);
-  const nat = inNs('iptables-nft-save', '-t', 'nat');
-  t.match(nat, /-A PREROUTING -m comment --comment "kube-ipvs service portals" -j KIPVS-SERVICES/);
-  t.match(nat, /-A KIPVS-POSTROUTING -m comment --comment "hairpin: an endpoint reaching itself" -m set --match-set KIPVS-LOOP-BACK dst,dst,src -j MASQUERADE/);
-  t.match(inNs('ip6tables-nft-save', '-t', 'filter'), /-A KIPVS-SVC-ADDR -m set --match-set KIPVS6-CLUSTER-IP dst,dst -j ACCEPT/);
-  const ruleCount = () => inNs('iptables-nft-save').split('\n').filter((l) => l.startsWith('-A ')).length;
-  const before = ruleCount();
+    t.same(
+      await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true),
+      [],
+      'sets created and filled',
+    );
+    t.same(await nf.syncRules(planner.netfilter, true), [], 'rules restored');
+    const members = (set: string) =>
+      inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
+    t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80', '10.96.0.2,tcp:80']);
+    t.same(members('KIPVS6-CLUSTER-IP'), ['fd00:96::1,tcp:80']);
+    t.same(members('KIPVS-LB-SRC-CIDR'), ['203.0.113.50,tcp:80,198.51.100.0/24']);
+    t.same(members('KIPVS-HC-NODE-PORT'), ['32000']);
+    const nat = inNs('iptables-nft-save', '-t', 'nat');
+    t.match(nat, /-A PREROUTING -m comment --comment "kube-ipvs service portals" -j KIPVS-SERVICES/);
+    t.match(
+      nat,
+      /-A KIPVS-POSTROUTING -m comment --comment "hairpin: an endpoint reaching itself" -m set --match-set KIPVS-LOOP-BACK dst,dst,src -j MASQUERADE/,
+    );
+    t.match(
+      inNs('ip6tables-nft-save', '-t', 'filter'),
+      /-A KIPVS-SVC-ADDR -m set --match-set KIPVS6-CLUSTER-IP dst,dst -j ACCEPT/,
+    );
+    const ruleCount = () =>
+      inNs('iptables-nft-save')
+        .split('\n')
+        .filter((l) => l.startsWith('-A ')).length;
+    const before = ruleCount();
 
-  // Again, forced: the same rules, the jumps not duplicated.
-  t.same(await nf.syncRules(planner.netfilter, true), []);
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
-  t.equal(ruleCount(), before, 'idempotent');
+    // Again, forced: the same rules, the jumps not duplicated.
+    t.same(await nf.syncRules(planner.netfilter, true), []);
+    t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+    t.equal(ruleCount(), before, 'idempotent');
 
-  // One Service goes away: only its entries are deleted.
-  planner.model.apply({ kind: 'Service', previous: objects[4]!, current: null });
-  planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] } as never);
-  const changed = planner.takeSetChanges();
-  t.ok(changed.includes('KIPVS-LB 203.0.113.50,tcp:80'));
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), changed, false), []);
-  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80']);
-  t.same(members('KIPVS-LB').length, 0);
+    // One Service goes away: only its entries are deleted.
+    planner.model.apply({ kind: 'Service', previous: objects[4]!, current: null });
+    planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] } as never);
+    const changed = planner.takeSetChanges();
+    t.ok(changed.includes('KIPVS-LB 203.0.113.50,tcp:80'));
+    t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), changed, false), []);
+    t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80']);
+    t.same(members('KIPVS-LB').length, 0);
 
-  // Someone empties a set behind our back: the next full sync notices and rebuilds it.
-  inNs('ipset', 'flush', 'KIPVS-CLUSTER-IP');
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
-  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80'], 'rebuilt by create-and-swap');
+    // Someone empties a set behind our back: the next full sync notices and rebuilds it.
+    inNs('ipset', 'flush', 'KIPVS-CLUSTER-IP');
+    t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+    t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:80'], 'rebuilt by create-and-swap');
 
-  // A broken restore is reported and counted, not thrown.
-  const broken = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4] });
-  const errs = await broken.syncRules({ ...planner.netfilter, notLocal: { 4: '! -s not-a-cidr', 6: null } }, true);
-  t.equal(errs.length, 1, 'a bad rule is refused by iptables-restore');
-  t.match(await metrics.text(), /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
-  t.equal(ruleCount(), before, 'and nothing of it was applied (atomic per table)');
+    // A broken restore is reported and counted, not thrown.
+    const broken = new NetfilterApplier({ exec, log: quiet, metrics, backend, families: [4] });
+    const errs = await broken.syncRules({ ...planner.netfilter, notLocal: { 4: '! -s not-a-cidr', 6: null } }, true);
+    t.equal(errs.length, 1, 'a bad rule is refused by iptables-restore');
+    t.match(await metrics.text(), /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
+    t.equal(ruleCount(), before, 'and nothing of it was applied (atomic per table)');
 
-  // Someone else's chain, jump and set: cleanup must leave them.
-  inNs('iptables-nft', '-t', 'nat', '-N', 'KUBE-SERVICES');
-  inNs('iptables-nft', '-t', 'nat', '-A', 'PREROUTING', '-j', 'KUBE-SERVICES');
-  inNs('iptables-nft', '-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT');
-  inNs('ipset', 'create', 'KUBE-CLUSTER-IP', 'hash:ip');
-  let spawned = 0;
-  const counting = { run: (cmd: string, args: string[], input?: string) => (spawned++, exec.run(cmd, args, input)) };
-  t.same(await new NetfilterApplier({ exec: counting, log: quiet, backend, families: [4, 6] }).cleanup(), []);
-  t.ok(spawned <= 6, `a handful of processes (${spawned}), not one per chain and jump`);
-  t.notMatch(inNs('iptables-nft-save'), /KIPVS/, 'no chain or jump left');
-  t.notMatch(inNs('ip6tables-nft-save'), /KIPVS/);
-  t.match(inNs('iptables-nft-save', '-t', 'nat'), /-A PREROUTING -j KUBE-SERVICES/, "another proxy's jump stays");
-  t.match(inNs('iptables-nft-save', '-t', 'filter'), /-A INPUT -s 192\.0\.2\.1\/32 -j ACCEPT/, 'a rule of the node stays');
-  t.equal(inNs('ipset', 'list', '-n').trim(), 'KUBE-CLUSTER-IP', "no set of ours left, another's stays");
-  t.same(await nf.cleanup(), [], 'a second cleanup finds nothing and says nothing');
-});
+    // Someone else's chain, jump and set: cleanup must leave them.
+    inNs('iptables-nft', '-t', 'nat', '-N', 'KUBE-SERVICES');
+    inNs('iptables-nft', '-t', 'nat', '-A', 'PREROUTING', '-j', 'KUBE-SERVICES');
+    inNs('iptables-nft', '-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT');
+    inNs('ipset', 'create', 'KUBE-CLUSTER-IP', 'hash:ip');
+    let spawned = 0;
+    const counting = { run: (cmd: string, args: string[], input?: string) => (spawned++, exec.run(cmd, args, input)) };
+    t.same(await new NetfilterApplier({ exec: counting, log: quiet, backend, families: [4, 6] }).cleanup(), []);
+    t.ok(spawned <= 6, `a handful of processes (${spawned}), not one per chain and jump`);
+    t.notMatch(inNs('iptables-nft-save'), /KIPVS/, 'no chain or jump left');
+    t.notMatch(inNs('ip6tables-nft-save'), /KIPVS/);
+    t.match(inNs('iptables-nft-save', '-t', 'nat'), /-A PREROUTING -j KUBE-SERVICES/, "another proxy's jump stays");
+    t.match(
+      inNs('iptables-nft-save', '-t', 'filter'),
+      /-A INPUT -s 192\.0\.2\.1\/32 -j ACCEPT/,
+      'a rule of the node stays',
+    );
+    t.equal(inNs('ipset', 'list', '-n').trim(), 'KUBE-CLUSTER-IP', "no set of ours left, another's stays");
+    t.same(await nf.cleanup(), [], 'a second cleanup finds nothing and says nothing');
+  },
+);
 
 t.test('cleanup text: our chains flushed and deleted, jumps into them deleted, nothing else', async (t) => {
   const save = [
@@ -141,15 +177,22 @@ t.test('cleanup text: our chains flushed and deleted, jumps into them deleted, n
       '',
     ].join('\n'),
   );
-  t.equal(cleanupRestoreInput('*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n'), '', 'nothing of ours: no input at all');
+  t.equal(
+    cleanupRestoreInput('*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n'),
+    '',
+    'nothing of ours: no input at all',
+  );
 });
 
 t.test('conntrack cleanup: per family, nothing-to-delete is fine, failures logged and counted', async (t) => {
   const exec = new FakeExec();
   exec.handlers.push((_c, args) => {
-    if (args.includes('10.244.0.9')) return { code: 1, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n' };
-    if (args.includes('--reply-src')) return { code: 0, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' };
-    if (args.includes('ipv6')) return { code: 1, stdout: '', stderr: 'conntrack: Operation failed: invalid parameters\n' };
+    if (args.includes('10.244.0.9'))
+      return { code: 1, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n' };
+    if (args.includes('--reply-src'))
+      return { code: 0, stdout: '', stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' };
+    if (args.includes('ipv6'))
+      return { code: 1, stdout: '', stderr: 'conntrack: Operation failed: invalid parameters\n' };
     return { code: 0, stdout: '', stderr: '1 flow entries have been deleted.\n' };
   });
   const logs: string[] = [];
@@ -164,7 +207,19 @@ t.test('conntrack cleanup: per family, nothing-to-delete is fine, failures logge
   ]);
   t.equal(r.deleted, 3, '2 + 0 + 1');
   t.equal(r.errors.length, 1, 'the IPv6 failure');
-  t.same(exec.calls[0]!.args, ['-D', '-f', 'ipv4', '-p', 'udp', '--orig-dst', '10.96.0.10', '--orig-port-dst', '53', '--reply-src', '10.244.0.5']);
+  t.same(exec.calls[0]!.args, [
+    '-D',
+    '-f',
+    'ipv4',
+    '-p',
+    'udp',
+    '--orig-dst',
+    '10.96.0.10',
+    '--orig-port-dst',
+    '53',
+    '--reply-src',
+    '10.244.0.5',
+  ]);
   t.equal(exec.calls.length, 4, 'the duplicate asked once');
   const text = await metrics.text();
   t.match(text, /kubeproxy_conntrack_reconciler_deleted_entries_total\{ip_family="IPv4"\} 3/);
@@ -172,44 +227,74 @@ t.test('conntrack cleanup: per family, nothing-to-delete is fine, failures logge
   t.ok(logs.some((l) => l.includes('cannot delete stale UDP conntrack entries')));
 });
 
-t.test('iptables-legacy: detected when it holds the rules, and the same text loads there', { skip: why ?? false }, async (t) => {
-  const ns = `kipvs-nfl-${process.pid}`;
-  execFileSync('ip', ['netns', 'add', ns]);
-  t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-  const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
-  try {
-    inNs('iptables-legacy', '-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT');
-    inNs('iptables-legacy', '-t', 'nat', '-N', 'KUBE-SERVICES');
-  } catch (e) {
-    t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
-    t.pass('skipped: no iptables-legacy');
-    return;
-  }
-  const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
-  t.equal(await detectBackend(exec), 'legacy', 'a node whose rules are in legacy stays on legacy');
-  const nf = new NetfilterApplier({ exec, log: quiet, backend: 'legacy', families: [4] });
-  const { planner } = planObjects(objects);
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
-  t.same(await nf.syncRules(planner.netfilter, true), []);
-  t.match(inNs('iptables-legacy-save', '-t', 'nat'), /-A POSTROUTING -m comment --comment "kube-ipvs postrouting rules" -j KIPVS-POSTROUTING/);
-  t.notMatch(inNs('iptables-nft-save'), /KIPVS/, 'nothing written to nft');
-  t.same(await nf.cleanup(), []);
-  t.notMatch(inNs('iptables-legacy-save'), /KIPVS/);
-  t.match(inNs('iptables-legacy-save', '-t', 'filter'), /-A INPUT -s 192\.0\.2\.1\/32 -j ACCEPT/, 'the node\'s own rule stays');
-  t.match(inNs('iptables-legacy-save', '-t', 'nat'), /:KUBE-SERVICES/, "another proxy's chain stays");
-});
+t.test(
+  'iptables-legacy: detected when it holds the rules, and the same text loads there',
+  { skip: why ?? false },
+  async (t) => {
+    const ns = `kipvs-nfl-${process.pid}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+    const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+    try {
+      inNs('iptables-legacy', '-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT');
+      inNs('iptables-legacy', '-t', 'nat', '-N', 'KUBE-SERVICES');
+    } catch (e) {
+      t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
+      t.pass('skipped: no iptables-legacy');
+      return;
+    }
+    const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
+    t.equal(await detectBackend(exec), 'legacy', 'a node whose rules are in legacy stays on legacy');
+    const nf = new NetfilterApplier({ exec, log: quiet, backend: 'legacy', families: [4] });
+    const { planner } = planObjects(objects);
+    t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+    t.same(await nf.syncRules(planner.netfilter, true), []);
+    t.match(
+      inNs('iptables-legacy-save', '-t', 'nat'),
+      /-A POSTROUTING -m comment --comment "kube-ipvs postrouting rules" -j KIPVS-POSTROUTING/,
+    );
+    t.notMatch(inNs('iptables-nft-save'), /KIPVS/, 'nothing written to nft');
+    t.same(await nf.cleanup(), []);
+    t.notMatch(inNs('iptables-legacy-save'), /KIPVS/);
+    t.match(
+      inNs('iptables-legacy-save', '-t', 'filter'),
+      /-A INPUT -s 192\.0\.2\.1\/32 -j ACCEPT/,
+      "the node's own rule stays",
+    );
+    t.match(inNs('iptables-legacy-save', '-t', 'nat'), /:KUBE-SERVICES/, "another proxy's chain stays");
+  },
+);
 
-t.test('a source range of everyone (0.0.0.0/0, ::/0) loads: ipset refuses a /0 net, so it is two halves', { skip: why ?? false }, async (t) => {
-  const { exec, inNs } = netns(t, 'kipvs-nf0');
-  const nf = new NetfilterApplier({ exec, log: quiet, backend: 'nft', families: [4, 6] });
-  const { planner } = planObjects([
-    node('node-a', [['InternalIP', '192.168.1.10']]),
-    service('open', { clusterIPs: ['10.96.0.3', 'fd00:96::3'], type: 'LoadBalancer', lbIngress: [{ ip: '203.0.113.51' }, { ip: 'fd00:113::51' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30082 }], spec: { ipFamilies: ['IPv4', 'IPv6'], loadBalancerSourceRanges: ['0.0.0.0/0', '::/0', '198.51.100.0/24'] } }),
-    slice('open-1', 'open', [ep('10.244.1.5')]),
-  ]);
-  t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), [], 'sets created and filled');
-  const members = (set: string) => inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
-  t.same(members('KIPVS-LB-SRC-CIDR'), ['203.0.113.51,tcp:80,0.0.0.0/1', '203.0.113.51,tcp:80,128.0.0.0/1', '203.0.113.51,tcp:80,198.51.100.0/24']);
-  t.same(members('KIPVS6-LB-SRC-CIDR'), ['fd00:113::51,tcp:80,8000::/1', 'fd00:113::51,tcp:80,::/1']);
-  t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.3,tcp:80'], 'the other sets loaded with it');
-});
+t.test(
+  'a source range of everyone (0.0.0.0/0, ::/0) loads: ipset refuses a /0 net, so it is two halves',
+  { skip: why ?? false },
+  async (t) => {
+    const { exec, inNs } = netns(t, 'kipvs-nf0');
+    const nf = new NetfilterApplier({ exec, log: quiet, backend: 'nft', families: [4, 6] });
+    const { planner } = planObjects([
+      node('node-a', [['InternalIP', '192.168.1.10']]),
+      service('open', {
+        clusterIPs: ['10.96.0.3', 'fd00:96::3'],
+        type: 'LoadBalancer',
+        lbIngress: [{ ip: '203.0.113.51' }, { ip: 'fd00:113::51' }],
+        ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30082 }],
+        spec: { ipFamilies: ['IPv4', 'IPv6'], loadBalancerSourceRanges: ['0.0.0.0/0', '::/0', '198.51.100.0/24'] },
+      }),
+      slice('open-1', 'open', [ep('10.244.1.5')]),
+    ]);
+    t.same(
+      await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true),
+      [],
+      'sets created and filled',
+    );
+    const members = (set: string) =>
+      inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
+    t.same(members('KIPVS-LB-SRC-CIDR'), [
+      '203.0.113.51,tcp:80,0.0.0.0/1',
+      '203.0.113.51,tcp:80,128.0.0.0/1',
+      '203.0.113.51,tcp:80,198.51.100.0/24',
+    ]);
+    t.same(members('KIPVS6-LB-SRC-CIDR'), ['fd00:113::51,tcp:80,8000::/1', 'fd00:113::51,tcp:80,::/1']);
+    t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.3,tcp:80'], 'the other sets loaded with it');
+  },
+);

@@ -10,7 +10,15 @@ import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
 
 const svc = (i: number): ServiceKey => ({ family: 4, protocol: 'TCP', address: `10.96.0.${i}`, port: 80 });
-const dest = (i: number, port = 8080): IpvsDestination => ({ family: 4, address: `10.1.${i >> 8}.${i & 255}`, port, fwdMethod: 0, weight: 1, upperThreshold: 0, lowerThreshold: 0 });
+const dest = (i: number, port = 8080): IpvsDestination => ({
+  family: 4,
+  address: `10.1.${i >> 8}.${i & 255}`,
+  port,
+  fwdMethod: 0,
+  weight: 1,
+  upperThreshold: 0,
+  lowerThreshold: 0,
+});
 
 async function client(o: FakeKernelOptions = {}) {
   const kernel = new FakeNetlinkKernel(o);
@@ -31,9 +39,16 @@ t.test('dumps stay whole while changes are acknowledged between their chunks', a
     await new Promise((r) => setImmediate(r));
   }
   const [lists] = await Promise.all([Promise.all(dumps), Promise.all(adds)]);
-  for (const l of lists) t.same(l.map((d) => d.address), Array.from({ length: 20 }, (_, i) => dest(i).address), 'a whole, ordered dump');
+  for (const l of lists)
+    t.same(
+      l.map((d) => d.address),
+      Array.from({ length: 20 }, (_, i) => dest(i).address),
+      'a whole, ordered dump',
+    );
   const order = kernel.delivered.slice(before);
-  const interleaved = order.some((x, i) => x.startsWith('chunk') && order[i + 1]?.startsWith('ack') && order[i + 2]?.startsWith('chunk'));
+  const interleaved = order.some(
+    (x, i) => x.startsWith('chunk') && order[i + 1]?.startsWith('ack') && order[i + 2]?.startsWith('chunk'),
+  );
   t.ok(interleaved, 'the kernel really put ACKs between chunks of one dump');
   t.equal((await ipvs.destinations(svc(2))).length, 100, 'and every change was applied');
 });
@@ -45,7 +60,11 @@ t.test("the netlink package's own socket cuts such a dump short (why DemuxNetlin
   const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket });
   for (let i = 0; i < 6; i++) await ipvs.addDestination(svc(1), dest(i));
   const stock = new GenericNetlinkSocket(new NetlinkSocket(kernel as unknown as RawSocket));
-  const dump = stock.socket.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), { flags: FlagsGet.DUMP, timeout: 2000, checkError: false });
+  const dump = stock.socket.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), {
+    flags: FlagsGet.DUMP,
+    timeout: 2000,
+    checkError: false,
+  });
   const add = ipvs.addDestination(svc(2), dest(1));
   await t.rejects(dump, /Multipart message not terminated properly/);
   await add;
@@ -65,7 +84,14 @@ t.test('every request on a busy socket gets its own answer: a property over rand
       want.set(s, set);
       if (rnd(3) === 0) {
         const snapshot = new Set(set);
-        ops.push(ipvs.destinations(svc(s)).then((l) => t.ok([...snapshot].every((a) => l.some((d) => d.address === a)), 'a dump holds what was added before it')));
+        ops.push(
+          ipvs.destinations(svc(s)).then((l) =>
+            t.ok(
+              [...snapshot].every((a) => l.some((d) => d.address === a)),
+              'a dump holds what was added before it',
+            ),
+          ),
+        );
       } else {
         const d = dest(k);
         set.add(d.address);
@@ -73,14 +99,23 @@ t.test('every request on a busy socket gets its own answer: a property over rand
       }
     }
     await Promise.all(ops);
-    for (const [s, set] of want) t.same(new Set((await ipvs.destinations(svc(s))).map((d) => d.address)), set, `round ${round}: service ${s} as written`);
+    for (const [s, set] of want)
+      t.same(
+        new Set((await ipvs.destinations(svc(s))).map((d) => d.address)),
+        set,
+        `round ${round}: service ${s} as written`,
+      );
   }
 });
 
 t.test('a dump that ends in an error fails with that errno, and the socket keeps working', async (t) => {
   const { kernel, ipvs } = await client({ perChunk: 1, dumpDoneErrno: 90 });
   for (let i = 0; i < 4; i++) await ipvs.addDestination(svc(1), dest(i));
-  await t.rejects(ipvs.destinations(svc(1)), { code: 'EMSGSIZE' }, 'DONE with an error is not an empty or short success');
+  await t.rejects(
+    ipvs.destinations(svc(1)),
+    { code: 'EMSGSIZE' },
+    'DONE with an error is not an empty or short success',
+  );
   kernel.o.dumpDoneErrno = 0;
   kernel.o.dumpErrorErrno = 16;
   await t.rejects(ipvs.destinations(svc(1)), { code: 'EBUSY' }, 'an NLMSG_ERROR in place of the rest of a dump');
@@ -106,7 +141,11 @@ t.test('the demultiplexer holds no state once its dumps are done', async (t) => 
   const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
   const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket });
   for (let i = 0; i < 3; i++) await ipvs.addDestination(svc(1), dest(i));
-  const r = sock.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), { flags: FlagsGet.DUMP, timeout: 2000, checkError: false });
+  const r = sock.request(IPVS_FAMILY_ID, encodeRequest(Cmd.GET_DEST, [serviceKeyAttr(svc(1))]), {
+    flags: FlagsGet.DUMP,
+    timeout: 2000,
+    checkError: false,
+  });
   await new Promise((res) => setImmediate(res));
   t.equal(sock.openDumps, 1, 'a dump in progress is tracked');
   const [msgs] = await r;

@@ -30,7 +30,12 @@ class Harness {
     this.links = shared?.links ?? new FakeLinks();
     this.owned = shared?.owned ?? new MemoryOwnership();
     this.clock = shared?.clock ?? new ManualClock();
-    this.rec = new Reconciler(this.ipvs, this.links, this.owned, { dummyInterface: 'kube-ipvs0', clock: this.clock, gracefulTerminationSeconds: 60, excludeCIDRs: ['10.99.0.0/16'] });
+    this.rec = new Reconciler(this.ipvs, this.links, this.owned, {
+      dummyInterface: 'kube-ipvs0',
+      clock: this.clock,
+      gracefulTerminationSeconds: 60,
+      excludeCIDRs: ['10.99.0.0/16'],
+    });
     this.planner.planAll();
   }
   put(obj: Record<string, unknown>) {
@@ -43,34 +48,63 @@ class Harness {
   remove(obj: Record<string, unknown>) {
     const md = obj.metadata as { name: string; namespace?: string };
     const id = `${String(obj.kind)}/${md.namespace ?? ''}/${md.name}`;
-    for (const k of this.planner.update(this.model.apply({ kind: obj.kind as Change['kind'], previous: obj, current: null }))) this.dirty.add(k);
+    for (const k of this.planner.update(
+      this.model.apply({ kind: obj.kind as Change['kind'], previous: obj, current: null }),
+    ))
+      this.dirty.add(k);
     this.live.delete(id);
   }
   async full(): Promise<SyncResult> {
     this.dirty.clear();
-    return this.rec.sync({ full: true, plans: new Map(this.planner.plans()), addressInUse: (a) => this.planner.addressInUse(a) });
+    return this.rec.sync({
+      full: true,
+      plans: new Map(this.planner.plans()),
+      addressInUse: (a) => this.planner.addressInUse(a),
+    });
   }
   async incremental(): Promise<SyncResult> {
-    const plans = new Map<string, ServicePlan | null>([...this.dirty].map((k) => [k, this.planner.servicePlan(k) ?? null]));
+    const plans = new Map<string, ServicePlan | null>(
+      [...this.dirty].map((k) => [k, this.planner.servicePlan(k) ?? null]),
+    );
     this.dirty.clear();
     return this.rec.sync({ full: false, plans, addressInUse: (a) => this.planner.addressInUse(a) });
   }
   /** The kernel as "service -> sorted dest:weight" for comparisons. */
   async kernel(): Promise<Record<string, string[]>> {
     const out: Record<string, string[]> = {};
-    for (const s of await this.ipvs.services()) out[serviceId(s)] = (await this.ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
+    for (const s of await this.ipvs.services())
+      out[serviceId(s)] = (await this.ipvs.destinations(s)).map((d) => `${d.address}:${d.port}=${d.weight}`).sort();
     return out;
   }
   opsSince(n: number) {
-    return this.ipvs.ops.slice(n).map((o) => `${o.op} ${o.service ?? ''}${o.destination ? ` ${o.destination}` : ''}${o.weight !== undefined ? ` w${o.weight}` : ''}`.trim());
+    return this.ipvs.ops
+      .slice(n)
+      .map((o) =>
+        `${o.op} ${o.service ?? ''}${o.destination ? ` ${o.destination}` : ''}${o.weight !== undefined ? ` w${o.weight}` : ''}`.trim(),
+      );
   }
 }
 
 const NODE = node('node-a', [['InternalIP', '192.168.1.10']], 'zone-a');
-const web = service('web', { clusterIPs: ['10.96.0.1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
-const webEps = (ips: string[]) => slice('web-1', 'web', ips.map((ip) => ep(ip, { node: 'node-b' })));
+const web = service('web', {
+  clusterIPs: ['10.96.0.1'],
+  type: 'NodePort',
+  ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+});
+const webEps = (ips: string[]) =>
+  slice(
+    'web-1',
+    'web',
+    ips.map((ip) => ep(ip, { node: 'node-b' })),
+  );
 const dns = service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
-const dnsEps = (ips: string[]) => slice('dns-1', 'dns', ips.map((ip) => ep(ip)), { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] });
+const dnsEps = (ips: string[]) =>
+  slice(
+    'dns-1',
+    'dns',
+    ips.map((ip) => ep(ip)),
+    { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] },
+  );
 
 async function started() {
   const h = new Harness();
@@ -91,7 +125,11 @@ t.test('cold start programs the plan; a second full sync does nothing', async (t
     'TCP/192.168.1.10:30080': ['10.0.0.1:8080=1', '10.0.0.2:8080=1'],
     'UDP/10.96.0.10:53': ['10.0.1.1:53=1', '10.0.1.2:53=1'],
   });
-  t.same([...h.links.links.get('kube-ipvs0')!.addresses].sort(), ['10.96.0.1', '10.96.0.10'], 'service addresses on the dummy interface, node addresses not');
+  t.same(
+    [...h.links.links.get('kube-ipvs0')!.addresses].sort(),
+    ['10.96.0.1', '10.96.0.10'],
+    'service addresses on the dummy interface, node addresses not',
+  );
   const n = h.ipvs.ops.length;
   const again = await h.full();
   t.equal(again.operations, 0, 'nothing to do');
@@ -104,14 +142,26 @@ t.test('an added endpoint is one operation per virtual server; a TCP removal dra
   h.put(webEps(['10.0.0.1', '10.0.0.2', '10.0.0.3']));
   t.same([...h.dirty], ['default/web'], 'only the web Service is dirty');
   await h.incremental();
-  t.same(h.opsSince(n).sort(), ['addDestination TCP/10.96.0.1:80 10.0.0.3:8080 w1', 'addDestination TCP/192.168.1.10:30080 10.0.0.3:8080 w1']);
+  t.same(h.opsSince(n).sort(), [
+    'addDestination TCP/10.96.0.1:80 10.0.0.3:8080 w1',
+    'addDestination TCP/192.168.1.10:30080 10.0.0.3:8080 w1',
+  ]);
 
   // 10.0.0.1 goes away while it still has connections on the ClusterIP.
-  h.ipvs.setConnections({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }, { address: '10.0.0.1', port: 8080 }, 2, 1);
+  h.ipvs.setConnections(
+    { family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 },
+    { address: '10.0.0.1', port: 8080 },
+    2,
+    1,
+  );
   n = h.ipvs.ops.length;
   h.put(webEps(['10.0.0.2', '10.0.0.3']));
   await h.incremental();
-  t.same(h.opsSince(n).sort(), ['deleteDestination TCP/192.168.1.10:30080 10.0.0.1:8080', 'updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w0'], 'idle one deleted, busy one drained');
+  t.same(
+    h.opsSince(n).sort(),
+    ['deleteDestination TCP/192.168.1.10:30080 10.0.0.1:8080', 'updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w0'],
+    'idle one deleted, busy one drained',
+  );
   t.same(h.rec.drainingServices(), ['default/web']);
 
   // Next sync: still busy, nothing to do.
@@ -121,7 +171,12 @@ t.test('an added endpoint is one operation per virtual server; a TCP removal dra
   t.same(h.opsSince(n), [], 'a draining destination with connections is left alone');
 
   // Connections close: deleted at the next sync.
-  h.ipvs.setConnections({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }, { address: '10.0.0.1', port: 8080 }, 0, 0);
+  h.ipvs.setConnections(
+    { family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 },
+    { address: '10.0.0.1', port: 8080 },
+    0,
+    0,
+  );
   h.dirty.add('default/web');
   await h.incremental();
   t.same(h.opsSince(n), ['deleteDestination TCP/10.96.0.1:80 10.0.0.1:8080']);
@@ -140,7 +195,10 @@ t.test('a draining destination is deleted when the bound passes, and restored if
   let n = h.ipvs.ops.length;
   h.put(webEps(['10.0.0.1', '10.0.0.2']));
   await h.incremental();
-  t.same(h.opsSince(n).filter((o) => o.includes('10.96.0.1:80')), ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1']);
+  t.same(
+    h.opsSince(n).filter((o) => o.includes('10.96.0.1:80')),
+    ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1'],
+  );
 
   // Gone again, and connections never close: deleted once the bound (60 s) passes.
   h.put(webEps(['10.0.0.2']));
@@ -158,38 +216,73 @@ t.test('a draining destination is deleted when the bound passes, and restored if
 
 t.test('UDP destinations are deleted at once', async (t) => {
   const { h } = await started();
-  h.ipvs.setConnections({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 }, { address: '10.0.1.1', port: 53 }, 3, 3);
+  h.ipvs.setConnections(
+    { family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 },
+    { address: '10.0.1.1', port: 53 },
+    3,
+    3,
+  );
   const n = h.ipvs.ops.length;
   h.put(dnsEps(['10.0.1.2']));
   await h.incremental();
   t.same(h.opsSince(n), ['deleteDestination UDP/10.96.0.10:53 10.0.1.1:53']);
 });
 
-t.test('a deleted Service loses its virtual servers and its address, unless another Service shares the address', async (t) => {
-  const { h } = await started();
-  h.put(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
-  h.put(service('web3', { clusterIPs: ['10.96.0.3'], externalIPs: ['198.51.100.1'], ports: [{ name: 'https', port: 443 }] }));
-  await h.incremental();
-  const addrs = () => [...h.links.links.get('kube-ipvs0')!.addresses].sort();
-  t.ok(addrs().includes('198.51.100.1'));
-  h.remove(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
-  const n = h.ipvs.ops.length;
-  await h.incremental();
-  t.same(h.opsSince(n).sort(), ['deleteService TCP/10.96.0.2:80', 'deleteService TCP/198.51.100.1:80']);
-  t.notOk(addrs().includes('10.96.0.2'), 'its ClusterIP is unbound');
-  t.ok(addrs().includes('198.51.100.1'), 'the shared ExternalIP stays for web3');
-});
+t.test(
+  'a deleted Service loses its virtual servers and its address, unless another Service shares the address',
+  async (t) => {
+    const { h } = await started();
+    h.put(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
+    h.put(
+      service('web3', {
+        clusterIPs: ['10.96.0.3'],
+        externalIPs: ['198.51.100.1'],
+        ports: [{ name: 'https', port: 443 }],
+      }),
+    );
+    await h.incremental();
+    const addrs = () => [...h.links.links.get('kube-ipvs0')!.addresses].sort();
+    t.ok(addrs().includes('198.51.100.1'));
+    h.remove(service('web2', { clusterIPs: ['10.96.0.2'], externalIPs: ['198.51.100.1'] }));
+    const n = h.ipvs.ops.length;
+    await h.incremental();
+    t.same(h.opsSince(n).sort(), ['deleteService TCP/10.96.0.2:80', 'deleteService TCP/198.51.100.1:80']);
+    t.notOk(addrs().includes('10.96.0.2'), 'its ClusterIP is unbound');
+    t.ok(addrs().includes('198.51.100.1'), 'the shared ExternalIP stays for web3');
+  },
+);
 
 t.test('foreign state is never touched', async (t) => {
   const { h } = await started();
   // Another load balancer's service, on an address that is not ours, and one in excludeCIDRs
   // on our interface; plus an address someone else put on our interface.
-  await h.ipvs.addService({ family: 4, protocol: 'TCP', address: '172.16.0.1', port: 80, scheduler: 'wlc', flags: 0, timeout: 0, netmask: 0xffffffff });
-  await h.ipvs.addDestination({ family: 4, protocol: 'TCP', address: '172.16.0.1', port: 80 }, { family: 4, address: '172.16.1.1', port: 80, fwdMethod: 0, weight: 7, upperThreshold: 0, lowerThreshold: 0 });
+  await h.ipvs.addService({
+    family: 4,
+    protocol: 'TCP',
+    address: '172.16.0.1',
+    port: 80,
+    scheduler: 'wlc',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  });
+  await h.ipvs.addDestination(
+    { family: 4, protocol: 'TCP', address: '172.16.0.1', port: 80 },
+    { family: 4, address: '172.16.1.1', port: 80, fwdMethod: 0, weight: 7, upperThreshold: 0, lowerThreshold: 0 },
+  );
   await h.ipvs.addService({ family: 4, fwmark: 77, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
   const idx = (await h.links.find('kube-ipvs0'))!;
   await h.links.addAddress(idx, '10.99.0.5');
-  await h.ipvs.addService({ family: 4, protocol: 'TCP', address: '10.99.0.5', port: 80, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
+  await h.ipvs.addService({
+    family: 4,
+    protocol: 'TCP',
+    address: '10.99.0.5',
+    port: 80,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  });
   await h.links.addAddress(idx, '10.98.0.9');
   h.remove(web);
   await h.incremental();
@@ -202,21 +295,36 @@ t.test('foreign state is never touched', async (t) => {
   t.notOk('TCP/10.96.0.1:80' in k, 'our own deleted service is gone');
 });
 
-t.test('after a restart, weights come back to what the plan says (kubernetes#92019) and nothing is flushed', async (t) => {
-  const { h } = await started();
-  const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
-  // The previous process died while these were at weight 0.
-  await h.ipvs.updateDestination(vip, { family: 4, address: '10.0.0.1', port: 8080, fwdMethod: 0, weight: 0, upperThreshold: 0, lowerThreshold: 0 });
-  const fresh = new Harness(h);
-  fresh.put(NODE);
-  fresh.put(web);
-  fresh.put(webEps(['10.0.0.1', '10.0.0.2']));
-  fresh.put(dns);
-  fresh.put(dnsEps(['10.0.1.1', '10.0.1.2']));
-  const n = h.ipvs.ops.length;
-  await fresh.full();
-  t.same(fresh.opsSince(n), ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1'], 'one repair, no flush, no re-creation');
-});
+t.test(
+  'after a restart, weights come back to what the plan says (kubernetes#92019) and nothing is flushed',
+  async (t) => {
+    const { h } = await started();
+    const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+    // The previous process died while these were at weight 0.
+    await h.ipvs.updateDestination(vip, {
+      family: 4,
+      address: '10.0.0.1',
+      port: 8080,
+      fwdMethod: 0,
+      weight: 0,
+      upperThreshold: 0,
+      lowerThreshold: 0,
+    });
+    const fresh = new Harness(h);
+    fresh.put(NODE);
+    fresh.put(web);
+    fresh.put(webEps(['10.0.0.1', '10.0.0.2']));
+    fresh.put(dns);
+    fresh.put(dnsEps(['10.0.1.1', '10.0.1.2']));
+    const n = h.ipvs.ops.length;
+    await fresh.full();
+    t.same(
+      fresh.opsSince(n),
+      ['updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1'],
+      'one repair, no flush, no re-creation',
+    );
+  },
+);
 
 t.test('one failing operation does not block the others, and the next sync repairs it', async (t) => {
   const h = new Harness();
@@ -240,7 +348,15 @@ t.test('one failing operation does not block the others, and the next sync repai
 t.test('a scheduler or affinity change is one service update', async (t) => {
   const { h } = await started();
   const n = h.ipvs.ops.length;
-  h.put(service('web', { clusterIPs: ['10.96.0.1'], type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }], annotations: { 'kube-ipvs.io/scheduler': 'wlc' }, spec: { sessionAffinity: 'ClientIP' } }));
+  h.put(
+    service('web', {
+      clusterIPs: ['10.96.0.1'],
+      type: 'NodePort',
+      ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+      annotations: { 'kube-ipvs.io/scheduler': 'wlc' },
+      spec: { sessionAffinity: 'ClientIP' },
+    }),
+  );
   await h.incremental();
   t.same(h.opsSince(n).sort(), ['updateService TCP/10.96.0.1:80', 'updateService TCP/192.168.1.10:30080']);
   const s = await h.ipvs.service({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 });
@@ -248,26 +364,42 @@ t.test('a scheduler or affinity change is one service update', async (t) => {
   t.equal(s?.timeout, 10800);
 });
 
-t.test('a Local LoadBalancer gets a firewall-mark virtual server with every endpoint; TCP endpoints drain there too', async (t) => {
-  const h = new Harness();
-  const lb = service('lb', { clusterIPs: ['10.96.0.5'], type: 'LoadBalancer', lbIngress: [{ ip: '203.0.113.50' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }], spec: { externalTrafficPolicy: 'Local' } });
-  h.put(node('node-a', [['InternalIP', '192.168.1.10']]));
-  h.put(lb);
-  h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' }), ep('10.0.0.2', { node: 'node-b' })]));
-  await h.full();
-  const k = await h.kernel();
-  const fwm = Object.keys(k).filter((id) => id.startsWith('FWM/'));
-  t.equal(fwm.length, 1, 'one firewall-mark service');
-  t.same(k[fwm[0]!], ['10.0.0.1:8080=1', '10.0.0.2:8080=1'], 'every endpoint');
-  t.same(k['TCP/203.0.113.50:80'], ['10.0.0.1:8080=1'], 'the LoadBalancer IP itself: the local one');
-  t.ok(h.owned.services.has(fwm[0]!) && h.owned.labels.get(fwm[0]!)?.kind === 'LoadBalancer', 'owned and labelled');
-  // The remote endpoint goes: weight 0 while it drains (TCP), not deleted at once.
-  h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' })]));
-  h.ipvs.setConnections({ family: 4, fwmark: Number(fwm[0]!.slice(4)) }, { address: '10.0.0.2', port: 8080 }, 1, 0);
-  await h.incremental();
-  t.same((await h.kernel())[fwm[0]!], ['10.0.0.1:8080=1', '10.0.0.2:8080=0'], 'a held connection: drained at weight 0');
-  // The Service goes: the firewall-mark service goes with it.
-  h.remove(lb);
-  await h.full();
-  t.notOk(Object.keys(await h.kernel()).some((id) => id.startsWith('FWM/')), 'removed');
-});
+t.test(
+  'a Local LoadBalancer gets a firewall-mark virtual server with every endpoint; TCP endpoints drain there too',
+  async (t) => {
+    const h = new Harness();
+    const lb = service('lb', {
+      clusterIPs: ['10.96.0.5'],
+      type: 'LoadBalancer',
+      lbIngress: [{ ip: '203.0.113.50' }],
+      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }],
+      spec: { externalTrafficPolicy: 'Local' },
+    });
+    h.put(node('node-a', [['InternalIP', '192.168.1.10']]));
+    h.put(lb);
+    h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' }), ep('10.0.0.2', { node: 'node-b' })]));
+    await h.full();
+    const k = await h.kernel();
+    const fwm = Object.keys(k).filter((id) => id.startsWith('FWM/'));
+    t.equal(fwm.length, 1, 'one firewall-mark service');
+    t.same(k[fwm[0]!], ['10.0.0.1:8080=1', '10.0.0.2:8080=1'], 'every endpoint');
+    t.same(k['TCP/203.0.113.50:80'], ['10.0.0.1:8080=1'], 'the LoadBalancer IP itself: the local one');
+    t.ok(h.owned.services.has(fwm[0]!) && h.owned.labels.get(fwm[0]!)?.kind === 'LoadBalancer', 'owned and labelled');
+    // The remote endpoint goes: weight 0 while it drains (TCP), not deleted at once.
+    h.put(slice('lb-1', 'lb', [ep('10.0.0.1', { node: 'node-a' })]));
+    h.ipvs.setConnections({ family: 4, fwmark: Number(fwm[0]!.slice(4)) }, { address: '10.0.0.2', port: 8080 }, 1, 0);
+    await h.incremental();
+    t.same(
+      (await h.kernel())[fwm[0]!],
+      ['10.0.0.1:8080=1', '10.0.0.2:8080=0'],
+      'a held connection: drained at weight 0',
+    );
+    // The Service goes: the firewall-mark service goes with it.
+    h.remove(lb);
+    await h.full();
+    t.notOk(
+      Object.keys(await h.kernel()).some((id) => id.startsWith('FWM/')),
+      'removed',
+    );
+  },
+);

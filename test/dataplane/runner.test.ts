@@ -22,8 +22,14 @@ t.test('starts with a full sync, then one every maxInterval', async (t) => {
   await clock.advance(0);
   t.same(runs, [{ at: 0, full: true }]);
   await clock.advance(65_000);
-  t.same(runs.map((x) => x.at), [0, 30_000, 60_000]);
-  t.ok(runs.every((x) => x.full), 'periodic syncs are full');
+  t.same(
+    runs.map((x) => x.at),
+    [0, 30_000, 60_000],
+  );
+  t.ok(
+    runs.every((x) => x.full),
+    'periodic syncs are full',
+  );
   r.stop();
 });
 
@@ -36,7 +42,14 @@ t.test('requests are rate limited by minInterval and coalesced', async (t) => {
   await clock.advance(500);
   t.equal(runs.length, 1, 'not before minInterval');
   await clock.advance(600);
-  t.same(runs.map((x) => [x.at, x.full]), [[0, true], [1000, false]], 'one incremental sync for two requests');
+  t.same(
+    runs.map((x) => [x.at, x.full]),
+    [
+      [0, true],
+      [1000, false],
+    ],
+    'one incremental sync for two requests',
+  );
   await clock.advance(5000);
   r.request();
   await clock.advance(0);
@@ -73,7 +86,11 @@ t.test('failures back off exponentially, success resets', async (t) => {
   r.start();
   await clock.advance(0);
   await clock.advance(10_000);
-  t.same(runs.map((x) => x.at), [0, 1000, 2000, 4000, 8000], 'retry at min interval, then 1 s, 2 s, 4 s (base 0.5 s doubled, floored by minInterval)');
+  t.same(
+    runs.map((x) => x.at),
+    [0, 1000, 2000, 4000, 8000],
+    'retry at min interval, then 1 s, 2 s, 4 s (base 0.5 s doubled, floored by minInterval)',
+  );
   t.equal(r.failures, 5);
   fail = false;
   await clock.advance(8000);

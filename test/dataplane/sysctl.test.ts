@@ -2,18 +2,43 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { applySysctls, checkProcSysRoot, ipvsSysctls, kernelVersion, procSysctlAt } from '../../src/dataplane/sysctl.ts';
+import {
+  applySysctls,
+  checkProcSysRoot,
+  ipvsSysctls,
+  kernelVersion,
+  procSysctlAt,
+} from '../../src/dataplane/sysctl.ts';
 
 const paths = (l: { path: string; value: string }[]) => l.map((s) => `${s.path}=${s.value}`);
 
 t.test('kube-proxy IPVS sysctls', async (t) => {
   const modern = paths(ipvsSysctls({ strictARP: false, kernelRelease: '6.1.0-56-amd64' }));
-  t.same(modern, ['net/ipv4/vs/conntrack=1', 'net/ipv4/vs/expire_nodest_conn=1', 'net/ipv4/vs/expire_quiescent_template=1', 'net/ipv4/ip_forward=1']);
-  t.ok(paths(ipvsSysctls({ strictARP: false, kernelRelease: '5.4.0-150-generic' })).includes('net/ipv4/vs/conn_reuse_mode=0'), 'conn_reuse_mode=0 before 5.9');
-  t.notOk(paths(ipvsSysctls({ strictARP: false, kernelRelease: '5.9.0' })).some((p) => p.includes('conn_reuse_mode')), 'left alone from 5.9');
-  t.notOk(paths(ipvsSysctls({ strictARP: false, kernelRelease: '3.10.0' })).some((p) => p.includes('conn_reuse_mode')), 'does not exist before 4.1');
+  t.same(modern, [
+    'net/ipv4/vs/conntrack=1',
+    'net/ipv4/vs/expire_nodest_conn=1',
+    'net/ipv4/vs/expire_quiescent_template=1',
+    'net/ipv4/ip_forward=1',
+  ]);
+  t.ok(
+    paths(ipvsSysctls({ strictARP: false, kernelRelease: '5.4.0-150-generic' })).includes(
+      'net/ipv4/vs/conn_reuse_mode=0',
+    ),
+    'conn_reuse_mode=0 before 5.9',
+  );
+  t.notOk(
+    paths(ipvsSysctls({ strictARP: false, kernelRelease: '5.9.0' })).some((p) => p.includes('conn_reuse_mode')),
+    'left alone from 5.9',
+  );
+  t.notOk(
+    paths(ipvsSysctls({ strictARP: false, kernelRelease: '3.10.0' })).some((p) => p.includes('conn_reuse_mode')),
+    'does not exist before 4.1',
+  );
   const strict = paths(ipvsSysctls({ strictARP: true, kernelRelease: '6.1.0' }));
-  t.ok(strict.includes('net/ipv4/conf/all/arp_ignore=1') && strict.includes('net/ipv4/conf/all/arp_announce=2'), 'strictARP');
+  t.ok(
+    strict.includes('net/ipv4/conf/all/arp_ignore=1') && strict.includes('net/ipv4/conf/all/arp_announce=2'),
+    'strictARP',
+  );
   t.same(kernelVersion('garbage'), [0, 0]);
 });
 
@@ -38,7 +63,13 @@ t.test('procSysctlAt reads and writes under its root only', async (t) => {
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   mkdirSync(join(root, 'net/ipv4/vs'), { recursive: true });
   mkdirSync(join(root, 'net/ipv4/conf/all'), { recursive: true });
-  for (const f of ['net/ipv4/vs/conntrack', 'net/ipv4/vs/expire_nodest_conn', 'net/ipv4/vs/expire_quiescent_template', 'net/ipv4/ip_forward']) writeFileSync(join(root, f), '0\n');
+  for (const f of [
+    'net/ipv4/vs/conntrack',
+    'net/ipv4/vs/expire_nodest_conn',
+    'net/ipv4/vs/expire_quiescent_template',
+    'net/ipv4/ip_forward',
+  ])
+    writeFileSync(join(root, f), '0\n');
   const w = procSysctlAt(root);
   t.equal(w.read('net/ipv4/vs/conntrack'), '0');
   t.equal(w.read('net/ipv4/vs/nonexistent'), null);

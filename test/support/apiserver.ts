@@ -68,16 +68,20 @@ current-context: test
     const peer = await freePort();
     this.apiPort = await freePort();
     mkdirSync(join(this.dir, 'etcd'), { recursive: true });
-    this.#etcd = spawnOwned(join(this.bin, 'etcd'), [
-      '--name=test',
-      `--data-dir=${join(this.dir, 'etcd')}`,
-      `--listen-client-urls=http://127.0.0.1:${this.etcdPort}`,
-      `--advertise-client-urls=http://127.0.0.1:${this.etcdPort}`,
-      `--listen-peer-urls=http://127.0.0.1:${peer}`,
-      `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
-      `--initial-cluster=test=http://127.0.0.1:${peer}`,
-      '--log-level=error',
-    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#etcd = spawnOwned(
+      join(this.bin, 'etcd'),
+      [
+        '--name=test',
+        `--data-dir=${join(this.dir, 'etcd')}`,
+        `--listen-client-urls=http://127.0.0.1:${this.etcdPort}`,
+        `--advertise-client-urls=http://127.0.0.1:${this.etcdPort}`,
+        `--listen-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-cluster=test=http://127.0.0.1:${peer}`,
+        '--log-level=error',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     this.#etcd.stderr!.on('data', (d) => (this.log = (this.log + d.toString()).slice(-20000)));
     const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     writeFileSync(join(this.dir, 'sa.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }));
@@ -87,24 +91,28 @@ current-context: test
   }
 
   async startApiServer(): Promise<void> {
-    this.#api = spawnOwned(join(this.bin, 'kube-apiserver'), [
-      `--etcd-servers=http://127.0.0.1:${this.etcdPort}`,
-      `--secure-port=${this.apiPort}`,
-      '--bind-address=127.0.0.1',
-      '--advertise-address=127.0.0.1',
-      `--cert-dir=${join(this.dir, 'certs')}`,
-      `--token-auth-file=${join(this.dir, 'tokens.csv')}`,
-      `--authorization-mode=${this.authorization}`,
-      `--service-account-key-file=${join(this.dir, 'sa.pub')}`,
-      `--service-account-signing-key-file=${join(this.dir, 'sa.key')}`,
-      '--service-account-issuer=https://kubernetes.default.svc',
-      '--service-cluster-ip-range=10.96.0.0/12',
-      '--endpoint-reconciler-type=none',
-      // Watches go to etcd, so an etcd compaction really produces 410 Gone.
-      '--watch-cache=false',
-      '--enable-priority-and-fairness=false',
-      '--v=0',
-    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#api = spawnOwned(
+      join(this.bin, 'kube-apiserver'),
+      [
+        `--etcd-servers=http://127.0.0.1:${this.etcdPort}`,
+        `--secure-port=${this.apiPort}`,
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
+        `--cert-dir=${join(this.dir, 'certs')}`,
+        `--token-auth-file=${join(this.dir, 'tokens.csv')}`,
+        `--authorization-mode=${this.authorization}`,
+        `--service-account-key-file=${join(this.dir, 'sa.pub')}`,
+        `--service-account-signing-key-file=${join(this.dir, 'sa.key')}`,
+        '--service-account-issuer=https://kubernetes.default.svc',
+        '--service-cluster-ip-range=10.96.0.0/12',
+        '--endpoint-reconciler-type=none',
+        // Watches go to etcd, so an etcd compaction really produces 410 Gone.
+        '--watch-cache=false',
+        '--enable-priority-and-fairness=false',
+        '--v=0',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     this.#api.stderr!.on('data', (d) => (this.log = (this.log + d.toString()).slice(-20000)));
     await this.waitReady();
   }
@@ -124,11 +132,23 @@ current-context: test
   }
 
   /** A raw API request (TLS not verified), as the admin or with another bearer token. */
-  async request(method: string, path: string, body?: unknown, token = this.token): Promise<{ status: number; json: unknown }> {
+  async request(
+    method: string,
+    path: string,
+    body?: unknown,
+    token = this.token,
+  ): Promise<{ status: number; json: unknown }> {
     const { Agent, request } = await import('node:https');
     return new Promise((res, rej) => {
       const req = request(
-        { host: '127.0.0.1', port: this.apiPort, path, method, agent: new Agent({ rejectUnauthorized: false }), headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
+        {
+          host: '127.0.0.1',
+          port: this.apiPort,
+          path,
+          method,
+          agent: new Agent({ rejectUnauthorized: false }),
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        },
         (r) => {
           let data = '';
           r.on('data', (d) => (data += d));

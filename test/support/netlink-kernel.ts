@@ -116,7 +116,7 @@ export class FakeNetlinkKernel extends EventEmitter {
     const destKey = (d: Buffer) => {
       // ADDR and PORT identify a destination; the nest's first two attributes in what we send.
       const m = new Map<number, string>();
-      for (let o = 0; o + 4 <= d.length; ) {
+      for (let o = 0; o + 4 <= d.length;) {
         const len = d.readUInt16LE(o);
         m.set(d.readUInt16LE(o + 2), d.subarray(o + 4, o + len).toString('hex'));
         o += (len + 3) & ~3;
@@ -128,7 +128,15 @@ export class FakeNetlinkKernel extends EventEmitter {
     if (g.cmd === Cmd.NEW_DEST && dest) {
       const k = destKey(dest);
       if (table.has(k)) return void this.#queue.push(this.#ack(seq, 17));
-      table.set(k, Buffer.concat([dest, attr(DestAttr.ACTIVE_CONNS, s32(0)), attr(DestAttr.INACT_CONNS, s32(0)), attr(DestAttr.PERSIST_CONNS, s32(0))]));
+      table.set(
+        k,
+        Buffer.concat([
+          dest,
+          attr(DestAttr.ACTIVE_CONNS, s32(0)),
+          attr(DestAttr.INACT_CONNS, s32(0)),
+          attr(DestAttr.PERSIST_CONNS, s32(0)),
+        ]),
+      );
       return void this.#queue.push(this.#ack(seq));
     }
     if (g.cmd === Cmd.DEL_DEST && dest) {
@@ -137,7 +145,9 @@ export class FakeNetlinkKernel extends EventEmitter {
     if (g.cmd === Cmd.GET_DEST && (flags & NLM_F_DUMP) === NLM_F_DUMP) {
       const per = this.o.perChunk ?? 3;
       const mflags = NLM_F_MULTI | (this.o.dumpIntr ? 0x10 : 0);
-      const msgs = [...table.values()].map((d) => message(IPVS_FAMILY_ID, mflags, seq, genl(Cmd.NEW_DEST, [attr(CmdAttr.DEST, d)])));
+      const msgs = [...table.values()].map((d) =>
+        message(IPVS_FAMILY_ID, mflags, seq, genl(Cmd.NEW_DEST, [attr(CmdAttr.DEST, d)])),
+      );
       const chunks: Buffer[] = [];
       for (let i = 0; i < msgs.length; i += per) chunks.push(Buffer.concat(msgs.slice(i, i + per)));
       if (this.o.dumpErrorErrno && chunks.length > 0) {
@@ -175,7 +185,8 @@ export class FakeNetlinkKernel extends EventEmitter {
       const seq = d.readUInt32LE(8);
       this.delivered.push(`${type === NLMSG_ERROR ? 'ack' : type === NLMSG_DONE ? 'done' : 'chunk'}:${seq}`);
       const cut = this.o.truncateAt;
-      if (cut !== undefined && d.length > cut) this.emit('truncatedMessage', d.subarray(0, cut), { port: 0, groups: 0, truncated: d.length });
+      if (cut !== undefined && d.length > cut)
+        this.emit('truncatedMessage', d.subarray(0, cut), { port: 0, groups: 0, truncated: d.length });
       else this.emit('message', d, { port: 0, groups: 0 });
       if (this.#queue.length) this.#schedule();
     });

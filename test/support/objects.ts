@@ -56,7 +56,12 @@ export function ep(address: string, o: EpOpts = {}): Obj {
   };
 }
 
-export function slice(name: string, service: string, endpoints: Obj[], o: { ns?: string; addressType?: string; ports?: Obj[]; labels?: Record<string, string> } = {}): Obj {
+export function slice(
+  name: string,
+  service: string,
+  endpoints: Obj[],
+  o: { ns?: string; addressType?: string; ports?: Obj[]; labels?: Record<string, string> } = {},
+): Obj {
   return {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',

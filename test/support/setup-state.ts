@@ -11,7 +11,8 @@ export type StepState = { ok: true; seconds: number } | { ok: false; why: string
 
 /** Why the set-up step did not get `step` ready, as it recorded it (or that it has not run). */
 function recordedWhy(step: string): string {
-  if (!existsSync(SETUP_STATE_FILE)) return 'the test set-up has not run here: run `npm run test:setup` (npm test runs it first)';
+  if (!existsSync(SETUP_STATE_FILE))
+    return 'the test set-up has not run here: run `npm run test:setup` (npm test runs it first)';
   try {
     const s = (JSON.parse(readFileSync(SETUP_STATE_FILE, 'utf8')) as Record<string, StepState | undefined>)[step];
     if (s && !s.ok) return s.why;
@@ -24,7 +25,11 @@ function recordedWhy(step: string): string {
 /** Runs a step's `--check`: its stdout when ready, or null. */
 function check(script: string): string | null {
   try {
-    return execFileSync('bash', [join(repo, script), '--check'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 30_000 });
+    return execFileSync('bash', [join(repo, script), '--check'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 30_000,
+    });
   } catch {
     return null;
   }
@@ -39,11 +44,21 @@ export function k8sBinaries(): { bin: string } | { why: string } {
 
 /** KEY=VALUE lines (what prepare.sh and images/build.sh print) as an object. */
 export function keyValueLines(text: string): Record<string, string> {
-  return Object.fromEntries(text.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  return Object.fromEntries(
+    text
+      .trim()
+      .split('\n')
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
 }
 
 /** A root-only step whose `--check` prints KEY=VALUE lines: those, or why not. */
-function rootStep(step: string, script: string, off: string, notRoot: string): { env: Record<string, string> } | { why: string } {
+function rootStep(
+  step: string,
+  script: string,
+  off: string,
+  notRoot: string,
+): { env: Record<string, string> } | { why: string } {
   if (process.env[off] === '0') return { why: `${off}=0 set` };
   if (process.getuid?.() !== 0) return { why: `not root: ${notRoot}` };
   const out = check(script);
@@ -51,10 +66,12 @@ function rootStep(step: string, script: string, off: string, notRoot: string): {
 }
 
 /** The IPVS lab's prepared kernel and initramfs (prepare.sh's KEY=VALUE lines), or why not. */
-export const labPrepared = () => rootStep('lab', 'test/lab/prepare.sh', 'LAB', 'the lab installs qemu from Debian packages and boots a VM');
+export const labPrepared = () =>
+  rootStep('lab', 'test/lab/prepare.sh', 'LAB', 'the lab installs qemu from Debian packages and boots a VM');
 
 /** The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not. */
-export const imageBuilt = () => rootStep('image', 'images/build.sh', 'IMAGE', 'the image build runs mmdebstrap and stores root-owned files');
+export const imageBuilt = () =>
+  rootStep('image', 'images/build.sh', 'IMAGE', 'the image build runs mmdebstrap and stores root-owned files');
 /** dist/ compiled from the sources as they are now (no source file newer than dist/cli.js), or why not. */
 export function distBuilt(): { cli: string } | { why: string } {
   const cli = join(repo, 'dist/cli.js');
@@ -65,4 +82,3 @@ export function distBuilt(): { cli: string } | { why: string } {
   );
   return newer ? { why: `src/${newer} is newer than dist/: run \`npm run build\` (npm test's set-up does)` } : { cli };
 }
-

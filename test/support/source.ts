@@ -4,7 +4,15 @@ import type { Source, SourceBatch, SourceCounters } from '../../src/sources/sour
 
 export class PushSource implements Source {
   deliver: ((b: SourceBatch) => void) | null = null;
-  readonly counters: SourceCounters = { pages: 1, reconnects: 2, relists: 1, errors: 3, stalls: 0, events: 7, lastEventAt: Date.now() - 5000 };
+  readonly counters: SourceCounters = {
+    pages: 1,
+    reconnects: 2,
+    relists: 1,
+    errors: 3,
+    stalls: 0,
+    events: 7,
+    lastEventAt: Date.now() - 5000,
+  };
   initial: Change[] = [];
   async start(d: (b: SourceBatch) => void) {
     this.deliver = d;
@@ -16,4 +24,3 @@ export class PushSource implements Source {
     this.deliver!({ changes, problems: [] });
   }
 }
-

@@ -21,7 +21,16 @@ import {
   type GenlMessage,
 } from './codec.ts';
 import { Cmd, CmdAttr, IPVS_GENL_NAME } from './constants.ts';
-import { serviceId, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
+import {
+  serviceId,
+  type DestinationCounters,
+  type IpvsDestination,
+  type IpvsInfo,
+  type IpvsService,
+  type IpvsTimeouts,
+  type ServiceCounters,
+  type ServiceKey,
+} from './types.ts';
 
 export interface Ipvs {
   info(): Promise<IpvsInfo>;
@@ -101,7 +110,10 @@ export class NetlinkIpvs implements Ipvs {
   /** Opens a socket and resolves the IPVS family; fails with ENOENT when ip_vs is not loaded. */
   static async open(opts: NetlinkIpvsOptions = {}): Promise<NetlinkIpvs> {
     const timeout = opts.timeoutMs ?? 5000;
-    const sock = openGenericNetlink({ ...(opts.readBufferBytes ? { readBufferBytes: opts.readBufferBytes } : {}), ...(opts.raw ? { raw: opts.raw } : {}) });
+    const sock = openGenericNetlink({
+      ...(opts.readBufferBytes ? { readBufferBytes: opts.readBufferBytes } : {}),
+      ...(opts.raw ? { raw: opts.raw } : {}),
+    });
     try {
       // Large buffers: a dump of tens of thousands of services arrives in one burst.
       sock.socket.setRecvBufferSize(8 * 1024 * 1024);
@@ -118,13 +130,19 @@ export class NetlinkIpvs implements Ipvs {
       sock.socket.close();
       if (e instanceof IpvsError) throw e;
       const msg = (e as Error).message;
-      if (/ENOENT/.test(msg)) throw new IpvsError('resolve family', 2, 'ENOENT', 'IPVS is not available: load the ip_vs kernel module');
+      if (/ENOENT/.test(msg))
+        throw new IpvsError('resolve family', 2, 'ENOENT', 'IPVS is not available: load the ip_vs kernel module');
       if (/Timeout/.test(msg)) throw new IpvsError('resolve family', 0, 'ETIMEDOUT', `no answer within ${timeout} ms`);
       throw new IpvsError('resolve family', 0, 'EIO', msg);
     }
   }
 
-  async #request(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<GenlMessage[]> {
+  async #request(
+    op: string,
+    cmd: number,
+    attrs: Parameters<typeof encodeRequest>[1],
+    dump = false,
+  ): Promise<GenlMessage[]> {
     return (await this.#requestRaw(op, cmd, attrs, dump)).map(decodeGenl);
   }
 
@@ -204,7 +222,12 @@ export class NetlinkIpvs implements Ipvs {
   }
 
   async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
-    const msgs = await this.#request(`list destinations of ${serviceId(key)}`, Cmd.GET_DEST, [serviceKeyAttr(key)], true);
+    const msgs = await this.#request(
+      `list destinations of ${serviceId(key)}`,
+      Cmd.GET_DEST,
+      [serviceKeyAttr(key)],
+      true,
+    );
     return msgs.flatMap((m) => {
       const a = m.attrs.get(CmdAttr.DEST);
       return a ? [decodeDestination(a, key.family)] : [];
@@ -222,7 +245,12 @@ export class NetlinkIpvs implements Ipvs {
 
   async destinationCounters(key: ServiceKey): Promise<DestinationCounters[]> {
     const out: DestinationCounters[] = [];
-    for (const p of await this.#requestRaw(`list destination counters of ${serviceId(key)}`, Cmd.GET_DEST, [serviceKeyAttr(key)], true)) {
+    for (const p of await this.#requestRaw(
+      `list destination counters of ${serviceId(key)}`,
+      Cmd.GET_DEST,
+      [serviceKeyAttr(key)],
+      true,
+    )) {
       const c = decodeDestinationCounters(p, key.family);
       if (c) out.push(c);
     }
@@ -230,15 +258,24 @@ export class NetlinkIpvs implements Ipvs {
   }
 
   async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
-    await this.#request(`add destination ${d.address}:${d.port} to ${serviceId(key)}`, Cmd.NEW_DEST, [serviceKeyAttr(key), destinationAttr(d)]);
+    await this.#request(`add destination ${d.address}:${d.port} to ${serviceId(key)}`, Cmd.NEW_DEST, [
+      serviceKeyAttr(key),
+      destinationAttr(d),
+    ]);
   }
 
   async updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
-    await this.#request(`update destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.SET_DEST, [serviceKeyAttr(key), destinationAttr(d)]);
+    await this.#request(`update destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.SET_DEST, [
+      serviceKeyAttr(key),
+      destinationAttr(d),
+    ]);
   }
 
   async deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void> {
-    await this.#request(`delete destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.DEL_DEST, [serviceKeyAttr(key), destinationKeyAttr(d)]);
+    await this.#request(`delete destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.DEL_DEST, [
+      serviceKeyAttr(key),
+      destinationKeyAttr(d),
+    ]);
   }
 
   async timeouts(): Promise<IpvsTimeouts> {

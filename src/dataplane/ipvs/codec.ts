@@ -3,8 +3,31 @@
 // by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in place.
 import { formatIP, parseIP, type Family } from '../../util/ip.ts';
 import { attr, cstr, nest, type Attr } from '../nlattr.ts';
-import { AF_INET, AF_INET6, CmdAttr, DestAttr, InfoAttr, IPPROTO, IPVS_GENL_VERSION, StatsAttr, SvcAttr } from './constants.ts';
-import { destinationId, serviceId, type Counters, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsProtocol, type IpvsService, type IpvsStats, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
+import {
+  AF_INET,
+  AF_INET6,
+  CmdAttr,
+  DestAttr,
+  InfoAttr,
+  IPPROTO,
+  IPVS_GENL_VERSION,
+  StatsAttr,
+  SvcAttr,
+} from './constants.ts';
+import {
+  destinationId,
+  serviceId,
+  type Counters,
+  type DestinationCounters,
+  type IpvsDestination,
+  type IpvsInfo,
+  type IpvsProtocol,
+  type IpvsService,
+  type IpvsStats,
+  type IpvsTimeouts,
+  type ServiceCounters,
+  type ServiceKey,
+} from './types.ts';
 
 export class CodecError extends Error {
   override name = 'CodecError';
@@ -36,7 +59,6 @@ function addr16(address: string, family: Family): Buffer {
   return b;
 }
 
-
 /** genl header (cmd, version, reserved) followed by the attributes. */
 export function encodeRequest(cmd: number, attrs: Attr[]): Buffer {
   return Buffer.concat([Buffer.from([cmd, IPVS_GENL_VERSION, 0, 0]), ...attrs]);
@@ -50,7 +72,11 @@ function serviceKeyAttrs(k: ServiceKey): Attr[] {
   if (k.fwmark !== undefined) {
     out.push(attr(SvcAttr.FWMARK, u32(k.fwmark)));
   } else {
-    out.push(attr(SvcAttr.PROTOCOL, u16(protoNum(k.protocol))), attr(SvcAttr.ADDR, addr16(k.address, k.family)), attr(SvcAttr.PORT, be16(k.port)));
+    out.push(
+      attr(SvcAttr.PROTOCOL, u16(protoNum(k.protocol))),
+      attr(SvcAttr.ADDR, addr16(k.address, k.family)),
+      attr(SvcAttr.PORT, be16(k.port)),
+    );
   }
   return out;
 }
@@ -83,11 +109,19 @@ export function destinationAttr(d: IpvsDestination): Attr {
 
 /** A destination by address and port only: for DEL_DEST. */
 export function destinationKeyAttr(d: { family: Family; address: string; port: number }): Attr {
-  return nest(CmdAttr.DEST, [attr(DestAttr.ADDR, addr16(d.address, d.family)), attr(DestAttr.PORT, be16(d.port)), attr(DestAttr.ADDR_FAMILY, u16(familyAF(d.family)))]);
+  return nest(CmdAttr.DEST, [
+    attr(DestAttr.ADDR, addr16(d.address, d.family)),
+    attr(DestAttr.PORT, be16(d.port)),
+    attr(DestAttr.ADDR_FAMILY, u16(familyAF(d.family))),
+  ]);
 }
 
 export function timeoutAttrs(t: IpvsTimeouts): Attr[] {
-  return [attr(CmdAttr.TIMEOUT_TCP, u32(t.tcp)), attr(CmdAttr.TIMEOUT_TCP_FIN, u32(t.tcpFin)), attr(CmdAttr.TIMEOUT_UDP, u32(t.udp))];
+  return [
+    attr(CmdAttr.TIMEOUT_TCP, u32(t.tcp)),
+    attr(CmdAttr.TIMEOUT_TCP_FIN, u32(t.tcpFin)),
+    attr(CmdAttr.TIMEOUT_UDP, u32(t.udp)),
+  ];
 }
 
 // --- decoding ---------------------------------------------------------------------------------
@@ -195,7 +229,9 @@ function familyOf(af: number): Family {
   throw new CodecError(`unknown address family ${af}`);
 }
 
-const PROTOCOL_BY_NUMBER = new Map<number, IpvsProtocol>(Object.entries(IPPROTO).map(([k, v]) => [v, k as IpvsProtocol]));
+const PROTOCOL_BY_NUMBER = new Map<number, IpvsProtocol>(
+  Object.entries(IPPROTO).map(([k, v]) => [v, k as IpvsProtocol]),
+);
 function protocolOf(n: number): IpvsProtocol {
   const p = PROTOCOL_BY_NUMBER.get(n);
   if (!p) throw new CodecError(`unknown IP protocol ${n}`);
@@ -206,7 +242,9 @@ function addrAt(b: Buffer, i: Int32Array, t: number, family: Family): string {
   const o = i[t]!;
   if (o < 0 || dataLen(b, o) < (family === 4 ? 4 : 16)) throw new CodecError('address attribute missing or short');
   const d = o + 4;
-  return family === 4 ? `${b[d]}.${b[d + 1]}.${b[d + 2]}.${b[d + 3]}` : formatIP({ family: 6, bytes: b.subarray(d, d + 16) });
+  return family === 4
+    ? `${b[d]}.${b[d + 1]}.${b[d + 2]}.${b[d + 3]}`
+    : formatIP({ family: 6, bytes: b.subarray(d, d + 16) });
 }
 
 /** The stats nest of `outer` (STATS64 when present, else STATS), or undefined. */
@@ -230,7 +268,13 @@ function statsOf(b: Buffer, outer: Int32Array, t64: number, t32: number): IpvsSt
 /** The counters of the stats nest of `outer` as numbers (zeros when absent). */
 function countersAt(b: Buffer, outer: Int32Array, t64: number, t32: number): Counters {
   const i = nested(STATS, b, outer, outer[t64]! >= 0 ? t64 : t32);
-  return { conns: at.num(b, i, StatsAttr.CONNS), inPkts: at.num(b, i, StatsAttr.INPKTS), outPkts: at.num(b, i, StatsAttr.OUTPKTS), inBytes: at.num(b, i, StatsAttr.INBYTES), outBytes: at.num(b, i, StatsAttr.OUTBYTES) };
+  return {
+    conns: at.num(b, i, StatsAttr.CONNS),
+    inPkts: at.num(b, i, StatsAttr.INPKTS),
+    outPkts: at.num(b, i, StatsAttr.OUTPKTS),
+    inBytes: at.num(b, i, StatsAttr.INBYTES),
+    outBytes: at.num(b, i, StatsAttr.OUTBYTES),
+  };
 }
 
 /** A service nest's key: by firewall mark, or by protocol, address and port. */
@@ -238,7 +282,12 @@ function serviceKeyAt(b: Buffer, i: Int32Array): ServiceKey {
   const family = familyOf(at.u16(b, i, SvcAttr.AF));
   const fwmark = at.u32(b, i, SvcAttr.FWMARK);
   if (fwmark !== 0) return { family, fwmark };
-  return { family, protocol: protocolOf(at.u16(b, i, SvcAttr.PROTOCOL)), address: addrAt(b, i, SvcAttr.ADDR, family), port: at.be16(b, i, SvcAttr.PORT) };
+  return {
+    family,
+    protocol: protocolOf(at.u16(b, i, SvcAttr.PROTOCOL)),
+    address: addrAt(b, i, SvcAttr.ADDR, family),
+    port: at.be16(b, i, SvcAttr.PORT),
+  };
 }
 
 /** The service inside a reply's IPVS_CMD_ATTR_SERVICE. */
@@ -307,7 +356,10 @@ export function decodeDestinationCounters(payload: Buffer, svcFamily: Family): D
 
 export function decodeInfo(msg: GenlMessage): IpvsInfo {
   const v = rd.u32(msg.attrs.get(InfoAttr.VERSION));
-  return { version: `${(v >> 16) & 0xff}.${(v >> 8) & 0xff}.${v & 0xff}`, connTableSize: rd.u32(msg.attrs.get(InfoAttr.CONN_TAB_SIZE)) };
+  return {
+    version: `${(v >> 16) & 0xff}.${(v >> 8) & 0xff}.${v & 0xff}`,
+    connTableSize: rd.u32(msg.attrs.get(InfoAttr.CONN_TAB_SIZE)),
+  };
 }
 
 export function decodeTimeouts(msg: GenlMessage): IpvsTimeouts {
@@ -317,4 +369,3 @@ export function decodeTimeouts(msg: GenlMessage): IpvsTimeouts {
     udp: rd.u32(msg.attrs.get(CmdAttr.TIMEOUT_UDP)),
   };
 }
-

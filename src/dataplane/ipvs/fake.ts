@@ -1,7 +1,19 @@
 // An in-memory IPVS with the kernel's semantics and error codes, for tests and dry runs.
 // It records every mutating call, so tests can assert "the minimal set of operations".
 import { IpvsError, type Ipvs } from './client.ts';
-import { destinationCountersOf, destinationId, serviceCountersOf, serviceId, type DestinationCounters, type IpvsDestination, type IpvsInfo, type IpvsService, type IpvsTimeouts, type ServiceCounters, type ServiceKey } from './types.ts';
+import {
+  destinationCountersOf,
+  destinationId,
+  serviceCountersOf,
+  serviceId,
+  type DestinationCounters,
+  type IpvsDestination,
+  type IpvsInfo,
+  type IpvsService,
+  type IpvsTimeouts,
+  type ServiceCounters,
+  type ServiceKey,
+} from './types.ts';
 
 const ESRCH = 3;
 const ENOENT = 2;
@@ -9,7 +21,16 @@ const EEXIST = 17;
 const EINVAL = 22;
 
 export interface FakeOp {
-  op: 'addService' | 'updateService' | 'deleteService' | 'addDestination' | 'updateDestination' | 'deleteDestination' | 'setTimeouts' | 'zero' | 'flush';
+  op:
+    | 'addService'
+    | 'updateService'
+    | 'deleteService'
+    | 'addDestination'
+    | 'updateDestination'
+    | 'deleteDestination'
+    | 'setTimeouts'
+    | 'zero'
+    | 'flush';
   service?: string;
   destination?: string;
   weight?: number;
@@ -20,7 +41,22 @@ interface Entry {
   dests: Map<string, IpvsDestination>;
 }
 
-const KNOWN_SCHEDULERS = new Set(['rr', 'wrr', 'lc', 'wlc', 'lblc', 'lblcr', 'dh', 'sh', 'sed', 'nq', 'mh', 'fo', 'ovf', 'twos']);
+const KNOWN_SCHEDULERS = new Set([
+  'rr',
+  'wrr',
+  'lc',
+  'wlc',
+  'lblc',
+  'lblcr',
+  'dh',
+  'sh',
+  'sed',
+  'nq',
+  'mh',
+  'fo',
+  'ovf',
+  'twos',
+]);
 
 export class FakeIpvs implements Ipvs {
   readonly ops: FakeOp[] = [];
@@ -57,7 +93,8 @@ export class FakeIpvs implements Ipvs {
   async addService(s: IpvsService): Promise<void> {
     const id = serviceId(s);
     this.#fail('addService', id);
-    if (!KNOWN_SCHEDULERS.has(s.scheduler)) throw new IpvsError(`add service ${id}`, ENOENT, 'ENOENT', `no scheduler ${s.scheduler}`);
+    if (!KNOWN_SCHEDULERS.has(s.scheduler))
+      throw new IpvsError(`add service ${id}`, ENOENT, 'ENOENT', `no scheduler ${s.scheduler}`);
     if (this.#svcs.has(id)) throw new IpvsError(`add service ${id}`, EEXIST);
     this.#svcs.set(id, { svc: structuredClone(s), dests: new Map() });
     this.ops.push({ op: 'addService', service: id });
@@ -107,7 +144,12 @@ export class FakeIpvs implements Ipvs {
     const e = this.#get('update destination of', key);
     const old = e.dests.get(destinationId(d));
     if (!old) throw new IpvsError(`update destination ${destinationId(d)} of ${id}`, ENOENT);
-    e.dests.set(destinationId(d), { ...old, ...structuredClone(d), activeConns: old.activeConns, inactiveConns: old.inactiveConns });
+    e.dests.set(destinationId(d), {
+      ...old,
+      ...structuredClone(d),
+      activeConns: old.activeConns,
+      inactiveConns: old.inactiveConns,
+    });
     this.ops.push({ op: 'updateDestination', service: id, destination: destinationId(d), weight: d.weight });
   }
 
@@ -115,7 +157,8 @@ export class FakeIpvs implements Ipvs {
     const id = serviceId(key);
     this.#fail('deleteDestination', `${id} ${destinationId(d)}`);
     const e = this.#get('delete destination of', key);
-    if (!e.dests.delete(destinationId(d))) throw new IpvsError(`delete destination ${destinationId(d)} of ${id}`, ENOENT);
+    if (!e.dests.delete(destinationId(d)))
+      throw new IpvsError(`delete destination ${destinationId(d)} of ${id}`, ENOENT);
     this.ops.push({ op: 'deleteDestination', service: id, destination: destinationId(d) });
   }
 
@@ -125,7 +168,11 @@ export class FakeIpvs implements Ipvs {
 
   async setTimeouts(t: IpvsTimeouts): Promise<void> {
     // As the kernel: a zero leaves that timeout unchanged.
-    this.#timeouts = { tcp: t.tcp || this.#timeouts.tcp, tcpFin: t.tcpFin || this.#timeouts.tcpFin, udp: t.udp || this.#timeouts.udp };
+    this.#timeouts = {
+      tcp: t.tcp || this.#timeouts.tcp,
+      tcpFin: t.tcpFin || this.#timeouts.tcpFin,
+      udp: t.udp || this.#timeouts.udp,
+    };
     this.ops.push({ op: 'setTimeouts' });
   }
 
@@ -144,13 +191,33 @@ export class FakeIpvs implements Ipvs {
   }
 
   /** Test helper: a virtual server's or a destination's counters, as the kernel would have counted them. */
-  setCounters(key: ServiceKey, dest: { address: string; port: number } | null, c: { conns?: number; inPkts?: number; outPkts?: number }): void {
+  setCounters(
+    key: ServiceKey,
+    dest: { address: string; port: number } | null,
+    c: { conns?: number; inPkts?: number; outPkts?: number },
+  ): void {
     const e = this.#get('set counters', key);
     const target = dest ? e.dests.get(destinationId(dest)) : e.svc;
     if (!target) throw new Error(`no destination ${dest ? destinationId(dest) : ''}`);
     const z = 0n;
-    const old = target.stats ?? { conns: z, inPkts: z, outPkts: z, inBytes: z, outBytes: z, cps: z, inPps: z, outPps: z, inBps: z, outBps: z };
-    target.stats = { ...old, ...(c.conns !== undefined ? { conns: BigInt(c.conns) } : {}), ...(c.inPkts !== undefined ? { inPkts: BigInt(c.inPkts) } : {}), ...(c.outPkts !== undefined ? { outPkts: BigInt(c.outPkts) } : {}) };
+    const old = target.stats ?? {
+      conns: z,
+      inPkts: z,
+      outPkts: z,
+      inBytes: z,
+      outBytes: z,
+      cps: z,
+      inPps: z,
+      outPps: z,
+      inBps: z,
+      outBps: z,
+    };
+    target.stats = {
+      ...old,
+      ...(c.conns !== undefined ? { conns: BigInt(c.conns) } : {}),
+      ...(c.inPkts !== undefined ? { inPkts: BigInt(c.inPkts) } : {}),
+      ...(c.outPkts !== undefined ? { outPkts: BigInt(c.outPkts) } : {}),
+    };
   }
 
   /** Test helper: pretend connections exist on a destination (what graceful termination waits for). */

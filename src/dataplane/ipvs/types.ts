@@ -25,8 +25,12 @@ export type ServiceKey =
  * The key of anything that carries one (a service, a scrape's counters, a planned virtual server):
  * its firewall mark when it has one, else protocol, address and port.
  */
-export function serviceKeyOf(x: ServiceKey | { family: Family; fwmark?: number; protocol: IpvsProtocol; address: string; port: number }): ServiceKey {
-  return x.fwmark !== undefined ? { family: x.family, fwmark: x.fwmark } : { family: x.family, protocol: x.protocol, address: x.address, port: x.port };
+export function serviceKeyOf(
+  x: ServiceKey | { family: Family; fwmark?: number; protocol: IpvsProtocol; address: string; port: number },
+): ServiceKey {
+  return x.fwmark !== undefined
+    ? { family: x.family, fwmark: x.fwmark }
+    : { family: x.family, protocol: x.protocol, address: x.address, port: x.port };
 }
 
 export type IpvsService = ServiceKey & {
@@ -87,7 +91,13 @@ export interface DestinationCounters extends Counters {
 
 export function countersOf(s: IpvsStats | undefined): Counters {
   return s
-    ? { conns: Number(s.conns), inPkts: Number(s.inPkts), outPkts: Number(s.outPkts), inBytes: Number(s.inBytes), outBytes: Number(s.outBytes) }
+    ? {
+        conns: Number(s.conns),
+        inPkts: Number(s.inPkts),
+        outPkts: Number(s.outPkts),
+        inBytes: Number(s.inBytes),
+        outBytes: Number(s.outBytes),
+      }
     : { conns: 0, inPkts: 0, outPkts: 0, inBytes: 0, outBytes: 0 };
 }
 
@@ -98,7 +108,15 @@ export function serviceCountersOf(s: IpvsService): ServiceCounters {
 }
 
 export function destinationCountersOf(d: IpvsDestination): DestinationCounters {
-  return { id: destinationId(d), address: d.address, port: d.port, weight: d.weight, activeConns: d.activeConns ?? 0, inactiveConns: d.inactiveConns ?? 0, ...countersOf(d.stats) };
+  return {
+    id: destinationId(d),
+    address: d.address,
+    port: d.port,
+    weight: d.weight,
+    activeConns: d.activeConns ?? 0,
+    inactiveConns: d.inactiveConns ?? 0,
+    ...countersOf(d.stats),
+  };
 }
 
 export interface IpvsTimeouts {

@@ -11,17 +11,32 @@ const KUBECONFIG = '/lab-results/kubeconfig';
 if (!existsSync(KUBECONFIG)) {
   t.plan(0, 'no API server on the host (test/k8s binaries could not be built, or K8S=0)');
 } else {
-  const kc = parse(readFileSync(KUBECONFIG, 'utf8')) as { clusters: { cluster: { server: string } }[]; users: { user: { token: string } }[] };
+  const kc = parse(readFileSync(KUBECONFIG, 'utf8')) as {
+    clusters: { cluster: { server: string } }[];
+    users: { user: { token: string } }[];
+  };
   const server = new URL(kc.clusters[0]!.cluster.server);
   const token = kc.users[0]!.user.token;
   const agent = new Agent({ rejectUnauthorized: false });
   const api = (method: string, path: string, body?: unknown) =>
     new Promise<{ status: number; json: Record<string, unknown> }>((res, rej) => {
-      const req = request({ host: server.hostname, port: server.port, path, method, agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } }, (r) => {
-        let d = '';
-        r.on('data', (c) => (d += c));
-        r.on('end', () => res({ status: r.statusCode ?? 0, json: d ? (JSON.parse(d) as Record<string, unknown>) : {} }));
-      });
+      const req = request(
+        {
+          host: server.hostname,
+          port: server.port,
+          path,
+          method,
+          agent,
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        },
+        (r) => {
+          let d = '';
+          r.on('data', (c) => (d += c));
+          r.on('end', () =>
+            res({ status: r.statusCode ?? 0, json: d ? (JSON.parse(d) as Record<string, unknown>) : {} }),
+          );
+        },
+      );
       req.on('error', rej);
       if (body !== undefined) req.write(JSON.stringify(body));
       req.end();
@@ -31,7 +46,12 @@ if (!existsSync(KUBECONFIG)) {
   const ns = 'lab';
   const count = (names: string[]) => names.reduce<Record<string, number>>((m, n) => ((m[n] = (m[n] ?? 0) + 1), m), {});
   const sliceFor = (...names: string[]) => {
-    const s = slice('web-lab', 'web', names.map((n) => ep(lab.backendIP(n), { node: 'lab-node' })), { ns, ports: [{ name: 'http', protocol: 'TCP', port: 8080 }] });
+    const s = slice(
+      'web-lab',
+      'web',
+      names.map((n) => ep(lab.backendIP(n), { node: 'lab-node' })),
+      { ns, ports: [{ name: 'http', protocol: 'TCP', port: 8080 }] },
+    );
     return s;
   };
   let vip = '';

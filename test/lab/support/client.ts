@@ -158,7 +158,10 @@ async function main() {
         console.log(broken);
         continue;
       }
-      const reply = Promise.race([new Promise<string>((r) => lines.push(r)), new Promise<string>((r) => setTimeout(() => r('ERR timeout'), TIMEOUT))]);
+      const reply = Promise.race([
+        new Promise<string>((r) => lines.push(r)),
+        new Promise<string>((r) => setTimeout(() => r('ERR timeout'), TIMEOUT)),
+      ]);
       s.write(`${line}\n`);
       console.log(await reply);
     }

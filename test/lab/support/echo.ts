@@ -22,7 +22,9 @@ createServer((sock) => {
     let i;
     while ((i = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, i);
-      sock.write(line === 'whoami' ? `${name} ${(sock.remoteAddress ?? '').replace(/^::ffff:/, '')}\n` : `${name} ${line}\n`);
+      sock.write(
+        line === 'whoami' ? `${name} ${(sock.remoteAddress ?? '').replace(/^::ffff:/, '')}\n` : `${name} ${line}\n`,
+      );
       buf = buf.slice(i + 1);
     }
   });

@@ -76,7 +76,10 @@ export function resetNode(): string[] {
       /* gone */
     }
   }
-  for (const n of run('ip', 'netns', 'list').split('\n').map((l) => l.split(' ')[0]!).filter(Boolean)) {
+  for (const n of run('ip', 'netns', 'list')
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter(Boolean)) {
     run('ip', 'netns', 'del', n);
     done.push(`netns ${n}`);
   }
@@ -96,16 +99,24 @@ export function resetNode(): string[] {
       const text = run(`${family}-${backend}-save`);
       if (!/^-A |^:KIPVS/m.test(text)) continue;
       const tables = [...text.matchAll(/^\*(\w+)$/gm)].map((m) => m[1]!);
-      const empty = tables.map((t) => `*${t}\n${(BUILTIN[t] ?? []).map((c) => `:${c} ACCEPT [0:0]`).join('\n')}\nCOMMIT\n`).join('');
+      const empty = tables
+        .map((t) => `*${t}\n${(BUILTIN[t] ?? []).map((c) => `:${c} ACCEPT [0:0]`).join('\n')}\nCOMMIT\n`)
+        .join('');
       try {
-        execFileSync(`${family}-${backend}-restore`, [], { input: empty, stdio: ['pipe', 'ignore', 'pipe'], timeout: 30_000 });
+        execFileSync(`${family}-${backend}-restore`, [], {
+          input: empty,
+          stdio: ['pipe', 'ignore', 'pipe'],
+          timeout: 30_000,
+        });
         done.push(`${family}-${backend}: ${tables.join(', ')} emptied`);
       } catch (e) {
         done.push(`${family}-${backend}: could not empty (${(e as Error).message.split('\n')[0]})`);
       }
     }
   }
-  const sets = run('ipset', 'list', '-n').split('\n').filter((s) => /^KIPVS6?-/.test(s));
+  const sets = run('ipset', 'list', '-n')
+    .split('\n')
+    .filter((s) => /^KIPVS6?-/.test(s));
   for (const s of sets) run('ipset', 'destroy', s);
   if (sets.length) done.push(`${sets.length} ipsets`);
   run('conntrack', '-F');
@@ -115,7 +126,16 @@ export function resetNode(): string[] {
 /** Describes what keeps this process's event loop alive and which children are still running. */
 export function aliveReport(): string {
   const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().map((h) => {
-    const o = h as { constructor?: { name?: string }; pid?: number; spawnfile?: string; remoteAddress?: string; remotePort?: number; localPort?: number; address?: () => unknown; fd?: number };
+    const o = h as {
+      constructor?: { name?: string };
+      pid?: number;
+      spawnfile?: string;
+      remoteAddress?: string;
+      remotePort?: number;
+      localPort?: number;
+      address?: () => unknown;
+      fd?: number;
+    };
     const name = o.constructor?.name ?? typeof h;
     if (o.pid) return `${name} pid ${o.pid} ${o.spawnfile ?? ''}`;
     if (o.remoteAddress) return `${name} ${o.remoteAddress}:${o.remotePort}`;
@@ -128,7 +148,9 @@ export function aliveReport(): string {
     }
     return o.fd !== undefined ? `${name} fd ${o.fd}` : name;
   });
-  const kids = procs().filter((p) => p.ppid === process.pid).map((p) => `${p.pid} [${p.state}] ${p.cmd.slice(0, 160)}`);
+  const kids = procs()
+    .filter((p) => p.ppid === process.pid)
+    .map((p) => `${p.pid} [${p.state}] ${p.cmd.slice(0, 160)}`);
   return `resources: ${process.getActiveResourcesInfo().join(', ') || 'none'}\nhandles: ${handles.join('; ') || 'none'}\nchildren: ${kids.join('; ') || 'none'}`;
 }
 
@@ -138,7 +160,9 @@ export function aliveReport(): string {
  */
 export function watchExit(ms = 20_000): void {
   setTimeout(() => {
-    process.stderr.write(`lab: ${process.argv[1]} did not exit ${ms / 1000} s after its teardown; still alive:\n${aliveReport()}\n`);
+    process.stderr.write(
+      `lab: ${process.argv[1]} did not exit ${ms / 1000} s after its teardown; still alive:\n${aliveReport()}\n`,
+    );
     for (const p of procs().filter((x) => x.ppid === process.pid)) {
       try {
         process.kill(p.pid, 'SIGKILL');

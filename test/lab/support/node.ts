@@ -33,7 +33,12 @@ const nodeBin = process.execPath;
  */
 export const LAB_V8_FLAGS = ['--liftoff-only'];
 /** A TypeScript program run the lab's way (and safe from Node's exit deadlock: src/util/v8-flags.ts). */
-export const nodeArgs = (script: string, ...args: string[]) => [...LAB_V8_FLAGS, ...EXIT_DEADLOCK_V8_FLAGS, script, ...args];
+export const nodeArgs = (script: string, ...args: string[]) => [
+  ...LAB_V8_FLAGS,
+  ...EXIT_DEADLOCK_V8_FLAGS,
+  script,
+  ...args,
+];
 /** How a node runs kube-ipvs: node with the shipped V8 flags, then the CLI. */
 export const CLI = [...DAEMON_V8_FLAGS, ...LAB_V8_FLAGS, join(repo, 'src/cli.ts')];
 
@@ -42,13 +47,24 @@ export const CLI = [...DAEMON_V8_FLAGS, ...LAB_V8_FLAGS, join(repo, 'src/cli.ts'
  * runner's NODE_OPTIONS and coverage hooks, as they would run on a real node (V8's coverage
  * instrumentation has crashed short-lived processes under TCG).
  */
-export const procEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|TAP.*|_TAPJS.*)$/.test(k)));
+export const procEnv: NodeJS.ProcessEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|TAP.*|_TAPJS.*)$/.test(k)),
+);
 
 /** A short command; none may block a case for more than a minute. */
-export const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', env: procEnv, timeout: 60_000 });
+export const sh = (cmd: string, ...args: string[]) =>
+  execFileSync(cmd, args, { encoding: 'utf8', env: procEnv, timeout: 60_000 });
 const ns = (name: string, ...cmd: string[]) => sh('ip', 'netns', 'exec', name, ...cmd);
 
-function veth(nsName: string, hostIf: string, nsAddr: string, gw: string, bridge?: string, hostAddr?: string, v6?: { nsAddr: string; gw: string; hostAddr?: string }) {
+function veth(
+  nsName: string,
+  hostIf: string,
+  nsAddr: string,
+  gw: string,
+  bridge?: string,
+  hostAddr?: string,
+  v6?: { nsAddr: string; gw: string; hostAddr?: string },
+) {
   sh('ip', 'netns', 'add', nsName);
   sh('ip', 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsName);
   if (bridge) sh('ip', 'link', 'set', hostIf, 'master', bridge);
@@ -103,11 +119,21 @@ export class LabNode {
     writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', '1');
     for (let i = 1; i <= count; i++) {
       const name = `be${i}`;
-      veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0', undefined, { nsAddr: `fd00:244::${10 + i}/64`, gw: POD6_GW });
+      veth(name, `vbe${i}`, `10.244.0.${10 + i}/24`, '10.244.0.1', 'kbr0', undefined, {
+        nsAddr: `fd00:244::${10 + i}/64`,
+        gw: POD6_GW,
+      });
       this.backends.push(name);
-      this.#servers.set(name, await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/));
+      this.#servers.set(
+        name,
+        await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080'], /ready/),
+      );
     }
-    veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24', { nsAddr: `${CLIENT_IP6}/64`, gw: 'fd00:250::1', hostAddr: 'fd00:250::1/64' });
+    veth('client', 'vclient', `${CLIENT_IP}/24`, '10.250.0.1', undefined, '10.250.0.1/24', {
+      nsAddr: `${CLIENT_IP6}/64`,
+      gw: 'fd00:250::1',
+      hostAddr: 'fd00:250::1/64',
+    });
     veth('ext', 'vext', `${EXT_IP}/24`, NODE_IP, undefined, `${NODE_IP}/24`);
   }
 
@@ -125,7 +151,20 @@ export class LabNode {
   /** (Re)starts a backend's server: `delayMs` makes it slow to greet; `udpSink` never answers UDP. */
   async startBackend(name: string, opts: { delayMs?: number; udpSink?: boolean } = {}): Promise<void> {
     await this.stopBackend(name);
-    this.#servers.set(name, await this.#startChild(name, [join(repo, 'test/lab/support/echo.ts'), name, '8080', String(opts.delayMs ?? 0), opts.udpSink ? 'udp-sink' : ''], /ready/));
+    this.#servers.set(
+      name,
+      await this.#startChild(
+        name,
+        [
+          join(repo, 'test/lab/support/echo.ts'),
+          name,
+          '8080',
+          String(opts.delayMs ?? 0),
+          opts.udpSink ? 'udp-sink' : '',
+        ],
+        /ready/,
+      ),
+    );
   }
 
   /** Drops every TCP packet to a backend's port inside its namespace (a black hole), or stops that. */
@@ -142,7 +181,10 @@ export class LabNode {
   }
 
   #startChild(nsName: string, args: string[], ready: RegExp): Promise<ChildProcess> {
-    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...LAB_V8_FLAGS, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: procEnv });
+    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...LAB_V8_FLAGS, ...args], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: procEnv,
+    });
     this.#children.push(child);
     return new Promise((res, rej) => {
       let out = '';
@@ -166,7 +208,15 @@ export class LabNode {
   /** Starts `kube-ipvs run` on the folder, or on an API server (a real process, as on a node). */
   startProxy(extraConfig: Record<string, unknown> = {}, source: string[] = ['--manifests', this.manifests]): void {
     const cfgFile = join(this.stateDir, '..', 'config.yaml');
-    writeFileSync(cfgFile, stringify({ apiVersion: 'kube-ipvs.io/v1alpha1', kind: 'KubeIPVSConfiguration', stateDirectory: this.stateDir, ...extraConfig }));
+    writeFileSync(
+      cfgFile,
+      stringify({
+        apiVersion: 'kube-ipvs.io/v1alpha1',
+        kind: 'KubeIPVSConfiguration',
+        stateDirectory: this.stateDir,
+        ...extraConfig,
+      }),
+    );
     this.startProxyCommand(nodeBin, [...CLI, 'run', ...source, '--config', cfgFile, '--node', 'lab-node']);
   }
 
@@ -174,7 +224,10 @@ export class LabNode {
   startProxyCommand(cmd: string, args: string[], env: NodeJS.ProcessEnv = procEnv): void {
     this.#proxy = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
-    this.#proxy.on('exit', (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`));
+    this.#proxy.on(
+      'exit',
+      (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`),
+    );
   }
 
   /** The running proxy's process id (null: none). */
@@ -199,7 +252,17 @@ export class LabNode {
 
   /** A long-lived connection driven line by line. */
   hold(nsName: 'client' | 'ext', host: string, port: number) {
-    const child = spawn('ip', ['netns', 'exec', nsName, nodeBin, ...nodeArgs(join(repo, 'test/lab/support/client.ts'), 'hold', host, String(port))], { stdio: ['pipe', 'pipe', 'inherit'], env: procEnv });
+    const child = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        nsName,
+        nodeBin,
+        ...nodeArgs(join(repo, 'test/lab/support/client.ts'), 'hold', host, String(port)),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'], env: procEnv },
+    );
     this.#children.push(child);
     const lines: string[] = [];
     const waiters: ((l: string) => void)[] = [];
@@ -222,10 +285,11 @@ export class LabNode {
         child.stdin!.write(`${msg}\n`);
         return next();
       },
-      close: () => new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.stdin!.end();
-      }),
+      close: () =>
+        new Promise<void>((r) => {
+          child.once('exit', () => r());
+          child.stdin!.end();
+        }),
     };
   }
 
@@ -247,7 +311,10 @@ export class LabNode {
         }
         const r = check(k);
         if (r === true) return k;
-        if (Date.now() > until) throw new Error(`kernel did not converge in ${ms} ms${typeof r === 'string' ? `: ${r}` : ''}\nkernel: ${JSON.stringify(k)}\nproxy log:\n${this.proxyLog.slice(-3000)}`);
+        if (Date.now() > until)
+          throw new Error(
+            `kernel did not converge in ${ms} ms${typeof r === 'string' ? `: ${r}` : ''}\nkernel: ${JSON.stringify(k)}\nproxy log:\n${this.proxyLog.slice(-3000)}`,
+          );
         await new Promise((r) => setTimeout(r, 200));
       }
     } finally {
@@ -263,11 +330,19 @@ export class LabNode {
     let cleanupError: Error | null = null;
     const started = Date.now();
     try {
-      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], { stdio: ['ignore', 'ignore', 'pipe'], env: procEnv, timeout: 60_000, killSignal: 'SIGKILL' });
+      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: procEnv,
+        timeout: 60_000,
+        killSignal: 'SIGKILL',
+      });
     } catch (e) {
       const err = e as { signal?: string; status?: number; stderr?: Buffer };
       // A cleanup that hangs is a product bug: say so (after the rest is torn down).
-      if (err.signal) cleanupError = new Error(`kube-ipvs cleanup did not finish within 60 s (killed after ${Date.now() - started} ms): ${err.stderr?.toString().slice(-500) ?? ''}`);
+      if (err.signal)
+        cleanupError = new Error(
+          `kube-ipvs cleanup did not finish within 60 s (killed after ${Date.now() - started} ms): ${err.stderr?.toString().slice(-500) ?? ''}`,
+        );
       /* a non-zero exit: nothing was started, or already cleaned */
     }
     for (const c of this.#children) c.kill('SIGKILL');
