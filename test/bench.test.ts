@@ -1,4 +1,5 @@
-// Keeps perf/plan.bench.ts, perf/synthetic-scrape.ts and perf/health.bench.ts runnable: a small run must finish and print its measurements.
+// Keeps perf/plan.bench.ts, perf/synthetic-scrape.ts and perf/health.bench.ts runnable: a small run must finish and
+// print its measurements.
 // (The full-size numbers come from `npm run bench`, not from the test suite.)
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';

@@ -286,7 +286,8 @@ if ('why' in built) {
         404,
         'the dry run stored nothing',
       );
-      // The other shape: kube-proxy's ConfigMap reused, the API server address set, no RBAC or metrics Service of its own.
+      // The other shape: kube-proxy's ConfigMap reused, the API server address set, no RBAC or metrics Service of its
+      // own.
       for (const o of render(
         '--set',
         'config.existingConfigMap=kube-proxy',

@@ -396,7 +396,8 @@ t.test(
       problems.some((p) => p.includes('KIPVS_MANIFEST_UNPARSABLE')),
       'and the broken one is reported',
     );
-    // The broken document now is a Service that was there: kept; a document removed while another is broken stays until the file reads whole.
+    // The broken document now is a Service that was there: kept; a document removed while another is broken stays until
+    // the file reads whole.
     writeFileSync(join(dir, 'web.yaml'), yaml(...good()) + '---\n{ broken: [\n');
     await src.refresh();
     t.same(

@@ -166,7 +166,9 @@ export class Reconciler {
     return address !== undefined && this.#exclude.some((c) => cidrContains(c, address));
   }
 
-  /** Ours: on an address of our own interface, or recorded as created by us and of a shape we create (and not excluded). */
+  /**
+   * Ours: on an address of our own interface, or recorded as created by us and of a shape we create (and not excluded).
+   */
   #isOurs(s: IpvsService): boolean {
     if (this.#excluded(s.address)) return false;
     if (s.address !== undefined && this.#ifAddrs.has(s.address)) return true;

@@ -225,7 +225,10 @@ export class HealthStage {
     } else this.#reschedule(t);
   }
 
-  /** A target's interval: the shortest its active Services ask for; idle ones wait idleInterval; passive-only ones are probed only while ejected. */
+  /**
+   * A target's interval: the shortest its active Services ask for; idle ones wait idleInterval; passive-only ones are
+   * probed only while ejected.
+   */
   #reschedule(t: Target): void {
     const now = this.#o.clock.now();
     let interval = Infinity;
@@ -458,7 +461,9 @@ export class HealthStage {
     if (changed.length > 0) this.#o.onChange(changed.sort());
   }
 
-  /** One line when every probe of a Service fails while its backends answer its traffic: the probes are likely blocked. */
+  /**
+   * One line when every probe of a Service fails while its backends answer its traffic: the probes are likely blocked.
+   */
   #warnBlocked(s: ServiceEntry): void {
     const probed = [...s.targets.values()]
       .filter((k): k is string => k !== null)

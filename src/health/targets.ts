@@ -23,7 +23,9 @@ export interface ServiceHealth {
   endpoints: HealthEndpoint[];
   /** Passive detection applies: no active checks, passive on, and TCP virtual servers. */
   passive: boolean;
-  /** The Service's TCP virtual servers, by IPVS id ("TCP/10.96.0.1:80"): where passive evidence and traffic are read. */
+  /**
+   * The Service's TCP virtual servers, by IPVS id ("TCP/10.96.0.1:80"): where passive evidence and traffic are read.
+   */
   tcpVirtualServers: string[];
   /** Every virtual server id (traffic is read on all of them). */
   virtualServers: string[];

@@ -22,7 +22,10 @@ export interface Service {
   key: string;
   namespace: string;
   name: string;
-  /** metadata.creationTimestamp in ms since the epoch; null when absent (a manifest). The older claim on a virtual server wins. */
+  /**
+   * metadata.creationTimestamp in ms since the epoch; null when absent (a manifest). The older claim on a virtual
+   * server wins.
+   */
   createdAt: number | null;
   type: ServiceType;
   /** Canonical ClusterIPs, primary family first (spec.clusterIPs, or spec.clusterIP). */

@@ -169,7 +169,9 @@ export function planService(
   for (const slice of slices)
     for (const e of slice.endpoints)
       if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
-  /** Virtual server ids already planned for this Service (its own duplicates: a ClusterIP also listed as an externalIP). */
+  /**
+   * Virtual server ids already planned for this Service (its own duplicates: a ClusterIP also listed as an externalIP).
+   */
   const planned = new Set<string>();
   /** An address carries this Service's virtual servers unless it is another Service's ClusterIP. */
   const addressHeld = (address: string, kind: VirtualServerKind) =>

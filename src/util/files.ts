@@ -20,7 +20,10 @@ const notRegular = { error: 'is not a regular file (a FIFO, a device, a socket o
 const versionOf = (st: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }) =>
   `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
-/** The text of a regular file of at most `maxBytes`, or why not. `skipIf(version)` true: returns `{text: '', version}` unread. */
+/**
+ * The text of a regular file of at most `maxBytes`, or why not. `skipIf(version)` true: returns `{text: '', version}`
+ * unread.
+ */
 export async function readRegularFile(
   path: string,
   maxBytes: number,

@@ -69,7 +69,9 @@ function rootStep(
 export const labPrepared = () =>
   rootStep('lab', 'test/lab/prepare.sh', 'LAB', 'the lab installs qemu from Debian packages and boots a VM');
 
-/** The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not. */
+/**
+ * The container image of these sources (images/build.sh's KEY=VALUE lines: IMAGE_ROOTFS, IMAGE_OCI, sizes), or why not.
+ */
 export const imageBuilt = () =>
   rootStep('image', 'images/build.sh', 'IMAGE', 'the image build runs mmdebstrap and stores root-owned files');
 /** dist/ compiled from the sources as they are now (no source file newer than dist/cli.js), or why not. */

@@ -1,6 +1,7 @@
 // Encoding and decoding of IPVS generic netlink payloads (the part after the netlink header:
 // the 4-byte genl header, then attributes). Pure: bytes in, values out, so it is tested byte
-// by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in place.
+// by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in
+// place.
 import { formatIP, parseIP, type Family } from '../../util/ip.ts';
 import { attr, cstr, nest, type Attr } from '../nlattr.ts';
 import {

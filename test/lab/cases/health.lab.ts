@@ -124,7 +124,10 @@ async function daemonStalls(): Promise<string> {
     return `(no /metrics: ${(e as Error).message})`;
   }
 }
-/** When the daemon's health view says this endpoint last changed state (ms since the epoch; the VM's clock is the test's). */
+/**
+ * When the daemon's health view says this endpoint last changed state (ms since the epoch; the VM's clock is the
+ * test's).
+ */
 async function changedAt(endpoint: string): Promise<number | null> {
   try {
     const st = (await fetch('http://127.0.0.1:10249/status').then((r) => r.json())) as {

@@ -6,8 +6,8 @@
 //   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
 //                                  per datagram as it happens (not one JSON line)
 //   tally HOST PORT EVERY_MS FOR_MS  a new connection every EVERY_MS, each on its own (none waits for the
-//                                  one before): every outcome, [[when it began (ms since the epoch), backend or ERR...], ...];
-//                                  FOR_MS 0: until stdin closes
+//                                  one before): every outcome, [[when it began (ms since the epoch),
+//                                  backend or ERR...], ...]; FOR_MS 0: until stdin closes
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';

@@ -220,7 +220,9 @@ export class LabNode {
     this.startProxyCommand(nodeBin, [...CLI, 'run', ...source, '--config', cfgFile, '--node', 'lab-node']);
   }
 
-  /** Starts kube-ipvs by another command line (the image case: from the image's root); its log is kept as startProxy's. */
+  /**
+   * Starts kube-ipvs by another command line (the image case: from the image's root); its log is kept as startProxy's.
+   */
   startProxyCommand(cmd: string, args: string[], env: NodeJS.ProcessEnv = procEnv): void {
     this.#proxy = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
@@ -322,7 +324,10 @@ export class LabNode {
     }
   }
 
-  /** Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case file starts clean. */
+  /**
+   * Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case
+   * file starts clean.
+   */
   async shutdown(): Promise<void> {
     if (this.#shutDown) return; // a case may shut down in a test and again in its teardown
     this.#shutDown = true;
