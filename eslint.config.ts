@@ -41,6 +41,8 @@ export default defineConfig(
       '@typescript-eslint/require-await': 'off',
       // `const { evicted: _ignored, ...rest } = x` drops a field on purpose.
       '@typescript-eslint/no-unused-vars': ['error', { ignoreRestSiblings: true, argsIgnorePattern: '^_' }],
+      // `let { a, b } = f()` with only `a` reassigned stays one statement.
+      'prefer-const': ['error', { destructuring: 'all' }],
       // Control characters in a regular expression are how untrusted text is found and escaped.
       'no-control-regex': 'off',
       // Prettier wraps code at 120 columns but never breaks a string or a comment: this holds those to it

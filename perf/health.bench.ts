@@ -120,13 +120,13 @@ export async function healthBench(endpoints = ENDPOINTS, seconds = SECONDS): Pro
     // Every address of 10.200.0.0/15 is local in the namespace: one route instead of 100 000 addresses.
     sh('ip', 'netns', 'exec', NS, 'ip', 'route', 'add', 'local', '10.200.0.0/15', 'dev', 'lo');
     sh('ip', 'netns', 'exec', NS, 'sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000');
-    await new Promise((r) => listener.stdout!.once('data', r));
+    await new Promise((r) => listener.stdout.once('data', r));
     const child = spawn('ip', ['netns', 'exec', NS, process.execPath, ...DAEMON_V8_FLAGS, import.meta.filename], {
       env: { ...process.env, HEALTH_BENCH_CHILD: '1', ENDPOINTS: String(endpoints), SECONDS: String(seconds) },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
-    child.stdout!.on('data', (d) => (out += d));
+    child.stdout.on('data', (d) => (out += d));
     const code = await new Promise<number | null>((r) => child.once('exit', r));
     if (code !== 0) throw new Error(`the measurement exited ${code}`);
     return JSON.parse(out) as HealthBench;

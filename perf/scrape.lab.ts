@@ -51,7 +51,7 @@ for (let i = 0; i < SERVICES; i++) {
   labels.set(id, { service: `bench/svc-${i}`, portName: 'http', kind: 'ClusterIP' });
   planned.set(id, ENDPOINTS);
 }
-let t0 = performance.now();
+const t0 = performance.now();
 execFileSync('ipvsadm', ['-R'], { input: rules.join('\n') + '\n', maxBuffer: 1 << 26 });
 const restoreMs = performance.now() - t0;
 

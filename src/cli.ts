@@ -139,8 +139,11 @@ if (isEntry()) {
   main(process.argv.slice(2), {
     stdout: (t) => void process.stdout.write(t),
     stderr: (t) => void process.stderr.write(t),
-  }).then(exit, (e: unknown) => {
-    process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
-    void exit(70);
-  });
+  })
+    .catch((e: unknown) => {
+      process.stderr.write(`kube-ipvs: internal error: ${(e as Error).stack ?? String(e)}\n`);
+      return 70;
+    })
+    .then(exit)
+    .catch(() => process.exit(70));
 }

@@ -166,6 +166,8 @@ export class Daemon {
       retryBaseMs: 1000,
       retryMaxMs: cfg.ipvs.syncPeriodSeconds * 1000,
       clock: this.#clock,
+      onError: (e) =>
+        deps.log.error('sync runner fault; retrying', { error: (e as Error).stack ?? String(e) }, 'sync-runner'),
     });
   }
 

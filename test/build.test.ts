@@ -74,9 +74,7 @@ t.test(
   { skip: 'why' in built ? `dist/ not built: ${built.why}` : false },
   async (t) => {
     const dist = join(repo, 'dist');
-    const files = (readdirSync(dist, { recursive: true, encoding: 'utf8' }) as string[]).filter((f) =>
-      f.endsWith('.js'),
-    );
+    const files = readdirSync(dist, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.js'));
     t.ok(files.length > 30, `${files.length} compiled modules`);
     const stale = files.filter((f) =>
       /from ['"]\.[^'"]*\.ts['"]|import\(['"]\.[^'"]*\.ts['"]\)/.test(readFileSync(join(dist, f), 'utf8')),

@@ -29,6 +29,7 @@ type Obj = {
   [k: string]: unknown;
 };
 // Loose views into rendered objects: the assertions say what must be there.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- rendered Kubernetes objects, read by shape
 type Any = any;
 
 if ('why' in built) {
@@ -220,7 +221,7 @@ if ('why' in built) {
           .flatMap((e) => e.match(/\b(kubeproxy|kubeipvs|process)_[a-z_]+/g) ?? [])
           .map((m) => m.replace(/_(bucket|count|sum)$/, '')),
       );
-      const src = (readdirSync(join(repo, 'src'), { recursive: true, encoding: 'utf8' }) as string[])
+      const src = readdirSync(join(repo, 'src'), { recursive: true, encoding: 'utf8' })
         .filter((f) => f.endsWith('.ts'))
         .map((f) => readFileSync(join(repo, 'src', f), 'utf8'))
         .join('\n');

@@ -17,7 +17,7 @@ const built = imageBuilt();
 if ('why' in built) {
   t.plan(0, `image tests skipped: ${built.why}`);
 } else {
-  const { IMAGE_OCI: oci, IMAGE_ROOTFS: root } = built.env as Record<string, string>;
+  const { IMAGE_OCI: oci, IMAGE_ROOTFS: root } = built.env;
   const { blob, index, manifestBlob, manifest, configBlob, config } = readLayout(oci!);
   const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 

@@ -67,7 +67,7 @@ t.test(
     const starter = spawn(process.execPath, ['--input-type=module', '-e', script], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
-    const pid = await new Promise<number>((res) => starter.stdout!.once('data', (d) => res(Number(String(d).trim()))));
+    const pid = await new Promise<number>((res) => starter.stdout.once('data', (d) => res(Number(String(d).trim()))));
     t.ok(await until(() => alive(pid), 2000), `the server (${pid}) runs`);
     starter.kill('SIGKILL');
     t.ok(await until(() => !alive(pid), 3000), 'and dies with its starter, with no teardown run');

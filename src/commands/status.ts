@@ -161,7 +161,7 @@ export async function collectStatus(
       kind: l?.kind ?? '',
       // A firewall-mark virtual server (in-cluster traffic to a Local LoadBalancer) shows its mark.
       protocol: s.protocol ?? 'FWM',
-      address: s.address ?? `0x${s.fwmark!.toString(16)}`,
+      address: s.address ?? `0x${s.fwmark.toString(16)}`,
       port: s.port ?? 0,
       scheduler: s.scheduler,
       persistenceTimeoutSeconds: s.flags & SvcFlag.PERSISTENT ? s.timeout : 0,

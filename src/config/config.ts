@@ -196,7 +196,7 @@ const mediaTypes = (v: unknown): string => {
   const s = str(v);
   if (
     s !== '' &&
-    !/^[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*(\s*,\s*[A-Za-z0-9.+*\/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*)*$/.test(
+    !/^[A-Za-z0-9.+*/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*(\s*,\s*[A-Za-z0-9.+*/-]+(\s*;\s*[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*)*$/.test(
       s,
     )
   )
@@ -425,9 +425,8 @@ function health<T>(read: Reader<T>): (v: unknown) => T {
     if (typeof v !== 'string' && typeof v !== 'number')
       throw new BadValue(`must be a string or a number, got ${quote(v)}`);
     const r = read(String(v));
-    if (typeof r === 'object' && r !== null && 'invalid' in r)
-      throw new BadValue(`${quote(v)} ${(r as { invalid: string }).invalid}`);
-    return r as T;
+    if (typeof r === 'object' && r !== null && 'invalid' in r) throw new BadValue(`${quote(v)} ${r.invalid}`);
+    return r;
   };
 }
 

@@ -32,7 +32,7 @@ export async function cleanup(
   const nodeAddrs = new Set([...all].filter(([i]) => i !== index && i !== lo).flatMap(([, a]) => a));
   for (const s of await ipvs.services()) {
     const id = serviceId(s);
-    if (s.address !== undefined && exclude.some((c) => cidrContains(c, s.address!))) continue;
+    if (s.address !== undefined && exclude.some((c) => cidrContains(c, s.address))) continue;
     const onOurInterface = s.address !== undefined && ifAddrs.has(s.address);
     // The record alone is not enough (it may be corrupt or another's): a recorded virtual server
     // off our interface must also be of a shape kube-ipvs makes there.

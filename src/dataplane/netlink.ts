@@ -17,6 +17,11 @@ import {
   type NetlinkMessage,
 } from 'netlink';
 
+/** The control message types (NLMSG_*) as the plain numbers a message's `type` holds. */
+export const NLMSG_NOOP: number = MessageType.NOOP;
+export const NLMSG_ERROR: number = MessageType.ERROR;
+export const NLMSG_DONE: number = MessageType.DONE;
+
 /** What NetlinkSocket uses of its raw socket; tests pass an in-memory kernel. */
 export type RawSocket = RawNetlinkSocket;
 
@@ -50,7 +55,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   protected override handleMessages(msgs: NetlinkMessage[], rinfo: MessageInfo): void {
     for (const msg of msgs) {
       const open = this.#parts.get(msg.seq);
-      if (msg.type === MessageType.DONE) {
+      if (msg.type === NLMSG_DONE) {
         // DONE closes its own request's dump (some kernels leave NLM_F_MULTI off it), and carries
         // the dump's result: an error there means the dump stopped short, not that it was whole.
         this.#parts.delete(msg.seq);
@@ -64,7 +69,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       } else if (msg.flags & Flags.MULTI) {
         if (open) open.push(msg);
         else this.#parts.set(msg.seq, [msg]);
-      } else if (open && msg.type === MessageType.ERROR) {
+      } else if (open && msg.type === NLMSG_ERROR) {
         // An error in place of the rest of a dump: the request fails with it.
         this.#parts.delete(msg.seq);
         this.emitMessage(msg, rinfo);

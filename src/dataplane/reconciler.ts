@@ -192,7 +192,7 @@ export class Reconciler {
     }
     await pool([...addresses], this.#o.concurrency, (a) => this.#addAddress(a, run));
 
-    let kernel: IpvsService[] = [];
+    let kernel: IpvsService[];
     try {
       kernel = await this.#ipvs.services();
     } catch (e) {
@@ -291,7 +291,7 @@ export class Reconciler {
       await pool(desired, this.#o.concurrency, async (d) => {
         now.vs.add(d.id);
         this.#vsOwner.set(d.id, key);
-        let have: IpvsService | null = null;
+        let have: IpvsService | null;
         try {
           have = await this.#ipvs.service(d.service);
         } catch (e) {
@@ -493,5 +493,5 @@ export function parseServiceId(id: string): IpvsService {
     flags: 0,
     timeout: 0,
     netmask: 0,
-  } as IpvsService;
+  };
 }

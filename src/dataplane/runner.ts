@@ -24,6 +24,11 @@ export interface RunnerOptions {
   retryBaseMs: number;
   retryMaxMs: number;
   clock?: Clock;
+  /**
+   * A fault in the runner's own bookkeeping (never the sync's: its errors are failures, retried).
+   * The runner carries on: it is not left marked running, which would stop every later sync.
+   */
+  onError?: (e: unknown) => void;
 }
 
 /** What the runner asks for: `full` when the periodic resync is due. Resolves to success. */
@@ -46,7 +51,7 @@ export class BoundedFrequencyRunner {
 
   constructor(fn: SyncFn, opts: RunnerOptions) {
     this.#fn = fn;
-    this.#o = { clock: systemClock, ...opts };
+    this.#o = { clock: systemClock, onError: () => {}, ...opts };
     this.#lastFull = this.#o.clock.now();
   }
 
@@ -109,7 +114,14 @@ export class BoundedFrequencyRunner {
     this.#timer = this.#o.clock.setTimeout(() => {
       this.#timer = null;
       this.#timerAt = Infinity;
-      void this.#run();
+      this.#run().catch((e: unknown) => {
+        this.#running = false;
+        this.#o.onError(e);
+        if (!this.#stopped) {
+          this.#pending = true;
+          this.#schedule(this.#o.retryMaxMs);
+        }
+      });
     }, delay);
   }
 
@@ -121,7 +133,7 @@ export class BoundedFrequencyRunner {
     this.#pending = false;
     this.#urgent = false;
     this.#lastRun = now;
-    let ok = false;
+    let ok: boolean;
     try {
       ok = await this.#fn({ full });
     } catch {

@@ -140,7 +140,7 @@ export function parseHealthAnnotations(
       });
       return;
     }
-    overrides[key] = v as HealthSettings[K];
+    overrides[key] = v;
   };
   pick('kind', ANN.check, readers.kind);
   pick('path', ANN.path, readers.path);

@@ -337,7 +337,10 @@ export class HealthStage {
       !this.#reading
     ) {
       this.#lastCounters = now;
-      void this.#readCounters();
+      // (It catches its own errors; this is for a fault in its bookkeeping, e.g. re-arming.)
+      this.#readCounters().catch((e: unknown) =>
+        this.#o.log.warn('health counters round failed', { error: (e as Error).message }, 'health:counters'),
+      );
     }
     // Ramps and evictions move with time alone.
     if (this.#timed.size > 0) this.#decide(new Set(this.#timed), now, false);

@@ -12,8 +12,8 @@ export const APPLY_ORDER: Record<ObjectKind, number> = { Node: 0, Service: 1, En
 /** A change as a source reports it: an add has no previous, a delete no current. */
 export interface Change {
   kind: ObjectKind;
-  previous: unknown | null;
-  current: unknown | null;
+  previous: unknown;
+  current: unknown;
 }
 
 export interface ApplyResult {
@@ -135,7 +135,7 @@ export class Model {
     if (p.value) {
       this.#slices.set(p.key, p.value);
       let m = this.#slicesByService.get(p.value.serviceKey);
-      if (!m) this.#slicesByService.set(p.value.serviceKey, (m = new Map()));
+      if (!m) this.#slicesByService.set(p.value.serviceKey, (m = new Map<string, EndpointSlice>()));
       m.set(p.key, p.value);
       this.#sortedSlices.delete(p.value.serviceKey);
       if (p.value.serviceKey !== old?.serviceKey) result.changedServices.push(p.value.serviceKey);

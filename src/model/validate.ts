@@ -20,7 +20,6 @@ import {
   type Protocol,
   type Service,
   type ServicePort,
-  type ServiceType,
   type SliceEndpoint,
 } from './types.ts';
 import { isValidScheduler, SCHEDULERS } from './schedulers.ts';
@@ -455,7 +454,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       namespace: md.namespace,
       name: md.name,
       createdAt: md.createdAt,
-      type: type as ServiceType,
+      type: type,
       clusterIPs,
       externalIPs: [...new Set(externalIPs)],
       loadBalancerIPs: type === 'LoadBalancer' ? [...new Set(loadBalancerIPs)] : [],

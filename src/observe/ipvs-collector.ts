@@ -160,7 +160,7 @@ class Row<C extends Counters> {
         this.#set(f, `${name}{${this.labels}} ${v}\n`);
       } else {
         const i = c[fields[0]] as number;
-        const o = c[fields[1]!] as number;
+        const o = c[fields[1]] as number;
         this.#shown[k++] = i;
         this.#shown[k++] = o;
         this.#set(f, `${name}{${this.labels},direction="in"} ${i}\n${name}{${this.labels},direction="out"} ${o}\n`);

@@ -60,7 +60,7 @@ export class Logger {
     if (suppressed > 0) rec.suppressed = suppressed;
     // Messages and fields may carry outside text (names, kernel and tool answers): cut long
     // strings; JSON escapes the rest, and the text format escapes control characters itself.
-    const json = JSON.stringify(rec, (_k, v) =>
+    const json = JSON.stringify(rec, (_k, v: unknown) =>
       typeof v === 'bigint'
         ? v.toString()
         : typeof v === 'string' && v.length > MAX_FIELD

@@ -275,7 +275,7 @@ export class Metrics {
    */
   async exposition(): Promise<Buffer[]> {
     const [registry, ...rendered] = await Promise.all([this.registry.metrics(), ...this.#textSources.map((f) => f())]);
-    const parts: Buffer[] = [Buffer.from(registry!)];
+    const parts: Buffer[] = [Buffer.from(registry)];
     for (const r of rendered) parts.push(NEWLINE, r);
     return parts;
   }

@@ -486,7 +486,7 @@ export class Planner {
     }
     for (const [c, cls] of claims) {
       let m = this.#claimants.get(c);
-      if (!m) this.#claimants.set(c, (m = new Map()));
+      if (!m) this.#claimants.set(c, (m = new Map<string, 0 | 1>()));
       m.set(key, cls);
     }
     if (svc) this.#claimsOf.set(key, { claims, createdAt });
@@ -529,7 +529,7 @@ export class Planner {
       return have.mark;
     }
     const masq = 2 ** this.config.netfilter.iptables.masqueradeBit;
-    let mark = 0;
+    let mark: number;
     for (let attempt = 0; ; attempt++) {
       mark = fwmarkOf(key, attempt);
       if (!(mark & masq) && !this.#markUsed.has(mark)) break;

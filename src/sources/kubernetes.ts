@@ -138,7 +138,7 @@ class SupervisedInformer {
       setImmediate(() => this.#listed());
       return { metadata: { resourceVersion: rv }, items: items as Obj[] };
     };
-    this.lw = new ListWatch<Obj>(spec.path, watch, listFn as never, false, spec.labelSelector, spec.fieldSelector);
+    this.lw = new ListWatch<Obj>(spec.path, watch, listFn, false, spec.labelSelector, spec.fieldSelector);
     this.lw.on('add', (o) => src.onEvent(spec, null, o));
     this.lw.on('update', (o) => src.onEvent(spec, 'update', o));
     this.lw.on('delete', (o) => src.onEvent(spec, 'delete', o));
@@ -160,7 +160,11 @@ class SupervisedInformer {
 
   stop(): void {
     this.#stopped = true;
-    void this.lw.stop();
+    this.lw
+      .stop()
+      .catch((e: unknown) =>
+        this.src.log.warn('stopping a watch failed', { informer: this.spec.name, error: describe(e) }),
+      );
     if (this.#restartTimer) clearTimeout(this.#restartTimer);
     if (this.#stallTimer) clearTimeout(this.#stallTimer);
   }

@@ -152,10 +152,12 @@ export const familyOfCanonical = (a: string): Family => (a.includes(':') ? 6 : 4
  * address and sort by it, instead of parsing both addresses at every comparison.
  */
 export function ipSortKey(a: string | ParsedIP): string {
-  const p = typeof a === 'string' ? parseIP(a) : a;
-  if (!p) return `9${String(a)}`;
-  let hex = String(p.family);
-  for (const b of p.bytes) hex += (b < 16 ? '0' : '') + b.toString(16);
+  if (typeof a === 'string') {
+    const p = parseIP(a);
+    return p ? ipSortKey(p) : `9${a}`;
+  }
+  let hex = String(a.family);
+  for (const b of a.bytes) hex += (b < 16 ? '0' : '') + b.toString(16);
   return hex;
 }
 

@@ -105,7 +105,7 @@ t.test(
 
     // One Service goes away: only its entries are deleted.
     planner.model.apply({ kind: 'Service', previous: objects[4]!, current: null });
-    planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] } as never);
+    planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] });
     const changed = planner.takeSetChanges();
     t.ok(changed.includes('KIPVS-LB 203.0.113.50,tcp:80'));
     t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), changed, false), []);

@@ -110,3 +110,52 @@ t.test('stop cancels everything', async (t) => {
   await clock.advance(100_000);
   t.equal(runs.length, 1);
 });
+
+t.test('a fault in the runner itself is reported and syncing goes on (not stuck "running")', async (t) => {
+  // The clock refuses one timer: the runner's own rescheduling after a sync throws, which used to be
+  // a promise nobody handled (Node ends the process on it) and left the runner marked running.
+  class RefusingClock extends ManualClock {
+    refuse = false;
+    override setTimeout(fn: () => void, ms: number) {
+      if (this.refuse) {
+        this.refuse = false;
+        throw new Error('no timer for you');
+      }
+      return super.setTimeout(fn, ms);
+    }
+  }
+  const clock = new RefusingClock();
+  const runs: number[] = [];
+  const errors: unknown[] = [];
+  const r = new BoundedFrequencyRunner(
+    async () => {
+      runs.push(clock.now());
+      clock.refuse = runs.length === 2;
+      return true;
+    },
+    {
+      minIntervalMs: 1000,
+      maxIntervalMs: 30_000,
+      retryBaseMs: 500,
+      retryMaxMs: 8000,
+      clock,
+      onError: (e) => errors.push(e),
+    },
+  );
+  r.start();
+  await clock.advance(0);
+  r.request();
+  await clock.advance(1000);
+  t.equal(runs.length, 2, 'the second sync ran');
+  t.same(
+    errors.map((e) => (e as Error).message),
+    ['no timer for you'],
+    'the fault reached onError',
+  );
+  r.request();
+  await clock.advance(8000);
+  t.equal(runs.length, 3, 'a later request still syncs');
+  await clock.advance(30_000);
+  t.ok(runs.length >= 4, 'and the periodic resync goes on');
+  r.stop();
+});

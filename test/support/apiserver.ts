@@ -153,7 +153,7 @@ current-context: test
           let data = '';
           r.on('data', (d) => (data += d));
           r.on('end', () => {
-            let json: unknown = null;
+            let json: unknown;
             try {
               json = JSON.parse(data);
             } catch {

@@ -79,7 +79,7 @@ export function distBuilt(): { cli: string } | { why: string } {
   const cli = join(repo, 'dist/cli.js');
   if (!existsSync(cli)) return { why: recordedWhy('build') };
   const builtAt = statSync(cli).mtimeMs;
-  const newer = (readdirSync(join(repo, 'src'), { recursive: true, encoding: 'utf8' }) as string[]).find(
+  const newer = readdirSync(join(repo, 'src'), { recursive: true, encoding: 'utf8' }).find(
     (f) => f.endsWith('.ts') && statSync(join(repo, 'src', f)).mtimeMs > builtAt,
   );
   return newer ? { why: `src/${newer} is newer than dist/: run \`npm run build\` (npm test's set-up does)` } : { cli };

@@ -2,8 +2,15 @@
 // memory by fake.ts. Every request has a timeout; kernel errors become IpvsError with the errno
 // and the operation, never a hang and never a bare string.
 import { constants as osConstants } from 'node:os';
-import { FlagsGet, genl, MessageType, parseError, type GenericNetlinkSocket } from 'netlink';
-import { NLM_F_DUMP_INTR, openGenericNetlink, type RawSocket } from '../netlink.ts';
+import { FlagsGet, genl, parseError, type GenericNetlinkSocket } from 'netlink';
+import {
+  NLM_F_DUMP_INTR,
+  NLMSG_DONE,
+  NLMSG_ERROR,
+  NLMSG_NOOP,
+  openGenericNetlink,
+  type RawSocket,
+} from '../netlink.ts';
 import {
   decodeDestination,
   decodeDestinationCounters,
@@ -170,13 +177,13 @@ export class NetlinkIpvs implements Ipvs {
     }
     const out: Buffer[] = [];
     for (const msg of msgs) {
-      if (msg.type === MessageType.ERROR) {
+      if (msg.type === NLMSG_ERROR) {
         const { errno } = parseError(msg.data, msg.flags);
         if (errno !== 0) throw new IpvsError(op, Math.abs(errno));
         continue; // the ACK
       }
       // (DONE never gets here: the socket takes it off, or fails the request with its errno.)
-      if (msg.type === MessageType.DONE || msg.type === MessageType.NOOP) continue;
+      if (msg.type === NLMSG_DONE || msg.type === NLMSG_NOOP) continue;
       // The kernel's table changed under a running dump: what was read may skip or repeat entries.
       if (msg.flags & NLM_F_DUMP_INTR) throw new IpvsError(op, 4, 'EINTR', 'dump interrupted by a concurrent change');
       out.push(msg.data);

@@ -148,7 +148,7 @@ t.test('ClientIP affinity pins a client, and the pin expires', async (t) => {
 t.test('endpoints scaled down and up are followed', async (t) => {
   lab.write('web', [webService(), webSlice('be1')]);
   await lab.waitKernel(
-    (k) => k['UDP/10.96.0.10:53'] !== undefined && Object.keys(k['UDP/10.96.0.10:53']!.dests).length === 1,
+    (k) => k['UDP/10.96.0.10:53'] !== undefined && Object.keys(k['UDP/10.96.0.10:53'].dests).length === 1,
   );
   const k = await lab.waitKernel((k) => Object.values(k['TCP/10.96.0.10:80']!.dests).filter((w) => w > 0).length === 1);
   t.same(

@@ -171,4 +171,7 @@ async function main() {
     process.exit(2);
   }
 }
-void main();
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
