@@ -16,6 +16,8 @@ export default defineConfig(
       'test/k8s/.cache/',
       'test/.setup/',
       'images/.cache/',
+      // Code written to break the rules: test/lint.test.ts lints it and expects each violation.
+      'test/fixtures/lint/',
     ],
   },
   js.configs.recommended,
