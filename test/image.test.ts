@@ -98,7 +98,7 @@ if ('why' in built) {
         'usr/bin/dpkg',
         'usr/bin/perl',
         'usr/bin/env',
-        'usr/share/doc',
+        'usr/share/man',
       ])
         t.notOk(existsSync(join(root!, f)) || isLink(join(root!, f)), `no ${f}`);
       const deps = readdirSync(join(root!, 'opt/kube-ipvs/node_modules'));
@@ -109,6 +109,54 @@ if ('why' in built) {
         t.ok(deps.includes(prod), `production dependency ${prod}`);
     },
   );
+
+  t.test('licences travel with what they cover, and the docs are only those', async (t) => {
+    t.equal(
+      readFileSync(join(root!, 'opt/kube-ipvs/LICENSE'), 'utf8'),
+      readFileSync(join(repo, 'LICENSE'), 'utf8'),
+      "kube-ipvs' own",
+    );
+    t.match(
+      readFileSync(join(root!, 'usr/share/doc/node/LICENSE'), 'utf8'),
+      /^Node\.js is licensed for use as follows:/,
+      "Node's, with its bundled libraries'",
+    );
+    // Debian: each package of the base keeps its copyright file (the named ones and what they pulled in).
+    const doc = join(root!, 'usr/share/doc');
+    for (const p of ['iptables', 'ipset', 'conntrack', 'kmod', 'libc6', 'libstdc++6', 'libgcc-s1', 'libnftnl11'])
+      t.ok(existsSync(join(doc, p, 'copyright')), `Debian ${p}: copyright`);
+    const stray: string[] = [];
+    for (const d of readdirSync(doc)) {
+      if (isLink(join(doc, d)) || d === 'node') continue;
+      const files = readdirSync(join(doc, d));
+      if (files.join() !== 'copyright') stray.push(`${d}: ${files.join(', ')}`);
+    }
+    t.same(stray, [], 'every other doc folder holds its copyright file and nothing else');
+    // npm: what each production package ships as its licence (LICENSE, LICENSE.md, NOTICE, ...) is there.
+    const licenceFile = /^(licen[cs]e|notice|copying)/i;
+    const lost: string[] = [];
+    let packages = 0;
+    const walk = (dir: string) => {
+      for (const name of readdirSync(dir)) {
+        if (name.startsWith('@')) {
+          walk(join(dir, name));
+          continue;
+        }
+        const pkg = join(dir, name);
+        if (!existsSync(join(pkg, 'package.json'))) continue;
+        packages++;
+        const rel = pkg.slice(root!.length + 'opt/kube-ipvs/'.length + 1);
+        const source = join(repo, rel);
+        if (existsSync(source))
+          for (const f of readdirSync(source).filter((f) => licenceFile.test(f)))
+            if (!existsSync(join(pkg, f))) lost.push(`${rel}/${f}`);
+        if (existsSync(join(pkg, 'node_modules'))) walk(join(pkg, 'node_modules'));
+      }
+    };
+    walk(join(root!, 'opt/kube-ipvs/node_modules'));
+    t.ok(packages > 20, `${packages} production packages looked at`);
+    t.same(lost, [], 'no licence file left behind');
+  });
 
   // `env -i`: nothing of the test runner's environment (tap puts its loader in NODE_OPTIONS) reaches the image's node.
   const inRoot = (...cmd: string[]) =>
