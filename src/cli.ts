@@ -10,10 +10,12 @@ import { planCommand } from './commands/plan.ts';
 import { runCommand } from './commands/run.ts';
 import { statusCommand } from './commands/status.ts';
 import { Codes } from './errors.ts';
+import { versionLine } from './version.ts';
 
 export type { IO } from './commands/common.ts';
 
 const USAGE = `Usage: kube-ipvs <command> [options]
+       kube-ipvs --version
 
 Commands:
   plan      print the desired IPVS state for a folder of manifests (no root needed)
@@ -36,6 +38,7 @@ Commands:
               --namespace NS  --service NAME|NS/NAME   only these Services
               --config FILE          for stateDirectory and healthzBindAddress
               --output table|json    (default table)
+  version   print the version (also --version)
 `;
 
 const OPTIONS = {
@@ -63,6 +66,11 @@ export async function main(argv: string[], io: IO): Promise<number> {
   if (command === undefined || command === 'help' || command === '-h' || command === '--help') {
     io.stdout(USAGE);
     return command === undefined ? 2 : 0;
+  }
+  if (command === 'version' || command === '--version' || command === '-V') {
+    if (rest.length > 0) return usage(`${command} takes no arguments`);
+    io.stdout(versionLine());
+    return 0;
   }
   if (!['plan', 'run', 'cleanup', 'status'].includes(command))
     return usage(`unknown command ${JSON.stringify(command)}`);

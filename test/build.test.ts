@@ -41,6 +41,7 @@ t.test(
     const files = (JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
     t.ok(files.includes('dist/cli.js'), 'dist/cli.js');
     t.ok(files.includes('config/examples/web.yaml'), 'the examples');
+    t.ok(files.includes('LICENSE'), 'the licence');
     t.same(
       files.filter((f) => /^(src|test|perf|images|charts)\//.test(f) || f.endsWith('.ts')),
       [],
@@ -66,6 +67,10 @@ t.test(
     const dry = run((built as { cli: string }).cli, ['run', '--manifests', 'config/examples', '--dry-run', '--once']);
     t.equal(dry.status, 0, dry.stderr);
     t.match(dry.stdout, /ipvs/i, 'the dry run printed what it would program');
+    const v = run((built as { cli: string }).cli, ['--version']);
+    t.equal(v.status, 0, v.stderr);
+    t.equal(v.stdout, run('src/cli.ts', ['--version']).stdout, 'the same version (package.json next to dist/)');
+    t.match(v.stdout, /^kube-ipvs \d+\.\d+\.\d+ /);
   },
 );
 

@@ -8,6 +8,7 @@ import t from 'tap';
 import { main } from '../src/cli.ts';
 import { trace } from '../src/plan/trace.ts';
 import type { NodePlan } from '../src/plan/types.ts';
+import { versionOf } from '../src/version.ts';
 
 async function run(...argv: string[]) {
   let stdout = '';
@@ -15,6 +16,31 @@ async function run(...argv: string[]) {
   const code = await main(argv, { stdout: (s) => (stdout += s), stderr: (s) => (stderr += s) });
   return { code, stdout, stderr };
 }
+
+t.test('--version and version print the version of package.json; nothing else is accepted with them', async (t) => {
+  const want = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
+  for (const a of ['--version', 'version', '-V']) {
+    const r = await run(a);
+    t.equal(r.code, 0, a);
+    t.equal(r.stdout, `kube-ipvs ${want} (node ${process.version}, linux/${process.arch})\n`, a);
+    t.equal(r.stderr, '');
+  }
+  const bad = await run('--version', '--manifests', 'x');
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, /--version takes no arguments/);
+  t.equal(bad.stdout, '');
+  // The version reaches a log line, a metric label and a terminal: a hostile package.json gets "unknown".
+  t.equal(versionOf('{"version":"1.2.3-rc.1+g1234"}'), '1.2.3-rc.1+g1234');
+  for (const text of [
+    '{"version":"1.2.3\\n\\u001b[2J"}',
+    '{"version":3}',
+    '{}',
+    'null',
+    'not json',
+    '{"version":"v1"}',
+  ])
+    t.equal(versionOf(text), 'unknown', text);
+});
 
 t.test('plan --output json keeps the contract', async (t) => {
   const r = await run('plan', '--manifests', 'config/examples', '--output', 'json');

@@ -177,6 +177,13 @@ if ('why' in built) {
       { encoding: 'utf8', timeout: 60_000 },
     );
 
+  t.test('--version from the image root names the version of these sources', async (t) => {
+    const r = inRoot(...config.config.Entrypoint, '--version');
+    t.equal(r.status, 0, r.stderr);
+    const want = (JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string }).version;
+    t.match(r.stdout, new RegExp(`^kube-ipvs ${want.replace(/\./g, '\\.')} \\(node v24\\.`));
+  });
+
   t.test("kube-ipvs plan on the example manifests, inside the image root, equals the sources' plan", async (t) => {
     const r = inRoot(...config.config.Entrypoint, 'plan', '--manifests', '/opt/kube-ipvs/examples', '--output', 'json');
     t.equal(r.status, 0, r.stderr);

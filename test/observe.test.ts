@@ -1,6 +1,7 @@
 // What SREs read: each metric's meaning, /healthz and /livez with kube-proxy's semantics and
 // bodies, healthCheckNodePort answers, kernel operation counting, the IPVS series and their cap,
 // and the daemon feeding all of them. Kernel and time are in-memory twins.
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
@@ -67,6 +68,12 @@ async function freePort(): Promise<number> {
 }
 
 const quiet = () => new Logger({ sink: () => {} });
+
+t.test('kubeipvs_build_info: 1, labelled with the version and the Node.js it runs on', async (t) => {
+  const text = await new Metrics({ defaultMetrics: false }).registry.metrics();
+  const want = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
+  t.match(text, `kubeipvs_build_info{version="${want}",nodejs_version="${process.version}"} 1\n`);
+});
 
 t.test("kube-proxy's buckets", async (t) => {
   t.equal(SYNC_BUCKETS.length, 15);

@@ -28,6 +28,7 @@ import { ManifestSource } from '../sources/manifest-source.ts';
 import type { Source } from '../sources/source.ts';
 import { readManifests } from '../sources/manifests.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
+import { version } from '../version.ts';
 
 export interface RunArgs {
   manifests?: string;
@@ -273,6 +274,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   await daemon.start();
   await hcServers.update(daemon.healthCheckTargets());
   log.info('kube-ipvs running', {
+    version: version(),
     node: nodeName,
     source: args.manifests
       ? `folder ${args.manifests}`

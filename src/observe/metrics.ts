@@ -4,6 +4,7 @@
 // read at scrape time by collectors instead of being copied on every change.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 import type { Family } from '../util/ip.ts';
+import { version } from '../version.ts';
 
 export const exponentialBuckets = (start: number, factor: number, count: number): number[] =>
   Array.from({ length: count }, (_, i) => start * factor ** i);
@@ -100,6 +101,13 @@ export class Metrics {
     const r = this.registry;
     const registers = [r];
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r });
+    // Prometheus' build_info convention: constant 1, the facts in labels (joined onto other series).
+    new Gauge({
+      name: 'kubeipvs_build_info',
+      help: 'kube-ipvs version and the Node.js it runs on; always 1',
+      labelNames: ['version', 'nodejs_version'] as const,
+      registers,
+    }).set({ version: version(), nodejs_version: process.version }, 1);
     const histogram = (name: string, help: string, buckets: number[]) =>
       new Histogram({ name, help, buckets, labelNames: ['ip_family'] as const, registers });
     this.syncDuration = histogram(
