@@ -35,8 +35,8 @@ if (!existsSync(ENV_FILE)) {
   const lab = new LabNode();
   const base = join(lab.stateDir, '..');
   const podConfig = join(base, 'pod-config.yaml');
-  // The chart's volumes: hostPath state, xtables lock, /lib/modules read-only, /proc/sys/net writable; the config read-
-  // only.
+  // The chart's volumes: hostPath state, xtables lock, /lib/modules read-only, /proc/sys/net writable; the
+  // config read-only.
   const volumes = [
     `${lab.manifests}:/etc/kube-ipvs/manifests:ro`,
     `${podConfig}:/etc/kube-ipvs/config.yaml:ro`,
