@@ -270,6 +270,9 @@ export class Daemon {
       } else if (change.kind === 'EndpointSlice') {
         this.metrics.endpointChangesTotal.inc();
         for (const k of changed) this.#pendingEndpointChanges.add(k);
+        // A full resync can run for seconds (minutes at 10 000 Services under emulation): an
+        // endpoint change does not wait for it, its destinations are written alongside.
+        if (this.#syncingFull && this.#started) this.#writeAside(changed, true);
       }
       this.#updateHealthCheckTargets(changed);
     }
@@ -319,20 +322,54 @@ export class Daemon {
   #healthChanged(services: string[]): void {
     const replanned = this.planner.replan(services);
     for (const k of replanned) this.#dirty.add(k);
-    if (this.#syncing && this.#started) {
-      const plans = new Map(
-        replanned.flatMap((k) => (this.planner.servicePlan(k) ? [[k, this.planner.servicePlan(k)!] as const] : [])),
-      );
-      void this.reconciler
-        .syncDestinations(plans)
-        .catch((e: unknown) =>
-          this.#deps.log.warn('health: writing destinations failed', { error: (e as Error).message }),
-        );
-    }
+    if (this.#syncing && this.#started) this.#writeAside(replanned, false);
     if (this.#dirty.size > 0) this.runner.requestNow();
   }
 
   #syncing = false;
+  #syncingFull = false;
+  /** Services whose destinations wait for the write alongside the running sync; `latency`: an endpoint change's. */
+  #aside = new Map<string, boolean>();
+  #asideRunning = false;
+
+  /**
+   * Writes these Services' destinations now, alongside the running sync (reconciler.syncDestinations):
+   * one write at a time, what arrives meanwhile goes in the next. The sync right after still checks
+   * everything (the Services stay dirty). `latency`: an endpoint change, whose programming latency is
+   * recorded once its destinations are in (a Service with a virtual server not in the kernel yet waits
+   * for the sync).
+   */
+  #writeAside(keys: Iterable<string>, latency: boolean): void {
+    for (const k of keys) this.#aside.set(k, latency || (this.#aside.get(k) ?? false));
+    if (this.#asideRunning || this.#aside.size === 0) return;
+    this.#asideRunning = true;
+    const over = () => {
+      this.#asideRunning = false;
+      if (this.#aside.size > 0 && this.#syncing) this.#writeAside([], false);
+    };
+    this.#asideLoop().then(over, (e: unknown) => {
+      this.#deps.log.warn('writing destinations alongside the sync failed', { error: (e as Error).message });
+      over();
+    });
+  }
+
+  async #asideLoop(): Promise<void> {
+    while (this.#aside.size > 0 && !this.#stopped) {
+      const batch = new Map(this.#aside);
+      this.#aside.clear();
+      const plans = new Map<string, ServicePlan>();
+      for (const k of batch.keys()) {
+        const p = this.planner.servicePlan(k);
+        if (p) plans.set(k, p);
+      }
+      const r = await this.reconciler.syncDestinations(plans);
+      this.metrics.asideWrites.inc({ result: r.errors.length === 0 ? 'success' : 'error' });
+      const failed = new Set(r.errors.map((e) => e.service ?? ''));
+      if (failed.has('')) continue;
+      const done = new Set([...plans.keys()].filter((k) => batch.get(k) && !failed.has(k) && !r.incomplete.has(k)));
+      if (done.size > 0) this.#recordLatency(done, failed);
+    }
+  }
 
   /** One line per Service whose refused claims changed: what it lost and to whom, or that it has everything again. */
   #reportConflicts(): void {
@@ -352,10 +389,12 @@ export class Daemon {
   /** One sync (the runner's); while it runs, health writes destinations on its own (#healthChanged). */
   async #sync(full: boolean): Promise<boolean> {
     this.#syncing = true;
+    this.#syncingFull = full;
     try {
       return await this.#syncNow(full);
     } finally {
       this.#syncing = false;
+      this.#syncingFull = false;
     }
   }
 

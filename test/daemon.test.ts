@@ -14,7 +14,9 @@ import { MemoryOwnership } from '../src/dataplane/ownership.ts';
 import { Logger } from '../src/observe/log.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
 import type { Source, SourceBatch } from '../src/sources/source.ts';
+import { ManualClock } from './support/clock.ts';
 import { ep, node, service, slice } from './support/objects.ts';
+import { PushSource } from './support/source.ts';
 
 function setup(t: { teardown: (f: () => void) => void }) {
   const dir = mkdtempSync(join(tmpdir(), 'kipvs-daemon-'));
@@ -160,4 +162,133 @@ t.test('network programming latency: trigger time to kernel updated', async (t) 
     daemon.programmingLatencyMs[0]! >= 1500 && daemon.programmingLatencyMs[0]! < 10_000,
     `${daemon.programmingLatencyMs[0]} ms`,
   );
+});
+
+t.test('an endpoint change during a long full resync is in the kernel before the resync ends', async (t) => {
+  const clock = new ManualClock();
+  const ipvs = new FakeIpvs();
+  const source = new PushSource();
+  const webSlice = (...ips: string[]) =>
+    slice(
+      'web-1',
+      'web',
+      ips.map((a) => ep(a)),
+    );
+  source.initial = [
+    { kind: 'Node', previous: null, current: node('node-a', [['InternalIP', '192.168.1.10']]) },
+    { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+    { kind: 'EndpointSlice', previous: null, current: webSlice('10.0.0.1', '10.0.0.2') },
+  ];
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 1;
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    {
+      ipvs,
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log: new Logger({ sink: () => {} }),
+      kernelRelease: '6.1.0',
+      clock,
+    },
+  );
+  t.teardown(() => daemon.stop());
+  await daemon.start();
+  await clock.advance(0);
+  const vs = (await ipvs.services())[0]!;
+  const dests = async () =>
+    Object.fromEntries((await ipvs.destinations(vs)).map((d) => [d.address, d.weight] as const));
+  t.same(await dests(), { '10.0.0.1': 1, '10.0.0.2': 1 });
+  // The next full resync hangs in its first dump until released (as one of 10 000 Services would).
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const services = ipvs.services.bind(ipvs);
+  let held = false;
+  ipvs.services = async () => {
+    if (!held) {
+      held = true;
+      await gate;
+    }
+    return services();
+  };
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  t.ok(held, 'a full resync is running');
+  const before = daemon.programmingLatencyMs.length;
+  // One endpoint added, one gone.
+  source.deliver!({
+    changes: [
+      { kind: 'EndpointSlice', previous: source.initial[2]!.current, current: webSlice('10.0.0.1', '10.0.0.3') },
+    ],
+    problems: [],
+    triggerTimes: new Map([['default/web', clock.now()]]),
+  });
+  await clock.advance(0);
+  t.same(
+    await dests(),
+    { '10.0.0.1': 1, '10.0.0.2': 0, '10.0.0.3': 1 },
+    'the new endpoint serves and the gone one takes no new connection, while the resync still runs',
+  );
+  t.equal(daemon.programmingLatencyMs.length, before + 1, 'its programming latency is recorded then');
+  t.match(await daemon.metrics.text(), /kubeipvs_sync_aside_writes_total\{result="success"\} 1/);
+  release();
+  await clock.advance(100);
+  await clock.advance(2000);
+  t.same(
+    await dests(),
+    { '10.0.0.1': 1, '10.0.0.3': 1 },
+    'and the syncs after it finish the job (the gone one deleted)',
+  );
+});
+
+t.test('a change to a Service not in the kernel yet waits for the sync: nothing is written aside for it', async (t) => {
+  const clock = new ManualClock();
+  const ipvs = new FakeIpvs();
+  const source = new PushSource();
+  source.initial = [{ kind: 'Node', previous: null, current: node('node-a', [['InternalIP', '192.168.1.10']]) }];
+  const cfg = defaultConfig();
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    {
+      ipvs,
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log: new Logger({ sink: () => {} }),
+      kernelRelease: '6.1.0',
+      clock,
+    },
+  );
+  t.teardown(() => daemon.stop());
+  await daemon.start();
+  await clock.advance(0);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const services = ipvs.services.bind(ipvs);
+  let held = false;
+  ipvs.services = async () => {
+    if (!held) {
+      held = true;
+      await gate;
+    }
+    return services();
+  };
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  t.ok(held, 'a full resync is running');
+  source.deliver!({
+    changes: [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+    ],
+    problems: [],
+    triggerTimes: new Map([['default/web', clock.now()]]),
+  });
+  await clock.advance(0);
+  t.same(await services(), [], 'no virtual server created alongside');
+  t.equal(daemon.programmingLatencyMs.length, 0, 'and no latency recorded for a change not in the kernel');
+  release();
+  await clock.advance(100);
+  await clock.advance(2000);
+  t.equal((await services()).length, 1, 'the sync after the resync creates it');
+  t.equal(daemon.programmingLatencyMs.length, 1, 'and records its latency');
 });

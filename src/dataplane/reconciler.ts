@@ -227,13 +227,19 @@ export class Reconciler {
   }
 
   /**
-   * Brings only the destinations of these Services' virtual servers in line (weights, additions,
-   * evictions), now, alongside a sync that may be running: what health needs when a backend
-   * fails. Never creates or deletes a virtual server, an address or an ownership record, and
-   * never drains: the next sync does the rest.
+   * Brings only the destinations of these Services' virtual servers in line, now, alongside a
+   * sync that may be running: what health needs when a backend fails, and an endpoint change
+   * during a long full resync. New and changed destinations are written, evicted ones deleted,
+   * and one the plan no longer has gets weight 0 (no new connections; the next sync drains and
+   * deletes it). Never creates or deletes a virtual server, an address or an ownership record:
+   * `incomplete` names the Services with a virtual server not in the kernel yet, whose change
+   * waits for the next sync.
    */
-  async syncDestinations(plans: ReadonlyMap<string, ServicePlan>): Promise<{ operations: number; errors: OpError[] }> {
+  async syncDestinations(
+    plans: ReadonlyMap<string, ServicePlan>,
+  ): Promise<{ operations: number; errors: OpError[]; incomplete: Set<string> }> {
     const run = new Run(this.#o.onError);
+    const incomplete = new Set<string>();
     const all = [...plans.values()].flatMap((p) => p.virtualServers.map(toDesired));
     await pool(all, this.#o.concurrency, async (d) => {
       let kernel: IpvsDestination[];
@@ -241,16 +247,25 @@ export class Reconciler {
         kernel = await this.#ipvs.destinations(d.service);
       } catch (e) {
         if (!ok(e, 'ESRCH', 'ENOENT')) run.fail(`list destinations of ${d.id}`, e, d.owner);
+        incomplete.add(d.owner);
         return; // not in the kernel yet: the sync that creates it brings its destinations
       }
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
       for (const [did, want] of d.destinations) await this.#putDestination(d, did, want, have.get(did), run);
-      for (const did of d.evicted) {
-        const k = have.get(did);
-        if (k) await this.#deleteDest(d, k, run);
+      for (const [did, k] of have) {
+        if (d.destinations.has(did)) continue;
+        if (d.evicted.has(did)) await this.#deleteDest(d, k, run);
+        else if (k.weight !== 0) {
+          run.ops++;
+          try {
+            await this.#ipvs.updateDestination(d.service, { ...k, weight: 0 });
+          } catch (e) {
+            if (!ok(e, 'ENOENT', 'ESRCH')) run.fail(`stop destination ${did} of ${d.id}`, e, d.owner);
+          }
+        }
       }
     });
-    return { operations: run.ops, errors: run.errors };
+    return { operations: run.ops, errors: run.errors, incomplete };
   }
 
   /**

@@ -96,6 +96,7 @@ export class Metrics {
   readonly healthTransitions: Counter<'to' | 'reason'>;
   readonly ipsetFailures: Counter;
   readonly ipsetNetlinkFailures: Counter;
+  readonly asideWrites: Counter<'result'>;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -195,6 +196,12 @@ export class Metrics {
     this.ipsetFailures = new Counter({
       name: 'kubeipvs_ipset_restore_failures_total',
       help: 'Failed ipset restore runs',
+      registers,
+    });
+    this.asideWrites = new Counter({
+      name: 'kubeipvs_sync_aside_writes_total',
+      help: 'Destination writes alongside a running sync (endpoint changes during a full resync, health moves), by result',
+      labelNames: ['result'] as const,
       registers,
     });
     this.ipsetNetlinkFailures = new Counter({
