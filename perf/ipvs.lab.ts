@@ -2,9 +2,15 @@
 //  1. cold start: program SERVICES x ENDPOINTS from an empty kernel through the reconciler,
 //     vs `ipvsadm -R` restoring the same virtual servers on the same kernel (ratio);
 //  2. one endpoint change at that scale: change seen (model.apply) -> kernel updated, median/p99;
+//  3. a full resync with nothing to do, vs `ipvsadm -Ln` reading the same state (its floor: one
+//     service dump and one destination dump per service, as the resync reads it);
+//  4. endpoint changes while a full resync runs, written alongside it (syncDestinations, as the
+//     daemon does): change -> kernel, median/p99, next to the resync's own duration.
+// PROFILE=1: a CPU profile of the idle resync, the top functions by self time.
 // The /metrics scrape at that scale is perf/scrape.lab.ts (npm run bench:lab:scrape).
 // Under TCG every number is inflated by emulation: read the ratios, not the absolute times.
 import { execFileSync } from 'node:child_process';
+import { Session } from 'node:inspector/promises';
 import { performance } from 'node:perf_hooks';
 import { defaultConfig } from '../src/config/config.ts';
 import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
@@ -62,6 +68,13 @@ for (let i = 0; i < SERVICES; i++) {
   });
   model.apply({ kind: 'EndpointSlice', previous: null, current: sliceObj(i, 0) });
 }
+/** Each Service's slice version: a change moves it on by one, so every change is a real one. */
+const versions = new Map<number, number>();
+const nextChange = (i: number) => {
+  const v = versions.get(i) ?? 0;
+  versions.set(i, v + 1);
+  return { kind: 'EndpointSlice' as const, previous: sliceObj(i, v), current: sliceObj(i, v + 1) };
+};
 const planner = new Planner(model, planConfigFrom(defaultConfig()));
 planner.planAll();
 const plan = planner.snapshot();
@@ -84,7 +97,10 @@ await ipvs.flush();
 // kube-ipvs from cold: the same virtual servers plus their addresses on the dummy interface.
 const links = new NetlinkLinks({ timeoutMs: 60_000 });
 const owned = new MemoryOwnership();
+// Writes alongside a running sync on a socket of their own, as run.ts does.
+const asideIpvs = await NetlinkIpvs.open({ timeoutMs: 60_000 });
 const rec = new Reconciler(ipvs, links, owned, {
+  asideIpvs,
   dummyInterface: 'kipvs-bench0',
   concurrency: Number(process.env.CONCURRENCY ?? 64),
 });
@@ -112,7 +128,7 @@ const lat: number[] = [];
 for (let c = 0; c < CHANGES; c++) {
   const i = (c * 7919) % SERVICES;
   const start = performance.now();
-  const r = model.apply({ kind: 'EndpointSlice', previous: sliceObj(i, c), current: sliceObj(i, c + 1) });
+  const r = model.apply(nextChange(i));
   const keys = planner.update(r);
   const res = await rec.sync({
     full: false,
@@ -123,7 +139,19 @@ for (let c = 0; c < CHANGES; c++) {
   if (res.errors.length) throw new Error(`incremental sync errors: ${JSON.stringify(res.errors.slice(0, 3))}`);
 }
 
+// What reading the whole state costs ipvsadm: the floor of a resync with nothing to do.
+t0 = performance.now();
+const listing = execFileSync('ipvsadm', ['-Ln'], { maxBuffer: 1 << 28, encoding: 'utf8' });
+const listMs = performance.now() - t0;
+const listedDests = listing.split('\n').filter((l) => l.includes('->') && !l.includes('RemoteAddress')).length;
+
 // A full resync with nothing to change (the periodic syncPeriod cost at this scale).
+const profile = process.env.PROFILE === '1' ? new Session() : null;
+if (profile) {
+  profile.connect();
+  await profile.post('Profiler.enable');
+  await profile.post('Profiler.start');
+}
 t0 = performance.now();
 const idle = await rec.sync({
   full: true,
@@ -131,6 +159,46 @@ const idle = await rec.sync({
   addressInUse: (a) => planner.addressInUse(a),
 });
 const idleMs = performance.now() - t0;
+let top: string[] = [];
+if (profile) {
+  const { profile: p } = await profile.post('Profiler.stop');
+  const self = new Map<string, number>();
+  const dt = new Map<number, number>();
+  p.samples?.forEach((id, k) => dt.set(id, (dt.get(id) ?? 0) + (p.timeDeltas?.[k] ?? 0)));
+  for (const n of p.nodes) {
+    const f = n.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (dt.get(n.id) ?? 0));
+  }
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  top = [...self]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 15)
+    .map(([k, us]) => `    ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`);
+  profile.disconnect();
+}
+
+// Endpoint changes while a full resync runs, each written alongside it as the daemon does.
+const during: number[] = [];
+t0 = performance.now();
+let resyncDone = false;
+const resync = rec
+  .sync({ full: true, plans: new Map(planner.plans()), addressInUse: (a) => planner.addressInUse(a) })
+  .finally(() => (resyncDone = true));
+// (A change that ends after the resync is not counted: it no longer ran alongside one.)
+for (let c = 0; !resyncDone; c++) {
+  const i = (c * 104_729 + 17) % SERVICES;
+  const start = performance.now();
+  const r = model.apply(nextChange(i));
+  const keys = planner.update(r);
+  if (keys.length !== 1) throw new Error(`a change re-planned ${keys.length} Services`);
+  const aside = await rec.syncDestinations(new Map(keys.map((k) => [k, planner.servicePlan(k)!])));
+  if (aside.errors.length) throw new Error(`aside errors: ${JSON.stringify(aside.errors.slice(0, 3))}`);
+  if (!resyncDone) during.push(performance.now() - start);
+  await new Promise((r) => setTimeout(r, 250));
+}
+const busy = await resync;
+const busyMs = performance.now() - t0;
 
 console.log(
   `IPVS lab benchmark: ${plan.virtualServers.length} virtual servers, ${dests} destinations, ${plan.addresses.length} addresses (kernel ${execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim()}, TCG)`,
@@ -148,8 +216,17 @@ console.log(
   `  full resync with nothing to do              ${(idleMs / 1000).toFixed(1)} s   (${idle.operations} operations)`,
 );
 console.log(`  full resync / one change                    ${(idleMs / median(lat)).toFixed(0)}x`);
+console.log(
+  `  ipvsadm -Ln of the same state               ${(listMs / 1000).toFixed(1)} s   (${listedDests} destinations listed)`,
+);
+console.log(`  idle full resync / ipvsadm -Ln              ${(idleMs / listMs).toFixed(2)}x`);
+if (top.length) console.log(`  idle resync profile, self time:\n${top.join('\n')}`);
+console.log(
+  `  endpoint change during a full resync        ${during.length ? median(during).toFixed(2) : '-'} ms median   (p99 ${during.length ? pct(during, 0.99).toFixed(2) : '-'} ms, ${during.length} changes; the resync took ${(busyMs / 1000).toFixed(1)} s, ${busy.errors.length} errors)`,
+);
 await ipvs.flush();
 const idx = await links.find('kipvs-bench0');
 if (idx !== null) await links.deleteLink(idx);
 ipvs.close();
+asideIpvs.close();
 links.close();

@@ -49,6 +49,11 @@ export interface DaemonDeps {
   prober?: Prober;
   /** Where health reads IPVS counters (passive detection, idle Services); none: neither. */
   healthCounters?: CounterReader;
+  /**
+   * Where destinations are written alongside a running sync (endpoint changes during a full resync,
+   * health moves): a socket of its own, so its dumps do not queue behind the sync's. Default: `ipvs`.
+   */
+  asideIpvs?: Ipvs;
   /** The jitter source of health probes (tests pin it). */
   random?: () => number;
 }
@@ -139,6 +144,7 @@ export class Daemon {
     );
     this.#source = opts.source;
     this.reconciler = new Reconciler(deps.ipvs, deps.links, deps.owned, {
+      ...(deps.asideIpvs ? { asideIpvs: deps.asideIpvs } : {}),
       dummyInterface: cfg.dummyInterface,
       excludeCIDRs: cfg.ipvs.excludeCIDRs,
       gracefulTerminationSeconds: cfg.gracefulTerminationSeconds,

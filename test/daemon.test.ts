@@ -181,10 +181,23 @@ t.test('an endpoint change during a long full resync is in the kernel before the
   ];
   const cfg = defaultConfig();
   cfg.ipvs.minSyncPeriodSeconds = 1;
+  // The same kernel through the socket for writes alongside a sync (run.ts opens one of its own).
+  const asideCalls: string[] = [];
+  const asideIpvs = new Proxy(ipvs, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        asideCalls.push(String(prop));
+        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
   const daemon = new Daemon(
     { source, config: cfg, nodeName: 'node-a' },
     {
       ipvs,
+      asideIpvs,
       links: new FakeLinks(),
       owned: new MemoryOwnership(),
       sysctl: { read: () => null, write: () => {} },
@@ -230,6 +243,11 @@ t.test('an endpoint change during a long full resync is in the kernel before the
     'the new endpoint serves and the gone one takes no new connection, while the resync still runs',
   );
   t.equal(daemon.programmingLatencyMs.length, before + 1, 'its programming latency is recorded then');
+  t.same(
+    [...new Set(asideCalls)].sort(),
+    ['addDestination', 'destinations', 'updateDestination'],
+    'through the socket for writes alongside a sync, not the one the resync waits on',
+  );
   t.match(await daemon.metrics.text(), /kubeipvs_sync_aside_writes_total\{result="success"\} 1/);
   release();
   await clock.advance(100);

@@ -218,6 +218,19 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     }
   }
   deps.healthCounters = scrapeIpvs;
+  // Destination writes alongside a running sync (an endpoint change during a full resync, health's
+  // weight changes) on a socket of their own too: their dumps do not queue behind the resync's.
+  let asideIpvs = deps.ipvs;
+  if (!args.dryRun && !args.once) {
+    try {
+      asideIpvs = instrumentKernel(await NetlinkIpvs.open(), 'ipvs', metrics);
+    } catch (e) {
+      log.warn("no socket of their own for writes alongside a sync; sharing the reconciler's", {
+        error: (e as Error).message,
+      });
+    }
+  }
+  deps.asideIpvs = asideIpvs;
   // A dry run sends no packet: its health probes all answer healthy, in memory.
   if (args.dryRun) deps.prober = new FakeProber();
   const daemon = new Daemon({ source, config, nodeName }, deps);
@@ -293,6 +306,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   });
   daemon.stop();
   if (scrapeIpvs !== deps.ipvs) scrapeIpvs.close();
+  if (asideIpvs !== deps.ipvs) asideIpvs.close();
   deps.ipvs.close();
   deps.links.close();
   ipset?.close();

@@ -70,6 +70,8 @@ export interface ReconcilerOptions {
    * server deleted. Default: believe the record.
    */
   recordedMayBeOurs?: (s: IpvsService) => boolean;
+  /** syncDestinations' socket (default: the one every sync uses); see DaemonDeps.asideIpvs. */
+  asideIpvs?: Ipvs;
 }
 
 const ok = (e: unknown, ...codes: string[]) => e instanceof IpvsError && codes.includes(e.code);
@@ -78,7 +80,9 @@ export class Reconciler {
   readonly #ipvs: Ipvs;
   readonly #links: Links;
   readonly #owned: OwnershipStore;
-  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError' | 'recordedMayBeOurs'>> & {
+  /** Where syncDestinations reads and writes. */
+  readonly #aside: Ipvs;
+  readonly #o: Required<Omit<ReconcilerOptions, 'excludeCIDRs' | 'onError' | 'recordedMayBeOurs' | 'asideIpvs'>> & {
     onError: (e: OpError) => void;
     recordedMayBeOurs: (s: IpvsService) => boolean;
   };
@@ -96,6 +100,7 @@ export class Reconciler {
 
   constructor(ipvs: Ipvs, links: Links, owned: OwnershipStore, opts: ReconcilerOptions) {
     this.#ipvs = ipvs;
+    this.#aside = opts.asideIpvs ?? ipvs;
     this.#links = links;
     this.#owned = owned;
     this.#o = {
@@ -244,21 +249,22 @@ export class Reconciler {
     await pool(all, this.#o.concurrency, async (d) => {
       let kernel: IpvsDestination[];
       try {
-        kernel = await this.#ipvs.destinations(d.service);
+        kernel = await this.#aside.destinations(d.service);
       } catch (e) {
         if (!ok(e, 'ESRCH', 'ENOENT')) run.fail(`list destinations of ${d.id}`, e, d.owner);
         incomplete.add(d.owner);
         return; // not in the kernel yet: the sync that creates it brings its destinations
       }
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
-      for (const [did, want] of d.destinations) await this.#putDestination(d, did, want, have.get(did), run);
+      for (const [did, want] of d.destinations)
+        await this.#putDestination(d, did, want, have.get(did), run, this.#aside);
       for (const [did, k] of have) {
         if (d.destinations.has(did)) continue;
-        if (d.evicted.has(did)) await this.#deleteDest(d, k, run);
+        if (d.evicted.has(did)) await this.#deleteDest(d, k, run, this.#aside);
         else if (k.weight !== 0) {
           run.ops++;
           try {
-            await this.#ipvs.updateDestination(d.service, { ...k, weight: 0 });
+            await this.#aside.updateDestination(d.service, { ...k, weight: 0 });
           } catch (e) {
             if (!ok(e, 'ENOENT', 'ESRCH')) run.fail(`stop destination ${did} of ${d.id}`, e, d.owner);
           }
@@ -278,12 +284,13 @@ export class Reconciler {
     want: IpvsDestination,
     k: IpvsDestination | undefined,
     run: Run,
+    ipvs: Ipvs = this.#ipvs,
   ): Promise<void> {
     if (k && destinationMatches(want, k)) return;
     run.ops++;
     try {
-      if (k) await this.#ipvs.updateDestination(d.service, want);
-      else await this.#ipvs.addDestination(d.service, want);
+      if (k) await ipvs.updateDestination(d.service, want);
+      else await ipvs.addDestination(d.service, want);
     } catch (e) {
       if (!ok(e, 'EEXIST')) run.fail(`${k ? 'update' : 'add'} destination ${did} of ${d.id}`, e, d.owner);
     }
@@ -447,10 +454,10 @@ export class Reconciler {
     else this.#draining.delete(d.id);
   }
 
-  async #deleteDest(d: DesiredVS, k: IpvsDestination, run: Run): Promise<boolean> {
+  async #deleteDest(d: DesiredVS, k: IpvsDestination, run: Run, ipvs: Ipvs = this.#ipvs): Promise<boolean> {
     run.ops++;
     try {
-      await this.#ipvs.deleteDestination(d.service, k);
+      await ipvs.deleteDestination(d.service, k);
       if (d.protocol === 'UDP')
         run.staleUdp.push({ family: d.service.family, address: d.address, port: d.port, endpoint: k.address });
       return true;
