@@ -262,6 +262,7 @@ export class Daemon {
     };
     batch.problems.forEach(report);
     let nodeChanged = false;
+    const endpointChanged = new Set<string>();
     for (const change of batch.changes) {
       const r = this.model.apply(change);
       const origin = batch.origins?.get(change);
@@ -275,13 +276,16 @@ export class Daemon {
         for (const k of changed) this.#pendingServiceChanges.add(k);
       } else if (change.kind === 'EndpointSlice') {
         this.metrics.endpointChangesTotal.inc();
-        for (const k of changed) this.#pendingEndpointChanges.add(k);
-        // A full resync can run for seconds (minutes at 10 000 Services under emulation): an
-        // endpoint change does not wait for it, its destinations are written alongside.
-        if (this.#syncingFull && this.#started) this.#writeAside(changed, true);
+        for (const k of changed) {
+          this.#pendingEndpointChanges.add(k);
+          endpointChanged.add(k);
+        }
       }
       this.#updateHealthCheckTargets(changed);
     }
+    // A full resync can run for seconds (minutes at 10 000 Services under emulation): an endpoint
+    // change does not wait for it, its destinations are written alongside (one write for the batch).
+    if (this.#syncingFull && this.#started && endpointChanged.size > 0) this.#writeAside(endpointChanged, true);
     this.#reportConflicts();
     if (nodeChanged) {
       this.proxyHealth.syncNode(this.model.node);

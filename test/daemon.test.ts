@@ -6,15 +6,17 @@ import { join } from 'node:path';
 import t from 'tap';
 import { stringify } from 'yaml';
 import { defaultConfig } from '../src/config/config.ts';
-import { Daemon } from '../src/daemon.ts';
+import { Daemon, type DaemonDeps } from '../src/daemon.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
 import { serviceId } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
+import type { Change } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
 import type { Source, SourceBatch } from '../src/sources/source.ts';
 import { ManualClock } from './support/clock.ts';
+import { holdNextServiceDump } from './support/hold.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 import { PushSource } from './support/source.ts';
 
@@ -164,75 +166,81 @@ t.test('network programming latency: trigger time to kernel updated', async (t) 
   );
 });
 
-t.test('an endpoint change during a long full resync is in the kernel before the resync ends', async (t) => {
+/** A daemon on a manual clock fed by a PushSource, kube-proxy's minSyncPeriod; `deps` adds to its dependencies. */
+async function clockedDaemon(
+  t: { teardown: (f: () => void) => void },
+  initial: Change[],
+  deps: (ipvs: FakeIpvs) => Partial<DaemonDeps> = () => ({}),
+) {
   const clock = new ManualClock();
   const ipvs = new FakeIpvs();
   const source = new PushSource();
-  const webSlice = (...ips: string[]) =>
-    slice(
-      'web-1',
-      'web',
-      ips.map((a) => ep(a)),
-    );
   source.initial = [
     { kind: 'Node', previous: null, current: node('node-a', [['InternalIP', '192.168.1.10']]) },
-    { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
-    { kind: 'EndpointSlice', previous: null, current: webSlice('10.0.0.1', '10.0.0.2') },
+    ...initial,
   ];
   const cfg = defaultConfig();
   cfg.ipvs.minSyncPeriodSeconds = 1;
-  // The same kernel through the socket for writes alongside a sync (run.ts opens one of its own).
-  const asideCalls: string[] = [];
-  const asideIpvs = new Proxy(ipvs, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof v !== 'function') return v;
-      return (...args: unknown[]) => {
-        asideCalls.push(String(prop));
-        return (v as (...a: unknown[]) => unknown).apply(target, args);
-      };
-    },
-  });
   const daemon = new Daemon(
     { source, config: cfg, nodeName: 'node-a' },
     {
       ipvs,
-      asideIpvs,
       links: new FakeLinks(),
       owned: new MemoryOwnership(),
       sysctl: { read: () => null, write: () => {} },
       log: new Logger({ sink: () => {} }),
       kernelRelease: '6.1.0',
       clock,
+      ...deps(ipvs),
     },
   );
   t.teardown(() => daemon.stop());
   await daemon.start();
   await clock.advance(0);
+  return { clock, ipvs, source, cfg, daemon };
+}
+
+t.test('an endpoint change during a long full resync is in the kernel before the resync ends', async (t) => {
+  const webSlice = (...ips: string[]) =>
+    slice(
+      'web-1',
+      'web',
+      ips.map((a) => ep(a)),
+    );
+  const initialSlice = webSlice('10.0.0.1', '10.0.0.2');
+  // The same kernel through the socket for writes alongside a sync (run.ts opens one of its own).
+  const asideCalls: string[] = [];
+  const { clock, ipvs, source, cfg, daemon } = await clockedDaemon(
+    t,
+    [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: initialSlice },
+    ],
+    (ipvs) => ({
+      asideIpvs: new Proxy(ipvs, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            asideCalls.push(String(prop));
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      }),
+    }),
+  );
   const vs = (await ipvs.services())[0]!;
   const dests = async () =>
     Object.fromEntries((await ipvs.destinations(vs)).map((d) => [d.address, d.weight] as const));
   t.same(await dests(), { '10.0.0.1': 1, '10.0.0.2': 1 });
   // The next full resync hangs in its first dump until released (as one of 10 000 Services would).
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  const services = ipvs.services.bind(ipvs);
-  let held = false;
-  ipvs.services = async () => {
-    if (!held) {
-      held = true;
-      await gate;
-    }
-    return services();
-  };
+  const { held, release } = holdNextServiceDump(ipvs);
   await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
-  t.ok(held, 'a full resync is running');
+  t.ok(held(), 'a full resync is running');
   const before = daemon.programmingLatencyMs.length;
   // One endpoint added, one gone.
   source.deliver!({
-    changes: [
-      { kind: 'EndpointSlice', previous: source.initial[2]!.current, current: webSlice('10.0.0.1', '10.0.0.3') },
-    ],
+    changes: [{ kind: 'EndpointSlice', previous: initialSlice, current: webSlice('10.0.0.1', '10.0.0.3') }],
     problems: [],
     triggerTimes: new Map([['default/web', clock.now()]]),
   });
@@ -260,39 +268,10 @@ t.test('an endpoint change during a long full resync is in the kernel before the
 });
 
 t.test('a change to a Service not in the kernel yet waits for the sync: nothing is written aside for it', async (t) => {
-  const clock = new ManualClock();
-  const ipvs = new FakeIpvs();
-  const source = new PushSource();
-  source.initial = [{ kind: 'Node', previous: null, current: node('node-a', [['InternalIP', '192.168.1.10']]) }];
-  const cfg = defaultConfig();
-  const daemon = new Daemon(
-    { source, config: cfg, nodeName: 'node-a' },
-    {
-      ipvs,
-      links: new FakeLinks(),
-      owned: new MemoryOwnership(),
-      sysctl: { read: () => null, write: () => {} },
-      log: new Logger({ sink: () => {} }),
-      kernelRelease: '6.1.0',
-      clock,
-    },
-  );
-  t.teardown(() => daemon.stop());
-  await daemon.start();
-  await clock.advance(0);
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  const services = ipvs.services.bind(ipvs);
-  let held = false;
-  ipvs.services = async () => {
-    if (!held) {
-      held = true;
-      await gate;
-    }
-    return services();
-  };
+  const { clock, ipvs, source, cfg, daemon } = await clockedDaemon(t, []);
+  const { held, release, services } = holdNextServiceDump(ipvs);
   await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
-  t.ok(held, 'a full resync is running');
+  t.ok(held(), 'a full resync is running');
   source.deliver!({
     changes: [
       { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },

@@ -28,6 +28,7 @@ import {
 import { Logger } from '../src/observe/log.ts';
 import { daemonStatus } from '../src/observe/server.ts';
 import { ManualClock } from './support/clock.ts';
+import { holdNextServiceDump } from './support/hold.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 import { planObjects } from './support/plan.ts';
 import { PushSource } from './support/source.ts';
@@ -597,21 +598,11 @@ t.test(
     const { clock, prober, weights, ipvs, daemon } = await healthDaemon(t);
     await clock.advance(600);
     // The next full sync hangs in its first dump until released.
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const services = ipvs.services.bind(ipvs);
-    // (Health's own counter reads go around the gate.)
+    const { held, release, services } = holdNextServiceDump(ipvs);
+    // (Health's own counter reads go around the hold.)
     ipvs.serviceCounters = async () => (await services()).map(serviceCountersOf);
-    let held = false;
-    ipvs.services = async () => {
-      if (!held) {
-        held = true;
-        await gate;
-      }
-      return services();
-    };
     await clock.advance(30_000); // the periodic full sync starts, and waits
-    t.ok(held, 'a full sync is running');
+    t.ok(held(), 'a full sync is running');
     prober.answers.set('10.0.0.3:8080', { ok: false, reason: 'connection refused' });
     await clock.advance(500);
     t.equal((await weights())['10.0.0.3'], 0, 'weight 0 while the full sync still runs');

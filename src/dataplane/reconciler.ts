@@ -261,14 +261,7 @@ export class Reconciler {
       for (const [did, k] of have) {
         if (d.destinations.has(did)) continue;
         if (d.evicted.has(did)) await this.#deleteDest(d, k, run, this.#aside);
-        else if (k.weight !== 0) {
-          run.ops++;
-          try {
-            await this.#aside.updateDestination(d.service, { ...k, weight: 0 });
-          } catch (e) {
-            if (!ok(e, 'ENOENT', 'ESRCH')) run.fail(`stop destination ${did} of ${d.id}`, e, d.owner);
-          }
-        }
+        else await this.#stopDest(d, did, k, run, this.#aside);
       }
     });
     return { operations: run.ops, errors: run.errors, incomplete };
@@ -441,17 +434,21 @@ export class Reconciler {
       const expired = now - draining.get(did)! >= this.#o.gracefulTerminationSeconds * 1000;
       if (idle || expired) {
         if (await this.#deleteDest(d, k, run)) draining.delete(did);
-      } else if (k.weight !== 0) {
-        run.ops++;
-        try {
-          await this.#ipvs.updateDestination(d.service, { ...k, weight: 0 });
-        } catch (e) {
-          run.fail(`drain destination ${did} of ${d.id}`, e, d.owner);
-        }
-      }
+      } else await this.#stopDest(d, did, k, run);
     }
     if (draining.size > 0) this.#draining.set(d.id, draining);
     else this.#draining.delete(d.id);
+  }
+
+  /** Weight 0: no new connections to `k` (a drain's first step). Gone already is no failure. */
+  async #stopDest(d: DesiredVS, did: string, k: IpvsDestination, run: Run, ipvs: Ipvs = this.#ipvs): Promise<void> {
+    if (k.weight === 0) return;
+    run.ops++;
+    try {
+      await ipvs.updateDestination(d.service, { ...k, weight: 0 });
+    } catch (e) {
+      if (!ok(e, 'ENOENT', 'ESRCH')) run.fail(`drain destination ${did} of ${d.id}`, e, d.owner);
+    }
   }
 
   async #deleteDest(d: DesiredVS, k: IpvsDestination, run: Run, ipvs: Ipvs = this.#ipvs): Promise<boolean> {
