@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the kube-ipvs container image on this machine, as an OCI image layout, from Debian
 # packages and npm only. Two layers:
-#   base  a Debian root with only iptables (nft and legacy), ipset, conntrack, kmod and the libraries
-#         they and Node need (mmdebstrap --variant=extract: no shell, no apt, no dpkg database)
+#   base  a Debian root with only iptables (nft and legacy), ipset, conntrack, kmod, nft (kube-proxy's nftables
+#         tables are removed with it) and the libraries they and Node need (mmdebstrap --variant=extract: no shell,
+#         no apt, no dpkg database)
 #   app   Node 24 (the binary of the npm `node` package the lockfile pins), the compiled kube-ipvs
 #         (`tsc -p tsconfig.build.json`) and its production dependencies (`npm ci --omit=dev`)
 # Licences travel with what they cover: each Debian package's copyright file, each npm package's
@@ -26,7 +27,7 @@ repo=$(cd "$here/.." && pwd)
 cache="${IMAGE_CACHE_DIR:-$here/.cache}"
 suite="${SUITE:-bookworm}"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
-packages="iptables,ipset,conntrack,kmod,libstdc++6,libgcc-s1"
+packages="iptables,ipset,conntrack,kmod,nftables,libstdc++6,libgcc-s1"
 
 cd "$repo"
 want=$( { echo "$suite $mirror $packages"; cat images/build.sh package.json package-lock.json tsconfig.json tsconfig.build.json LICENSE;

@@ -7,6 +7,7 @@ import { Codes, formatProblem, type Problem } from './errors.ts';
 import type { Ipvs } from './dataplane/ipvs/client.ts';
 import type { ConntrackCleaner } from './dataplane/conntrack.ts';
 import type { Links } from './dataplane/links.ts';
+import type { LeftoverResult } from './dataplane/kube-proxy.ts';
 import type { NetfilterApplier } from './dataplane/netfilter.ts';
 import type { OwnershipStore } from './dataplane/ownership.ts';
 import { Reconciler, type SyncResult } from './dataplane/reconciler.ts';
@@ -56,6 +57,11 @@ export interface DaemonDeps {
   asideIpvs?: Ipvs;
   /** The jitter source of health probes (tests pin it). */
   random?: () => number;
+  /**
+   * kube-proxy's leftovers (src/dataplane/kube-proxy.ts): whether it still runs here, and its netfilter state's
+   * removal. None: never looked for (tests of other paths, --dry-run).
+   */
+  kubeProxy?: { running(): string | null; removeNetfilter(): Promise<LeftoverResult> };
 }
 
 /** One kernel operation that failed, kept for the status view. */
@@ -80,6 +86,12 @@ const LATENCY_SAMPLES = 1000;
 
 /** How often a Service with draining destinations is looked at again. */
 const DRAIN_CHECK_MS = 5000;
+
+/** How often kube-ipvs looks whether kube-proxy has stopped, while it runs beside it (reading /proc only). */
+const KUBE_PROXY_CHECK_MS = 1000;
+
+/** NodePorts kube-proxy may have left in IPVS: the API server's default --service-node-port-range. */
+const NODE_PORT_RANGE = [30000, 32767] as const;
 
 export class Daemon {
   readonly model: Model;
@@ -210,6 +222,7 @@ export class Daemon {
     this.health.stop();
     this.runner.stop();
     if (this.#drainTimer !== null) this.#clock.clearTimeout(this.#drainTimer);
+    if (this.#kubeProxyTimer !== null) this.#clock.clearTimeout(this.#kubeProxyTimer);
   }
 
   /** One full sync now, outside the runner (for --once). */
@@ -457,7 +470,82 @@ export class Daemon {
     }
     this.#recordLatency(full ? null : touched, new Set(r.errors.map((e) => e.service ?? '')));
     this.#scheduleDrainCheck();
+    if (r.errors.length === 0 && full) this.#fullSyncOk = true;
+    const takeover = this.#takeover === 'pending' || (this.#takeover === 'failed' && full);
+    if (r.errors.length === 0 && this.#fullSyncOk && takeover) await this.#takeOver();
     return r.errors.length === 0;
+  }
+
+  /** Whether kube-proxy's leftovers are still to be looked for (pending), kube-proxy still runs (waiting), or done. */
+  #takeover: 'pending' | 'waiting' | 'failed' | 'done' = 'pending';
+  #fullSyncOk = false;
+  #kubeProxyTimer: unknown = null;
+
+  /**
+   * Once kube-proxy no longer runs here and a full sync of ours is in (every rule and virtual server kube-ipvs
+   * needs is in place, so nothing depends on kube-proxy's any more): its chains, ipsets, nftables tables, IPVS
+   * virtual servers and dummy-interface addresses are removed. While it runs, nothing of it is touched (it would
+   * put it back, and in ipvs mode it shares our virtual servers); /proc is looked at every second until it stops.
+   * A failure is logged and counted, and retried at the next full sync.
+   */
+  async #takeOver(): Promise<void> {
+    const kp = this.#deps.kubeProxy;
+    const { log } = this.#deps;
+    if (!kp || this.#opts.config.kubeProxyLeftovers === 'keep') {
+      this.#takeover = 'done';
+      return;
+    }
+    const why = kp.running();
+    this.metrics.kubeProxyRunning.set(why ? 1 : 0);
+    if (why) {
+      if (this.#takeover !== 'waiting')
+        log.info('kube-proxy still runs on this node: its leftovers stay until it stops', { why });
+      this.#takeover = 'waiting';
+      this.#watchKubeProxy();
+      return;
+    }
+    const nf = await kp.removeNetfilter();
+    const [lo, hi] = NODE_PORT_RANGE;
+    const ipvs = await this.reconciler.takeOver((p) => p >= lo && p <= hi);
+    if (ipvs.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(ipvs.staleUdp);
+    const count = (kind: string, n: number) => n > 0 && this.metrics.kubeProxyLeftovers.inc({ kind }, n);
+    const ipsets = nf.removed.filter((x) => x.startsWith('ipset ')).length;
+    const tables = nf.removed.filter((x) => x.startsWith('nftables ')).length;
+    count('iptables_chain', nf.removed.length - ipsets - tables);
+    count('ipset', ipsets);
+    count('nftables_table', tables);
+    count('virtual_server', ipvs.services.length);
+    count('address', ipvs.addresses.length);
+    const errors = [...nf.errors, ...ipvs.errors.map((e) => `${e.op}: ${e.message}`)];
+    const removed = nf.removed.length + ipvs.services.length + ipvs.addresses.length;
+    if (nf.unchecked.length > 0)
+      log.warn("some of kube-proxy's leftovers could not be looked for", { why: nf.unchecked });
+    if (removed > 0 || ipvs.adopted.length > 0)
+      log.info("removed kube-proxy's leftovers", {
+        netfilter: nf.removed,
+        virtualServers: ipvs.services,
+        addresses: ipvs.addresses,
+        adoptedAddresses: ipvs.adopted,
+      });
+    if (errors.length > 0) {
+      this.metrics.kubeProxyCleanupErrors.inc(errors.length);
+      log.warn("removing kube-proxy's leftovers failed; retrying at the next full sync", { errors });
+      this.#takeover = 'failed';
+      return;
+    }
+    this.#takeover = 'done';
+  }
+
+  /** While kube-proxy runs: a look every second; once it has stopped, a sync that takes over. */
+  #watchKubeProxy(): void {
+    if (this.#stopped || this.#kubeProxyTimer !== null) return;
+    this.#kubeProxyTimer = this.#clock.setTimeout(() => {
+      this.#kubeProxyTimer = null;
+      if (this.#stopped) return;
+      if (this.#deps.kubeProxy?.running()) return this.#watchKubeProxy();
+      this.#takeover = 'pending';
+      this.runner.request();
+    }, KUBE_PROXY_CHECK_MS);
   }
 
   #netfilterDirty = true;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { stringify } from 'yaml';
-import { defaultConfig } from '../src/config/config.ts';
+import { defaultConfig, type Config } from '../src/config/config.ts';
 import { Daemon, type DaemonDeps } from '../src/daemon.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
 import { serviceId } from '../src/dataplane/ipvs/types.ts';
@@ -170,7 +170,7 @@ t.test('network programming latency: trigger time to kernel updated', async (t) 
 async function clockedDaemon(
   t: { teardown: (f: () => void) => void },
   initial: Change[],
-  deps: (ipvs: FakeIpvs) => Partial<DaemonDeps> = () => ({}),
+  deps: (ipvs: FakeIpvs, cfg: Config) => Partial<DaemonDeps> = () => ({}),
 ) {
   const clock = new ManualClock();
   const ipvs = new FakeIpvs();
@@ -191,7 +191,7 @@ async function clockedDaemon(
       log: new Logger({ sink: () => {} }),
       kernelRelease: '6.1.0',
       clock,
-      ...deps(ipvs),
+      ...deps(ipvs, cfg),
     },
   );
   t.teardown(() => daemon.stop());
@@ -289,3 +289,119 @@ t.test('a change to a Service not in the kernel yet waits for the sync: nothing 
   t.equal((await services()).length, 1, 'the sync after the resync creates it');
   t.equal(daemon.programmingLatencyMs.length, 1, 'and records its latency');
 });
+
+t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, foreign state kept", async (t) => {
+  let running: string | null = 'process 42 is kube-proxy';
+  let netfilterCalls = 0;
+  const links = new FakeLinks();
+  links.links.set('eth0', { index: 2, kind: 'device', addresses: new Set(['192.168.1.10']) });
+  // kube-proxy's ipvs mode left the web Service's ClusterIP and a gone Service's on the shared dummy interface.
+  links.links.set('kube-ipvs0', { index: 3, kind: 'dummy', addresses: new Set(['10.96.0.1', '10.96.0.99']) });
+  const owned = new MemoryOwnership();
+  const vs = (address: string, port: number) => ({
+    family: 4 as const,
+    protocol: 'TCP' as const,
+    address,
+    port,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  });
+  const { clock, ipvs, source, daemon } = await clockedDaemon(
+    t,
+    [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+    ],
+    () => ({
+      links,
+      owned,
+      kubeProxy: {
+        running: () => running,
+        removeNetfilter: async () => {
+          netfilterCalls++;
+          return { removed: ['iptables-nft nat KUBE-SERVICES', 'ipset KUBE-CLUSTER-IP'], errors: [], unchecked: [] };
+        },
+      },
+    }),
+  );
+  // What kube-proxy and another program had in IPVS before kube-ipvs' first sync would have been there already; the
+  // twin starts empty, so they are added now and a full sync is run over them.
+  await ipvs.addService(vs('192.168.1.10', 30123)); // kube-proxy's NodePort for a Service gone since
+  await ipvs.addService(vs('10.99.0.1', 80)); // another program's, off the node's addresses
+  await ipvs.addService(vs('192.168.1.10', 8080)); // another program's, on a node address, not a NodePort
+  daemon.runner.request();
+  await clock.advance(30_000);
+  const ids = async () => (await ipvs.services()).map(serviceId).sort();
+  t.equal(netfilterCalls, 0, 'nothing of kube-proxy is touched while it runs');
+  t.ok((await ids()).includes('TCP/192.168.1.10:30123'), 'its NodePort virtual server stays while it runs');
+  t.same([...links.links.get('kube-ipvs0')!.addresses].sort(), ['10.96.0.1', '10.96.0.99'], 'so do its addresses');
+  t.match(await daemon.metrics.text(), /kubeipvs_kube_proxy_running 1/);
+
+  running = null;
+  await clock.advance(1000); // the next look at /proc
+  await clock.advance(1000); // the sync it asks for (minSyncPeriod)
+  t.equal(netfilterCalls, 1, 'once it stopped, its chains, ipsets and tables are removed');
+  t.same(
+    await ids(),
+    ['TCP/10.96.0.1:80', 'TCP/10.99.0.1:80', 'TCP/192.168.1.10:8080'],
+    "its NodePort leftover is gone; the other program's virtual servers stay",
+  );
+  t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.1'], 'the address no Service wants is removed');
+  t.ok(owned.addresses.has('10.96.0.1'), 'the one a Service wants is adopted');
+  const m = await daemon.metrics.text();
+  t.match(m, /kubeipvs_kube_proxy_running 0/);
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="virtual_server"\} 1/);
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="address"\} 1/);
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="iptables_chain"\} 1/);
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="ipset"\} 1/);
+
+  await clock.advance(30_000);
+  t.equal(netfilterCalls, 1, 'done once: later syncs do not look again');
+  source.deliver!({
+    changes: [{ kind: 'Service', previous: service('web', { clusterIPs: ['10.96.0.1'] }), current: null }],
+    problems: [],
+    triggerTimes: new Map(),
+  });
+  await clock.advance(1000);
+  t.same([...links.links.get('kube-ipvs0')!.addresses], [], 'the adopted address goes with its Service');
+});
+
+t.test(
+  "kube-proxy's leftovers: kubeProxyLeftovers keep leaves them; a failed removal is retried at the next full sync",
+  async (t) => {
+    let calls = 0;
+    const { clock, cfg } = await clockedDaemon(t, [], () => ({
+      kubeProxy: {
+        running: () => null,
+        removeNetfilter: async () => {
+          calls++;
+          return calls === 1
+            ? { removed: [], errors: ['iptables-nft-restore: exit 4: busy'], unchecked: [] }
+            : { removed: [], errors: [], unchecked: [] };
+        },
+      },
+    }));
+    t.equal(calls, 1, 'looked for after the first full sync');
+    await clock.advance(5000);
+    t.equal(calls, 1, 'a failure is not retried by every sync');
+    await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+    t.equal(calls, 2, 'but by the next full one');
+    await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+    t.equal(calls, 2, 'and not again once it succeeded');
+
+    let kept = 0;
+    const keep = await clockedDaemon(t, [], (_ipvs, cfg) => {
+      cfg.kubeProxyLeftovers = 'keep';
+      return {
+        kubeProxy: {
+          running: () => null,
+          removeNetfilter: async () => (kept++, { removed: [], errors: [], unchecked: [] }),
+        },
+      };
+    });
+    await keep.clock.advance(keep.cfg.ipvs.syncPeriodSeconds * 1000);
+    t.equal(kept, 0, 'kubeProxyLeftovers: keep never removes them');
+  },
+);

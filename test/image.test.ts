@@ -80,6 +80,7 @@ if ('why' in built) {
         'usr/sbin/iptables-legacy-restore',
         'usr/sbin/ip6tables-nft-save',
         'usr/sbin/ipset',
+        'usr/sbin/nft',
         'usr/sbin/conntrack',
         'bin/kmod',
         'sbin/modprobe',
@@ -123,7 +124,17 @@ if ('why' in built) {
     );
     // Debian: each package of the base keeps its copyright file (the named ones and what they pulled in).
     const doc = join(root!, 'usr/share/doc');
-    for (const p of ['iptables', 'ipset', 'conntrack', 'kmod', 'libc6', 'libstdc++6', 'libgcc-s1', 'libnftnl11'])
+    for (const p of [
+      'iptables',
+      'ipset',
+      'conntrack',
+      'kmod',
+      'nftables',
+      'libc6',
+      'libstdc++6',
+      'libgcc-s1',
+      'libnftnl11',
+    ])
       t.ok(existsSync(join(doc, p, 'copyright')), `Debian ${p}: copyright`);
     const stray: string[] = [];
     for (const d of readdirSync(doc)) {
@@ -204,6 +215,7 @@ if ('why' in built) {
       ['ipset', 'version'],
       ['conntrack', '--version'],
       ['iptables', '--version'],
+      ['nft', '--version'],
     ]) {
       const r = inRoot(...cmd);
       t.equal(r.status, 0, `${cmd.join(' ')}: ${r.stderr}`);

@@ -10,6 +10,7 @@ import { FakeProber } from '../health/probers.ts';
 import { ConntrackCleaner } from '../dataplane/conntrack.ts';
 import { FakeExec, SystemExec, type Exec } from '../dataplane/exec.ts';
 import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
+import { kubeProxyRunning, removeKubeProxyNetfilter } from '../dataplane/kube-proxy.ts';
 import { detectBackend, NetfilterApplier } from '../dataplane/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import { FileOwnership, MemoryOwnership } from '../dataplane/ownership.ts';
@@ -231,6 +232,9 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
     }
   }
   deps.asideIpvs = asideIpvs;
+  // kube-proxy's leftovers go once it has stopped (config kubeProxyLeftovers; a one-off run never touches them).
+  if (!args.dryRun && !args.once)
+    deps.kubeProxy = { running: () => kubeProxyRunning(), removeNetfilter: () => removeKubeProxyNetfilter(exec) };
   // A dry run sends no packet: its health probes all answer healthy, in memory.
   if (args.dryRun) deps.prober = new FakeProber();
   const daemon = new Daemon({ source, config, nodeName }, deps);

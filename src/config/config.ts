@@ -61,6 +61,11 @@ export interface Config {
   stateDirectory: string;
   /** kube-ipvs only: a removed TCP backend with connections left is deleted after this long. */
   gracefulTerminationSeconds: number;
+  /**
+   * kube-ipvs only: what kube-proxy left on this node (its chains, ipsets, nftables tables, IPVS virtual servers and
+   * dummy-interface addresses). remove: removed once kube-proxy no longer runs here and our first full sync is in.
+   */
+  kubeProxyLeftovers: 'remove' | 'keep';
   /** kube-ipvs only: at most this many real servers get per-backend series per scrape (0: none). */
   metrics: { realServerSeriesLimit: number };
   /** kube-ipvs only: backend health checks (`healthChecks:`); per-Service annotations override. */
@@ -117,6 +122,7 @@ export function defaultConfig(): Config {
     dummyInterface: 'kube-ipvs0',
     stateDirectory: '/run/kube-ipvs',
     gracefulTerminationSeconds: 15 * 60,
+    kubeProxyLeftovers: 'remove',
     metrics: { realServerSeriesLimit: 1000 },
     healthChecks: defaultHealthConfig(),
     logging: { format: 'auto', verbosity: 0 },
@@ -396,6 +402,9 @@ const KUBE_IPVS_RULES: Record<string, Rule> = {
     ),
   },
   gracefulTerminationTimeout: { apply: unlessEmpty(duration, (c, v: number) => (c.gracefulTerminationSeconds = v)) },
+  kubeProxyLeftovers: {
+    apply: unlessEmpty(oneOf(['remove', 'keep'] as const), (c, v: 'remove' | 'keep') => (c.kubeProxyLeftovers = v)),
+  },
   metrics: {
     fields: {
       realServerSeriesLimit: { apply: (c, v) => (c.metrics.realServerSeriesLimit = int(0, 10_000_000)(v)) },

@@ -286,11 +286,14 @@ const OUR_CHAIN = /^KIPVS-[A-Za-z0-9-]+$/;
 const OUR_SET = /^KIPVS6?-[A-Za-z0-9-]+$/;
 
 /**
- * The `iptables-restore --noflush` input that removes our chains and every jump into them from an
- * `iptables-save` text, touching nothing else; "" when there is nothing of ours. Per table: our
- * chains declared (which flushes them), the jumps from other chains deleted, our chains deleted.
+ * The `iptables-restore --noflush` input that removes our chains (or those `isChain` names: kube-proxy's, see
+ * kube-proxy.ts) and every jump into them from an `iptables-save` text, touching nothing else; "" when there is
+ * none. Per table: the chains declared (which flushes them), the jumps from other chains deleted, the chains deleted.
  */
-export function cleanupRestoreInput(save: string): string {
+export function cleanupRestoreInput(
+  save: string,
+  isChain: (table: string, chain: string) => boolean = (_t, c) => OUR_CHAIN.test(c),
+): string {
   const out: string[] = [];
   let table = '';
   let chains: string[] = [];
@@ -307,11 +310,11 @@ export function cleanupRestoreInput(save: string): string {
       table = line.slice(1).trim();
     } else if (line.startsWith(':')) {
       const name = line.slice(1).split(' ')[0]!;
-      if (OUR_CHAIN.test(name)) chains.push(name);
+      if (isChain(table, name)) chains.push(name);
     } else if (line.startsWith('-A ')) {
       const chain = line.slice(3).split(' ')[0]!;
       const target = / -[jg] (\S+)/.exec(line)?.[1];
-      if (!OUR_CHAIN.test(chain) && target && OUR_CHAIN.test(target)) jumps.push(`-D ${line.slice(3)}`);
+      if (!isChain(table, chain) && target && isChain(table, target)) jumps.push(`-D ${line.slice(3)}`);
     } else if (line.startsWith('COMMIT')) {
       flush();
       table = '';

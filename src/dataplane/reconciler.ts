@@ -220,6 +220,76 @@ export class Reconciler {
     for (const id of this.#draining.keys()) if (!desired.has(id)) this.#draining.delete(id);
   }
 
+  /**
+   * Takes over what kube-proxy (ipvs mode) left in IPVS and on the dummy interface, once it no longer runs here and
+   * a full sync is in (call it from the sync loop, never beside a sync): an address on the interface that a Service
+   * wants is ours from now on (so it goes when the Service goes), every other address there is removed; a virtual
+   * server kube-proxy made off the interface (a NodePort: no firewall mark, on one of this node's addresses, a port
+   * `nodePort` accepts) that no Service wants is deleted. Excluded CIDRs and every other virtual server (another
+   * program's) are left alone. Returns what it removed (and adopted).
+   */
+  async takeOver(
+    nodePort: (port: number) => boolean,
+  ): Promise<{ services: string[]; addresses: string[]; adopted: string[]; errors: OpError[]; staleUdp: StaleUdp[] }> {
+    const run = new Run(this.#o.onError);
+    const out = {
+      services: [] as string[],
+      addresses: [] as string[],
+      adopted: [] as string[],
+      errors: run.errors,
+      staleUdp: run.staleUdp,
+    };
+    this.#ownedChanged = false;
+    try {
+      await this.#ensureInterface(true);
+      const all = await this.#links.allAddresses();
+      const nodeAddrs = new Set([...all].filter(([i]) => i !== this.#index).flatMap(([, a]) => a));
+      const wanted = new Set<string>();
+      for (const a of this.#applied.values()) for (const x of a.addresses) wanted.add(x);
+      for (const s of await this.#ipvs.services()) {
+        const id = serviceId(s);
+        if (this.#vsOwner.has(id) || this.#excluded(s.address)) continue;
+        if (s.fwmark !== undefined || s.address === undefined) continue;
+        const onInterface = this.#ifAddrs.has(s.address) && !wanted.has(s.address);
+        if (!onInterface && !(nodeAddrs.has(s.address) && nodePort(s.port))) continue;
+        run.ops++;
+        try {
+          await this.#ipvs.deleteService(s);
+          out.services.push(id);
+          if (s.protocol === 'UDP') run.staleUdp.push({ family: s.family, address: s.address, port: s.port });
+        } catch (e) {
+          if (!ok(e, 'ESRCH', 'ENOENT')) run.fail(`delete service ${id} (kube-proxy's)`, e);
+        }
+      }
+      for (const a of [...this.#ifAddrs]) {
+        if (this.#owned.addresses.has(a)) continue;
+        if (wanted.has(a)) {
+          this.#own(this.#owned.addresses, a, true);
+          out.adopted.push(a);
+          continue;
+        }
+        run.ops++;
+        try {
+          await this.#links.deleteAddress(this.#index!, a);
+          this.#ifAddrs.delete(a);
+          out.addresses.push(a);
+        } catch (e) {
+          run.fail(`delete address ${a} (kube-proxy's)`, e);
+        }
+      }
+    } catch (e) {
+      run.fail("take over kube-proxy's IPVS state", e);
+    }
+    if (this.#ownedChanged) {
+      try {
+        this.#owned.save();
+      } catch (e) {
+        run.fail('save ownership record', e);
+      }
+    }
+    return out;
+  }
+
   /** `d` with its destinations from the Service's latest plan (see SyncRequest.latest). */
   #fresh(d: DesiredVS, req: SyncRequest): DesiredVS {
     const plan = req.latest?.(d.owner);

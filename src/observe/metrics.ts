@@ -97,6 +97,9 @@ export class Metrics {
   readonly ipsetFailures: Counter;
   readonly ipsetNetlinkFailures: Counter;
   readonly asideWrites: Counter<'result'>;
+  readonly kubeProxyLeftovers: Counter<'kind'>;
+  readonly kubeProxyCleanupErrors: Counter;
+  readonly kubeProxyRunning: Gauge;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -202,6 +205,22 @@ export class Metrics {
       name: 'kubeipvs_sync_aside_writes_total',
       help: 'Destination writes alongside a running sync (endpoint changes during a full resync, health moves), by result',
       labelNames: ['result'] as const,
+      registers,
+    });
+    this.kubeProxyLeftovers = new Counter({
+      name: 'kubeipvs_kube_proxy_leftovers_removed_total',
+      help: "kube-proxy's leftovers removed from this node after it stopped, by kind (iptables_chain, ipset, nftables_table, virtual_server, address)",
+      labelNames: ['kind'] as const,
+      registers,
+    });
+    this.kubeProxyCleanupErrors = new Counter({
+      name: 'kubeipvs_kube_proxy_cleanup_errors_total',
+      help: "Failures removing kube-proxy's leftovers (retried at the next full sync)",
+      registers,
+    });
+    this.kubeProxyRunning = new Gauge({
+      name: 'kubeipvs_kube_proxy_running',
+      help: '1 while kube-proxy looks alive on this node (its leftovers are kept until it stops), else 0',
       registers,
     });
     this.ipsetNetlinkFailures = new Counter({

@@ -10,7 +10,12 @@ import { sendJSON, serveProxyHealth } from './health.ts';
 
 export { parseBindAddress };
 
-/** Listens on `bind`; null (with a log line) when disabled or when it cannot listen. */
+const BIND_RETRY_MS = 2000;
+
+/**
+ * Listens on `bind`; null (with a log line) when disabled or when it cannot listen. A port in use is retried
+ * until it is free (the server is returned at once, listening later).
+ */
 export async function listen(
   bind: string,
   what: string,
@@ -35,17 +40,49 @@ export async function listen(
       res.end();
     }
   });
-  try {
-    await new Promise<void>((resolve, reject) => {
+  const bindOnce = () =>
+    new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: b.host, port: b.port }, () => {
         server.off('error', reject);
         resolve();
       });
     });
+  try {
+    await bindOnce();
   } catch (e) {
-    log.error(`cannot serve ${what} on ${bind}: ${(e as Error).message}`);
-    return null;
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+      log.error(`cannot serve ${what} on ${bind}: ${(e as Error).message}`);
+      return null;
+    }
+    // kube-proxy holds the same default ports: beside it (a migration), kube-ipvs proxies anyway and takes the
+    // port once kube-proxy has stopped. The retry ends when the server is closed.
+    log.warn(
+      `cannot serve ${what} on ${bind} yet: the port is in use (kube-proxy?); retrying every ${BIND_RETRY_MS / 1000} s`,
+    );
+    let closed = false;
+    const close = server.close.bind(server);
+    server.close = (cb?: (err?: Error) => void) => {
+      closed = true;
+      clearTimeout(timer);
+      return server.listening ? close(cb) : (cb?.(), server);
+    };
+    let timer: NodeJS.Timeout;
+    const retry = () => {
+      timer = setTimeout(() => {
+        if (closed) return;
+        bindOnce().then(
+          () => log.info(`serving ${what}`, { address: bind }),
+          (err: NodeJS.ErrnoException) => {
+            if (err.code === 'EADDRINUSE') retry();
+            else log.error(`cannot serve ${what} on ${bind}: ${err.message}`);
+          },
+        );
+      }, BIND_RETRY_MS);
+      timer.unref();
+    };
+    retry();
+    return server;
   }
   log.info(`serving ${what}`, { address: bind });
   return server;

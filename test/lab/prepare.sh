@@ -25,6 +25,7 @@ command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v modprobe >/dev/null || need_pkgs+=(kmod)
 command -v capsh >/dev/null || need_pkgs+=(libcap2-bin)  # the image case: the chart's capabilities only
+command -v nft >/dev/null || need_pkgs+=(nftables)  # kube-proxy's nftables mode (the migration case)
 if [ ${#need_pkgs[@]} -gt 0 ] && [ "$check" = 1 ]; then not_ready "missing ${need_pkgs[*]}"; fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
