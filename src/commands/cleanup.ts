@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { Codes } from '../errors.ts';
 import { cleanup } from '../dataplane/cleanup.ts';
 import { NetlinkIpvs } from '../dataplane/ipvs/client.ts';
+import { kubeProxyRunning } from '../dataplane/kube-proxy.ts';
 import { SystemExec } from '../dataplane/exec.ts';
 import { NetlinkLinks } from '../dataplane/links.ts';
 import { NetfilterApplier } from '../dataplane/netfilter.ts';
@@ -33,9 +34,19 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
   const links = new NetlinkLinks();
   const owned = new FileOwnership(join(config.stateDirectory, 'owned.json'));
   if (owned.problem) report(io, [{ code: Codes.OWNERSHIP_RECORD_INVALID, severity: 'error', message: owned.problem }]);
+  const exec = new SystemExec();
+  // The way back to kube-proxy: in its ipvs mode it already serves from the same virtual servers and addresses.
+  const kubeProxy = kubeProxyRunning();
+  const sets = kubeProxy ? await exec.run('ipset', ['list', '-n']) : null;
+  const leaveToKubeProxy = sets !== null && sets.code === 0 && sets.stdout.split('\n').includes('KUBE-CLUSTER-IP');
+  if (leaveToKubeProxy)
+    io.stdout(
+      `kube-proxy runs here in ipvs mode (${kubeProxy}): its virtual servers and ${config.dummyInterface} addresses are left to it\n`,
+    );
   const r = await cleanup(ipvs, links, owned, {
     dummyInterface: config.dummyInterface,
     excludeCIDRs: config.ipvs.excludeCIDRs,
+    leaveToKubeProxy,
   });
   // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
   ipvs.close();
@@ -49,7 +60,6 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
       `warning the ownership record lists ${id}, which is not on ${config.dummyInterface}, not a node address and not one of kube-ipvs' firewall marks: left alone\n`,
     );
   // Our iptables chains and jumps (both backends: whichever was used) and our ipsets.
-  const exec = new SystemExec();
   const nfErrors: string[] = [];
   for (const backend of ['nft', 'legacy'] as const) {
     const applier = new NetfilterApplier({ exec, log: new Logger({ sink: () => {} }), backend, families: [4, 6] });

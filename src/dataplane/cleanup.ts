@@ -20,7 +20,15 @@ export async function cleanup(
   ipvs: Ipvs,
   links: Links,
   owned: OwnershipStore,
-  opts: { dummyInterface: string; excludeCIDRs?: string[] },
+  opts: {
+    dummyInterface: string;
+    excludeCIDRs?: string[];
+    /**
+     * kube-proxy in ipvs mode runs here (the way back): the virtual servers and dummy-interface addresses are its
+     * too now, so only our firewall-mark virtual servers (it makes none) go, with the ownership record.
+     */
+    leaveToKubeProxy?: boolean;
+  },
 ): Promise<CleanupResult> {
   const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [], leftAlone: [] };
   const exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
@@ -38,6 +46,7 @@ export async function cleanup(
     // off our interface must also be of a shape kube-ipvs makes there.
     const plausible =
       s.fwmark !== undefined ? inFwmarkRange(s.fwmark) : s.address !== undefined && nodeAddrs.has(s.address);
+    if (opts.leaveToKubeProxy && s.fwmark === undefined) continue;
     if (!onOurInterface && !(owned.services.has(id) && plausible)) {
       if (owned.services.has(id)) res.leftAlone.push(id);
       continue;
@@ -53,7 +62,7 @@ export async function cleanup(
   }
   owned.services.clear(); // records of services already gone
   owned.labels.clear();
-  if (index !== null) {
+  if (index !== null && !opts.leaveToKubeProxy) {
     for (const a of ifAddrs) {
       if (!owned.addresses.has(a)) continue;
       try {

@@ -5,7 +5,13 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { cleanup } from '../../src/dataplane/cleanup.ts';
 import { FakeExec, SystemExec } from '../../src/dataplane/exec.ts';
+import { FakeIpvs } from '../../src/dataplane/ipvs/fake.ts';
+import { serviceId } from '../../src/dataplane/ipvs/types.ts';
+import { FakeLinks } from '../../src/dataplane/links.ts';
+import { MemoryOwnership } from '../../src/dataplane/ownership.ts';
+
 import { isKubeProxyChain, kubeProxyRunning, removeKubeProxyNetfilter } from '../../src/dataplane/kube-proxy.ts';
 
 const has = (tool: string) => {
@@ -225,4 +231,30 @@ t.test('kubeProxyRunning: its process, or another listener on its ports; ours do
   writeFileSync(join(proc, '4242', 'comm'), 'kube-proxy\n');
   t.equal(kubeProxyRunning(proc), 'process 4242 is kube-proxy');
   t.equal(kubeProxyRunning(join(proc, 'missing')), null, 'no /proc: nothing to tell');
+});
+
+t.test('cleanup on the way back to kube-proxy ipvs mode leaves it the virtual servers and addresses', async (t) => {
+  const build = async () => {
+    const ipvs = new FakeIpvs();
+    const links = new FakeLinks();
+    const index = await links.ensureDummy('kube-ipvs0');
+    await links.addAddress(index, '10.96.0.1');
+    const owned = new MemoryOwnership();
+    owned.addresses.add('10.96.0.1');
+    const base = { family: 4 as const, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff };
+    await ipvs.addService({ ...base, protocol: 'TCP', address: '10.96.0.1', port: 80 });
+    const mark = { ...base, fwmark: 0x100001 };
+    await ipvs.addService(mark);
+    owned.services.add(serviceId(mark));
+    return { ipvs, links, owned };
+  };
+  const a = await build();
+  const left = await cleanup(a.ipvs, a.links, a.owned, { dummyInterface: 'kube-ipvs0', leaveToKubeProxy: true });
+  t.same((await a.ipvs.services()).map(serviceId), ['TCP/10.96.0.1:80'], 'its virtual server stays; our mark goes');
+  t.same(await a.links.addresses((await a.links.find('kube-ipvs0'))!), ['10.96.0.1'], 'so does the address');
+  t.same([left.interfaceRemoved, a.owned.addresses.size, a.owned.services.size], [false, 0, 0], 'our record is gone');
+  const b = await build();
+  await cleanup(b.ipvs, b.links, b.owned, { dummyInterface: 'kube-ipvs0' });
+  t.same(await b.ipvs.services(), [], 'without kube-proxy everything of ours goes');
+  t.equal(await b.links.find('kube-ipvs0'), null);
 });
