@@ -41,6 +41,8 @@ if ('why' in prepared) {
     await api.start();
     const kc = readFileSync(api.kubeconfig(), 'utf8').replace(api.url, 'https://10.0.2.100:6443');
     writeFileSync(join(share, 'kubeconfig'), kc);
+    // The migration cases run the kube-proxy built beside it (the guest sees the host's root read-only).
+    writeFileSync(join(share, 'k8s-bin'), built.bin);
     env.LAB_HOST_PORT = String(api.apiPort);
   } else {
     t.comment(`no API server for the lab's Kubernetes case: ${built.why}`);

@@ -144,26 +144,8 @@ const split = (total: number, failedAt: number, verdictAt: number | null) =>
   verdictAt === null ? `${total}` : `${total}=${verdictAt - failedAt}+${total - (verdictAt - failedAt)}`;
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
-/** A client connecting every `every` ms for `forMs` (0: until `stop`), in the background; its tally when it ends. */
-function tally(ip: string, every: number, forMs: number): Promise<[number, string][]> & { stop(): void } {
-  const c = spawn(
-    'ip',
-    [
-      'netns',
-      'exec',
-      'client',
-      process.execPath,
-      ...nodeArgs('test/lab/support/client.ts', 'tally', ip, '80', String(every), String(forMs)),
-    ],
-    { stdio: [forMs === 0 ? 'pipe' : 'ignore', 'pipe', 'inherit'], env: procEnv },
-  );
-  let out = '';
-  c.stdout!.on('data', (d) => (out += d));
-  const done = new Promise<[number, string][]>((res) =>
-    c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])),
-  );
-  return Object.assign(done, { stop: () => c.stdin?.end() });
-}
+/** A client pod connecting to ip:80 every `every` ms (see LabNode.tally). */
+const tally = (ip: string, every: number, forMs: number) => lab.tally('client', ip, 80, every, forMs);
 
 t.before(async () => {
   await lab.build(7);

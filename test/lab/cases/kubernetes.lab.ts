@@ -1,46 +1,14 @@
 // kube-ipvs in the VM watches the real kube-apiserver on the host (reached through qemu's
 // guestfwd at 10.0.2.100:6443), and real traffic follows changes made through the API.
-import { existsSync, readFileSync } from 'node:fs';
-import { request, Agent } from 'node:https';
 import t from 'tap';
-import { parse } from 'yaml';
 import { ep, node, slice } from '../../support/objects.ts';
+import { KUBECONFIG, labApi } from '../support/api.ts';
 import { LabNode, NODE_IP } from '../support/node.ts';
 
-const KUBECONFIG = '/lab-results/kubeconfig';
-if (!existsSync(KUBECONFIG)) {
+const api = labApi();
+if (!api) {
   t.plan(0, 'no API server on the host (test/k8s binaries could not be built, or K8S=0)');
 } else {
-  const kc = parse(readFileSync(KUBECONFIG, 'utf8')) as {
-    clusters: { cluster: { server: string } }[];
-    users: { user: { token: string } }[];
-  };
-  const server = new URL(kc.clusters[0]!.cluster.server);
-  const token = kc.users[0]!.user.token;
-  const agent = new Agent({ rejectUnauthorized: false });
-  const api = (method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; json: Record<string, unknown> }>((res, rej) => {
-      const req = request(
-        {
-          host: server.hostname,
-          port: server.port,
-          path,
-          method,
-          agent,
-          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        },
-        (r) => {
-          let d = '';
-          r.on('data', (c) => (d += c));
-          r.on('end', () =>
-            res({ status: r.statusCode ?? 0, json: d ? (JSON.parse(d) as Record<string, unknown>) : {} }),
-          );
-        },
-      );
-      req.on('error', rej);
-      if (body !== undefined) req.write(JSON.stringify(body));
-      req.end();
-    });
   t.setTimeout(240_000);
   const lab = new LabNode();
   const ns = 'lab';

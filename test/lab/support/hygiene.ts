@@ -97,7 +97,7 @@ export function resetNode(): string[] {
   for (const family of ['iptables', 'ip6tables']) {
     for (const backend of ['nft', 'legacy']) {
       const text = run(`${family}-${backend}-save`);
-      if (!/^-A |^:KIPVS/m.test(text)) continue;
+      if (!/^-A |^:(KIPVS|KUBE)-/m.test(text)) continue;
       const tables = [...text.matchAll(/^\*(\w+)$/gm)].map((m) => m[1]!);
       const empty = tables
         .map((t) => `*${t}\n${(BUILTIN[t] ?? []).map((c) => `:${c} ACCEPT [0:0]`).join('\n')}\nCOMMIT\n`)
@@ -114,9 +114,16 @@ export function resetNode(): string[] {
       }
     }
   }
+  // kube-proxy's too (the migration cases run it): its ipsets and nftables tables.
+  for (const table of ['ip kube-proxy', 'ip6 kube-proxy']) {
+    if (run('nft', 'list', 'table', ...table.split(' '))) {
+      run('nft', 'delete', 'table', ...table.split(' '));
+      done.push(`nftables ${table}`);
+    }
+  }
   const sets = run('ipset', 'list', '-n')
     .split('\n')
-    .filter((s) => /^KIPVS6?-/.test(s));
+    .filter((s) => /^(KIPVS6?|KUBE)-/.test(s));
   for (const s of sets) run('ipset', 'destroy', s);
   if (sets.length) done.push(`${sets.length} ipsets`);
   run('conntrack', '-F');

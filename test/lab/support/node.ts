@@ -252,6 +252,44 @@ export class LabNode {
     return JSON.parse(ns(nsName, nodeBin, ...nodeArgs(join(repo, 'test/lab/support/client.ts'), ...args))) as T;
   }
 
+  /**
+   * A client connecting to host:port every `every` ms for `forMs` (0: until `stop`), in the background, each
+   * connection on its own; its outcomes when it ends: [[began at (ms since the epoch), backend or "ERR ..."], ...].
+   */
+  tally(
+    nsName: 'client' | 'ext',
+    host: string,
+    port: number,
+    every: number,
+    forMs: number,
+  ): Promise<[number, string][]> & { stop(): void } {
+    const c = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        nsName,
+        nodeBin,
+        ...nodeArgs(
+          join(repo, 'test/lab/support/client.ts'),
+          'tally',
+          host,
+          String(port),
+          String(every),
+          String(forMs),
+        ),
+      ],
+      { stdio: [forMs === 0 ? 'pipe' : 'ignore', 'pipe', 'inherit'], env: procEnv },
+    );
+    this.#children.push(c);
+    let out = '';
+    c.stdout!.on('data', (d) => (out += d));
+    const done = new Promise<[number, string][]>((res) =>
+      c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])),
+    );
+    return Object.assign(done, { stop: () => c.stdin?.end() });
+  }
+
   /** A long-lived connection driven line by line. */
   hold(nsName: 'client' | 'ext', host: string, port: number) {
     const child = spawn(
@@ -325,6 +363,31 @@ export class LabNode {
   }
 
   /**
+   * `kube-ipvs cleanup` with the proxy's config: its output (stdout and stderr), or "" when it exited non-zero
+   * (nothing was started, or already cleaned). Throws when it hangs: a product bug.
+   */
+  cleanup(timeoutMs = 60_000): string {
+    const started = Date.now();
+    try {
+      return execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: procEnv,
+        timeout: timeoutMs,
+        killSignal: 'SIGKILL',
+      });
+    } catch (e) {
+      const err = e as { signal?: string; stderr?: string };
+      if (err.signal)
+        throw new Error(
+          `kube-ipvs cleanup did not finish within ${timeoutMs / 1000} s (killed after ${Date.now() - started} ms): ${err.stderr?.slice(-500) ?? ''}`,
+          { cause: e },
+        );
+      return '';
+    }
+  }
+
+  /**
    * Stops everything started, removes what kube-ipvs programmed (its own cleanup) and the network, so the next case
    * file starts clean.
    */
@@ -333,22 +396,10 @@ export class LabNode {
     this.#shutDown = true;
     await this.killProxy('SIGTERM');
     let cleanupError: Error | null = null;
-    const started = Date.now();
     try {
-      execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-        env: procEnv,
-        timeout: 60_000,
-        killSignal: 'SIGKILL',
-      });
+      this.cleanup();
     } catch (e) {
-      const err = e as { signal?: string; status?: number; stderr?: Buffer };
-      // A cleanup that hangs is a product bug: say so (after the rest is torn down).
-      if (err.signal)
-        cleanupError = new Error(
-          `kube-ipvs cleanup did not finish within 60 s (killed after ${Date.now() - started} ms): ${err.stderr?.toString().slice(-500) ?? ''}`,
-        );
-      /* a non-zero exit: nothing was started, or already cleaned */
+      cleanupError = e as Error;
     }
     for (const c of this.#children) c.kill('SIGKILL');
     for (const n of [...this.backends, 'client', 'ext']) {

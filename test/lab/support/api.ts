@@ -1,0 +1,56 @@
+// The real kube-apiserver on the host, as the guest reaches it (qemu's guestfwd at 10.0.2.100:6443): the
+// kubeconfig test/lab.test.ts shares under /lab-results, and a small JSON client for the cases.
+import { existsSync, readFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
+import { parse } from 'yaml';
+
+export const KUBECONFIG = '/lab-results/kubeconfig';
+/** The folder of the upstream binaries test/k8s/build.sh built (kube-proxy...), when it did. */
+export const K8S_BIN_FILE = '/lab-results/k8s-bin';
+
+export type Api = (
+  method: string,
+  path: string,
+  body?: unknown,
+) => Promise<{ status: number; json: Record<string, unknown>; text: string }>;
+
+/** A client for the shared API server, or null when there is none (test/k8s not built, or K8S=0). */
+export function labApi(): Api | null {
+  if (!existsSync(KUBECONFIG)) return null;
+  const kc = parse(readFileSync(KUBECONFIG, 'utf8')) as {
+    clusters: { cluster: { server: string } }[];
+    users: { user: { token: string } }[];
+  };
+  const server = new URL(kc.clusters[0]!.cluster.server);
+  const token = kc.users[0]!.user.token;
+  const agent = new Agent({ rejectUnauthorized: false });
+  return (method, path, body) =>
+    new Promise((res, rej) => {
+      const req = request(
+        {
+          host: server.hostname,
+          port: server.port,
+          path,
+          method,
+          agent,
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        },
+        (r) => {
+          let d = '';
+          r.on('data', (c) => (d += c));
+          r.on('end', () => {
+            let json: Record<string, unknown> = {};
+            try {
+              json = d ? (JSON.parse(d) as Record<string, unknown>) : {};
+            } catch {
+              // not JSON (a proxy's error page): the text says what
+            }
+            res({ status: r.statusCode ?? 0, json, text: d });
+          });
+        },
+      );
+      req.on('error', rej);
+      if (body !== undefined) req.write(JSON.stringify(body));
+      req.end();
+    });
+}
