@@ -33,6 +33,8 @@ Commands:
               --once                 one full sync, then exit
   cleanup   remove every virtual service, address and interface kube-ipvs created (needs root)
               --config FILE
+              --drain DURATION       first wait (up to DURATION, e.g. 5m) for the connections made through
+                                     them to end: the way back to kube-proxy keeps them
   status    every IPVS virtual server with its Service, kind and backends, read from the kernel
             (works with the daemon down), plus the daemon's own view when it answers (needs root)
               --namespace NS  --service NAME|NS/NAME   only these Services
@@ -50,6 +52,7 @@ const OPTIONS = {
   strict: { type: 'boolean', default: false },
   'dry-run': { type: 'boolean', default: false },
   once: { type: 'boolean', default: false },
+  drain: { type: 'string' },
   'proc-sys': { type: 'string' },
   namespace: { type: 'string', short: 'n' },
   service: { type: 'string' },
@@ -111,7 +114,7 @@ export async function main(argv: string[], io: IO): Promise<number> {
         io,
       );
     default:
-      return cleanupCommand({ config: args.config }, io);
+      return cleanupCommand({ config: args.config, ...(args.drain !== undefined ? { drain: args.drain } : {}) }, io);
   }
 }
 

@@ -302,3 +302,16 @@ async function runWatched(
   rmSync(dir, { recursive: true, force: true });
   return { code, stdout, stderr, hung };
 }
+
+t.test('cleanup --drain takes a bounded duration; anything else is refused before anything is touched', async (t) => {
+  const exec = promisify(execFile);
+  for (const bad of ['forever', '-5m', '48h', '5m\u001b[2J']) {
+    const r = await exec(process.execPath, ['src/cli.ts', 'cleanup', `--drain=${bad}`]).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
+    t.equal(r.code, 2, `--drain ${JSON.stringify(bad)} exits 2`);
+    t.match(r.stderr, /is not a duration from 0s to 24h/);
+    t.notMatch(r.stderr, /\u001b/, 'the value is quoted, never echoed raw');
+  }
+});

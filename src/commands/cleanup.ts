@@ -9,9 +9,21 @@ import { NetlinkLinks } from '../dataplane/links.ts';
 import { NetfilterApplier } from '../dataplane/netfilter.ts';
 import { Logger } from '../observe/log.ts';
 import { FileOwnership } from '../dataplane/ownership.ts';
+import { parseDuration } from '../config/duration.ts';
 import { isRoot, loadConfig, report, type IO } from './common.ts';
 
-export async function cleanupCommand(args: { config?: string }, io: IO): Promise<number> {
+export async function cleanupCommand(args: { config?: string; drain?: string }, io: IO): Promise<number> {
+  let drainSeconds = 0;
+  if (args.drain !== undefined) {
+    const d = parseDuration(args.drain);
+    if (d === null || d < 0 || d > 24 * 3600) {
+      io.stderr(
+        `error --drain ${JSON.stringify(args.drain.slice(0, 40))} is not a duration from 0s to 24h (e.g. 5m)\n`,
+      );
+      return 2;
+    }
+    drainSeconds = d;
+  }
   const config = await loadConfig(io, args.config);
   if (!config) return 1;
   if (!isRoot()) {
@@ -47,7 +59,24 @@ export async function cleanupCommand(args: { config?: string }, io: IO): Promise
     dummyInterface: config.dummyInterface,
     excludeCIDRs: config.ipvs.excludeCIDRs,
     leaveToKubeProxy,
+    ...(drainSeconds > 0
+      ? {
+          drain: {
+            ms: drainSeconds * 1000,
+            onWait: (n: number) =>
+              io.stdout(`waiting up to ${args.drain} for ${n} connections through kube-ipvs' virtual servers to end\n`),
+          },
+        }
+      : {}),
   });
+  if (r.drained)
+    io.stdout(
+      r.drained.connections === 0
+        ? `waited ${(r.drained.waitedMs / 1000).toFixed(1)} s for the connections through them to end\n`
+        : r.drained.connections > 0
+          ? `stopped waiting after ${(r.drained.waitedMs / 1000).toFixed(1)} s: ${r.drained.connections} connections are cut\n`
+          : `could not count the connections through them: not waited\n`,
+    );
   // Closed here; cli.ts lets the event loop turn once before exiting so the addon's handles finish closing.
   ipvs.close();
   links.close();

@@ -2,7 +2,7 @@
 // added, its dummy interface once empty, its ownership record — and nothing else.
 import { cidrContains, parseCIDR } from '../util/ip.ts';
 import type { Ipvs } from './ipvs/client.ts';
-import { serviceId } from './ipvs/types.ts';
+import { serviceId, type IpvsService } from './ipvs/types.ts';
 import type { Links } from './links.ts';
 import type { OwnershipStore } from './ownership.ts';
 import { inFwmarkRange } from '../plan/plan.ts';
@@ -14,6 +14,16 @@ export interface CleanupResult {
   errors: string[];
   /** Recorded as ours but of no shape kube-ipvs makes off its interface: not touched. */
   leftAlone: string[];
+  /** With `drain`: how long it waited, and the connections still there when it stopped waiting. */
+  drained: { waitedMs: number; connections: number } | null;
+}
+
+export interface DrainOptions {
+  ms: number;
+  /** Told once, when there are connections to wait for. */
+  onWait?: (connections: number) => void;
+  sleep?: (ms: number) => Promise<void>;
+  now?: () => number;
 }
 
 export async function cleanup(
@@ -28,9 +38,22 @@ export async function cleanup(
      * too now, so only our firewall-mark virtual servers (it makes none) go, with the ownership record.
      */
     leaveToKubeProxy?: boolean;
+    /**
+     * Before deleting, wait (up to `ms`) until the virtual servers to delete carry no established connection:
+     * deleting one drops the connections still made through it (the kernel stops forwarding to a deleted
+     * service's destinations), while new ones already go elsewhere (kube-proxy's rules, on the way back to it).
+     */
+    drain?: DrainOptions;
   },
 ): Promise<CleanupResult> {
-  const res: CleanupResult = { services: [], addresses: [], interfaceRemoved: false, errors: [], leftAlone: [] };
+  const res: CleanupResult = {
+    services: [],
+    addresses: [],
+    interfaceRemoved: false,
+    errors: [],
+    leftAlone: [],
+    drained: null,
+  };
   const exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
   const index = await links.find(opts.dummyInterface);
   const lo = await links.find('lo');
@@ -38,6 +61,7 @@ export async function cleanup(
   const ifAddrs = new Set(index === null ? [] : (all.get(index) ?? []));
   // The node's own addresses (not loopback, not ours): where kube-ipvs puts NodePorts.
   const nodeAddrs = new Set([...all].filter(([i]) => i !== index && i !== lo).flatMap(([, a]) => a));
+  const doomed: IpvsService[] = [];
   for (const s of await ipvs.services()) {
     const id = serviceId(s);
     if (s.address !== undefined && exclude.some((c) => cidrContains(c, s.address))) continue;
@@ -51,6 +75,11 @@ export async function cleanup(
       if (owned.services.has(id)) res.leftAlone.push(id);
       continue;
     }
+    doomed.push(s);
+  }
+  if (opts.drain && doomed.length > 0) res.drained = await drain(ipvs, doomed, opts.drain);
+  for (const s of doomed) {
+    const id = serviceId(s);
     try {
       await ipvs.deleteService(s);
       res.services.push(id);
@@ -81,4 +110,29 @@ export async function cleanup(
   owned.addresses.clear();
   owned.save();
   return res;
+}
+
+/**
+ * Waits until `services` carry no established connection or `ms` have passed; a listing that fails ends it.
+ * Closing ones (the kernel's inactive count: FIN_WAIT, TIME_WAIT...) are not waited for.
+ */
+async function drain(
+  ipvs: Ipvs,
+  services: IpvsService[],
+  o: DrainOptions,
+): Promise<{ waitedMs: number; connections: number }> {
+  const now = o.now ?? Date.now;
+  const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const start = now();
+  for (;;) {
+    let connections = 0;
+    try {
+      for (const s of services) for (const d of await ipvs.destinations(s)) connections += d.activeConns ?? 0;
+    } catch {
+      return { waitedMs: now() - start, connections: -1 };
+    }
+    if (connections === 0 || now() - start >= o.ms) return { waitedMs: now() - start, connections };
+    if (now() === start) o.onWait?.(connections);
+    await sleep(1000);
+  }
 }

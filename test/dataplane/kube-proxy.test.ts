@@ -258,3 +258,45 @@ t.test('cleanup on the way back to kube-proxy ipvs mode leaves it the virtual se
   t.same(await b.ipvs.services(), [], 'without kube-proxy everything of ours goes');
   t.equal(await b.links.find('kube-ipvs0'), null);
 });
+
+t.test('cleanup --drain waits for the established connections through what it deletes, up to its limit', async (t) => {
+  const build = async () => {
+    const ipvs = new FakeIpvs();
+    const links = new FakeLinks();
+    await links.addAddress(await links.ensureDummy('kube-ipvs0'), '10.96.0.1');
+    const vs = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+    await ipvs.addService({ ...vs, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
+    const dest = { family: 4 as const, address: '10.244.0.11', port: 8080 };
+    await ipvs.addDestination(vs, { ...dest, fwdMethod: 0, weight: 1, upperThreshold: 0, lowerThreshold: 0 });
+    ipvs.setConnections(vs, dest, 1, 7);
+    let clock = 0;
+    const waits: number[] = [];
+    const drain = {
+      now: () => clock,
+      sleep: async (ms: number) => {
+        clock += ms;
+        // The held connection ends after 3 s; the closing ones (inactive) are never waited for.
+        if (clock >= 3000) ipvs.setConnections(vs, dest, 0, 7);
+        t.ok((await ipvs.services()).length === 1, 'nothing deleted while it waits');
+      },
+      onWait: (n: number) => waits.push(n),
+    };
+    return { ipvs, links, drain, waits };
+  };
+  const a = await build();
+  const r = await cleanup(a.ipvs, a.links, new MemoryOwnership(), {
+    dummyInterface: 'kube-ipvs0',
+    drain: { ms: 60_000, ...a.drain },
+  });
+  t.same(r.drained, { waitedMs: 3000, connections: 0 }, 'waited until the connection ended');
+  t.same(a.waits, [1], 'and said once what it waits for');
+  t.same(await a.ipvs.services(), [], 'then deleted');
+  const b = await build();
+  let later = 0;
+  const r2 = await cleanup(b.ipvs, b.links, new MemoryOwnership(), {
+    dummyInterface: 'kube-ipvs0',
+    drain: { ms: 2000, now: () => later, sleep: async (ms) => void (later += ms) },
+  });
+  t.same(r2.drained, { waitedMs: 2000, connections: 1 }, 'its limit ends the wait');
+  t.same(await b.ipvs.services(), [], 'and the rest is removed all the same');
+});

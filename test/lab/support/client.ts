@@ -6,8 +6,9 @@
 //   udpwatch HOST PORT EVERY_MS FOR_MS  one socket sending every EVERY_MS; a line [ms since start, reply]
 //                                  per datagram as it happens (not one JSON line)
 //   tally HOST PORT EVERY_MS FOR_MS  a new connection every EVERY_MS, each on its own (none waits for the
-//                                  one before): every outcome, [[when it began (ms since the epoch),
-//                                  backend or ERR...], ...]; FOR_MS 0: until stdin closes
+//                                  one before): a line "started" once the first is on its way, then every
+//                                  outcome, [[when it began (ms since the epoch), backend or ERR...], ...];
+//                                  FOR_MS 0: until stdin closes
 //   hold HOST PORT                 one connection kept open: prints the backend, then for each stdin
 //                                  line prints the reply ("ERR ..." once it breaks); exits on stdin EOF
 import { createSocket } from 'node:dgram';
@@ -130,6 +131,7 @@ async function main() {
       await new Promise((res) => setTimeout(res, Math.max(0, t0 + next - Date.now())));
       const at = Date.now();
       out.push(tcpOnce().then((r) => [at, r]));
+      if (next === 0) console.log('started'); // the first connection is on its way (a slow start is seen)
     }
     console.log(JSON.stringify(await Promise.all(out)));
   } else if (mode === 'hold') {

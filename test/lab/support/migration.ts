@@ -91,8 +91,10 @@ async function clients(lab: LabNode, vip: string, nodePort: number) {
   let loops: ReturnType<LabNode['tally']>[] = [];
   return {
     first,
-    loops() {
+    /** Starts the 20 ms loops; resolves once both have begun (a Node start takes seconds under TCG). */
+    async loops() {
       loops = [lab.tally('client', vip, 80, 20, 0), lab.tally('ext', NODE_IP, nodePort, 20, 0)];
+      await Promise.all(loops.map((l) => l.started));
     },
     /** Each held connection's answer now, then the loops' outcomes (and the holds closed). */
     async end() {
@@ -100,7 +102,7 @@ async function clients(lab: LabNode, vip: string, nodePort: number) {
       for (const l of [light, ...loops]) l.stop();
       const [before, cluster, np] = await Promise.all([light, ...loops]);
       await Promise.all(holds.map((h) => h.close()));
-      return { answers, before: before!, cluster: cluster ?? [], nodePort: np ?? [] };
+      return { answers, before, cluster: cluster ?? [], nodePort: np ?? [] };
     },
   };
 }
@@ -230,13 +232,16 @@ export function migrationCase(mode: Mode, nodePort: number): void {
 
   t.test(`from kube-proxy ${mode} to kube-ipvs: no connection fails, the held ones survive`, async (t) => {
     const c = await clients(lab, vip, nodePort);
-    const marks = { start: Date.now(), stop: 0, removed: 0 };
+    const marks = { start: Date.now(), beside: 0, stop: 0, removed: 0 };
     lab.startProxy({}, ['--kubeconfig', KUBECONFIG]);
     await until(
       () => `kube-ipvs synced beside kube-proxy\n${lab.proxyLog.slice(-4000)}`,
-      200_000,
+      240_000,
       () => (/kube-proxy still runs on this node/.test(lab.proxyLog) ? true : null),
     );
+    marks.beside = Date.now();
+    await c.loops();
+    await sleep(2000);
     marks.stop = Date.now();
     await stopKubeProxy();
     await until(
@@ -253,7 +258,12 @@ export function migrationCase(mode: Mode, nodePort: number): void {
     t.same(when(r.before, marks), [], `while kube-ipvs started beside kube-proxy: ${r.before.length}, none failed`);
     t.same(when(r.cluster, marks), [], `ClusterIP loop: ${r.cluster.length} connections, none failed`);
     t.same(when(r.nodePort, marks), [], `NodePort loop: ${r.nodePort.length} connections, none failed`);
-    t.same(r.answers, c.first, 'the held connections still answer, from the backends they began with');
+    t.ok(r.cluster.length > 100 && r.nodePort.length > 100, 'the loops ran through the switch');
+    t.same(
+      r.answers,
+      c.first.map((b) => `${b} still there?`),
+      'the held connections still answer, from the backends they began with',
+    );
     t.same(kubeProxyLeftovers(), [], "kube-proxy's chains, ipsets and nftables tables are gone");
     t.ok(ours().length > 5, "kube-ipvs' own are in place");
     const ipvs = await NetlinkIpvs.open();
@@ -276,26 +286,55 @@ export function migrationCase(mode: Mode, nodePort: number): void {
     t.ok(serves(), 'kube-ipvs serves');
   });
 
-  t.test(`back from kube-ipvs to kube-proxy ${mode}: kube-ipvs cleanup after kube-proxy synced`, async (t) => {
+  t.test(`back from kube-ipvs to kube-proxy ${mode}: kube-ipvs cleanup --drain after kube-proxy synced`, async (t) => {
     const c = await clients(lab, vip, nodePort);
-    c.loops();
+    await c.loops();
     await sleep(2000);
-    const marks = { stop: Date.now(), kubeProxy: 0, cleanup: 0 };
+    const marks = { stop: Date.now(), kubeProxy: 0, cleanup: 0, closed: 0, done: 0 };
     await lab.killProxy('SIGTERM');
     marks.kubeProxy = Date.now();
     startKubeProxy();
     await kubeProxySynced();
     marks.cleanup = Date.now();
-    const out = lab.cleanup(180_000);
-    t.comment(`kube-ipvs cleanup: ${out.trim().replace(/\n/g, '; ')}`);
-    await sleep(3000);
-    const r = await c.end();
+    // The held connections were made through kube-ipvs' virtual servers: cleanup waits for them to end.
+    const cleaned = lab.cleanup(240_000, ['--drain', '3m']);
+    await sleep(5000);
+    const r = await c.end(); // asks the held connections, then closes them
+    marks.closed = Date.now();
+    const out = await cleaned;
+    marks.done = Date.now();
     t.comment(
-      `kube-proxy synced ${marks.cleanup - marks.kubeProxy} ms after its start; ClusterIP loop ${r.cluster.length} connections, ${failures(r.cluster).length} failed: ${when(r.cluster, marks).join('; ')}`,
+      `kube-ipvs cleanup (${marks.done - marks.closed} ms after the held connections closed): ${out.output.trim().replace(/\n/g, '; ')}`,
     );
-    t.comment(
-      `NodePort loop ${r.nodePort.length} connections, ${failures(r.nodePort).length} failed: ${when(r.nodePort, marks).join('; ')}; held: ${r.answers.join(', ')}`,
-    );
+    t.equal(out.code, 0, 'cleanup succeeds');
+    t.comment(`kube-proxy synced ${marks.cleanup - marks.kubeProxy} ms after its start`);
+    const expect = mode === 'nftables' ? 'cut' : 'kept';
+    if (expect === 'kept') {
+      t.same(when(r.before, marks), [], `before: ${r.before.length} connections, none failed`);
+      t.same(when(r.cluster, marks), [], `ClusterIP loop: ${r.cluster.length} connections, none failed`);
+      t.same(when(r.nodePort, marks), [], `NodePort loop: ${r.nodePort.length} connections, none failed`);
+      t.ok(r.cluster.length > 100 && r.nodePort.length > 100, 'the loops ran through the switch');
+      t.same(
+        r.answers,
+        c.first.map((b) => `${b} still there?`),
+        'the held connections survive until they close, and cleanup waits for that',
+      );
+      t.match(out.output, /waited [0-9.]+ s for the connections through them to end|left to it/);
+    } else {
+      // kube-proxy's nftables mode removes every IPVS service on the node when it starts (its cleanup of the
+      // ipvs mode): what was made through them breaks then, and new connections fail until its first sync.
+      t.comment(
+        `ClusterIP loop ${r.cluster.length} connections, ${failures(r.cluster).length} failed: ${when(r.cluster, marks).join('; ')}`,
+      );
+      t.comment(
+        `NodePort loop ${r.nodePort.length} connections, ${failures(r.nodePort).length} failed: ${when(r.nodePort, marks).join('; ')}; held: ${r.answers.join(', ')}`,
+      );
+      t.ok(
+        [...failures(r.cluster), ...failures(r.nodePort)].every(([at]) => at >= marks.kubeProxy && at < marks.cleanup),
+        'failures only between kube-proxy start and its first sync',
+      );
+      t.match(r.answers.join(), /ERR/, 'the held connections were cut by kube-proxy (its start flushes IPVS)');
+    }
     t.same(ours(), [], "kube-ipvs' chains and ipsets are gone");
     t.ok(serves(), `kube-proxy ${mode} serves`);
   });

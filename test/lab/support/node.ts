@@ -262,7 +262,7 @@ export class LabNode {
     port: number,
     every: number,
     forMs: number,
-  ): Promise<[number, string][]> & { stop(): void } {
+  ): Promise<[number, string][]> & { stop(): void; started: Promise<void> } {
     const c = spawn(
       'ip',
       [
@@ -283,11 +283,19 @@ export class LabNode {
     );
     this.#children.push(c);
     let out = '';
-    c.stdout!.on('data', (d) => (out += d));
+    let began = () => {};
+    const started = new Promise<void>((r) => (began = r));
+    c.stdout!.on('data', (d) => {
+      out += d;
+      if (out.startsWith('started\n')) began();
+    });
     const done = new Promise<[number, string][]>((res) =>
-      c.once('exit', () => res(JSON.parse(out || '[]') as [number, string][])),
+      c.once('exit', () => {
+        began();
+        res(JSON.parse(out.replace(/^started\n/, '') || '[]') as [number, string][]);
+      }),
     );
-    return Object.assign(done, { stop: () => c.stdin?.end() });
+    return Object.assign(done, { stop: () => c.stdin?.end(), started });
   }
 
   /** A long-lived connection driven line by line. */
@@ -363,28 +371,31 @@ export class LabNode {
   }
 
   /**
-   * `kube-ipvs cleanup` with the proxy's config: its output (stdout and stderr), or "" when it exited non-zero
-   * (nothing was started, or already cleaned). Throws when it hangs: a product bug.
+   * `kube-ipvs cleanup` with the proxy's config (and `args`): its output (stdout and stderr) and exit code.
+   * Rejects when it does not finish within `timeoutMs` (killed): a product bug.
    */
-  cleanup(timeoutMs = 60_000): string {
+  cleanup(timeoutMs = 60_000, args: string[] = []): Promise<{ code: number | null; output: string }> {
     const started = Date.now();
-    try {
-      return execFileSync(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml')], {
-        encoding: 'utf8',
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env: procEnv,
-        timeout: timeoutMs,
-        killSignal: 'SIGKILL',
+    const c = spawn(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml'), ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: procEnv,
+    });
+    let output = '';
+    c.stdout!.on('data', (d) => (output += d));
+    c.stderr!.on('data', (d) => (output += d));
+    return new Promise((res, rej) => {
+      const timer = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+      c.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        if (signal === 'SIGKILL')
+          rej(
+            new Error(
+              `kube-ipvs cleanup did not finish within ${timeoutMs / 1000} s (killed after ${Date.now() - started} ms): ${output.slice(-500)}`,
+            ),
+          );
+        else res({ code, output });
       });
-    } catch (e) {
-      const err = e as { signal?: string; stderr?: string };
-      if (err.signal)
-        throw new Error(
-          `kube-ipvs cleanup did not finish within ${timeoutMs / 1000} s (killed after ${Date.now() - started} ms): ${err.stderr?.slice(-500) ?? ''}`,
-          { cause: e },
-        );
-      return '';
-    }
+    });
   }
 
   /**
@@ -397,7 +408,7 @@ export class LabNode {
     await this.killProxy('SIGTERM');
     let cleanupError: Error | null = null;
     try {
-      this.cleanup();
+      await this.cleanup();
     } catch (e) {
       cleanupError = e as Error;
     }
