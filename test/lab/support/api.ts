@@ -12,10 +12,15 @@ export type Api = (
   method: string,
   path: string,
   body?: unknown,
+  contentType?: string,
 ) => Promise<{ status: number; json: Record<string, unknown>; text: string }>;
 
-/** A client for the shared API server, or null when there is none (test/k8s not built, or K8S=0). */
-export function labApi(): Api | null {
+/**
+ * A client for the shared API server, or null when there is none (test/k8s not built, or K8S=0). `keepAlive`
+ * reuses connections (each new one is a process on the host's side of guestfwd): for many requests; its idle
+ * sockets keep the process alive until `destroy()`.
+ */
+export function labApi(opts: { keepAlive?: boolean } = {}): (Api & { destroy(): void }) | null {
   if (!existsSync(KUBECONFIG)) return null;
   const kc = parse(readFileSync(KUBECONFIG, 'utf8')) as {
     clusters: { cluster: { server: string } }[];
@@ -23,8 +28,8 @@ export function labApi(): Api | null {
   };
   const server = new URL(kc.clusters[0]!.cluster.server);
   const token = kc.users[0]!.user.token;
-  const agent = new Agent({ rejectUnauthorized: false });
-  return (method, path, body) =>
+  const agent = new Agent({ rejectUnauthorized: false, keepAlive: opts.keepAlive ?? false });
+  const api: Api = (method, path, body, contentType = 'application/json') =>
     new Promise((res, rej) => {
       const req = request(
         {
@@ -33,7 +38,7 @@ export function labApi(): Api | null {
           path,
           method,
           agent,
-          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          headers: { authorization: `Bearer ${token}`, 'content-type': contentType },
         },
         (r) => {
           let d = '';
@@ -53,4 +58,5 @@ export function labApi(): Api | null {
       if (body !== undefined) req.write(JSON.stringify(body));
       req.end();
     });
+  return Object.assign(api, { destroy: () => agent.destroy() });
 }

@@ -1,0 +1,334 @@
+// Inside the lab VM (started by perf/race.ts): each proxy alone on the node in turn, from a clean kernel, watching
+// the host's API server that holds SERVICES Services x ENDPOINTS endpoints. Per proxy:
+//   1. cold start: process start to every Service's endpoints in the kernel (polled);
+//   2. CHANGES EndpointSlice writes (one endpoint replaced), 3 s apart: API answer to the kernel showing it;
+//   3. churn: 10 writes a second for CHURN_SECONDS: the proxy's CPU seconds, and its own programming-latency
+//      histogram (kube-proxy's metric, kube-ipvs' too: from the trigger-time annotation the writes carry);
+//   4. resident memory after the churn.
+// Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
+import { labApi, K8S_BIN_FILE, KUBECONFIG } from '../test/lab/support/api.ts';
+import { resetNode } from '../test/lab/support/hygiene.ts';
+import { CLI, procEnv } from '../test/lab/support/node.ts';
+
+const SERVICES = Number(process.env.SERVICES ?? 1000);
+const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
+const CHANGES = Number(process.env.CHANGES ?? 20);
+const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
+const NAMESPACES = 10;
+const maybeApi = labApi({ keepAlive: true });
+if (!maybeApi) throw new Error('no API server: run through perf/race.ts');
+const api = maybeApi;
+const kubeProxyBin = join(readFileSync(K8S_BIN_FILE, 'utf8').trim(), 'kube-proxy');
+const dir = mkdtempSync('/tmp/kipvs-race-');
+const log = (s: string) => process.stderr.write(`race: ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (xs: number[], p: number) =>
+  xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
+
+const endpointIP = (i: number, j: number) => {
+  const n = i * ENDPOINTS + j;
+  return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
+};
+let fresh = 0;
+/** A new address for endpoint 0 of a Service (the change a rollout makes). */
+const freshIP = () => {
+  fresh++;
+  return `10.250.${(fresh >> 8) & 255}.${fresh & 255}`;
+};
+
+// The Services' ClusterIPs, by "namespace/name".
+const vips = new Map<string, string>();
+{
+  const r = await api('GET', '/api/v1/services');
+  for (const s of (r.json.items ?? []) as {
+    metadata: { namespace: string; name: string };
+    spec: { clusterIP: string };
+  }[])
+    vips.set(`${s.metadata.namespace}/${s.metadata.name}`, s.spec.clusterIP);
+}
+const key = (i: number) => `race-${i % NAMESPACES}/svc-${i}`;
+
+/** Replaces endpoint 0 of Service i with `address`, stamped with the trigger time the proxies' latency metric reads. */
+async function change(i: number, address: string): Promise<void> {
+  const endpoints = Array.from({ length: ENDPOINTS }, (_, j) => ({
+    addresses: [j === 0 ? address : endpointIP(i, j)],
+    conditions: { ready: true },
+    nodeName: 'race-node',
+  }));
+  const r = await api(
+    'PATCH',
+    `/apis/discovery.k8s.io/v1/namespaces/race-${i % NAMESPACES}/endpointslices/svc-${i}-race`,
+    {
+      metadata: { annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() } },
+      endpoints,
+    },
+    'application/merge-patch+json',
+  );
+  if (r.status !== 200) throw new Error(`PATCH slice ${i}: ${r.status} ${r.text.slice(0, 300)}`);
+}
+
+interface Kernel {
+  /** Services with all their endpoints in the kernel. */
+  complete(): Promise<number>;
+  /** Whether `address` serves Service i. */
+  has(i: number, address: string): Promise<boolean>;
+  close(): void;
+}
+
+async function ipvsKernel(): Promise<Kernel> {
+  const ipvs = await NetlinkIpvs.open({ timeoutMs: 120_000 });
+  return {
+    async complete() {
+      let n = 0;
+      for (const s of await ipvs.services()) {
+        if (s.port !== 80 || s.fwmark !== undefined) continue;
+        const d = await ipvs.destinations(s);
+        if (d.filter((x) => x.weight > 0).length >= ENDPOINTS) n++;
+      }
+      return n;
+    },
+    async has(i, address) {
+      const vip = vips.get(key(i))!;
+      const d = await ipvs.destinations({ family: 4, protocol: 'TCP', address: vip, port: 80 }).catch(() => []);
+      return d.some((x) => x.address === address && x.weight > 0);
+    },
+    close: () => ipvs.close(),
+  };
+}
+
+function nftKernel(): Kernel {
+  const nft = (...args: string[]) => {
+    try {
+      return execFileSync('nft', args, { encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {
+      return '';
+    }
+  };
+  const chains = new Map<string, string>();
+  return {
+    async complete() {
+      return (nft('list', 'map', 'ip', 'kube-proxy', 'service-ips').match(/goto service-/g) ?? []).length;
+    },
+    async has(i, address) {
+      if (chains.size === 0)
+        for (const m of nft('list', 'chains', 'ip', 'kube-proxy').matchAll(
+          /chain (service-[A-Z0-9]+-([^ ]+)\/tcp\/http) /g,
+        ))
+          chains.set(m[2]!, m[1]!);
+      const chain = chains.get(key(i));
+      if (!chain) return false;
+      // The service chain's endpoint verdict map names each endpoint chain by its address.
+      return nft('list', 'chain', 'ip', 'kube-proxy', chain).includes(`__${address}/`);
+    },
+    close: () => {},
+  };
+}
+
+/** CPU seconds (user + system) a process has used. */
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+const rssMB = (pid: number) =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+
+/** The programming-latency histogram's cumulative buckets (le -> count), from the proxy's metrics. */
+async function latencyBuckets(): Promise<Map<number, number>> {
+  const text = await fetch('http://127.0.0.1:10249/metrics')
+    .then((r) => r.text())
+    .catch(() => '');
+  const out = new Map<number, number>();
+  for (const m of text.matchAll(
+    /^kubeproxy_network_programming_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$/gm,
+  ))
+    out.set(m[1] === '+Inf' ? Infinity : Number(m[1]), (out.get(Number(m[1])) ?? 0) + Number(m[2]));
+  return out;
+}
+/** The bucket bound a quantile falls under, between two snapshots. */
+function quantile(before: Map<number, number>, after: Map<number, number>, q: number): number {
+  const les = [...after.keys()].sort((a, b) => a - b);
+  const total = (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0);
+  if (total <= 0) return NaN;
+  for (const le of les) if ((after.get(le) ?? 0) - (before.get(le) ?? 0) >= q * total) return le;
+  return Infinity;
+}
+
+function start(proxy: string): ChildProcess {
+  if (proxy === 'kube-ipvs') {
+    const cfg = join(dir, 'kube-ipvs.yaml');
+    writeFileSync(
+      cfg,
+      stringify({
+        apiVersion: 'kube-ipvs.io/v1alpha1',
+        kind: 'KubeIPVSConfiguration',
+        stateDirectory: join(dir, 'state'),
+        clusterCIDR: '10.244.0.0/16',
+      }),
+    );
+    return spawn(
+      process.execPath,
+      [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'],
+      {
+        stdio: ['ignore', 'ignore', 'ignore'],
+        env: procEnv,
+      },
+    );
+  }
+  const mode = proxy.replace('kube-proxy-', '');
+  const cfg = join(dir, `${proxy}.yaml`);
+  writeFileSync(
+    cfg,
+    stringify({
+      apiVersion: 'kubeproxy.config.k8s.io/v1alpha1',
+      kind: 'KubeProxyConfiguration',
+      mode,
+      hostnameOverride: 'race-node',
+      clientConnection: { kubeconfig: KUBECONFIG },
+      clusterCIDR: '10.244.0.0/16',
+      conntrack: { maxPerCore: 0 },
+    }),
+  );
+  return spawn(kubeProxyBin, ['--config', cfg], { stdio: ['ignore', 'ignore', 'ignore'] });
+}
+
+interface Result {
+  proxy: string;
+  coldS: number;
+  changeMs: number[];
+  unseen: number;
+  churnP50: number;
+  churnP99: number;
+  churnCpuS: number;
+  churnWrites: number;
+  rssMB: number;
+}
+
+async function race(proxy: string): Promise<Result> {
+  const left = resetNode();
+  if (left.length) log(`cleared before ${proxy}: ${left.join('; ')}`);
+  const kernel = proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel();
+  const t0 = performance.now();
+  const p = start(proxy);
+  const pid = p.pid!;
+  try {
+    // 1. cold start
+    for (;;) {
+      if (p.exitCode !== null) throw new Error(`${proxy} exited: ${p.exitCode}`);
+      const n = await kernel.complete();
+      if (n >= SERVICES) break;
+      if (performance.now() - t0 > 3_600_000) throw new Error(`${proxy}: ${n} of ${SERVICES} after an hour`);
+      await sleep(500);
+    }
+    const coldS = (performance.now() - t0) / 1000;
+    log(`${proxy}: cold start ${coldS.toFixed(1)} s`);
+    // 2. changes, 3 s apart, each watched until it is in (at most 5 minutes)
+    const pending = new Map<number, { address: string; at: number }>();
+    const changeMs: number[] = [];
+    let written = 0;
+    let unseen = 0;
+    const deadline = () => performance.now() + 300_000;
+    let nextWrite = performance.now();
+    let stopAt = Infinity;
+    while (written < CHANGES || pending.size > 0) {
+      if (written < CHANGES && performance.now() >= nextWrite) {
+        const i = Math.floor((written * 7919) % SERVICES);
+        const address = freshIP();
+        await change(i, address);
+        pending.set(i, { address, at: performance.now() });
+        written++;
+        nextWrite += 3000;
+        if (written === CHANGES) stopAt = deadline();
+      }
+      for (const [i, c] of pending) {
+        if (await kernel.has(i, c.address)) {
+          changeMs.push(performance.now() - c.at);
+          pending.delete(i);
+        }
+      }
+      if (performance.now() > stopAt) {
+        unseen = pending.size;
+        break;
+      }
+      await sleep(proxy === 'kube-proxy-nftables' ? 100 : 10);
+    }
+    log(`${proxy}: ${changeMs.length} changes seen, median ${pct(changeMs, 0.5).toFixed(0)} ms, ${unseen} unseen`);
+    // 3. churn
+    const before = await latencyBuckets();
+    const cpu0 = cpuSeconds(pid);
+    let churnWrites = 0;
+    const churnStart = performance.now();
+    const writes: Promise<void>[] = [];
+    while (performance.now() - churnStart < CHURN_SECONDS * 1000) {
+      const i = (CHANGES * 7919 + churnWrites * 104729) % SERVICES;
+      writes.push(change(i, freshIP()).catch((e: Error) => void log(`churn write: ${e.message}`)));
+      churnWrites++;
+      await sleep(Math.max(0, churnStart + churnWrites * 100 - performance.now()));
+    }
+    await Promise.all(writes);
+    await sleep(5000); // what was written last gets in
+    const churnCpuS = cpuSeconds(pid) - cpu0;
+    const after = await latencyBuckets();
+    const rss = rssMB(pid);
+    log(`${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s; RSS ${rss.toFixed(0)} MB`);
+    return {
+      proxy,
+      coldS,
+      changeMs,
+      unseen,
+      churnP50: quantile(before, after, 0.5),
+      churnP99: quantile(before, after, 0.99),
+      churnCpuS,
+      churnWrites,
+      rssMB: rss,
+    };
+  } finally {
+    p.kill('SIGTERM');
+    await new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)));
+    kernel.close();
+    if (proxy === 'kube-ipvs')
+      execFileSync(process.execPath, [...CLI, 'cleanup', '--config', join(dir, 'kube-ipvs.yaml')], {
+        stdio: 'ignore',
+        env: procEnv,
+      });
+    else
+      try {
+        execFileSync(kubeProxyBin, ['--cleanup'], { stdio: 'ignore' });
+      } catch {
+        // its cleanup exits non-zero when there was nothing of a mode
+      }
+  }
+}
+
+const results: Result[] = [];
+for (const proxy of PROXIES) results.push(await race(proxy));
+api.destroy();
+
+const base = results.find((r) => r.proxy === 'kube-ipvs');
+const ratio = (v: number, b: number | undefined) =>
+  b === undefined || !Number.isFinite(v) || !Number.isFinite(b) || b === 0 ? '' : ` (${(v / b).toFixed(1)}x)`;
+const fmt = (v: number, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : v === Infinity ? '>max' : 'n/a');
+const row = (name: string, f: (r: Result) => number, digits = 1, unit = '') =>
+  `| ${name} | ${results.map((r) => `${fmt(f(r), digits)}${unit}${r === base ? '' : ratio(f(r), base && f(base))}`).join(' | ')} |`;
+console.log(
+  [
+    `Race: ${SERVICES} Services x ${ENDPOINTS} endpoints, one proxy at a time on the lab VM (TCG), the same API server; ratios to kube-ipvs`,
+    '',
+    `| | ${results.map((r) => r.proxy).join(' | ')} |`,
+    `| --- | ${results.map(() => '---').join(' | ')} |`,
+    row('cold start to every endpoint in the kernel (s)', (r) => r.coldS),
+    row(`one change, median of ${CHANGES} (ms)`, (r) => pct(r.changeMs, 0.5), 0),
+    row('one change, p99 (ms)', (r) => pct(r.changeMs, 0.99), 0),
+    `| changes not seen within 5 min | ${results.map((r) => String(r.unseen)).join(' | ')} |`,
+    row(`churn 10/s for ${CHURN_SECONDS} s: CPU seconds`, (r) => r.churnCpuS),
+    row('churn: programming latency p50, bucket bound (s)', (r) => r.churnP50, 2),
+    row('churn: programming latency p99, bucket bound (s)', (r) => r.churnP99, 2),
+    row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
+  ].join('\n'),
+);
+console.log(`\n${JSON.stringify(results.map((r) => ({ ...r, changeMs: r.changeMs.map(Math.round) })))}`);

@@ -1,0 +1,113 @@
+// `npm run bench:race`: kube-ipvs against kube-proxy v1.35.4 (ipvs and nftables modes) on the same kernel, one
+// proxy at a time, watching the same real API server. On the host: an etcd and kube-apiserver (the test set-up's
+// binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
+// perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
+// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
+// PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (default 5400 s).
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
+import { owned } from '../test/support/owned.ts';
+import { labPrepared } from '../test/support/setup-state.ts';
+import { spawnSync } from 'node:child_process';
+
+const SERVICES = Number(process.env.SERVICES ?? 1000);
+const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
+const NAMESPACES = 10;
+
+const fail = (why: string): never => {
+  process.stderr.write(`bench:race: ${why}\n`);
+  process.exit(3);
+};
+if (!Number.isInteger(SERVICES) || SERVICES < 1 || SERVICES > 50_000) fail('SERVICES must be 1..50000');
+if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDPOINTS must be 1..100');
+const prepared = labPrepared();
+if ('why' in prepared) fail(`the lab is not prepared: ${prepared.why}`);
+const built = k8sBinaries();
+if (!('bin' in built)) fail(`no kube-apiserver/kube-proxy: ${built.why}`);
+const bin = (built as { bin: string }).bin;
+
+/** Endpoint j of Service i: 10.200+.x.y, unique (never reachable: the race measures programming, not traffic). */
+export const endpointIP = (i: number, j: number) => {
+  const n = i * ENDPOINTS + j;
+  return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
+};
+
+const api = new ApiServer(bin);
+await api.start();
+const share = mkdtempSync(join(tmpdir(), 'kipvs-race-'));
+try {
+  const t0 = performance.now();
+  const must = async (what: string, p: Promise<{ status: number; json: unknown }>) => {
+    const r = await p;
+    if (r.status !== 201 && r.status !== 409)
+      throw new Error(`${what}: ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+  };
+  for (let n = 0; n < NAMESPACES; n++)
+    await must('namespace', api.request('POST', '/api/v1/namespaces', { metadata: { name: `race-${n}` } }));
+  await must(
+    'node',
+    api.request('POST', '/api/v1/nodes', {
+      metadata: { name: 'race-node' },
+      status: { addresses: [{ type: 'InternalIP', address: '192.168.100.1' }] },
+    }),
+  );
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < SERVICES; i = next++) {
+      const ns = `race-${i % NAMESPACES}`;
+      await must(
+        `Service ${i}`,
+        api.request('POST', `/api/v1/namespaces/${ns}/services`, {
+          metadata: { name: `svc-${i}` },
+          spec: { ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
+        }),
+      );
+      await must(
+        `EndpointSlice ${i}`,
+        api.request('POST', `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`, {
+          metadata: { name: `svc-${i}-race`, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
+          addressType: 'IPv4',
+          ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
+          endpoints: Array.from({ length: ENDPOINTS }, (_, j) => ({
+            addresses: [endpointIP(i, j)],
+            conditions: { ready: true },
+            nodeName: 'race-node',
+          })),
+        }),
+      );
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  process.stderr.write(
+    `bench:race: ${SERVICES} Services x ${ENDPOINTS} endpoints created through the API in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
+  );
+  writeFileSync(
+    join(share, 'kubeconfig'),
+    readFileSync(api.kubeconfig(), 'utf8').replace(api.url, 'https://10.0.2.100:6443'),
+  );
+  writeFileSync(join(share, 'k8s-bin'), bin);
+  const env = {
+    ...process.env,
+    LAB_SHARE: share,
+    LAB_HOST_PORT: String(api.apiPort),
+    LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '5400',
+  };
+  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'PROXIES']
+    .filter((k) => process.env[k] !== undefined)
+    .map(
+      (k) =>
+        `${k}=${Number.isNaN(Number(process.env[k])) ? (process.env[k] ?? '').replace(/[^a-z,-]/g, '') : Number(process.env[k])}`,
+    )
+    .join(' ');
+  const [cmd, args] = owned('bash', [
+    'test/lab/boot.sh',
+    `SERVICES=${SERVICES} ENDPOINTS=${ENDPOINTS} ${guestEnv} node --liftoff-only perf/race.lab.ts`,
+  ]);
+  const r = spawnSync(cmd, args, { stdio: 'inherit', env });
+  process.exitCode = r.status ?? 1;
+} finally {
+  await api.stop();
+  rmSync(share, { recursive: true, force: true });
+}
