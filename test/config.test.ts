@@ -50,6 +50,17 @@ t.test('our own example config', async (t) => {
   t.same(r.config?.clusterCIDRs, ['10.244.0.0/16', 'fd00:244::/56']);
   t.equal(r.config?.ipvs.minSyncPeriodSeconds, 1);
   t.equal(r.config?.conntrack.tcpEstablishedTimeoutSeconds, 86400);
+  t.equal(r.config?.kubeProxyLeftovers, 'remove');
+});
+
+t.test('kubeProxyLeftovers: remove or keep, and only in our kind', async (t) => {
+  const ours = (body: string) => parseConfig(`apiVersion: kube-ipvs.io/v1alpha1\nkind: KubeIPVSConfiguration\n${body}`);
+  t.equal(ours('kubeProxyLeftovers: keep').config?.kubeProxyLeftovers, 'keep');
+  t.equal(ours('').config?.kubeProxyLeftovers, 'remove', 'removed by default');
+  const bad = ours('kubeProxyLeftovers: "rm -rf"');
+  t.equal(bad.config, null);
+  t.match(bad.problems[0]?.field ?? '', 'kubeProxyLeftovers');
+  t.equal(parseConfig(kp('kubeProxyLeftovers: keep')).config, null, 'not a KubeProxyConfiguration field');
 });
 
 t.test('supported fields are applied', async (t) => {
