@@ -297,8 +297,17 @@ export function migrationCase(mode: Mode, nodePort: number): void {
     await kubeProxySynced();
     marks.cleanup = Date.now();
     // The held connections were made through kube-ipvs' virtual servers: cleanup waits for them to end.
-    const cleaned = lab.cleanup(240_000, ['--drain', '3m']);
-    await sleep(5000);
+    let said = '';
+    const cleaned = lab.cleanup(240_000, ['--drain', '3m'], (o) => (said = o));
+    if (mode === 'iptables') {
+      // It waits for the held connections (made through kube-ipvs' virtual servers) before deleting anything.
+      await until(
+        () => `cleanup waiting for the held connections: ${said}`,
+        150_000,
+        () => (/waiting up to 3m for 2 connections/.test(said) ? true : null),
+      );
+      await sleep(3000);
+    } else await sleep(5000);
     const r = await c.end(); // asks the held connections, then closes them
     marks.closed = Date.now();
     const out = await cleaned;
@@ -319,7 +328,13 @@ export function migrationCase(mode: Mode, nodePort: number): void {
         c.first.map((b) => `${b} still there?`),
         'the held connections survive until they close, and cleanup waits for that',
       );
-      t.match(out.output, /waited [0-9.]+ s for the connections through them to end|left to it/);
+      t.match(
+        out.output,
+        mode === 'iptables'
+          ? /waited ([3-9]|[1-9][0-9]+)\.[0-9] s for the connections through them to end/
+          : /left to it/,
+        mode === 'iptables' ? 'cleanup deleted only once they had closed' : 'cleanup left the virtual servers to it',
+      );
     } else {
       // kube-proxy's nftables mode removes every IPVS service on the node when it starts (its cleanup of the
       // ipvs mode): what was made through them breaks then, and new connections fail until its first sync.

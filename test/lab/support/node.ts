@@ -374,15 +374,19 @@ export class LabNode {
    * `kube-ipvs cleanup` with the proxy's config (and `args`): its output (stdout and stderr) and exit code.
    * Rejects when it does not finish within `timeoutMs` (killed): a product bug.
    */
-  cleanup(timeoutMs = 60_000, args: string[] = []): Promise<{ code: number | null; output: string }> {
+  cleanup(
+    timeoutMs = 60_000,
+    args: string[] = [],
+    onOutput: (soFar: string) => void = () => {},
+  ): Promise<{ code: number | null; output: string }> {
     const started = Date.now();
     const c = spawn(nodeBin, [...CLI, 'cleanup', '--config', join(this.stateDir, '..', 'config.yaml'), ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: procEnv,
     });
     let output = '';
-    c.stdout!.on('data', (d) => (output += d));
-    c.stderr!.on('data', (d) => (output += d));
+    c.stdout!.on('data', (d) => onOutput((output += d)));
+    c.stderr!.on('data', (d) => onOutput((output += d)));
     return new Promise((res, rej) => {
       const timer = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
       c.once('exit', (code, signal) => {
