@@ -124,6 +124,7 @@ async function drain(
   const now = o.now ?? Date.now;
   const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const start = now();
+  let told = false;
   for (;;) {
     let connections = 0;
     try {
@@ -132,7 +133,8 @@ async function drain(
       return { waitedMs: now() - start, connections: -1 };
     }
     if (connections === 0 || now() - start >= o.ms) return { waitedMs: now() - start, connections };
-    if (now() === start) o.onWait?.(connections);
+    if (!told) o.onWait?.(connections);
+    told = true;
     await sleep(1000);
   }
 }
