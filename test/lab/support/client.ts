@@ -167,7 +167,12 @@ async function main() {
       s.write(`${line}\n`);
       console.log(await reply);
     }
-    s.end();
+    // A connection cut by the network (packets dropped, no RST) would keep this process alive for minutes.
+    if (broken) s.destroy();
+    else {
+      s.end();
+      setTimeout(() => s.destroy(), 1000).unref();
+    }
   } else {
     console.error(`unknown mode ${mode}`);
     process.exit(2);

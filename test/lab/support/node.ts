@@ -335,7 +335,9 @@ export class LabNode {
       },
       close: () =>
         new Promise<void>((r) => {
-          child.once('exit', () => r());
+          if (child.exitCode !== null || child.signalCode !== null) return r();
+          const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
+          child.once('exit', () => (clearTimeout(kill), r()));
           child.stdin!.end();
         }),
     };
