@@ -7,6 +7,7 @@
 import { readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
+import type tap from 'tap';
 import { stringify } from 'yaml';
 import { isKubeProxyChain, KUBE_PROXY_SETS } from '../../../src/dataplane/kube-proxy.ts';
 import { FwdMethod } from '../../../src/dataplane/ipvs/constants.ts';
@@ -118,6 +119,25 @@ const when = (xs: [number, string][], marks: object) =>
           .map(([k, v]) => `${k}${at - v >= 0 ? '+' : ''}${at - v}ms`)
           .join(' ')}`,
     );
+
+/** A phase lost nothing: no loop connection failed, the loops ran through it, the held connections still answer. */
+function noneLost(
+  t: Pick<typeof tap, 'same' | 'ok'>,
+  first: string[],
+  r: Awaited<ReturnType<Awaited<ReturnType<typeof clients>>['end']>>,
+  marks: object,
+  say: { before: string; held: string },
+): void {
+  t.same(when(r.before, marks), [], say.before);
+  t.same(when(r.cluster, marks), [], `ClusterIP loop: ${r.cluster.length} connections, none failed`);
+  t.same(when(r.nodePort, marks), [], `NodePort loop: ${r.nodePort.length} connections, none failed`);
+  t.ok(r.cluster.length > 100 && r.nodePort.length > 100, 'the loops ran through the switch');
+  t.same(
+    r.answers,
+    first.map((b) => `${b} still there?`),
+    say.held,
+  );
+}
 
 export function migrationCase(mode: Mode, nodePort: number): void {
   const api = labApi();
@@ -255,15 +275,10 @@ export function migrationCase(mode: Mode, nodePort: number): void {
     );
     await sleep(3000);
     const r = await c.end();
-    t.same(when(r.before, marks), [], `while kube-ipvs started beside kube-proxy: ${r.before.length}, none failed`);
-    t.same(when(r.cluster, marks), [], `ClusterIP loop: ${r.cluster.length} connections, none failed`);
-    t.same(when(r.nodePort, marks), [], `NodePort loop: ${r.nodePort.length} connections, none failed`);
-    t.ok(r.cluster.length > 100 && r.nodePort.length > 100, 'the loops ran through the switch');
-    t.same(
-      r.answers,
-      c.first.map((b) => `${b} still there?`),
-      'the held connections still answer, from the backends they began with',
-    );
+    noneLost(t, c.first, r, marks, {
+      before: `while kube-ipvs started beside kube-proxy: ${r.before.length}, none failed`,
+      held: 'the held connections still answer, from the backends they began with',
+    });
     t.same(kubeProxyLeftovers(), [], "kube-proxy's chains, ipsets and nftables tables are gone");
     t.ok(ours().length > 5, "kube-ipvs' own are in place");
     const ipvs = await NetlinkIpvs.open();
@@ -328,15 +343,10 @@ export function migrationCase(mode: Mode, nodePort: number): void {
       t.comment(`kube-proxy synced ${marks.cleanup - marks.kubeProxy} ms after its start`);
       const expect = mode === 'nftables' ? 'cut' : 'kept';
       if (expect === 'kept') {
-        t.same(when(r.before, marks), [], `before: ${r.before.length} connections, none failed`);
-        t.same(when(r.cluster, marks), [], `ClusterIP loop: ${r.cluster.length} connections, none failed`);
-        t.same(when(r.nodePort, marks), [], `NodePort loop: ${r.nodePort.length} connections, none failed`);
-        t.ok(r.cluster.length > 100 && r.nodePort.length > 100, 'the loops ran through the switch');
-        t.same(
-          r.answers,
-          c.first.map((b) => `${b} still there?`),
-          'the held connections survive until they close, and cleanup waits for that',
-        );
+        noneLost(t, c.first, r, marks, {
+          before: `before: ${r.before.length} connections, none failed`,
+          held: 'the held connections survive until they close, and cleanup waits for that',
+        });
         t.match(
           out.output,
           // Under TCG IPVS counted a few dozen loop connections as established for minutes (see the note in
