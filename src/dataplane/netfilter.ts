@@ -4,7 +4,7 @@
 // backend that already holds more rules wins, nft when neither does.
 import type { Logger } from '../observe/log.ts';
 import type { Metrics } from '../observe/metrics.ts';
-import { allSets, HOOKS, netfilterRules, type NetfilterConfig } from '../plan/netfilter.ts';
+import { allSets, CHAINS, HOOKS, netfilterRules, type NetfilterConfig, type Table } from '../plan/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import type { Exec } from './exec.ts';
 import type { IpsetOp, IpsetType, IpsetWriter } from './ipset-netlink.ts';
@@ -47,8 +47,11 @@ export interface NetfilterApplierOptions {
 
 export class NetfilterApplier {
   readonly #o: NetfilterApplierOptions;
-  /** What was last applied per family ("nat\nfilter" text), to skip identical restores. */
-  readonly #appliedRules = new Map<Family, string>();
+  /**
+   * Per family, the restore text last applied and our chains as the following save printed them
+   * (null when that save failed): a full sync restores only when the kernel's differ.
+   */
+  readonly #appliedRules = new Map<Family, { text: string; printed: string | null }>();
   /** Entries ("SET entry") believed to be in the kernel. */
   readonly #entries = new Set<string>();
   #setsReady = false;
@@ -88,6 +91,7 @@ export class NetfilterApplier {
         const name = e.slice(0, e.indexOf(' '));
         inMemory.set(name, (inMemory.get(name) ?? 0) + 1);
       }
+      let rebuilt = false;
       for (const s of allSets()) {
         const create = (name: string) =>
           s.type === 'bitmap:port'
@@ -98,6 +102,7 @@ export class NetfilterApplier {
         if (this.#setsReady && counts.get(s.name) === want.length && (inMemory.get(s.name) ?? 0) === want.length)
           continue;
         // Rebuild off to the side and swap in: readers never see a half-filled set.
+        rebuilt = true;
         const tmp = `${s.name}-T`;
         lines.push(
           create(tmp),
@@ -107,7 +112,8 @@ export class NetfilterApplier {
           `destroy ${tmp}`,
         );
       }
-      const r = await this.#ipset(lines);
+      // Every set there with the entries it should have: no `ipset restore` (a process) at all.
+      const r = rebuilt || allSets().some((s) => !counts.has(s.name)) ? await this.#ipset(lines) : null;
       if (r) return [r];
       this.#entries.clear();
       for (const e of everything) this.#entries.add(e);
@@ -179,42 +185,66 @@ export class NetfilterApplier {
   }
 
   /**
-   * Restores our chains where the text changed (or always with `force`: every full sync, which
-   * also repairs chains someone flushed), then makes sure the jumps exist.
+   * Brings our chains and the jumps into them in line: one save to see what is there and, only
+   * when something differs, one restore of our chains with the missing jumps in it, then one save
+   * to record how the kernel prints what we restored. With `force` (every full sync) the chains
+   * are compared with that record, which repairs chains someone flushed or changed; without it,
+   * unchanged rules cost nothing. Each process costs seconds under emulation in the lab: a full
+   * sync with nothing to do runs one save per family.
    */
   async syncRules(nc: NetfilterConfig, force: boolean): Promise<NetfilterError[]> {
     const errors: NetfilterError[] = [];
     for (const family of this.#o.families) {
       const { nat, filter, mangle } = netfilterRules(nc, family);
       const text = nat + filter + mangle;
-      // Unchanged rules between full syncs: nothing to run (an incremental sync stays cheap).
-      if (!force && this.#appliedRules.get(family) === text) continue;
-      const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], text);
-      if (r.code !== 0) {
-        this.#o.metrics?.iptablesRestoreFailures.inc({ ip_family: family === 6 ? 'IPv6' : 'IPv4' });
-        const message = `${this.#cmd(family, 'restore')}: exit ${r.code}: ${r.stderr.trim()}`;
-        this.#o.log.warn('iptables-restore failed', { error: message }, `iptables-restore:${family}`);
-        this.#appliedRules.delete(family);
-        errors.push({ op: 'iptables-restore', message });
+      const applied = this.#appliedRules.get(family);
+      if (!force && applied?.text === text) continue;
+      const save = await this.#o.exec.run(this.#cmd(family, 'save'), []);
+      if (save.code !== 0) {
+        errors.push(...(await this.#restoreThenHook(family, text)));
         continue;
       }
-      this.#appliedRules.set(family, text);
-      // Which jumps exist: one save, not a `-C` per hook (each a process: seconds under emulation).
-      const save = await this.#o.exec.run(this.#cmd(family, 'save'), []);
-      const present = save.code === 0 ? jumpsIn(save.stdout) : null;
-      for (const h of HOOKS) {
-        const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
-        if (
-          present
-            ? present.has(`${h.table} ${h.chain} ${h.target}`)
-            : (await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec])).code === 0
-        )
-          continue;
-        const ins = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-I', h.chain, '1', ...spec]);
-        if (ins.code !== 0) errors.push({ op: `insert ${h.table}/${h.chain} jump`, message: ins.stderr.trim() });
+      const now = ourRules(save.stdout);
+      const missing = HOOKS.filter((h) => !now.jumps.has(`${h.table} ${h.chain} ${h.target}`));
+      if (applied?.text === text && applied.printed === now.chains && missing.length === 0) continue;
+      const r = await this.#o.exec.run(
+        this.#cmd(family, 'restore'),
+        ['--noflush', '-w', '5'],
+        withJumps(text, missing),
+      );
+      if (r.code !== 0) {
+        errors.push(this.#restoreFailed(family, r.code, r.stderr));
+        continue;
       }
+      const after = await this.#o.exec.run(this.#cmd(family, 'save'), []);
+      // Without a record the next full sync restores again: correct, only slower.
+      if (after.code === 0) this.#appliedRules.set(family, { text, printed: ourRules(after.stdout).chains });
+      else this.#appliedRules.set(family, { text, printed: null });
     }
     return errors;
+  }
+
+  /** When this backend's save fails: the restore alone, then a check and insert per jump. */
+  async #restoreThenHook(family: Family, text: string): Promise<NetfilterError[]> {
+    const r = await this.#o.exec.run(this.#cmd(family, 'restore'), ['--noflush', '-w', '5'], text);
+    if (r.code !== 0) return [this.#restoreFailed(family, r.code, r.stderr)];
+    this.#appliedRules.set(family, { text, printed: null });
+    const errors: NetfilterError[] = [];
+    for (const h of HOOKS) {
+      const spec = ['-t', h.table, '-m', 'comment', '--comment', h.comment, '-j', h.target];
+      if ((await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-C', h.chain, ...spec])).code === 0) continue;
+      const ins = await this.#o.exec.run(this.#cmd(family, ''), ['-w', '5', '-I', h.chain, '1', ...spec]);
+      if (ins.code !== 0) errors.push({ op: `insert ${h.table}/${h.chain} jump`, message: ins.stderr.trim() });
+    }
+    return errors;
+  }
+
+  #restoreFailed(family: Family, code: number, stderr: string): NetfilterError {
+    this.#o.metrics?.iptablesRestoreFailures.inc({ ip_family: family === 6 ? 'IPv6' : 'IPv4' });
+    const message = `${this.#cmd(family, 'restore')}: exit ${code}: ${stderr.trim()}`;
+    this.#o.log.warn('iptables-restore failed', { error: message }, `iptables-restore:${family}`);
+    this.#appliedRules.delete(family);
+    return { op: 'iptables-restore', message };
   }
 
   /**
@@ -260,25 +290,53 @@ export class NetfilterApplier {
   }
 }
 
-/** "table chain target" for each of our jumps (with our comment) an iptables-save text holds. */
-export function jumpsIn(save: string): Set<string> {
-  const out = new Set<string>();
+/**
+ * Our chains in a save's output (their declarations and rules, table by table, as the kernel
+ * prints them) and which of our jumps exist ("table CHAIN TARGET").
+ */
+export function ourRules(save: string): { chains: string; jumps: Set<string> } {
+  const jumps = new Set<string>();
+  const chains: string[] = [];
   let table = '';
+  let ours: readonly string[] = [];
   for (const line of save.split('\n')) {
-    if (line.startsWith('*')) table = line.slice(1).trim();
-    else if (line.startsWith('-A ')) {
+    if (line.startsWith('*')) {
+      table = line.slice(1).trim();
+      ours = CHAINS[table as Table] ?? [];
+      chains.push(line);
+    } else if (line.startsWith(':')) {
+      const name = line.slice(1, line.indexOf(' ') > 0 ? line.indexOf(' ') : undefined);
+      if (ours.includes(name)) chains.push(`:${name}`);
+    } else if (line.startsWith('-A ')) {
+      const chain = line.slice(3, line.indexOf(' ', 3) > 0 ? line.indexOf(' ', 3) : undefined);
+      if (ours.includes(chain)) chains.push(line);
       for (const h of HOOKS) {
         if (
           h.table === table &&
-          line.startsWith(`-A ${h.chain} `) &&
+          chain === h.chain &&
           line.includes(`--comment "${h.comment}"`) &&
           line.endsWith(`-j ${h.target}`)
         )
-          out.add(`${table} ${h.chain} ${h.target}`);
+          jumps.add(`${table} ${h.chain} ${h.target}`);
       }
     }
   }
-  return out;
+  return { chains: chains.join('\n'), jumps };
+}
+
+/** The restore text with an insert of each missing jump before its table's COMMIT. */
+export function withJumps(text: string, missing: readonly (typeof HOOKS)[number][]): string {
+  if (missing.length === 0) return text;
+  const out: string[] = [];
+  let table = '';
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) table = line.slice(1).trim();
+    if (line === 'COMMIT')
+      for (const h of missing.filter((m) => m.table === table))
+        out.push(`-I ${h.chain} 1 -m comment --comment "${h.comment}" -j ${h.target}`);
+    out.push(line);
+  }
+  return out.join('\n');
 }
 
 /** Our chains and sets, of this version or an earlier one (and a set being rebuilt, "-T"). */

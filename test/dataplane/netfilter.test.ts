@@ -266,6 +266,89 @@ t.test(
 );
 
 t.test(
+  'a full sync with nothing to change runs one save per family and one ipset list; what someone removed is put back',
+  { skip: why ?? false },
+  async (t) => {
+    const { exec, inNs } = netns(t, 'kipvs-nfc');
+    const ran: string[] = [];
+    const counting = {
+      run: (cmd: string, args: string[], input?: string) => (
+        ran.push(`${cmd} ${args[0] ?? ''}`),
+        exec.run(cmd, args, input)
+      ),
+    };
+    const nf = new NetfilterApplier({ exec: counting, log: quiet, backend: 'nft', families: [4, 6] });
+    const { planner } = planObjects(objects);
+    const sync = async () => {
+      ran.length = 0;
+      t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+      t.same(await nf.syncRules(planner.netfilter, true), []);
+      return [...ran];
+    };
+    const first = await sync();
+    t.same(
+      first.filter((c) => c.startsWith('ip')).map((c) => c.split(' ')[0]),
+      [
+        'ipset',
+        'ipset',
+        'iptables-nft-save',
+        'iptables-nft-restore',
+        'iptables-nft-save',
+        'ip6tables-nft-save',
+        'ip6tables-nft-restore',
+        'ip6tables-nft-save',
+      ],
+      'first: ipset list and restore, then per family a save, one restore with the jumps in it, a save',
+    );
+    t.match(
+      inNs('iptables-nft-save', '-t', 'filter'),
+      /-A INPUT -m comment --comment "kube-ipvs service acceptance and firewall" -j KIPVS-INPUT/,
+    );
+    t.match(
+      inNs('ip6tables-nft-save', '-t', 'mangle'),
+      /-A OUTPUT -m comment --comment "kube-ipvs in-cluster traffic to Local LoadBalancers" -j KIPVS-LB-LOCAL/,
+    );
+    t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'nothing to do: three processes');
+
+    // Someone flushes one of our chains and deletes a jump: the next full sync restores once.
+    inNs('iptables-nft', '-t', 'filter', '-F', 'KIPVS-FORWARD');
+    inNs(
+      'ip6tables-nft',
+      '-t',
+      'nat',
+      '-D',
+      'PREROUTING',
+      '-m',
+      'comment',
+      '--comment',
+      'kube-ipvs service portals',
+      '-j',
+      'KIPVS-SERVICES',
+    );
+    const repair = await sync();
+    t.same(
+      repair.filter((c) => c.includes('restore')).map((c) => c.split(' ')[0]),
+      ['iptables-nft-restore', 'ip6tables-nft-restore'],
+    );
+    t.match(
+      inNs('iptables-nft-save', '-t', 'filter'),
+      /-A KIPVS-FORWARD -m conntrack --ctstate INVALID -j DROP/,
+      'chain refilled',
+    );
+    const jumps = inNs('ip6tables-nft-save', '-t', 'nat')
+      .split('\n')
+      .filter((l) => l.endsWith('-j KIPVS-SERVICES'));
+    t.equal(jumps.length, 2, 'the deleted jump is back, the other not doubled');
+    t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'and quiet again');
+
+    // An entry removed behind our back: the set is rebuilt (ipset restore), the rules untouched.
+    inNs('ipset', 'del', 'KIPVS-CLUSTER-IP', '10.96.0.1,tcp:80');
+    t.same(await sync(), ['ipset list', 'ipset restore', 'iptables-nft-save ', 'ip6tables-nft-save ']);
+    t.same(await nf.cleanup(), []);
+  },
+);
+
+t.test(
   'a source range of everyone (0.0.0.0/0, ::/0) loads: ipset refuses a /0 net, so it is two halves',
   { skip: why ?? false },
   async (t) => {
