@@ -1,22 +1,17 @@
 // The Kubernetes source: informers for Services, EndpointSlices and this Node, under supervision.
 // - Server-side label selectors as kube-proxy's: no headless-marked objects, and either no
 //   service-proxy-name or ours (two watches per kind: a selector cannot say "absent or X").
-// - Lists are paginated and normalised to the same plain-JSON shape watch events have.
+// - Lists are paginated, read as plain JSON (the shape watch events have; no typed models).
 // - Any error or closed stream reconnects with capped, jittered backoff; a 410 relists (the
 //   client library's ListWatch resets its resourceVersion); a watch that has delivered nothing,
 //   not even a bookmark, for `stallMs` is restarted. Each is logged and counted.
 // - start() resolves only when every informer has listed once: nothing is programmed from a
 //   partial view. After that, an API server outage leaves the last state serving.
-import {
-  CoreV1Api,
-  DiscoveryV1Api,
-  KubeConfig,
-  ListWatch,
-  Watch,
-  type KubernetesObject,
-} from '@kubernetes/client-node';
-// Not re-exported by the package index: the serializer that turns typed list items back into API JSON.
-import { ObjectSerializer } from '@kubernetes/client-node/dist/serializer.js';
+import { KubeConfig, ListWatch, Watch, type KubernetesObject } from '@kubernetes/client-node';
+// Not re-exported by the package index: the request and transport its generated clients use (its
+// kubeconfig's authentication and TLS applied to a plain GET).
+import { HttpMethod, RequestContext } from '@kubernetes/client-node/dist/gen/http/http.js';
+import { IsomorphicFetchHttpLibrary } from '@kubernetes/client-node/dist/gen/http/isomorphic-fetch.js';
 import type { Change, ObjectKind } from '../model/model.ts';
 import {
   ANNOTATION_TRIGGER_TIME,
@@ -81,15 +76,49 @@ interface InformerSpec {
   name: string;
   kind: ObjectKind;
   path: string;
-  type: string;
   labelSelector?: string;
   fieldSelector?: string;
-  list: (page: {
-    labelSelector?: string;
-    fieldSelector?: string;
-    limit: number;
-    _continue?: string;
-  }) => Promise<{ items: unknown[]; metadata?: { _continue?: string; resourceVersion?: string } }>;
+}
+
+interface ListPage {
+  items: Obj[];
+  metadata: { continue?: string; resourceVersion?: string };
+}
+
+/** A list request answered in neither this long: it fails and is retried with the informer's backoff. */
+const LIST_TIMEOUT_MS = 60_000;
+const transport = new IsomorphicFetchHttpLibrary();
+
+/**
+ * One page of a list, as the API server's JSON: the objects keep the shape watch events have,
+ * with no typed model built and serialised back (which cost more CPU and memory than the rest of
+ * a cold start's list). Anything else than a list answer is an error (retried).
+ */
+async function listPage(kc: KubeConfig, path: string, query: Record<string, string | number | undefined>) {
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error('the kubeconfig has no current cluster');
+  const url = new URL(cluster.server + path);
+  for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== '') url.searchParams.set(k, String(v));
+  const ctx = new RequestContext(url.toString(), HttpMethod.GET);
+  ctx.setHeaderParam('Accept', 'application/json');
+  ctx.setSignal(AbortSignal.timeout(LIST_TIMEOUT_MS));
+  await kc.applySecurityAuthentication(ctx);
+  const resp = await transport.send(ctx).toPromise();
+  const text = await resp.body.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = null;
+  }
+  const body = (json ?? {}) as { items?: unknown; metadata?: unknown; message?: unknown };
+  if (resp.httpStatusCode !== 200) {
+    const why = typeof body.message === 'string' ? `: ${body.message.slice(0, 300)}` : '';
+    throw Object.assign(new Error(`list ${path}: HTTP ${resp.httpStatusCode}${why}`), { code: resp.httpStatusCode });
+  }
+  if (!Array.isArray(body.items) || (body.metadata !== undefined && typeof body.metadata !== 'object'))
+    throw new Error(`list ${path}: the answer is not a list`);
+  return { items: body.items as Obj[], metadata: (body.metadata ?? {}) as ListPage['metadata'] };
 }
 
 class SupervisedInformer {
@@ -117,26 +146,26 @@ class SupervisedInformer {
       () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))),
     );
     const listFn = async () => {
-      const items: unknown[] = [];
+      const items: Obj[] = [];
       let cont: string | undefined;
       let rv = '';
       do {
         await src.limiter.take();
         src.counters.pages++;
-        const page = await spec.list({
+        const page = await listPage(kc, spec.path, {
           labelSelector: spec.labelSelector,
           fieldSelector: spec.fieldSelector,
           limit: src.pageSize,
-          ...(cont ? { _continue: cont } : {}),
+          continue: cont,
         });
-        for (const it of page.items) items.push(ObjectSerializer.serialize(it, spec.type));
-        cont = page.metadata?._continue || undefined;
-        rv = page.metadata?.resourceVersion ?? rv;
+        for (const it of page.items) items.push(it);
+        cont = page.metadata.continue || undefined;
+        rv = page.metadata.resourceVersion ?? rv;
       } while (cont);
       this.#activity();
       // The ListWatch applies the items right after this resolves; mark synced after that.
       setImmediate(() => this.#listed());
-      return { metadata: { resourceVersion: rv }, items: items as Obj[] };
+      return { metadata: { resourceVersion: rv }, items };
     };
     this.lw = new ListWatch<Obj>(spec.path, watch, listFn, false, spec.labelSelector, spec.fieldSelector);
     this.lw.on('add', (o) => src.onEvent(spec, null, o));
@@ -272,8 +301,6 @@ export class KubernetesSource implements Source {
     this.backoffBaseMs = opts.backoffBaseMs ?? 500;
     this.backoffMaxMs = opts.backoffMaxMs ?? 30_000;
     this.limiter = new TokenBucket(opts.qps ?? 5, opts.burst ?? 10);
-    const core = kc.makeApiClient(CoreV1Api);
-    const discovery = kc.makeApiClient(DiscoveryV1Api);
     const notHeadless = `!${LABEL_HEADLESS}`;
     const selectors = [
       `!${LABEL_SERVICE_PROXY_NAME},${notHeadless}`,
@@ -286,29 +313,21 @@ export class KubernetesSource implements Source {
         name: `services(${which})`,
         kind: 'Service',
         path: '/api/v1/services',
-        type: 'V1ServiceList',
         labelSelector,
-        list: (p) => core.listServiceForAllNamespaces(p),
       });
       specs.push({
         name: `endpointslices(${which})`,
         kind: 'EndpointSlice',
         path: '/apis/discovery.k8s.io/v1/endpointslices',
-        type: 'V1EndpointSliceList',
         labelSelector,
-        list: (p) => discovery.listEndpointSliceForAllNamespaces(p),
       });
     });
     specs.push({
       name: 'node',
       kind: 'Node',
       path: '/api/v1/nodes',
-      type: 'V1NodeList',
       fieldSelector: `metadata.name=${opts.nodeName}`,
-      list: (p) => core.listNode(p),
     });
-    // Items of a list are serialised one by one: the element type, not the list type.
-    for (const s of specs) s.type = s.type.replace(/List$/, '');
     this.#informers = specs.map((s) => new SupervisedInformer(kc, s, this));
   }
 
