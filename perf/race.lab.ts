@@ -7,23 +7,43 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
 import { labApi, K8S_BIN_FILE, KUBECONFIG } from '../test/lab/support/api.ts';
 import { resetNode } from '../test/lab/support/hygiene.ts';
-import { CLI, procEnv } from '../test/lab/support/node.ts';
+import { LAB_V8_FLAGS, procEnv } from '../test/lab/support/node.ts';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHANGES = Number(process.env.CHANGES ?? 20);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
 const NAMESPACES = 10;
 const maybeApi = labApi({ keepAlive: true });
 if (!maybeApi) throw new Error('no API server: run through perf/race.ts');
 const api = maybeApi;
+/**
+ * kube-ipvs as shipped: the image's node binary and /opt/kube-ipvs (perf/race.ts checks the image is built), copied
+ * into this VM's memory as a node has them on its disk, run as the image's entrypoint runs them: the V8 flags on
+ * its CLI's first line, NODE_ENV=production, no compile cache.
+ */
+const app = mkdtempSync('/tmp/kipvs-race-app-');
+{
+  const rootfs = readFileSync('/lab-results/image-rootfs', 'utf8').trim();
+  const t = performance.now();
+  execFileSync('cp', ['-a', join(rootfs, 'opt/kube-ipvs'), join(rootfs, 'usr/bin/node'), app]);
+  process.stderr.write(
+    `race: the image's kube-ipvs copied into memory in ${((performance.now() - t) / 1000).toFixed(1)} s\n`,
+  );
+}
+const appCli = join(app, 'kube-ipvs/dist/cli.js');
+const CLI = [...readFileSync(appCli, 'utf8').split('\n')[0]!.split(' ').slice(3), ...LAB_V8_FLAGS, appCli];
+const appNode = join(app, 'node');
+const appEnv: NodeJS.ProcessEnv = { ...procEnv, NODE_ENV: 'production' };
+delete appEnv.NODE_COMPILE_CACHE;
 const kubeProxyBin = join(readFileSync(K8S_BIN_FILE, 'utf8').trim(), 'kube-proxy');
 const dir = mkdtempSync('/tmp/kipvs-race-');
 const log = (s: string) => process.stderr.write(`race: ${s}\n`);
@@ -76,27 +96,62 @@ async function change(i: number, address: string): Promise<void> {
 interface Kernel {
   /** Services with all their endpoints in the kernel. */
   complete(): Promise<number>;
+  /**
+   * Whether the rest of what every Service needs is in too. kube-proxy's ipvs mode fills its ipsets after the
+   * virtual servers, one `ipset add` process per entry (its KUBE-LOOP-BACK set has one per endpoint): until then
+   * traffic from outside the cluster to a ClusterIP is not masqueraded and an endpoint reaching itself fails.
+   */
+  rules(): Promise<boolean>;
   /** Whether `address` serves Service i. */
   has(i: number, address: string): Promise<boolean>;
+  /** Writes what the kernel holds for changes never seen to `file`. */
+  dump(file: string, pending: [number, { address: string }][]): void;
   close(): void;
 }
 
-async function ipvsKernel(): Promise<Kernel> {
+/** Entries per ipset (`ipset list -t`). */
+function ipsetCounts(): Map<string, number> {
+  const out = new Map<string, number>();
+  let name = '';
+  for (const line of execFileSync('ipset', ['list', '-t'], { encoding: 'utf8' }).split('\n')) {
+    if (line.startsWith('Name: ')) name = line.slice(6).trim();
+    else if (line.startsWith('Number of entries: ')) out.set(name, Number(line.slice(19)));
+  }
+  return out;
+}
+
+/** `prefix`: the proxy's ipset names (KIPVS or KUBE): its ClusterIP set and its per-endpoint hairpin set. */
+async function ipvsKernel(prefix: string): Promise<Kernel> {
   const ipvs = await NetlinkIpvs.open({ timeoutMs: 120_000 });
+  // A Service once complete is not dumped again (10 000 destination dumps a poll would slow the proxy measured).
+  const done = new Set<string>();
   return {
     async complete() {
-      let n = 0;
       for (const s of await ipvs.services()) {
-        if (s.port !== 80 || s.fwmark !== undefined) continue;
+        if (s.port !== 80 || s.fwmark !== undefined || done.has(s.address)) continue;
         const d = await ipvs.destinations(s);
-        if (d.filter((x) => x.weight > 0).length >= ENDPOINTS) n++;
+        if (d.filter((x) => x.weight > 0).length >= ENDPOINTS) done.add(s.address);
       }
-      return n;
+      return done.size;
+    },
+    async rules() {
+      const counts = ipsetCounts();
+      return (
+        (counts.get(`${prefix}-CLUSTER-IP`) ?? 0) >= SERVICES &&
+        (counts.get(`${prefix}-LOOP-BACK`) ?? 0) >= SERVICES * ENDPOINTS
+      );
     },
     async has(i, address) {
       const vip = vips.get(key(i))!;
       const d = await ipvs.destinations({ family: 4, protocol: 'TCP', address: vip, port: 80 }).catch(() => []);
       return d.some((x) => x.address === address && x.weight > 0);
+    },
+    dump(file, pending) {
+      const lines = pending.map(([i, c]) => `${key(i)} ${vips.get(key(i))} wanted ${c.address}`);
+      writeFileSync(
+        file,
+        `${lines.join('\n')}\n${execFileSync('ipvsadm', ['-Ln'], { encoding: 'utf8', maxBuffer: 1 << 28 })}`,
+      );
     },
     close: () => ipvs.close(),
   };
@@ -115,16 +170,23 @@ function nftKernel(): Kernel {
     async complete() {
       return (nft('list', 'map', 'ip', 'kube-proxy', 'service-ips').match(/goto service-/g) ?? []).length;
     },
+    // One transaction: the map is filled with everything else.
+    rules: async () => true,
     async has(i, address) {
+      // The service-ips map names each Service's chain ("... : goto service-HASH-ns/name/tcp/http").
       if (chains.size === 0)
-        for (const m of nft('list', 'chains', 'ip', 'kube-proxy').matchAll(
-          /chain (service-[A-Z0-9]+-([^ ]+)\/tcp\/http) /g,
+        for (const m of nft('list', 'map', 'ip', 'kube-proxy', 'service-ips').matchAll(
+          /goto (service-[A-Z0-9]+-(\S+)\/tcp\/http)/g,
         ))
           chains.set(m[2]!, m[1]!);
       const chain = chains.get(key(i));
       if (!chain) return false;
       // The service chain's endpoint verdict map names each endpoint chain by its address.
       return nft('list', 'chain', 'ip', 'kube-proxy', chain).includes(`__${address}/`);
+    },
+    dump(file, pending) {
+      const lines = pending.map(([i, c]) => `${key(i)} chain ${chains.get(key(i))} wanted ${c.address}`);
+      writeFileSync(file, `${lines.join('\n')}\n${nft('list', 'table', 'ip', 'kube-proxy')}`);
     },
     close: () => {},
   };
@@ -159,7 +221,19 @@ function quantile(before: Map<number, number>, after: Map<number, number>, q: nu
   return Infinity;
 }
 
+/** Each proxy's output goes to /lab-results/race-PROXY.log (kept with LAB_KEEP=DIR). */
+const output = (proxy: string) => openSync(`/lab-results/race-${proxy}.log`, 'w');
+
 function start(proxy: string): ChildProcess {
+  const out = output(proxy);
+  try {
+    return spawnProxy(proxy, out);
+  } finally {
+    closeSync(out);
+  }
+}
+
+function spawnProxy(proxy: string, out: number): ChildProcess {
   if (proxy === 'kube-ipvs') {
     const cfg = join(dir, 'kube-ipvs.yaml');
     writeFileSync(
@@ -171,14 +245,10 @@ function start(proxy: string): ChildProcess {
         clusterCIDR: '10.244.0.0/16',
       }),
     );
-    return spawn(
-      process.execPath,
-      [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'],
-      {
-        stdio: ['ignore', 'ignore', 'ignore'],
-        env: procEnv,
-      },
-    );
+    return spawn(appNode, [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'], {
+      stdio: ['ignore', out, out],
+      env: appEnv,
+    });
   }
   const mode = proxy.replace('kube-proxy-', '');
   const cfg = join(dir, `${proxy}.yaml`);
@@ -194,11 +264,13 @@ function start(proxy: string): ChildProcess {
       conntrack: { maxPerCore: 0 },
     }),
   );
-  return spawn(kubeProxyBin, ['--config', cfg], { stdio: ['ignore', 'ignore', 'ignore'] });
+  // --v=4: its log says when each sync ran and how long it took (kept with LAB_KEEP).
+  return spawn(kubeProxyBin, ['--config', cfg, '--v=4'], { stdio: ['ignore', out, out] });
 }
 
 interface Result {
   proxy: string;
+  coldVsS: number;
   coldS: number;
   changeMs: number[];
   unseen: number;
@@ -212,20 +284,34 @@ interface Result {
 async function race(proxy: string): Promise<Result> {
   const left = resetNode();
   if (left.length) log(`cleared before ${proxy}: ${left.join('; ')}`);
-  const kernel = proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel();
+  const kernel =
+    proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel(proxy === 'kube-ipvs' ? 'KIPVS' : 'KUBE');
   const t0 = performance.now();
   const p = start(proxy);
+  log(`${proxy}: started at ${new Date().toISOString()}`);
   const pid = p.pid!;
   try {
-    // 1. cold start
+    // 1. cold start: every Service's endpoints, then every rule; given up after COLD_LIMIT seconds (the rest is
+    // measured all the same: changes then wait behind the first sync, as they would on the node).
+    let coldVsS = Infinity;
+    let coldS = Infinity;
     for (;;) {
       if (p.exitCode !== null) throw new Error(`${proxy} exited: ${p.exitCode}`);
-      const n = await kernel.complete();
-      if (n >= SERVICES) break;
-      if (performance.now() - t0 > 3_600_000) throw new Error(`${proxy}: ${n} of ${SERVICES} after an hour`);
+      const elapsed = (performance.now() - t0) / 1000;
+      if (coldVsS === Infinity && (await kernel.complete()) >= SERVICES) {
+        coldVsS = (performance.now() - t0) / 1000;
+        log(`${proxy}: every virtual server in ${coldVsS.toFixed(1)} s`);
+      }
+      if (coldVsS !== Infinity && (await kernel.rules())) {
+        coldS = (performance.now() - t0) / 1000;
+        break;
+      }
+      if (elapsed > COLD_LIMIT) {
+        log(`${proxy}: not complete after ${COLD_LIMIT} s (COLD_LIMIT); measuring the rest all the same`);
+        break;
+      }
       await sleep(500);
     }
-    const coldS = (performance.now() - t0) / 1000;
     log(`${proxy}: cold start ${coldS.toFixed(1)} s`);
     // 2. changes, 3 s apart, each watched until it is in (at most 5 minutes)
     const pending = new Map<number, { address: string; at: number }>();
@@ -258,6 +344,7 @@ async function race(proxy: string): Promise<Result> {
       await sleep(proxy === 'kube-proxy-nftables' ? 100 : 10);
     }
     log(`${proxy}: ${changeMs.length} changes seen, median ${pct(changeMs, 0.5).toFixed(0)} ms, ${unseen} unseen`);
+    if (unseen > 0) kernel.dump(`/lab-results/race-${proxy}-unseen.txt`, [...pending.entries()]);
     // 3. churn
     const before = await latencyBuckets();
     const cpu0 = cpuSeconds(pid);
@@ -278,6 +365,7 @@ async function race(proxy: string): Promise<Result> {
     log(`${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s; RSS ${rss.toFixed(0)} MB`);
     return {
       proxy,
+      coldVsS,
       coldS,
       changeMs,
       unseen,
@@ -292,9 +380,9 @@ async function race(proxy: string): Promise<Result> {
     await new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)));
     kernel.close();
     if (proxy === 'kube-ipvs')
-      execFileSync(process.execPath, [...CLI, 'cleanup', '--config', join(dir, 'kube-ipvs.yaml')], {
+      execFileSync(appNode, [...CLI, 'cleanup', '--config', join(dir, 'kube-ipvs.yaml')], {
         stdio: 'ignore',
-        env: procEnv,
+        env: appEnv,
       });
     else
       try {
@@ -303,6 +391,30 @@ async function race(proxy: string): Promise<Result> {
         // its cleanup exits non-zero when there was nothing of a mode
       }
   }
+}
+
+// A node that has run any proxy has the netfilter modules loaded; the first proxy here would pay for loading them
+// (seconds each under TCG) and the others not. Every one of them is loaded first, for all alike.
+{
+  const t = performance.now();
+  const release = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
+  const names = execFileSync('find', [`/lib/modules/${release}/kernel/net`, '-path', '*netfilter*', '-name', '*.ko*'], {
+    encoding: 'utf8',
+  })
+    .split('\n')
+    .filter(Boolean)
+    .map((f) => f.slice(f.lastIndexOf('/') + 1).replace(/\.ko.*$/, ''))
+    // not the legacy tables (each would register hooks an nft node does not have)
+    .filter((n) => !/^(ip6?table|arptable|ebtable)_/.test(n));
+  let loaded = 0;
+  for (const n of names)
+    try {
+      execFileSync('modprobe', [n], { stdio: 'ignore' });
+      loaded++;
+    } catch {
+      // some need hardware or conflict: what a node would not have either
+    }
+  log(`${loaded} of ${names.length} netfilter modules loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`);
 }
 
 const results: Result[] = [];
@@ -321,7 +433,8 @@ console.log(
     '',
     `| | ${results.map((r) => r.proxy).join(' | ')} |`,
     `| --- | ${results.map(() => '---').join(' | ')} |`,
-    row('cold start to every endpoint in the kernel (s)', (r) => r.coldS),
+    row('cold start to every endpoint in IPVS / in nftables (s)', (r) => r.coldVsS),
+    row('cold start to every rule and set entry too (s)', (r) => r.coldS),
     row(`one change, median of ${CHANGES} (ms)`, (r) => pct(r.changeMs, 0.5), 0),
     row('one change, p99 (ms)', (r) => pct(r.changeMs, 0.99), 0),
     `| changes not seen within 5 min | ${results.map((r) => String(r.unseen)).join(' | ')} |`,

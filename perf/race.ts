@@ -2,14 +2,14 @@
 // proxy at a time, watching the same real API server. On the host: an etcd and kube-apiserver (the test set-up's
 // binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
-// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
+// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60), COLD_LIMIT (1800 s),
 // PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (default 5400 s).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
-import { labPrepared } from '../test/support/setup-state.ts';
+import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
@@ -24,6 +24,11 @@ if (!Number.isInteger(SERVICES) || SERVICES < 1 || SERVICES > 50_000) fail('SERV
 if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDPOINTS must be 1..100');
 const prepared = labPrepared();
 if ('why' in prepared) fail(`the lab is not prepared: ${prepared.why}`);
+// kube-ipvs runs in the race as shipped: the image's node and /opt/kube-ipvs, copied into the VM's memory first
+// (a node reads them from its own disk; the VM would read 2 000 small files through 9p).
+const image = imageBuilt();
+if (!('env' in image)) fail(`kube-ipvs runs in the race from its image: ${image.why}`);
+const rootfs = (image as { env: Record<string, string> }).env.IMAGE_ROOTFS!;
 const built = k8sBinaries();
 if (!('bin' in built)) fail(`no kube-apiserver/kube-proxy: ${built.why}`);
 const bin = (built as { bin: string }).bin;
@@ -88,13 +93,14 @@ try {
     readFileSync(api.kubeconfig(), 'utf8').replace(api.url, 'https://10.0.2.100:6443'),
   );
   writeFileSync(join(share, 'k8s-bin'), bin);
+  writeFileSync(join(share, 'image-rootfs'), rootfs);
   const env = {
     ...process.env,
     LAB_SHARE: share,
     LAB_HOST_PORT: String(api.apiPort),
     LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '5400',
   };
-  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'PROXIES']
+  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'COLD_LIMIT', 'PROXIES']
     .filter((k) => process.env[k] !== undefined)
     .map(
       (k) =>
