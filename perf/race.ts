@@ -2,8 +2,8 @@
 // proxy at a time, watching the same real API server. On the host: an etcd and kube-apiserver (the test set-up's
 // binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
-// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60), COLD_LIMIT (1800 s),
-// PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (default 5400 s).
+// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
+// COLD_LIMIT (1800 s), PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
