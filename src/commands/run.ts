@@ -8,7 +8,7 @@ import { DUMP_READ_BYTES, NetlinkIpvs, type Ipvs } from '../dataplane/ipvs/clien
 import { FakeIpvs } from '../dataplane/ipvs/fake.ts';
 import { FakeProber } from '../health/probers.ts';
 import { ConntrackCleaner } from '../dataplane/conntrack.ts';
-import { FakeExec, SystemExec, type Exec } from '../dataplane/exec.ts';
+import { FakeExec, SystemExec, TimedExec, type Exec } from '../dataplane/exec.ts';
 import { FakeLinks, NetlinkLinks } from '../dataplane/links.ts';
 import { kubeProxyRunning, removeKubeProxyNetfilter } from '../dataplane/kube-proxy.ts';
 import { detectBackend, NetfilterApplier } from '../dataplane/netfilter.ts';
@@ -174,7 +174,10 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   // Kernel operations are counted on their way to the kernel (or the in-memory one).
   const metrics = new Metrics();
   // The iptables stage and conntrack run the system tools (recorded, not run, in a dry run).
-  const exec: Exec = args.dryRun ? new FakeExec() : new SystemExec();
+  const exec: Exec = new TimedExec(args.dryRun ? new FakeExec() : new SystemExec(), (tool, seconds, code, bytes) => {
+    metrics.toolDuration.observe({ tool }, seconds);
+    log.debug('tool ran', { tool, ms: Math.round(seconds * 1000), code, inputBytes: bytes });
+  });
   const backend = args.dryRun ? 'nft' : await detectBackend(exec);
   const families: Family[] = [4];
   if (

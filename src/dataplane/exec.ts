@@ -39,6 +39,34 @@ export class SystemExec implements Exec {
   }
 }
 
+/**
+ * Times each run: `kubeipvs_tool_duration_seconds{tool}` ("ipset restore", "iptables-nft-save"...: the
+ * command's name and its subcommand when it has one, never an argument from outside) and a debug line.
+ */
+export class TimedExec implements Exec {
+  readonly #inner: Exec;
+  readonly #observe: (tool: string, seconds: number, code: number, inputBytes: number) => void;
+  constructor(inner: Exec, observe: (tool: string, seconds: number, code: number, inputBytes: number) => void) {
+    this.#inner = inner;
+    this.#observe = observe;
+  }
+  async run(cmd: string, args: string[], input?: string): Promise<ExecResult> {
+    const started = performance.now();
+    const r = await this.#inner.run(cmd, args, input);
+    this.#observe(toolName(cmd, args), (performance.now() - started) / 1000, r.code, input?.length ?? 0);
+    return r;
+  }
+}
+
+/** ipset and conntrack take a subcommand first; the iptables tools are named by the command alone. */
+export function toolName(cmd: string, args: string[]): string {
+  const base = cmd.slice(cmd.lastIndexOf('/') + 1);
+  const sub = args[0] ?? '';
+  if (base === 'ipset' && /^[a-z]+$/.test(sub)) return `ipset ${sub}`;
+  if (base === 'conntrack' && /^-[A-Z]$/.test(sub)) return `conntrack ${sub}`;
+  return /^[a-z0-9-]+$/.test(base) ? base : 'other';
+}
+
 /** Records calls and answers from a table of handlers (first match wins); default: success. */
 export class FakeExec implements Exec {
   readonly calls: { cmd: string; args: string[]; input?: string }[] = [];

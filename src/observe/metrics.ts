@@ -96,6 +96,7 @@ export class Metrics {
   readonly healthTransitions: Counter<'to' | 'reason'>;
   readonly ipsetFailures: Counter;
   readonly ipsetNetlinkFailures: Counter;
+  readonly toolDuration: Histogram<'tool'>;
   readonly asideWrites: Counter<'result'>;
   readonly kubeProxyLeftovers: Counter<'kind'>;
   readonly kubeProxyCleanupErrors: Counter;
@@ -221,6 +222,13 @@ export class Metrics {
     this.kubeProxyRunning = new Gauge({
       name: 'kubeipvs_kube_proxy_running',
       help: '1 while kube-proxy looks alive on this node (its leftovers are kept until it stops), else 0',
+      registers,
+    });
+    this.toolDuration = new Histogram({
+      name: 'kubeipvs_tool_duration_seconds',
+      help: 'Runs of the system tools (iptables-restore, iptables-save, ipset, conntrack...), by tool and subcommand, start to exit',
+      labelNames: ['tool'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     });
     this.ipsetNetlinkFailures = new Counter({
