@@ -40,11 +40,29 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   /** Dumps in progress: sequence number -> the parts received so far. */
   readonly #parts = new Map<number, NetlinkMessage[]>();
 
+  /** Failed reads (ENOBUFS: the kernel dropped replies because the receive queue was full...). */
+  receiveErrors = 0;
+
   constructor(raw: RawSocket) {
     super(raw);
     // A datagram larger than the read buffer is lost past the buffer: fail its request at once
     // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
     raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#truncated(buf, rinfo));
+    // NetlinkSocket re-emits its raw socket's errors; unheard, an 'error' event throws, and it is
+    // emitted from the native read callback: the process aborted ("terminate called after throwing
+    // an instance of 'Napi::Error'"), seen in the lab under load (a full resync beside an endpoint
+    // churn). A failed read may have lost any reply: every waiting request fails with it (the
+    // reconciler counts and retries them like any kernel error), and the socket goes on.
+    this.on('error', (e: unknown) => this.#receiveFailed(e));
+  }
+
+  #receiveFailed(e: unknown): void {
+    this.receiveErrors++;
+    const err = e as { errno?: number; code?: string; message?: string };
+    const errno = Math.abs(Number(err?.errno ?? 0)) || 105; /* ENOBUFS */
+    const message = `netlink read failed (${err?.code ?? `errno ${errno}`}): replies may have been lost`;
+    this.#parts.clear();
+    for (const seq of [...this.requests.keys()]) this.#fail(seq, errno, message);
   }
 
   /** Dumps whose parts are still arriving (for tests and diagnostics). */

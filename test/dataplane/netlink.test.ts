@@ -152,3 +152,28 @@ t.test('the demultiplexer holds no state once its dumps are done', async (t) => 
   t.equal(msgs.length, 3, 'three destinations (DONE taken off)');
   t.equal(sock.openDumps, 0, 'and forgotten when done');
 });
+
+t.test('a failed read (ENOBUFS) fails the waiting requests instead of aborting the process', async (t) => {
+  const { kernel, ipvs } = await client({ perChunk: 1 });
+  for (let i = 0; i < 3; i++) await ipvs.addDestination(svc(1), dest(i));
+  const waiting = [ipvs.destinations(svc(1)), ipvs.addDestination(svc(2), dest(9))].map((p) =>
+    p.then(
+      () => null,
+      (e: unknown) => e,
+    ),
+  );
+  // What the native binding hands over when recvmsg fails (an ErrnoException, errno positive).
+  const enobufs = Object.assign(new Error('Error when receiving Netlink message: no buffer space available'), {
+    name: 'ErrnoException',
+    errno: 105,
+    code: 'ENOBUFS',
+    syscall: 'recvmsg',
+  });
+  // Both sent (the dump waits on a promise turn), neither answered yet (the kernel answers on setImmediate).
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+  t.doesNotThrow(() => kernel.emit('error', enobufs), 'no unheard error event');
+  const [dump, add] = await Promise.all(waiting);
+  t.ok(dump instanceof IpvsError && dump.code === 'ENOBUFS', `the dump fails with ENOBUFS (${String(dump)})`);
+  t.ok(add instanceof IpvsError && add.code === 'ENOBUFS', `so does the change (${String(add)})`);
+  t.equal((await ipvs.destinations(svc(1))).length, 3, 'and the socket goes on working');
+});
