@@ -279,6 +279,8 @@ interface Result {
   churnCpuS: number;
   churnWrites: number;
   rssMB: number;
+  /** Why this proxy's run stopped short (it died...): its numbers are n/a. */
+  failed?: string;
 }
 
 async function race(proxy: string): Promise<Result> {
@@ -290,13 +292,18 @@ async function race(proxy: string): Promise<Result> {
   const p = start(proxy);
   log(`${proxy}: started at ${new Date().toISOString()}`);
   const pid = p.pid!;
+  // Killed by a signal (an abort), a process has a signalCode and no exitCode.
+  const gone = () => p.exitCode !== null || p.signalCode !== null;
+  const alive = (phase: string) => {
+    if (gone()) throw new Error(`${proxy} died during ${phase}: ${p.exitCode ?? p.signalCode}`);
+  };
   try {
     // 1. cold start: every Service's endpoints, then every rule; given up after COLD_LIMIT seconds (the rest is
     // measured all the same: changes then wait behind the first sync, as they would on the node).
     let coldVsS = Infinity;
     let coldS = Infinity;
     for (;;) {
-      if (p.exitCode !== null) throw new Error(`${proxy} exited: ${p.exitCode}`);
+      if (gone()) throw new Error(`${proxy} exited: ${p.exitCode ?? p.signalCode}`);
       const elapsed = (performance.now() - t0) / 1000;
       if (coldVsS === Infinity && (await kernel.complete()) >= SERVICES) {
         coldVsS = (performance.now() - t0) / 1000;
@@ -345,6 +352,7 @@ async function race(proxy: string): Promise<Result> {
     }
     log(`${proxy}: ${changeMs.length} changes seen, median ${pct(changeMs, 0.5).toFixed(0)} ms, ${unseen} unseen`);
     if (unseen > 0) kernel.dump(`/lab-results/race-${proxy}-unseen.txt`, [...pending.entries()]);
+    alive('the changes');
     // 3. churn
     const before = await latencyBuckets();
     const cpu0 = cpuSeconds(pid);
@@ -359,6 +367,7 @@ async function race(proxy: string): Promise<Result> {
     }
     await Promise.all(writes);
     await sleep(5000); // what was written last gets in
+    alive('the churn');
     const churnCpuS = cpuSeconds(pid) - cpu0;
     const after = await latencyBuckets();
     const rss = rssMB(pid);
@@ -377,7 +386,7 @@ async function race(proxy: string): Promise<Result> {
     };
   } finally {
     p.kill('SIGTERM');
-    await new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)));
+    await new Promise((r) => (gone() ? r(null) : p.once('exit', r)));
     kernel.close();
     if (proxy === 'kube-ipvs')
       execFileSync(appNode, [...CLI, 'cleanup', '--config', join(dir, 'kube-ipvs.yaml')], {
@@ -418,7 +427,29 @@ async function race(proxy: string): Promise<Result> {
 }
 
 const results: Result[] = [];
-for (const proxy of PROXIES) results.push(await race(proxy));
+for (const proxy of PROXIES) {
+  try {
+    results.push(await race(proxy));
+  } catch (e) {
+    // One proxy failing does not stop the others' runs; the table says it failed and why.
+    const failed = (e as Error).message;
+    log(`${proxy}: FAILED: ${failed}`);
+    const n = NaN;
+    results.push({
+      proxy,
+      coldVsS: n,
+      coldS: n,
+      changeMs: [],
+      unseen: 0,
+      churnP50: n,
+      churnP99: n,
+      churnCpuS: n,
+      churnWrites: 0,
+      rssMB: n,
+      failed,
+    });
+  }
+}
 api.destroy();
 
 const base = results.find((r) => r.proxy === 'kube-ipvs');
@@ -438,6 +469,9 @@ console.log(
     row(`one change, median of ${CHANGES} (ms)`, (r) => pct(r.changeMs, 0.5), 0),
     row('one change, p99 (ms)', (r) => pct(r.changeMs, 0.99), 0),
     `| changes not seen within 5 min | ${results.map((r) => String(r.unseen)).join(' | ')} |`,
+    ...(results.some((r) => r.failed)
+      ? [`| run failed | ${results.map((r) => (r.failed ?? '').replace(/[|\n]/g, ' ')).join(' | ')} |`]
+      : []),
     row(`churn 10/s for ${CHURN_SECONDS} s: CPU seconds`, (r) => r.churnCpuS),
     row('churn: programming latency p50, bucket bound (s)', (r) => r.churnP50, 2),
     row('churn: programming latency p99, bucket bound (s)', (r) => r.churnP99, 2),
