@@ -174,7 +174,8 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   // Kernel operations are counted on their way to the kernel (or the in-memory one).
   const metrics = new Metrics();
   // The iptables stage and conntrack run the system tools (recorded, not run, in a dry run).
-  const exec: Exec = new TimedExec(args.dryRun ? new FakeExec() : new SystemExec(), (tool, seconds, code, bytes) => {
+  const recorded = args.dryRun ? new FakeExec() : null;
+  const exec: Exec = new TimedExec(recorded ?? new SystemExec(), (tool, seconds, code, bytes) => {
     metrics.toolDuration.observe({ tool }, seconds);
     log.debug('tool ran', { tool, ms: Math.round(seconds * 1000), code, inputBytes: bytes });
   });
@@ -265,7 +266,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
         io.stdout(
           `  ${op.op} ${op.service ?? ''}${op.destination ? ` -> ${op.destination}` : ''}${op.weight !== undefined ? ` weight ${op.weight}` : ''}\n`,
         );
-      for (const c of (exec as FakeExec).calls.filter((x) => x.input !== undefined)) {
+      for (const c of (recorded?.calls ?? []).filter((x) => x.input !== undefined)) {
         const lines = (c.input ?? '').split('\n').filter((l) => l.startsWith('add ') || l.startsWith('-A ')).length;
         io.stdout(
           `  ${c.cmd} ${c.args.join(' ')}${c.input !== undefined ? ` (${lines} ${c.cmd === 'ipset' ? 'entries' : 'rules'})` : ''}\n`,
