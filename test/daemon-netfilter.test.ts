@@ -71,9 +71,10 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
     exec.calls.some((c) => c.cmd === 'iptables-nft-save'),
     'jumps checked (one save)',
   );
-  t.ok(
-    exec.calls.some((c) => c.cmd === 'iptables-nft' && c.args.includes('-I')),
-    'and the missing ones inserted',
+  t.match(
+    exec.calls.find((c) => c.cmd === 'iptables-nft-restore')?.input ?? '',
+    /-I PREROUTING 1 -m comment --comment "kube-ipvs service portals" -j KIPVS-SERVICES\n/,
+    'and the missing ones inserted by the same restore',
   );
   t.notOk(
     exec.calls.some((c) => c.args.includes('-C')),

@@ -18,7 +18,7 @@ import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } fro
 const NFNL_SUBSYS_IPSET = 6;
 export const IPSET_CMD = { PROTOCOL: 1, ADD: 9, DEL: 10 } as const;
 const IPSET_PROTOCOL = 7;
-const A = { PROTOCOL: 1, SETNAME: 2, DATA: 7, LINENO: 9 } as const;
+const A = { PROTOCOL: 1, SETNAME: 2, DATA: 7, ADT: 8, LINENO: 9 } as const;
 const D = { IP: 1, CIDR: 3, PORT: 4, PROTO: 7, IP2: 20, CIDR2: 21, SKBMARK: 27 } as const;
 const IPADDR_IPV4 = 1;
 const IPADDR_IPV6 = 2;
@@ -129,16 +129,44 @@ export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; 
   return { family: ip.family, data: Buffer.concat(out) };
 }
 
+const setName = (set: string) => {
+  if (!/^[A-Za-z0-9_.-]{1,31}$/.test(set)) throw new Error(`not a set name: ${JSON.stringify(set)}`);
+  return attr(A.SETNAME, Buffer.from(`${set}\0`));
+};
+const nfgen = (family: 0 | 4 | 6) => Buffer.from([family === 4 ? 2 : family === 6 ? 10 : 0, 0, 0, 0]);
+
 /** The payload of an IPSET_CMD_ADD / DEL request: nfgenmsg, protocol, set name, the entry. */
 export function requestPayload(op: IpsetOp): Buffer {
-  if (!/^[A-Za-z0-9_.-]{1,31}$/.test(op.set)) throw new Error(`not a set name: ${JSON.stringify(op.set)}`);
+  const name = setName(op.set);
   const { family, data } = entryData(op.type, op.entry);
-  const nfgen = Buffer.from([family === 4 ? 2 : family === 6 ? 10 : 0, 0, 0, 0]);
+  return Buffer.concat([nfgen(family), attr(A.PROTOCOL, u8(IPSET_PROTOCOL)), name, attr(A.DATA | NLA_F_NESTED, data)]);
+}
+
+/**
+ * The payload of one IPSET_CMD_ADD of many entries of one set: the entries' DATA nests inside one
+ * ADT nest, which the kernel adds one after the other (ip_set_ad). All of one address family.
+ */
+export function bulkPayload(set: string, type: IpsetType, entries: readonly string[]): Buffer {
+  const name = setName(set);
+  const datas: Buffer[] = [];
+  let family: 0 | 4 | 6 | null = null;
+  for (const e of entries) {
+    const d = entryData(type, e);
+    if (family !== null && d.family !== family)
+      throw new Error(`mixed address families in ${set}: ${JSON.stringify(e)}`);
+    family = d.family;
+    datas.push(attr(A.DATA | NLA_F_NESTED, d.data));
+  }
+  // The kernel takes an ADT nest only with a LINENO (u32, host order): on a refusal it writes
+  // there which element failed, as for a line of `ipset restore`.
+  const lineno = Buffer.alloc(4);
+  lineno.writeUInt32LE(1);
   return Buffer.concat([
-    nfgen,
+    nfgen(family ?? 0),
     attr(A.PROTOCOL, u8(IPSET_PROTOCOL)),
-    attr(A.SETNAME, Buffer.from(`${op.set}\0`)),
-    attr(A.DATA | NLA_F_NESTED, data),
+    name,
+    attr(A.LINENO, lineno),
+    attr(A.ADT | NLA_F_NESTED, Buffer.concat(datas)),
   ]);
 }
 
@@ -152,8 +180,19 @@ export interface IpsetOpFailure {
 /** What NetfilterApplier needs of it: apply ops in order, say which failed. */
 export interface IpsetWriter {
   apply(ops: IpsetOp[]): Promise<IpsetOpFailure[]>;
+  /**
+   * Adds every entry to `set` (a set just created empty, to be swapped in), many per request;
+   * null when all are in, else why not (some may be in: the caller fills the set another way).
+   */
+  addMany?(set: string, type: IpsetType, entries: readonly string[]): Promise<string | null>;
   close(): void;
 }
+
+/** A request the kernel has not acknowledged in this long fails (and the change goes to `ipset restore`). */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Entries per bulk request (~45 bytes each: well under a page cluster) and bulk requests in flight. */
+const BULK_ENTRIES = 256;
+const BULK_IN_FLIGHT = 4;
 
 /** The kernel's answer in words: the netlink package says "Request rejected: <errno or its name>". */
 function describe(e: Error & { errno?: number }): string {
@@ -190,6 +229,7 @@ export class NetlinkIpset implements IpsetWriter {
         this.#sock
           .request(messageType(op.op === 'add' ? IPSET_CMD.ADD : IPSET_CMD.DEL), payload, {
             flags: Flags.REQUEST | Flags.ACK,
+            timeout: REQUEST_TIMEOUT_MS,
           })
           .then(
             () => {},
@@ -199,6 +239,38 @@ export class NetlinkIpset implements IpsetWriter {
     }
     await Promise.all(sent);
     return failures;
+  }
+
+  /**
+   * `entries` in requests of BULK_ENTRIES, a few in flight (every ACK waits in the socket's receive
+   * queue until read: thousands at once would overflow it). The first failure is the answer.
+   */
+  async addMany(set: string, type: IpsetType, entries: readonly string[]): Promise<string | null> {
+    const payloads: Buffer[] = [];
+    try {
+      for (let i = 0; i < entries.length; i += BULK_ENTRIES)
+        payloads.push(bulkPayload(set, type, entries.slice(i, i + BULK_ENTRIES)));
+    } catch (e) {
+      return (e as Error).message;
+    }
+    let next = 0;
+    let failed: string | null = null;
+    const worker = async () => {
+      while (failed === null && next < payloads.length) {
+        const payload = payloads[next++]!;
+        await this.#sock
+          .request(messageType(IPSET_CMD.ADD), payload, {
+            flags: Flags.REQUEST | Flags.ACK,
+            timeout: REQUEST_TIMEOUT_MS,
+          })
+          .then(
+            () => {},
+            (e: Error & { errno?: number }) => void (failed ??= `add to ${set}: ${describe(e)}`),
+          );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(BULK_IN_FLIGHT, payloads.length) }, worker));
+    return failed;
   }
 
   close(): void {

@@ -238,3 +238,142 @@ t.test(
     t.match(inNs(['ipset', 'save', 'N-IP4']), /add N-IP4 10\.200\.0\.1/, 'the good one applied');
   },
 );
+
+t.test(
+  'many entries per request (ADT): a set filled over netlink holds what ipset restore puts in; refusals say why',
+  { skip: whyNot() ?? false },
+  async (t) => {
+    const ns = `kipvs-ipnlb-${process.pid}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+    const inNs = (cmd: string[], input?: string) =>
+      execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+    const child = (input: unknown) =>
+      JSON.parse(
+        inNs(
+          [process.execPath, ...EXIT_DEADLOCK_V8_FLAGS, join(repo, 'test/support/ipset-netlink-child.ts')],
+          JSON.stringify(input),
+        ),
+      ) as (string | null)[];
+    inNs(
+      ['ipset', 'restore'],
+      [
+        'create N-LOOP hash:ip,port,ip family inet hashsize 1024 maxelem 1048576',
+        'create R-LOOP hash:ip,port,ip family inet hashsize 1024 maxelem 1048576',
+        'create N-MARK hash:ip,port family inet skbinfo',
+        'create R-MARK hash:ip,port family inet skbinfo',
+        'create N-PORTS bitmap:port range 0-65535',
+        'create R-PORTS bitmap:port range 0-65535',
+      ].join('\n') + '\n',
+    );
+    // 3 000 hairpin entries: twelve requests, more than the four in flight.
+    const loop = Array.from({ length: 3000 }, (_, n) => {
+      const a = `10.200.${n >> 8}.${n & 255}`;
+      return `${a},tcp:${8000 + (n % 7)},${a}`;
+    });
+    const marks = ['203.0.113.1,tcp:443 skbmark 0x10', '203.0.113.2,udp:53 skbmark 0x4000/0xc000'];
+    const ports = ['30080', '32000'];
+    t.same(
+      child({
+        bulk: [
+          { set: 'N-LOOP', type: 'hash:ip,port,ip', entries: loop },
+          { set: 'N-MARK', type: 'hash:ip,port', entries: marks },
+          { set: 'N-PORTS', type: 'bitmap:port', entries: ports },
+        ],
+      }),
+      [null, null, null],
+      'every request acknowledged',
+    );
+    inNs(
+      ['ipset', 'restore'],
+      [
+        ...loop.map((e) => `add R-LOOP ${e}`),
+        ...marks.map((e) => `add R-MARK ${e}`),
+        ...ports.map((e) => `add R-PORTS ${e}`),
+      ].join('\n') + '\n',
+    );
+    const members = (name: string) =>
+      inNs(['ipset', 'save', name])
+        .split('\n')
+        .filter((l) => l.startsWith('add '))
+        .map((l) => l.slice(l.indexOf(' ', 4) + 1))
+        .sort();
+    for (const s of ['LOOP', 'MARK', 'PORTS']) t.same(members(`N-${s}`), members(`R-${s}`), `${s}: the same members`);
+    t.equal(members('N-LOOP').length, 3000);
+    const refused = child({
+      bulk: [
+        { set: 'MISSING', type: 'hash:ip', entries: ['10.0.0.1'] },
+        { set: 'N-LOOP', type: 'hash:ip,port,ip', entries: ['10.0.0.1,tcp:80,fd00::1'] },
+        { set: 'N-PORTS', type: 'hash:ip', entries: ['10.0.0.1'] },
+      ],
+    });
+    t.equal(refused.length, 3);
+    t.ok(
+      refused.every((r) => typeof r === 'string' && r.length > 0),
+      `each refusal in words: ${JSON.stringify(refused)}`,
+    );
+    t.match(refused[1], /mixed address families|family/);
+  },
+);
+
+t.test(
+  'NetfilterApplier: a rebuilt set is filled through addMany between two restores; a refusal falls back',
+  async (t) => {
+    const exec = new FakeExec();
+    const filled: { set: string; type: string; entries: readonly string[] }[] = [];
+    let refuse = false;
+    const writer: IpsetWriter = {
+      apply: async () => [],
+      addMany: async (set, type, entries) => {
+        filled.push({ set, type, entries });
+        return refuse ? 'set type mismatch (4101)' : null;
+      },
+      close: () => {},
+    };
+    const logs: string[] = [];
+    const metrics = new Metrics({ defaultMetrics: false });
+    const nf = new NetfilterApplier({
+      exec,
+      log: new Logger({ sink: (l) => void logs.push(l) }),
+      metrics,
+      backend: 'nft',
+      families: [4],
+      ipset: writer,
+    });
+    const entries = new Set(['KIPVS-CLUSTER-IP 10.96.0.1,tcp:80', 'KIPVS-CLUSTER-IP 10.96.0.2,tcp:80']);
+    t.same(await nf.syncSets((e) => entries.has(e), entries, [], true), []);
+    const restores = () => exec.calls.filter((c) => c.cmd === 'ipset' && c.args[0] === 'restore');
+    const [head, tail] = restores().map((c) => c.input!);
+    t.equal(restores().length, 2, 'two restores around the netlink fill');
+    t.match(head, /create KIPVS-CLUSTER-IP-T hash:ip,port .*\nflush KIPVS-CLUSTER-IP-T\n/);
+    t.notMatch(head, /^add /m, 'no entry through ipset restore');
+    t.notMatch(head, /swap/, 'nothing swapped before it is filled');
+    t.same(
+      filled.find((f) => f.set === 'KIPVS-CLUSTER-IP-T'),
+      { set: 'KIPVS-CLUSTER-IP-T', type: 'hash:ip,port', entries: ['10.96.0.1,tcp:80', '10.96.0.2,tcp:80'] },
+    );
+    t.ok(!filled.some((f) => f.entries.length === 0), 'an empty set needs no request');
+    t.match(tail, /swap KIPVS-CLUSTER-IP-T KIPVS-CLUSTER-IP\ndestroy KIPVS-CLUSTER-IP-T\n/);
+    t.notMatch(tail, /^add /m);
+
+    // The writer refuses: the second restore fills that set itself, said and counted.
+    refuse = true;
+    exec.calls.length = 0;
+    const nf2 = new NetfilterApplier({
+      exec,
+      log: new Logger({ sink: (l) => void logs.push(l) }),
+      metrics,
+      backend: 'nft',
+      families: [4],
+      ipset: writer,
+    });
+    t.same(await nf2.syncSets((e) => entries.has(e), entries, [], true), []);
+    const tail2 = restores()[1]!.input!;
+    t.match(
+      tail2,
+      /flush KIPVS-CLUSTER-IP-T\nadd KIPVS-CLUSTER-IP-T 10\.96\.0\.1,tcp:80\nadd KIPVS-CLUSTER-IP-T 10\.96\.0\.2,tcp:80\nswap KIPVS-CLUSTER-IP-T KIPVS-CLUSTER-IP\n/,
+    );
+    t.match(logs.join('\n'), /ipset over netlink failed; the set is filled by ipset restore.*set type mismatch/);
+    t.match(await metrics.registry.metrics(), /kubeipvs_ipset_netlink_failures_total 1/);
+  },
+);
