@@ -370,6 +370,14 @@ async function race(proxy: string): Promise<Result> {
     alive('the churn');
     const churnCpuS = cpuSeconds(pid) - cpu0;
     const after = await latencyBuckets();
+    if (proxy === 'kube-ipvs') {
+      // Where its time in system tools went (a first sync's netfilter stage is most of its cold start).
+      const text = await fetch('http://127.0.0.1:10249/metrics')
+        .then((r) => r.text())
+        .catch(() => '');
+      for (const m of text.matchAll(/^kubeipvs_tool_duration_seconds_(sum|count)\{tool="([^"]+)"\} ([0-9.e+]+)$/gm))
+        log(`${proxy}: tool ${m[2]} ${m[1]} ${Number(m[3]).toFixed(m[1] === 'sum' ? 2 : 0)}`);
+    }
     const rss = rssMB(pid);
     log(`${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s; RSS ${rss.toFixed(0)} MB`);
     return {

@@ -93,10 +93,10 @@ export class NetfilterApplier {
       }
       // Sets to rebuild are filled off to the side and swapped in: readers never see a half-filled
       // set. With the netlink writer, one `ipset restore` creates and empties the side sets, their
-      // entries go over netlink many per request, and a second restore swaps them in; `ipset
-      // restore` alone sends one request per entry, its longest part by far under emulation (tens
-      // of seconds for 10 000 entries in the lab). A set the writer could not fill is filled by
-      // that second restore.
+      // entries go over netlink many per request, and a second restore swaps them in (`ipset
+      // restore` sends one request per entry and waits for each: 11 000 entries took 1.6x as long
+      // on a development host, and every round trip costs far more under emulation). A set the
+      // writer could not fill is filled by that second restore.
       const head: string[] = [];
       const rebuilds: { tmp: string; type: IpsetType; want: string[]; swap: string[] }[] = [];
       for (const s of allSets()) {
