@@ -80,7 +80,6 @@ export class NetfilterApplier {
     changed: readonly string[],
     full: boolean,
   ): Promise<NetfilterError[]> {
-    const lines: string[] = [];
     if (full || !this.#setsReady) {
       const everything = [...all];
       const desired = new Map<string, string[]>(allSets().map((s) => [s.name, []]));
