@@ -20,6 +20,17 @@ import { EXIT_DEADLOCK_V8_FLAGS } from '../../src/util/v8-flags.ts';
 
 const repo = resolve(import.meta.dirname, '../..');
 
+/** An IPv4 nft NetfilterApplier over a recording exec and `writer`, logging into `logs`. */
+const applierWith = (exec: FakeExec, writer: IpsetWriter, logs: string[], metrics: Metrics) =>
+  new NetfilterApplier({
+    exec,
+    log: new Logger({ sink: (l) => void logs.push(l) }),
+    metrics,
+    backend: 'nft',
+    families: [4],
+    ipset: writer,
+  });
+
 t.test('encoding: the bytes of an entry, and what is refused', async (t) => {
   // bitmap:port 32000: one attribute, PORT (4) in network byte order (0x4000), 0x7d00.
   t.same([...entryData('bitmap:port', '32000').data], [6, 0, 4, 0x40, 0x7d, 0x00, 0, 0]);
@@ -64,14 +75,7 @@ t.test('NetfilterApplier: incremental entries over the writer; a refusal falls b
   };
   const logs: string[] = [];
   const metrics = new Metrics({ defaultMetrics: false });
-  const nf = new NetfilterApplier({
-    exec,
-    log: new Logger({ sink: (l) => void logs.push(l) }),
-    metrics,
-    backend: 'nft',
-    families: [4],
-    ipset: writer,
-  });
+  const nf = applierWith(exec, writer, logs, metrics);
   const entries = new Set(['KIPVS-CLUSTER-IP 10.96.0.1,tcp:80']);
   t.same(await nf.syncSets((e) => entries.has(e), entries, [], true), []);
   const restores = () => exec.calls.filter((c) => c.cmd === 'ipset' && c.args[0] === 'restore').length;
@@ -332,14 +336,7 @@ t.test(
     };
     const logs: string[] = [];
     const metrics = new Metrics({ defaultMetrics: false });
-    const nf = new NetfilterApplier({
-      exec,
-      log: new Logger({ sink: (l) => void logs.push(l) }),
-      metrics,
-      backend: 'nft',
-      families: [4],
-      ipset: writer,
-    });
+    const nf = applierWith(exec, writer, logs, metrics);
     const entries = new Set(['KIPVS-CLUSTER-IP 10.96.0.1,tcp:80', 'KIPVS-CLUSTER-IP 10.96.0.2,tcp:80']);
     t.same(await nf.syncSets((e) => entries.has(e), entries, [], true), []);
     const restores = () => exec.calls.filter((c) => c.cmd === 'ipset' && c.args[0] === 'restore');
@@ -359,14 +356,7 @@ t.test(
     // The writer refuses: the second restore fills that set itself, said and counted.
     refuse = true;
     exec.calls.length = 0;
-    const nf2 = new NetfilterApplier({
-      exec,
-      log: new Logger({ sink: (l) => void logs.push(l) }),
-      metrics,
-      backend: 'nft',
-      families: [4],
-      ipset: writer,
-    });
+    const nf2 = applierWith(exec, writer, logs, metrics);
     t.same(await nf2.syncSets((e) => entries.has(e), entries, [], true), []);
     const tail2 = restores()[1]!.input!;
     t.match(
