@@ -85,14 +85,15 @@ interface ListPage {
   metadata: { continue?: string; resourceVersion?: string };
 }
 
-/** A list request answered in neither this long: it fails and is retried with the informer's backoff. */
+/** A list request not answered in this long fails and is retried with the informer's backoff. */
 const LIST_TIMEOUT_MS = 60_000;
 const transport = new IsomorphicFetchHttpLibrary();
 
 /**
  * One page of a list, as the API server's JSON: the objects keep the shape watch events have,
- * with no typed model built and serialised back (which cost more CPU and memory than the rest of
- * a cold start's list). Anything else than a list answer is an error (retried).
+ * with no typed model built and serialised back (measured on a development host for 10 000
+ * EndpointSlices x 10 endpoints, 17 MB: JSON.parse 103 ms, the typed round trip 607 ms more).
+ * Anything else than a list answer is an error (retried).
  */
 async function listPage(kc: KubeConfig, path: string, query: Record<string, string | number | undefined>) {
   const cluster = kc.getCurrentCluster();
