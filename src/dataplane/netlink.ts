@@ -101,7 +101,8 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   ): number {
     // Addressed elsewhere than the kernel, or a dump (the kernel runs one per socket: sent alone,
     // after what was queued before it), or batching off: as the package sends it.
-    const dump = ((options?.flags ?? 0) & FlagsGet.DUMP) === FlagsGet.DUMP;
+    const DUMP: number = FlagsGet.DUMP;
+    const dump = ((options?.flags ?? 0) & DUMP) === DUMP;
     if (!this.#batching || options?.port || options?.groups || dump) {
       this.#flush();
       this.datagramsSent++;
