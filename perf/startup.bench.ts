@@ -1,15 +1,16 @@
 // Start-up benchmark: the sources run through Node's type stripping (development, tests) against
 // the compiled JavaScript of `npm run build` (dist/: the image and the published bin).
 //   npm run bench:startup          (SERVICES=2000 ROUNDS=3 npm run bench:startup to scale it)
-// Two commands, each launcher in turn, ROUNDS times, with kube-ipvs' V8 flags:
+// Three commands, each launcher in turn, ROUNDS times, with kube-ipvs' V8 flags:
 //   help     the modules loaded, nothing done: the launcher's own cost
 //   run      `run --manifests DIR --dry-run --once` on SERVICES Services x 10 endpoints: read,
 //            model, plan, program the in-memory kernel, exit
-// Reported: median wall time and median peak RSS (/usr/bin/time), and ratios to the sources.
-// Measured once with an esbuild bundle (BUNDLE=file: 6.8 MB, netlink external) next to tsc's output:
-// help 0.54x/0.82x RSS, run 1.01x time 1.02x RSS, against tsc's 0.54x/0.71x and 0.96x/0.97x: tsc kept.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+//   kube     `run --kubeconfig` against an API server that refuses: to the first list attempt, with
+//            the Kubernetes client library loaded (what a node's daemon pays before it lists)
+// Reported: median wall time and median peak RSS (/usr/bin/time; VmHWM for kube), and ratios to the sources.
+// BUNDLE=images/.cache/rootfs/opt/kube-ipvs/dist/cli.js adds the image's bundle (images/bundle.ts).
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
@@ -39,17 +40,54 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
-// BUNDLE=FILE adds a third launcher (a bundler's single file, measured against tsc's output).
+// BUNDLE=FILE adds a launcher (the image's bundle, measured against tsc's output).
 const launchers: Record<string, string> = {
   sources: join(repo, 'src/cli.ts'),
   compiled: dist,
   ...(process.env.BUNDLE ? { bundle: resolve(process.env.BUNDLE) } : {}),
 };
+// An API server that refuses connections: `run` loads the Kubernetes source (the client library)
+// and tries its first list; the time to that attempt's log line ("watch failed") is its start-up.
+writeFileSync(
+  join(dir, 'kubeconfig'),
+  [
+    'apiVersion: v1',
+    'kind: Config',
+    'clusters: [{name: c, cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}}]',
+    'users: [{name: u, user: {token: bench}}]',
+    'contexts: [{name: x, context: {cluster: c, user: u}}]',
+    'current-context: x',
+  ].join('\n') + '\n',
+);
 const commands = {
   help: ['help'],
   run: ['run', '--manifests', dir, '--node', 'node-0', '--dry-run', '--once'],
+  kube: ['run', '--kubeconfig', join(dir, 'kubeconfig'), '--node', 'node-0', '--dry-run'],
 } as const;
 type Sample = { ms: number; rssKb: number };
+
+/** `kube`: start to the first failed list's log line, and the peak RSS then (VmHWM); the daemon is stopped. */
+function untilFirstList(launcher: string, args: readonly string[]): Promise<Sample> {
+  return new Promise((res, rej) => {
+    const t0 = performance.now();
+    const p = spawn(process.execPath, [...DAEMON_V8_FLAGS, launcher, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    const limit = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (!/watch failed/.test(err) || p.exitCode !== null) return;
+      const ms = performance.now() - t0;
+      const hwm = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'));
+      p.kill('SIGKILL');
+      clearTimeout(limit);
+      res({ ms, rssKb: Number(hwm?.[1] ?? 0) });
+    });
+    p.on('exit', (code, sig) => {
+      clearTimeout(limit);
+      rej(new Error(`${launcher} kube: exited (${code ?? sig}) before a list: ${err.slice(-2000)}`));
+    });
+  });
+}
 const samples: Record<string, Sample[]> = {};
 try {
   for (let r = 0; r < ROUNDS; r++) {
@@ -58,6 +96,10 @@ try {
       const names = Object.keys(launchers);
       const order = r % 2 ? [...names].reverse() : names;
       for (const l of order) {
+        if (cmd === 'kube') {
+          (samples[`${cmd} ${l}`] ??= []).push(await untilFirstList(launchers[l]!, args));
+          continue;
+        }
         const res = spawnSync(
           '/usr/bin/time',
           ['-f', '%e %M', process.execPath, ...DAEMON_V8_FLAGS, launchers[l]!, ...args],
