@@ -9,7 +9,7 @@
 // - APP_DIR/node_modules keeps `netlink` and `node-gyp-build` whole; of each bundled package, its package.json and
 //   licence files (LICENSE, NOTICE, COPYING...: the licence travels with the code it covers); nothing else.
 import { build } from 'esbuild';
-import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 
 /** Loaded from their own package folder at run time, so not bundled and kept whole. */
@@ -28,22 +28,33 @@ async function main(appDir: string): Promise<void> {
   const app = resolve(appDir);
   if (!existsSync(join(app, 'node_modules'))) throw new Error(`${app}/node_modules is missing: npm ci there first`);
   mkdirSync(join(app, 'dist'), { recursive: true });
-  const result = await build({
-    absWorkingDir: repo,
-    entryPoints: ['src/cli.ts'],
-    outfile: join(app, 'dist/cli.js'),
-    bundle: true,
-    platform: 'node',
-    target: 'node24',
-    format: 'esm',
-    external: EXTERNAL,
-    metafile: true,
-    logLevel: 'warning',
-    // CommonJS dependencies call require() for Node's modules; an ES module has none of its own.
-    banner: {
-      js: "import { createRequire as kipvsCreateRequire } from 'node:module';\nconst require = kipvsCreateRequire(import.meta.url);",
-    },
-  });
+  // The sources are bundled from a copy inside APP_DIR, so that every import resolves in the production
+  // install, as at run time: from the repository, an optional require (debug's of supports-color) found a
+  // development package there and bundled it.
+  const from = join(app, '.bundle-sources');
+  rmSync(from, { recursive: true, force: true });
+  cpSync(join(repo, 'src'), join(from, 'src'), { recursive: true });
+  let result;
+  try {
+    result = await build({
+      absWorkingDir: app,
+      entryPoints: [join(from, 'src/cli.ts')],
+      outfile: join(app, 'dist/cli.js'),
+      bundle: true,
+      platform: 'node',
+      target: 'node24',
+      format: 'esm',
+      external: EXTERNAL,
+      metafile: true,
+      logLevel: 'error',
+      // CommonJS dependencies call require() for Node's modules; an ES module has none of its own.
+      banner: {
+        js: "import { createRequire as kipvsCreateRequire } from 'node:module';\nconst require = kipvsCreateRequire(import.meta.url);",
+      },
+    });
+  } finally {
+    rmSync(from, { recursive: true, force: true });
+  }
   const bundled = new Set<string>();
   for (const input of Object.keys(result.metafile.inputs)) {
     const dir = packageDir(input);
