@@ -5,7 +5,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import type { Problem } from '../src/errors.ts';
 import { Model } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
-import { KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
+import { ANNOTATION_LAST_APPLIED, KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
 import { main } from '../src/cli.ts';
 import { ApiServer, k8sBinaries } from './support/apiserver.ts';
 import { ep, node, service, slice } from './support/objects.ts';
@@ -123,6 +123,49 @@ if ('why' in built) {
       problems.some((p) => p.code === 'KIPVS_OBJECT_INVALID' && p.name === 'default/orphan'),
       'the orphan slice is rejected with its name',
     );
+  });
+
+  t.test("objects arrive without managedFields and kubectl's last-applied copy, listed or watched", async (t) => {
+    const ns = 'slim';
+    await create('/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+    const annotated = (name: string) => {
+      const s = apiService(name) as unknown as { metadata: Record<string, unknown> };
+      s.metadata = {
+        ...s.metadata,
+        namespace: ns,
+        annotations: { [ANNOTATION_LAST_APPLIED]: '{"big":"copy"}', 'example.com/kept': 'yes' },
+      };
+      return s;
+    };
+    await create(svcPath(ns), annotated('listed'));
+    // What the API server itself returns: it records who set which field.
+    const raw = await api.request('GET', `${svcPath(ns)}/listed`);
+    t.ok(
+      Array.isArray((raw.json as { metadata: { managedFields?: unknown } }).metadata.managedFields),
+      'the API server sends managedFields',
+    );
+    const seen = new Map<string, { metadata: { managedFields?: unknown; annotations?: Record<string, string> } }>();
+    const src = new KubernetesSource(kc, {
+      nodeName: 'node-a',
+      proxyName: 'kube-ipvs',
+      log: new Logger({ sink: () => {} }),
+    });
+    t.teardown(() => src.stop());
+    await src.start((b) => {
+      for (const c of b.changes)
+        if (c.current && c.kind === 'Service') {
+          const o = c.current as { metadata: { name: string; namespace: string } };
+          if (o.metadata.namespace === ns) seen.set(o.metadata.name, c.current as never);
+        }
+    });
+    await create(svcPath(ns), annotated('watched'));
+    await until('the watched Service', () => seen.has('watched'));
+    for (const name of ['listed', 'watched']) {
+      const md = seen.get(name)!.metadata;
+      t.notOk('managedFields' in md, `${name}: no managedFields`);
+      t.notOk(ANNOTATION_LAST_APPLIED in (md.annotations ?? {}), `${name}: no last-applied copy`);
+      t.equal(md.annotations?.['example.com/kept'], 'yes', `${name}: other annotations kept`);
+    }
   });
 
   t.test('5000 Services are listed with pagination before start() resolves', async (t) => {

@@ -75,13 +75,36 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     this.#batching = !opts.unbatched;
     // A datagram larger than the read buffer is lost past the buffer: fail its request at once
     // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
-    raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#truncated(buf, rinfo));
+    raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#guard(() => this.#truncated(buf, rinfo)));
     // NetlinkSocket re-emits its raw socket's errors; unheard, an 'error' event throws, and it is
     // emitted from the native read callback: the process aborted ("terminate called after throwing
     // an instance of 'Napi::Error'"), seen in the lab under load (a full resync beside an endpoint
     // churn). A failed read may have lost any reply: every waiting request fails with it (the
     // reconciler counts and retries them like any kernel error), and the socket goes on.
-    this.on('error', (e: unknown) => this.#receiveFailed(e));
+    this.on('error', (e: unknown) => this.#guard(() => this.#receiveFailed(e)));
+  }
+
+  /** Exceptions thrown by what handled a reply (a listener, a request's callback), caught at the native boundary. */
+  handlerErrors = 0;
+  lastHandlerError: Error | null = null;
+
+  /**
+   * Runs `f`, which the native binding called: an exception leaving it is thrown across the addon's C++ frame,
+   * which ends the process (std::terminate: "terminate called after throwing an instance of 'Napi::Error'", seen in
+   * the lab under an endpoint churn). Here it is counted and written to stderr as a process warning instead; a
+   * request whose answer was lost with it fails at its timeout, and the reconciler retries it like any kernel error.
+   */
+  #guard(f: () => void): void {
+    try {
+      f();
+    } catch (e) {
+      this.handlerErrors++;
+      this.lastHandlerError = e instanceof Error ? e : new Error(String(e));
+      process.emitWarning(
+        `a netlink reply's handler threw (${this.handlerErrors} so far): ${this.lastHandlerError.stack ?? this.lastHandlerError.message}`,
+        'KubeIpvsNetlinkWarning',
+      );
+    }
   }
 
   #receiveFailed(e: unknown): void {
@@ -140,9 +163,11 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     this.messagesSent += batch.length;
     const buf = batch.length === 1 ? batch[0]!.msg : Buffer.concat(batch.map((b) => b.msg));
     try {
-      this.socket.send(buf, {}, (error) => {
-        for (const b of batch) b.cb?.(error);
-      });
+      this.socket.send(buf, {}, (error) =>
+        this.#guard(() => {
+          for (const b of batch) b.cb?.(error);
+        }),
+      );
     } catch (e) {
       // A closed socket throws: each request fails as its send callback would have made it.
       for (const b of batch) b.cb?.(e as ErrnoException);
@@ -160,31 +185,34 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   }
 
   protected override handleMessages(msgs: NetlinkMessage[], rinfo: MessageInfo): void {
-    for (const msg of msgs) {
-      const open = this.#parts.get(msg.seq);
-      if (msg.type === NLMSG_DONE) {
-        // DONE closes its own request's dump (some kernels leave NLM_F_MULTI off it), and carries
-        // the dump's result: an error there means the dump stopped short, not that it was whole.
-        this.#parts.delete(msg.seq);
-        const errno = msg.data.length >= 4 ? msg.data.readInt32LE(0) : 0;
-        if (errno < 0) {
-          this.#fail(msg.seq, -errno, 'the dump ended with an error');
-          continue;
-        }
-        if (open) open.push(msg);
-        this.emitMessage(open ?? [msg], rinfo);
-      } else if (msg.flags & Flags.MULTI) {
-        if (open) open.push(msg);
-        else this.#parts.set(msg.seq, [msg]);
-      } else if (open && msg.type === NLMSG_ERROR) {
-        // An error in place of the rest of a dump: the request fails with it.
-        this.#parts.delete(msg.seq);
-        this.emitMessage(msg, rinfo);
-      } else if (open) {
-        open.push(msg); // a part without NLM_F_MULTI: still this dump's
-      } else {
-        this.emitMessage(msg, rinfo);
+    // One guard per message: a handler that throws loses its own answer, not the rest of the datagram's.
+    for (const msg of msgs) this.#guard(() => this.#handleOne(msg, rinfo));
+  }
+
+  #handleOne(msg: NetlinkMessage, rinfo: MessageInfo): void {
+    const open = this.#parts.get(msg.seq);
+    if (msg.type === NLMSG_DONE) {
+      // DONE closes its own request's dump (some kernels leave NLM_F_MULTI off it), and carries
+      // the dump's result: an error there means the dump stopped short, not that it was whole.
+      this.#parts.delete(msg.seq);
+      const errno = msg.data.length >= 4 ? msg.data.readInt32LE(0) : 0;
+      if (errno < 0) {
+        this.#fail(msg.seq, -errno, 'the dump ended with an error');
+        return;
       }
+      if (open) open.push(msg);
+      this.emitMessage(open ?? [msg], rinfo);
+    } else if (msg.flags & Flags.MULTI) {
+      if (open) open.push(msg);
+      else this.#parts.set(msg.seq, [msg]);
+    } else if (open && msg.type === NLMSG_ERROR) {
+      // An error in place of the rest of a dump: the request fails with it.
+      this.#parts.delete(msg.seq);
+      this.emitMessage(msg, rinfo);
+    } else if (open) {
+      open.push(msg); // a part without NLM_F_MULTI: still this dump's
+    } else {
+      this.emitMessage(msg, rinfo);
     }
   }
 

@@ -45,6 +45,25 @@ export type { SourceCounters } from './source.ts';
 
 type Obj = KubernetesObject & Record<string, unknown>;
 
+/** kubectl's copy of the whole object as last applied: as large as the object, and never read here. */
+export const ANNOTATION_LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
+
+/**
+ * What of an object kube-ipvs never reads, dropped as it arrives, before any cache holds it: the
+ * API server's field-ownership record (`metadata.managedFields`, one entry per writer listing every
+ * field it set: about the size of an EndpointSlice's endpoints themselves) and kubectl's
+ * last-applied copy. Everything else stays, as the API server sent it.
+ */
+export function slim(o: unknown): void {
+  const md = (o as { metadata?: unknown } | null)?.metadata;
+  if (!md || typeof md !== 'object') return;
+  const m = md as { managedFields?: unknown; annotations?: unknown };
+  if ('managedFields' in m) delete m.managedFields;
+  const ann = m.annotations;
+  if (ann && typeof ann === 'object' && ANNOTATION_LAST_APPLIED in ann)
+    delete (ann as Record<string, unknown>)[ANNOTATION_LAST_APPLIED];
+}
+
 /** A Watch that asks for bookmarks and a server-side timeout, and reports every event as activity. */
 class ActiveWatch extends Watch {
   readonly #onActivity: () => void;
@@ -65,6 +84,7 @@ class ActiveWatch extends Watch {
       { ...query, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() },
       (phase, obj, w) => {
         this.#onActivity();
+        slim(obj);
         cb(phase, obj, w);
       },
       done,
@@ -119,6 +139,7 @@ async function listPage(kc: KubeConfig, path: string, query: Record<string, stri
   }
   if (!Array.isArray(body.items) || (body.metadata !== undefined && typeof body.metadata !== 'object'))
     throw new Error(`list ${path}: the answer is not a list`);
+  for (const it of body.items) slim(it);
   return { items: body.items as Obj[], metadata: (body.metadata ?? {}) as ListPage['metadata'] };
 }
 

@@ -262,3 +262,35 @@ t.test('a refused send fails every request of its datagram, with the errno', asy
   t.equal(sock.datagramsSent, 1, 'they were one datagram');
   t.equal(sock.waiting, 0, 'nothing left waiting');
 });
+
+t.test('a reply handler that throws is counted, not thrown into the native binding (which would abort)', async (t) => {
+  const kernel = new FakeNetlinkKernel();
+  const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => void warnings.push(w.message);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  // A listener of unsolicited replies that throws (GenericNetlinkSocket parses them in its own listener).
+  sock.on('message', () => {
+    throw new Error('boom in a listener');
+  });
+  // Two messages in one datagram, neither waited for: both answers are unsolicited.
+  sock.send(IPVS_FAMILY_ID, encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(7)), destinationAttr(dest(1))]), {
+    flags: 0x5,
+  });
+  sock.send(IPVS_FAMILY_ID, encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(7)), destinationAttr(dest(2))]), {
+    flags: 0x5,
+  });
+  for (let i = 0; i < 10 && sock.handlerErrors < 2; i++) await new Promise((r) => setImmediate(r));
+  t.equal(sock.handlerErrors, 2, 'each message guarded on its own: both counted');
+  t.match(sock.lastHandlerError?.message, /boom in a listener/);
+  await new Promise((r) => setImmediate(r));
+  t.match(warnings.join('\n'), /a netlink reply's handler threw/, 'written as a process warning');
+  // And the socket goes on answering requests.
+  const [msgs] = await sock.request(
+    IPVS_FAMILY_ID,
+    encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(7)), destinationAttr(dest(3))]),
+    { timeout: 2000, checkError: false },
+  );
+  t.equal(msgs.length, 1, 'a later request is answered');
+});
