@@ -7,18 +7,14 @@
 // request's parts are kept apart by sequence number, whatever arrives in between.
 import {
   Flags,
-  FlagsGet,
-  formatMessage,
   GenericNetlinkSocket,
   MessageType,
   NetlinkSocket,
   Protocol,
   RawNetlinkSocket,
   RtNetlinkSocket,
-  type ErrnoException,
   type MessageInfo,
   type NetlinkMessage,
-  type NetlinkSendOptions,
 } from 'netlink';
 
 /** The control message types (NLMSG_*) as the plain numbers a message's `type` holds. */
@@ -34,15 +30,7 @@ export interface SocketOptions {
   readBufferBytes?: number;
   /** An already open raw socket (tests); by default a new one of the protocol. */
   raw?: RawSocket;
-  /** Send each message in its own datagram (no batching; tests compare the two). */
-  unbatched?: boolean;
 }
-
-/** A batch's bounds: the kernel answers each message on its own, so the replies of one batch arrive together. */
-export const BATCH_MAX_MESSAGES = 64;
-export const BATCH_MAX_BYTES = 32 * 1024;
-
-type SendCallback = (error?: ErrnoException) => void;
 
 /** A dump's parts carry NLM_F_DUMP_INTR when the kernel's table changed while it was dumped. */
 export const NLM_F_DUMP_INTR = 0x10;
@@ -54,25 +42,9 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
 
   /** Failed reads (ENOBUFS: the kernel dropped replies because the receive queue was full...). */
   receiveErrors = 0;
-  /** Datagrams sent, and the messages they carried (one datagram holds a batch). */
-  datagramsSent = 0;
-  messagesSent = 0;
 
-  /**
-   * Messages to the kernel waiting for this event-loop turn's end: sent together, several per
-   * datagram. The kernel's netlink input (netlink_rcv_skb) handles the messages of one datagram in
-   * order and answers each with its own ACK or error by sequence number, as if sent apart; what
-   * batching saves is a send system call and a native round trip per message (a pool of 32 requests
-   * answered in one read issues its next 32 in one turn).
-   */
-  readonly #batching: boolean;
-  #pending: { msg: Buffer; cb: SendCallback | undefined }[] = [];
-  #pendingBytes = 0;
-  #flushScheduled = false;
-
-  constructor(raw: RawSocket, opts: { unbatched?: boolean } = {}) {
+  constructor(raw: RawSocket) {
     super(raw);
-    this.#batching = !opts.unbatched;
     // A datagram larger than the read buffer is lost past the buffer: fail its request at once
     // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
     raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#guard(() => this.#truncated(buf, rinfo)));
@@ -90,9 +62,9 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
 
   /**
    * Runs `f`, which the native binding called: an exception leaving it is thrown across the addon's C++ frame,
-   * which ends the process (std::terminate: "terminate called after throwing an instance of 'Napi::Error'", seen in
-   * the lab under an endpoint churn). Here it is counted and written to stderr as a process warning instead; a
-   * request whose answer was lost with it fails at its timeout, and the reconciler retries it like any kernel error.
+   * which ends the process (std::terminate: "terminate called after throwing an instance of 'Napi::Error'"). Here
+   * it is counted and written to stderr as a process warning instead; a request whose answer was lost with it
+   * fails at its timeout, and the reconciler retries it like any kernel error.
    */
   #guard(f: () => void): void {
     try {
@@ -114,64 +86,6 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     const message = `netlink read failed (${err?.code ?? `errno ${errno}`}): replies may have been lost`;
     this.#parts.clear();
     for (const seq of [...this.requests.keys()]) this.#fail(seq, errno, message);
-  }
-
-  override send(
-    type: number,
-    data: Uint8Array | Uint8Array[],
-    options?: NetlinkSendOptions,
-    callback?: SendCallback,
-  ): number {
-    // Addressed elsewhere than the kernel, or a dump (the kernel runs one per socket: sent alone,
-    // after what was queued before it), or batching off: as the package sends it.
-    const DUMP: number = FlagsGet.DUMP;
-    const dump = ((options?.flags ?? 0) & DUMP) === DUMP;
-    if (!this.#batching || options?.port || options?.groups || dump) {
-      this.#flush();
-      this.datagramsSent++;
-      this.messagesSent++;
-      return super.send(type, data, options, callback);
-    }
-    const seq = options?.seq ?? this.generateSeq();
-    const port = options?.localPort ?? this.socket.address().port;
-    const msg = Buffer.concat(formatMessage({ type, flags: Number(options?.flags ?? 0), seq, port, data }));
-    if (
-      this.#pending.length >= BATCH_MAX_MESSAGES ||
-      (this.#pending.length > 0 && this.#pendingBytes + msg.length > BATCH_MAX_BYTES)
-    )
-      this.#flush();
-    this.#pending.push({ msg, cb: callback });
-    this.#pendingBytes += msg.length;
-    if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      // After the poll phase: every reply read in this turn has issued its follow-up by then.
-      setImmediate(() => {
-        this.#flushScheduled = false;
-        this.#flush();
-      });
-    }
-    return seq;
-  }
-
-  /** Sends what is queued, as one datagram; a failed send fails each message's request. */
-  #flush(): void {
-    if (this.#pending.length === 0) return;
-    const batch = this.#pending;
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    this.datagramsSent++;
-    this.messagesSent += batch.length;
-    const buf = batch.length === 1 ? batch[0]!.msg : Buffer.concat(batch.map((b) => b.msg));
-    try {
-      this.socket.send(buf, {}, (error) =>
-        this.#guard(() => {
-          for (const b of batch) b.cb?.(error);
-        }),
-      );
-    } catch (e) {
-      // A closed socket throws: each request fails as its send callback would have made it.
-      for (const b of batch) b.cb?.(e as ErrnoException);
-    }
   }
 
   /** Requests waiting for their answer (for tests and diagnostics). */
@@ -235,8 +149,7 @@ function rawSocket(protocol: number, o: SocketOptions): RawSocket {
   return new RawNetlinkSocket(protocol, opts as ConstructorParameters<typeof RawNetlinkSocket>[1]);
 }
 
-const demux = (protocol: number, o: SocketOptions) =>
-  new DemuxNetlinkSocket(rawSocket(protocol, o), { unbatched: o.unbatched ?? false });
+const demux = (protocol: number, o: SocketOptions) => new DemuxNetlinkSocket(rawSocket(protocol, o));
 
 export function openGenericNetlink(o: SocketOptions = {}): GenericNetlinkSocket {
   return new GenericNetlinkSocket(demux(Protocol.GENERIC, o));

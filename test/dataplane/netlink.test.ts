@@ -5,7 +5,7 @@ import { GenericNetlinkSocket, NetlinkSocket, FlagsGet } from 'netlink';
 import { NetlinkIpvs, IpvsError } from '../../src/dataplane/ipvs/client.ts';
 import { destinationAttr, encodeRequest, serviceKeyAttr } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd } from '../../src/dataplane/ipvs/constants.ts';
-import { BATCH_MAX_MESSAGES, DemuxNetlinkSocket, type RawSocket } from '../../src/dataplane/netlink.ts';
+import { DemuxNetlinkSocket, type RawSocket } from '../../src/dataplane/netlink.ts';
 import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
 
@@ -178,91 +178,6 @@ t.test('a failed read (ENOBUFS) fails the waiting requests instead of aborting t
   t.equal((await ipvs.destinations(svc(1))).length, 3, 'and the socket goes on working');
 });
 
-t.test('changes issued in one turn share datagrams, and each is answered on its own', async (t) => {
-  const { kernel, ipvs } = await client();
-  await ipvs.addDestination(svc(3), dest(7));
-  const before = kernel.datagrams.length;
-  // 150 adds at once, one of them a duplicate of an existing destination (EEXIST for it alone).
-  const adds = Array.from({ length: 150 }, (_, i) =>
-    ipvs.addDestination(svc(3), dest(i === 75 ? 7 : 1000 + i)).then(
-      () => 'ok',
-      (e: unknown) => (e instanceof IpvsError ? e.code : String(e)),
-    ),
-  );
-  const results = await Promise.all(adds);
-  t.same(
-    results.map((r, i) => [i, r]).filter(([, r]) => r !== 'ok'),
-    [[75, 'EEXIST']],
-    'only the duplicate failed, with its own errno',
-  );
-  const sent = kernel.datagrams.slice(before);
-  t.equal(
-    sent.reduce((a, d) => a + d.length, 0),
-    150,
-    'every message sent once',
-  );
-  t.equal(
-    sent.length,
-    Math.ceil(150 / BATCH_MAX_MESSAGES),
-    `in ${sent.length} datagrams of at most ${BATCH_MAX_MESSAGES}`,
-  );
-  t.ok(
-    sent.every((d) => d.every((seq, i) => i === 0 || seq > d[i - 1]!)),
-    'in the order they were issued',
-  );
-  t.equal((await ipvs.destinations(svc(3))).length, 150, 'and the kernel holds them all');
-});
-
-t.test('without batching every message is its own datagram (the comparison above is real)', async (t) => {
-  const kernel = new FakeNetlinkKernel();
-  const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket, { unbatched: true });
-  const reqs = Array.from({ length: 10 }, (_, i) =>
-    sock.request(IPVS_FAMILY_ID, encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(4)), destinationAttr(dest(i))]), {
-      timeout: 2000,
-      checkError: false,
-    }),
-  );
-  await Promise.all(reqs);
-  t.equal(kernel.datagrams.length, 10);
-  t.equal(sock.datagramsSent, 10);
-  t.equal(sock.messagesSent, 10);
-});
-
-t.test('a dump is sent alone, after the changes queued before it', async (t) => {
-  const { kernel, ipvs } = await client();
-  const before = kernel.datagrams.length;
-  const a = ipvs.addDestination(svc(5), dest(1));
-  const b = ipvs.addDestination(svc(5), dest(2));
-  const l = ipvs.destinations(svc(5));
-  const [, , list] = await Promise.all([a, b, l]);
-  t.equal(list.length, 2, 'the dump sees both changes: they reached the kernel first');
-  const sent = kernel.datagrams.slice(before);
-  t.same(
-    sent.map((d) => d.length),
-    [2, 1],
-    'the two changes in one datagram, then the dump in its own',
-  );
-});
-
-t.test('a refused send fails every request of its datagram, with the errno', async (t) => {
-  const kernel = new FakeNetlinkKernel({ sendErrno: 12 });
-  const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
-  const reqs = Array.from({ length: 3 }, (_, i) =>
-    sock
-      .request(IPVS_FAMILY_ID, encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(6)), destinationAttr(dest(i))]), {
-        timeout: 2000,
-        checkError: false,
-      })
-      .then(
-        () => null,
-        (e: unknown) => (e as { errno?: number }).errno,
-      ),
-  );
-  t.same(await Promise.all(reqs), [12, 12, 12], 'each fails at once, none waits for its timeout');
-  t.equal(sock.datagramsSent, 1, 'they were one datagram');
-  t.equal(sock.waiting, 0, 'nothing left waiting');
-});
-
 t.test('a reply handler that throws is counted, not thrown into the native binding (which would abort)', async (t) => {
   const kernel = new FakeNetlinkKernel();
   const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
@@ -274,7 +189,7 @@ t.test('a reply handler that throws is counted, not thrown into the native bindi
   sock.on('message', () => {
     throw new Error('boom in a listener');
   });
-  // Two messages in one datagram, neither waited for: both answers are unsolicited.
+  // Two messages, neither waited for: both answers are unsolicited.
   sock.send(IPVS_FAMILY_ID, encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(7)), destinationAttr(dest(1))]), {
     flags: 0x5,
   });
@@ -282,7 +197,7 @@ t.test('a reply handler that throws is counted, not thrown into the native bindi
     flags: 0x5,
   });
   for (let i = 0; i < 10 && sock.handlerErrors < 2; i++) await new Promise((r) => setImmediate(r));
-  t.equal(sock.handlerErrors, 2, 'each message guarded on its own: both counted');
+  t.equal(sock.handlerErrors, 2, 'each answer guarded on its own: both counted');
   t.match(sock.lastHandlerError?.message, /boom in a listener/);
   await new Promise((r) => setImmediate(r));
   t.match(warnings.join('\n'), /a netlink reply's handler threw/, 'written as a process warning');

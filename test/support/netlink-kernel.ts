@@ -29,8 +29,6 @@ export interface FakeKernelOptions {
   dumpIntr?: boolean;
   /** Deliver datagrams cut to this many bytes as truncated (a read buffer too small). */
   truncateAt?: number;
-  /** Refuse every send with this errno (sendmsg failing: nothing in the datagram is handled). */
-  sendErrno?: number;
 }
 
 function header(len: number, type: number, flags: number, seq: number): Buffer {
@@ -70,8 +68,6 @@ export class FakeNetlinkKernel extends EventEmitter {
   closed = false;
   /** What was delivered, in order: 'ack:<seq>', 'chunk:<seq>', 'done:<seq>', 'error:<seq>'. */
   readonly delivered: string[] = [];
-  /** The messages of each datagram sent to it, as their sequence numbers. */
-  readonly datagrams: number[][] = [];
 
   constructor(o: FakeKernelOptions = {}) {
     super();
@@ -97,18 +93,7 @@ export class FakeNetlinkKernel extends EventEmitter {
 
   send(data: Uint8Array | Uint8Array[], _options: unknown, cb?: (e?: Error) => void): void {
     const buf = Buffer.concat((Array.isArray(data) ? data : [data]).map((d) => Buffer.from(d)));
-    if (this.o.sendErrno) {
-      const e = Object.assign(new Error('Error when sending Netlink message'), {
-        name: 'ErrnoException',
-        errno: this.o.sendErrno,
-        code: 'ENOMEM',
-        syscall: 'sendmsg',
-      });
-      return void setImmediate(() => cb?.(e));
-    }
-    const msgs = parseMessages(buf);
-    this.datagrams.push(msgs.map((m) => m.seq));
-    for (const m of msgs) this.#handle(m.type, m.flags, m.seq, m.data);
+    for (const m of parseMessages(buf)) this.#handle(m.type, m.flags, m.seq, m.data);
     cb?.();
     this.#schedule();
   }
