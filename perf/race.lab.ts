@@ -279,8 +279,17 @@ interface Result {
   churnCpuS: number;
   churnWrites: number;
   rssMB: number;
-  /** Why this proxy's run stopped short (it died...): its numbers are n/a. */
+  /** Why this proxy's run stopped short (it died...): what it measured before stays, the rest is n/a. */
   failed?: string;
+}
+
+/** A run that stopped short, with what it had measured by then. */
+class RaceFailure extends Error {
+  readonly partial: Partial<Result>;
+  constructor(message: string, partial: Partial<Result>) {
+    super(message);
+    this.partial = partial;
+  }
 }
 
 async function race(proxy: string): Promise<Result> {
@@ -297,6 +306,7 @@ async function race(proxy: string): Promise<Result> {
   const alive = (phase: string) => {
     if (gone()) throw new Error(`${proxy} died during ${phase}: ${p.exitCode ?? p.signalCode}`);
   };
+  const got: Partial<Result> = {};
   try {
     // 1. cold start: every Service's endpoints, then every rule; given up after COLD_LIMIT seconds (the rest is
     // measured all the same: changes then wait behind the first sync, as they would on the node).
@@ -320,6 +330,7 @@ async function race(proxy: string): Promise<Result> {
       await sleep(500);
     }
     log(`${proxy}: cold start ${coldS.toFixed(1)} s`);
+    Object.assign(got, { coldVsS, coldS });
     // 2. changes, 3 s apart, each watched until it is in (at most 5 minutes)
     const pending = new Map<number, { address: string; at: number }>();
     const changeMs: number[] = [];
@@ -352,6 +363,7 @@ async function race(proxy: string): Promise<Result> {
     }
     log(`${proxy}: ${changeMs.length} changes seen, median ${pct(changeMs, 0.5).toFixed(0)} ms, ${unseen} unseen`);
     if (unseen > 0) kernel.dump(`/lab-results/race-${proxy}-unseen.txt`, [...pending.entries()]);
+    Object.assign(got, { changeMs, unseen });
     alive('the changes');
     // 3. churn
     const before = await latencyBuckets();
@@ -392,6 +404,8 @@ async function race(proxy: string): Promise<Result> {
       churnWrites,
       rssMB: rss,
     };
+  } catch (e) {
+    throw new RaceFailure((e as Error).message, got);
   } finally {
     p.kill('SIGTERM');
     await new Promise((r) => (gone() ? r(null) : p.once('exit', r)));
@@ -454,6 +468,7 @@ for (const proxy of PROXIES) {
       churnCpuS: n,
       churnWrites: 0,
       rssMB: n,
+      ...(e instanceof RaceFailure ? e.partial : {}),
       failed,
     });
   }

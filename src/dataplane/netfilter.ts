@@ -43,7 +43,18 @@ export interface NetfilterApplierOptions {
    * process (src/dataplane/ipset-netlink.ts); when it fails, the same lines go to `ipset restore`.
    */
   ipset?: IpsetWriter;
+  /** Lines per `ipset restore` process (default RESTORE_CHUNK_LINES). */
+  restoreChunkLines?: number;
 }
+
+/**
+ * An `ipset restore` longer than this is split into several processes, run one after the other
+ * (the lines keep their order: creates first, swaps last). One process per set rebuild went past the
+ * tool timeout (60 s) in the lab: 10 000 hairpin entries under emulation took longer, the restore was
+ * killed, and every full sync after it failed the same way. Each line is applied on its own anyway,
+ * so the split changes nothing of what the kernel ends with.
+ */
+export const RESTORE_CHUNK_LINES = 2000;
 
 export class NetfilterApplier {
   readonly #o: NetfilterApplierOptions;
@@ -203,12 +214,18 @@ export class NetfilterApplier {
   }
 
   async #ipset(lines: string[]): Promise<NetfilterError | null> {
-    const r = await this.#o.exec.run('ipset', ['restore'], lines.join('\n') + '\n');
-    if (r.code === 0) return null;
-    this.#o.metrics?.ipsetFailures.inc();
-    const message = `ipset restore: exit ${r.code}: ${r.stderr.trim()}`;
-    this.#o.log.warn('ipset restore failed', { error: message }, 'ipset-restore');
-    return { op: 'ipset restore', message };
+    const chunk = Math.max(1, this.#o.restoreChunkLines ?? RESTORE_CHUNK_LINES);
+    for (let i = 0; i === 0 || i < lines.length; i += chunk) {
+      const part = lines.slice(i, i + chunk);
+      const r = await this.#o.exec.run('ipset', ['restore'], part.join('\n') + '\n');
+      if (r.code === 0) continue;
+      this.#o.metrics?.ipsetFailures.inc();
+      const where = lines.length > chunk ? ` (lines ${i + 1}-${i + part.length} of ${lines.length})` : '';
+      const message = `ipset restore: exit ${r.code}${where}: ${r.stderr.trim()}`;
+      this.#o.log.warn('ipset restore failed', { error: message }, 'ipset-restore');
+      return { op: 'ipset restore', message };
+    }
+    return null;
   }
 
   /**
