@@ -208,7 +208,10 @@ t.test('SIGKILL and restart under load: no connection fails, state converges', a
   const res = JSON.parse(out) as { ok: number; failed: number; errors: string[] };
   t.equal(res.failed, 0, `no failed connection (${res.ok} made, errors: ${res.errors.join(', ')})`);
   t.ok(res.ok > 20, 'the client kept connecting');
-  // The restarted proxy follows changes.
+  // The restarted proxy follows changes: timed from when it is running, as its start-up under emulation
+  // beside a loaded host (CI: the unit suite on the same two cores) took longer than the client's loop.
+  const waited = await lab.waitProxyRunning();
+  t.pass(`the restarted proxy is running (${waited} ms after the client's loop ended)`);
   lab.write('web', [webService(), webSlice('be2', 'be3')]);
   await lab.waitKernel((k) => {
     const udp = Object.keys(k['UDP/10.96.0.10:53']?.dests ?? {}).sort();

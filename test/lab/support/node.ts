@@ -224,12 +224,39 @@ export class LabNode {
    * Starts kube-ipvs by another command line (the image case: from the image's root); its log is kept as startProxy's.
    */
   startProxyCommand(cmd: string, args: string[], env: NodeJS.ProcessEnv = procEnv): void {
-    this.#proxy = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
-    this.#proxy.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
-    this.#proxy.on(
+    // The log says when the process was started and ended: how long a (re)start took to its first lines is in it.
+    this.proxyLog += `\n[kube-ipvs started ${new Date().toISOString()}]\n`;
+    this.#proxyLogFrom = this.proxyLog.length;
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
+    this.#proxy = p;
+    p.stderr!.on('data', (d) => (this.proxyLog += d.toString()));
+    p.on(
       'exit',
-      (code, signal) => (this.proxyLog += `\n[kube-ipvs exited: code ${code}, signal ${signal}]\n`),
+      (code, signal) =>
+        (this.proxyLog += `\n[kube-ipvs exited ${new Date().toISOString()}: code ${code}, signal ${signal}]\n`),
     );
+  }
+
+  /** Where the running proxy's own log starts in proxyLog. */
+  #proxyLogFrom = 0;
+
+  /**
+   * Waits until the proxy started last says it is running (its start-up: kernel settings, the source's first
+   * read), so that a test's time for the kernel to follow a change is not spent by a slow start. Rejects when
+   * the proxy exits first or `ms` pass. Returns how long it waited, in ms.
+   */
+  async waitProxyRunning(ms = 120_000): Promise<number> {
+    const started = Date.now();
+    const p = this.#proxy;
+    for (;;) {
+      const own = this.proxyLog.slice(this.#proxyLogFrom);
+      if (own.includes('"msg":"kube-ipvs running"')) return Date.now() - started;
+      if (!p || p.exitCode !== null || p.signalCode !== null)
+        throw new Error(`kube-ipvs exited before it was running\nproxy log:\n${this.proxyLog.slice(-3000)}`);
+      if (Date.now() - started > ms)
+        throw new Error(`kube-ipvs not running after ${ms} ms\nproxy log:\n${this.proxyLog.slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /** The running proxy's process id (null: none). */
