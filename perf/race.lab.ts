@@ -245,10 +245,16 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
         clusterCIDR: '10.244.0.0/16',
       }),
     );
-    return spawn(appNode, [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'], {
-      stdio: ['ignore', out, out],
-      env: appEnv,
-    });
+    const args = [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
+    if (process.env.RACE_CORE === '1') {
+      // A native crash leaves its core in /lab-results (keep it with LAB_KEEP) for gdb on the host.
+      writeFileSync('/proc/sys/kernel/core_pattern', '/lab-results/core.%e.%p');
+      return spawn('sh', ['-c', 'ulimit -c unlimited && exec "$0" "$@"', appNode, ...args], {
+        stdio: ['ignore', out, out],
+        env: appEnv,
+      });
+    }
+    return spawn(appNode, args, { stdio: ['ignore', out, out], env: appEnv });
   }
   const mode = proxy.replace('kube-proxy-', '');
   const cfg = join(dir, `${proxy}.yaml`);

@@ -3,7 +3,8 @@
 // binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
 // (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
-// COLD_LIMIT (1800 s), PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s).
+// COLD_LIMIT (1800 s), PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s);
+// RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,7 +101,7 @@ try {
     LAB_HOST_PORT: String(api.apiPort),
     LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '5400',
   };
-  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'COLD_LIMIT', 'PROXIES']
+  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'COLD_LIMIT', 'PROXIES', 'RACE_CORE']
     .filter((k) => process.env[k] !== undefined)
     .map(
       (k) =>

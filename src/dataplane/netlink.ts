@@ -48,11 +48,10 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     // A datagram larger than the read buffer is lost past the buffer: fail its request at once
     // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
     raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#guard(() => this.#truncated(buf, rinfo)));
-    // NetlinkSocket re-emits its raw socket's errors; unheard, an 'error' event throws, and it is
-    // emitted from the native read callback: the process aborted ("terminate called after throwing
-    // an instance of 'Napi::Error'"), seen in the lab under load (a full resync beside an endpoint
-    // churn). A failed read may have lost any reply: every waiting request fails with it (the
-    // reconciler counts and retries them like any kernel error), and the socket goes on.
+    // NetlinkSocket re-emits its raw socket's errors (a failed recvmsg); unheard, an 'error' event throws from
+    // the native read callback, which ends the process. A failed read may have lost any reply: every waiting
+    // request fails with it (the reconciler counts and retries them like any kernel error), and the socket goes
+    // on. (The abort seen in the lab under load was another path, the overflow `request` below prevents.)
     this.on('error', (e: unknown) => this.#guard(() => this.#receiveFailed(e)));
   }
 
@@ -98,6 +97,82 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     return this.#parts.size;
   }
 
+  /**
+   * Replies the kernel may still queue on this socket, in its own accounting (bytes of buffer each takes).
+   * The kernel acknowledges a request the moment it is sent and queues the answer on the socket until it is
+   * read; an answer that finds the receive buffer full is dropped and the socket flagged with ENOBUFS. The
+   * `netlink` addon (0.3.0) cannot survive that flag: libuv reports the socket's POLLERR and the addon, building
+   * the error for it, throws from its native poll callback (a NULL syscall name given to Napi::String::New),
+   * which ends the process ("terminate called after throwing an instance of 'Napi::Error'"). 300 ipset ops sent
+   * at once did it on every try; the lab's daemon died so in a full resync during an endpoint churn. So requests
+   * wait here until the answers already owed fit in a quarter of the buffer: a running dump may hold half of it
+   * (the kernel refills a dump only while the queue is under half), and the rest is margin.
+   */
+  #owed = 0;
+  readonly #waiting: { cost: number; go: () => void }[] = [];
+  #budgetBytes: number | null = null;
+
+  /** Most answers owed at once so far, in the same accounting (for tests and diagnostics). */
+  maxOwedBytes = 0;
+
+  /** What the replies owed may take of the receive buffer, in bytes. */
+  get replyBudgetBytes(): number {
+    if (this.#budgetBytes === null) {
+      let rcvbuf = 212_992; // net.core.rmem_default on most kernels
+      try {
+        const n = this.getRecvBufferSize();
+        if (Number.isFinite(n) && n > 0) rcvbuf = n;
+      } catch {
+        /* an in-memory kernel (tests) has no buffer: the default */
+      }
+      this.#budgetBytes = Math.floor(rcvbuf / 4);
+    }
+    return this.#budgetBytes;
+  }
+
+  override setRecvBufferSize(size: number): unknown {
+    const r = super.setRecvBufferSize(size) as unknown;
+    this.#budgetBytes = null;
+    return r;
+  }
+
+  override request(
+    type: number,
+    data: Uint8Array | Uint8Array[],
+    options?: Parameters<NetlinkSocket['request']>[2],
+  ): Promise<[NetlinkMessage[], MessageInfo]> {
+    const cost = replyCost(data);
+    const send = () => super.request(type, data, options).finally(() => this.#release(cost));
+    // The first request always goes, whatever its size: alone it cannot overflow what it was sized for.
+    if (this.#waiting.length === 0 && (this.#owed === 0 || this.#owed + cost <= this.replyBudgetBytes)) {
+      this.#take(cost);
+      return send();
+    }
+    return new Promise<void>((go) => this.#waiting.push({ cost, go })).then(send);
+  }
+
+  /** Requests waiting for room for their answers (for tests and diagnostics). */
+  get queued(): number {
+    return this.#waiting.length;
+  }
+
+  #take(cost: number): void {
+    this.#owed += cost;
+    if (this.#owed > this.maxOwedBytes) this.maxOwedBytes = this.#owed;
+  }
+
+  #release(cost: number): void {
+    this.#owed -= cost;
+    // In order: a large request is not passed by the small ones behind it.
+    while (this.#waiting.length > 0) {
+      const next = this.#waiting[0]!;
+      if (this.#owed !== 0 && this.#owed + next.cost > this.replyBudgetBytes) break;
+      this.#waiting.shift();
+      this.#take(next.cost);
+      next.go();
+    }
+  }
+
   protected override handleMessages(msgs: NetlinkMessage[], rinfo: MessageInfo): void {
     // One guard per message: a handler that throws loses its own answer, not the rest of the datagram's.
     for (const msg of msgs) this.#guard(() => this.#handleOne(msg, rinfo));
@@ -141,6 +216,16 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   #fail(seq: number, errno: number, message: string): void {
     this.requests.get(seq)?.(Object.assign(new Error(message), { errno }));
   }
+}
+
+/**
+ * What the kernel's answer to a request takes of the receive buffer, over-estimated: an ACK or error carries the
+ * request back (no NETLINK_CAP_ACK) after its 16-byte header and 4-byte error, and the buffer counts a message's
+ * whole allocation (data rounded up, the skb's shared info and its struct: about 1 KiB for a small one).
+ */
+export function replyCost(data: Uint8Array | Uint8Array[]): number {
+  const len = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
+  return 2 * (len + 36) + 1024;
 }
 
 function rawSocket(protocol: number, o: SocketOptions): RawSocket {

@@ -5,7 +5,7 @@ import { GenericNetlinkSocket, NetlinkSocket, FlagsGet } from 'netlink';
 import { NetlinkIpvs, IpvsError } from '../../src/dataplane/ipvs/client.ts';
 import { destinationAttr, encodeRequest, serviceKeyAttr } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd } from '../../src/dataplane/ipvs/constants.ts';
-import { DemuxNetlinkSocket, type RawSocket } from '../../src/dataplane/netlink.ts';
+import { DemuxNetlinkSocket, replyCost, type RawSocket } from '../../src/dataplane/netlink.ts';
 import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
 
@@ -152,6 +152,37 @@ t.test('the demultiplexer holds no state once its dumps are done', async (t) => 
   t.equal(msgs.length, 3, 'three destinations (DONE taken off)');
   t.equal(sock.openDumps, 0, 'and forgotten when done');
 });
+
+t.test(
+  'requests wait until the answers owed fit in a quarter of the receive buffer, and all are answered',
+  async (t) => {
+    const kernel = new FakeNetlinkKernel();
+    const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
+    t.equal(sock.replyBudgetBytes, (1 << 20) / 4, 'a quarter of what the socket says its buffer is');
+    const payload = (i: number) => encodeRequest(Cmd.NEW_DEST, [serviceKeyAttr(svc(3)), destinationAttr(dest(i))]);
+    const cost = replyCost(payload(0));
+    t.ok(cost > payload(0).length + 16, `an answer is costed above its request's size (${cost} bytes)`);
+    // 2 000 at once, as a full resync's pool and an endpoint burst together could send them.
+    const all = Array.from({ length: 2000 }, (_, i) =>
+      sock.request(IPVS_FAMILY_ID, payload(i), { timeout: 5000, checkError: false }),
+    );
+    t.ok(sock.queued > 0, `the rest wait (${sock.queued} queued)`);
+    const answers = await Promise.all(all);
+    t.equal(answers.length, 2000, 'every request answered');
+    t.ok(sock.maxOwedBytes <= sock.replyBudgetBytes, `never more owed than the budget (${sock.maxOwedBytes})`);
+    t.ok(sock.maxOwedBytes > sock.replyBudgetBytes - 2 * cost, 'and the budget was used, not one at a time');
+    t.equal(sock.queued, 0, 'nothing left waiting');
+    // One request larger than the whole budget still goes when nothing else is owed.
+    sock.setRecvBufferSize(0); // the budget is read again from the socket
+    const big = new Uint8Array(sock.replyBudgetBytes);
+    const r = sock.request(IPVS_FAMILY_ID, big, { timeout: 2000, checkError: false }).then(
+      () => 'answered',
+      (e: Error) => e.message,
+    );
+    t.equal(sock.queued, 0, 'an oversized request is not held back forever');
+    t.ok(typeof (await r) === 'string');
+  },
+);
 
 t.test('a failed read (ENOBUFS) fails the waiting requests instead of aborting the process', async (t) => {
   const { kernel, ipvs } = await client({ perChunk: 1 });
