@@ -210,7 +210,8 @@ export class NetlinkIpset implements IpsetWriter {
   }
 
   /**
-   * Every op is sent at once (the kernel handles them in order) and each is acknowledged. `add`
+   * Every op is requested at once (the kernel handles them in order; the socket sends each when the
+   * answers owed leave room for its own, see DemuxNetlinkSocket.request) and each is acknowledged. `add`
    * of an element already there and `del` of one not there succeed (no NLM_F_EXCL: ipset's
    * `-exist`). Entries that cannot be encoded fail alone, before anything is sent.
    */
@@ -242,8 +243,8 @@ export class NetlinkIpset implements IpsetWriter {
   }
 
   /**
-   * `entries` in requests of BULK_ENTRIES, a few in flight (every ACK waits in the socket's receive
-   * queue until read: thousands at once would overflow it). The first failure is the answer.
+   * `entries` in requests of BULK_ENTRIES, a few in flight (the socket bounds the answers owed too), so that
+   * the first failure stops the rest: it is the answer.
    */
   async addMany(set: string, type: IpsetType, entries: readonly string[]): Promise<string | null> {
     const payloads: Buffer[] = [];

@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import t from 'tap';
+import type tap from 'tap';
 import { FakeExec } from '../../src/dataplane/exec.ts';
 import {
   entryData,
@@ -120,6 +121,15 @@ t.test('NetfilterApplier: incremental entries over the writer; a refusal falls b
   t.match(await metrics.registry.metrics(), /kubeipvs_ipset_netlink_failures_total 1/);
 });
 
+/** A network namespace of its own for test `t` (deleted at its end): runs a command in it, stdin `input`. */
+function netns(t: Pick<typeof tap, 'teardown'>, name: string): (cmd: string[], input?: string) => string {
+  const ns = `kipvs-${name}-${process.pid}`;
+  execFileSync('ip', ['netns', 'add', ns]);
+  t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+  return (cmd, input) =>
+    execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+}
+
 function whyNot(): string | null {
   if (process.getuid?.() !== 0) return 'not root: network namespaces and ipset need it';
   try {
@@ -147,11 +157,7 @@ t.test(
   'random adds and deletes over netlink leave every set as ipset restore does',
   { skip: whyNot() ?? false },
   async (t) => {
-    const ns = `kipvs-ipnl-${process.pid}`;
-    execFileSync('ip', ['netns', 'add', ns]);
-    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-    const inNs = (cmd: string[], input?: string) =>
-      execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+    const inNs = netns(t, 'ipnl');
     // Each set twice: N- fed over netlink, R- by ipset restore.
     inNs(
       ['ipset', 'restore'],
@@ -247,11 +253,7 @@ t.test(
   'many entries per request (ADT): a set filled over netlink holds what ipset restore puts in; refusals say why',
   { skip: whyNot() ?? false },
   async (t) => {
-    const ns = `kipvs-ipnlb-${process.pid}`;
-    execFileSync('ip', ['netns', 'add', ns]);
-    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-    const inNs = (cmd: string[], input?: string) =>
-      execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+    const inNs = netns(t, 'ipnlb');
     const child = (input: unknown) =>
       JSON.parse(
         inNs(
@@ -372,11 +374,7 @@ t.test(
   'thousands of ops at once: the answers owed never overflow the socket (the addon aborted the process when one did)',
   { skip: whyNot() ?? false },
   async (t) => {
-    const ns = `kipvs-ipnlo-${process.pid}`;
-    execFileSync('ip', ['netns', 'add', ns]);
-    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-    const inNs = (cmd: string[], input?: string) =>
-      execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', input, timeout: 60_000 });
+    const inNs = netns(t, 'ipnlo');
     inNs(['ipset', 'create', 'MANY', 'hash:ip,port', 'maxelem', '100000']);
     // Each ACK carries its request back and waits in the receive buffer (212 992 bytes by default) until read:
     // 300 sent at once were enough to overflow it, and the addon's poll error path then ended the process

@@ -249,8 +249,7 @@ export class LabNode {
     const started = Date.now();
     const p = this.#proxy;
     for (;;) {
-      const own = this.proxyLog.slice(this.#proxyLogFrom);
-      if (own.includes('"msg":"kube-ipvs running"')) return Date.now() - started;
+      if (this.proxyLog.includes('"msg":"kube-ipvs running"', this.#proxyLogFrom)) return Date.now() - started;
       if (!p || p.exitCode !== null || p.signalCode !== null)
         throw new Error(`kube-ipvs exited before it was running\nproxy log:\n${this.proxyLog.slice(-3000)}`);
       if (Date.now() - started > ms)
