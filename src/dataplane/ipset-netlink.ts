@@ -210,8 +210,8 @@ export class NetlinkIpset implements IpsetWriter {
   }
 
   /**
-   * Every op is requested at once (the kernel handles them in order; the socket sends each when the
-   * answers owed leave room for its own, see DemuxNetlinkSocket.request) and each is acknowledged. `add`
+   * Every op is requested at once, in batches (the kernel handles them in order; the socket sends each batch when
+   * the answers owed leave room for its own, and each op settles on its own, see DemuxNetlinkSocket.request). `add`
    * of an element already there and `del` of one not there succeed (no NLM_F_EXCL: ipset's
    * `-exist`). Entries that cannot be encoded fail alone, before anything is sent.
    */
@@ -231,6 +231,7 @@ export class NetlinkIpset implements IpsetWriter {
           .request(messageType(op.op === 'add' ? IPSET_CMD.ADD : IPSET_CMD.DEL), payload, {
             flags: Flags.REQUEST | Flags.ACK,
             timeout: REQUEST_TIMEOUT_MS,
+            batch: true,
           })
           .then(
             () => {},

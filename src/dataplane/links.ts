@@ -2,7 +2,7 @@
 // in-memory twin. Like kube-proxy, the interface stays down with NOARP: the kernel still treats
 // its addresses as local, which is what IPVS needs, and never answers ARP for them.
 import type { RtNetlinkSocket } from 'netlink';
-import { openRtNetlink } from './netlink.ts';
+import { openRtNetlink, type NetlinkRequestOptions } from './netlink.ts';
 import { formatIP, parseIP } from '../util/ip.ts';
 import { attr, cstr } from './nlattr.ts';
 
@@ -130,6 +130,11 @@ export class NetlinkLinks implements Links {
     return out;
   }
 
+  /** An address change's options: batched with the others of this turn (DemuxNetlinkSocket.request). */
+  #change(flags: number): NetlinkRequestOptions {
+    return { flags, timeout: this.#timeout, batch: true };
+  }
+
   #addr(address: string) {
     const p = parseIP(address);
     if (!p) throw new LinkError('address', 'EINVAL', `${JSON.stringify(address)} is not an IP address`);
@@ -149,7 +154,7 @@ export class NetlinkLinks implements Links {
         this.#rt.newAddress(
           { family: a.family, prefixlen: a.prefixlen, index, flags: a.family === AF_INET6 ? { nodad: true } : {} },
           { local: a.bytes, address: a.bytes },
-          { flags: NLM_F_CREATE | NLM_F_EXCL, timeout: this.#timeout },
+          this.#change(NLM_F_CREATE | NLM_F_EXCL),
         ),
       ['EEXIST'],
     );
@@ -163,7 +168,7 @@ export class NetlinkLinks implements Links {
         this.#rt.delAddress(
           { family: a.family, prefixlen: a.prefixlen, index },
           { local: a.bytes, address: a.bytes },
-          { timeout: this.#timeout },
+          this.#change(0),
         ),
       ['EADDRNOTAVAIL', 'ENOENT', 'ENODEV'],
     );

@@ -326,13 +326,17 @@ export class Reconciler {
         return; // not in the kernel yet: the sync that creates it brings its destinations
       }
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
+      const puts: Promise<void>[] = [];
       for (const [did, want] of d.destinations)
-        await this.#putDestination(d, did, want, have.get(did), run, this.#aside);
+        puts.push(this.#putDestination(d, did, want, have.get(did), run, this.#aside));
+      await Promise.all(puts);
+      const removals: Promise<unknown>[] = [];
       for (const [did, k] of have) {
         if (d.destinations.has(did)) continue;
-        if (d.evicted.has(did)) await this.#deleteDest(d, k, run, this.#aside);
-        else await this.#stopDest(d, did, k, run, this.#aside);
+        if (d.evicted.has(did)) removals.push(this.#deleteDest(d, k, run, this.#aside));
+        else removals.push(this.#stopDest(d, did, k, run, this.#aside));
       }
+      await Promise.all(removals);
     });
     return { operations: run.ops, errors: run.errors, incomplete };
   }
@@ -484,28 +488,33 @@ export class Reconciler {
     }
     const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();
-    // New and changed destinations first, so capacity is added before any is taken away.
+    // New and changed destinations first, so capacity is added before any is taken away. The writes of one step
+    // are issued together (the socket sends them in one batch), each settling on its own.
+    const puts: Promise<void>[] = [];
     for (const [did, want] of d.destinations) {
       draining.delete(did);
-      await this.#putDestination(d, did, want, kernel.get(did), run);
+      const k = kernel.get(did);
+      if (!k || !destinationMatches(want, k)) puts.push(this.#putDestination(d, did, want, k, run));
     }
+    if (puts.length) await Promise.all(puts);
     const now = this.#o.clock.now();
+    const removals: Promise<unknown>[] = [];
     for (const [did, k] of kernel) {
       if (d.destinations.has(did)) continue;
       if (d.protocol !== 'TCP' || d.evicted.has(did)) {
         // UDP and SCTP have no connection to finish; an evicted (dead) TCP backend's connections
         // are dead already: deleting it lets IPVS end them (expire_nodest_conn).
-        await this.#deleteDest(d, k, run);
+        removals.push(this.#deleteDest(d, k, run));
         continue;
       }
       // TCP: stop new connections (weight 0), delete when the last one is gone or the bound passes.
       if (!draining.has(did)) draining.set(did, now);
       const idle = (k.activeConns ?? 0) + (k.inactiveConns ?? 0) === 0;
       const expired = now - draining.get(did)! >= this.#o.gracefulTerminationSeconds * 1000;
-      if (idle || expired) {
-        if (await this.#deleteDest(d, k, run)) draining.delete(did);
-      } else await this.#stopDest(d, did, k, run);
+      if (idle || expired) removals.push(this.#deleteDest(d, k, run).then((gone) => gone && draining.delete(did)));
+      else removals.push(this.#stopDest(d, did, k, run));
     }
+    if (removals.length) await Promise.all(removals);
     if (draining.size > 0) this.#draining.set(d.id, draining);
     else this.#draining.delete(d.id);
   }

@@ -5,7 +5,7 @@ import { GenericNetlinkSocket, NetlinkSocket, FlagsGet } from 'netlink';
 import { NetlinkIpvs, IpvsError } from '../../src/dataplane/ipvs/client.ts';
 import { destinationAttr, encodeRequest, serviceKeyAttr } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd } from '../../src/dataplane/ipvs/constants.ts';
-import { DemuxNetlinkSocket, replyCost, type RawSocket } from '../../src/dataplane/netlink.ts';
+import { BATCH_MAX_MESSAGES, DemuxNetlinkSocket, replyCost, type RawSocket } from '../../src/dataplane/netlink.ts';
 import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
 
@@ -19,6 +19,8 @@ const dest = (i: number, port = 8080): IpvsDestination => ({
   upperThreshold: 0,
   lowerThreshold: 0,
 });
+
+const ipvsSocket = (ipvs: NetlinkIpvs) => ipvs.socket;
 
 async function client(o: FakeKernelOptions = {}) {
   const kernel = new FakeNetlinkKernel(o);
@@ -240,4 +242,104 @@ t.test('a reply handler that throws is counted, not thrown into the native bindi
     { timeout: 2000, checkError: false },
   );
   t.equal(msgs.length, 1, 'a later request is answered');
+});
+
+t.test('changes issued in one turn go in batches, acknowledged by their last message only', async (t) => {
+  const { kernel, ipvs } = await client();
+  const sock = ipvsSocket(ipvs);
+  const before = kernel.datagrams;
+  const adds = Array.from({ length: 200 }, (_, i) => ipvs.addDestination(svc(1), dest(i)));
+  await Promise.all(adds);
+  const sent = kernel.datagrams - before;
+  t.ok(sent <= 4, `200 changes in ${sent} datagrams (at most ${BATCH_MAX_MESSAGES} a datagram)`);
+  t.equal(sock.batchedMessages, 200, 'every change went in a batch');
+  const acks = kernel.delivered.filter((x) => x.startsWith('ack')).length;
+  t.ok(acks <= sent + 1, `one answer per batch, not per change (${acks} answers)`);
+  t.equal((await ipvs.destinations(svc(1))).length, 200, 'and every change was applied');
+});
+
+t.test('in a batch, each change settles on its own: an error anywhere fails that one only', async (t) => {
+  const { ipvs } = await client();
+  await ipvs.addDestination(svc(1), dest(5));
+  await ipvs.addDestination(svc(1), dest(9));
+  // 10 adds in one turn: the 6th (index 5) and the last (index 9) exist already.
+  const r = await Promise.all(
+    Array.from({ length: 10 }, (_, i) =>
+      ipvs.addDestination(svc(1), dest(i)).then(
+        () => 'ok',
+        (e: unknown) => (e instanceof IpvsError ? e.code : String(e)),
+      ),
+    ),
+  );
+  t.same(
+    r,
+    ['ok', 'ok', 'ok', 'ok', 'ok', 'EEXIST', 'ok', 'ok', 'ok', 'EEXIST'],
+    'the two existing ones, and only they',
+  );
+  const dels = await Promise.all(
+    [1, 2, 3, 77].map((i) =>
+      ipvs.deleteDestination(svc(1), dest(i)).then(
+        () => 'ok',
+        (e: unknown) => (e instanceof IpvsError ? e.code : String(e)),
+      ),
+    ),
+  );
+  t.same(dels, ['ok', 'ok', 'ok', 'ENOENT'], 'deletes too, the failing one last');
+  t.equal((await ipvs.destinations(svc(1))).length, 7, 'the kernel holds what succeeded');
+});
+
+t.test('a dump issued after changes sees them: the pending batch goes first', async (t) => {
+  const { ipvs } = await client({ perChunk: 4 });
+  const adds = Array.from({ length: 30 }, (_, i) => ipvs.addDestination(svc(2), dest(i)));
+  const list = ipvs.destinations(svc(2)); // same turn, after the adds
+  t.equal((await list).length, 30, 'the dump holds all 30');
+  await Promise.all(adds);
+});
+
+t.test('a batch whose answer never comes fails every change in it at the timeout', async (t) => {
+  const kernel = new FakeNetlinkKernel();
+  const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket, timeoutMs: 300 });
+  kernel.closed = true; // answers nothing from now on
+  const r = await Promise.all(
+    Array.from({ length: 5 }, (_, i) =>
+      ipvs.addDestination(svc(3), dest(i)).then(
+        () => 'ok',
+        (e: unknown) => (e instanceof IpvsError ? e.code : String(e)),
+      ),
+    ),
+  );
+  t.same(r, Array(5).fill('ETIMEDOUT'), 'none is taken for a success');
+  t.equal(ipvsSocket(ipvs).waiting, 0, 'and none is still waited for');
+});
+
+t.test('a lost read during a batch fails the changes whose answer was not in yet', async (t) => {
+  const { kernel, ipvs } = await client();
+  const r = Array.from({ length: 5 }, (_, i) =>
+    ipvs.addDestination(svc(4), dest(i)).then(
+      () => 'ok',
+      (e: unknown) => (e instanceof IpvsError ? e.code : String(e)),
+    ),
+  );
+  // Sent at the end of this turn (setImmediate); the kernel answers on the next one.
+  await new Promise((res) => setImmediate(res));
+  kernel.emit('error', Object.assign(new Error('no buffer space'), { errno: 105, code: 'ENOBUFS' }));
+  t.same(await Promise.all(r), Array(5).fill('ENOBUFS'), 'their fate is unknown: each fails, to be retried');
+});
+
+t.test('a batch is refused by the send: every change in it fails with the error', async (t) => {
+  const { kernel, ipvs } = await client();
+  const send = kernel.send.bind(kernel);
+  kernel.send = (_d, _o, cb) => cb?.(Object.assign(new Error('sendmsg: no buffer space'), { errno: 105 }));
+  const r = await Promise.all(
+    Array.from({ length: 3 }, (_, i) =>
+      ipvs.addDestination(svc(5), dest(i)).then(
+        () => 'ok',
+        () => 'failed',
+      ),
+    ),
+  );
+  t.same(r, ['failed', 'failed', 'failed']);
+  kernel.send = send;
+  await ipvs.addDestination(svc(5), dest(1));
+  t.equal((await ipvs.destinations(svc(5))).length, 1, 'the socket goes on');
 });

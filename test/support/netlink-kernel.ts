@@ -12,6 +12,7 @@ import { decodeGenl } from '../../src/dataplane/ipvs/codec.ts';
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 const NLM_F_MULTI = 0x2;
+const NLM_F_ACK = 0x4;
 const NLM_F_DUMP = 0x300;
 const GENL_ID_CTRL = 0x10;
 export const IPVS_FAMILY_ID = 0x2a;
@@ -91,7 +92,11 @@ export class FakeNetlinkKernel extends EventEmitter {
     return 1 << 20;
   }
 
+  /** Datagrams received from the socket. */
+  datagrams = 0;
+
   send(data: Uint8Array | Uint8Array[], _options: unknown, cb?: (e?: Error) => void): void {
+    this.datagrams++;
     const buf = Buffer.concat((Array.isArray(data) ? data : [data]).map((d) => Buffer.from(d)));
     for (const m of parseMessages(buf)) this.#handle(m.type, m.flags, m.seq, m.data);
     cb?.();
@@ -100,6 +105,11 @@ export class FakeNetlinkKernel extends EventEmitter {
 
   #ack(seq: number, errno = 0): Buffer {
     return message(NLMSG_ERROR, 0, seq, Buffer.concat([s32(-errno), header(16, IPVS_FAMILY_ID, 0, seq)]));
+  }
+
+  /** A change's answer, as netlink_rcv_skb gives it: an error always, success only when NLM_F_ACK asked for it. */
+  #answer(flags: number, seq: number, errno: number): void {
+    if (errno !== 0 || flags & NLM_F_ACK) this.#queue.push(this.#ack(seq, errno));
   }
 
   #handle(type: number, flags: number, seq: number, data: Buffer): void {
@@ -127,7 +137,7 @@ export class FakeNetlinkKernel extends EventEmitter {
     this.dests.set(svc, table);
     if (g.cmd === Cmd.NEW_DEST && dest) {
       const k = destKey(dest);
-      if (table.has(k)) return void this.#queue.push(this.#ack(seq, 17));
+      if (table.has(k)) return this.#answer(flags, seq, 17);
       table.set(
         k,
         Buffer.concat([
@@ -137,10 +147,10 @@ export class FakeNetlinkKernel extends EventEmitter {
           attr(DestAttr.PERSIST_CONNS, s32(0)),
         ]),
       );
-      return void this.#queue.push(this.#ack(seq));
+      return this.#answer(flags, seq, 0);
     }
     if (g.cmd === Cmd.DEL_DEST && dest) {
-      return void this.#queue.push(this.#ack(seq, table.delete(destKey(dest)) ? 0 : 2));
+      return this.#answer(flags, seq, table.delete(destKey(dest)) ? 0 : 2);
     }
     if (g.cmd === Cmd.GET_DEST && (flags & NLM_F_DUMP) === NLM_F_DUMP) {
       const per = this.o.perChunk ?? 3;
@@ -164,7 +174,7 @@ export class FakeNetlinkKernel extends EventEmitter {
       if (chunks.length) this.#dumps.set(first, chunks);
       return;
     }
-    this.#queue.push(this.#ack(seq, 95 /* EOPNOTSUPP: not modelled */));
+    this.#answer(flags, seq, 95 /* EOPNOTSUPP: not modelled */);
   }
 
   #schedule(): void {

@@ -9,6 +9,8 @@ import {
   NLMSG_ERROR,
   NLMSG_NOOP,
   openGenericNetlink,
+  type DemuxNetlinkSocket,
+  type NetlinkRequestOptions,
   type RawSocket,
 } from '../netlink.ts';
 import {
@@ -153,6 +155,11 @@ export class NetlinkIpvs implements Ipvs {
     return (await this.#requestRaw(op, cmd, attrs, dump)).map(decodeGenl);
   }
 
+  /** A change (add, set, delete, zero, flush): batched with the others of this turn (DemuxNetlinkSocket.request). */
+  async #change(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1]): Promise<void> {
+    await this.#send(op, cmd, attrs, false, true);
+  }
+
   /** The replies' genl payloads, undecoded. */
   #requestRaw(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump = false): Promise<Buffer[]> {
     if (!dump) return this.#send(op, cmd, attrs, false);
@@ -161,14 +168,22 @@ export class NetlinkIpvs implements Ipvs {
     return run;
   }
 
-  async #send(op: string, cmd: number, attrs: Parameters<typeof encodeRequest>[1], dump: boolean): Promise<Buffer[]> {
+  async #send(
+    op: string,
+    cmd: number,
+    attrs: Parameters<typeof encodeRequest>[1],
+    dump: boolean,
+    batch = false,
+  ): Promise<Buffer[]> {
     let msgs;
     try {
-      [msgs] = await this.#sock.socket.request(this.#family, encodeRequest(cmd, attrs), {
+      const options: NetlinkRequestOptions = {
         flags: dump ? FlagsGet.DUMP : 0,
         timeout: this.#timeout,
         checkError: false,
-      });
+        batch,
+      };
+      [msgs] = await this.#sock.socket.request(this.#family, encodeRequest(cmd, attrs), options);
     } catch (e) {
       const m = (e as Error).message;
       if (/Timeout/.test(m)) throw new IpvsError(op, 0, 'ETIMEDOUT', `no answer within ${this.#timeout} ms`);
@@ -217,15 +232,15 @@ export class NetlinkIpvs implements Ipvs {
   }
 
   async addService(s: IpvsService): Promise<void> {
-    await this.#request(`add service ${serviceId(s)}`, Cmd.NEW_SERVICE, [serviceAttr(s)]);
+    await this.#change(`add service ${serviceId(s)}`, Cmd.NEW_SERVICE, [serviceAttr(s)]);
   }
 
   async updateService(s: IpvsService): Promise<void> {
-    await this.#request(`update service ${serviceId(s)}`, Cmd.SET_SERVICE, [serviceAttr(s)]);
+    await this.#change(`update service ${serviceId(s)}`, Cmd.SET_SERVICE, [serviceAttr(s)]);
   }
 
   async deleteService(key: ServiceKey): Promise<void> {
-    await this.#request(`delete service ${serviceId(key)}`, Cmd.DEL_SERVICE, [serviceKeyAttr(key)]);
+    await this.#change(`delete service ${serviceId(key)}`, Cmd.DEL_SERVICE, [serviceKeyAttr(key)]);
   }
 
   async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
@@ -265,21 +280,21 @@ export class NetlinkIpvs implements Ipvs {
   }
 
   async addDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
-    await this.#request(`add destination ${d.address}:${d.port} to ${serviceId(key)}`, Cmd.NEW_DEST, [
+    await this.#change(`add destination ${d.address}:${d.port} to ${serviceId(key)}`, Cmd.NEW_DEST, [
       serviceKeyAttr(key),
       destinationAttr(d),
     ]);
   }
 
   async updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
-    await this.#request(`update destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.SET_DEST, [
+    await this.#change(`update destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.SET_DEST, [
       serviceKeyAttr(key),
       destinationAttr(d),
     ]);
   }
 
   async deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void> {
-    await this.#request(`delete destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.DEL_DEST, [
+    await this.#change(`delete destination ${d.address}:${d.port} of ${serviceId(key)}`, Cmd.DEL_DEST, [
       serviceKeyAttr(key),
       destinationKeyAttr(d),
     ]);
@@ -301,6 +316,11 @@ export class NetlinkIpvs implements Ipvs {
 
   async flush(): Promise<void> {
     await this.#request('flush', Cmd.FLUSH, []);
+  }
+
+  /** The netlink socket underneath (its counters: batches sent, requests waiting...). */
+  get socket(): DemuxNetlinkSocket {
+    return this.#sock.socket as DemuxNetlinkSocket;
   }
 
   close(): void {
