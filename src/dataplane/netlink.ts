@@ -39,6 +39,8 @@ export interface SocketOptions {
 
 /** A dump's parts carry NLM_F_DUMP_INTR when the kernel's table changed while it was dumped. */
 export const NLM_F_DUMP_INTR = 0x10;
+/** NLM_F_ROOT | NLM_F_MATCH: a dump request. */
+const NLM_F_DUMP: number = FlagsGet.DUMP;
 
 /**
  * A request's options, plus `batch`: a change (not a dump, not a query whose answer is data) that may go to the
@@ -178,7 +180,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     data: Uint8Array | Uint8Array[],
     options?: NetlinkRequestOptions,
   ): Promise<[NetlinkMessage[], MessageInfo]> {
-    const dump = ((options?.flags ?? 0) & FlagsGet.DUMP) === FlagsGet.DUMP;
+    const dump = ((options?.flags ?? 0) & NLM_F_DUMP) === NLM_F_DUMP;
     if (options?.batch && !dump && !options.port && !options.groups && options.seq === undefined)
       return this.#enqueue(type, data, options);
     // What was queued before goes first: a request never overtakes a change issued before it.
