@@ -6,7 +6,7 @@
 //     service dump and one destination dump per service, as the resync reads it);
 //  4. endpoint changes while a full resync runs, written alongside it (syncDestinations, as the
 //     daemon does): change -> kernel, median/p99, next to the resync's own duration.
-// PROFILE=1: a CPU profile of the idle resync, the top functions by self time.
+// PROFILE=cold,idle (1: idle): CPU profiles of the cold start and of the idle resync, top functions by self time.
 // The /metrics scrape at that scale is perf/scrape.lab.ts (npm run bench:lab:scrape).
 // Under TCG every number is inflated by emulation: read the ratios, not the absolute times.
 import { execFileSync } from 'node:child_process';
@@ -80,19 +80,69 @@ planner.planAll();
 const plan = planner.snapshot();
 const dests = plan.virtualServers.reduce((n, v) => n + v.realServers.length, 0);
 
-// ipvsadm -R of the same virtual servers.
+// The floor: `ipvsadm -R` of the same virtual servers and `ip -batch` binding the same addresses to a dummy
+// interface, in a network namespace of their own, deleted afterwards. Not in this one, then flushed: the kernel keeps
+// deleted destinations in a trash list for two to four minutes (ip_vs_dest_trash_expire) and walks that list on
+// every destination it adds (ip_vs_trash_get_dest), so whatever is programmed next right after a flush of 100 000
+// destinations runs up to twice as slow. (Earlier runs of this benchmark flushed here before kube-ipvs' cold start:
+// that was the "superlinear" part of its cold start.) Deleting a namespace frees its IPVS state at once.
 const rules: string[] = [];
 for (const vs of plan.virtualServers) {
   rules.push(`-A -t ${hostPort(vs.address, vs.port)} -s ${vs.scheduler}`);
   for (const rs of vs.realServers)
     rules.push(`-a -t ${hostPort(vs.address, vs.port)} -r ${hostPort(rs.address, rs.port)} -m -w ${rs.weight}`);
 }
-const ipvs = await NetlinkIpvs.open({ timeoutMs: 60_000 });
-await ipvs.flush();
+const FLOOR_NS = 'kipvs-floor';
+const inFloor = (cmd: string, args: string[], input?: string) =>
+  execFileSync('ip', ['netns', 'exec', FLOOR_NS, cmd, ...args], { input, maxBuffer: 1 << 26 });
+execFileSync('ip', ['netns', 'add', FLOOR_NS]);
+inFloor('ip', ['link', 'add', 'kipvs-floor0', 'type', 'dummy']);
 let t0 = performance.now();
-execFileSync('ipvsadm', ['-R'], { input: rules.join('\n') + '\n', maxBuffer: 1 << 26 });
+inFloor('ipvsadm', ['-R'], rules.join('\n') + '\n');
 const ipvsadmMs = performance.now() - t0;
-await ipvs.flush();
+t0 = performance.now();
+inFloor(
+  'ip',
+  ['-batch', '-'],
+  plan.addresses.map((a) => `address add ${a}/${a.includes(':') ? 128 : 32} dev kipvs-floor0\n`).join(''),
+);
+const ipAddrMs = performance.now() - t0;
+execFileSync('ip', ['netns', 'del', FLOOR_NS]);
+// The namespace's state is freed by a kernel worker: give it time before measuring anything else.
+await new Promise((r) => setTimeout(r, 10_000));
+const ipvs = await NetlinkIpvs.open({ timeoutMs: 60_000 });
+
+// PROFILE=cold,idle: CPU profiles of the cold start and of the idle resync, the top functions by self time.
+const profiles = new Set((process.env.PROFILE ?? '').split(',').filter(Boolean));
+if (profiles.has('1')) profiles.add('idle');
+const tops: string[] = [];
+async function profiled<T>(name: string, f: () => Promise<T>): Promise<T> {
+  if (!profiles.has(name)) return f();
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  const r = await f();
+  const { profile: p } = await session.post('Profiler.stop');
+  const self = new Map<string, number>();
+  const dt = new Map<number, number>();
+  p.samples?.forEach((id, k) => dt.set(id, (dt.get(id) ?? 0) + (p.timeDeltas?.[k] ?? 0)));
+  for (const n of p.nodes) {
+    const f = n.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (dt.get(n.id) ?? 0));
+  }
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  tops.push(
+    `  ${name} profile, self time:`,
+    ...[...self]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 20)
+      .map(([k, us]) => `    ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`),
+  );
+  session.disconnect();
+  return r;
+}
 
 // kube-ipvs from cold: the same virtual servers plus their addresses on the dummy interface.
 const links = new NetlinkLinks({ timeoutMs: 60_000 });
@@ -118,7 +168,9 @@ const coldPlans = new Map(
   [...planner.plans()].map(([k, p]) => [k, process.env.NOADDR === '1' ? { ...p, addresses: [] } : p]),
 );
 t0 = performance.now();
-const cold = await rec.sync({ full: true, plans: coldPlans, addressInUse: (a) => planner.addressInUse(a) });
+const cold = await profiled('cold', () =>
+  rec.sync({ full: true, plans: coldPlans, addressInUse: (a) => planner.addressInUse(a) }),
+);
 const coldMs = performance.now() - t0;
 if (cold.errors.length) throw new Error(`cold sync errors: ${JSON.stringify(cold.errors.slice(0, 3))}`);
 const programmed = (await ipvs.services()).length;
@@ -146,37 +198,11 @@ const listMs = performance.now() - t0;
 const listedDests = listing.split('\n').filter((l) => l.includes('->') && !l.includes('RemoteAddress')).length;
 
 // A full resync with nothing to change (the periodic syncPeriod cost at this scale).
-const profile = process.env.PROFILE === '1' ? new Session() : null;
-if (profile) {
-  profile.connect();
-  await profile.post('Profiler.enable');
-  await profile.post('Profiler.start');
-}
 t0 = performance.now();
-const idle = await rec.sync({
-  full: true,
-  plans: new Map(planner.plans()),
-  addressInUse: (a) => planner.addressInUse(a),
-});
+const idle = await profiled('idle', () =>
+  rec.sync({ full: true, plans: new Map(planner.plans()), addressInUse: (a) => planner.addressInUse(a) }),
+);
 const idleMs = performance.now() - t0;
-let top: string[] = [];
-if (profile) {
-  const { profile: p } = await profile.post('Profiler.stop');
-  const self = new Map<string, number>();
-  const dt = new Map<number, number>();
-  p.samples?.forEach((id, k) => dt.set(id, (dt.get(id) ?? 0) + (p.timeDeltas?.[k] ?? 0)));
-  for (const n of p.nodes) {
-    const f = n.callFrame;
-    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + (dt.get(n.id) ?? 0));
-  }
-  const total = [...self.values()].reduce((a, b) => a + b, 0);
-  top = [...self]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 15)
-    .map(([k, us]) => `    ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`);
-  profile.disconnect();
-}
 
 // Endpoint changes while a full resync runs, each written alongside it as the daemon does.
 const during: number[] = [];
@@ -208,7 +234,9 @@ console.log(
   `  kube-ipvs cold start (+ dummy addresses)    ${(coldMs / 1000).toFixed(1)} s   (${cold.operations} operations, ${programmed} services in the kernel)`,
 );
 if (!Number.isNaN(addrMs)) console.log(`  (diagnostic) addresses alone               ${(addrMs / 1000).toFixed(1)} s`);
+console.log(`  ip -batch of the same addresses             ${(ipAddrMs / 1000).toFixed(1)} s`);
 console.log(`  cold start / ipvsadm -R                     ${(coldMs / ipvsadmMs).toFixed(2)}x`);
+console.log(`  cold start / (ipvsadm -R + ip -batch)       ${(coldMs / (ipvsadmMs + ipAddrMs)).toFixed(2)}x`);
 console.log(
   `  one endpoint change -> kernel, median       ${median(lat).toFixed(2)} ms   (p99 ${pct(lat, 0.99).toFixed(2)} ms, ${CHANGES} changes)`,
 );
@@ -220,7 +248,7 @@ console.log(
   `  ipvsadm -Ln of the same state               ${(listMs / 1000).toFixed(1)} s   (${listedDests} destinations listed)`,
 );
 console.log(`  idle full resync / ipvsadm -Ln              ${(idleMs / listMs).toFixed(2)}x`);
-if (top.length) console.log(`  idle resync profile, self time:\n${top.join('\n')}`);
+if (tops.length) console.log(tops.join('\n'));
 console.log(
   `  endpoint change during a full resync        ${during.length ? median(during).toFixed(2) : '-'} ms median   (p99 ${during.length ? pct(during, 0.99).toFixed(2) : '-'} ms, ${during.length} changes; the resync took ${(busyMs / 1000).toFixed(1)} s, ${busy.errors.length} errors)`,
 );

@@ -458,7 +458,14 @@ export class Daemon {
       errors: r.errors.length,
       durationMs: Math.round(r.durationMs),
       netfilterMs: Math.round(netfilterMs),
+      ...(r.kernelRead ? { kernelRead: r.kernelRead } : {}),
     };
+    if (r.tableProblem !== undefined)
+      log.warn(
+        'could not read the IPVS table in one go; listing each virtual server instead',
+        { error: r.tableProblem },
+        'ipvs-table',
+      );
     if (r.errors.length > 0) {
       // Keep the failed Services dirty for the runner's retry (with backoff); an error not tied to
       // one Service (the dummy interface...) keeps them all. A failed full sync is retried full.

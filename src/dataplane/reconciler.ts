@@ -29,6 +29,12 @@ export interface SyncResult {
   durationMs: number;
   /** UDP flows that now point nowhere: a destination or a whole virtual server removed (for conntrack cleanup). */
   staleUdp: StaleUdp[];
+  /**
+   * A full sync: how it read the kernel's destinations ('table': /proc/net/ip_vs in one read; 'dumps': a dump per
+   * virtual server), and why not the table when it could not (`tableProblem`).
+   */
+  kernelRead?: 'table' | 'dumps';
+  tableProblem?: string;
 }
 
 /** Conntrack entries to a UDP virtual server (from one removed endpoint, or all when `endpoint` is absent). */
@@ -149,6 +155,8 @@ export class Reconciler {
       errors: run.errors,
       durationMs: this.#o.clock.now() - started,
       staleUdp: run.staleUdp,
+      ...(req.full && this.#index !== null ? { kernelRead: run.kernelRead } : {}),
+      ...(run.tableProblem !== undefined ? { tableProblem: run.tableProblem } : {}),
     };
   }
 
@@ -205,8 +213,17 @@ export class Reconciler {
       return; // without the kernel's view, a full sync would guess; retry instead
     }
     const byId = new Map(kernel.map((s) => [serviceId(s), s]));
+    // Every destination in one read (/proc/net/ip_vs) instead of a dump per virtual server; what the table does not
+    // show, or a table that cannot be read, is dumped per virtual server as before.
+    let table: Map<string, IpvsDestination[]> | null = null;
+    try {
+      table = await this.#ipvs.destinationTable(kernel);
+      run.kernelRead = 'table';
+    } catch (e) {
+      run.tableProblem = (e as Error).message;
+    }
     await pool([...desired.values()], this.#o.concurrency, (d) =>
-      this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run),
+      this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run, table?.get(d.id)),
     );
     for (const [id, s] of byId) {
       if (desired.has(id) || !this.#isOurs(s)) continue;
@@ -447,7 +464,8 @@ export class Reconciler {
     this.#vsOwner.delete(id);
   }
 
-  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run): Promise<void> {
+  /** `known`: the virtual server's destinations as a whole-table read found them (else they are dumped). */
+  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run, known?: IpvsDestination[]): Promise<void> {
     let kernelDests: IpvsDestination[] = [];
     if (!have) {
       this.#own(this.#owned.services, d.id, true);
@@ -475,7 +493,7 @@ export class Reconciler {
         }
       }
       try {
-        kernelDests = await this.#ipvs.destinations(d.service);
+        kernelDests = known ?? (await this.#ipvs.destinations(d.service));
       } catch (e) {
         run.fail(`list destinations of ${d.id}`, e, d.owner);
         return;
@@ -548,6 +566,10 @@ export class Reconciler {
 /** One sync's counters and errors. */
 class Run {
   ops = 0;
+  /** How a full sync read the destinations: one whole-table read, or a dump per virtual server. */
+  kernelRead: 'table' | 'dumps' = 'dumps';
+  /** Why the whole-table read was not used. */
+  tableProblem?: string;
   readonly errors: OpError[] = [];
   readonly staleUdp: StaleUdp[] = [];
   readonly #report: (e: OpError) => void;

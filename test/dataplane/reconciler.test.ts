@@ -403,3 +403,68 @@ t.test(
     );
   },
 );
+
+t.test('a full sync reads every destination in one table read and repairs drift from it', async (t) => {
+  const { h } = await started();
+  const expected = await h.kernel();
+  const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+  const np = { family: 4 as const, protocol: 'TCP' as const, address: '192.168.1.10', port: 30080 };
+  const udp = { family: 4 as const, protocol: 'UDP' as const, address: '10.96.0.10', port: 53 };
+  const d = (address: string, port: number, weight = 1) => ({
+    family: 4 as const,
+    address,
+    port,
+    fwdMethod: 0,
+    weight,
+    upperThreshold: 0,
+    lowerThreshold: 0,
+  });
+  // Behind our back: a weight changed, a destination deleted, a stranger added to one of ours.
+  await h.ipvs.updateDestination(vip, d('10.0.0.1', 8080, 5));
+  await h.ipvs.deleteDestination(np, d('10.0.0.2', 8080));
+  await h.ipvs.addDestination(udp, d('10.0.1.9', 53));
+  const reads = h.ipvs.tableReads;
+  const dumps = h.ipvs.destinationListings;
+  const n = h.ipvs.ops.length;
+  const r = await h.full();
+  t.same(r.errors, []);
+  t.equal(r.kernelRead, 'table', 'said how it read the kernel');
+  t.equal(h.ipvs.tableReads, reads + 1, 'one table read');
+  t.equal(h.ipvs.destinationListings, dumps, 'and no dump per virtual server');
+  t.same(
+    h.opsSince(n).sort(),
+    [
+      'addDestination TCP/192.168.1.10:30080 10.0.0.2:8080 w1',
+      'deleteDestination UDP/10.96.0.10:53 10.0.1.9:53',
+      'updateDestination TCP/10.96.0.1:80 10.0.0.1:8080 w1',
+    ],
+    'exactly the three repairs',
+  );
+  t.same(await h.kernel(), expected, 'the kernel as planned again');
+});
+
+t.test('a table that cannot be read: each virtual server is dumped instead, and the sync says why', async (t) => {
+  const { h } = await started();
+  const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+  await h.ipvs.updateDestination(vip, {
+    family: 4,
+    address: '10.0.0.2',
+    port: 8080,
+    fwdMethod: 0,
+    weight: 7,
+    upperThreshold: 0,
+    lowerThreshold: 0,
+  });
+  h.ipvs.tableFailure = 'EBADMSG';
+  const dumps = h.ipvs.destinationListings;
+  const r = await h.full();
+  t.same(r.errors, [], 'not a failed sync');
+  t.equal(r.kernelRead, 'dumps');
+  t.match(r.tableProblem, /EBADMSG/);
+  t.equal(h.ipvs.destinationListings, dumps + 3, 'one dump per virtual server');
+  t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.1:8080=1', '10.0.0.2:8080=1'], 'and the drift repaired');
+  h.ipvs.tableFailure = null;
+  const again = await h.full();
+  t.equal(again.kernelRead, 'table', 'back to the table once it reads');
+  t.equal(again.tableProblem, undefined);
+});

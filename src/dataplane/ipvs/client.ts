@@ -1,6 +1,7 @@
 // The IPVS kernel interface: one small async API, implemented over generic netlink here and in
 // memory by fake.ts. Every request has a timeout; kernel errors become IpvsError with the errno
 // and the operation, never a hang and never a bare string.
+import { open } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { FlagsGet, genl, parseError, type GenericNetlinkSocket } from 'netlink';
 import {
@@ -30,6 +31,7 @@ import {
   type GenlMessage,
 } from './codec.ts';
 import { Cmd, CmdAttr, IPVS_GENL_NAME } from './constants.ts';
+import { destinationsByService, IPVS_PROC_PATH, parseIpvsProc } from './procfs.ts';
 import {
   serviceId,
   type DestinationCounters,
@@ -49,6 +51,12 @@ export interface Ipvs {
   updateService(s: IpvsService): Promise<void>;
   deleteService(key: ServiceKey): Promise<void>;
   destinations(key: ServiceKey): Promise<IpvsDestination[]>;
+  /**
+   * The destinations of each of `services` (a service dump) read in one go from /proc/net/ip_vs (procfs.ts says what
+   * that view leaves out), by serviceId; a service it does not show unambiguously is missing from the map. Fails
+   * when the table cannot be read or parsed: the caller then dumps destinations per service.
+   */
+  destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>>;
   /** The services' keys and counters only: what a metrics scrape reads (cheaper than services()). */
   serviceCounters(): Promise<ServiceCounters[]>;
   /** One service's destinations' counters and state only. */
@@ -98,6 +106,8 @@ export interface NetlinkIpvsOptions {
   readBufferBytes?: number;
   /** An open raw netlink socket to talk over (tests: an in-memory kernel). */
   raw?: RawSocket;
+  /** Where destinationTable reads the whole table (default /proc/net/ip_vs). */
+  procPath?: string;
 }
 
 /** `readBufferBytes` for a socket that mostly dumps (metrics scrapes, `kube-ipvs status`). */
@@ -107,13 +117,15 @@ export class NetlinkIpvs implements Ipvs {
   readonly #sock: GenericNetlinkSocket;
   readonly #family: number;
   readonly #timeout: number;
+  readonly #procPath: string;
   /** The kernel runs one dump per netlink socket at a time (a second one gets EBUSY): queue them. */
   #dumpQueue: Promise<unknown> = Promise.resolve();
 
-  private constructor(sock: GenericNetlinkSocket, family: number, timeout: number) {
+  private constructor(sock: GenericNetlinkSocket, family: number, timeout: number, procPath: string) {
     this.#sock = sock;
     this.#family = family;
     this.#timeout = timeout;
+    this.#procPath = procPath;
   }
 
   /** Opens a socket and resolves the IPVS family; fails with ENOENT when ip_vs is not loaded. */
@@ -134,7 +146,7 @@ export class NetlinkIpvs implements Ipvs {
       const fams = await sock.ctrlRequest(genl.Commands.GET_FAMILY, { familyName: IPVS_GENL_NAME }, { timeout });
       const id = fams[0]?.familyId;
       if (!id) throw new IpvsError('resolve family', 2, 'ENOENT', 'no IPVS generic netlink family');
-      return new NetlinkIpvs(sock, id, timeout);
+      return new NetlinkIpvs(sock, id, timeout, opts.procPath ?? IPVS_PROC_PATH);
     } catch (e) {
       sock.socket.close();
       if (e instanceof IpvsError) throw e;
@@ -256,6 +268,22 @@ export class NetlinkIpvs implements Ipvs {
     });
   }
 
+  async destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>> {
+    const op = `read ${this.#procPath}`;
+    let text: string;
+    try {
+      text = await readProcText(this.#procPath);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+      throw new IpvsError(op, Number(osConstants.errno[code as keyof typeof osConstants.errno] ?? 5), code);
+    }
+    try {
+      return destinationsByService(parseIpvsProc(text), services);
+    } catch (e) {
+      throw new IpvsError(op, 74, 'EBADMSG', (e as Error).message);
+    }
+  }
+
   async serviceCounters(): Promise<ServiceCounters[]> {
     const out: ServiceCounters[] = [];
     for (const p of await this.#requestRaw('list service counters', Cmd.GET_SERVICE, [], true)) {
@@ -325,5 +353,32 @@ export class NetlinkIpvs implements Ipvs {
 
   close(): void {
     this.#sock.socket.close();
+  }
+}
+
+/** Cap on the table's text: about 60 bytes a destination, so room for over a million. */
+const PROC_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A /proc file's whole text, read in large pieces: the kernel walks its tables from the start at every read of a
+ * seq_file, so few reads of much beat many small ones.
+ */
+async function readProcText(path: string): Promise<string> {
+  const f = await open(path, 'r');
+  try {
+    const parts: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(1 << 20);
+      const { bytesRead } = await f.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      parts.push(buf.subarray(0, bytesRead));
+      total += bytesRead;
+      if (total > PROC_MAX_BYTES)
+        throw Object.assign(new Error(`${path}: over ${PROC_MAX_BYTES} bytes`), { code: 'EFBIG' });
+    }
+    return Buffer.concat(parts, total).toString('latin1');
+  } finally {
+    await f.close();
   }
 }

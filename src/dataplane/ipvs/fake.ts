@@ -1,6 +1,7 @@
 // An in-memory IPVS with the kernel's semantics and error codes, for tests and dry runs.
 // It records every mutating call, so tests can assert "the minimal set of operations".
 import { IpvsError, type Ipvs } from './client.ts';
+import { destinationsByService, parseIpvsProc, renderIpvsProc } from './procfs.ts';
 import {
   destinationCountersOf,
   destinationId,
@@ -116,8 +117,25 @@ export class FakeIpvs implements Ipvs {
     this.ops.push({ op: 'deleteService', service: id });
   }
 
+  /** destinations() calls so far (a dump per virtual server on a real kernel). */
+  destinationListings = 0;
+
   async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
+    this.destinationListings++;
     return [...this.#get('list destinations of', key).dests.values()].map((d) => structuredClone(d));
+  }
+
+  /** Make destinationTable fail with this code (a node whose /proc/net/ip_vs cannot be read or parsed). */
+  tableFailure: string | null = null;
+  /** destinationTable calls so far. */
+  tableReads = 0;
+
+  /** Through the kernel's /proc/net/ip_vs text (procfs.ts), so what that view leaves out is left out here too. */
+  async destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>> {
+    this.tableReads++;
+    if (this.tableFailure) throw new IpvsError('read /proc/net/ip_vs', 0, this.tableFailure, 'injected');
+    const entries = [...this.#svcs.values()].map((e) => ({ svc: e.svc, dests: e.dests.values() }));
+    return destinationsByService(parseIpvsProc(renderIpvsProc(entries)), services);
   }
 
   async serviceCounters(): Promise<ServiceCounters[]> {

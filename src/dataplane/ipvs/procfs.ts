@@ -1,0 +1,192 @@
+// The whole IPVS table in one read: /proc/net/ip_vs lists every virtual service of the network namespace with its
+// destinations, their forwarding method, weight and connection counts, which is what a full resync compares. Reading
+// it costs the kernel one walk of its tables and us one parse; the netlink alternative is a destination dump per
+// virtual service (ipvsadm -Ln does that too: 10 000 round trips at 10 000 Services).
+//
+// What the file does not show, and so is not checked this way: a destination's upper and lower connection
+// thresholds (taken as 0: kube-ipvs never sets them), the bypass forwarding method (shown as "Masq"), and the
+// family of a firewall-mark service (resolved by the caller from the netlink service dump). Service attributes
+// (scheduler, flags, persistence) come from the netlink service dump, never from here.
+//
+// The text is the kernel's, but it is parsed as strictly as anything from outside: a line of any other shape fails
+// the whole read (CodecError), and the caller falls back to netlink dumps.
+import { formatIP, parseIP } from '../../util/ip.ts';
+import { CodecError } from './codec.ts';
+import { FwdMethod } from './constants.ts';
+import type { IpvsDestination, IpvsService } from './types.ts';
+import { serviceId } from './types.ts';
+
+export const IPVS_PROC_PATH = '/proc/net/ip_vs';
+
+/** What /proc/net/ip_vs names a forwarding method (ip_vs_fwd_name). */
+const FWD_BY_NAME: Record<string, number> = {
+  Masq: FwdMethod.MASQ,
+  Local: FwdMethod.LOCALNODE,
+  Tunnel: FwdMethod.TUNNEL,
+  Route: FwdMethod.DROUTE,
+};
+
+/**
+ * The file's virtual services: "TCP/10.96.0.1:80" and "UDP/[fd00::1]:53" as serviceId writes them, and "FWM/<mark>"
+ * for a firewall-mark service of either family (`fwmarks` counts how many services carry each mark).
+ */
+export interface ProcTable {
+  services: Map<string, IpvsDestination[]>;
+  fwmarks: Map<number, number>;
+}
+
+const HEX = /^[0-9A-F]+$/;
+
+function hex(s: string, digits: number, what: string, line: number): number {
+  if (s.length !== digits || !HEX.test(s)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad ${what}`);
+  return parseInt(s, 16);
+}
+
+/** "0A600001:0050" or "[fd00:0000:...:0001]:0050": canonical address text, family and port. */
+function hostPort(s: string, line: number): { family: 4 | 6; address: string; port: number } {
+  const colon = s.lastIndexOf(':');
+  if (colon < 0) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: no port`);
+  const port = hex(s.slice(colon + 1), 4, 'port', line);
+  const host = s.slice(0, colon);
+  if (host.startsWith('[') && host.endsWith(']')) {
+    const p = parseIP(host.slice(1, -1));
+    if (!p || p.family !== 6) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad IPv6 address`);
+    return { family: 6, address: formatIP(p), port };
+  }
+  const n = hex(host, 8, 'IPv4 address', line);
+  return { family: 4, address: `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`, port };
+}
+
+/** An unsigned decimal the kernel printed with %d. */
+function decimal(s: string | undefined, what: string, line: number): number {
+  const n = s !== undefined && /^\d{1,10}$/.test(s) ? Number(s) : NaN;
+  if (!Number.isSafeInteger(n)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad ${what}`);
+  return n;
+}
+
+/** Parses the file's text; throws CodecError on anything it does not recognise. */
+export function parseIpvsProc(text: string): ProcTable {
+  const services = new Map<string, IpvsDestination[]>();
+  const fwmarks = new Map<number, number>();
+  let current: IpvsDestination[] | null = null;
+  let line = 0;
+  let at = 0;
+  while (at < text.length) {
+    let end = text.indexOf('\n', at);
+    if (end < 0) end = text.length;
+    const l = text.slice(at, end);
+    at = end + 1;
+    line++;
+    if (line <= 3) {
+      // "IP Virtual Server version ...", then the two column headings.
+      const want = ['IP Virtual Server version ', 'Prot LocalAddress:Port', '  -> RemoteAddress:Port'][line - 1]!;
+      if (!l.startsWith(want)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unexpected heading`);
+      continue;
+    }
+    if (l.startsWith('  -> ')) {
+      // "  -> 0A800001:1F90      Masq    1      0          0"
+      if (!current) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: a destination before any service`);
+      const f = l.slice(5).split(' ').filter(Boolean);
+      if (f.length !== 5) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: ${f.length} fields, not 5`);
+      const { family, address, port } = hostPort(f[0]!, line);
+      const fwdMethod = FWD_BY_NAME[f[1]!];
+      if (fwdMethod === undefined) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unknown forwarding method`);
+      current.push({
+        family,
+        address,
+        port,
+        fwdMethod,
+        weight: decimal(f[2], 'weight', line),
+        upperThreshold: 0,
+        lowerThreshold: 0,
+        activeConns: decimal(f[3], 'active connections', line),
+        inactiveConns: decimal(f[4], 'inactive connections', line),
+      });
+      continue;
+    }
+    if (l === '' && at >= text.length) break;
+    // "TCP  0A600001:0050 rr  [ops ][persistent 10800 FFFFFFFF]", "FWM  00000005 rr ..."
+    const f = l.split(' ').filter(Boolean);
+    if (f.length < 3) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: not a service`);
+    current = [];
+    if (f[0] === 'FWM') {
+      const mark = hex(f[1]!, 8, 'firewall mark', line);
+      fwmarks.set(mark, (fwmarks.get(mark) ?? 0) + 1);
+      services.set(`FWM/${mark}`, current);
+      continue;
+    }
+    if (f[0] !== 'TCP' && f[0] !== 'UDP' && f[0] !== 'SCTP') {
+      // Another protocol (AH, ESP...): not one kube-ipvs makes; its destinations are read and dropped.
+      if (!/^[A-Z0-9_]{1,12}$/.test(f[0]!)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad protocol`);
+      continue;
+    }
+    const { family, address, port } = hostPort(f[1]!, line);
+    services.set(serviceId({ family, protocol: f[0], address, port }), current);
+  }
+  return { services, fwmarks };
+}
+
+/**
+ * The destinations of each of `kernel` (the netlink service dump) that the table shows unambiguously, by
+ * serviceId; a service it does not show (made after the read, or a firewall mark two services carry) is left out.
+ */
+export function destinationsByService(table: ProcTable, kernel: IpvsService[]): Map<string, IpvsDestination[]> {
+  const out = new Map<string, IpvsDestination[]>();
+  const marks = new Map<number, number>();
+  for (const s of kernel) if (s.fwmark !== undefined) marks.set(s.fwmark, (marks.get(s.fwmark) ?? 0) + 1);
+  for (const s of kernel) {
+    if (s.fwmark !== undefined) {
+      if (marks.get(s.fwmark) !== 1 || table.fwmarks.get(s.fwmark) !== 1) continue;
+      const d = table.services.get(`FWM/${s.fwmark}`)!;
+      if (d.every((x) => x.family === s.family)) out.set(serviceId(s), d);
+      continue;
+    }
+    const id = serviceId(s);
+    const d = table.services.get(id);
+    if (d) out.set(id, d);
+  }
+  return out;
+}
+
+const HZ = 250;
+const FWD_NAME = ['Masq', 'Local', 'Tunnel', 'Route', 'Masq'];
+const hexPad = (n: number, digits: number) => (n >>> 0).toString(16).toUpperCase().padStart(digits, '0');
+
+/** %pI6: eight groups of four hex digits. */
+function fullV6(address: string): string {
+  const b = parseIP(address)!.bytes;
+  const g: string[] = [];
+  for (let i = 0; i < 16; i += 2) g.push(((b[i]! << 8) | b[i + 1]!).toString(16).padStart(4, '0'));
+  return g.join(':');
+}
+
+function hostPortText(family: 4 | 6, address: string, port: number): string {
+  if (family === 6) return `[${fullV6(address)}]:${hexPad(port, 4)}`;
+  const b = parseIP(address)!.bytes;
+  return `${hexPad(((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, 8)}:${hexPad(port, 4)}`;
+}
+
+/**
+ * The table as the kernel prints it (ip_vs_info_seq_show, Linux 6.1), for the in-memory kernel (fake.ts): the same
+ * text the daemon parses on a node, so tests see what the real file leaves out.
+ */
+export function renderIpvsProc(entries: Iterable<{ svc: IpvsService; dests: Iterable<IpvsDestination> }>): string {
+  const out = [
+    'IP Virtual Server version 1.2.1 (size=4096)\n',
+    'Prot LocalAddress:Port Scheduler Flags\n',
+    '  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n',
+  ];
+  for (const { svc, dests } of entries) {
+    const ops = svc.flags & 0x0004 ? 'ops ' : '';
+    if (svc.fwmark !== undefined) out.push(`FWM  ${hexPad(svc.fwmark, 8)} ${svc.scheduler} ${ops}`);
+    else if (svc.family === 6) out.push(`${svc.protocol}  ${hostPortText(6, svc.address, svc.port)} ${svc.scheduler} `);
+    else out.push(`${svc.protocol}  ${hostPortText(4, svc.address, svc.port)} ${svc.scheduler} ${ops}`);
+    out.push(svc.flags & 0x0001 ? `persistent ${svc.timeout * HZ} ${hexPad(svc.netmask, 8)}\n` : '\n');
+    for (const d of dests)
+      out.push(
+        `  -> ${hostPortText(d.family, d.address, d.port)}      ${(FWD_NAME[d.fwdMethod & 7] ?? 'Masq').padEnd(7)} ` +
+          `${String(d.weight).padEnd(6)} ${String(d.activeConns ?? 0).padEnd(10)} ${String(d.inactiveConns ?? 0).padEnd(10)}\n`,
+      );
+  }
+  return out.join('');
+}

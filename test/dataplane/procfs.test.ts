@@ -1,0 +1,165 @@
+// /proc/net/ip_vs: the whole IPVS table in one read (src/dataplane/ipvs/procfs.ts). The kernel's own text (captured
+// in the lab VM, Linux 6.1), the in-memory kernel's rendering of the same format, and hostile variations of it.
+import { readFileSync } from 'node:fs';
+import t from 'tap';
+import { CodecError } from '../../src/dataplane/ipvs/codec.ts';
+import { FakeIpvs } from '../../src/dataplane/ipvs/fake.ts';
+import { destinationsByService, parseIpvsProc, renderIpvsProc } from '../../src/dataplane/ipvs/procfs.ts';
+import { serviceId, type IpvsDestination, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
+
+const dest = (address: string, port: number, weight = 1, more: Partial<IpvsDestination> = {}): IpvsDestination => ({
+  family: address.includes(':') ? 6 : 4,
+  address,
+  port,
+  fwdMethod: 0,
+  weight,
+  upperThreshold: 0,
+  lowerThreshold: 0,
+  activeConns: 0,
+  inactiveConns: 0,
+  ...more,
+});
+const svc = (s: Partial<IpvsService> & Pick<IpvsService, 'family'>): IpvsService =>
+  ({ scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff, ...s }) as IpvsService;
+
+t.test("the kernel's own text, as the lab VM printed it", async (t) => {
+  const text = readFileSync(new URL('../fixtures/ip_vs.proc.txt', import.meta.url), 'latin1');
+  const table = parseIpvsProc(text);
+  t.same(
+    [...table.services.keys()].sort(),
+    [
+      'FWM/16385',
+      'SCTP/10.96.0.4:36412',
+      'TCP/10.96.0.1:80',
+      'TCP/10.96.0.2:443',
+      'TCP/[fd00::1]:80',
+      'UDP/10.96.0.3:53',
+    ],
+    'every service, keyed as serviceId keys them',
+  );
+  t.same(
+    table.services.get('TCP/10.96.0.1:80')!.map((d) => [d.address, d.port, d.weight, d.fwdMethod]),
+    [
+      ['10.0.0.3', 80, 3, 3],
+      ['10.0.0.2', 8080, 0, 0],
+      ['10.0.0.1', 8080, 1, 0],
+    ],
+    'destinations, newest first, with weight and forwarding method (Route: the service port; Masq)',
+  );
+  t.same(
+    table.services.get('TCP/[fd00::1]:80')!.map((d) => `${d.family} ${d.address}:${d.port}`),
+    ['6 fd00::10:8080'],
+    'IPv6, canonical text',
+  );
+  t.same(table.services.get('TCP/10.96.0.2:443'), [], 'a persistent service without destinations');
+  t.equal(table.fwmarks.get(16385), 1);
+});
+
+t.test('what the in-memory kernel renders parses back to what it holds, less what the file leaves out', async (t) => {
+  const services = [
+    svc({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }),
+    svc({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53, flags: 0x4 /* one-packet */ }),
+    svc({ family: 4, protocol: 'SCTP', address: '10.96.0.7', port: 9999 }),
+    svc({ family: 6, protocol: 'TCP', address: 'fd00::1', port: 443, flags: 0x1, timeout: 10800, netmask: 128 }),
+    svc({ family: 4, fwmark: 0x4001, scheduler: 'mh', flags: 0x1, timeout: 60 }),
+    svc({ family: 6, fwmark: 0x4002 }),
+  ];
+  const dests: IpvsDestination[][] = [
+    [dest('10.0.0.1', 8080, 1, { activeConns: 3, inactiveConns: 4 }), dest('10.0.0.2', 8080, 0)],
+    [dest('10.0.1.1', 53, 65535)],
+    [],
+    [dest('fd00::a', 8443), dest('2001:db8::ffff:1', 1, 2)],
+    [dest('10.0.0.9', 80, 1, { upperThreshold: 50, lowerThreshold: 5, fwdMethod: 3 })],
+    [dest('fd00::b', 80)],
+  ];
+  const text = renderIpvsProc(services.map((s, i) => ({ svc: s, dests: dests[i]! })));
+  const got = destinationsByService(parseIpvsProc(text), services);
+  services.forEach((s, i) =>
+    t.same(
+      got.get(serviceId(s)),
+      dests[i]!.map((d) => ({ ...d, upperThreshold: 0, lowerThreshold: 0 })),
+      `${serviceId(s)}: as held (thresholds are not in the file)`,
+    ),
+  );
+});
+
+t.test('a firewall mark two services share, or a service the file does not show, is left to a dump', async (t) => {
+  const v4 = svc({ family: 4, fwmark: 7 });
+  const v6 = svc({ family: 6, fwmark: 7 });
+  const late = svc({ family: 4, protocol: 'TCP', address: '10.96.0.99', port: 80 });
+  const text = renderIpvsProc([
+    { svc: v4, dests: [dest('10.0.0.1', 80)] },
+    { svc: v6, dests: [dest('fd00::1', 80)] },
+  ]);
+  const got = destinationsByService(parseIpvsProc(text), [v4, v6, late]);
+  t.same([...got.keys()], [], 'neither mark is attributed, nor the service made after the read');
+  // One service with the mark in the file but a family its destinations contradict: not attributed either.
+  const lone = renderIpvsProc([{ svc: v4, dests: [dest('10.0.0.1', 80)] }]);
+  t.same([...destinationsByService(parseIpvsProc(lone), [v6]).keys()], []);
+  t.same([...destinationsByService(parseIpvsProc(lone), [v4]).keys()], ['FWM/7']);
+});
+
+const good = renderIpvsProc([
+  {
+    svc: svc({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 }),
+    dests: [dest('10.0.0.1', 8080)],
+  },
+]);
+
+t.test('anything of another shape fails the whole read with a CodecError, naming the line', async (t) => {
+  const cases: [string, string][] = [
+    ['no heading', good.split('\n').slice(1).join('\n')],
+    ['a destination first', good.split('\n').slice(0, 3).join('\n') + '\n  -> 0A000001:1F90      Masq    1 0 0\n'],
+    ['a short address', good.replace('0A000001:1F90', '0A0001:1F90')],
+    ['lower-case hex', good.replace('0A000001', '0a000001')],
+    ['a fifth field missing', good.replace(/ 0 +\n$/, '\n')],
+    ['an unknown method', good.replace('Masq', 'Magic')],
+    ['a negative weight', good.replace('Masq    1', 'Masq    -1')],
+    ['a huge count', good.replace(/Masq {4}1 {6}0/, 'Masq    1      99999999999')],
+    ['a bad IPv6 address', good.replace('0A600001:0050', '[fd00::zz]:0050')],
+    ['a bad protocol', good.replace('TCP  ', 'T-P  ')],
+    ['a lone word', good + 'garbage\n'],
+  ];
+  for (const [what, text] of cases) {
+    t.not(text, good, `${what}: the case changes the text`);
+    t.throws(() => parseIpvsProc(text), CodecError, what);
+  }
+  t.match(
+    t.throws(() => parseIpvsProc(good.replace('Masq', 'Magic'))),
+    { message: /line 5/ },
+    'the line is named',
+  );
+});
+
+t.test('random damage never throws anything but a CodecError, and never hangs', async (t) => {
+  let seed = 42;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  const alphabet = ' \n:[]-0123456789ABCDEFaf>TCPUDFWMasqxyz\0\u00ff';
+  let other = 0;
+  for (let i = 0; i < 2000; i++) {
+    const chars = [...good];
+    for (let k = 1 + rnd(4); k > 0; k--) chars[rnd(chars.length)] = alphabet[rnd(alphabet.length)]!;
+    try {
+      parseIpvsProc(chars.join(''));
+    } catch (e) {
+      if (!(e instanceof CodecError)) other++;
+    }
+  }
+  t.equal(other, 0, 'every failure a CodecError');
+});
+
+t.test('FakeIpvs answers destinationTable through the same text', async (t) => {
+  const ipvs = new FakeIpvs();
+  const s = svc({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 });
+  await ipvs.addService(s);
+  await ipvs.addDestination(s, { ...dest('10.0.0.1', 8080, 2), upperThreshold: 9 });
+  ipvs.setConnections(s, { address: '10.0.0.1', port: 8080 }, 4, 5);
+  const got = await ipvs.destinationTable(await ipvs.services());
+  t.same(
+    got.get('TCP/10.96.0.1:80'),
+    [dest('10.0.0.1', 8080, 2, { activeConns: 4, inactiveConns: 5 })],
+    'weight and connections as held; the threshold is not seen, as on a node',
+  );
+  ipvs.tableFailure = 'EACCES';
+  await t.rejects(ipvs.destinationTable([]), { code: 'EACCES' });
+});
