@@ -21,6 +21,7 @@ import { Model } from '../src/model/model.ts';
 import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { hostPort } from '../src/util/ip.ts';
+import { topSelf } from './profile.ts';
 
 const SERVICES = Number(process.env.SERVICES ?? 10_000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
@@ -97,9 +98,14 @@ const inFloor = (cmd: string, args: string[], input?: string) =>
   execFileSync('ip', ['netns', 'exec', FLOOR_NS, cmd, ...args], { input, maxBuffer: 1 << 26 });
 execFileSync('ip', ['netns', 'add', FLOOR_NS]);
 inFloor('ip', ['link', 'add', 'kipvs-floor0', 'type', 'dummy']);
+// IPVS refuses a destination that is not a unicast route: the namespace needs a route, as the node has.
+inFloor('ip', ['link', 'set', 'kipvs-floor0', 'up']);
+inFloor('ip', ['route', 'add', 'default', 'dev', 'kipvs-floor0']);
 let t0 = performance.now();
 inFloor('ipvsadm', ['-R'], rules.join('\n') + '\n');
 const ipvsadmMs = performance.now() - t0;
+const floorDests = String(inFloor('ipvsadm', ['-Ln'])).split('\n').filter((l) => /^ {2}-> \d/.test(l)).length;
+if (floorDests !== dests) throw new Error(`ipvsadm -R restored ${floorDests} destinations, not ${dests}`);
 t0 = performance.now();
 inFloor(
   'ip',
@@ -124,22 +130,7 @@ async function profiled<T>(name: string, f: () => Promise<T>): Promise<T> {
   await session.post('Profiler.start');
   const r = await f();
   const { profile: p } = await session.post('Profiler.stop');
-  const self = new Map<string, number>();
-  const dt = new Map<number, number>();
-  p.samples?.forEach((id, k) => dt.set(id, (dt.get(id) ?? 0) + (p.timeDeltas?.[k] ?? 0)));
-  for (const n of p.nodes) {
-    const f = n.callFrame;
-    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + (dt.get(n.id) ?? 0));
-  }
-  const total = [...self.values()].reduce((a, b) => a + b, 0);
-  tops.push(
-    `  ${name} profile, self time:`,
-    ...[...self]
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, 20)
-      .map(([k, us]) => `    ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`),
-  );
+  tops.push(`  ${name} profile, self time:`, ...topSelf(p));
   session.disconnect();
   return r;
 }

@@ -245,7 +245,9 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
         clusterCIDR: '10.244.0.0/16',
       }),
     );
-    const args = [...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
+    // RACE_PROFILE=1: a CPU profile of kube-ipvs' whole run in /lab-results (kept with LAB_KEEP=DIR).
+    const prof = process.env.RACE_PROFILE === '1' ? ['--cpu-prof', '--cpu-prof-dir=/lab-results'] : [];
+    const args = [...prof, ...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
     if (process.env.RACE_CORE === '1') {
       // A native crash leaves its core in /lab-results (keep it with LAB_KEEP) for gdb on the host.
       writeFileSync('/proc/sys/kernel/core_pattern', '/lab-results/core.%e.%p');
@@ -395,6 +397,17 @@ async function race(proxy: string): Promise<Result> {
         .catch(() => '');
       for (const m of text.matchAll(/^kubeipvs_tool_duration_seconds_(sum|count)\{tool="([^"]+)"\} ([0-9.e+]+)$/gm))
         log(`${proxy}: tool ${m[2]} ${m[1]} ${Number(m[3]).toFixed(m[1] === 'sum' ? 2 : 0)}`);
+      // What its resident memory is made of (Node's own gauges): the JavaScript heap, buffers, the rest.
+      const mem = [
+        'nodejs_heap_size_total_bytes',
+        'nodejs_heap_size_used_bytes',
+        'nodejs_external_memory_bytes',
+        'process_resident_memory_bytes',
+      ].map(
+        (n) =>
+          `${n.replace(/^(nodejs|process)_|_bytes$/g, '')} ${(Number(new RegExp(`^${n} ([0-9.e+]+)$`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20).toFixed(0)} MB`,
+      );
+      log(`${proxy}: memory ${mem.join(', ')}`);
     }
     const rss = rssMB(pid);
     log(`${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s; RSS ${rss.toFixed(0)} MB`);
