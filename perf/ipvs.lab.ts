@@ -98,13 +98,17 @@ const inFloor = (cmd: string, args: string[], input?: string) =>
   execFileSync('ip', ['netns', 'exec', FLOOR_NS, cmd, ...args], { input, maxBuffer: 1 << 26 });
 execFileSync('ip', ['netns', 'add', FLOOR_NS]);
 inFloor('ip', ['link', 'add', 'kipvs-floor0', 'type', 'dummy']);
-// IPVS refuses a destination that is not a unicast route: the namespace needs a route, as the node has.
+// IPVS refuses a destination whose address is not a unicast route (EINVAL, "address not unicast"): the namespace
+// needs its loopback up and a route, as the node has.
+inFloor('ip', ['link', 'set', 'lo', 'up']);
 inFloor('ip', ['link', 'set', 'kipvs-floor0', 'up']);
 inFloor('ip', ['route', 'add', 'default', 'dev', 'kipvs-floor0']);
 let t0 = performance.now();
 inFloor('ipvsadm', ['-R'], rules.join('\n') + '\n');
 const ipvsadmMs = performance.now() - t0;
-const floorDests = String(inFloor('ipvsadm', ['-Ln'])).split('\n').filter((l) => /^ {2}-> \d/.test(l)).length;
+const floorDests = String(inFloor('ipvsadm', ['-Ln']))
+  .split('\n')
+  .filter((l) => /^ {2}-> \d/.test(l)).length;
 if (floorDests !== dests) throw new Error(`ipvsadm -R restored ${floorDests} destinations, not ${dests}`);
 t0 = performance.now();
 inFloor(

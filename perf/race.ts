@@ -101,7 +101,16 @@ try {
     LAB_HOST_PORT: String(api.apiPort),
     LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '5400',
   };
-  const guestEnv = ['SERVICES', 'ENDPOINTS', 'CHANGES', 'CHURN_SECONDS', 'COLD_LIMIT', 'PROXIES', 'RACE_CORE', 'RACE_PROFILE']
+  const guestEnv = [
+    'SERVICES',
+    'ENDPOINTS',
+    'CHANGES',
+    'CHURN_SECONDS',
+    'COLD_LIMIT',
+    'PROXIES',
+    'RACE_CORE',
+    'RACE_PROFILE',
+  ]
     .filter((k) => process.env[k] !== undefined)
     .map(
       (k) =>

@@ -21,7 +21,23 @@ export interface DesiredVS {
   evicted: Set<string>;
 }
 
+/**
+ * Plans are never changed once made (a Service's change makes a new plan): each virtual server's IPVS terms are
+ * computed once, not at every full resync.
+ */
+const cache = new WeakMap<VirtualServer, DesiredVS>();
+
+/** A planned virtual server in IPVS terms (the same object for the same virtual server: treat it as read-only). */
 export function toDesired(vs: VirtualServer): DesiredVS {
+  let d = cache.get(vs);
+  if (!d) {
+    d = build(vs);
+    cache.set(vs, d);
+  }
+  return d;
+}
+
+function build(vs: VirtualServer): DesiredVS {
   const key = serviceKeyOf(vs);
   const service: IpvsService = {
     ...key,

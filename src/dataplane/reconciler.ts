@@ -207,7 +207,7 @@ export class Reconciler {
 
     let kernel: IpvsService[];
     try {
-      kernel = await this.#ipvs.services();
+      kernel = await this.#ipvs.services({ stats: false });
     } catch (e) {
       run.fail('list services', e);
       return; // without the kernel's view, a full sync would guess; retry instead
@@ -588,11 +588,35 @@ class Run {
   }
 }
 
-/** Runs `fn` over `items` with at most `n` in flight. */
+/** Items `pool` runs before it lets the event loop turn (see below). */
+const POOL_SLICE = 256;
+
+/**
+ * Runs `fn` over `items` with at most `n` in flight. Every POOL_SLICE items it waits for the event loop to turn:
+ * when `fn` has nothing to wait for (a resync that finds a virtual server as wanted), the pool would otherwise run
+ * through 10 000 of them without letting an endpoint change, a health transition or a scrape in.
+ */
 async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
   let i = 0;
+  let yieldAt = POOL_SLICE;
+  // While the loop turns, every worker waits at this gate before taking another item.
+  let gate: Promise<void> | null = null;
   const worker = async () => {
-    while (i < items.length) await fn(items[i++]!);
+    for (;;) {
+      if (gate) await gate;
+      if (i >= items.length) return;
+      if (i >= yieldAt) {
+        yieldAt = i + POOL_SLICE;
+        gate = new Promise<void>((r) =>
+          setImmediate(() => {
+            gate = null;
+            r();
+          }),
+        );
+        continue;
+      }
+      await fn(items[i++]!);
+    }
   };
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }

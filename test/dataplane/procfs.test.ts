@@ -114,6 +114,7 @@ t.test('anything of another shape fails the whole read with a CodecError, naming
     ['lower-case hex', good.replace('0A000001', '0a000001')],
     ['a fifth field missing', good.replace(/ 0 +\n$/, '\n')],
     ['an unknown method', good.replace('Masq', 'Magic')],
+    ["an Object method's name", good.replace('Masq', 'constructor')],
     ['a negative weight', good.replace('Masq    1', 'Masq    -1')],
     ['a huge count', good.replace(/Masq {4}1 {6}0/, 'Masq    1      99999999999')],
     ['a bad IPv6 address', good.replace('0A600001:0050', '[fd00::zz]:0050')],

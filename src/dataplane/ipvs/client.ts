@@ -45,7 +45,8 @@ import {
 
 export interface Ipvs {
   info(): Promise<IpvsInfo>;
-  services(): Promise<IpvsService[]>;
+  /** Every service; `stats: false` leaves their counters out (what a resync compares has none). */
+  services(opts?: { stats?: boolean }): Promise<IpvsService[]>;
   service(key: ServiceKey): Promise<IpvsService | null>;
   addService(s: IpvsService): Promise<void>;
   updateService(s: IpvsService): Promise<void>;
@@ -224,11 +225,11 @@ export class NetlinkIpvs implements Ipvs {
     return decodeInfo(m);
   }
 
-  async services(): Promise<IpvsService[]> {
+  async services(opts: { stats?: boolean } = {}): Promise<IpvsService[]> {
     const msgs = await this.#request('list services', Cmd.GET_SERVICE, [], true);
     return msgs.flatMap((m) => {
       const a = m.attrs.get(CmdAttr.SERVICE);
-      return a ? [decodeService(a)] : [];
+      return a ? [decodeService(a, opts.stats !== false)] : [];
     });
   }
 
@@ -366,18 +367,23 @@ const PROC_MAX_BYTES = 64 * 1024 * 1024;
 async function readProcText(path: string): Promise<string> {
   const f = await open(path, 'r');
   try {
-    const parts: Buffer[] = [];
-    let total = 0;
+    // One buffer, grown by doubling: a seq_file read returns about a page however much is asked for, so the
+    // table comes in thousands of reads.
+    let buf = Buffer.allocUnsafe(1 << 20);
+    let len = 0;
     for (;;) {
-      const buf = Buffer.allocUnsafe(1 << 20);
-      const { bytesRead } = await f.read(buf, 0, buf.length, null);
+      if (buf.length - len < 64 * 1024) {
+        if (buf.length >= PROC_MAX_BYTES)
+          throw Object.assign(new Error(`${path}: over ${PROC_MAX_BYTES} bytes`), { code: 'EFBIG' });
+        const bigger = Buffer.allocUnsafe(buf.length * 2);
+        buf.copy(bigger, 0, 0, len);
+        buf = bigger;
+      }
+      const { bytesRead } = await f.read(buf, len, buf.length - len, null);
       if (bytesRead === 0) break;
-      parts.push(buf.subarray(0, bytesRead));
-      total += bytesRead;
-      if (total > PROC_MAX_BYTES)
-        throw Object.assign(new Error(`${path}: over ${PROC_MAX_BYTES} bytes`), { code: 'EFBIG' });
+      len += bytesRead;
     }
-    return Buffer.concat(parts, total).toString('latin1');
+    return buf.toString('latin1', 0, len);
   } finally {
     await f.close();
   }

@@ -292,7 +292,8 @@ function serviceKeyAt(b: Buffer, i: Int32Array): ServiceKey {
 }
 
 /** The service inside a reply's IPVS_CMD_ATTR_SERVICE. */
-export function decodeService(b: Buffer): IpvsService {
+/** `withStats: false`: the counters are left out (not decoded). */
+export function decodeService(b: Buffer, withStats = true): IpvsService {
   const i = attrIndex(OBJ, b, 0, b.length);
   return {
     ...serviceKeyAt(b, i),
@@ -301,7 +302,7 @@ export function decodeService(b: Buffer): IpvsService {
     timeout: at.u32(b, i, SvcAttr.TIMEOUT),
     netmask: at.u32(b, i, SvcAttr.NETMASK),
     peName: at.str(b, i, SvcAttr.PE_NAME),
-    stats: statsOf(b, i, SvcAttr.STATS64, SvcAttr.STATS),
+    ...(withStats ? { stats: statsOf(b, i, SvcAttr.STATS64, SvcAttr.STATS) } : {}),
   };
 }
 

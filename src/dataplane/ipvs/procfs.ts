@@ -19,12 +19,12 @@ import { serviceId } from './types.ts';
 export const IPVS_PROC_PATH = '/proc/net/ip_vs';
 
 /** What /proc/net/ip_vs names a forwarding method (ip_vs_fwd_name). */
-const FWD_BY_NAME: Record<string, number> = {
-  Masq: FwdMethod.MASQ,
-  Local: FwdMethod.LOCALNODE,
-  Tunnel: FwdMethod.TUNNEL,
-  Route: FwdMethod.DROUTE,
-};
+const FWD_BY_NAME = new Map<string, number>([
+  ['Masq', FwdMethod.MASQ],
+  ['Local', FwdMethod.LOCALNODE],
+  ['Tunnel', FwdMethod.TUNNEL],
+  ['Route', FwdMethod.DROUTE],
+]);
 
 /**
  * The file's virtual services: "TCP/10.96.0.1:80" and "UDP/[fd00::1]:53" as serviceId writes them, and "FWM/<mark>"
@@ -64,6 +64,81 @@ function decimal(s: string | undefined, what: string, line: number): number {
   return n;
 }
 
+/** The words of text[from, to) separated by runs of spaces, into `out` (reused: a table has 100 000 lines). */
+function words(text: string, from: number, to: number, out: string[]): string[] {
+  out.length = 0;
+  let i = from;
+  while (i < to) {
+    while (i < to && text.charCodeAt(i) === 32) i++;
+    if (i >= to) break;
+    let j = i;
+    while (j < to && text.charCodeAt(j) !== 32) j++;
+    out.push(text.slice(i, j));
+    i = j;
+  }
+  return out;
+}
+
+/** The value of a hex digit the kernel prints (%X: upper case), or -1. */
+function hexDigit(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  if (c >= 65 && c <= 70) return c - 55;
+  return -1;
+}
+
+/** `n` hex digits at text[i], or -1 when any is not one. */
+function hexAt(text: string, i: number, n: number): number {
+  let v = 0;
+  for (let k = 0; k < n; k++) {
+    const d = hexDigit(text.charCodeAt(i + k));
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+/**
+ * The common line, an IPv4 destination, read in place (a table has 100 000 of them): null when the line is not
+ * exactly of that shape, and the general path (which also says what is wrong) reads it instead.
+ */
+function ipv4Destination(text: string, i: number, end: number): IpvsDestination | null {
+  // "0A800001:1F90      Masq    1      0          0         "
+  const addr = hexAt(text, i, 8);
+  const port = text.charCodeAt(i + 8) === 58 ? hexAt(text, i + 9, 4) : -1;
+  if (addr < 0 || port < 0 || text.charCodeAt(i + 13) !== 32) return null;
+  let p = i + 13;
+  while (p < end && text.charCodeAt(p) === 32) p++;
+  let q = p;
+  while (q < end && text.charCodeAt(q) !== 32) q++;
+  const fwdMethod = FWD_BY_NAME.get(text.slice(p, q));
+  if (fwdMethod === undefined) return null;
+  const n = [0, 0, 0];
+  for (let k = 0; k < 3; k++) {
+    while (q < end && text.charCodeAt(q) === 32) q++;
+    let v = 0;
+    let digits = 0;
+    for (let c = text.charCodeAt(q); q < end && c >= 48 && c <= 57; c = text.charCodeAt(++q)) {
+      v = v * 10 + (c - 48);
+      digits++;
+    }
+    if (digits === 0 || digits > 10 || (q < end && text.charCodeAt(q) !== 32)) return null;
+    n[k] = v;
+  }
+  while (q < end && text.charCodeAt(q) === 32) q++;
+  if (q !== end) return null;
+  return {
+    family: 4,
+    address: `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`,
+    port,
+    fwdMethod,
+    weight: n[0]!,
+    upperThreshold: 0,
+    lowerThreshold: 0,
+    activeConns: n[1]!,
+    inactiveConns: n[2]!,
+  };
+}
+
 /** Parses the file's text; throws CodecError on anything it does not recognise. */
 export function parseIpvsProc(text: string): ProcTable {
   const services = new Map<string, IpvsDestination[]>();
@@ -71,25 +146,31 @@ export function parseIpvsProc(text: string): ProcTable {
   let current: IpvsDestination[] | null = null;
   let line = 0;
   let at = 0;
+  const f: string[] = [];
   while (at < text.length) {
     let end = text.indexOf('\n', at);
     if (end < 0) end = text.length;
-    const l = text.slice(at, end);
+    const start = at;
     at = end + 1;
     line++;
     if (line <= 3) {
       // "IP Virtual Server version ...", then the two column headings.
       const want = ['IP Virtual Server version ', 'Prot LocalAddress:Port', '  -> RemoteAddress:Port'][line - 1]!;
-      if (!l.startsWith(want)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unexpected heading`);
+      if (!text.startsWith(want, start)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unexpected heading`);
       continue;
     }
-    if (l.startsWith('  -> ')) {
+    if (text.startsWith('  -> ', start)) {
       // "  -> 0A800001:1F90      Masq    1      0          0"
       if (!current) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: a destination before any service`);
-      const f = l.slice(5).split(' ').filter(Boolean);
+      const fast = ipv4Destination(text, start + 5, end);
+      if (fast) {
+        current.push(fast);
+        continue;
+      }
+      words(text, start + 5, end, f);
       if (f.length !== 5) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: ${f.length} fields, not 5`);
       const { family, address, port } = hostPort(f[0]!, line);
-      const fwdMethod = FWD_BY_NAME[f[1]!];
+      const fwdMethod = FWD_BY_NAME.get(f[1]!);
       if (fwdMethod === undefined) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unknown forwarding method`);
       current.push({
         family,
@@ -104,9 +185,8 @@ export function parseIpvsProc(text: string): ProcTable {
       });
       continue;
     }
-    if (l === '' && at >= text.length) break;
     // "TCP  0A600001:0050 rr  [ops ][persistent 10800 FFFFFFFF]", "FWM  00000005 rr ..."
-    const f = l.split(' ').filter(Boolean);
+    words(text, start, end, f);
     if (f.length < 3) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: not a service`);
     current = [];
     if (f[0] === 'FWM') {
