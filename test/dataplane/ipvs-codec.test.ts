@@ -7,6 +7,7 @@ import {
   decodeGenl,
   decodeInfo,
   decodeService,
+  decodeServiceReply,
   decodeServiceCounters,
   decodeTimeouts,
   destinationAttr,
@@ -290,7 +291,17 @@ t.test('service counters: the same key and counters as the full decode, ids as s
       serviceCountersOf(decodeService(decodeGenl(p).attrs.get(CmdAttr.SERVICE)!)),
       `${name}: as the full decode`,
     );
+    t.same(
+      decodeServiceReply(p),
+      decodeService(decodeGenl(p).attrs.get(CmdAttr.SERVICE)!),
+      `${name}: the reply decoded in place, as through the attribute map`,
+    );
+    const bare = decodeServiceReply(p, false)!;
+    t.notOk('stats' in bare, `${name}: without counters when not asked for`);
+    t.same({ ...bare, stats: undefined }, { ...decodeServiceReply(p)!, stats: undefined });
   }
+  t.equal(decodeServiceReply(Buffer.from([Cmd.NEW_SERVICE, 1, 0, 0])), null, 'a reply without a service');
+  t.throws(() => decodeServiceReply(Buffer.from([1])), { name: 'CodecError' });
   const big = decodeServiceCounters(reply(Cmd.NEW_SERVICE, CmdAttr.SERVICE, cases[0]![1]))!;
   t.equal(big.inBytes, 2 ** 40 + 3, 'counters above 32 bits read whole');
   t.same(

@@ -21,6 +21,7 @@ import {
   decodeInfo,
   decodeService,
   decodeServiceCounters,
+  decodeServiceReply,
   decodeTimeouts,
   destinationAttr,
   destinationKeyAttr,
@@ -226,11 +227,12 @@ export class NetlinkIpvs implements Ipvs {
   }
 
   async services(opts: { stats?: boolean } = {}): Promise<IpvsService[]> {
-    const msgs = await this.#request('list services', Cmd.GET_SERVICE, [], true);
-    return msgs.flatMap((m) => {
-      const a = m.attrs.get(CmdAttr.SERVICE);
-      return a ? [decodeService(a, opts.stats !== false)] : [];
-    });
+    const out: IpvsService[] = [];
+    for (const p of await this.#requestRaw('list services', Cmd.GET_SERVICE, [], true)) {
+      const s = decodeServiceReply(p, opts.stats !== false);
+      if (s) out.push(s);
+    }
+    return out;
   }
 
   async service(key: ServiceKey): Promise<IpvsService | null> {
