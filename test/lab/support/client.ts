@@ -32,7 +32,10 @@ function tcpOnce(): Promise<string> {
       const i = buf.indexOf('\n');
       if (i >= 0) {
         clearTimeout(timer);
-        s.end();
+        // Closed at once, not ended: a half-closed socket waits for the peer's FIN, which never comes when the
+        // path went away meanwhile (kube-proxy's nftables mode flushes IPVS at start), and kept this process
+        // alive for minutes after its work was done.
+        s.destroy();
         resolve(buf.slice(0, i));
       }
     });
@@ -133,7 +136,9 @@ async function main() {
       out.push(tcpOnce().then((r) => [at, r]));
       if (next === 0) console.log('started'); // the first connection is on its way (a slow start is seen)
     }
-    console.log(JSON.stringify(await Promise.all(out)));
+    // Written, then gone: nothing left of the loop (a socket, a timer) may keep the caller waiting for the exit.
+    const line = JSON.stringify(await Promise.all(out));
+    process.stdout.write(`${line}\n`, () => process.exit(0));
   } else if (mode === 'hold') {
     const s = connect({ host, port });
     s.setNoDelay(true);

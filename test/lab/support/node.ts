@@ -268,7 +268,19 @@ export class LabNode {
     this.#proxy = null;
     if (!p || p.exitCode !== null) return Promise.resolve();
     return new Promise((res) => {
-      p.once('exit', () => res());
+      // A proxy that has not exited 60 s after SIGTERM is killed, and says so (a stop that hangs is a finding).
+      const hard =
+        signal === 'SIGKILL'
+          ? undefined
+          : setTimeout(() => {
+              process.stderr.write(`lab: kube-ipvs still running 60 s after ${signal}: SIGKILL\n`);
+              this.proxyLog += `\n[lab] still running 60 s after ${signal}: killed\n`;
+              p.kill('SIGKILL');
+            }, 60_000);
+      p.once('exit', () => {
+        clearTimeout(hard);
+        res();
+      });
       p.kill(signal);
     });
   }
