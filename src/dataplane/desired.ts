@@ -2,7 +2,8 @@
 // them with what the kernel reports.
 import type { VirtualServer } from '../plan/types.ts';
 import { FwdMethod, SCHED_FLAG_FALLBACK, SvcFlag } from './ipvs/constants.ts';
-import { destinationId, serviceId, serviceKeyOf, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+import { parseIP } from '../util/ip.ts';
+import { destinationId, serviceId, serviceKeyOf, v4Key, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
 import type { VsLabel } from './ownership.ts';
 
 export interface DesiredVS {
@@ -17,6 +18,8 @@ export interface DesiredVS {
   port: number;
   service: IpvsService;
   destinations: Map<string, IpvsDestination>;
+  /** The same destinations keyed by v4Key when every one is IPv4 (null otherwise): a resync compares them so. */
+  v4: Map<number, IpvsDestination> | null;
   /** Destinations health evicted: deleted at once, never drained (their connections are dead anyway). */
   evicted: Set<string>;
 }
@@ -64,6 +67,16 @@ function build(vs: VirtualServer): DesiredVS {
     destinations.set(destinationId(d), d);
   }
   const evicted = new Set((vs.evicted ?? []).map((e) => destinationId(e)));
+  let v4: Map<number, IpvsDestination> | null = new Map();
+  for (const d of destinations.values()) {
+    const p = d.family === 4 ? parseIP(d.address) : null;
+    if (!p || p.family !== 4) {
+      v4 = null;
+      break;
+    }
+    const b = p.bytes;
+    v4.set(v4Key(((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, d.port), d);
+  }
   return {
     id: serviceId(service),
     owner: vs.service,
@@ -73,6 +86,7 @@ function build(vs: VirtualServer): DesiredVS {
     port: vs.port,
     service,
     destinations,
+    v4,
     evicted,
   };
 }

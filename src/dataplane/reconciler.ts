@@ -6,7 +6,13 @@ import type { ServicePlan } from '../plan/types.ts';
 import { cidrContains, parseCIDR, type CIDR } from '../util/ip.ts';
 import { destinationMatches, serviceMatches, toDesired, type DesiredVS } from './desired.ts';
 import { IpvsError, type Ipvs } from './ipvs/client.ts';
-import { destinationId, serviceId, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
+import {
+  destinationId,
+  serviceId,
+  type IpvsDestination,
+  type IpvsService,
+  type KnownDestinations,
+} from './ipvs/types.ts';
 import type { Links } from './links.ts';
 import type { OwnershipStore } from './ownership.ts';
 import { systemClock, type Clock } from './runner.ts';
@@ -215,7 +221,7 @@ export class Reconciler {
     const byId = new Map(kernel.map((s) => [serviceId(s), s]));
     // Every destination in one read (/proc/net/ip_vs) instead of a dump per virtual server; what the table does not
     // show, or a table that cannot be read, is dumped per virtual server as before.
-    let table: Map<string, IpvsDestination[]> | null = null;
+    let table: Map<string, KnownDestinations> | null = null;
     try {
       table = await this.#ipvs.destinationTable(kernel);
       run.kernelRead = 'table';
@@ -465,8 +471,9 @@ export class Reconciler {
   }
 
   /** `known`: the virtual server's destinations as a whole-table read found them (else they are dumped). */
-  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run, known?: IpvsDestination[]): Promise<void> {
+  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run, known?: KnownDestinations): Promise<void> {
     let kernelDests: IpvsDestination[] = [];
+    let asWanted = false;
     if (!have) {
       this.#own(this.#owned.services, d.id, true);
       run.ops++;
@@ -492,17 +499,24 @@ export class Reconciler {
           run.fail(`update service ${d.id}`, e, d.owner);
         }
       }
-      try {
-        kernelDests = known ?? (await this.#ipvs.destinations(d.service));
-      } catch (e) {
-        run.fail(`list destinations of ${d.id}`, e, d.owner);
-        return;
-      }
+      // The common case of a resync, told without building an object: the table shows exactly what is wanted.
+      if (known && d.v4 && known.same(d.v4)) asWanted = true;
+      else
+        try {
+          kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service);
+        } catch (e) {
+          run.fail(`list destinations of ${d.id}`, e, d.owner);
+          return;
+        }
     }
     const l = this.#owned.labels.get(d.id);
     if (!l || l.service !== d.label.service || l.portName !== d.label.portName || l.kind !== d.label.kind) {
       this.#owned.labels.set(d.id, d.label);
       this.#ownedChanged = true;
+    }
+    if (asWanted) {
+      this.#draining.delete(d.id); // every destination wanted is in: none of them drains
+      return;
     }
     const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();

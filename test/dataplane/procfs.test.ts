@@ -5,7 +5,7 @@ import t from 'tap';
 import { CodecError } from '../../src/dataplane/ipvs/codec.ts';
 import { FakeIpvs } from '../../src/dataplane/ipvs/fake.ts';
 import { destinationsByService, parseIpvsProc, renderIpvsProc } from '../../src/dataplane/ipvs/procfs.ts';
-import { serviceId, type IpvsDestination, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
+import { serviceId, v4Key, type IpvsDestination, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
 
 const dest = (address: string, port: number, weight = 1, more: Partial<IpvsDestination> = {}): IpvsDestination => ({
   family: address.includes(':') ? 6 : 4,
@@ -38,7 +38,10 @@ t.test("the kernel's own text, as the lab VM printed it", async (t) => {
     'every service, keyed as serviceId keys them',
   );
   t.same(
-    table.services.get('TCP/10.96.0.1:80')!.map((d) => [d.address, d.port, d.weight, d.fwdMethod]),
+    table.services
+      .get('TCP/10.96.0.1:80')!
+      .list()
+      .map((d) => [d.address, d.port, d.weight, d.fwdMethod]),
     [
       ['10.0.0.3', 80, 3, 3],
       ['10.0.0.2', 8080, 0, 0],
@@ -47,11 +50,14 @@ t.test("the kernel's own text, as the lab VM printed it", async (t) => {
     'destinations, newest first, with weight and forwarding method (Route: the service port; Masq)',
   );
   t.same(
-    table.services.get('TCP/[fd00::1]:80')!.map((d) => `${d.family} ${d.address}:${d.port}`),
+    table.services
+      .get('TCP/[fd00::1]:80')!
+      .list()
+      .map((d) => `${d.family} ${d.address}:${d.port}`),
     ['6 fd00::10:8080'],
     'IPv6, canonical text',
   );
-  t.same(table.services.get('TCP/10.96.0.2:443'), [], 'a persistent service without destinations');
+  t.same(table.services.get('TCP/10.96.0.2:443')!.list(), [], 'a persistent service without destinations');
   t.equal(table.fwmarks.get(16385), 1);
 });
 
@@ -76,7 +82,7 @@ t.test('what the in-memory kernel renders parses back to what it holds, less wha
   const got = destinationsByService(parseIpvsProc(text), services);
   services.forEach((s, i) =>
     t.same(
-      got.get(serviceId(s)),
+      got.get(serviceId(s))?.list(),
       dests[i]!.map((d) => ({ ...d, upperThreshold: 0, lowerThreshold: 0 })),
       `${serviceId(s)}: as held (thresholds are not in the file)`,
     ),
@@ -157,10 +163,80 @@ t.test('FakeIpvs answers destinationTable through the same text', async (t) => {
   ipvs.setConnections(s, { address: '10.0.0.1', port: 8080 }, 4, 5);
   const got = await ipvs.destinationTable(await ipvs.services());
   t.same(
-    got.get('TCP/10.96.0.1:80'),
+    got.get('TCP/10.96.0.1:80')?.list(),
     [dest('10.0.0.1', 8080, 2, { activeConns: 4, inactiveConns: 5 })],
     'weight and connections as held; the threshold is not seen, as on a node',
   );
   ipvs.tableFailure = 'EACCES';
   await t.rejects(ipvs.destinationTable([]), { code: 'EACCES' });
+});
+
+/** `ds` keyed as a resync's desired virtual server keys its IPv4 destinations. */
+const byV4 = (ds: IpvsDestination[]) =>
+  new Map(
+    ds.map((d) => {
+      const [a, b, c, e] = d.address.split('.').map(Number) as [number, number, number, number];
+      return [v4Key(((a << 24) | (b << 16) | (c << 8) | e) >>> 0, d.port), d] as const;
+    }),
+  );
+
+t.test('same(): exactly the wanted IPv4 destinations, told without building them', async (t) => {
+  const s4 = svc({ family: 4, protocol: 'TCP', address: '10.96.0.1', port: 80 });
+  const held = [dest('10.0.0.1', 8080, 1), dest('10.0.0.2', 8080, 0), dest('255.255.255.255', 65535, 2147483647)];
+  const table = (ds: IpvsDestination[]) =>
+    destinationsByService(parseIpvsProc(renderIpvsProc([{ svc: s4, dests: ds }])), [s4]).get(serviceId(s4))!;
+  t.ok(table(held).same(byV4(held)), 'the same set at the same weights');
+  t.notOk(table(held).same(byV4([held[0]!, held[1]!])), 'one more in the kernel');
+  t.notOk(table([held[0]!, held[1]!]).same(byV4(held)), 'one missing');
+  t.notOk(table(held).same(byV4([held[0]!, { ...held[1]!, weight: 1 }, held[2]!])), 'a weight differs');
+  t.notOk(table(held).same(byV4([held[0]!, held[1]!, { ...held[2]!, fwdMethod: 3 }])), 'a forwarding method differs');
+  t.notOk(table(held).same(byV4([held[0]!, held[1]!, { ...held[2]!, upperThreshold: 5 }])), 'a threshold is wanted');
+  t.notOk(table(held).same(byV4([held[0]!, held[1]!, { ...held[2]!, port: 65534 }])), 'a port differs');
+  const s6 = svc({ family: 6, protocol: 'TCP', address: 'fd00::1', port: 80 });
+  const six = destinationsByService(parseIpvsProc(renderIpvsProc([{ svc: s6, dests: [dest('fd00::a', 80)] }])), [s6]);
+  t.notOk(six.get(serviceId(s6))!.same(new Map()), 'IPv6: not told this way (list() is compared instead)');
+  t.equal(six.get(serviceId(s6))!.size, 1);
+});
+
+t.test('IPv4 lines read in place round-trip over their whole range', async (t) => {
+  let seed = 7;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  const edge = [0, 1, 255, 65535, 2147483647];
+  const ds: IpvsDestination[] = [];
+  for (let i = 0; i < 500; i++) {
+    const pick = (max: number) => (rnd(4) === 0 ? Math.min(max, edge[rnd(edge.length)]!) : rnd(max + 1));
+    const address = [pick(255), pick(255), pick(255), pick(255)].join('.');
+    ds.push(
+      dest(address, pick(65535), pick(2147483647), {
+        fwdMethod: [0, 1, 2, 3][rnd(4)]!,
+        activeConns: pick(2147483647),
+        inactiveConns: pick(2147483647),
+      }),
+    );
+  }
+  // One service per destination: the same address and port twice in one service cannot happen.
+  const services = ds.map((_, i) =>
+    svc({ family: 4, protocol: 'UDP', address: `10.96.${i >> 8}.${i & 255}`, port: 53 }),
+  );
+  const got = destinationsByService(
+    parseIpvsProc(renderIpvsProc(services.map((s, i) => ({ svc: s, dests: [ds[i]!] })))),
+    services,
+  );
+  let wrong = 0;
+  services.forEach((s, i) => {
+    const l = got.get(serviceId(s))?.list();
+    if (JSON.stringify(l) !== JSON.stringify([ds[i]])) wrong++;
+  });
+  t.equal(wrong, 0, 'every value as written');
+  t.throws(
+    () =>
+      parseIpvsProc(
+        renderIpvsProc([{ svc: services[0]!, dests: [dest('10.0.0.1', 80, 2147483647)] }]).replace(
+          '2147483647',
+          '2147483648',
+        ),
+      ),
+    CodecError,
+    'a count past what %d prints is refused',
+  );
 });

@@ -39,6 +39,7 @@ import {
   type IpvsDestination,
   type IpvsInfo,
   type IpvsService,
+  type KnownDestinations,
   type IpvsTimeouts,
   type ServiceCounters,
   type ServiceKey,
@@ -58,7 +59,7 @@ export interface Ipvs {
    * that view leaves out), by serviceId; a service it does not show unambiguously is missing from the map. Fails
    * when the table cannot be read or parsed: the caller then dumps destinations per service.
    */
-  destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>>;
+  destinationTable(services: IpvsService[]): Promise<Map<string, KnownDestinations>>;
   /** The services' keys and counters only: what a metrics scrape reads (cheaper than services()). */
   serviceCounters(): Promise<ServiceCounters[]>;
   /** One service's destinations' counters and state only. */
@@ -271,7 +272,7 @@ export class NetlinkIpvs implements Ipvs {
     });
   }
 
-  async destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>> {
+  async destinationTable(services: IpvsService[]): Promise<Map<string, KnownDestinations>> {
     const op = `read ${this.#procPath}`;
     let text: string;
     try {

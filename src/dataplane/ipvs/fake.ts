@@ -11,6 +11,7 @@ import {
   type IpvsDestination,
   type IpvsInfo,
   type IpvsService,
+  type KnownDestinations,
   type IpvsTimeouts,
   type ServiceCounters,
   type ServiceKey,
@@ -131,7 +132,7 @@ export class FakeIpvs implements Ipvs {
   tableReads = 0;
 
   /** Through the kernel's /proc/net/ip_vs text (procfs.ts), so what that view leaves out is left out here too. */
-  async destinationTable(services: IpvsService[]): Promise<Map<string, IpvsDestination[]>> {
+  async destinationTable(services: IpvsService[]): Promise<Map<string, KnownDestinations>> {
     this.tableReads++;
     if (this.tableFailure) throw new IpvsError('read /proc/net/ip_vs', 0, this.tableFailure, 'injected');
     const entries = [...this.#svcs.values()].map((e) => ({ svc: e.svc, dests: e.dests.values() }));

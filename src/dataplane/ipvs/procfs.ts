@@ -13,8 +13,7 @@
 import { formatIP, parseIP } from '../../util/ip.ts';
 import { CodecError } from './codec.ts';
 import { FwdMethod } from './constants.ts';
-import type { IpvsDestination, IpvsService } from './types.ts';
-import { serviceId } from './types.ts';
+import { serviceId, v4Key, type IpvsDestination, type IpvsService, type KnownDestinations } from './types.ts';
 
 export const IPVS_PROC_PATH = '/proc/net/ip_vs';
 
@@ -31,8 +30,110 @@ const FWD_BY_NAME = new Map<string, number>([
  * for a firewall-mark service of either family (`fwmarks` counts how many services carry each mark).
  */
 export interface ProcTable {
-  services: Map<string, IpvsDestination[]>;
+  services: Map<string, TableDestinations>;
   fwmarks: Map<number, number>;
+}
+
+/**
+ * One virtual service's destinations as the table shows them. IPv4 lines (all of them on most nodes) are kept as
+ * numbers in columns shared by the whole table, and become objects only when asked for: a resync that finds
+ * 100 000 destinations as wanted builds none.
+ */
+export class TableDestinations implements KnownDestinations {
+  readonly #cols: Columns;
+  readonly #start: number;
+  #count = 0;
+  /** Lines not read in place (IPv6...), as objects. */
+  #others: IpvsDestination[] | null = null;
+  #list: IpvsDestination[] | null = null;
+
+  constructor(cols: Columns) {
+    this.#cols = cols;
+    this.#start = cols.length;
+  }
+
+  /** Adds the IPv4 line just appended to the columns (they are appended service by service). */
+  addV4(): void {
+    this.#count++;
+  }
+
+  addOther(d: IpvsDestination): void {
+    (this.#others ??= []).push(d);
+  }
+
+  get size(): number {
+    return this.#count + (this.#others?.length ?? 0);
+  }
+
+  list(): IpvsDestination[] {
+    if (this.#list) return this.#list;
+    const c = this.#cols;
+    const out: IpvsDestination[] = [];
+    for (let i = this.#start; i < this.#start + this.#count; i++) {
+      const a = c.addr[i]!;
+      out.push({
+        family: 4,
+        address: `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`,
+        port: c.port[i]!,
+        fwdMethod: c.fwd[i]!,
+        weight: c.weight[i]!,
+        upperThreshold: 0,
+        lowerThreshold: 0,
+        activeConns: c.active[i]!,
+        inactiveConns: c.inactive[i]!,
+      });
+    }
+    if (this.#others) out.push(...this.#others);
+    return (this.#list = out);
+  }
+
+  same(want: ReadonlyMap<number, IpvsDestination>): boolean {
+    if (this.#others || this.#count !== want.size) return false;
+    const c = this.#cols;
+    for (let i = this.#start; i < this.#start + this.#count; i++) {
+      const w = want.get(v4Key(c.addr[i]!, c.port[i]!));
+      if (!w || w.weight !== c.weight[i] || w.fwdMethod !== c.fwd[i] || w.upperThreshold || w.lowerThreshold)
+        return false;
+    }
+    return true;
+  }
+}
+
+/** IPv4 destinations of the whole table, column by column (grown by doubling). */
+class Columns {
+  length = 0;
+  addr = new Uint32Array(1024);
+  port = new Uint16Array(1024);
+  fwd = new Uint8Array(1024);
+  weight = new Int32Array(1024);
+  active = new Uint32Array(1024);
+  inactive = new Uint32Array(1024);
+
+  push(addr: number, port: number, fwd: number, weight: number, active: number, inactive: number): void {
+    if (this.length === this.addr.length) this.#grow();
+    const i = this.length++;
+    this.addr[i] = addr;
+    this.port[i] = port;
+    this.fwd[i] = fwd;
+    this.weight[i] = weight;
+    this.active[i] = active;
+    this.inactive[i] = inactive;
+  }
+
+  #grow(): void {
+    const n = this.addr.length * 2;
+    const grow = <T extends Uint32Array | Uint16Array | Uint8Array | Int32Array>(a: T, make: (n: number) => T): T => {
+      const b = make(n);
+      b.set(a);
+      return b;
+    };
+    this.addr = grow(this.addr, (k) => new Uint32Array(k));
+    this.port = grow(this.port, (k) => new Uint16Array(k));
+    this.fwd = grow(this.fwd, (k) => new Uint8Array(k));
+    this.weight = grow(this.weight, (k) => new Int32Array(k));
+    this.active = grow(this.active, (k) => new Uint32Array(k));
+    this.inactive = grow(this.inactive, (k) => new Uint32Array(k));
+  }
 }
 
 const HEX = /^[0-9A-F]+$/;
@@ -60,7 +161,7 @@ function hostPort(s: string, line: number): { family: 4 | 6; address: string; po
 /** An unsigned decimal the kernel printed with %d. */
 function decimal(s: string | undefined, what: string, line: number): number {
   const n = s !== undefined && /^\d{1,10}$/.test(s) ? Number(s) : NaN;
-  if (!Number.isSafeInteger(n)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad ${what}`);
+  if (!(n <= 0x7fffffff)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad ${what}`);
   return n;
 }
 
@@ -98,21 +199,21 @@ function hexAt(text: string, i: number, n: number): number {
 }
 
 /**
- * The common line, an IPv4 destination, read in place (a table has 100 000 of them): null when the line is not
- * exactly of that shape, and the general path (which also says what is wrong) reads it instead.
+ * The common line, an IPv4 destination, read in place into `cols` (a table has 100 000 of them): false when the
+ * line is not exactly of that shape, and the general path (which also says what is wrong) reads it instead.
  */
-function ipv4Destination(text: string, i: number, end: number): IpvsDestination | null {
+function ipv4Destination(text: string, i: number, end: number, cols: Columns): boolean {
   // "0A800001:1F90      Masq    1      0          0         "
   const addr = hexAt(text, i, 8);
   const port = text.charCodeAt(i + 8) === 58 ? hexAt(text, i + 9, 4) : -1;
-  if (addr < 0 || port < 0 || text.charCodeAt(i + 13) !== 32) return null;
+  if (addr < 0 || port < 0 || text.charCodeAt(i + 13) !== 32) return false;
   let p = i + 13;
   while (p < end && text.charCodeAt(p) === 32) p++;
   let q = p;
   while (q < end && text.charCodeAt(q) !== 32) q++;
   const fwdMethod = FWD_BY_NAME.get(text.slice(p, q));
-  if (fwdMethod === undefined) return null;
-  const n = [0, 0, 0];
+  if (fwdMethod === undefined) return false;
+  const n = NUMS;
   for (let k = 0; k < 3; k++) {
     while (q < end && text.charCodeAt(q) === 32) q++;
     let v = 0;
@@ -121,29 +222,23 @@ function ipv4Destination(text: string, i: number, end: number): IpvsDestination 
       v = v * 10 + (c - 48);
       digits++;
     }
-    if (digits === 0 || digits > 10 || (q < end && text.charCodeAt(q) !== 32)) return null;
+    // At most 2^31 - 1, as the kernel prints an int with %d.
+    if (digits === 0 || v > 0x7fffffff || (q < end && text.charCodeAt(q) !== 32)) return false;
     n[k] = v;
   }
   while (q < end && text.charCodeAt(q) === 32) q++;
-  if (q !== end) return null;
-  return {
-    family: 4,
-    address: `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`,
-    port,
-    fwdMethod,
-    weight: n[0]!,
-    upperThreshold: 0,
-    lowerThreshold: 0,
-    activeConns: n[1]!,
-    inactiveConns: n[2]!,
-  };
+  if (q !== end) return false;
+  cols.push(addr, port, fwdMethod, n[0]!, n[1]!, n[2]!);
+  return true;
 }
+const NUMS = [0, 0, 0];
 
 /** Parses the file's text; throws CodecError on anything it does not recognise. */
 export function parseIpvsProc(text: string): ProcTable {
-  const services = new Map<string, IpvsDestination[]>();
+  const services = new Map<string, TableDestinations>();
   const fwmarks = new Map<number, number>();
-  let current: IpvsDestination[] | null = null;
+  const cols = new Columns();
+  let current: TableDestinations | null = null;
   let line = 0;
   let at = 0;
   const f: string[] = [];
@@ -162,9 +257,8 @@ export function parseIpvsProc(text: string): ProcTable {
     if (text.startsWith('  -> ', start)) {
       // "  -> 0A800001:1F90      Masq    1      0          0"
       if (!current) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: a destination before any service`);
-      const fast = ipv4Destination(text, start + 5, end);
-      if (fast) {
-        current.push(fast);
+      if (ipv4Destination(text, start + 5, end, cols)) {
+        current.addV4();
         continue;
       }
       words(text, start + 5, end, f);
@@ -172,7 +266,7 @@ export function parseIpvsProc(text: string): ProcTable {
       const { family, address, port } = hostPort(f[0]!, line);
       const fwdMethod = FWD_BY_NAME.get(f[1]!);
       if (fwdMethod === undefined) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unknown forwarding method`);
-      current.push({
+      current.addOther({
         family,
         address,
         port,
@@ -188,7 +282,7 @@ export function parseIpvsProc(text: string): ProcTable {
     // "TCP  0A600001:0050 rr  [ops ][persistent 10800 FFFFFFFF]", "FWM  00000005 rr ..."
     words(text, start, end, f);
     if (f.length < 3) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: not a service`);
-    current = [];
+    current = new TableDestinations(cols);
     if (f[0] === 'FWM') {
       const mark = hex(f[1]!, 8, 'firewall mark', line);
       fwmarks.set(mark, (fwmarks.get(mark) ?? 0) + 1);
@@ -210,15 +304,15 @@ export function parseIpvsProc(text: string): ProcTable {
  * The destinations of each of `kernel` (the netlink service dump) that the table shows unambiguously, by
  * serviceId; a service it does not show (made after the read, or a firewall mark two services carry) is left out.
  */
-export function destinationsByService(table: ProcTable, kernel: IpvsService[]): Map<string, IpvsDestination[]> {
-  const out = new Map<string, IpvsDestination[]>();
+export function destinationsByService(table: ProcTable, kernel: IpvsService[]): Map<string, TableDestinations> {
+  const out = new Map<string, TableDestinations>();
   const marks = new Map<number, number>();
   for (const s of kernel) if (s.fwmark !== undefined) marks.set(s.fwmark, (marks.get(s.fwmark) ?? 0) + 1);
   for (const s of kernel) {
     if (s.fwmark !== undefined) {
       if (marks.get(s.fwmark) !== 1 || table.fwmarks.get(s.fwmark) !== 1) continue;
       const d = table.services.get(`FWM/${s.fwmark}`)!;
-      if (d.every((x) => x.family === s.family)) out.set(serviceId(s), d);
+      if (d.list().every((x) => x.family === s.family)) out.set(serviceId(s), d);
       continue;
     }
     const id = serviceId(s);

@@ -141,3 +141,18 @@ export function serviceId(k: ServiceKey): string {
 export function destinationId(d: { address: string; port: number }): string {
   return d.address.includes(':') ? `[${d.address}]:${d.port}` : `${d.address}:${d.port}`;
 }
+
+/** An IPv4 destination's address (as a 32-bit number) and port as one number: a key without a string. */
+export const v4Key = (address: number, port: number): number => address * 65536 + port;
+
+/** A virtual server's destinations as a whole-table read found them (procfs.ts). */
+export interface KnownDestinations {
+  readonly size: number;
+  /** Every destination (built on first use). */
+  list(): IpvsDestination[];
+  /**
+   * Whether they are exactly `want` (every one IPv4, keyed by v4Key): the same set, weights and forwarding method,
+   * no threshold wanted. False also when that cannot be told without list() (the caller compares that).
+   */
+  same(want: ReadonlyMap<number, IpvsDestination>): boolean;
+}
