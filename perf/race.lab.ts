@@ -7,7 +7,7 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
@@ -197,6 +197,68 @@ function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
+/** Each thread's name and CPU seconds (user, system), by thread id. */
+function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
+  const out = new Map<string, { name: string; user: number; system: number }>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      out.set(tid, { name, user: Number(f[11]) / 100, system: Number(f[12]) / 100 });
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+/** What each kind of thread (by name) used between two readings, busiest first. */
+function threadDelta(a: ReturnType<typeof threadCpu>, b: ReturnType<typeof threadCpu>): string {
+  const by = new Map<string, { user: number; system: number; n: number }>();
+  for (const [tid, t] of b) {
+    const was = a.get(tid) ?? { user: 0, system: 0 };
+    const name = t.name.replace(/[0-9]+$/, '#');
+    const x = by.get(name) ?? { user: 0, system: 0, n: 0 };
+    x.user += t.user - was.user;
+    x.system += t.system - was.system;
+    x.n++;
+    by.set(name, x);
+  }
+  return [...by]
+    .sort((x, y) => y[1].user + y[1].system - (x[1].user + x[1].system))
+    .map(([name, x]) => `${name}${x.n > 1 ? ` x${x.n}` : ''} ${x.user.toFixed(1)}/${x.system.toFixed(1)}`)
+    .join(', ');
+}
+/** Resident memory by kind of mapping (/proc/PID/smaps): each file by name, anonymous memory, the rest; largest first. */
+function rssParts(pid: number): string {
+  const by = new Map<string, number>();
+  let current = 'anonymous';
+  try {
+    for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const path = head[1]!.trim();
+        current = path === '' ? 'anonymous' : path.startsWith('[') ? path : path.slice(path.lastIndexOf('/') + 1);
+        continue;
+      }
+      const rss = /^Rss:\s+(\d+) kB/.exec(line);
+      if (rss) by.set(current, (by.get(current) ?? 0) + Number(rss[1]) / 1024);
+    }
+  } catch {
+    return 'n/a';
+  }
+  return [...by]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 6)
+    .map(([k, mb]) => `${k} ${mb.toFixed(0)}`)
+    .join(', ');
+}
 const rssMB = (pid: number) =>
   Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
 
@@ -376,6 +438,7 @@ async function race(proxy: string): Promise<Result> {
     // 3. churn
     const before = await latencyBuckets();
     const cpu0 = cpuSeconds(pid);
+    const threads0 = threadCpu(pid);
     let churnWrites = 0;
     const churnStart = performance.now();
     const writes: Promise<void>[] = [];
@@ -389,6 +452,7 @@ async function race(proxy: string): Promise<Result> {
     await sleep(5000); // what was written last gets in
     alive('the churn');
     const churnCpuS = cpuSeconds(pid) - cpu0;
+    log(`${proxy}: churn CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
     const after = await latencyBuckets();
     if (proxy === 'kube-ipvs') {
       // Where its time in system tools went (a first sync's netfilter stage is most of its cold start).
@@ -410,6 +474,7 @@ async function race(proxy: string): Promise<Result> {
       log(`${proxy}: memory ${mem.join(', ')}`);
     }
     const rss = rssMB(pid);
+    log(`${proxy}: resident memory by mapping (MB): ${rssParts(pid)}`);
     log(`${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s; RSS ${rss.toFixed(0)} MB`);
     return {
       proxy,

@@ -16,6 +16,8 @@ t.test('durations', async (t) => {
     ['1.5s', 1.5],
     ['500ms', 0.5],
     ['1h2m3s', 3723],
+    ['250\u00b5s', 0.00025], // Go's micro sign
+    ['250us', 0.00025],
     ['', null],
     ['30', null],
     ['5x', null],

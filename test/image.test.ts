@@ -113,8 +113,12 @@ if ('why' in built) {
 
   t.test('kube-ipvs is one bundled module: node_modules holds code only for the native netlink', async (t) => {
     const app = join(root!, 'opt/kube-ipvs');
-    t.same(readdirSync(join(app, 'dist')).sort(), ['bundled-packages.json', 'cli.js']);
+    t.same(readdirSync(join(app, 'dist')).sort(), ['bundled-packages.json', 'cli.js', 'cli.js.LEGAL.txt']);
     const cli = readFileSync(join(app, 'dist/cli.js'), 'utf8');
+    // One non-ASCII character anywhere and V8 holds the whole source (MBs) at two bytes a character.
+    const wide = [...cli.matchAll(/[^\x00-\x7f]/g)].map((m) => cli.slice(Math.max(0, m.index - 30), m.index + 5));
+    t.same(wide, [], 'the bundle is ASCII only');
+    t.match(readFileSync(join(app, 'dist/cli.js.LEGAL.txt'), 'utf8'), /License/, 'legal comments kept beside it');
     t.notMatch(cli, /\bfrom ['"]\.{1,2}\//, 'no relative import left in the bundle');
     t.match(
       cli,

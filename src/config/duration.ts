@@ -1,5 +1,5 @@
 // Go's time.Duration text ("1h2m3.5s", "500ms", "0s"), as KubeProxyConfiguration writes durations.
-const UNIT_SECONDS: Record<string, number> = { ns: 1e-9, us: 1e-6, µs: 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600 };
+const UNIT_SECONDS: Record<string, number> = { ns: 1e-9, us: 1e-6, '\u00b5s': 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600 };
 
 /** Seconds, or null when the text is not a Go duration. */
 export function parseDuration(text: string): number | null {
@@ -12,7 +12,7 @@ export function parseDuration(text: string): number | null {
   }
   if (s === '0') return 0;
   if (s === '') return null;
-  const re = /([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)/y;
+  const re = /([0-9]*\.?[0-9]+)(ns|us|\u00b5s|ms|s|m|h)/y;
   let total = 0;
   let pos = 0;
   while (pos < s.length) {
