@@ -4,7 +4,9 @@
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
 // (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
 // COLD_LIMIT (1800 s), PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s);
-// RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR).
+// RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
+// profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
+// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -110,11 +112,12 @@ try {
     'PROXIES',
     'RACE_CORE',
     'RACE_PROFILE',
+    'MIN_SYNC_PERIOD',
   ]
     .filter((k) => process.env[k] !== undefined)
     .map(
       (k) =>
-        `${k}=${Number.isNaN(Number(process.env[k])) ? (process.env[k] ?? '').replace(/[^a-z,-]/g, '') : Number(process.env[k])}`,
+        `${k}=${Number.isNaN(Number(process.env[k])) ? (process.env[k] ?? '').replace(/[^a-z0-9,.-]/g, '') : Number(process.env[k])}`,
     )
     .join(' ');
   const [cmd, args] = owned('bash', [
