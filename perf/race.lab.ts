@@ -200,7 +200,7 @@ function cpuSeconds(pid: number): number {
 /** Each thread's name and CPU seconds (user, system), by thread id. */
 function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
   const out = new Map<string, { name: string; user: number; system: number }>();
-  let tids: string[] = [];
+  let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
   } catch {
@@ -235,7 +235,7 @@ function threadDelta(a: ReturnType<typeof threadCpu>, b: ReturnType<typeof threa
     .map(([name, x]) => `${name}${x.n > 1 ? ` x${x.n}` : ''} ${x.user.toFixed(1)}/${x.system.toFixed(1)}`)
     .join(', ');
 }
-/** Resident memory by kind of mapping (/proc/PID/smaps): each file by name, anonymous memory, the rest; largest first. */
+/** Resident memory by kind of mapping (/proc/PID/smaps): each file by name, anonymous memory...; largest first. */
 function rssParts(pid: number): string {
   const by = new Map<string, number>();
   let current = 'anonymous';

@@ -16,17 +16,27 @@ export interface CIDR {
 }
 
 function parseV4(s: string): Uint8Array | null {
-  const parts = s.split('.');
-  if (parts.length !== 4) return null;
+  // Four decimal parts of 1-3 digits, each at most 255; sloppy like Go's ParseIPSloppy: leading zeros are decimal,
+  // not octal. Read character by character: a cold start parses every endpoint address it sends to the kernel.
   const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const p = parts[i]!;
-    // Sloppy like Go's ParseIPSloppy: leading zeros are decimal, not octal.
-    if (p.length === 0 || p.length > 3 || !/^[0-9]+$/.test(p)) return null;
-    const n = Number(p);
+  let part = 0;
+  let digits = 0;
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || part === 3) return null;
+      out[part++] = n;
+      n = 0;
+      digits = 0;
+      continue;
+    }
+    if (c < 48 || c > 57 || ++digits > 3) return null;
+    n = n * 10 + (c - 48);
     if (n > 255) return null;
-    out[i] = n;
   }
+  if (part !== 3 || digits === 0) return null;
+  out[3] = n;
   return out;
 }
 

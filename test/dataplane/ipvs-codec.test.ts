@@ -18,6 +18,7 @@ import {
 } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd, CmdAttr, FwdMethod, SvcFlag } from '../../src/dataplane/ipvs/constants.ts';
 import { destinationCountersOf, serviceCountersOf, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
+import { parseIP } from '../../src/util/ip.ts';
 
 // A tiny TLV writer for building expected bytes by hand, independent of the codec.
 const tlv = (type: number, payload: Buffer) => {
@@ -365,4 +366,37 @@ t.test('destination counters: id, state and counters; family from the service wh
     'the destination family attribute wins over the service family',
   );
   t.equal(decodeDestinationCounters(Buffer.from([Cmd.NEW_DEST, 1, 0, 0]), 4), null);
+});
+
+t.test('destinationAttr writes the same bytes as nesting each attribute, for any values', async (t) => {
+  const { attr, nest } = await import('../../src/dataplane/nlattr.ts');
+  const reference = (d: Parameters<typeof destinationAttr>[0]) =>
+    nest(CmdAttr.DEST, [
+      attr(1, Buffer.from([...parseIP(d.address)!.bytes, ...new Array<number>(16).fill(0)].slice(0, 16))),
+      attr(2, be16(d.port)),
+      attr(3, le32(d.fwdMethod)),
+      attr(4, le32(d.weight)),
+      attr(5, le32(d.upperThreshold)),
+      attr(6, le32(d.lowerThreshold)),
+      attr(11, le16(d.family === 4 ? 2 : 10)),
+    ]);
+  let seed = 11;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  let differ = 0;
+  for (let i = 0; i < 300; i++) {
+    const v6 = rnd(3) === 0;
+    const d: Parameters<typeof destinationAttr>[0] = {
+      family: v6 ? 6 : 4,
+      address: v6
+        ? `fd00:${rnd(65536).toString(16)}::${rnd(65536).toString(16)}`
+        : `10.${rnd(256)}.${rnd(256)}.${rnd(256)}`,
+      port: rnd(65536),
+      fwdMethod: rnd(5),
+      weight: rnd(2 ** 31),
+      upperThreshold: rnd(2 ** 31),
+      lowerThreshold: rnd(2 ** 31),
+    };
+    if (destinationAttr(d).toString('hex') !== reference(d).toString('hex')) differ++;
+  }
+  t.equal(differ, 0, '300 random destinations, byte for byte');
 });
