@@ -105,6 +105,8 @@ export class Reconciler {
   #applied = new Map<string, { vs: Set<string>; addresses: Set<string> }>();
   /** Virtual server -> its owning Kubernetes Service. */
   #vsOwner = new Map<string, string>();
+  /** Virtual server -> the planned service an earlier sync found (or made) in the kernel as it asks. */
+  #inKernel = new Map<string, IpvsService>();
   /** Virtual server -> destination -> when it started draining (clock ms). */
   #draining = new Map<string, Map<string, number>>();
   /** The ownership record changed during this sync and must be saved. */
@@ -228,9 +230,9 @@ export class Reconciler {
     } catch (e) {
       run.tableProblem = (e as Error).message;
     }
-    await pool([...desired.values()], this.#o.concurrency, (d) =>
-      this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run, table?.get(d.id)),
-    );
+    await pool([...desired.values()], this.#o.concurrency, async (d) => {
+      await this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run, table?.get(d.id));
+    });
     for (const [id, s] of byId) {
       if (desired.has(id) || !this.#isOurs(s)) continue;
       await this.#deleteVS(id, s, run);
@@ -403,6 +405,13 @@ export class Reconciler {
       await pool(desired, this.#o.concurrency, async (d) => {
         now.vs.add(d.id);
         this.#vsOwner.set(d.id, key);
+        // A virtual server an earlier sync left with exactly these attributes is not asked for again: its
+        // destinations are read anyway, and one deleted behind our back shows there (it is then looked up and made
+        // again). Attributes changed behind our back are the full resync's to find.
+        const seen = this.#inKernel.get(d.id);
+        if (seen && sameAttributes(seen, d.service) && !(await this.#reconcileVS(d, seen, run, undefined, true)))
+          return;
+        this.#inKernel.delete(d.id);
         let have: IpvsService | null;
         try {
           have = await this.#ipvs.service(d.service);
@@ -468,10 +477,21 @@ export class Reconciler {
       run.staleUdp.push({ family: gone.family, address: gone.address, port: gone.port });
     this.#draining.delete(id);
     this.#vsOwner.delete(id);
+    this.#inKernel.delete(id);
   }
 
-  /** `known`: the virtual server's destinations as a whole-table read found them (else they are dumped). */
-  async #reconcileVS(d: DesiredVS, have: IpvsService | null, run: Run, known?: KnownDestinations): Promise<void> {
+  /**
+   * `known`: the virtual server's destinations as a whole-table read found them (else they are dumped). `assumed`:
+   * `have` is what an earlier sync confirmed, not read now; returns true when the kernel says it is not there after all
+   * (nothing was changed: the caller looks it up and comes back).
+   */
+  async #reconcileVS(
+    d: DesiredVS,
+    have: IpvsService | null,
+    run: Run,
+    known?: KnownDestinations,
+    assumed = false,
+  ): Promise<boolean> {
     let kernelDests: IpvsDestination[] = [];
     let asWanted = false;
     if (!have) {
@@ -479,11 +499,12 @@ export class Reconciler {
       run.ops++;
       try {
         await this.#ipvs.addService(d.service);
+        this.#inKernel.set(d.id, d.service);
       } catch (e) {
         if (!ok(e, 'EEXIST')) {
           this.#own(this.#owned.services, d.id, false);
           run.fail(`add service ${d.id}`, e, d.owner);
-          return;
+          return false;
         }
         have = await this.#ipvs.service(d.service).catch(() => null);
       }
@@ -491,11 +512,13 @@ export class Reconciler {
     if (have) {
       // A service with our exact identity is ours from now on (adopting e.g. kube-proxy's leftover).
       this.#own(this.#owned.services, d.id, true);
+      let serviceOk = true;
       if (!serviceMatches(d.service, have)) {
         run.ops++;
         try {
           await this.#ipvs.updateService(d.service);
         } catch (e) {
+          serviceOk = false;
           run.fail(`update service ${d.id}`, e, d.owner);
         }
       }
@@ -505,9 +528,12 @@ export class Reconciler {
         try {
           kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service);
         } catch (e) {
+          if (assumed && ok(e, 'ESRCH', 'ENOENT')) return true;
           run.fail(`list destinations of ${d.id}`, e, d.owner);
-          return;
+          return false;
         }
+      if (serviceOk) this.#inKernel.set(d.id, d.service);
+      else this.#inKernel.delete(d.id);
     }
     const l = this.#owned.labels.get(d.id);
     if (!l || l.service !== d.label.service || l.portName !== d.label.portName || l.kind !== d.label.kind) {
@@ -516,7 +542,7 @@ export class Reconciler {
     }
     if (asWanted) {
       this.#draining.delete(d.id); // every destination wanted is in: none of them drains
-      return;
+      return false;
     }
     const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();
@@ -549,6 +575,7 @@ export class Reconciler {
     if (removals.length) await Promise.all(removals);
     if (draining.size > 0) this.#draining.set(d.id, draining);
     else this.#draining.delete(d.id);
+    return false;
   }
 
   /** Weight 0: no new connections to `k` (a drain's first step). Gone already is no failure. */
@@ -575,6 +602,17 @@ export class Reconciler {
       return false;
     }
   }
+}
+
+/** Whether two services (of one key) ask the kernel for the same: scheduler, flags, persistence, engine. */
+function sameAttributes(a: IpvsService, b: IpvsService): boolean {
+  return (
+    a.scheduler === b.scheduler &&
+    a.flags === b.flags &&
+    a.timeout === b.timeout &&
+    a.netmask === b.netmask &&
+    (a.peName ?? '') === (b.peName ?? '')
+  );
 }
 
 /** One sync's counters and errors. */

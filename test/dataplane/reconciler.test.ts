@@ -495,3 +495,39 @@ t.test(
     t.ok(turns >= 3, `the loop turned ${turns} times during the resync`);
   },
 );
+
+t.test(
+  'an endpoint change reads only destinations; a virtual server deleted behind our back is made again',
+  async (t) => {
+    const { h } = await started();
+    const vip = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+    let lookups = h.ipvs.serviceLookups;
+    h.put(webEps(['10.0.0.1', '10.0.0.2', '10.0.0.3']));
+    const r = await h.incremental();
+    t.same(r.errors, []);
+    t.equal(h.ipvs.serviceLookups, lookups, 'no service looked up: the last sync left them as wanted');
+    t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.1:8080=1', '10.0.0.2:8080=1', '10.0.0.3:8080=1']);
+    // Someone deletes the ClusterIP's virtual server; the next endpoint change finds it gone and makes it again.
+    await h.ipvs.deleteService(vip);
+    lookups = h.ipvs.serviceLookups;
+    h.put(webEps(['10.0.0.2', '10.0.0.3']));
+    const again = await h.incremental();
+    t.same(again.errors, [], 'no error: found missing, made again');
+    t.ok(h.ipvs.serviceLookups > lookups, 'looked up once its destinations could not be read');
+    t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.2:8080=1', '10.0.0.3:8080=1']);
+    // A scheduler change is a change of attributes: looked up and updated.
+    lookups = h.ipvs.serviceLookups;
+    const n = h.ipvs.ops.length;
+    h.put(
+      service('web', {
+        clusterIPs: ['10.96.0.1'],
+        type: 'NodePort',
+        ports: [{ name: 'http', port: 80, nodePort: 30080 }],
+        annotations: { 'kube-ipvs.io/scheduler': 'lc' },
+      }),
+    );
+    await h.incremental();
+    t.ok(h.ipvs.serviceLookups > lookups, 'looked up');
+    t.match(h.opsSince(n).join('\n'), /updateService TCP\/10\.96\.0\.1:80/, 'and updated');
+  },
+);

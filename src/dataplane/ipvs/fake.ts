@@ -87,7 +87,11 @@ export class FakeIpvs implements Ipvs {
     return [...this.#svcs.values()].map((e) => structuredClone(e.svc));
   }
 
+  /** service() calls so far (a GET request on a real kernel). */
+  serviceLookups = 0;
+
   async service(key: ServiceKey): Promise<IpvsService | null> {
+    this.serviceLookups++;
     const e = this.#svcs.get(serviceId(key));
     return e ? structuredClone(e.svc) : null;
   }
