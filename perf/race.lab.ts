@@ -312,16 +312,20 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
     );
     // RACE_PROFILE=1: a CPU profile of kube-ipvs' whole run in /lab-results (kept with LAB_KEEP=DIR).
     const prof = process.env.RACE_PROFILE === '1' ? ['--cpu-prof', '--cpu-prof-dir=/lab-results'] : [];
-    const args = [...prof, ...CLI, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
+    // KIPVS_FLAGS=--a,--b=1: more V8 flags for kube-ipvs (experiments); MALLOC_ARENA_MAX: glibc's, for it alone.
+    const extra = (process.env.KIPVS_FLAGS ?? '').split(',').filter((f) => /^--[a-z0-9-]+(=[a-z0-9.]+)?$/.test(f));
+    const cli = [...CLI.slice(0, -1), ...extra, CLI.at(-1)!];
+    const args = [...prof, ...cli, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
+    const env = process.env.MALLOC_ARENA_MAX ? { ...appEnv, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX } : appEnv;
     if (process.env.RACE_CORE === '1') {
       // A native crash leaves its core in /lab-results (keep it with LAB_KEEP) for gdb on the host.
       writeFileSync('/proc/sys/kernel/core_pattern', '/lab-results/core.%e.%p');
       return spawn('sh', ['-c', 'ulimit -c unlimited && exec "$0" "$@"', appNode, ...args], {
         stdio: ['ignore', out, out],
-        env: appEnv,
+        env,
       });
     }
-    return spawn(appNode, args, { stdio: ['ignore', out, out], env: appEnv });
+    return spawn(appNode, args, { stdio: ['ignore', out, out], env });
   }
   const mode = proxy.replace('kube-proxy-', '');
   const cfg = join(dir, `${proxy}.yaml`);
