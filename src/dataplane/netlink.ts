@@ -195,6 +195,20 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     return new Promise<void>((go) => this.#waiting.push({ cost, go })).then(send);
   }
 
+  /**
+   * As NetlinkSocket.send, with the socket's own port read once: the package asks the native socket for it at every
+   * send (a getsockname system call), which showed in the daemon's profile under endpoint churn.
+   */
+  override send(
+    type: number,
+    data: Uint8Array | Uint8Array[],
+    options?: NetlinkSendOptions,
+    callback?: Parameters<NetlinkSocket['send']>[3],
+  ): number {
+    const localPort = options?.localPort ?? (this.#port ??= this.socket.address().port);
+    return super.send(type, data, { ...options, localPort }, callback);
+  }
+
   /** Changes waiting for the end of this event-loop turn, to be sent in batches. */
   #pending: Batched[] = [];
   #flushScheduled = false;

@@ -343,3 +343,10 @@ t.test('a batch is refused by the send: every change in it fails with the error'
   await ipvs.addDestination(svc(5), dest(1));
   t.equal((await ipvs.destinations(svc(5))).length, 1, 'the socket goes on');
 });
+
+t.test("the socket's own port is read once, not at every send", async (t) => {
+  const { kernel, ipvs } = await client();
+  for (let i = 0; i < 20; i++) await ipvs.addDestination(svc(6), dest(i));
+  for (let i = 0; i < 20; i++) await ipvs.destinations(svc(6));
+  t.ok(kernel.addressCalls <= 1, `${kernel.addressCalls} lookups for 40 requests`);
+});

@@ -75,7 +75,10 @@ export class FakeNetlinkKernel extends EventEmitter {
     this.o = o;
   }
 
+  /** address() calls (a getsockname system call on a real socket). */
+  addressCalls = 0;
   address() {
+    this.addressCalls++;
     return { port: 4242, groups: 0 };
   }
   ref() {}
