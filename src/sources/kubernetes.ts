@@ -22,6 +22,7 @@ import {
 import type { Logger } from '../observe/log.ts';
 import { TokenBucket } from './rate-limit.ts';
 import type { Source, SourceBatch } from './source.ts';
+import { openWatch } from './watch-stream.ts';
 
 export interface KubernetesSourceOptions {
   nodeName: string;
@@ -64,14 +65,30 @@ export function slim(o: unknown): void {
     delete (ann as Record<string, unknown>)[ANNOTATION_LAST_APPLIED];
 }
 
-/** A Watch that asks for bookmarks and a server-side timeout, and reports every event as activity. */
+/** As the library's Watch: 30 s to connect, then 30 s without a byte ends a watch (ListWatch reconnects at once). */
+const WATCH_IDLE_TIMEOUT_MS = 30_000;
+
+/**
+ * The watch ListWatch calls: bookmarks and a server-side timeout asked for, every event reported
+ * as activity, and the stream read by openWatch (src/sources/watch-stream.ts) instead of the
+ * library's fetch and web-stream pipeline. A line that cannot be used is logged and counted.
+ */
 class ActiveWatch extends Watch {
+  readonly #kc: KubeConfig;
   readonly #onActivity: () => void;
   readonly #timeoutSeconds: () => number;
-  constructor(kc: KubeConfig, onActivity: () => void, timeoutSeconds: () => number) {
+  readonly #problem: (what: string, detail: string) => void;
+  constructor(
+    kc: KubeConfig,
+    onActivity: () => void,
+    timeoutSeconds: () => number,
+    problem: (what: string, detail: string) => void,
+  ) {
     super(kc);
+    this.#kc = kc;
     this.#onActivity = onActivity;
     this.#timeoutSeconds = timeoutSeconds;
+    this.#problem = problem;
   }
   override watch(
     path: string,
@@ -79,16 +96,21 @@ class ActiveWatch extends Watch {
     cb: (phase: string, obj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ) {
-    return super.watch(
+    // ListWatch's own parameters: resourceVersion and the selectors, strings.
+    const params: Record<string, string | number | boolean | undefined> = {};
+    for (const [k, v] of Object.entries(query)) if (typeof v === 'string') params[k] = v;
+    return openWatch(
+      this.#kc,
       path,
-      { ...query, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() },
+      { ...params, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() },
       (phase, obj, w) => {
         this.#onActivity();
         slim(obj);
         cb(phase, obj, w);
       },
       done,
-    );
+      { idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS, problem: this.#problem },
+    ) as unknown as ReturnType<Watch['watch']>;
   }
 }
 
@@ -166,6 +188,14 @@ class SupervisedInformer {
       kc,
       () => this.#delivered(),
       () => Math.max(30, Math.round((stallMs / 1000 / 2) * (0.5 + Math.random() / 2))),
+      (what, detail) => {
+        src.counters.errors++;
+        src.log.warn(
+          `watch: ${what}`,
+          { informer: spec.name, detail: detail.slice(0, 500) },
+          `watch-line:${spec.name}`,
+        );
+      },
     );
     const listFn = async () => {
       const items: Obj[] = [];
