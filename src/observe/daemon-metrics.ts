@@ -97,7 +97,11 @@ export function registerScrapeMetrics(
   counter('kubeipvs_watch_events_total', 'Object events received from the API server', () => c.events);
   counter('kubeipvs_watch_reconnects_total', 'Watches re-established after an error or a stall', () => c.reconnects);
   counter('kubeipvs_watch_relists_total', 'Full relists (410 Gone, or a watch that could not resume)', () => c.relists);
-  counter('kubeipvs_watch_errors_total', 'Failed list or watch requests, and watch events that could not be used', () => c.errors);
+  counter(
+    'kubeipvs_watch_errors_total',
+    'Failed list or watch requests, and watch events that could not be used',
+    () => c.errors,
+  );
   counter(
     'kubeipvs_watch_stalls_total',
     'Watches restarted because they were silent past the stall bound',
