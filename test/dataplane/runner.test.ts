@@ -159,3 +159,38 @@ t.test('a fault in the runner itself is reported and syncing goes on (not stuck 
   t.ok(runs.length >= 4, 'and the periodic resync goes on');
   r.stop();
 });
+
+t.test('the periodic full sync is spaced by its own duration: at most a tenth of the time, capped', async (t) => {
+  const clock = new ManualClock();
+  const start = clock.now();
+  // How long each full sync takes, in order; incremental ones take no time.
+  const took = [100_000, 6_000, 6_000, 2_000, 2_000];
+  const fulls: number[] = [];
+  const r = new BoundedFrequencyRunner(
+    ({ full }) => {
+      if (!full) return Promise.resolve(true);
+      fulls.push(clock.now() - start);
+      const d = took[fulls.length - 1] ?? 0;
+      return new Promise<boolean>((res) => clock.setTimeout(() => res(true), d));
+    },
+    { minIntervalMs: 1000, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+  );
+  r.start();
+  await clock.advance(0);
+  t.equal(r.fullIntervalMs, 30_000, 'maxInterval before any full sync finished');
+  await clock.advance(100_000);
+  t.equal(r.fullIntervalMs, 300_000, 'a 100 s sync: 10x would be 1 000 s, capped at 10 x maxInterval');
+  await clock.advance(700_000);
+  t.same(
+    fulls,
+    [
+      0, 300_000, 360_000, 420_000, 450_000, 480_000, 510_000, 540_000, 570_000, 600_000, 630_000, 660_000, 690_000,
+      720_000, 750_000, 780_000,
+    ],
+    'after the cold one, 300 s; after 6 s ones, 60 s; after 2 s ones, maxInterval again',
+  );
+  r.request();
+  await clock.advance(1000);
+  t.equal(fulls.length, 16, 'a requested sync is not a full one');
+  r.stop();
+});
