@@ -29,7 +29,10 @@ export interface SourceCounters {
 export interface Source {
   /** Present on sources that watch an API server. */
   readonly counters?: SourceCounters;
-  /** Starts delivering batches; resolves once the first complete view has been delivered. */
+  /**
+   * Starts delivering batches; resolves once the first complete view has been delivered. A batch's objects are
+   * valid during `deliver` only: the Kubernetes source then keeps just their name, namespace and resourceVersion.
+   */
   start(deliver: (batch: SourceBatch) => void): Promise<void>;
   /** Asks for a fresh look now, where the source can (the folder source re-reads). */
   refresh(): Promise<void>;
