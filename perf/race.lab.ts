@@ -193,17 +193,14 @@ function nftKernel(): Kernel {
 }
 
 /** CPU seconds (user + system) a process has used. */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-}
 /**
- * CPU seconds of the child processes the proxy started and waited for (cutime, cstime): kube-proxy's `nft`,
- * `iptables-restore` and `ipset`, kube-ipvs' `iptables-save`/`-restore`. A pod's cgroup counts them with the proxy.
+ * CPU seconds from /proc/PID/stat: the process's own (utime, stime) and those of the child processes it started
+ * and waited for (cutime, cstime: kube-proxy's `nft`, `iptables-restore` and `ipset`, kube-ipvs' `iptables-save`/
+ * `-restore`), which a pod's cgroup counts with it. Clock ticks, USER_HZ 100.
  */
-function childCpuSeconds(pid: number): number {
+function cpuSeconds(pid: number): { self: number; children: number } {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[13]) + Number(f[14])) / 100;
+  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
 }
 /** Each thread's name and CPU seconds (user, system), by thread id. */
 function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
@@ -455,7 +452,6 @@ async function race(proxy: string): Promise<Result> {
     // 3. churn
     const before = await latencyBuckets();
     const cpu0 = cpuSeconds(pid);
-    const children0 = childCpuSeconds(pid);
     const threads0 = threadCpu(pid);
     let churnWrites = 0;
     const churnStart = performance.now();
@@ -469,8 +465,9 @@ async function race(proxy: string): Promise<Result> {
     await Promise.all(writes);
     await sleep(5000); // what was written last gets in
     alive('the churn');
-    const churnCpuS = cpuSeconds(pid) - cpu0;
-    const churnChildCpuS = childCpuSeconds(pid) - children0;
+    const cpu1 = cpuSeconds(pid);
+    const churnCpuS = cpu1.self - cpu0.self;
+    const churnChildCpuS = cpu1.children - cpu0.children;
     log(`${proxy}: churn CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
     const after = await latencyBuckets();
     if (proxy === 'kube-ipvs') {

@@ -9,7 +9,6 @@
 // reported through `problem` (the caller logs and counts it); an over-long line ends the watch.
 import http from 'node:http';
 import https from 'node:https';
-import { STATUS_CODES } from 'node:http';
 
 /** What ListWatch needs of a KubeConfig here. */
 export interface WatchConfig {
@@ -156,7 +155,7 @@ export async function openWatch(
         }
         const code = res.statusCode ?? 0;
         finish(
-          Object.assign(new Error(`watch ${path}: HTTP ${code} ${STATUS_CODES[code] ?? ''}${why}`.trimEnd()), {
+          Object.assign(new Error(`watch ${path}: HTTP ${code} ${http.STATUS_CODES[code] ?? ''}${why}`.trimEnd()), {
             statusCode: code,
           }),
         );
