@@ -1,11 +1,19 @@
 // The Kubernetes source against a real kube-apiserver and etcd built from upstream Go modules
 // (test/k8s/, built by the test set-up). Skipped, with the set-up's reason, when they were not built.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import t from 'tap';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { Problem } from '../src/errors.ts';
 import { Model } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
-import { ANNOTATION_LAST_APPLIED, KubernetesSource, type KubernetesSourceOptions } from '../src/sources/kubernetes.ts';
+import {
+  ANNOTATION_LAST_APPLIED,
+  API_BOOKMARK_PERIOD_MS,
+  KubernetesSource,
+  WATCH_IDLE_TIMEOUT_MS,
+  type KubernetesSourceOptions,
+} from '../src/sources/kubernetes.ts';
 import { main } from '../src/cli.ts';
 import { ApiServer, k8sBinaries } from './support/apiserver.ts';
 import { ep, node, service, slice } from './support/objects.ts';
@@ -248,6 +256,22 @@ if ('why' in built) {
     await until('events after the restart', () => model.service('default/after-stall') !== undefined);
     t.pass('the restarted watch delivers');
   });
+
+  t.test(
+    "a quiet watch outlives the API server's bookmark period; a silent peer is left to TCP keepalive",
+    async (t) => {
+      // The idle timeout once cut every quiet watch after 30 s (a new TLS connection each time, twice a minute); the
+      // API server's watch cache bookmarks a watch about once a minute.
+      t.ok(WATCH_IDLE_TIMEOUT_MS >= 1.5 * API_BOOKMARK_PERIOD_MS, `idle timeout ${WATCH_IDLE_TIMEOUT_MS} ms`);
+      await open(t);
+      const port = new URL(kc.getCurrentCluster()!.server).port;
+      // Five informers, five watches, each on a socket with the keepalive timer (the lists' pooled sockets, and the
+      // test's own requests, have none: they are not waiting on the server).
+      const { stdout } = await promisify(execFile)('ss', ['-tnoH', 'state', 'established', `( dport = :${port} )`]);
+      const kept = stdout.split('\n').filter((l) => l.includes('timer:(keepalive'));
+      t.ok(kept.length >= 5, `${kept.length} connections to the API server with TCP keepalive:\n${stdout}`);
+    },
+  );
 
   t.test('kube-ipvs run --kubeconfig programs the cluster (dry run, one sync)', async (t) => {
     const created = (await create(svcPath(), apiService('e2e'))) as unknown as { spec: { clusterIP: string } };

@@ -1,10 +1,12 @@
 // What SREs read: each metric's meaning, /healthz and /livez with kube-proxy's semantics and
 // bodies, healthCheckNodePort answers, kernel operation counting, the IPVS series and their cap,
 // and the daemon feeding all of them. Kernel and time are in-memory twins.
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
+import { promisify } from 'node:util';
 import t from 'tap';
 import { defaultConfig } from '../src/config/config.ts';
 import { Daemon } from '../src/daemon.ts';
@@ -18,7 +20,12 @@ import { goTime, ProxyHealth, serviceHealthBody } from '../src/observe/health.ts
 import { instrumentKernel } from '../src/observe/instrument.ts';
 import { IpvsCollector } from '../src/observe/ipvs-collector.ts';
 import { Logger } from '../src/observe/log.ts';
-import { Metrics, PROGRAMMING_BUCKETS, SYNC_BUCKETS } from '../src/observe/metrics.ts';
+import {
+  EVENT_LOOP_MONITORING_PRECISION_MS,
+  Metrics,
+  PROGRAMMING_BUCKETS,
+  SYNC_BUCKETS,
+} from '../src/observe/metrics.ts';
 import { daemonStatus, healthHandler, listen, metricsHandler, parseBindAddress } from '../src/observe/server.ts';
 import { ServiceHealthServers } from '../src/observe/service-health.ts';
 import { ManualClock } from './support/clock.ts';
@@ -73,6 +80,31 @@ t.test('kubeipvs_build_info: 1, labelled with the version and the Node.js it run
   const text = await new Metrics({ defaultMetrics: false }).registry.metrics();
   const want = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
   t.match(text, `kubeipvs_build_info{version="${want}",nodejs_version="${process.version}"} 1\n`);
+});
+
+t.test('the default metrics wake an idle process about 10 times a second, not 100', async (t) => {
+  // prom-client's event-loop delay monitor is a timer at its sampling precision (10 ms unless told): on an idle
+  // daemon that was nearly all the CPU it used. Counted in a process of its own: event-loop turns over 2 s.
+  const script = [
+    `import { Metrics } from ${JSON.stringify(new URL('../src/observe/metrics.ts', import.meta.url).href)};`,
+    'const m = new Metrics();',
+    'const before = performance.nodeTiming.uvMetricsInfo.loopCount;',
+    'setTimeout(async () => {',
+    '  const turns = performance.nodeTiming.uvMetricsInfo.loopCount - before;',
+    '  const text = await m.registry.metrics();',
+    '  console.log(JSON.stringify({ turns, lag: /^nodejs_eventloop_lag_p99_seconds /m.test(text) }));',
+    '  process.exit(0);',
+    '}, 2000);',
+  ].join('\n');
+  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+    timeout: 30_000,
+    env: { PATH: process.env.PATH ?? '' }, // not the test runner's NODE_OPTIONS (its loaders have timers of their own)
+  });
+  const r = JSON.parse(stdout) as { turns: number; lag: boolean };
+  t.ok(r.lag, 'the event-loop lag series are still there');
+  t.ok(r.turns >= 2000 / EVENT_LOOP_MONITORING_PRECISION_MS / 2, `the monitor samples (${r.turns} turns in 2 s)`);
+  t.ok(r.turns <= (2 * 2000) / 100 + 5, `${r.turns} turns in 2 s`);
+  t.ok(EVENT_LOOP_MONITORING_PRECISION_MS >= 100, "not prom-client's 10 ms");
 });
 
 t.test("kube-proxy's buckets", async (t) => {

@@ -36,7 +36,10 @@ interface Run {
   abort: () => void;
 }
 
-async function run(kc: WatchConfig, opts: { idleTimeoutMs?: number; maxLineBytes?: number; throwOn?: string } = {}) {
+async function run(
+  kc: WatchConfig,
+  opts: { idleTimeoutMs?: number; connectTimeoutMs?: number; maxLineBytes?: number; throwOn?: string } = {},
+) {
   const events: [string, unknown][] = [];
   const problems: string[] = [];
   let calls = 0;
@@ -56,6 +59,7 @@ async function run(kc: WatchConfig, opts: { idleTimeoutMs?: number; maxLineBytes
     },
     {
       idleTimeoutMs: opts.idleTimeoutMs ?? 5000,
+      connectTimeoutMs: opts.connectTimeoutMs,
       maxLineBytes: opts.maxLineBytes,
       problem: (what) => problems.push(what),
     },
@@ -188,6 +192,33 @@ t.test('silence past the idle timeout ends the watch with a TimeoutError', async
   t.equal(err.name, 'TimeoutError', 'ListWatch reconnects at once on this name');
   t.ok(Date.now() - t0 >= 250, 'not before the timeout');
   t.same(r.events, [['ADDED', { name: 'one' }]]);
+});
+
+t.test('a server that never answers is given up after the connect timeout, not the longer idle one', async (t) => {
+  const kc = await server(t, () => {
+    /* the request is read, nothing is ever answered */
+  });
+  const t0 = Date.now();
+  const r = await run(kc, { connectTimeoutMs: 200, idleTimeoutMs: 5000 });
+  const err = (await r.done) as Error;
+  t.equal(err.name, 'TimeoutError');
+  const took = Date.now() - t0;
+  t.ok(took >= 150 && took < 2000, `given up after ${took} ms`);
+});
+
+t.test('once the response has begun, quiet shorter than the idle timeout does not end the watch', async (t) => {
+  const kc = await server(t, (_req, res) => {
+    res.writeHead(200);
+    res.write(line('ADDED', 'one'));
+    setTimeout(() => res.write(line('BOOKMARK', 'b')), 600);
+    setTimeout(() => res.end(), 700);
+  });
+  const r = await run(kc, { connectTimeoutMs: 200, idleTimeoutMs: 2000 });
+  t.equal(await r.done, null, 'ended by the server, not by a timeout');
+  t.same(r.events, [
+    ['ADDED', { name: 'one' }],
+    ['BOOKMARK', { name: 'b' }],
+  ]);
 });
 
 t.test('abort() ends it with an AbortError, once, and closes the connection', async (t) => {

@@ -65,6 +65,15 @@ export class ScrapeMetric {
   reset(): void {}
 }
 
+/**
+ * How often the event-loop delay monitor behind `nodejs_eventloop_lag_*` samples (ms). prom-client's default, 10 ms,
+ * is a timer waking the main thread 100 times a second. An idle daemon here (1 000 Services, no writes and no resync
+ * in the minute measured, V8 interpreter only) used 0.14 CPU s a minute with it, 0.04 at 100 ms, 0.01 at 1 s; under
+ * the lab's emulation every wakeup costs an order of magnitude more. At 100 ms a stall of 100 ms or more is always
+ * seen, a shorter one in proportion to its length, and a scrape every 30 s still summarises 300 samples.
+ */
+export const EVENT_LOOP_MONITORING_PRECISION_MS = 100;
+
 export class Metrics {
   readonly registry = new Registry();
 
@@ -105,7 +114,8 @@ export class Metrics {
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
     const registers = [r];
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r });
+    if (opts.defaultMetrics !== false)
+      collectDefaultMetrics({ register: r, eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_PRECISION_MS });
     // Prometheus' build_info convention: constant 1, the facts in labels (joined onto other series).
     new Gauge({
       name: 'kubeipvs_build_info',

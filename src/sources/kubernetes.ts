@@ -82,8 +82,19 @@ export function skeleton(o: unknown): void {
   obj.metadata = keep;
 }
 
-/** As the library's Watch: 30 s to connect, then 30 s without a byte ends a watch (ListWatch reconnects at once). */
-const WATCH_IDLE_TIMEOUT_MS = 30_000;
+/** A watch request without a response for this long is given up (ListWatch reconnects at once): an API server gone. */
+const WATCH_CONNECT_TIMEOUT_MS = 30_000;
+/**
+ * No byte for this long ends a watch (ListWatch reconnects at once). The API server's watch
+ * cache sends a watch that asked for bookmarks one about every minute and 2 s before its timeoutSeconds: 1.5x that
+ * minute never cuts a quiet, healthy watch. (It was the client library's 30 s: every quiet watch, the Node's and the
+ * Services' on most clusters, was torn down and made again twice a minute, each time a new TLS connection.) A peer
+ * that went away silently is found sooner by TCP keepalive, which the HTTP agent turns on for the watch's socket
+ * (about 30 s without traffic, then probes).
+ */
+export const WATCH_IDLE_TIMEOUT_MS = 90_000;
+/** How often the API server's watch cache sends a bookmark to a watch that asked for them (its bookmarkFrequency). */
+export const API_BOOKMARK_PERIOD_MS = 60_000;
 
 /**
  * The watch ListWatch calls: bookmarks and a server-side timeout asked for, every event reported
@@ -126,7 +137,7 @@ class ActiveWatch extends Watch {
         cb(phase, obj, w);
       },
       done,
-      { idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS, problem: this.#problem },
+      { idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS, connectTimeoutMs: WATCH_CONNECT_TIMEOUT_MS, problem: this.#problem },
     ) as unknown as ReturnType<Watch['watch']>;
   }
 }

@@ -17,8 +17,10 @@ export interface WatchConfig {
 }
 
 export interface WatchOptions {
-  /** Connect timeout, then idle timeout: no byte for this long ends the watch with a TimeoutError. */
+  /** No byte for this long, once the response has begun, ends the watch with a TimeoutError. */
   idleTimeoutMs: number;
+  /** No response (status line and headers) this long after the request: a TimeoutError. Default: idleTimeoutMs. */
+  connectTimeoutMs?: number;
   /** Longest event line accepted (bytes). An object is at most ~1.5 MiB in etcd; the bound is far above it. */
   maxLineBytes?: number;
   /** A line that could not be used, or a handler that threw (the watch goes on). */
@@ -137,6 +139,7 @@ export async function openWatch(
   };
 
   const req = transport.request(url, reqOpts, (res) => {
+    req.setTimeout(opts.idleTimeoutMs); // from here on, the idle timeout
     if (res.statusCode !== 200) {
       // The Status the API server sends says why; a bounded part of it is kept.
       const parts: Buffer[] = [];
@@ -176,7 +179,7 @@ export async function openWatch(
     // Closed without an end (the connection dropped mid-body): an error, so ListWatch backs off.
     res.on('close', () => finish(res.complete ? null : new Error(`watch ${path}: the connection closed mid-stream`)));
   });
-  req.setTimeout(opts.idleTimeoutMs, () => finish(timeoutError()));
+  req.setTimeout(opts.connectTimeoutMs ?? opts.idleTimeoutMs, () => finish(timeoutError()));
   req.on('error', finish);
   req.end();
   return { abort: () => finish(abortError()) };
