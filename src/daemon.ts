@@ -274,6 +274,7 @@ export class Daemon {
       log[p.severity === 'error' ? 'error' : 'warn'](formatProblem(p), { code: p.code }, `problem:${formatProblem(p)}`);
     };
     batch.problems.forEach(report);
+    const rulesBefore = this.planner.netfilter;
     let nodeChanged = false;
     const endpointChanged = new Set<string>();
     for (const change of batch.changes) {
@@ -313,7 +314,9 @@ export class Daemon {
     }
     for (const [k, at] of batch.triggerTimes ?? []) if (!this.#triggers.has(k)) this.#triggers.set(k, at);
     if (nodeChanged) log.info('node changed: every Service re-planned', { node: this.model.nodeName });
-    if (this.#dirty.size > 0) this.runner.request();
+    // The constant rules' inputs changed (detectLocalMode NodeCIDR: the Node's podCIDRs): a sync, even when no
+    // Service's plan did.
+    if (this.#dirty.size > 0 || this.planner.netfilter !== rulesBefore) this.runner.request();
   }
 
   /** A record that could not be read is said once, loudly: what kube-ipvs owns is narrower until it is rewritten. */

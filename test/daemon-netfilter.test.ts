@@ -130,3 +130,53 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
   );
   t.equal(daemon.lastSync!.errors.length, 0);
 });
+
+t.test("detectLocalMode NodeCIDR: the rules follow the Node's podCIDR when it changes", async (t) => {
+  // The rules' text is rendered once per set of inputs (src/dataplane/netfilter.ts): a Node change must still reach it.
+  const clock = new ManualClock();
+  const cfg = defaultConfig();
+  cfg.detectLocalMode = 'NodeCIDR';
+  const exec = new FakeExec();
+  const log = new Logger({ sink: () => {} });
+  const source = new PushSource();
+  const daemon = new Daemon(
+    { source, config: cfg, nodeName: 'node-a' },
+    {
+      ipvs: new FakeIpvs(),
+      links: new FakeLinks(),
+      owned: new MemoryOwnership(),
+      sysctl: { read: () => null, write: () => {} },
+      log,
+      kernelRelease: '6.1.0',
+      clock,
+      netfilter: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }),
+    },
+  );
+  t.teardown(() => daemon.stop());
+  const withCIDR = (cidr: string) => ({
+    ...node('node-a', [['InternalIP', '192.168.1.10']]),
+    spec: { podCIDRs: [cidr] },
+  });
+  source.initial = [add('Node', withCIDR('10.244.1.0/24'))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  const restores = () => exec.calls.filter((c) => c.cmd === 'iptables-nft-restore').map((c) => c.input ?? '');
+  t.match(restores().at(-1), /! -s 10\.244\.1\.0\/24 /, 'the first rules: traffic from outside 10.244.1.0/24');
+  const before = restores().length;
+  source.push({ kind: 'Node', previous: withCIDR('10.244.1.0/24'), current: withCIDR('10.244.9.0/24') });
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  t.equal(restores().length, before + 1, 'restored again');
+  t.match(restores().at(-1), /! -s 10\.244\.9\.0\/24 /, 'with the new podCIDR');
+  t.notMatch(restores().at(-1), /10\.244\.1\.0\/24/);
+  // A Node change that leaves the rules' inputs alone (a label) restores nothing.
+  const labelled = withCIDR('10.244.9.0/24') as { metadata?: { labels?: Record<string, string> } };
+  labelled.metadata = { ...labelled.metadata, labels: { team: 'a' } };
+  const rules = daemon.planner.netfilter;
+  source.push({ kind: 'Node', previous: withCIDR('10.244.9.0/24'), current: labelled });
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  t.equal(daemon.planner.netfilter, rules, 'the same rules inputs, the same object');
+  t.equal(restores().length, before + 1, 'no restore');
+});

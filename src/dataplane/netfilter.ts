@@ -47,6 +47,19 @@ export interface NetfilterApplierOptions {
   restoreChunkLines?: number;
 }
 
+/** The restore text of a family's rules, rendered once per NetfilterConfig (every sync asks; they rarely change). */
+const renderedRules = new WeakMap<NetfilterConfig, Map<Family, string>>();
+function rulesText(nc: NetfilterConfig, family: Family): string {
+  let byFamily = renderedRules.get(nc);
+  if (!byFamily) renderedRules.set(nc, (byFamily = new Map<Family, string>()));
+  let text = byFamily.get(family);
+  if (text === undefined) {
+    const { nat, filter, mangle } = netfilterRules(nc, family);
+    byFamily.set(family, (text = nat + filter + mangle));
+  }
+  return text;
+}
+
 /**
  * An `ipset restore` longer than this is split into several processes, run one after the other
  * (the lines keep their order: creates first, swaps last). One process per set rebuild went past the
@@ -239,8 +252,7 @@ export class NetfilterApplier {
   async syncRules(nc: NetfilterConfig, force: boolean): Promise<NetfilterError[]> {
     const errors: NetfilterError[] = [];
     for (const family of this.#o.families) {
-      const { nat, filter, mangle } = netfilterRules(nc, family);
-      const text = nat + filter + mangle;
+      const text = rulesText(nc, family);
       const applied = this.#appliedRules.get(family);
       if (!force && applied?.text === text) continue;
       const save = await this.#o.exec.run(this.#cmd(family, 'save'), []);

@@ -344,7 +344,7 @@ export class Reconciler {
     await pool(all, this.#o.concurrency, async (d) => {
       let kernel: IpvsDestination[];
       try {
-        kernel = await this.#aside.destinations(d.service);
+        kernel = await this.#aside.destinations(d.service, { stats: false });
       } catch (e) {
         if (!ok(e, 'ESRCH', 'ENOENT')) run.fail(`list destinations of ${d.id}`, e, d.owner);
         incomplete.add(d.owner);
@@ -526,7 +526,7 @@ export class Reconciler {
       if (known && d.v4 && known.same(d.v4)) asWanted = true;
       else
         try {
-          kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service);
+          kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service, { stats: false });
         } catch (e) {
           if (assumed && ok(e, 'ESRCH', 'ENOENT')) return true;
           run.fail(`list destinations of ${d.id}`, e, d.owner);
@@ -546,33 +546,32 @@ export class Reconciler {
     }
     const kernel = new Map(kernelDests.map((x) => [destinationId(x), x]));
     const draining = this.#draining.get(d.id) ?? new Map<string, number>();
-    // New and changed destinations first, so capacity is added before any is taken away. The writes of one step
-    // are issued together (the socket sends them in one batch), each settling on its own.
-    const puts: Promise<void>[] = [];
+    // New and changed destinations first, so capacity is added before any is taken away: every write is issued in
+    // this order in one turn, so the socket sends them in one batch, which the kernel applies in order (one round
+    // trip for both steps). Each settles on its own; a removal does not depend on a put's outcome.
+    const writes: Promise<unknown>[] = [];
     for (const [did, want] of d.destinations) {
       draining.delete(did);
       const k = kernel.get(did);
-      if (!k || !destinationMatches(want, k)) puts.push(this.#putDestination(d, did, want, k, run));
+      if (!k || !destinationMatches(want, k)) writes.push(this.#putDestination(d, did, want, k, run));
     }
-    if (puts.length) await Promise.all(puts);
     const now = this.#o.clock.now();
-    const removals: Promise<unknown>[] = [];
     for (const [did, k] of kernel) {
       if (d.destinations.has(did)) continue;
       if (d.protocol !== 'TCP' || d.evicted.has(did)) {
         // UDP and SCTP have no connection to finish; an evicted (dead) TCP backend's connections
         // are dead already: deleting it lets IPVS end them (expire_nodest_conn).
-        removals.push(this.#deleteDest(d, k, run));
+        writes.push(this.#deleteDest(d, k, run));
         continue;
       }
       // TCP: stop new connections (weight 0), delete when the last one is gone or the bound passes.
       if (!draining.has(did)) draining.set(did, now);
       const idle = (k.activeConns ?? 0) + (k.inactiveConns ?? 0) === 0;
       const expired = now - draining.get(did)! >= this.#o.gracefulTerminationSeconds * 1000;
-      if (idle || expired) removals.push(this.#deleteDest(d, k, run).then((gone) => gone && draining.delete(did)));
-      else removals.push(this.#stopDest(d, did, k, run));
+      if (idle || expired) writes.push(this.#deleteDest(d, k, run).then((gone) => gone && draining.delete(did)));
+      else writes.push(this.#stopDest(d, did, k, run));
     }
-    if (removals.length) await Promise.all(removals);
+    if (writes.length) await Promise.all(writes);
     if (draining.size > 0) this.#draining.set(d.id, draining);
     else this.#draining.delete(d.id);
     return false;

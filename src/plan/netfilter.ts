@@ -174,11 +174,21 @@ export function ipsetPlan(entries: Iterable<string>): Record<string, IpsetPlan> 
   return out;
 }
 
+/** Made anew when its inputs change (on a Node change), never changed in place: rules are cached by it. */
 export interface NetfilterConfig {
-  masqueradeAll: boolean;
-  masqueradeBit: number;
+  readonly masqueradeAll: boolean;
+  readonly masqueradeBit: number;
   /** "Not from this cluster" as iptables match arguments, per family; null: no local detection. */
-  notLocal: Record<Family, string | null>;
+  readonly notLocal: Readonly<Record<Family, string | null>>;
+}
+
+export function sameNetfilterConfig(a: NetfilterConfig, b: NetfilterConfig): boolean {
+  return (
+    a.masqueradeAll === b.masqueradeAll &&
+    a.masqueradeBit === b.masqueradeBit &&
+    a.notLocal[4] === b.notLocal[4] &&
+    a.notLocal[6] === b.notLocal[6]
+  );
 }
 
 /** "From this cluster": the same match, not negated. */

@@ -5,7 +5,14 @@ import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/e
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
-import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
+import {
+  iptablesPlan,
+  ipsetPlan,
+  netfilterConfig,
+  sameNetfilterConfig,
+  serviceSetEntries,
+  type NetfilterConfig,
+} from './netfilter.ts';
 import type {
   NodePlan,
   PlanConfig,
@@ -389,7 +396,9 @@ export class Planner {
   /** Re-plans everything. Returns the keys of every planned Service. */
   planAll(): string[] {
     this.#ctx = nodeContext(this.model, this.config, this.#markFor);
-    this.#netfilter = netfilterConfig(this.config.netfilter, this.model.node);
+    // Kept when equal: a new object means new rules (the daemon syncs for it; the applier renders them again).
+    const nc = netfilterConfig(this.config.netfilter, this.model.node);
+    if (!sameNetfilterConfig(nc, this.#netfilter)) this.#netfilter = nc;
     for (const e of this.#setRefs.keys()) this.#setDirty.add(e);
     this.#plans.clear();
     this.#addressRefs.clear();

@@ -216,6 +216,12 @@ t.test('decode a destination with connection counts; family from the service whe
   );
   t.equal(d.stats?.conns, 13n, '32-bit stats read when 64-bit ones are absent');
   t.equal(d.stats?.inBytes, 1234n);
+  // What a sync reads: the same without the counters (the connection counts stay: a drain decides on them).
+  const bare = decodeDestination(inner, 4, false);
+  t.notOk('stats' in bare, 'no counters decoded');
+  const { stats: _stats, ...rest } = d;
+  t.same(bare, rest, 'everything else as the full decode');
+  t.equal(bare.activeConns, 4);
 });
 
 t.test('info and config replies', async (t) => {

@@ -136,6 +136,38 @@ t.test('cold start programs the plan; a second full sync does nothing', async (t
   t.same(h.opsSince(n), []);
 });
 
+t.test('a replaced endpoint: the add and the removal are issued together, the add first', async (t) => {
+  // On the netlink socket, writes issued in one turn go in one datagram, applied by the kernel in order: capacity is
+  // still added before any is taken away, in one round trip instead of two.
+  const { h } = await started();
+  const order: string[] = [];
+  let addAnswered = false;
+  const add = h.ipvs.addDestination.bind(h.ipvs);
+  h.ipvs.addDestination = async (k, d) => {
+    order.push(`add ${d.address}`);
+    await add(k, d);
+    await new Promise((r) => setImmediate(r)); // the answer comes a turn later
+    addAnswered = true;
+  };
+  const del = h.ipvs.deleteDestination.bind(h.ipvs);
+  let deleteWaitedForAdd: boolean | null = null;
+  h.ipvs.deleteDestination = async (k, d) => {
+    order.push(`delete ${d.address}`);
+    deleteWaitedForAdd = addAnswered;
+    await del(k, d);
+  };
+  h.put(webEps(['10.0.0.2', '10.0.0.3']));
+  const r = await h.incremental();
+  t.same(r.errors, []);
+  t.same(
+    order,
+    ['add 10.0.0.3', 'delete 10.0.0.1', 'add 10.0.0.3', 'delete 10.0.0.1'],
+    'per virtual server: add, then delete',
+  );
+  t.equal(deleteWaitedForAdd, false, "the removal did not wait for the add's answer");
+  t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.2:8080=1', '10.0.0.3:8080=1']);
+});
+
 t.test('an added endpoint is one operation per virtual server; a TCP removal drains first', async (t) => {
   const { h } = await started();
   let n = h.ipvs.ops.length;
@@ -457,8 +489,10 @@ t.test('a table that cannot be read: each virtual server is dumped instead, and 
   });
   h.ipvs.tableFailure = 'EBADMSG';
   const dumps = h.ipvs.destinationListings;
+  const withStats = h.ipvs.destinationListingsWithStats;
   const r = await h.full();
   t.same(r.errors, [], 'not a failed sync');
+  t.equal(h.ipvs.destinationListingsWithStats, withStats, 'the dumps without their counters');
   t.equal(r.kernelRead, 'dumps');
   t.match(r.tableProblem, /EBADMSG/);
   t.equal(h.ipvs.destinationListings, dumps + 3, 'one dump per virtual server');

@@ -53,7 +53,8 @@ export interface Ipvs {
   addService(s: IpvsService): Promise<void>;
   updateService(s: IpvsService): Promise<void>;
   deleteService(key: ServiceKey): Promise<void>;
-  destinations(key: ServiceKey): Promise<IpvsDestination[]>;
+  /** `stats: false` leaves their counters out (a sync compares none; the connection counts are not counters). */
+  destinations(key: ServiceKey, opts?: { stats?: boolean }): Promise<IpvsDestination[]>;
   /**
    * The destinations of each of `services` (a service dump) read in one go from /proc/net/ip_vs (procfs.ts says what
    * that view leaves out), by serviceId; a service it does not show unambiguously is missing from the map. Fails
@@ -259,7 +260,7 @@ export class NetlinkIpvs implements Ipvs {
     await this.#change(`delete service ${serviceId(key)}`, Cmd.DEL_SERVICE, [serviceKeyAttr(key)]);
   }
 
-  async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
+  async destinations(key: ServiceKey, opts: { stats?: boolean } = {}): Promise<IpvsDestination[]> {
     const msgs = await this.#request(
       `list destinations of ${serviceId(key)}`,
       Cmd.GET_DEST,
@@ -268,7 +269,7 @@ export class NetlinkIpvs implements Ipvs {
     );
     return msgs.flatMap((m) => {
       const a = m.attrs.get(CmdAttr.DEST);
-      return a ? [decodeDestination(a, key.family)] : [];
+      return a ? [decodeDestination(a, key.family, opts.stats !== false)] : [];
     });
   }
 

@@ -361,8 +361,11 @@ export function decodeServiceReply(payload: Buffer, withStats = true): IpvsServi
   return decodeService(payload.subarray(o + 4, o + 4 + dataLen(payload, o)), withStats);
 }
 
-/** The destination inside a reply's IPVS_CMD_ATTR_DEST; `svcFamily` when the kernel omits ADDR_FAMILY. */
-export function decodeDestination(b: Buffer, svcFamily: Family): IpvsDestination {
+/**
+ * The destination inside a reply's IPVS_CMD_ATTR_DEST; `svcFamily` when the kernel omits ADDR_FAMILY. `withStats:
+ * false`: the counters are left out (not decoded).
+ */
+export function decodeDestination(b: Buffer, svcFamily: Family, withStats = true): IpvsDestination {
   const i = attrIndex(OBJ, b, 0, b.length);
   const family = i[DestAttr.ADDR_FAMILY]! >= 0 ? familyOf(at.u16(b, i, DestAttr.ADDR_FAMILY)) : svcFamily;
   return {
@@ -376,7 +379,7 @@ export function decodeDestination(b: Buffer, svcFamily: Family): IpvsDestination
     activeConns: at.u32(b, i, DestAttr.ACTIVE_CONNS),
     inactiveConns: at.u32(b, i, DestAttr.INACT_CONNS),
     persistConns: at.u32(b, i, DestAttr.PERSIST_CONNS),
-    stats: statsOf(b, i, DestAttr.STATS64, DestAttr.STATS),
+    ...(withStats ? { stats: statsOf(b, i, DestAttr.STATS64, DestAttr.STATS) } : {}),
   };
 }
 

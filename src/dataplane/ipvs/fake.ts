@@ -124,10 +124,17 @@ export class FakeIpvs implements Ipvs {
 
   /** destinations() calls so far (a dump per virtual server on a real kernel). */
   destinationListings = 0;
+  /** Of those, the ones that asked for the counters too. */
+  destinationListingsWithStats = 0;
 
-  async destinations(key: ServiceKey): Promise<IpvsDestination[]> {
+  async destinations(key: ServiceKey, opts: { stats?: boolean } = {}): Promise<IpvsDestination[]> {
     this.destinationListings++;
-    return [...this.#get('list destinations of', key).dests.values()].map((d) => structuredClone(d));
+    if (opts.stats !== false) this.destinationListingsWithStats++;
+    return [...this.#get('list destinations of', key).dests.values()].map((d) => {
+      const c = structuredClone(d);
+      if (opts.stats === false) delete c.stats;
+      return c;
+    });
   }
 
   /** Make destinationTable fail with this code (a node whose /proc/net/ip_vs cannot be read or parsed). */
