@@ -40,7 +40,16 @@ const app = mkdtempSync('/tmp/kipvs-race-app-');
   );
 }
 const appCli = join(app, 'kube-ipvs/dist/cli.js');
-const CLI = [...readFileSync(appCli, 'utf8').split('\n')[0]!.split(' ').slice(3), ...LAB_V8_FLAGS, appCli];
+/** How the image's entrypoint runs a CLI: the V8 flags on its first line. */
+const cliArgs = (cli: string) => [...readFileSync(cli, 'utf8').split('\n')[0]!.split(' ').slice(3), ...LAB_V8_FLAGS, cli];
+const CLI = cliArgs(appCli);
+/** kube-ipvs-base: another build's /opt/kube-ipvs (KIPVS_BASE on the host), run by the same node binary. */
+const baseCli = (() => {
+  if (!PROXIES.includes('kube-ipvs-base')) return null;
+  const from = readFileSync('/lab-results/kipvs-base', 'utf8').trim();
+  execFileSync('cp', ['-a', from, join(app, 'kube-ipvs-base')]);
+  return cliArgs(join(app, 'kube-ipvs-base/dist/cli.js'));
+})();
 const appNode = join(app, 'node');
 const appEnv: NodeJS.ProcessEnv = { ...procEnv, NODE_ENV: 'production' };
 delete appEnv.NODE_COMPILE_CACHE;
@@ -301,7 +310,7 @@ function start(proxy: string): ChildProcess {
 }
 
 function spawnProxy(proxy: string, out: number): ChildProcess {
-  if (proxy === 'kube-ipvs') {
+  if (proxy === 'kube-ipvs' || proxy === 'kube-ipvs-base') {
     const cfg = join(dir, 'kube-ipvs.yaml');
     writeFileSync(
       cfg,
@@ -319,7 +328,8 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
     const prof = process.env.RACE_PROFILE === '1' ? ['--cpu-prof', '--cpu-prof-dir=/lab-results'] : [];
     // KIPVS_FLAGS=--a,--b=1: more V8 flags for kube-ipvs (experiments); MALLOC_ARENA_MAX: glibc's, for it alone.
     const extra = (process.env.KIPVS_FLAGS ?? '').split(',').filter((f) => /^--[a-z0-9-]+(=[a-z0-9.]+)?$/.test(f));
-    const cli = [...CLI.slice(0, -1), ...extra, CLI.at(-1)!];
+    const which = proxy === 'kube-ipvs' ? CLI : baseCli!;
+    const cli = [...which.slice(0, -1), ...extra, which.at(-1)!];
     const args = [...prof, ...cli, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
     const env = process.env.MALLOC_ARENA_MAX ? { ...appEnv, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX } : appEnv;
     if (process.env.RACE_CORE === '1') {
@@ -380,7 +390,7 @@ async function race(proxy: string): Promise<Result> {
   const left = resetNode();
   if (left.length) log(`cleared before ${proxy}: ${left.join('; ')}`);
   const kernel =
-    proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel(proxy === 'kube-ipvs' ? 'KIPVS' : 'KUBE');
+    proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel(proxy.startsWith('kube-ipvs') ? 'KIPVS' : 'KUBE');
   const t0 = performance.now();
   const p = start(proxy);
   log(`${proxy}: started at ${new Date().toISOString()}`);
@@ -470,7 +480,7 @@ async function race(proxy: string): Promise<Result> {
     const churnChildCpuS = cpu1.children - cpu0.children;
     log(`${proxy}: churn CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
     const after = await latencyBuckets();
-    if (proxy === 'kube-ipvs') {
+    if (proxy.startsWith('kube-ipvs')) {
       // Where its time in system tools went (a first sync's netfilter stage is most of its cold start).
       const text = await fetch('http://127.0.0.1:10249/metrics')
         .then((r) => r.text())
@@ -513,7 +523,7 @@ async function race(proxy: string): Promise<Result> {
     p.kill('SIGTERM');
     await new Promise((r) => (gone() ? r(null) : p.once('exit', r)));
     kernel.close();
-    if (proxy === 'kube-ipvs')
+    if (proxy.startsWith('kube-ipvs'))
       execFileSync(appNode, [...CLI, 'cleanup', '--config', join(dir, 'kube-ipvs.yaml')], {
         stdio: 'ignore',
         env: appEnv,

@@ -8,7 +8,7 @@
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
 // ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to kube-ipvs'
 // and MALLOC_ARENA_MAX=N sets glibc's for it (memory experiments).
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
@@ -98,6 +98,13 @@ try {
   );
   writeFileSync(join(share, 'k8s-bin'), bin);
   writeFileSync(join(share, 'image-rootfs'), rootfs);
+  // KIPVS_BASE=DIR: another build's /opt/kube-ipvs (an image rootfs's), raced as PROXIES' kube-ipvs-base in the same
+  // boot: an A/B of two builds on one VM (runs are minutes apart and the host is shared: compare within a run).
+  if (process.env.KIPVS_BASE) {
+    const base = process.env.KIPVS_BASE;
+    if (!existsSync(join(base, 'dist/cli.js'))) fail(`KIPVS_BASE=${base}: no dist/cli.js there`);
+    writeFileSync(join(share, 'kipvs-base'), base);
+  }
   const env = {
     ...process.env,
     LAB_SHARE: share,
