@@ -328,8 +328,8 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
     const prof = process.env.RACE_PROFILE === '1' ? ['--cpu-prof', '--cpu-prof-dir=/lab-results'] : [];
     // KIPVS_FLAGS=--a,--b=1: more V8 flags for kube-ipvs (experiments); MALLOC_ARENA_MAX: glibc's, for it alone.
     const extra = (process.env.KIPVS_FLAGS ?? '').split(',').filter((f) => /^--[a-z0-9-]+(=[a-z0-9.]+)?$/.test(f));
-    const which = proxy === 'kube-ipvs' ? CLI : baseCli!;
-    const cli = [...which.slice(0, -1), ...extra, which.at(-1)!];
+    // The experiment's flags go to kube-ipvs only: kube-ipvs-base is the reference.
+    const cli = proxy === 'kube-ipvs' ? [...CLI.slice(0, -1), ...extra, CLI.at(-1)!] : baseCli!;
     const args = [...prof, ...cli, 'run', '--kubeconfig', KUBECONFIG, '--config', cfg, '--node', 'race-node'];
     const env = process.env.MALLOC_ARENA_MAX ? { ...appEnv, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX } : appEnv;
     if (process.env.RACE_CORE === '1') {
