@@ -267,9 +267,15 @@ if ('why' in built) {
       const port = new URL(kc.getCurrentCluster()!.server).port;
       // Five informers, five watches, each on a socket with the keepalive timer (the lists' pooled sockets, and the
       // test's own requests, have none: they are not waiting on the server).
-      const { stdout } = await promisify(execFile)('ss', ['-tnoH', 'state', 'established', `( dport = :${port} )`]);
-      const kept = stdout.split('\n').filter((l) => l.includes('timer:(keepalive'));
-      t.ok(kept.length >= 5, `${kept.length} connections to the API server with TCP keepalive:\n${stdout}`);
+      const keptAlive = async () => {
+        const { stdout } = await promisify(execFile)('ss', ['-tnoH', 'state', 'established', `( dport = :${port} )`]);
+        return { stdout, n: stdout.split('\n').filter((l) => l.includes('timer:(keepalive')).length };
+      };
+      let seen = await keptAlive();
+      // start() resolves once every informer has listed; a watch may still be connecting.
+      for (const end = Date.now() + 10_000; seen.n < 5 && Date.now() < end; seen = await keptAlive())
+        await new Promise((r) => setTimeout(r, 100));
+      t.ok(seen.n >= 5, `${seen.n} connections to the API server with TCP keepalive:\n${seen.stdout}`);
     },
   );
 
