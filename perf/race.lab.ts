@@ -41,7 +41,11 @@ const app = mkdtempSync('/tmp/kipvs-race-app-');
 }
 const appCli = join(app, 'kube-ipvs/dist/cli.js');
 /** How the image's entrypoint runs a CLI: the V8 flags on its first line. */
-const cliArgs = (cli: string) => [...readFileSync(cli, 'utf8').split('\n')[0]!.split(' ').slice(3), ...LAB_V8_FLAGS, cli];
+const cliArgs = (cli: string) => [
+  ...readFileSync(cli, 'utf8').split('\n')[0]!.split(' ').slice(3),
+  ...LAB_V8_FLAGS,
+  cli,
+];
 const CLI = cliArgs(appCli);
 /** kube-ipvs-base: another build's /opt/kube-ipvs (KIPVS_BASE on the host), run by the same node binary. */
 const baseCli = (() => {
