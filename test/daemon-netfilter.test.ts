@@ -2,7 +2,7 @@
 // first sync, only changed entries afterwards, failures retried and not tied to one Service,
 // stale UDP flows deleted when a UDP endpoint goes away. Tools are recorded, not run.
 import t from 'tap';
-import { defaultConfig } from '../src/config/config.ts';
+import { defaultConfig, type Config } from '../src/config/config.ts';
 import { Daemon } from '../src/daemon.ts';
 import { ConntrackCleaner } from '../src/dataplane/conntrack.ts';
 import { FakeExec } from '../src/dataplane/exec.ts';
@@ -18,17 +18,9 @@ import { PushSource } from './support/source.ts';
 
 const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
 
-t.test('sets and rules first, then only what changed; UDP endpoint removal cleans conntrack', async (t) => {
+/** A daemon on in-memory twins whose netfilter tools are recorded by `exec` (IPv4 only, the nft backend). */
+function netfilterDaemon(t: { teardown: (f: () => void) => void }, cfg: Config, exec: FakeExec) {
   const clock = new ManualClock();
-  const cfg = defaultConfig();
-  cfg.ipvs.minSyncPeriodSeconds = 0;
-  const exec = new FakeExec();
-  let failRestore = false;
-  exec.handlers.push((cmd) =>
-    failRestore && cmd.endsWith('-restore') && cmd.startsWith('iptables')
-      ? { code: 2, stdout: '', stderr: 'iptables-restore: line 3 failed' }
-      : undefined,
-  );
   const log = new Logger({ sink: () => {} });
   const source = new PushSource();
   const ipvs = new FakeIpvs();
@@ -47,6 +39,20 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
     },
   );
   t.teardown(() => daemon.stop());
+  return { clock, source, ipvs, daemon };
+}
+
+t.test('sets and rules first, then only what changed; UDP endpoint removal cleans conntrack', async (t) => {
+  const cfg = defaultConfig();
+  cfg.ipvs.minSyncPeriodSeconds = 0;
+  const exec = new FakeExec();
+  let failRestore = false;
+  exec.handlers.push((cmd) =>
+    failRestore && cmd.endsWith('-restore') && cmd.startsWith('iptables')
+      ? { code: 2, stdout: '', stderr: 'iptables-restore: line 3 failed' }
+      : undefined,
+  );
+  const { clock, source, ipvs, daemon } = netfilterDaemon(t, cfg, exec);
   const dnsSlice = (...ips: string[]) =>
     slice(
       'dns-1',
@@ -133,26 +139,10 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
 
 t.test("detectLocalMode NodeCIDR: the rules follow the Node's podCIDR when it changes", async (t) => {
   // The rules' text is rendered once per set of inputs (src/dataplane/netfilter.ts): a Node change must still reach it.
-  const clock = new ManualClock();
   const cfg = defaultConfig();
   cfg.detectLocalMode = 'NodeCIDR';
   const exec = new FakeExec();
-  const log = new Logger({ sink: () => {} });
-  const source = new PushSource();
-  const daemon = new Daemon(
-    { source, config: cfg, nodeName: 'node-a' },
-    {
-      ipvs: new FakeIpvs(),
-      links: new FakeLinks(),
-      owned: new MemoryOwnership(),
-      sysctl: { read: () => null, write: () => {} },
-      log,
-      kernelRelease: '6.1.0',
-      clock,
-      netfilter: new NetfilterApplier({ exec, log, backend: 'nft', families: [4] }),
-    },
-  );
-  t.teardown(() => daemon.stop());
+  const { clock, source, daemon } = netfilterDaemon(t, cfg, exec);
   const withCIDR = (cidr: string) => ({
     ...node('node-a', [['InternalIP', '192.168.1.10']]),
     spec: { podCIDRs: [cidr] },

@@ -182,15 +182,6 @@ export interface NetfilterConfig {
   readonly notLocal: Readonly<Record<Family, string | null>>;
 }
 
-export function sameNetfilterConfig(a: NetfilterConfig, b: NetfilterConfig): boolean {
-  return (
-    a.masqueradeAll === b.masqueradeAll &&
-    a.masqueradeBit === b.masqueradeBit &&
-    a.notLocal[4] === b.notLocal[4] &&
-    a.notLocal[6] === b.notLocal[6]
-  );
-}
-
 /** "From this cluster": the same match, not negated. */
 const localMatch = (notLocal: string | null) => (notLocal === null ? null : notLocal.replace(/^! /, ''));
 

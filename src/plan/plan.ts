@@ -1,18 +1,12 @@
 // From the model to the desired IPVS state, one Service at a time. Deterministic: the same
 // model and config always give the same plan, in the same order.
+import { isDeepStrictEqual } from 'node:util';
 import { Codes, type Problem } from '../errors.ts';
 import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/endpoints.ts';
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
-import {
-  iptablesPlan,
-  ipsetPlan,
-  netfilterConfig,
-  sameNetfilterConfig,
-  serviceSetEntries,
-  type NetfilterConfig,
-} from './netfilter.ts';
+import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
 import type {
   NodePlan,
   PlanConfig,
@@ -398,7 +392,7 @@ export class Planner {
     this.#ctx = nodeContext(this.model, this.config, this.#markFor);
     // Kept when equal: a new object means new rules (the daemon syncs for it; the applier renders them again).
     const nc = netfilterConfig(this.config.netfilter, this.model.node);
-    if (!sameNetfilterConfig(nc, this.#netfilter)) this.#netfilter = nc;
+    if (!isDeepStrictEqual(nc, this.#netfilter)) this.#netfilter = nc;
     for (const e of this.#setRefs.keys()) this.#setDirty.add(e);
     this.#plans.clear();
     this.#addressRefs.clear();

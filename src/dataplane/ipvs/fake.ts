@@ -130,10 +130,9 @@ export class FakeIpvs implements Ipvs {
   async destinations(key: ServiceKey, opts: { stats?: boolean } = {}): Promise<IpvsDestination[]> {
     this.destinationListings++;
     if (opts.stats !== false) this.destinationListingsWithStats++;
-    return [...this.#get('list destinations of', key).dests.values()].map((d) => {
-      const c = structuredClone(d);
-      if (opts.stats === false) delete c.stats;
-      return c;
+    return [...this.#get('list destinations of', key).dests.values()].map((full) => {
+      const { stats: _counters, ...bare } = full;
+      return structuredClone(opts.stats === false ? bare : full);
     });
   }
 
