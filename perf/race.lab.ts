@@ -325,7 +325,13 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
         clusterCIDR: '10.244.0.0/16',
         // MIN_SYNC_PERIOD=1s: kube-ipvs batches changes as kube-proxy's iptables and nftables modes do by default
         // (its own default, as kube-proxy's ipvs mode's, is 0: every change synced at once).
-        ...(process.env.MIN_SYNC_PERIOD ? { ipvs: { minSyncPeriod: process.env.MIN_SYNC_PERIOD } } : {}),
+        ipvs: {
+          ...(process.env.MIN_SYNC_PERIOD ? { minSyncPeriod: process.env.MIN_SYNC_PERIOD } : {}),
+          // KIPVS_SYNC_PERIOD=10m: kube-ipvs' ipvs.syncPeriod (an experiment, like KIPVS_FLAGS: kube-ipvs only).
+          ...(process.env.KIPVS_SYNC_PERIOD && proxy === 'kube-ipvs'
+            ? { syncPeriod: process.env.KIPVS_SYNC_PERIOD }
+            : {}),
+        },
       }),
     );
     // RACE_PROFILE=1: a CPU profile of kube-ipvs' whole run in /lab-results (kept with LAB_KEEP=DIR).
