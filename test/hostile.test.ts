@@ -101,6 +101,22 @@ t.test('an endpoint at loopback or the cloud metadata address refuses its slice'
   t.equal(v6.status, 'invalid', '::1 too');
 });
 
+t.test("an endpoint address of the other family than the slice's addressType is refused", async (t) => {
+  for (const [addressType, a, ok] of [
+    ['IPv6', '10.0.0.1', 'fd00::1'],
+    ['IPv4', 'fd00::1', '10.0.0.1'],
+  ] as const) {
+    const bad = parseEndpointSlice(slice('s-1', 's', [ep(ok), ep(a)], { addressType }), opts);
+    t.equal(bad.status, 'invalid', `${a} in an ${addressType} slice`);
+    if (bad.status === 'invalid')
+      t.match(bad.problem, {
+        field: 'endpoints[1].addresses[0]',
+        message: new RegExp(`is not an ${addressType} address`),
+      });
+    t.equal(parseEndpointSlice(slice('s-1', 's', [ep(ok)], { addressType }), opts).status, 'ok', `${ok} alone`);
+  }
+});
+
 t.test('a Node address that is special gets no NodePort, with a warning; the Node still counts', async (t) => {
   const r = parseNode(
     node('n', [

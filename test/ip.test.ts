@@ -1,5 +1,5 @@
 import t from 'tap';
-import { canonicalIP, cidrContains, compareIP, hostPort, parseCIDR, parseIP } from '../src/util/ip.ts';
+import { canonicalIP, cidrContains, compareIP, hostPort, ipv4Number, parseCIDR, parseIP } from '../src/util/ip.ts';
 
 t.test('canonical text', async (t) => {
   const cases: [string, string | null][] = [
@@ -19,6 +19,31 @@ t.test('canonical text', async (t) => {
     ['12345::1', null],
   ];
   for (const [input, want] of cases) t.equal(canonicalIP(input), want, input);
+});
+
+t.test('a dotted quad as a number, without allocating', async (t) => {
+  const cases: [string, number][] = [
+    ['10.0.0.1', 0x0a000001],
+    ['255.255.255.255', 0xffffffff],
+    ['0.0.0.0', 0],
+    ['192.168.100.1', 0xc0a86401],
+    ['010.000.000.001', 0x0a000001], // sloppy: leading zeros are decimal
+    ['256.0.0.1', -1],
+    ['1.2.3.256', -1],
+    ['1.2.3', -1],
+    ['1.2.3.4.5', -1],
+    ['1..3.4', -1],
+    ['.1.2.3', -1],
+    ['1.2.3.', -1],
+    ['1.2.3.0004', -1],
+    ['1.2.3.a', -1],
+    ['fd00::1', -1],
+    ['', -1],
+  ];
+  for (const [input, want] of cases) t.equal(ipv4Number(input), want, input);
+  // parseIP reads IPv4 through it: the same bytes.
+  t.same([...parseIP('192.168.100.1')!.bytes], [192, 168, 100, 1]);
+  t.same([...parseIP('::ffff:10.1.2.3')!.bytes.slice(12)], [10, 1, 2, 3]);
 });
 
 t.test('CIDRs', async (t) => {

@@ -2,7 +2,7 @@
 // them with what the kernel reports.
 import type { VirtualServer } from '../plan/types.ts';
 import { FwdMethod, SCHED_FLAG_FALLBACK, SvcFlag } from './ipvs/constants.ts';
-import { parseIP } from '../util/ip.ts';
+import { ipv4Number } from '../util/ip.ts';
 import { destinationId, serviceId, serviceKeyOf, v4Key, type IpvsDestination, type IpvsService } from './ipvs/types.ts';
 import type { VsLabel } from './ownership.ts';
 
@@ -69,13 +69,12 @@ function build(vs: VirtualServer): DesiredVS {
   const evicted = new Set((vs.evicted ?? []).map((e) => destinationId(e)));
   let v4: Map<number, IpvsDestination> | null = new Map();
   for (const d of destinations.values()) {
-    const p = d.family === 4 ? parseIP(d.address) : null;
-    if (!p || p.family !== 4) {
+    const n = d.family === 4 ? ipv4Number(d.address) : -1;
+    if (n < 0) {
       v4 = null;
       break;
     }
-    const b = p.bytes;
-    v4.set(v4Key(((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, d.port), d);
+    v4.set(v4Key(n, d.port), d);
   }
   return {
     id: serviceId(service),

@@ -108,7 +108,7 @@ class Fields {
     return this.usableParsed(v, field)?.address ?? null;
   }
   /** usableIP, with the address's sort key (one parse for both). */
-  usableParsed(v: unknown, field: string): { address: string; sortKey: string } | null {
+  usableParsed(v: unknown, field: string): { address: string; sortKey: string; family: Family } | null {
     const s = this.str(v, field);
     const p = parseIP(s);
     if (!p) {
@@ -121,7 +121,7 @@ class Fields {
       this.fail(field, `${address} is ${why}: never a Service address or an endpoint`);
       return null;
     }
-    return { address, sortKey: ipSortKey(p) };
+    return { address, sortKey: ipSortKey(p), family: p.family };
   }
   oneOf<T extends string>(v: unknown, field: string, allowed: readonly T[], dflt: T): T {
     if (v === undefined || v === null || v === '') return dflt;
@@ -529,7 +529,7 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     if (addrs.length === 0) return; // kube-proxy skips endpoints without addresses
     const parsedAddress = f.usableParsed(addrs[0], `${field}.addresses[0]`);
     const address = parsedAddress?.address ?? null;
-    if (address && family !== null && ipFamily(address) !== family) {
+    if (parsedAddress && family !== null && parsedAddress.family !== family) {
       f.fail(`${field}.addresses[0]`, `${address} is not an ${addressType} address`);
     }
     const cond = f.obj(eo.conditions, `${field}.conditions`);

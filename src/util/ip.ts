@@ -15,29 +15,38 @@ export interface CIDR {
   text: string;
 }
 
-function parseV4(s: string): Uint8Array | null {
-  // Four decimal parts of 1-3 digits, each at most 255; sloppy like Go's ParseIPSloppy: leading zeros are decimal,
-  // not octal. Read character by character: a cold start parses every endpoint address it sends to the kernel.
-  const out = new Uint8Array(4);
+/**
+ * A dotted quad as an unsigned 32-bit number, or -1 when it is not one: four decimal parts of 1-3 digits, each at most
+ * 255; sloppy like Go's ParseIPSloppy (leading zeros are decimal, not octal). Read character by character, allocating
+ * nothing: every endpoint address of every change goes through here.
+ */
+export function ipv4Number(s: string): number {
+  let value = 0;
   let part = 0;
   let digits = 0;
   let n = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c === 46 /* . */) {
-      if (digits === 0 || part === 3) return null;
-      out[part++] = n;
+      if (digits === 0 || part === 3) return -1;
+      value = value * 256 + n;
+      part++;
       n = 0;
       digits = 0;
       continue;
     }
-    if (c < 48 || c > 57 || ++digits > 3) return null;
+    if (c < 48 || c > 57 || ++digits > 3) return -1;
     n = n * 10 + (c - 48);
-    if (n > 255) return null;
+    if (n > 255) return -1;
   }
-  if (part !== 3 || digits === 0) return null;
-  out[3] = n;
-  return out;
+  if (part !== 3 || digits === 0) return -1;
+  return value * 256 + n;
+}
+
+function parseV4(s: string): Uint8Array | null {
+  const v = ipv4Number(s);
+  if (v < 0) return null;
+  return Uint8Array.of(v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255);
 }
 
 function parseV6(s: string): Uint8Array | null {
@@ -167,7 +176,8 @@ export function ipSortKey(a: string | ParsedIP): string {
     return p ? ipSortKey(p) : `9${a}`;
   }
   let hex = String(a.family);
-  for (const b of a.bytes) hex += (b < 16 ? '0' : '') + b.toString(16);
+  const b = a.bytes;
+  for (let i = 0; i < b.length; i++) hex += (b[i]! < 16 ? '0' : '') + b[i]!.toString(16);
   return hex;
 }
 
