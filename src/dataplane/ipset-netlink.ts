@@ -12,7 +12,7 @@
 //   bitmap:port        PORT
 // Anything else is refused with a reason before a byte is sent.
 import { Flags } from 'netlink';
-import { formatIP, parseIP } from '../util/ip.ts';
+import { formatIP, ipv4Number, parseIP } from '../util/ip.ts';
 import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } from './netlink.ts';
 
 const NFNL_SUBSYS_IPSET = 6;
@@ -47,42 +47,140 @@ export interface IpsetOp {
   entry: string;
 }
 
-function attr(type: number, payload: Buffer): Buffer {
-  const len = 4 + payload.length;
-  const out = Buffer.alloc((len + 3) & ~3);
-  out.writeUInt16LE(len, 0);
-  out.writeUInt16LE(type, 2);
-  payload.copy(out, 4);
-  return out;
-}
-const u8 = (v: number) => Buffer.from([v]);
-const be16 = (v: number) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(v);
-  return b;
-};
-const be64 = (hi: number, lo: number) => {
-  const b = Buffer.alloc(8);
-  b.writeUInt32BE(hi >>> 0, 0);
-  b.writeUInt32BE(lo >>> 0, 4);
-  return b;
-};
+/**
+ * Netlink attributes written one after the other into one buffer: a request is one allocation, not one Buffer per
+ * attribute and per nest joined at the end (that was 20-odd Buffers for one hairpin entry, most of the CPU an endpoint
+ * change cost here under emulation). Every byte is written, padding too, into a zeroed buffer.
+ */
+class AttrWriter {
+  #buf = Buffer.alloc(128);
+  #len = 0;
 
-function ipBytes(text: string): { family: 4 | 6; bytes: Buffer } {
+  #room(n: number): void {
+    if (this.#len + n <= this.#buf.length) return;
+    const b = Buffer.alloc(Math.max(this.#buf.length * 2, this.#len + n + 64));
+    this.#buf.copy(b, 0, 0, this.#len);
+    this.#buf = b;
+  }
+  /** Bytes as they are (the nfgenmsg header): four, kept aligned by the caller. */
+  header(bytes: readonly number[]): void {
+    this.#room(bytes.length);
+    for (const x of bytes) this.#buf[this.#len++] = x;
+  }
+  /** Starts an attribute (or a nest) of `type`; end() it with what this returns. */
+  // Bytes stored one by one: Buffer's write methods are calls with checks, several times the cost under V8's
+  // interpreter. Native byte order is little-endian on every architecture kube-ipvs ships for (amd64, arm64).
+  begin(type: number): number {
+    this.#room(4);
+    const at = this.#len;
+    this.#buf[at + 2] = type & 255;
+    this.#buf[at + 3] = type >>> 8;
+    this.#len += 4;
+    return at;
+  }
+  end(at: number): void {
+    const len = this.#len - at;
+    this.#buf[at] = len & 255;
+    this.#buf[at + 1] = len >>> 8;
+    const pad = (4 - (len & 3)) & 3;
+    this.#room(pad);
+    for (let i = 0; i < pad; i++) this.#buf[this.#len++] = 0;
+  }
+  #be32(v: number): void {
+    const b = this.#buf;
+    b[this.#len] = v >>> 24;
+    b[this.#len + 1] = (v >>> 16) & 255;
+    b[this.#len + 2] = (v >>> 8) & 255;
+    b[this.#len + 3] = v & 255;
+    this.#len += 4;
+  }
+  u8(type: number, v: number): void {
+    const at = this.begin(type);
+    this.#room(1);
+    this.#buf[this.#len++] = v;
+    this.end(at);
+  }
+  be16(type: number, v: number): void {
+    const at = this.begin(type);
+    this.#room(2);
+    this.#buf[this.#len++] = v >>> 8;
+    this.#buf[this.#len++] = v & 255;
+    this.end(at);
+  }
+  u32le(type: number, v: number): void {
+    const at = this.begin(type);
+    this.#room(4);
+    const b = this.#buf;
+    b[this.#len] = v & 255;
+    b[this.#len + 1] = (v >>> 8) & 255;
+    b[this.#len + 2] = (v >>> 16) & 255;
+    b[this.#len + 3] = v >>> 24;
+    this.#len += 4;
+    this.end(at);
+  }
+  be64(type: number, hi: number, lo: number): void {
+    const at = this.begin(type);
+    this.#room(8);
+    this.#be32(hi);
+    this.#be32(lo);
+    this.end(at);
+  }
+  /** An address attribute of `type`: the nest holding IPADDR_IPV4 / IPADDR_IPV6 in network byte order. */
+  ip(type: number, a: Addr): void {
+    const nest = this.begin(type | NLA_F_NESTED);
+    const at = this.begin((a.family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER);
+    if (a.family === 4) {
+      this.#room(4);
+      this.#be32(a.v4);
+    } else {
+      this.#room(16);
+      this.#buf.set(a.v6, this.#len);
+      this.#len += 16;
+    }
+    this.end(at);
+    this.end(nest);
+  }
+  /** A NUL-terminated ASCII string (a set name, checked by the caller). */
+  string(type: number, text: string): void {
+    const at = this.begin(type);
+    this.#room(text.length + 1);
+    this.#len += this.#buf.write(text, this.#len, 'latin1');
+    this.#buf[this.#len++] = 0;
+    this.end(at);
+  }
+  /** Sets a byte already written (the nfgenmsg family, known once the entry is read). */
+  patch(offset: number, v: number): void {
+    this.#buf[offset] = v;
+  }
+  done(): Buffer {
+    return this.#buf.subarray(0, this.#len);
+  }
+}
+
+type Addr = { family: 4; v4: number } | { family: 6; v6: Uint8Array };
+
+/** A dotted quad as the plan writes it: no part with a leading zero (`ipset restore` may read one as octal). */
+function canonicalV4(text: string): boolean {
+  for (let i = 0; i < text.length - 1; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 48 /* 0 */ && (i === 0 || text.charCodeAt(i - 1) === 46) && text.charCodeAt(i + 1) !== 46) return false;
+  }
+  return true;
+}
+
+function address(text: string): Addr {
+  if (!text.includes(':')) {
+    const v4 = ipv4Number(text);
+    if (v4 < 0) throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+    // Canonical text only (the plan writes nothing else): `ipset restore` may read a leading zero
+    // as octal where this parser would not, and the two paths must mean the same element.
+    if (!canonicalV4(text)) throw new Error(`not an address in canonical form: ${JSON.stringify(text)}`);
+    return { family: 4, v4 };
+  }
   const p = parseIP(text);
   if (!p) throw new Error(`not an IP address: ${JSON.stringify(text)}`);
-  // Canonical text only (the plan writes nothing else): `ipset restore` may read a leading zero
-  // as octal where this parser would not, and the two paths must mean the same element.
   if (formatIP(p) !== text) throw new Error(`not an address in canonical form: ${JSON.stringify(text)}`);
-  return { family: p.family, bytes: Buffer.from(p.bytes) };
-}
-
-function ipAttr(type: number, text: string): { family: 4 | 6; buf: Buffer } {
-  const { family, bytes } = ipBytes(text);
-  return {
-    family,
-    buf: attr(type | NLA_F_NESTED, attr((family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER, bytes)),
-  };
+  return { family: 6, v6: p.bytes };
 }
 
 function portNumber(text: string): number {
@@ -90,56 +188,97 @@ function portNumber(text: string): number {
   return Number(text);
 }
 
-function protoPort(text: string): Buffer[] {
-  const m = /^(tcp|udp|sctp):(\d{1,5})$/.exec(text);
-  if (!m) throw new Error(`not PROTO:PORT: ${JSON.stringify(text)}`);
-  return [attr(D.PORT | NLA_F_NET_BYTEORDER, be16(portNumber(m[2]!))), attr(D.PROTO, u8(PROTOS[m[1]!]!))];
-}
+const PARTS: Record<Exclude<IpsetType, 'bitmap:port'>, number> = {
+  'hash:ip': 1,
+  'hash:ip,port': 2,
+  'hash:ip,port,ip': 3,
+  'hash:ip,port,net': 3,
+};
 
-/** The IPSET_ATTR_DATA attributes of one entry of a set of `type` (and the family it is in; 0 for bitmap:port). */
-export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; data: Buffer } {
-  if (type === 'bitmap:port') return { family: 0, data: attr(D.PORT | NLA_F_NET_BYTEORDER, be16(portNumber(entry))) };
+/**
+ * Writes the IPSET_ATTR_DATA attributes of one entry of a set of `type` (not the DATA nest around them); returns the
+ * family it is in (0 for bitmap:port). Throws, before anything is sent, on what it cannot say.
+ */
+function writeEntry(w: AttrWriter, type: IpsetType, entry: string): 0 | 4 | 6 {
+  if (type === 'bitmap:port') {
+    w.be16(D.PORT | NLA_F_NET_BYTEORDER, portNumber(entry));
+    return 0;
+  }
   const [main = '', ...ext] = entry.split(' ');
   const parts = main.split(',');
-  const want = { 'hash:ip': 1, 'hash:ip,port': 2, 'hash:ip,port,ip': 3, 'hash:ip,port,net': 3 }[type];
+  const want = PARTS[type];
   if (parts.length !== want) throw new Error(`a ${type} entry has ${want} part(s): ${JSON.stringify(entry)}`);
-  const ip = ipAttr(D.IP, parts[0]!);
-  const out = [ip.buf];
-  if (parts.length > 1) out.push(...protoPort(parts[1]!));
+  // Everything is read (and refused) before the first byte is written.
+  const ip = address(parts[0]!);
+  let proto = 0;
+  let port = 0;
+  if (parts.length > 1) {
+    const m = /^(tcp|udp|sctp):(\d{1,5})$/.exec(parts[1]!);
+    if (!m) throw new Error(`not PROTO:PORT: ${JSON.stringify(parts[1])}`);
+    port = portNumber(m[2]!);
+    proto = PROTOS[m[1]!]!;
+  }
+  let ip2: Addr | null = null;
+  let cidr2 = 0;
   if (type === 'hash:ip,port,ip') {
-    const ip2 = ipAttr(D.IP2, parts[2]!);
+    ip2 = address(parts[2]!);
     if (ip2.family !== ip.family) throw new Error(`mixed address families: ${JSON.stringify(entry)}`);
-    out.push(ip2.buf);
   } else if (type === 'hash:ip,port,net') {
     const [addr = '', len = ''] = parts[2]!.split('/');
-    const ip2 = ipAttr(D.IP2, addr);
+    ip2 = address(addr);
     const max = ip2.family === 4 ? 32 : 128;
     if (ip2.family !== ip.family) throw new Error(`mixed address families: ${JSON.stringify(entry)}`);
-    const cidr = len === '' ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
-    if (!(cidr >= 1 && cidr <= max)) throw new Error(`not a prefix length: ${JSON.stringify(entry)}`);
-    out.push(ip2.buf, attr(D.CIDR2, u8(cidr)));
+    cidr2 = len === '' ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
+    if (!(cidr2 >= 1 && cidr2 <= max)) throw new Error(`not a prefix length: ${JSON.stringify(entry)}`);
   }
+  let mark: [number, number] | null = null;
   if (ext.length > 0) {
     if (type !== 'hash:ip,port' || ext.length !== 2 || ext[0] !== 'skbmark')
       throw new Error(`unknown entry extension: ${JSON.stringify(entry)}`);
     const m = /^0x([0-9a-f]{1,8})(?:\/0x([0-9a-f]{1,8}))?$/i.exec(ext[1]!);
     if (!m) throw new Error(`not a mark: ${JSON.stringify(entry)}`);
-    out.push(attr(D.SKBMARK | NLA_F_NET_BYTEORDER, be64(parseInt(m[1]!, 16), m[2] ? parseInt(m[2], 16) : 0xffffffff)));
+    mark = [parseInt(m[1]!, 16), m[2] ? parseInt(m[2], 16) : 0xffffffff];
   }
-  return { family: ip.family, data: Buffer.concat(out) };
+  w.ip(D.IP, ip);
+  if (parts.length > 1) {
+    w.be16(D.PORT | NLA_F_NET_BYTEORDER, port);
+    w.u8(D.PROTO, proto);
+  }
+  if (ip2) w.ip(D.IP2, ip2);
+  if (type === 'hash:ip,port,net') w.u8(D.CIDR2, cidr2);
+  if (mark) w.be64(D.SKBMARK | NLA_F_NET_BYTEORDER, mark[0], mark[1]);
+  return ip.family;
 }
 
-const setName = (set: string) => {
+/** The IPSET_ATTR_DATA attributes of one entry of a set of `type` (and the family it is in; 0 for bitmap:port). */
+export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; data: Buffer } {
+  const w = new AttrWriter();
+  const family = writeEntry(w, type, entry);
+  return { family, data: w.done() };
+}
+
+function checkSetName(set: string): void {
   if (!/^[A-Za-z0-9_.-]{1,31}$/.test(set)) throw new Error(`not a set name: ${JSON.stringify(set)}`);
-  return attr(A.SETNAME, Buffer.from(`${set}\0`));
-};
-const nfgen = (family: 0 | 4 | 6) => Buffer.from([family === 4 ? 2 : family === 6 ? 10 : 0, 0, 0, 0]);
+}
+const nfgenFamily = (family: 0 | 4 | 6) => (family === 4 ? 2 : family === 6 ? 10 : 0);
+
+/** The request's start: nfgenmsg (its family patched in later), protocol, set name. */
+function head(set: string): AttrWriter {
+  checkSetName(set);
+  const w = new AttrWriter();
+  w.header([0, 0, 0, 0]);
+  w.u8(A.PROTOCOL, IPSET_PROTOCOL);
+  w.string(A.SETNAME, set);
+  return w;
+}
 
 /** The payload of an IPSET_CMD_ADD / DEL request: nfgenmsg, protocol, set name, the entry. */
 export function requestPayload(op: IpsetOp): Buffer {
-  const name = setName(op.set);
-  const { family, data } = entryData(op.type, op.entry);
-  return Buffer.concat([nfgen(family), attr(A.PROTOCOL, u8(IPSET_PROTOCOL)), name, attr(A.DATA | NLA_F_NESTED, data)]);
+  const w = head(op.set);
+  const data = w.begin(A.DATA | NLA_F_NESTED);
+  w.patch(0, nfgenFamily(writeEntry(w, op.type, op.entry)));
+  w.end(data);
+  return w.done();
 }
 
 /**
@@ -147,27 +286,22 @@ export function requestPayload(op: IpsetOp): Buffer {
  * ADT nest, which the kernel adds one after the other (ip_set_ad). All of one address family.
  */
 export function bulkPayload(set: string, type: IpsetType, entries: readonly string[]): Buffer {
-  const name = setName(set);
-  const datas: Buffer[] = [];
-  let family: 0 | 4 | 6 | null = null;
-  for (const e of entries) {
-    const d = entryData(type, e);
-    if (family !== null && d.family !== family)
-      throw new Error(`mixed address families in ${set}: ${JSON.stringify(e)}`);
-    family = d.family;
-    datas.push(attr(A.DATA | NLA_F_NESTED, d.data));
-  }
+  const w = head(set);
   // The kernel takes an ADT nest only with a LINENO (u32, host order): on a refusal it writes
   // there which element failed, as for a line of `ipset restore`.
-  const lineno = Buffer.alloc(4);
-  lineno.writeUInt32LE(1);
-  return Buffer.concat([
-    nfgen(family ?? 0),
-    attr(A.PROTOCOL, u8(IPSET_PROTOCOL)),
-    name,
-    attr(A.LINENO, lineno),
-    attr(A.ADT | NLA_F_NESTED, Buffer.concat(datas)),
-  ]);
+  w.u32le(A.LINENO, 1);
+  const adt = w.begin(A.ADT | NLA_F_NESTED);
+  let family: 0 | 4 | 6 | null = null;
+  for (const e of entries) {
+    const data = w.begin(A.DATA | NLA_F_NESTED);
+    const f = writeEntry(w, type, e);
+    if (family !== null && f !== family) throw new Error(`mixed address families in ${set}: ${JSON.stringify(e)}`);
+    family = f;
+    w.end(data);
+  }
+  w.end(adt);
+  w.patch(0, nfgenFamily(family ?? 0));
+  return w.done();
 }
 
 export const messageType = (cmd: number) => (NFNL_SUBSYS_IPSET << 8) | cmd;

@@ -7,6 +7,7 @@ import t from 'tap';
 import type tap from 'tap';
 import { FakeExec } from '../../src/dataplane/exec.ts';
 import {
+  bulkPayload,
   entryData,
   requestPayload,
   type IpsetOp,
@@ -42,8 +43,49 @@ t.test('encoding: the bytes of an entry, and what is refused', async (t) => {
     [...entryData('hash:ip', 'fd00::102:304').data.subarray(8, 24)],
     [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
   );
+  // A hairpin entry's whole ADD request: nfgenmsg (AF_INET), PROTOCOL 7, SETNAME "KUBE-LOOP-BACK\0" (padded), then
+  // DATA (7, nested) of IP 10.1.2.3, PORT 8080 (network order), PROTO 6 (tcp), IP2 (20, nested) 10.1.2.3.
+  t.same(
+    [
+      ...requestPayload({
+        op: 'add',
+        set: 'KUBE-LOOP-BACK',
+        type: 'hash:ip,port,ip',
+        entry: '10.1.2.3,tcp:8080,10.1.2.3',
+      }),
+    ],
+    [
+      ...[2, 0, 0, 0, 5, 0, 1, 0, 7, 0, 0, 0],
+      ...[19, 0, 2, 0, ...Buffer.from('KUBE-LOOP-BACK'), 0, 0],
+      ...[44, 0, 7, 128, 12, 0, 1, 128, 8, 0, 1, 64, 10, 1, 2, 3, 6, 0, 4, 64, 31, 144, 0, 0, 5, 0, 7, 0, 6, 0, 0, 0],
+      ...[12, 0, 20, 128, 8, 0, 1, 64, 10, 1, 2, 3],
+    ],
+  );
+  // A mark with its mask: SKBMARK (27, network order) as two 32-bit words.
+  t.same(
+    [...entryData('hash:ip,port', '10.1.2.3,tcp:80 skbmark 0x4000/0x4000').data],
+    [12, 0, 1, 128, 8, 0, 1, 64, 10, 1, 2, 3, 6, 0, 4, 64, 0, 80, 0, 0, 5, 0, 7, 0, 6, 0, 0, 0].concat([
+      12, 0, 27, 64, 0, 0, 64, 0, 0, 0, 64, 0,
+    ]),
+  );
+  // A bulk ADD: LINENO (9, host order) 1, then ADT (8, nested) of DATA nests.
+  t.same(
+    [...bulkPayload('S', 'hash:ip', ['10.0.0.1'])],
+    [2, 0, 0, 0, 5, 0, 1, 0, 7, 0, 0, 0, 6, 0, 2, 0, 83, 0, 0, 0, 8, 0, 9, 0, 1, 0, 0, 0].concat([
+      20, 0, 8, 128, 16, 0, 7, 128, 12, 0, 1, 128, 8, 0, 1, 64, 10, 0, 0, 1,
+    ]),
+  );
+  // A request longer than the writer's first buffer, and an IPv6 one: nfgenmsg's family AF_INET6 (10).
+  const many = Array.from({ length: 40 }, (_, i) => `10.0.${i}.7,tcp:${1000 + i},10.0.${i}.7`);
+  const bulk = bulkPayload('S', 'hash:ip,port,ip', many);
+  t.equal(bulk.length, 28 + 4 + 40 * 44, 'every entry in');
+  t.same([...bulk.subarray(bulk.length - 8)], [8, 0, 1, 64, 10, 0, 39, 7], 'the last entry last, intact');
+  t.equal(requestPayload({ op: 'del', set: 'S', type: 'hash:ip', entry: 'fd00::1' })[0], 10);
+  t.throws(() => bulkPayload('S', 'hash:ip', ['10.0.0.1', 'fd00::1']), /mixed address families/);
   for (const [type, entry] of [
     ['hash:ip', '10.0.0.256'],
+    ['hash:ip', '10.00.0.1'],
+    ['hash:ip', '10.0.0.01'],
     ['hash:ip', 'fe80::1%eth0'],
     ['hash:ip', '010.0.0.1'],
     ['hash:ip', 'FD00::1'],
