@@ -6,9 +6,9 @@
 // COLD_LIMIT (1800 s), PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
-// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to kube-ipvs',
-// KIPVS_SYNC_PERIOD=10m sets its ipvs.syncPeriod (kube-ipvs only, not kube-ipvs-base) and MALLOC_ARENA_MAX=N sets
-// glibc's for it (experiments).
+// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to
+// kube-ipvs', KIPVS_SYNC_PERIOD=10m sets its ipvs.syncPeriod (kube-ipvs only, not kube-ipvs-base) and
+// MALLOC_ARENA_MAX=N sets glibc's for it (experiments).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
