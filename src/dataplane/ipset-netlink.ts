@@ -13,6 +13,7 @@
 // Anything else is refused with a reason before a byte is sent.
 import { Flags } from 'netlink';
 import { formatIP, ipv4Number, parseIP } from '../util/ip.ts';
+import { AttrWriter } from './nlattr.ts';
 import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } from './netlink.ts';
 
 const NFNL_SUBSYS_IPSET = 6;
@@ -47,117 +48,17 @@ export interface IpsetOp {
   entry: string;
 }
 
-/**
- * Netlink attributes written one after the other into one buffer: a request is one allocation, not one Buffer per
- * attribute and per nest joined at the end (that was 20-odd Buffers for one hairpin entry, most of the CPU an endpoint
- * change cost here under emulation). Every byte is written, padding too, into a zeroed buffer.
- */
-class AttrWriter {
-  #buf = Buffer.alloc(128);
-  #len = 0;
-
-  #room(n: number): void {
-    if (this.#len + n <= this.#buf.length) return;
-    const b = Buffer.alloc(Math.max(this.#buf.length * 2, this.#len + n + 64));
-    this.#buf.copy(b, 0, 0, this.#len);
-    this.#buf = b;
-  }
-  /** Bytes as they are (the nfgenmsg header): four, kept aligned by the caller. */
-  header(bytes: readonly number[]): void {
-    this.#room(bytes.length);
-    for (const x of bytes) this.#buf[this.#len++] = x;
-  }
-  /** Starts an attribute (or a nest) of `type`; end() it with what this returns. */
-  // Bytes stored one by one: Buffer's write methods are calls with checks, several times the cost under V8's
-  // interpreter. Native byte order is little-endian on every architecture kube-ipvs ships for (amd64, arm64).
-  begin(type: number): number {
-    this.#room(4);
-    const at = this.#len;
-    this.#buf[at + 2] = type & 255;
-    this.#buf[at + 3] = type >>> 8;
-    this.#len += 4;
-    return at;
-  }
-  end(at: number): void {
-    const len = this.#len - at;
-    this.#buf[at] = len & 255;
-    this.#buf[at + 1] = len >>> 8;
-    const pad = (4 - (len & 3)) & 3;
-    this.#room(pad);
-    for (let i = 0; i < pad; i++) this.#buf[this.#len++] = 0;
-  }
-  #be32(v: number): void {
-    const b = this.#buf;
-    b[this.#len] = v >>> 24;
-    b[this.#len + 1] = (v >>> 16) & 255;
-    b[this.#len + 2] = (v >>> 8) & 255;
-    b[this.#len + 3] = v & 255;
-    this.#len += 4;
-  }
-  u8(type: number, v: number): void {
-    const at = this.begin(type);
-    this.#room(1);
-    this.#buf[this.#len++] = v;
-    this.end(at);
-  }
-  be16(type: number, v: number): void {
-    const at = this.begin(type);
-    this.#room(2);
-    this.#buf[this.#len++] = v >>> 8;
-    this.#buf[this.#len++] = v & 255;
-    this.end(at);
-  }
-  u32le(type: number, v: number): void {
-    const at = this.begin(type);
-    this.#room(4);
-    const b = this.#buf;
-    b[this.#len] = v & 255;
-    b[this.#len + 1] = (v >>> 8) & 255;
-    b[this.#len + 2] = (v >>> 16) & 255;
-    b[this.#len + 3] = v >>> 24;
-    this.#len += 4;
-    this.end(at);
-  }
-  be64(type: number, hi: number, lo: number): void {
-    const at = this.begin(type);
-    this.#room(8);
-    this.#be32(hi);
-    this.#be32(lo);
-    this.end(at);
-  }
-  /** An address attribute of `type`: the nest holding IPADDR_IPV4 / IPADDR_IPV6 in network byte order. */
-  ip(type: number, a: Addr): void {
-    const nest = this.begin(type | NLA_F_NESTED);
-    const at = this.begin((a.family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER);
-    if (a.family === 4) {
-      this.#room(4);
-      this.#be32(a.v4);
-    } else {
-      this.#room(16);
-      this.#buf.set(a.v6, this.#len);
-      this.#len += 16;
-    }
-    this.end(at);
-    this.end(nest);
-  }
-  /** A NUL-terminated ASCII string (a set name, checked by the caller). */
-  string(type: number, text: string): void {
-    const at = this.begin(type);
-    this.#room(text.length + 1);
-    this.#len += this.#buf.write(text, this.#len, 'latin1');
-    this.#buf[this.#len++] = 0;
-    this.end(at);
-  }
-  /** Sets a byte already written (the nfgenmsg family, known once the entry is read). */
-  patch(offset: number, v: number): void {
-    this.#buf[offset] = v;
-  }
-  done(): Buffer {
-    return this.#buf.subarray(0, this.#len);
-  }
-}
-
 type Addr = { family: 4; v4: number } | { family: 6; v6: Uint8Array };
+
+/** An address attribute of `type`: the nest holding IPADDR_IPV4 / IPADDR_IPV6 in network byte order. */
+function writeIp(w: AttrWriter, type: number, a: Addr): void {
+  const nest = w.begin(type | NLA_F_NESTED);
+  const at = w.begin((a.family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER);
+  if (a.family === 4) w.be32raw(a.v4);
+  else w.raw(a.v6);
+  w.end(at);
+  w.end(nest);
+}
 
 /** A dotted quad as the plan writes it: no part with a leading zero (`ipset restore` may read one as octal). */
 function canonicalV4(text: string): boolean {
@@ -239,12 +140,12 @@ function writeEntry(w: AttrWriter, type: IpsetType, entry: string): 0 | 4 | 6 {
     if (!m) throw new Error(`not a mark: ${JSON.stringify(entry)}`);
     mark = [parseInt(m[1]!, 16), m[2] ? parseInt(m[2], 16) : 0xffffffff];
   }
-  w.ip(D.IP, ip);
+  writeIp(w, D.IP, ip);
   if (parts.length > 1) {
     w.be16(D.PORT | NLA_F_NET_BYTEORDER, port);
     w.u8(D.PROTO, proto);
   }
-  if (ip2) w.ip(D.IP2, ip2);
+  if (ip2) writeIp(w, D.IP2, ip2);
   if (type === 'hash:ip,port,net') w.u8(D.CIDR2, cidr2);
   if (mark) w.be64(D.SKBMARK | NLA_F_NET_BYTEORDER, mark[0], mark[1]);
   return ip.family;
@@ -260,13 +161,15 @@ export function entryData(type: IpsetType, entry: string): { family: 0 | 4 | 6; 
 function checkSetName(set: string): void {
   if (!/^[A-Za-z0-9_.-]{1,31}$/.test(set)) throw new Error(`not a set name: ${JSON.stringify(set)}`);
 }
+/** nfgenmsg: family (set once the entry is read), version 0, resource id 0. */
+const NFGEN_PLACEHOLDER = new Uint8Array(4);
 const nfgenFamily = (family: 0 | 4 | 6) => (family === 4 ? 2 : family === 6 ? 10 : 0);
 
 /** The request's start: nfgenmsg (its family patched in later), protocol, set name. */
 function head(set: string): AttrWriter {
   checkSetName(set);
   const w = new AttrWriter();
-  w.header([0, 0, 0, 0]);
+  w.raw(NFGEN_PLACEHOLDER);
   w.u8(A.PROTOCOL, IPSET_PROTOCOL);
   w.string(A.SETNAME, set);
   return w;

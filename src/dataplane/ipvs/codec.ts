@@ -2,8 +2,8 @@
 // the 4-byte genl header, then attributes). Pure: bytes in, values out, so it is tested byte
 // by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in
 // place.
-import { formatIP, parseIP, type Family } from '../../util/ip.ts';
-import { attr, cstr, nest, type Attr } from '../nlattr.ts';
+import { formatIP, ipv4Number, parseIP, type Family } from '../../util/ip.ts';
+import { attr, AttrWriter, type Attr } from '../nlattr.ts';
 import {
   AF_INET,
   AF_INET6,
@@ -36,29 +36,11 @@ export class CodecError extends Error {
 
 // --- primitive encoders -----------------------------------------------------------------------
 
-const u16 = (n: number) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16LE(n);
-  return b;
-};
-const be16 = (n: number) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(n);
-  return b;
-};
 const u32 = (n: number) => {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n >>> 0);
   return b;
 };
-
-function addr16(address: string, family: Family): Buffer {
-  const p = parseIP(address);
-  if (!p || p.family !== family) throw new CodecError(`${JSON.stringify(address)} is not an IPv${family} address`);
-  const b = Buffer.alloc(16);
-  b.set(p.bytes, 0);
-  return b;
-}
 
 /** genl header (cmd, version, reserved) followed by the attributes. */
 export function encodeRequest(cmd: number, attrs: Attr[]): Buffer {
@@ -77,18 +59,33 @@ export function encodeRequest(cmd: number, attrs: Attr[]): Buffer {
 const familyAF = (f: Family) => (f === 4 ? AF_INET : AF_INET6);
 const protoNum = (p: IpvsProtocol) => IPPROTO[p];
 
-function serviceKeyAttrs(k: ServiceKey): Attr[] {
-  const out: Attr[] = [attr(SvcAttr.AF, u16(familyAF(k.family)))];
-  if (k.fwmark !== undefined) {
-    out.push(attr(SvcAttr.FWMARK, u32(k.fwmark)));
+/** The 16 bytes IPVS carries an address in (an IPv4 one in the first four). */
+function writeAddr16(w: AttrWriter, type: number, address: string, family: Family): void {
+  const at = w.begin(type);
+  if (family === 4 && !address.includes(':')) {
+    const n = ipv4Number(address);
+    if (n < 0) throw new CodecError(`${JSON.stringify(address)} is not an IPv4 address`);
+    w.be32raw(n);
+    w.raw(ZERO12);
   } else {
-    out.push(
-      attr(SvcAttr.PROTOCOL, u16(protoNum(k.protocol))),
-      attr(SvcAttr.ADDR, addr16(k.address, k.family)),
-      attr(SvcAttr.PORT, be16(k.port)),
-    );
+    const p = parseIP(address);
+    if (!p || p.family !== family) throw new CodecError(`${JSON.stringify(address)} is not an IPv${family} address`);
+    w.raw(p.bytes);
   }
-  return out;
+  w.end(at);
+}
+const ZERO12 = new Uint8Array(12);
+
+/** A virtual server's key attributes: family, then the firewall mark or protocol, address and port. */
+function writeServiceKey(w: AttrWriter, k: ServiceKey): void {
+  w.u16le(SvcAttr.AF, familyAF(k.family));
+  if (k.fwmark !== undefined) {
+    w.u32le(SvcAttr.FWMARK, k.fwmark);
+  } else {
+    w.u16le(SvcAttr.PROTOCOL, protoNum(k.protocol));
+    writeAddr16(w, SvcAttr.ADDR, k.address, k.family);
+    w.be16(SvcAttr.PORT, k.port);
+  }
 }
 
 /** Encoded keys by key object: a cold start sends a virtual server's key with each of its destinations. */
@@ -101,7 +98,11 @@ const keyAttrs = new WeakMap<ServiceKey, Attr>();
 export function serviceKeyAttr(k: ServiceKey): Attr {
   let a = keyAttrs.get(k);
   if (!a) {
-    a = nest(CmdAttr.SERVICE, serviceKeyAttrs(k));
+    const w = new AttrWriter(64);
+    const at = w.begin(CmdAttr.SERVICE);
+    writeServiceKey(w, k);
+    w.end(at);
+    a = w.done();
     keyAttrs.set(k, a);
   }
   return a;
@@ -109,55 +110,51 @@ export function serviceKeyAttr(k: ServiceKey): Attr {
 
 /** IPVS_CMD_ATTR_SERVICE holding everything NEW/SET need (the kernel insists on all four). */
 export function serviceAttr(s: IpvsService): Attr {
-  const flags = Buffer.concat([u32(s.flags), u32(0xffffffff)]);
-  const attrs = [...serviceKeyAttrs(s), attr(SvcAttr.SCHED_NAME, cstr(s.scheduler))];
-  if (s.peName) attrs.push(attr(SvcAttr.PE_NAME, cstr(s.peName)));
-  attrs.push(attr(SvcAttr.FLAGS, flags), attr(SvcAttr.TIMEOUT, u32(s.timeout)), attr(SvcAttr.NETMASK, u32(s.netmask)));
-  return nest(CmdAttr.SERVICE, attrs);
+  const w = new AttrWriter(128);
+  const at = w.begin(CmdAttr.SERVICE);
+  writeServiceKey(w, s);
+  w.string(SvcAttr.SCHED_NAME, s.scheduler);
+  if (s.peName) w.string(SvcAttr.PE_NAME, s.peName);
+  // FLAGS is struct ip_vs_flags: the flags, then the mask of those to set (all).
+  const flags = w.begin(SvcAttr.FLAGS);
+  w.raw(u32le(s.flags));
+  w.raw(u32le(0xffffffff));
+  w.end(flags);
+  w.u32le(SvcAttr.TIMEOUT, s.timeout);
+  w.u32le(SvcAttr.NETMASK, s.netmask);
+  w.end(at);
+  return w.done();
 }
 
-/** An attribute header (length, type) at `o`. */
-function head(b: Buffer, o: number, len: number, type: number): void {
-  b.writeUInt16LE(len, o);
-  b.writeUInt16LE(type, o + 2);
-}
+const u32le = (n: number) => Uint8Array.of(n & 255, (n >>> 8) & 255, (n >>> 16) & 255, (n >>> 24) & 255);
 
 /**
- * IPVS_CMD_ATTR_DEST with everything NEW/SET need, written into one buffer (the same bytes as nesting `attr`s: a
- * cold start encodes 100 000 of these): ADDR (16 bytes), PORT (big-endian), FWD_METHOD, WEIGHT, U_THRESH, L_THRESH,
- * ADDR_FAMILY.
+ * IPVS_CMD_ATTR_DEST with everything NEW/SET need, written into one buffer (a cold start encodes 100 000 of these):
+ * ADDR (16 bytes), PORT (big-endian), FWD_METHOD, WEIGHT, U_THRESH, L_THRESH, ADDR_FAMILY.
  */
 export function destinationAttr(d: IpvsDestination): Attr {
-  const ip = addr16(d.address, d.family);
-  const out = Buffer.alloc(72);
-  head(out, 0, 72, CmdAttr.DEST);
-  head(out, 4, 20, DestAttr.ADDR);
-  ip.copy(out, 8);
-  head(out, 24, 6, DestAttr.PORT);
-  out.writeUInt16BE(d.port, 28);
-  let o = 32;
-  for (const [type, v] of [
-    [DestAttr.FWD_METHOD, d.fwdMethod],
-    [DestAttr.WEIGHT, d.weight],
-    [DestAttr.U_THRESH, d.upperThreshold],
-    [DestAttr.L_THRESH, d.lowerThreshold],
-  ] as const) {
-    head(out, o, 8, type);
-    out.writeUInt32LE(v >>> 0, o + 4);
-    o += 8;
-  }
-  head(out, o, 6, DestAttr.ADDR_FAMILY);
-  out.writeUInt16LE(familyAF(d.family), o + 4);
-  return out;
+  const w = new AttrWriter(72);
+  const at = w.begin(CmdAttr.DEST);
+  writeAddr16(w, DestAttr.ADDR, d.address, d.family);
+  w.be16(DestAttr.PORT, d.port);
+  w.u32le(DestAttr.FWD_METHOD, d.fwdMethod);
+  w.u32le(DestAttr.WEIGHT, d.weight);
+  w.u32le(DestAttr.U_THRESH, d.upperThreshold);
+  w.u32le(DestAttr.L_THRESH, d.lowerThreshold);
+  w.u16le(DestAttr.ADDR_FAMILY, familyAF(d.family));
+  w.end(at);
+  return w.done();
 }
 
 /** A destination by address and port only: for DEL_DEST. */
 export function destinationKeyAttr(d: { family: Family; address: string; port: number }): Attr {
-  return nest(CmdAttr.DEST, [
-    attr(DestAttr.ADDR, addr16(d.address, d.family)),
-    attr(DestAttr.PORT, be16(d.port)),
-    attr(DestAttr.ADDR_FAMILY, u16(familyAF(d.family))),
-  ]);
+  const w = new AttrWriter(40);
+  const at = w.begin(CmdAttr.DEST);
+  writeAddr16(w, DestAttr.ADDR, d.address, d.family);
+  w.be16(DestAttr.PORT, d.port);
+  w.u16le(DestAttr.ADDR_FAMILY, familyAF(d.family));
+  w.end(at);
+  return w.done();
 }
 
 export function timeoutAttrs(t: IpvsTimeouts): Attr[] {
