@@ -406,3 +406,12 @@ t.test('destinationAttr writes the same bytes as nesting each attribute, for any
   }
   t.equal(differ, 0, '300 random destinations, byte for byte');
 });
+
+t.test("a service key's cached encoding holds only its own bytes, not a slice of Node's buffer pool", async (t) => {
+  const k = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.10', port: 53 };
+  const a = serviceKeyAttr(k);
+  t.equal(serviceKeyAttr(k), a, 'encoded once per key object');
+  // A pool slice would keep Node's whole 8 KiB pool alive for as long as the key lives (10 000 keys: 20 MB).
+  t.equal(a.buffer.byteLength, a.length, 'its memory is its own');
+  t.equal(a.byteOffset, 0);
+});

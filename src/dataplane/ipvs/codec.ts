@@ -102,7 +102,9 @@ export function serviceKeyAttr(k: ServiceKey): Attr {
     const at = w.begin(CmdAttr.SERVICE);
     writeServiceKey(w, k);
     w.end(at);
-    a = w.done();
+    // Kept as long as the key: a copy of its own, not a slice of Node's 8 KiB buffer pool, which it would pin.
+    a = Buffer.alloc(w.length);
+    w.done().copy(a);
     keyAttrs.set(k, a);
   }
   return a;
