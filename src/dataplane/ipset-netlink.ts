@@ -12,7 +12,7 @@
 //   bitmap:port        PORT
 // Anything else is refused with a reason before a byte is sent.
 import { Flags } from 'netlink';
-import { formatIP, ipv4Number, parseIP } from '../util/ip.ts';
+import { formatIP, parseIP, type ParsedIP } from '../util/ip.ts';
 import { AttrWriter } from './nlattr.ts';
 import { openNetfilterNetlink, type DemuxNetlinkSocket, type SocketOptions } from './netlink.ts';
 
@@ -48,40 +48,22 @@ export interface IpsetOp {
   entry: string;
 }
 
-type Addr = { family: 4; v4: number } | { family: 6; v6: Uint8Array };
-
 /** An address attribute of `type`: the nest holding IPADDR_IPV4 / IPADDR_IPV6 in network byte order. */
-function writeIp(w: AttrWriter, type: number, a: Addr): void {
+function writeIp(w: AttrWriter, type: number, a: ParsedIP): void {
   const nest = w.begin(type | NLA_F_NESTED);
   const at = w.begin((a.family === 4 ? IPADDR_IPV4 : IPADDR_IPV6) | NLA_F_NET_BYTEORDER);
-  if (a.family === 4) w.be32raw(a.v4);
-  else w.raw(a.v6);
+  w.raw(a.bytes);
   w.end(at);
   w.end(nest);
 }
 
-/** A dotted quad as the plan writes it: no part with a leading zero (`ipset restore` may read one as octal). */
-function canonicalV4(text: string): boolean {
-  for (let i = 0; i < text.length - 1; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 48 /* 0 */ && (i === 0 || text.charCodeAt(i - 1) === 46) && text.charCodeAt(i + 1) !== 46) return false;
-  }
-  return true;
-}
-
-function address(text: string): Addr {
-  if (!text.includes(':')) {
-    const v4 = ipv4Number(text);
-    if (v4 < 0) throw new Error(`not an IP address: ${JSON.stringify(text)}`);
-    // Canonical text only (the plan writes nothing else): `ipset restore` may read a leading zero
-    // as octal where this parser would not, and the two paths must mean the same element.
-    if (!canonicalV4(text)) throw new Error(`not an address in canonical form: ${JSON.stringify(text)}`);
-    return { family: 4, v4 };
-  }
+function address(text: string): ParsedIP {
   const p = parseIP(text);
   if (!p) throw new Error(`not an IP address: ${JSON.stringify(text)}`);
+  // Canonical text only (the plan writes nothing else): `ipset restore` may read a leading zero
+  // as octal where this parser would not, and the two paths must mean the same element.
   if (formatIP(p) !== text) throw new Error(`not an address in canonical form: ${JSON.stringify(text)}`);
-  return { family: 6, v6: p.bytes };
+  return p;
 }
 
 function portNumber(text: string): number {
@@ -119,7 +101,7 @@ function writeEntry(w: AttrWriter, type: IpsetType, entry: string): 0 | 4 | 6 {
     port = portNumber(m[2]!);
     proto = PROTOS[m[1]!]!;
   }
-  let ip2: Addr | null = null;
+  let ip2: ParsedIP | null = null;
   let cidr2 = 0;
   if (type === 'hash:ip,port,ip') {
     ip2 = address(parts[2]!);

@@ -83,6 +83,16 @@ export class AttrWriter {
     b[this.#len + 3] = v & 255;
     this.#len += 4;
   }
+  /** A 32-bit payload word in host (little-endian) byte order. */
+  u32raw(v: number): void {
+    this.#room(4);
+    const b = this.#buf;
+    b[this.#len] = v & 255;
+    b[this.#len + 1] = (v >>> 8) & 255;
+    b[this.#len + 2] = (v >>> 16) & 255;
+    b[this.#len + 3] = (v >>> 24) & 255;
+    this.#len += 4;
+  }
   u8(type: number, v: number): void {
     const at = this.begin(type);
     this.#room(1);
@@ -105,13 +115,7 @@ export class AttrWriter {
   }
   u32le(type: number, v: number): void {
     const at = this.begin(type);
-    this.#room(4);
-    const b = this.#buf;
-    b[this.#len] = v & 255;
-    b[this.#len + 1] = (v >>> 8) & 255;
-    b[this.#len + 2] = (v >>> 16) & 255;
-    b[this.#len + 3] = (v >>> 24) & 255;
-    this.#len += 4;
+    this.u32raw(v);
     this.end(at);
   }
   be64(type: number, hi: number, lo: number): void {

@@ -1,7 +1,7 @@
 // Encoding and decoding of IPVS generic netlink payloads (the part after the netlink header:
 // the 4-byte genl header, then attributes). Pure: bytes in, values out, so it is tested byte
-// by byte without a kernel. Encoding frames attributes with the `netlink` package (nlattr.ts); decoding reads them in
-// place.
+// by byte without a kernel. Encoding writes each request's attributes into one buffer (AttrWriter, nlattr.ts);
+// decoding reads them in place.
 import { formatIP, ipv4Number, parseIP, type Family } from '../../util/ip.ts';
 import { attr, AttrWriter, type Attr } from '../nlattr.ts';
 import {
@@ -119,16 +119,14 @@ export function serviceAttr(s: IpvsService): Attr {
   if (s.peName) w.string(SvcAttr.PE_NAME, s.peName);
   // FLAGS is struct ip_vs_flags: the flags, then the mask of those to set (all).
   const flags = w.begin(SvcAttr.FLAGS);
-  w.raw(u32le(s.flags));
-  w.raw(u32le(0xffffffff));
+  w.u32raw(s.flags);
+  w.u32raw(0xffffffff);
   w.end(flags);
   w.u32le(SvcAttr.TIMEOUT, s.timeout);
   w.u32le(SvcAttr.NETMASK, s.netmask);
   w.end(at);
   return w.done();
 }
-
-const u32le = (n: number) => Uint8Array.of(n & 255, (n >>> 8) & 255, (n >>> 16) & 255, (n >>> 24) & 255);
 
 /**
  * IPVS_CMD_ATTR_DEST with everything NEW/SET need, written into one buffer (a cold start encodes 100 000 of these):
