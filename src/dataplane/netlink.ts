@@ -5,11 +5,14 @@
 // the dump early as "Multipart message not terminated properly", and the reconciler, which lists a
 // service's destinations while it changes another's, read that as a failed sync. Here every
 // request's parts are kept apart by sequence number, whatever arrives in between.
+//
+// The package's socket is kept for its native binding, sequence numbers and the generic and rtnetlink wrappers on
+// top of it; the per-message work is ours: headers written straight into the datagram (frameInto), replies read
+// where they lie (#receive), and timeouts kept in one queue per socket (Deadlines) instead of a timer each.
 import {
   checkError,
   Flags,
   FlagsGet,
-  formatMessage,
   GenericNetlinkSocket,
   MessageType,
   NetlinkSocket,
@@ -72,7 +75,15 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   receiveErrors = 0;
 
   constructor(raw: RawSocket) {
+    const others = new Set(raw.listeners('message'));
     super(raw);
+    // Replies are framed here (#receive), not by the package's parseMessages/handleMessages/emitMessage: one object
+    // per message and no intermediate ones (the package builds three per message and reads each header field
+    // through a Buffer method), which showed in the churn profile. So the listener the package's constructor just
+    // added goes (and only that one: another socket may listen on the same raw socket, as tests do).
+    for (const l of raw.listeners('message'))
+      if (!others.has(l)) raw.removeListener('message', l as (...args: unknown[]) => void);
+    raw.on('message', (buf: Buffer, rinfo: MessageInfo) => this.#receive(buf, rinfo));
     // A datagram larger than the read buffer is lost past the buffer: fail its request at once
     // (EMSGSIZE) rather than let it wait for a DONE that was cut off.
     raw.on('truncatedMessage', (buf: Buffer, rinfo: MessageInfo) => this.#guard(() => this.#truncated(buf, rinfo)));
@@ -97,13 +108,17 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     try {
       f();
     } catch (e) {
-      this.handlerErrors++;
-      this.lastHandlerError = e instanceof Error ? e : new Error(String(e));
-      process.emitWarning(
-        `a netlink reply's handler threw (${this.handlerErrors} so far): ${this.lastHandlerError.stack ?? this.lastHandlerError.message}`,
-        'KubeIpvsNetlinkWarning',
-      );
+      this.#handlerFailed(e);
     }
+  }
+
+  #handlerFailed(e: unknown): void {
+    this.handlerErrors++;
+    this.lastHandlerError = e instanceof Error ? e : new Error(String(e));
+    process.emitWarning(
+      `a netlink reply's handler threw (${this.handlerErrors} so far): ${this.lastHandlerError.stack ?? this.lastHandlerError.message}`,
+      'KubeIpvsNetlinkWarning',
+    );
   }
 
   #receiveFailed(e: unknown): void {
@@ -118,6 +133,11 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   /** Requests waiting for their answer (for tests and diagnostics). */
   get waiting(): number {
     return this.requests.size;
+  }
+
+  /** Request and batch timeouts still armed (for tests and diagnostics). */
+  get liveDeadlines(): number {
+    return this.#deadlines.live;
   }
 
   /** Dumps whose parts are still arriving (for tests and diagnostics). */
@@ -186,7 +206,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     // What was queued before goes first: a request never overtakes a change issued before it.
     this.#flushBatches();
     const cost = replyCost(data);
-    const send = () => super.request(type, data, options).finally(() => this.#release(cost));
+    const send = () => this.#request(type, data, options).finally(() => this.#release(cost));
     // The first request always goes, whatever its size: alone it cannot overflow what it was sized for.
     if (this.#admits(cost)) {
       this.#take(cost);
@@ -196,8 +216,61 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   }
 
   /**
-   * As NetlinkSocket.send, with the socket's own port read once: the package asks the native socket for it at every
-   * send (a getsockname system call), which showed in the daemon's profile under endpoint churn.
+   * As NetlinkSocket.request, with the header written here and the timeout kept in the socket's deadline queue
+   * (the package sets a timer per request and chains two promises on it). Same outcome: `checkError: false` gives
+   * the answer's messages as they came; otherwise an ACK gives none, data gives the messages, and an error answer
+   * rejects ("Request rejected: CODE").
+   */
+  #request(
+    type: number,
+    data: Uint8Array | Uint8Array[],
+    options?: NetlinkRequestOptions,
+  ): Promise<[NetlinkMessage[], MessageInfo]> {
+    return new Promise((resolve, reject) => {
+      const seq = options?.seq ?? this.generateSeq();
+      let deadline: Deadline | null = null;
+      let done = false;
+      const settle = (): boolean => {
+        if (done) return false;
+        done = true;
+        if (deadline) this.#deadlines.cancel(deadline);
+        if (this.requests.get(seq) === answer) this.dropRef(seq);
+        return true;
+      };
+      const answer = (err: Error | null, msgs?: NetlinkMessage[], rinfo?: MessageInfo) => {
+        if (!settle()) return;
+        if (err) return reject(err);
+        const got = msgs ?? [];
+        if (options?.checkError === false) return resolve([got, rinfo!]);
+        try {
+          resolve(got.length && !checkError(got[0]!) ? [got, rinfo!] : [[], rinfo!]);
+        } catch (e) {
+          reject(e instanceof Error ? e : new Error(String(e)));
+        }
+      };
+      this.makeRef(seq, answer); // throws (a rejection) when the number is already waited for
+      const timeout = options?.timeout ?? 0;
+      if (timeout > 0)
+        deadline = this.#deadlines.add(timeout, () => {
+          if (settle()) reject(new Error('Timeout has been reached'));
+        });
+      const flags = Number(options?.flags ?? 0) | Flags.REQUEST | Flags.ACK;
+      this.#port ??= this.socket.address().port;
+      const buf = frameMessage(type, flags, seq, options?.localPort ?? this.#port, data);
+      try {
+        this.socket.send(buf, options, (error) => {
+          if (error && settle()) reject(error);
+        });
+      } catch (e) {
+        if (settle()) reject(e instanceof Error ? e : new Error(String(e))); // a closed socket throws
+      }
+    });
+  }
+
+  /**
+   * As NetlinkSocket.send, with the header written here and the socket's own port read once: the package asks the
+   * native socket for it at every send (a getsockname system call), which showed in the daemon's profile under
+   * endpoint churn.
    */
   override send(
     type: number,
@@ -205,9 +278,14 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     options?: NetlinkSendOptions,
     callback?: Parameters<NetlinkSocket['send']>[3],
   ): number {
-    const localPort = options?.localPort ?? (this.#port ??= this.socket.address().port);
-    return super.send(type, data, { ...options, localPort }, callback);
+    const seq = options?.seq ?? this.generateSeq();
+    const port = options?.localPort ?? (this.#port ??= this.socket.address().port);
+    this.socket.send(frameMessage(type, Number(options?.flags ?? 0), seq, port, data), options, callback);
+    return seq;
   }
+
+  /** The requests' and batches' timeouts: one timer per socket (and timeout value), not one per request. */
+  readonly #deadlines = new Deadlines((e) => this.#handlerFailed(e));
 
   /** Changes waiting for the end of this event-loop turn, to be sent in batches. */
   #pending: Batched[] = [];
@@ -261,7 +339,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     const settled = new Array<boolean>(batch.length).fill(false);
     const seqs: number[] = [];
     let finished = false;
-    let timer: NodeJS.Timeout | undefined;
+    let deadline: Deadline | null = null;
     const fail = (i: number, e: Error) => {
       if (settled[i]) return;
       settled[i] = true;
@@ -282,7 +360,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     const finish = (e: Error | null, rinfo?: MessageInfo) => {
       if (finished) return;
       finished = true;
-      if (timer) clearTimeout(timer);
+      if (deadline) this.#deadlines.cancel(deadline);
       for (let i = 0; i <= last; i++) {
         if (e) fail(i, e);
         else answer(i, [], rinfo!);
@@ -291,14 +369,17 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       this.#release(cost);
     };
     this.#port ??= this.socket.address().port;
-    const bufs: Uint8Array[] = [];
+    // Every message framed into one datagram, each starting 4-byte aligned (NLMSG_ALIGN).
+    let total = 0;
+    for (const b of batch) total += (b.bytes + 3) & ~3;
+    const buf = Buffer.allocUnsafe(total);
+    let at = 0;
     for (let i = 0; i <= last; i++) {
       const b = batch[i]!;
       const seq = this.generateSeq();
       seqs.push(seq);
       const flags = (Number(b.options.flags ?? 0) & ~Flags.ACK) | Flags.REQUEST | (i === last ? Flags.ACK : 0);
-      bufs.push(...formatMessage({ type: b.type, flags, seq, port: this.#port, data: b.data }));
-      if (b.bytes % 4) bufs.push(new Uint8Array(4 - (b.bytes % 4)));
+      at = frameInto(buf, at, b.type, flags, seq, this.#port, b.data);
       this.makeRef(seq, (err, msgs, rinfo) => {
         if (err) fail(i, err);
         else answer(i, msgs ?? [], rinfo!);
@@ -307,12 +388,13 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
         if (i === last) finish(err, rinfo);
       });
     }
-    const timeout = Math.max(0, ...batch.map((b) => b.options.timeout ?? 0));
-    if (timeout > 0) timer = setTimeout(() => finish(new Error('Timeout has been reached')), timeout);
+    let timeout = 0;
+    for (const b of batch) if ((b.options.timeout ?? 0) > timeout) timeout = b.options.timeout!;
+    if (timeout > 0) deadline = this.#deadlines.add(timeout, () => finish(new Error('Timeout has been reached')));
     this.batchesSent++;
     this.batchedMessages += batch.length;
     try {
-      this.socket.send(Buffer.concat(bufs), {}, (error) => {
+      this.socket.send(buf, {}, (error) => {
         if (error) finish(error);
       });
     } catch (e) {
@@ -347,9 +429,35 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     }
   }
 
-  protected override handleMessages(msgs: NetlinkMessage[], rinfo: MessageInfo): void {
-    // One guard per message: a handler that throws loses its own answer, not the rest of the datagram's.
-    for (const msg of msgs) this.#guard(() => this.#handleOne(msg, rinfo));
+  /**
+   * A datagram from the kernel: its messages, each read where it lies (NLMSG_ALIGN apart) and handled in order. A
+   * header whose length does not fit ends the datagram there ('invalid', as the package reports it); what came
+   * before it was handled.
+   */
+  #receive(buf: Buffer, rinfo: MessageInfo): void {
+    const n = buf.length;
+    let o = 0;
+    while (o < n) {
+      const len = o + NLMSG_HDRLEN <= n ? u32(buf, o) : 0;
+      if (len < NLMSG_HDRLEN || len > n - o) {
+        this.emit('invalid', new Error(`Invalid header length (${len}) at byte ${o} of ${n}`), buf, rinfo);
+        return;
+      }
+      const msg: NetlinkMessage = {
+        type: buf[o + 4]! | (buf[o + 5]! << 8),
+        flags: buf[o + 6]! | (buf[o + 7]! << 8),
+        seq: u32(buf, o + 8),
+        port: u32(buf, o + 12),
+        data: buf.subarray(o + NLMSG_HDRLEN, o + len),
+      };
+      // A handler that throws loses its own answer, not the rest of the datagram's.
+      try {
+        this.#handleOne(msg, rinfo);
+      } catch (e) {
+        this.#handlerFailed(e);
+      }
+      o += (len + 3) & ~3;
+    }
   }
 
   #handleOne(msg: NetlinkMessage, rinfo: MessageInfo): void {
@@ -389,6 +497,170 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   /** Fails the request waiting for `seq`, if any, with a positive errno. */
   #fail(seq: number, errno: number, message: string): void {
     this.requests.get(seq)?.(Object.assign(new Error(message), { errno }));
+  }
+}
+
+/** struct nlmsghdr's size. */
+const NLMSG_HDRLEN = 16;
+
+/** A little-endian u32 at `o` (netlink headers are in host order, and every node we run on is little-endian). */
+const u32 = (b: Uint8Array, o: number): number =>
+  (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+
+function putU32(b: Uint8Array, o: number, v: number): void {
+  b[o] = v & 0xff;
+  b[o + 1] = (v >>> 8) & 0xff;
+  b[o + 2] = (v >>> 16) & 0xff;
+  b[o + 3] = v >>> 24;
+}
+
+/**
+ * One netlink message (header and payload) written into `buf` at `at`, zero-padded to the next 4-byte boundary
+ * (NLMSG_ALIGN) when there is room; returns where the next one starts. The header's length is the unpadded one, as
+ * the package writes it.
+ */
+export function frameInto(
+  buf: Uint8Array,
+  at: number,
+  type: number,
+  flags: number,
+  seq: number,
+  port: number,
+  data: Uint8Array | Uint8Array[],
+): number {
+  let o = at + NLMSG_HDRLEN;
+  if (data instanceof Uint8Array) {
+    buf.set(data, o);
+    o += data.length;
+  } else
+    for (const d of data) {
+      buf.set(d, o);
+      o += d.length;
+    }
+  putU32(buf, at, o - at);
+  buf[at + 4] = type & 0xff;
+  buf[at + 5] = (type >>> 8) & 0xff;
+  buf[at + 6] = flags & 0xff;
+  buf[at + 7] = (flags >>> 8) & 0xff;
+  putU32(buf, at + 8, seq);
+  putU32(buf, at + 12, port);
+  const end = Math.min((o + 3) & ~3, buf.length);
+  while (o < end) buf[o++] = 0;
+  return end;
+}
+
+/** One netlink message in a buffer of its own (no trailing padding: a datagram of one message needs none). */
+export function frameMessage(
+  type: number,
+  flags: number,
+  seq: number,
+  port: number,
+  data: Uint8Array | Uint8Array[],
+): Buffer {
+  let len = NLMSG_HDRLEN;
+  if (data instanceof Uint8Array) len += data.length;
+  else for (const d of data) len += d.length;
+  const buf = Buffer.allocUnsafe(len);
+  frameInto(buf, 0, type, flags, seq, port, data);
+  return buf;
+}
+
+/** A timeout waiting in Deadlines (`fire` is cleared once it fired or was cancelled). */
+export interface Deadline {
+  readonly at: number;
+  fire: (() => void) | null;
+  readonly queue: DeadlineQueue;
+}
+
+export interface DeadlineQueue {
+  items: Deadline[];
+  head: number;
+  /** Entries not yet fired or cancelled: the timer keeps the process alive only while there are some. */
+  live: number;
+  timer: NodeJS.Timeout | null;
+}
+
+/**
+ * Timeouts kept in order, one timer per timeout value: a socket's requests all use one or two values, so each
+ * value's deadlines arrive in order and a queue (no heap) holds them. A cancelled entry is left for the timer to
+ * pass over: no timer is set or cleared per request (the package's setTimeout and clearTimeout per request showed
+ * in the churn profile). What a fired callback throws goes to `onError`; the rest still fire.
+ */
+export class Deadlines {
+  readonly #queues = new Map<number, DeadlineQueue>();
+  readonly #onError: (e: unknown) => void;
+
+  constructor(onError: (e: unknown) => void) {
+    this.#onError = onError;
+  }
+
+  add(ms: number, fire: () => void): Deadline {
+    let q = this.#queues.get(ms);
+    if (!q) this.#queues.set(ms, (q = { items: [], head: 0, live: 0, timer: null }));
+    const d: Deadline = { at: performance.now() + ms, fire, queue: q };
+    q.items.push(d);
+    if (q.live++ === 0) q.timer?.ref();
+    if (!q.timer) this.#arm(ms, q);
+    return d;
+  }
+
+  /** `d` will not fire (its request settled first). */
+  cancel(d: Deadline): void {
+    if (d.fire === null) return;
+    d.fire = null;
+    const q = d.queue;
+    // Nothing waits on this queue any more: its timer stays set, but no longer holds the process.
+    if (--q.live === 0) q.timer?.unref();
+  }
+
+  /** Deadlines neither fired nor cancelled. */
+  get live(): number {
+    let n = 0;
+    for (const q of this.#queues.values()) n += q.live;
+    return n;
+  }
+
+  /** Entries held, cancelled ones included until the timer passes them (for tests). */
+  get held(): number {
+    let n = 0;
+    for (const q of this.#queues.values()) n += q.items.length - q.head;
+    return n;
+  }
+
+  #arm(ms: number, q: DeadlineQueue): void {
+    while (q.head < q.items.length && q.items[q.head]!.fire === null) q.head++;
+    if (q.head >= q.items.length) {
+      q.items = [];
+      q.head = 0;
+      q.timer = null;
+      return;
+    }
+    if (q.head > 1024 && q.head * 2 > q.items.length) {
+      q.items = q.items.slice(q.head);
+      q.head = 0;
+    }
+    const wait = Math.max(0, Math.ceil(q.items[q.head]!.at - performance.now()));
+    q.timer = setTimeout(() => this.#expire(ms, q), wait);
+    if (q.live === 0) q.timer.unref();
+  }
+
+  #expire(ms: number, q: DeadlineQueue): void {
+    const now = performance.now();
+    while (q.head < q.items.length) {
+      const d = q.items[q.head]!;
+      if (d.fire !== null && d.at > now) break;
+      q.head++;
+      const f = d.fire;
+      if (!f) continue;
+      d.fire = null;
+      q.live--;
+      try {
+        f();
+      } catch (e) {
+        this.#onError(e);
+      }
+    }
+    this.#arm(ms, q);
   }
 }
 

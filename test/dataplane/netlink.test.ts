@@ -1,11 +1,26 @@
 // Replies matched to requests on one netlink socket while dumps and changes interleave, as the
 // kernel interleaves them (test/support/netlink-kernel.ts), through the real NetlinkIpvs client.
 import t from 'tap';
-import { GenericNetlinkSocket, NetlinkSocket, FlagsGet } from 'netlink';
+import {
+  GenericNetlinkSocket,
+  NetlinkSocket,
+  FlagsGet,
+  formatMessage,
+  parseMessages,
+  type NetlinkMessage,
+} from 'netlink';
 import { NetlinkIpvs, IpvsError } from '../../src/dataplane/ipvs/client.ts';
 import { destinationAttr, encodeRequest, serviceKeyAttr } from '../../src/dataplane/ipvs/codec.ts';
 import { Cmd } from '../../src/dataplane/ipvs/constants.ts';
-import { BATCH_MAX_MESSAGES, DemuxNetlinkSocket, replyCost, type RawSocket } from '../../src/dataplane/netlink.ts';
+import {
+  BATCH_MAX_MESSAGES,
+  Deadlines,
+  DemuxNetlinkSocket,
+  frameInto,
+  frameMessage,
+  replyCost,
+  type RawSocket,
+} from '../../src/dataplane/netlink.ts';
 import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
 
@@ -349,4 +364,125 @@ t.test("the socket's own port is read once, not at every send", async (t) => {
   for (let i = 0; i < 20; i++) await ipvs.addDestination(svc(6), dest(i));
   for (let i = 0; i < 20; i++) await ipvs.destinations(svc(6));
   t.ok(kernel.addressCalls <= 1, `${kernel.addressCalls} lookups for 40 requests`);
+});
+
+t.test(
+  'a non-batched request (a dump) whose answer never comes fails at its timeout, and nothing stays armed',
+  async (t) => {
+    const kernel = new FakeNetlinkKernel();
+    const ipvs = await NetlinkIpvs.open({ raw: kernel as unknown as RawSocket, timeoutMs: 200 });
+    kernel.closed = true; // answers nothing from now on
+    const started = performance.now();
+    const e = await ipvs.destinations(svc(7)).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    t.ok(e instanceof IpvsError && e.code === 'ETIMEDOUT', `ETIMEDOUT (${String(e)})`);
+    const took = performance.now() - started;
+    t.ok(took >= 190 && took < 2000, `at its timeout (${took.toFixed(0)} ms)`);
+    t.equal(ipvsSocket(ipvs).waiting, 0, 'no request is still waited for');
+  },
+);
+
+t.test('messages are framed as the netlink package frames them, byte for byte', async (t) => {
+  const rnd = (n: number) => Math.floor(Math.random() * n);
+  const bytes = (n: number) => Uint8Array.from({ length: n }, () => rnd(256));
+  for (let k = 0; k < 300; k++) {
+    const type = rnd(0x10000);
+    const flags = rnd(0x10000);
+    const seq = rnd(2 ** 32);
+    const port = rnd(2 ** 32);
+    const data = Array.from({ length: rnd(4) }, () => bytes(rnd(40)));
+    const one = rnd(2) === 0 && data.length === 1 ? data[0]! : data;
+    const want = Buffer.concat(formatMessage({ type, flags, seq, port, data: one }));
+    const got = frameMessage(type, flags, seq, port, one);
+    if (!got.equals(want)) {
+      t.fail(`message ${k} differs: ${got.toString('hex')} vs ${want.toString('hex')}`);
+      return;
+    }
+    // Into a dirty buffer, after another message: the padding is written, not left as it was.
+    const buf = Buffer.alloc(8 + want.length + 8, 0xee);
+    const end = frameInto(buf, 8, type, flags, seq, port, one);
+    t.equal(end, 8 + ((want.length + 3) & ~3), 'the next message starts aligned');
+    if (!buf.subarray(8, 8 + want.length).equals(want) || buf.subarray(8 + want.length, end).some((b) => b !== 0)) {
+      t.fail(`message ${k} framed into a buffer differs`);
+      return;
+    }
+  }
+  t.pass('300 random messages, alone and in a buffer');
+});
+
+t.test(
+  "a datagram's messages are read as the package reads them; a bad header ends it, never the process",
+  async (t) => {
+    const kernel = new FakeNetlinkKernel();
+    const sock = new DemuxNetlinkSocket(kernel as unknown as RawSocket);
+    const seen: NetlinkMessage[] = [];
+    const invalid: string[] = [];
+    sock.on('message', (msgs) => seen.push(...msgs));
+    sock.on('invalid', (e: Error) => invalid.push(e.message));
+    // Unsolicited messages (no request waits for their numbers) of odd lengths: padding between them.
+    const msgs = [3, 0, 7, 12, 1].map((n, i) =>
+      Buffer.concat(formatMessage({ type: 0x20 + i, flags: 0, seq: 1000 + i, port: 0, data: Buffer.alloc(n, i) })),
+    );
+    const datagram = Buffer.concat(msgs.flatMap((m) => [m, Buffer.alloc((4 - (m.length % 4)) % 4)]));
+    kernel.emit('message', datagram, { port: 0, groups: 0 });
+    t.same(
+      seen.map((m) => [m.type, m.flags, m.seq, m.port, m.data.toString('hex')]),
+      parseMessages(datagram).map((m) => [m.type, m.flags, m.seq, m.port, m.data.toString('hex')]),
+      'the same messages as parseMessages',
+    );
+    seen.length = 0;
+    // A length past the datagram's end after one good message; then a tail too short for a header.
+    const bad = Buffer.concat([msgs[0]!, Buffer.alloc(1), Buffer.from([0xff, 0, 0, 0]), Buffer.alloc(12)]);
+    kernel.emit('message', bad, { port: 0, groups: 0 });
+    kernel.emit('message', Buffer.alloc(7), { port: 0, groups: 0 });
+    t.equal(seen.length, 1, 'what came before the bad header was handled');
+    t.equal(invalid.length, 2, 'each bad datagram reported');
+    t.match(invalid[0]!, /Invalid header length \(255\) at byte 20 of 36/);
+  },
+);
+
+t.test('deadlines fire in order, cancelled ones never, and an idle queue holds no process alive', async (t) => {
+  const errors: unknown[] = [];
+  const d = new Deadlines((e) => errors.push(e));
+  const fired: number[] = [];
+  const a = d.add(30, () => fired.push(1));
+  const b = d.add(30, () => fired.push(2));
+  d.add(10, () => fired.push(3));
+  d.add(30, () => {
+    fired.push(4);
+    throw new Error('a callback that throws');
+  });
+  const e = d.add(30, () => fired.push(5));
+  d.cancel(b);
+  d.cancel(b); // twice is once
+  t.equal(d.live, 4);
+  await new Promise((r) => setTimeout(r, 80));
+  t.same(fired, [3, 1, 4, 5], 'by deadline; the cancelled one not at all; a throw does not stop the rest');
+  t.equal(errors.length, 1, 'the throw is reported');
+  t.equal(d.live, 0);
+  t.equal(d.held, 0, 'nothing held once fired');
+  d.cancel(a); // after firing: nothing
+  d.cancel(e);
+  // Cancelled before the deadline: the timer stays set (passed over later) but does not hold the process.
+  const c = d.add(60_000, () => t.fail('cancelled'));
+  const q = c.queue;
+  t.ok(q.timer?.hasRef(), 'a live deadline holds the process');
+  d.cancel(c);
+  t.notOk(q.timer?.hasRef(), 'a cancelled one does not');
+  t.equal(d.live, 0);
+  d.add(60_000, () => {});
+  t.ok(q.timer?.hasRef(), 'a new one holds it again');
+  clearTimeout(q.timer!);
+});
+
+t.test('no deadline stays live once every request is answered', async (t) => {
+  const { kernel, ipvs } = await client();
+  for (let i = 0; i < 50; i++) await ipvs.addDestination(svc(8), dest(i));
+  for (let i = 0; i < 50; i++) await ipvs.destinations(svc(8));
+  t.equal(kernel.datagrams > 0, true);
+  const sock = ipvsSocket(ipvs);
+  t.equal(sock.waiting, 0, 'no request waits');
+  t.equal(sock.liveDeadlines, 0, 'no deadline is live once every request is answered');
 });
