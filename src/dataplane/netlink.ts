@@ -239,14 +239,8 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       };
       const answer = (err: Error | null, msgs?: NetlinkMessage[], rinfo?: MessageInfo) => {
         if (!settle()) return;
-        if (err) return reject(err);
-        const got = msgs ?? [];
-        if (options?.checkError === false) return resolve([got, rinfo!]);
-        try {
-          resolve(got.length && !checkError(got[0]!) ? [got, rinfo!] : [[], rinfo!]);
-        } catch (e) {
-          reject(e instanceof Error ? e : new Error(String(e)));
-        }
+        if (err) reject(err);
+        else settleAnswer(msgs ?? [], rinfo!, options?.checkError !== false, resolve, reject);
       };
       this.makeRef(seq, answer); // throws (a rejection) when the number is already waited for
       const timeout = options?.timeout ?? 0;
@@ -255,8 +249,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
           if (settle()) reject(new Error('Timeout has been reached'));
         });
       const flags = Number(options?.flags ?? 0) | Flags.REQUEST | Flags.ACK;
-      this.#port ??= this.socket.address().port;
-      const buf = frameMessage(type, flags, seq, options?.localPort ?? this.#port, data);
+      const buf = frameMessage(type, flags, seq, options?.localPort ?? this.#localPort, data);
       try {
         this.socket.send(buf, options, (error) => {
           if (error && settle()) reject(error);
@@ -279,7 +272,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
     callback?: Parameters<NetlinkSocket['send']>[3],
   ): number {
     const seq = options?.seq ?? this.generateSeq();
-    const port = options?.localPort ?? (this.#port ??= this.socket.address().port);
+    const port = options?.localPort ?? this.#localPort;
     this.socket.send(frameMessage(type, Number(options?.flags ?? 0), seq, port, data), options, callback);
     return seq;
   }
@@ -292,6 +285,9 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   #flushScheduled = false;
   /** The socket's own port, for the messages' headers (read once: the native call is a system call). */
   #port: number | null = null;
+  get #localPort(): number {
+    return (this.#port ??= this.socket.address().port);
+  }
 
   /** Datagrams of batched changes sent, and the changes they carried (for tests and diagnostics). */
   batchesSent = 0;
@@ -349,13 +345,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       if (settled[i]) return;
       settled[i] = true;
       const b = batch[i]!;
-      if (b.options.checkError === false) return b.resolve([msgs, rinfo]);
-      try {
-        // As NetlinkSocket.request: an error answer rejects; an ACK (or no answer at all) is no message.
-        b.resolve(msgs.length && !checkError(msgs[0]!) ? [msgs, rinfo] : [[], rinfo]);
-      } catch (e) {
-        b.reject(e as Error);
-      }
+      settleAnswer(msgs, rinfo, b.options.checkError !== false, b.resolve, b.reject);
     };
     const finish = (e: Error | null, rinfo?: MessageInfo) => {
       if (finished) return;
@@ -368,7 +358,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       for (const seq of seqs) if (this.requests.has(seq)) this.dropRef(seq);
       this.#release(cost);
     };
-    this.#port ??= this.socket.address().port;
+    const port = this.#localPort;
     // Every message framed into one datagram, each starting 4-byte aligned (NLMSG_ALIGN).
     let total = 0;
     for (const b of batch) total += (b.bytes + 3) & ~3;
@@ -379,7 +369,7 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
       const seq = this.generateSeq();
       seqs.push(seq);
       const flags = (Number(b.options.flags ?? 0) & ~Flags.ACK) | Flags.REQUEST | (i === last ? Flags.ACK : 0);
-      at = frameInto(buf, at, b.type, flags, seq, this.#port, b.data);
+      at = frameInto(buf, at, b.type, flags, seq, port, b.data);
       this.makeRef(seq, (err, msgs, rinfo) => {
         if (err) fail(i, err);
         else answer(i, msgs ?? [], rinfo!);
@@ -497,6 +487,25 @@ export class DemuxNetlinkSocket extends NetlinkSocket {
   /** Fails the request waiting for `seq`, if any, with a positive errno. */
   #fail(seq: number, errno: number, message: string): void {
     this.requests.get(seq)?.(Object.assign(new Error(message), { errno }));
+  }
+}
+
+/**
+ * A request's answer as NetlinkSocket.request gives it: with `checkErrors`, an error answer rejects
+ * ("Request rejected: CODE") and an ACK (or no answer at all) is no message; without, the messages as they came.
+ */
+function settleAnswer(
+  msgs: NetlinkMessage[],
+  rinfo: MessageInfo,
+  checkErrors: boolean,
+  resolve: (r: [NetlinkMessage[], MessageInfo]) => void,
+  reject: (e: Error) => void,
+): void {
+  if (!checkErrors) return resolve([msgs, rinfo]);
+  try {
+    resolve(msgs.length && !checkError(msgs[0]!) ? [msgs, rinfo] : [[], rinfo]);
+  } catch (e) {
+    reject(e instanceof Error ? e : new Error(String(e)));
   }
 }
 
