@@ -61,6 +61,11 @@ function lineage(all: Proc[]): Set<number> {
  * orphan is reparented to it: any user process under PID 1 that is not one of our ancestors is
  * a leftover (an earlier case's kube-ipvs, backends, clients).
  */
+/** The lab's host-side veth ends of its backends (`vbe1`, `vbe2`...), as `ip -o link` lists them. */
+export function hostVeths(): string[] {
+  return [...run('ip', '-o', 'link', 'show').matchAll(/^\d+: (vbe\d+)[@:]/gm)].map((m) => m[1]!);
+}
+
 export function resetNode(): string[] {
   // Killing every orphan is right in the VM, where PID 1 runs only the lab; never on a host.
   if (!existsSync('/lab-results/cmd.sh')) throw new Error('resetNode() runs only inside the lab VM');
@@ -75,6 +80,13 @@ export function resetNode(): string[] {
     } catch {
       /* gone */
     }
+  }
+  // The host ends of the backends' veth pairs first: deleting a link takes its peer with it at once, while a
+  // deleted namespace's devices go later, from the kernel's cleanup work, and a `vbeN` still there then makes the
+  // next build's `ip link add vbeN` fail with "File exists" (one CI run lost all three migration cases so).
+  for (const l of hostVeths()) {
+    run('ip', 'link', 'del', l);
+    done.push(`link ${l}`);
   }
   for (const n of run('ip', 'netns', 'list')
     .split('\n')

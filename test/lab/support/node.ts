@@ -457,6 +457,15 @@ export class LabNode {
       cleanupError = e as Error;
     }
     for (const c of this.#children) c.kill('SIGKILL');
+    // The host ends of the veth pairs before the namespaces: a link deleted goes at once with its peer, a namespace's
+    // devices only when the kernel's cleanup gets to them, and a `vbeN` still there fails the next case's build.
+    for (const l of [...this.backends.map((_, i) => `vbe${i + 1}`), 'vclient', 'vext']) {
+      try {
+        sh('ip', 'link', 'del', l);
+      } catch {
+        /* already gone */
+      }
+    }
     for (const n of [...this.backends, 'client', 'ext']) {
       try {
         sh('ip', 'netns', 'del', n);
