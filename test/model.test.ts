@@ -2,7 +2,9 @@
 // the incremental planner always agrees with planning from scratch.
 import t from 'tap';
 import { defaultConfig } from '../src/config/config.ts';
-import { Model, type Change } from '../src/model/model.ts';
+import { Model, sameSlice, type Change } from '../src/model/model.ts';
+import { parseEndpointSlice } from '../src/model/validate.ts';
+import type { EndpointSlice } from '../src/model/types.ts';
 import { planConfigFrom } from '../src/plan/config.ts';
 import { Planner } from '../src/plan/plan.ts';
 import { ep, node, service, slice } from './support/objects.ts';
@@ -157,3 +159,76 @@ t.test('incremental planning equals planning from scratch, through many random c
     'and real servers',
   );
 });
+
+t.test('sameSlice tells every field of a parsed slice apart, as comparing them as JSON does', async (t) => {
+  const raw = slice('s-1', 's', [
+    ep('10.0.0.1', { node: 'n1', zone: 'z1', zones: ['z1'], nodes: ['n1'] }),
+    ep('10.0.0.2', { node: 'n2', zone: 'z2', zones: ['z2', 'z3'], nodes: ['n2'] }),
+  ]);
+  const parse = () => {
+    const r = parseEndpointSlice(raw, { proxyName: 'kube-ipvs' });
+    if (r.status !== 'ok') throw new Error(r.status);
+    return r.value;
+  };
+  const a = parse();
+  t.ok(sameSlice(a, parse()), 'two readings of one object');
+  t.ok(sameSlice(undefined, undefined));
+  t.notOk(sameSlice(a, undefined));
+  t.notOk(sameSlice(undefined, a));
+  // Every field the parser fills (read off a parsed slice: a new one is covered without editing this list).
+  const other = (v: unknown): unknown =>
+    typeof v === 'string'
+      ? `${v}x`
+      : typeof v === 'number'
+        ? v + 1
+        : typeof v === 'boolean'
+          ? !v
+          : v === null
+            ? ['x']
+            : Array.isArray(v)
+              ? [...v, 'x']
+              : { changed: true };
+  let fields = 0;
+  const each = (path: string, get: (s: EndpointSlice) => Record<string, unknown>) => {
+    for (const k of Object.keys(get(a))) {
+      const b = parse();
+      get(b)[k] = other(get(b)[k]);
+      fields++;
+      t.equal(sameSlice(a, b), false, `${path}${k} differs`);
+      t.equal(sameSlice(a, b), JSON.stringify(a) === JSON.stringify(b), `${path}${k}: as the JSON comparison`);
+    }
+  };
+  each('', (s) => s as unknown as Record<string, unknown>);
+  each('ports[0].', (s) => s.ports[0] as unknown as Record<string, unknown>);
+  each('endpoints[1].', (s) => s.endpoints[1] as unknown as Record<string, unknown>);
+  t.ok(fields >= 3 + 3 + 9, `${fields} fields changed one at a time`);
+  const hint = parse();
+  hint.endpoints[1]!.zoneHints = ['z2', 'z4'];
+  t.notOk(sameSlice(a, hint), 'a hint list of the same length, one name changed');
+  const fewer = parse();
+  fewer.endpoints.pop();
+  t.notOk(sameSlice(a, fewer), 'one endpoint fewer');
+});
+
+t.test(
+  'a slice read with its version in force reads as it does alone (addresses reused only as written)',
+  async (t) => {
+    const opts = { proxyName: 'kube-ipvs' };
+    const read = (raw: unknown, previous?: EndpointSlice) => parseEndpointSlice(raw, opts, previous);
+    const v1 = read(slice('s-1', 's', [ep('10.0.0.1'), ep('10.0.0.2'), ep('10.0.0.3')]));
+    if (v1.status !== 'ok') throw new Error('v1');
+    const prev = v1.value;
+    const cases: [string, unknown][] = [
+      ['one address replaced', slice('s-1', 's', [ep('10.0.0.9'), ep('10.0.0.2'), ep('10.0.0.3')])],
+      ['reordered', slice('s-1', 's', [ep('10.0.0.3'), ep('10.0.0.1'), ep('10.0.0.2')])],
+      ['written another way (not reused: read again)', slice('s-1', 's', [ep('10.0.0.01'), ep('010.0.0.2')])],
+      ['now invalid', slice('s-1', 's', [ep('10.0.0.1'), ep('127.0.0.1')])],
+      ['now IPv6 with the same text', slice('s-1', 's', [ep('10.0.0.1')], { addressType: 'IPv6' })],
+      ['an endpoint without addresses before the others', slice('s-1', 's', [{ addresses: [] }, ep('10.0.0.1')])],
+      ['not a string', slice('s-1', 's', [{ addresses: [167772161] }, ep('10.0.0.2')])],
+    ];
+    for (const [name, raw] of cases) t.same(read(raw, prev), read(raw), name);
+    const sameAgain = read(slice('s-1', 's', [ep('10.0.0.1'), ep('10.0.0.2'), ep('10.0.0.3')]), prev);
+    t.ok(sameAgain.status === 'ok' && sameSlice(prev, sameAgain.value), 'the same slice again reads the same');
+  },
+);

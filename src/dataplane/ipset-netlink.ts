@@ -147,13 +147,31 @@ function checkSetName(set: string): void {
 const NFGEN_PLACEHOLDER = new Uint8Array(4);
 const nfgenFamily = (family: 0 | 4 | 6) => (family === 4 ? 2 : family === 6 ? 10 : 0);
 
+/**
+ * The bytes a request to each set starts with, by set name: the daemon writes to a handful of sets (its own, and
+ * their "-T" twins while a rebuild fills them), an endpoint change to one or two of them, so the name's check and
+ * encoding are done once per set. Bounded all the same: a name past the bound is encoded each time.
+ */
+const HEADS = new Map<string, Buffer>();
+const HEADS_MAX = 64;
+
 /** The request's start: nfgenmsg (its family patched in later), protocol, set name. */
 function head(set: string): AttrWriter {
-  checkSetName(set);
+  let start = HEADS.get(set);
+  if (start === undefined) {
+    checkSetName(set);
+    const w = new AttrWriter();
+    w.raw(NFGEN_PLACEHOLDER);
+    w.u8(A.PROTOCOL, IPSET_PROTOCOL);
+    w.string(A.SETNAME, set);
+    const bytes = w.done();
+    // A copy of its own (Buffer.alloc: Buffer.from of a small buffer is a slice of Node's pool, kept whole by it).
+    start = Buffer.alloc(bytes.length);
+    bytes.copy(start);
+    if (HEADS.size < HEADS_MAX) HEADS.set(set, start);
+  }
   const w = new AttrWriter();
-  w.raw(NFGEN_PLACEHOLDER);
-  w.u8(A.PROTOCOL, IPSET_PROTOCOL);
-  w.string(A.SETNAME, set);
+  w.raw(start);
   return w;
 }
 

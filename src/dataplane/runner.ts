@@ -43,8 +43,12 @@ export type SyncFn = (reason: { full: boolean }) => Promise<boolean>;
 export class BoundedFrequencyRunner {
   readonly #fn: SyncFn;
   readonly #o: Required<RunnerOptions>;
+  /** The timer of requests and retries, and when it fires. */
   #timer: unknown = null;
   #timerAt = Infinity;
+  /** The periodic full resync's timer, and when it fires. */
+  #periodic: unknown = null;
+  #periodicAt = Infinity;
   #running = false;
   #pending = false;
   /** A request that must not wait for minInterval (a health transition). */
@@ -121,26 +125,60 @@ export class BoundedFrequencyRunner {
     if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
     this.#timer = null;
     this.#timerAt = Infinity;
+    if (this.#periodic !== null) this.#o.clock.clearTimeout(this.#periodic);
+    this.#periodic = null;
+    this.#periodicAt = Infinity;
   }
 
-  /** Arms the timer for `delay` from now unless it is already armed sooner. */
+  /** A timer's callback: a sync, and a fault in the runner's own bookkeeping reported and retried. */
+  #fire(): void {
+    this.#run().catch((e: unknown) => {
+      this.#running = false;
+      this.#o.onError(e);
+      if (!this.#stopped) {
+        this.#pending = true;
+        this.#schedule(this.#o.retryMaxMs);
+      }
+    });
+  }
+
+  /** Arms the timer of requests and retries for `delay` from now unless it is already armed sooner. */
   #schedule(delay: number): void {
     const at = this.#o.clock.now() + delay;
     if (at >= this.#timerAt) return;
-    this.#clear();
-    this.#timerAt = at;
+    if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#timerAt = Infinity;
     this.#timer = this.#o.clock.setTimeout(() => {
       this.#timer = null;
       this.#timerAt = Infinity;
-      this.#run().catch((e: unknown) => {
-        this.#running = false;
-        this.#o.onError(e);
-        if (!this.#stopped) {
-          this.#pending = true;
-          this.#schedule(this.#o.retryMaxMs);
-        }
-      });
+      // Nothing asked since (the periodic resync ran what was): no sync.
+      if (this.#pending) this.#fire();
     }, delay);
+    this.#timerAt = at; // only once armed: a clock that failed leaves none to wait for
+  }
+
+  /**
+   * Arms the periodic full resync's own timer for `at`. A timer of its own, left alone while its time stays the same:
+   * an endpoint change's sync arms one timer (the request's), not three (the request's, and the resync's cleared
+   * and armed again around it). When it fires during a sync, the sync after it is the full one.
+   */
+  #armPeriodic(at: number): void {
+    if (at === this.#periodicAt) return;
+    if (this.#periodic !== null) this.#o.clock.clearTimeout(this.#periodic);
+    this.#periodic = null;
+    this.#periodicAt = Infinity;
+    this.#periodic = this.#o.clock.setTimeout(
+      () => {
+        this.#periodic = null;
+        this.#periodicAt = Infinity;
+        if (this.#running)
+          this.#pending = true; // the next sync sees the resync due: full
+        else this.#fire();
+      },
+      Math.max(0, at - this.#o.clock.now()),
+    );
+    this.#periodicAt = at;
   }
 
   async #run(): Promise<void> {
@@ -177,7 +215,7 @@ export class BoundedFrequencyRunner {
       this.#schedule(this.#urgent ? 0 : Math.max(0, this.#lastRun + this.#o.minIntervalMs - after));
     }
     // The periodic full resync (after a failed one, the retry above comes first).
-    this.#schedule(Math.max(0, (full ? now : this.#lastFull) + this.fullIntervalMs - after));
+    this.#armPeriodic((full ? now : this.#lastFull) + this.fullIntervalMs);
     if (!this.#pending) this.#idle.splice(0).forEach((r) => r());
   }
 }

@@ -494,7 +494,12 @@ function named(f: Fields, v: unknown, field: string, rule: NameRule): string {
   return s;
 }
 
-export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<EndpointSlice> {
+/**
+ * `previous`: the version of this slice in force, if any. An endpoint whose first address is, as written, one the
+ * previous version read (its canonical text) takes that reading (address, sort key) instead of parsing it again: a
+ * rollout's update changes one or two of a slice's addresses and repeats the rest.
+ */
+export function parseEndpointSlice(raw: unknown, opts: ParseOptions, previous?: EndpointSlice): Parsed<EndpointSlice> {
   const ref = refOf('EndpointSlice', raw);
   if (!isObj(raw)) return { status: 'invalid', problem: notAnObject(ref) };
   const f = new Fields();
@@ -527,7 +532,12 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions): Parsed<End
     const eo = f.obj(e, field);
     const addrs = f.arr(eo.addresses, `${field}.addresses`);
     if (addrs.length === 0) return; // kube-proxy skips endpoints without addresses
-    const parsedAddress = f.usableParsed(addrs[0], `${field}.addresses[0]`);
+    // A slice in force passed every check: each endpoint's address is canonical, valid, and of the slice's family.
+    const known = previous?.endpoints[i];
+    const parsedAddress =
+      known !== undefined && previous!.family !== null && addrs[0] === known.address
+        ? { address: known.address, sortKey: known.sortKey, family: previous!.family }
+        : f.usableParsed(addrs[0], `${field}.addresses[0]`);
     const address = parsedAddress?.address ?? null;
     if (parsedAddress && family !== null && parsedAddress.family !== family) {
       f.fail(`${field}.addresses[0]`, `${address} is not an ${addressType} address`);

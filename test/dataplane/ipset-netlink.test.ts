@@ -105,6 +105,29 @@ t.test('encoding: the bytes of an entry, and what is refused', async (t) => {
   t.throws(() => requestPayload({ op: 'add', set: 'X'.repeat(32), type: 'hash:ip', entry: '10.0.0.1' }), /set name/);
 });
 
+t.test("a set's request start, kept per set name, is the same bytes as written afresh", async (t) => {
+  // The set name at bytes 16.. (nfgenmsg 4, protocol attribute 8, then the name's attribute header 4), the family
+  // in nfgenmsg's first byte: written per request into the request's own copy.
+  const name = (b: Buffer) => b.subarray(16, b.indexOf(0, 16)).toString();
+  for (let round = 0; round < 2; round++)
+    for (let i = 0; i < 100; i++) {
+      // Past the bound (64 names) each is encoded every time; both ways must give the same bytes.
+      const set = `SET-${i}`;
+      const v4 = requestPayload({ op: 'add', set, type: 'hash:ip', entry: '10.0.0.1' });
+      const v6 = requestPayload({ op: 'add', set, type: 'hash:ip', entry: 'fd00::1' });
+      if (name(v4) !== set || name(v6) !== set || v4[0] !== 2 || v6[0] !== 10) {
+        t.fail(`${set} in round ${round}: ${v4.toString('hex')} / ${v6.toString('hex')}`);
+        return;
+      }
+    }
+  const again = requestPayload({ op: 'add', set: 'SET-1', type: 'hash:ip', entry: '10.0.0.1' });
+  t.same(again, requestPayload({ op: 'add', set: 'SET-1', type: 'hash:ip', entry: '10.0.0.1' }));
+  t.equal(requestPayload({ op: 'add', set: 'SET-1', type: 'hash:ip', entry: 'fd00::1' })[0], 10, 'v6 after v4');
+  t.equal(again[0], 2, 'an earlier request keeps its own family: the start is copied, never shared');
+  t.throws(() => requestPayload({ op: 'add', set: 'a b', type: 'hash:ip', entry: '10.0.0.1' }), /set name/);
+  t.throws(() => requestPayload({ op: 'add', set: 'a b', type: 'hash:ip', entry: '10.0.0.1' }), /set name/, 'again');
+});
+
 t.test('NetfilterApplier: incremental entries over the writer; a refusal falls back to ipset restore', async (t) => {
   const exec = new FakeExec();
   const calls: IpsetOp[][] = [];

@@ -130,6 +130,8 @@ t.test('a fault in the runner itself is reported and syncing goes on (not stuck 
   const r = new BoundedFrequencyRunner(
     async () => {
       runs.push(clock.now());
+      // A request during the second sync: the runner arms a timer for it when the sync ends, and that one fails.
+      if (runs.length === 2) r.request();
       clock.refuse = runs.length === 2;
       return true;
     },
@@ -192,5 +194,67 @@ t.test('the periodic full sync is spaced by its own duration: at most a tenth of
   r.request();
   await clock.advance(1000);
   t.equal(fulls.length, 16, 'a requested sync is not a full one');
+  r.stop();
+});
+
+t.test('an incremental sync arms one timer (the periodic resync keeps its own, untouched)', async (t) => {
+  class CountingClock extends ManualClock {
+    set = 0;
+    cleared = 0;
+    override setTimeout(fn: () => void, ms: number) {
+      this.set++;
+      return super.setTimeout(fn, ms);
+    }
+    override clearTimeout(h: unknown) {
+      this.cleared++;
+      super.clearTimeout(h);
+    }
+  }
+  const clock = new CountingClock();
+  const runs: boolean[] = [];
+  const r = new BoundedFrequencyRunner(
+    async ({ full }) => {
+      runs.push(full);
+      return true;
+    },
+    { minIntervalMs: 0, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+  );
+  r.start();
+  await clock.advance(0);
+  const [set0, cleared0] = [clock.set, clock.cleared];
+  for (let i = 0; i < 10; i++) {
+    r.request();
+    await clock.advance(100);
+  }
+  t.equal(runs.length, 11, 'every request synced');
+  t.equal(clock.set - set0, 10, 'one timer a request');
+  t.equal(clock.cleared - cleared0, 0, 'none cleared');
+  await clock.advance(30_000);
+  t.same(runs.slice(11), [true], 'the periodic resync still comes, on its own timer: once, 30 s after the last one');
+  r.stop();
+});
+
+t.test('the periodic resync falling due during a sync runs right after it, as a full one', async (t) => {
+  const clock = new ManualClock();
+  const runs: { at: number; full: boolean }[] = [];
+  const start = clock.now();
+  const r = new BoundedFrequencyRunner(
+    async ({ full }) => {
+      runs.push({ at: clock.now() - start, full });
+      // The request at 29.9 s takes 1 s: the resync falls due while it runs.
+      if (runs.length === 2) await new Promise<void>((res) => clock.setTimeout(res, 1000));
+      return true;
+    },
+    { minIntervalMs: 0, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+  );
+  r.start();
+  await clock.advance(29_900);
+  r.request();
+  await clock.advance(2000);
+  t.same(runs, [
+    { at: 0, full: true },
+    { at: 29_900, full: false },
+    { at: 30_900, full: true },
+  ]);
   r.stop();
 });
