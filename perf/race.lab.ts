@@ -288,8 +288,10 @@ async function latencyBuckets(): Promise<Map<number, number>> {
   const out = new Map<number, number>();
   for (const m of text.matchAll(
     /^kubeproxy_network_programming_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$/gm,
-  ))
-    out.set(m[1] === '+Inf' ? Infinity : Number(m[1]), (out.get(Number(m[1])) ?? 0) + Number(m[2]));
+  )) {
+    const le = m[1] === '+Inf' ? Infinity : Number(m[1]);
+    out.set(le, (out.get(le) ?? 0) + Number(m[2]));
+  }
   return out;
 }
 /** The bucket bound a quantile falls under, between two snapshots. */
@@ -382,6 +384,11 @@ interface Result {
   /** Its child processes' CPU seconds in the same window (cutime + cstime). */
   churnChildCpuS: number;
   churnWrites: number;
+  /**
+   * Changes programmed in the churn minute and the 5 s after it: observations of its network-programming latency
+   * histogram (both proxies observe one per Service change carrying the trigger-time annotation, when synced).
+   */
+  churnProgrammed: number;
   rssMB: number;
   /** Why this proxy's run stopped short (it died...): what it measured before stays, the rest is n/a. */
   failed?: string;
@@ -528,6 +535,7 @@ async function race(proxy: string): Promise<Result> {
       churnCpuS,
       churnChildCpuS,
       churnWrites,
+      churnProgrammed: (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0),
       rssMB: rss,
     };
   } catch (e) {
@@ -594,6 +602,7 @@ for (const proxy of PROXIES) {
       churnCpuS: n,
       churnChildCpuS: n,
       churnWrites: 0,
+      churnProgrammed: n,
       rssMB: n,
       ...(e instanceof RaceFailure ? e.partial : {}),
       failed,
@@ -626,6 +635,13 @@ console.log(
     row('churn: CPU seconds with its child processes (as its cgroup counts)', (r) => r.churnCpuS + r.churnChildCpuS),
     row('churn: programming latency p50, bucket bound (s)', (r) => r.churnP50, 2),
     row('churn: programming latency p99, bucket bound (s)', (r) => r.churnP99, 2),
+    row('churn: changes programmed by 5 s after it (latency observations)', (r) => r.churnProgrammed, 0),
+    // What a programmed change cost, all its CPU counted: a proxy that programs few of the writes spends little.
+    row(
+      'churn: CPU ms per change programmed, with child processes',
+      (r) => (r.churnProgrammed > 0 ? (1000 * (r.churnCpuS + r.churnChildCpuS)) / r.churnProgrammed : NaN),
+      0,
+    ),
     row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
   ].join('\n'),
 );
