@@ -161,7 +161,7 @@ export class BoundedFrequencyRunner {
   /**
    * Arms the periodic full resync's own timer for `at`. A timer of its own, left alone while its time stays the same:
    * an endpoint change's sync arms one timer (the request's), not three (the request's, and the resync's cleared
-   * and armed again around it). When it fires during a sync, the sync after it is the full one.
+   * and armed again around it).
    */
   #armPeriodic(at: number): void {
     if (at === this.#periodicAt) return;
@@ -172,9 +172,9 @@ export class BoundedFrequencyRunner {
       () => {
         this.#periodic = null;
         this.#periodicAt = Infinity;
-        if (this.#running)
-          this.#pending = true; // the next sync sees the resync due: full
-        else this.#fire();
+        // During a sync: nothing now. The sync ends by arming this timer again for the same time, now past, so
+        // the full resync follows at once (unless that sync was the full one: then it is armed 30 s on).
+        if (!this.#running) this.#fire();
       },
       Math.max(0, at - this.#o.clock.now()),
     );

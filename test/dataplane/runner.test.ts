@@ -2,16 +2,19 @@ import t from 'tap';
 import { BoundedFrequencyRunner } from '../../src/dataplane/runner.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function setup(result: () => boolean = () => true) {
+function setup(
+  result: (runs: number, clock: ManualClock) => boolean | Promise<boolean> = () => true,
+  minIntervalMs = 1000,
+) {
   const clock = new ManualClock();
   const runs: { at: number; full: boolean }[] = [];
   const start = clock.now();
   const r = new BoundedFrequencyRunner(
     async ({ full }) => {
       runs.push({ at: clock.now() - start, full });
-      return result();
+      return result(runs.length, clock);
     },
-    { minIntervalMs: 1000, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+    { minIntervalMs, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
   );
   return { clock, runs, r };
 }
@@ -235,18 +238,11 @@ t.test('an incremental sync arms one timer (the periodic resync keeps its own, u
 });
 
 t.test('the periodic resync falling due during a sync runs right after it, as a full one', async (t) => {
-  const clock = new ManualClock();
-  const runs: { at: number; full: boolean }[] = [];
-  const start = clock.now();
-  const r = new BoundedFrequencyRunner(
-    async ({ full }) => {
-      runs.push({ at: clock.now() - start, full });
-      // The request at 29.9 s takes 1 s: the resync falls due while it runs.
-      if (runs.length === 2) await new Promise<void>((res) => clock.setTimeout(res, 1000));
-      return true;
-    },
-    { minIntervalMs: 0, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
-  );
+  const { clock, runs, r } = setup(async (n, clock) => {
+    // The request at 29.9 s takes 1 s: the resync falls due while it runs.
+    if (n === 2) await new Promise<void>((res) => clock.setTimeout(res, 1000));
+    return true;
+  }, 0);
   r.start();
   await clock.advance(29_900);
   r.request();
