@@ -116,6 +116,7 @@ t.test('bad input: every valid Service still planned; --strict makes it fail', a
 
 t.test('config errors stop the plan', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'kipvs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const cfg = join(dir, 'c.yaml');
   writeFileSync(cfg, 'apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n');
   const r = await run('plan', '--manifests', 'config/examples', '--config', cfg);

@@ -669,12 +669,14 @@ t.test('conntrack settings are applied as kube-proxy applies them', async (t) =>
   );
   // The daemon writes them at start.
   const writes: string[] = [];
+  const ownedDir = mkdtempSync(join(tmpdir(), 'kipvs-ct-'));
+  t.teardown(() => rmSync(ownedDir, { recursive: true, force: true }));
   const d = new Daemon(
     { source: new PushSource(), config: defaultConfig(), nodeName: 'node-a' },
     {
       ipvs: new FakeIpvs(),
       links: new FakeLinks(),
-      owned: new FileOwnership(join(mkdtempSync(join(tmpdir(), 'kipvs-ct-')), 'owned.json')),
+      owned: new FileOwnership(join(ownedDir, 'owned.json')),
       sysctl: { read: () => null, write: (p, v) => void writes.push(`${p}=${v}`) },
       log: new Logger({ sink: () => {} }),
       kernelRelease: '6.1.0',
