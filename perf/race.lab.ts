@@ -178,7 +178,6 @@ function nftKernel(): Kernel {
       return '';
     }
   };
-  const chains = new Map<string, string>();
   let listed = { at: -Infinity, text: '' };
   return {
     async complete() {
@@ -200,29 +199,49 @@ function nftKernel(): Kernel {
       return listed.text.includes(`-${key(i)}/tcp/http__${address}/`);
     },
     dump(file, pending) {
-      // The service-ips map names each Service's chain ("... : goto service-HASH-ns/name/tcp/http").
-      if (chains.size === 0)
-        for (const m of nft('list', 'map', 'ip', 'kube-proxy', 'service-ips').matchAll(
-          /goto (service-[A-Z0-9]+-(\S+)\/tcp\/http)/g,
-        ))
-          chains.set(m[2]!, m[1]!);
-      const lines = pending.map(([i, c]) => `${key(i)} chain ${chains.get(key(i))} wanted ${c.address}`);
-      writeFileSync(file, `${lines.join('\n')}\n${nft('list', 'table', 'ip', 'kube-proxy')}`);
+      // From the last listing of chain names, not `nft list table`: at 10 000 Services that listing loads and prints
+      // every rule and set under emulation, which held the race's churn back by minutes once.
+      const names = listed.text.split('\n').map((l) => l.trim());
+      const lines = pending.map(([i, c]) => {
+        const have = names.filter((l) => l.includes(`-${key(i)}/tcp/http__`));
+        return `${key(i)} wanted ${c.address}; its endpoint chains in the last listing: ${have.join(' ') || 'none'}`;
+      });
+      writeFileSync(file, `${lines.join('\n')}\n`);
     },
     close: () => {},
   };
 }
 
-/** CPU seconds (user + system) a process has used. */
 /**
- * CPU seconds from /proc/PID/stat: the process's own (utime, stime) and those of the child processes it started
- * and waited for (cutime, cstime: kube-proxy's `nft`, `iptables-restore` and `ipset`, kube-ipvs' `iptables-save`/
- * `-restore`), which a pod's cgroup counts with it. Clock ticks, USER_HZ 100.
+ * CPU seconds from /proc/PID/stat: the process's own (utime, stime) and its child processes', as a pod's cgroup
+ * counts them: those it started and waited for (cutime, cstime: kube-proxy's `nft`, `iptables-restore` and `ipset`,
+ * kube-ipvs' `iptables-save`/`-restore`) plus those still running (`live`, by pid, with what they waited for in
+ * turn). A window's child CPU is the change in `children` plus the live ones at its end minus the live ones at its
+ * start: at 10 000 Services one `nft` of kube-proxy's runs for minutes, and counted only once reaped it would be
+ * missing from the window it ran in. Clock ticks, USER_HZ 100.
  */
-function cpuSeconds(pid: number): { self: number; children: number } {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+function cpuSeconds(pid: number): { self: number; children: number; live: Map<number, number> } {
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  const live = new Map<number, number>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const c = statFields(readFileSync(`/proc/${e}/stat`, 'utf8'));
+      if (Number(c[1]) === pid) live.set(Number(e), c.slice(11, 15).reduce((a, x) => a + Number(x), 0) / 100);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100, live };
 }
+/** /proc/PID/stat's fields after the command's name (which may hold spaces): [0] is the state, [1] the parent. */
+const statFields = (stat: string): string[] => stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+/** Child CPU seconds between two readings of cpuSeconds. */
+const childCpu = (a: ReturnType<typeof cpuSeconds>, b: ReturnType<typeof cpuSeconds>): number =>
+  b.children -
+  a.children +
+  [...b.live.values()].reduce((x, y) => x + y, 0) -
+  [...a.live.values()].reduce((x, y) => x + y, 0);
 /** Each thread's name and CPU seconds (user, system), by thread id. */
 function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
   const out = new Map<string, { name: string; user: number; system: number }>();
@@ -505,7 +524,7 @@ async function race(proxy: string): Promise<Result> {
     alive('the churn');
     const cpu1 = cpuSeconds(pid);
     const churnCpuS = cpu1.self - cpu0.self;
-    const churnChildCpuS = cpu1.children - cpu0.children;
+    const churnChildCpuS = childCpu(cpu0, cpu1);
     log(`${proxy}: churn CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
     const after = await latencyBuckets();
     if (proxy.startsWith('kube-ipvs')) {
