@@ -426,6 +426,9 @@ export class Daemon {
 
   async #syncNow(full: boolean): Promise<boolean> {
     const { log } = this.#deps;
+    // kube-proxy gone before this full sync reads the kernel: the takeover after it may use what it read.
+    const kubeProxyGone =
+      full && (this.#takeover === 'pending' || this.#takeover === 'failed') && this.#deps.kubeProxy?.running() === null;
     const touched = new Set(this.#dirty);
     this.#dirty.clear();
     let plans: Map<string, ServicePlan | null>;
@@ -486,7 +489,7 @@ export class Daemon {
     this.#scheduleDrainCheck();
     if (r.errors.length === 0 && full) this.#fullSyncOk = true;
     const takeover = this.#takeover === 'pending' || (this.#takeover === 'failed' && full);
-    if (r.errors.length === 0 && this.#fullSyncOk && takeover) await this.#takeOver();
+    if (r.errors.length === 0 && this.#fullSyncOk && takeover) await this.#takeOver(kubeProxyGone);
     return r.errors.length === 0;
   }
 
@@ -500,9 +503,10 @@ export class Daemon {
    * needs is in place, so nothing depends on kube-proxy's any more): its chains, ipsets, nftables tables, IPVS
    * virtual servers and dummy-interface addresses are removed. While it runs, nothing of it is touched (it would
    * put it back, and in ipvs mode it shares our virtual servers); /proc is looked at every second until it stops.
-   * A failure is logged and counted, and retried at the next full sync.
+   * A failure is logged and counted, and retried at the next full sync. `fresh`: kube-proxy was gone before the full
+   * sync just done read the kernel, so its reading of IPVS and the interface serves (no dumps of them again).
    */
-  async #takeOver(): Promise<void> {
+  async #takeOver(fresh: boolean): Promise<void> {
     const kp = this.#deps.kubeProxy;
     const { log } = this.#deps;
     if (!kp || this.#opts.config.kubeProxyLeftovers === 'keep') {
@@ -520,7 +524,7 @@ export class Daemon {
     }
     const nf = await kp.removeNetfilter();
     const [lo, hi] = NODE_PORT_RANGE;
-    const ipvs = await this.reconciler.takeOver((p) => p >= lo && p <= hi);
+    const ipvs = await this.reconciler.takeOver((p) => p >= lo && p <= hi, fresh);
     if (ipvs.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(ipvs.staleUdp);
     const count = (kind: string, n: number) => n > 0 && this.metrics.kubeProxyLeftovers.inc({ kind }, n);
     const ipsets = nf.removed.filter((x) => x.startsWith('ipset ')).length;

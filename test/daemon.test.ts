@@ -368,6 +368,68 @@ t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, fo
   t.same([...links.links.get('kube-ipvs0')!.addresses], [], 'the adopted address goes with its Service');
 });
 
+t.test("kube-proxy gone before the first full sync: the takeover uses that sync's reading of the kernel", async (t) => {
+  const links = new FakeLinks();
+  links.links.set('eth0', { index: 2, kind: 'device', addresses: new Set(['192.168.1.10']) });
+  links.links.set('kube-ipvs0', { index: 3, kind: 'dummy', addresses: new Set(['10.96.0.1', '10.96.0.99']) });
+  const owned = new MemoryOwnership();
+  const vs = (address: string, port: number) => ({
+    family: 4 as const,
+    protocol: 'TCP' as const,
+    address,
+    port,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  });
+  let dumpsBefore = { services: -1, addresses: -1 };
+  let removed = 0;
+  const { ipvs, daemon } = await clockedDaemon(
+    t,
+    [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+    ],
+    (fake) => {
+      // In the kernel before kube-ipvs starts: kube-proxy's NodePort for a Service gone since, another program's
+      // virtual server off the node's addresses and one on a node address that is not a NodePort (the fake's add is
+      // synchronous: they are in before start).
+      fake.addService(vs('192.168.1.10', 30123)).catch((e: unknown) => t.fail(String(e)));
+      fake.addService(vs('10.99.0.1', 80)).catch((e: unknown) => t.fail(String(e)));
+      fake.addService(vs('192.168.1.10', 8080)).catch((e: unknown) => t.fail(String(e)));
+      return {
+        links,
+        owned,
+        kubeProxy: {
+          running: () => null,
+          removeNetfilter: async () => {
+            // The netfilter part runs first: what IPVS and the interface were read for so far.
+            dumpsBefore = { services: fake.serviceDumps, addresses: links.addressDumps };
+            removed++;
+            return { removed: [], errors: [], unchecked: [] };
+          },
+        },
+      };
+    },
+  );
+  t.equal(removed, 1, 'taken over after the first full sync');
+  t.same(
+    (await ipvs.services()).map(serviceId).sort(),
+    ['TCP/10.96.0.1:80', 'TCP/10.99.0.1:80', 'TCP/192.168.1.10:8080'],
+    "its NodePort leftover is gone; the other program's virtual servers stay",
+  );
+  t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.1'], 'the address no Service wants is removed');
+  t.ok(owned.addresses.has('10.96.0.1'), 'the one a Service wants is adopted');
+  t.equal(ipvs.serviceDumps - 1, dumpsBefore.services, 'no dump of the virtual servers of its own (one: the test)');
+  t.equal(
+    links.addressDumps,
+    dumpsBefore.addresses + 1,
+    "one address dump of its own: the node's addresses, for the NodePort-shaped one",
+  );
+  t.match(await daemon.metrics.text(), /kubeipvs_kube_proxy_leftovers_removed_total\{kind="virtual_server"\} 1/);
+});
+
 t.test(
   "kube-proxy's leftovers: kubeProxyLeftovers keep leaves them; a failed removal is retried at the next full sync",
   async (t) => {

@@ -206,10 +206,14 @@ export class FakeLinks implements Links {
     this.links.set(name, { index, kind: 'dummy', addresses: new Set() });
     return index;
   }
+  /** addresses() and allAddresses() calls so far (an address dump each on a real kernel). */
+  addressDumps = 0;
   async addresses(index: number) {
+    this.addressDumps++;
     return [...this.#byIndex(index).addresses];
   }
   async allAddresses() {
+    this.addressDumps++;
     return new Map([...this.links.values()].map((l) => [l.index, [...l.addresses]]));
   }
   async addAddress(index: number, address: string) {

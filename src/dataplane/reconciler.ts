@@ -140,6 +140,7 @@ export class Reconciler {
     const started = this.#o.clock.now();
     const run = new Run(this.#o.onError);
     this.#ownedChanged = false;
+    this.#othersAtFull = null;
     try {
       await this.#ensureInterface(req.full);
     } catch (e) {
@@ -233,9 +234,11 @@ export class Reconciler {
     await pool([...desired.values()], this.#o.concurrency, async (d) => {
       await this.#reconcileVS(this.#fresh(d, req), byId.get(d.id) ?? null, run, table?.get(d.id));
     });
+    const others: IpvsService[] = [];
     for (const [id, s] of byId) {
-      if (desired.has(id) || !this.#isOurs(s)) continue;
-      await this.#deleteVS(id, s, run);
+      if (desired.has(id)) continue;
+      if (this.#isOurs(s)) await this.#deleteVS(id, s, run);
+      else others.push(s);
     }
     for (const a of [...this.#owned.addresses]) {
       if (!addresses.has(a)) await this.#deleteAddress(a, run);
@@ -243,7 +246,16 @@ export class Reconciler {
     this.#applied = applied;
     this.#vsOwner = new Map([...desired.values()].map((d) => [d.id, d.owner]));
     for (const id of this.#draining.keys()) if (!desired.has(id)) this.#draining.delete(id);
+    this.#othersAtFull = others;
   }
+
+  /**
+   * What the last sync, when it was a full one, found in IPVS that is neither wanted nor ours (another program's, or
+   * kube-proxy's leftovers), and the dummy interface's addresses as it left them: the takeover right after it looks
+   * at these instead of reading the kernel again (three dumps at 10 000 Services, about 9 s under emulation that the
+   * first changes after the first full sync waited behind). Null once any other sync has run.
+   */
+  #othersAtFull: IpvsService[] | null = null;
 
   /**
    * Takes over what kube-proxy (ipvs mode) left in IPVS and on the dummy interface, once it no longer runs here and
@@ -251,10 +263,12 @@ export class Reconciler {
    * wants is ours from now on (so it goes when the Service goes), every other address there is removed; a virtual
    * server kube-proxy made off the interface (a NodePort: no firewall mark, on one of this node's addresses, a port
    * `nodePort` accepts) that no Service wants is deleted. Excluded CIDRs and every other virtual server (another
-   * program's) are left alone. Returns what it removed (and adopted).
+   * program's) are left alone. Returns what it removed (and adopted). `fresh`: the sync just before was a full one and
+   * nothing (kube-proxy included) can have added to IPVS or the interface since it read them: what it read is used.
    */
   async takeOver(
     nodePort: (port: number) => boolean,
+    fresh = false,
   ): Promise<{ services: string[]; addresses: string[]; adopted: string[]; errors: OpError[]; staleUdp: StaleUdp[] }> {
     const run = new Run(this.#o.onError);
     const out = {
@@ -265,18 +279,27 @@ export class Reconciler {
       staleUdp: run.staleUdp,
     };
     this.#ownedChanged = false;
+    const cached = fresh && this.#index !== null ? this.#othersAtFull : null;
+    this.#othersAtFull = null;
     try {
-      await this.#ensureInterface(true);
-      const all = await this.#links.allAddresses();
-      const nodeAddrs = new Set([...all].filter(([i]) => i !== this.#index).flatMap(([, a]) => a));
+      await this.#ensureInterface(cached === null);
+      // The node's other addresses, read only when a virtual server could be a NodePort of kube-proxy's.
+      let nodeAddrs: Set<string> | null = null;
+      const onNode = async (address: string): Promise<boolean> => {
+        if (nodeAddrs === null) {
+          const all = await this.#links.allAddresses();
+          nodeAddrs = new Set([...all].filter(([i]) => i !== this.#index).flatMap(([, a]) => a));
+        }
+        return nodeAddrs.has(address);
+      };
       const wanted = new Set<string>();
       for (const a of this.#applied.values()) for (const x of a.addresses) wanted.add(x);
-      for (const s of await this.#ipvs.services()) {
+      for (const s of cached ?? (await this.#ipvs.services())) {
         const id = serviceId(s);
         if (this.#vsOwner.has(id) || this.#excluded(s.address)) continue;
         if (s.fwmark !== undefined || s.address === undefined) continue;
         const onInterface = this.#ifAddrs.has(s.address) && !wanted.has(s.address);
-        if (!onInterface && !(nodeAddrs.has(s.address) && nodePort(s.port))) continue;
+        if (!onInterface && !(nodePort(s.port) && (await onNode(s.address)))) continue;
         run.ops++;
         try {
           await this.#ipvs.deleteService(s);

@@ -83,7 +83,11 @@ export class FakeIpvs implements Ipvs {
     return { version: '1.2.1', connTableSize: 4096 };
   }
 
+  /** services() calls so far (a dump of every virtual server on a real kernel). */
+  serviceDumps = 0;
+
   async services(): Promise<IpvsService[]> {
+    this.serviceDumps++;
     return [...this.#svcs.values()].map((e) => structuredClone(e.svc));
   }
 
