@@ -251,9 +251,9 @@ export class Reconciler {
 
   /**
    * What the last sync, when it was a full one, found in IPVS that is neither wanted nor ours (another program's, or
-   * kube-proxy's leftovers), and the dummy interface's addresses as it left them: the takeover right after it looks
-   * at these instead of reading the kernel again (three dumps at 10 000 Services, about 9 s under emulation that the
-   * first changes after the first full sync waited behind). Null once any other sync has run.
+   * kube-proxy's leftovers). The takeover right after it looks at these, and at the interface's addresses as that
+   * sync left them (`#ifAddrs`), instead of reading the kernel again (three dumps at 10 000 Services: the first
+   * changes after the first full sync waited about 9 s behind them under emulation). Null once any other sync ran.
    */
   #othersAtFull: IpvsService[] | null = null;
 
