@@ -255,7 +255,7 @@ function threadCpu(pid: number): Map<string, { name: string; user: number; syste
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      const f = statFields(stat);
       out.set(tid, { name, user: Number(f[11]) / 100, system: Number(f[12]) / 100 });
     } catch {
       // the thread ended meanwhile

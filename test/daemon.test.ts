@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import type tap from 'tap';
 import { stringify } from 'yaml';
 import { defaultConfig, type Config } from '../src/config/config.ts';
 import { Daemon, type DaemonDeps } from '../src/daemon.ts';
@@ -290,14 +291,15 @@ t.test('a change to a Service not in the kernel yet waits for the sync: nothing 
   t.equal(daemon.programmingLatencyMs.length, 1, 'and records its latency');
 });
 
-t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, foreign state kept", async (t) => {
-  let running: string | null = 'process 42 is kube-proxy';
-  let netfilterCalls = 0;
+/**
+ * A node kube-proxy's ipvs mode served: the node's address on eth0, the web Service's ClusterIP and a gone Service's on
+ * the shared dummy interface, and in IPVS (`leftovers`) kube-proxy's NodePort for a Service gone since, another
+ * program's virtual server off the node's addresses and one on a node address that is not a NodePort.
+ */
+function kubeProxyNode() {
   const links = new FakeLinks();
   links.links.set('eth0', { index: 2, kind: 'device', addresses: new Set(['192.168.1.10']) });
-  // kube-proxy's ipvs mode left the web Service's ClusterIP and a gone Service's on the shared dummy interface.
   links.links.set('kube-ipvs0', { index: 3, kind: 'dummy', addresses: new Set(['10.96.0.1', '10.96.0.99']) });
-  const owned = new MemoryOwnership();
   const vs = (address: string, port: number) => ({
     family: 4 as const,
     protocol: 'TCP' as const,
@@ -308,29 +310,48 @@ t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, fo
     timeout: 0,
     netmask: 0xffffffff,
   });
-  const { clock, ipvs, source, daemon } = await clockedDaemon(
-    t,
-    [
-      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
-      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
-    ],
-    () => ({
-      links,
-      owned,
-      kubeProxy: {
-        running: () => running,
-        removeNetfilter: async () => {
-          netfilterCalls++;
-          return { removed: ['iptables-nft nat KUBE-SERVICES', 'ipset KUBE-CLUSTER-IP'], errors: [], unchecked: [] };
-        },
-      },
-    }),
+  const initial: Change[] = [
+    { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+    { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+  ];
+  const leftovers = [vs('192.168.1.10', 30123), vs('10.99.0.1', 80), vs('192.168.1.10', 8080)];
+  return { links, owned: new MemoryOwnership(), initial, leftovers };
+}
+
+/** What a takeover leaves of kubeProxyNode(). */
+async function assertTakenOver(
+  t: Pick<typeof tap, 'same' | 'ok'>,
+  ipvs: FakeIpvs,
+  node: ReturnType<typeof kubeProxyNode>,
+): Promise<void> {
+  t.same(
+    (await ipvs.services()).map(serviceId).sort(),
+    ['TCP/10.96.0.1:80', 'TCP/10.99.0.1:80', 'TCP/192.168.1.10:8080'],
+    "its NodePort leftover is gone; the other program's virtual servers stay",
   );
+  t.same([...node.links.links.get('kube-ipvs0')!.addresses], ['10.96.0.1'], 'the address no Service wants is removed');
+  t.ok(node.owned.addresses.has('10.96.0.1'), 'the one a Service wants is adopted');
+}
+
+t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, foreign state kept", async (t) => {
+  let running: string | null = 'process 42 is kube-proxy';
+  let netfilterCalls = 0;
+  const kpNode = kubeProxyNode();
+  const { links, owned } = kpNode;
+  const { clock, ipvs, source, daemon } = await clockedDaemon(t, kpNode.initial, () => ({
+    links,
+    owned,
+    kubeProxy: {
+      running: () => running,
+      removeNetfilter: async () => {
+        netfilterCalls++;
+        return { removed: ['iptables-nft nat KUBE-SERVICES', 'ipset KUBE-CLUSTER-IP'], errors: [], unchecked: [] };
+      },
+    },
+  }));
   // What kube-proxy and another program had in IPVS before kube-ipvs' first sync would have been there already; the
   // twin starts empty, so they are added now and a full sync is run over them.
-  await ipvs.addService(vs('192.168.1.10', 30123)); // kube-proxy's NodePort for a Service gone since
-  await ipvs.addService(vs('10.99.0.1', 80)); // another program's, off the node's addresses
-  await ipvs.addService(vs('192.168.1.10', 8080)); // another program's, on a node address, not a NodePort
+  for (const s of kpNode.leftovers) await ipvs.addService(s);
   daemon.runner.request();
   await clock.advance(30_000);
   const ids = async () => (await ipvs.services()).map(serviceId).sort();
@@ -343,13 +364,7 @@ t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, fo
   await clock.advance(1000); // the next look at /proc
   await clock.advance(1000); // the sync it asks for (minSyncPeriod)
   t.equal(netfilterCalls, 1, 'once it stopped, its chains, ipsets and tables are removed');
-  t.same(
-    await ids(),
-    ['TCP/10.96.0.1:80', 'TCP/10.99.0.1:80', 'TCP/192.168.1.10:8080'],
-    "its NodePort leftover is gone; the other program's virtual servers stay",
-  );
-  t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.1'], 'the address no Service wants is removed');
-  t.ok(owned.addresses.has('10.96.0.1'), 'the one a Service wants is adopted');
+  await assertTakenOver(t, ipvs, kpNode);
   const m = await daemon.metrics.text();
   t.match(m, /kubeipvs_kube_proxy_running 0/);
   t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="virtual_server"\} 1/);
@@ -369,59 +384,31 @@ t.test("kube-proxy's leftovers: kept while it runs, taken over once it stops, fo
 });
 
 t.test("kube-proxy gone before the first full sync: the takeover uses that sync's reading of the kernel", async (t) => {
-  const links = new FakeLinks();
-  links.links.set('eth0', { index: 2, kind: 'device', addresses: new Set(['192.168.1.10']) });
-  links.links.set('kube-ipvs0', { index: 3, kind: 'dummy', addresses: new Set(['10.96.0.1', '10.96.0.99']) });
-  const owned = new MemoryOwnership();
-  const vs = (address: string, port: number) => ({
-    family: 4 as const,
-    protocol: 'TCP' as const,
-    address,
-    port,
-    scheduler: 'rr',
-    flags: 0,
-    timeout: 0,
-    netmask: 0xffffffff,
-  });
+  const kpNode = kubeProxyNode();
+  const { links, owned } = kpNode;
   let dumpsBefore = { services: -1, addresses: -1 };
   let removed = 0;
-  const { ipvs, daemon } = await clockedDaemon(
-    t,
-    [
-      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
-      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
-    ],
-    (fake) => {
-      // In the kernel before kube-ipvs starts: kube-proxy's NodePort for a Service gone since, another program's
-      // virtual server off the node's addresses and one on a node address that is not a NodePort (the fake's add is
-      // synchronous: they are in before start).
-      fake.addService(vs('192.168.1.10', 30123)).catch((e: unknown) => t.fail(String(e)));
-      fake.addService(vs('10.99.0.1', 80)).catch((e: unknown) => t.fail(String(e)));
-      fake.addService(vs('192.168.1.10', 8080)).catch((e: unknown) => t.fail(String(e)));
-      return {
-        links,
-        owned,
-        kubeProxy: {
-          running: () => null,
-          removeNetfilter: async () => {
-            // The netfilter part runs first: what IPVS and the interface were read for so far.
-            dumpsBefore = { services: fake.serviceDumps, addresses: links.addressDumps };
-            removed++;
-            return { removed: [], errors: [], unchecked: [] };
-          },
+  const { ipvs, daemon } = await clockedDaemon(t, kpNode.initial, (fake) => {
+    // In the kernel before kube-ipvs starts (the fake's add is synchronous: they are in before start).
+    for (const s of kpNode.leftovers) fake.addService(s).catch((e: unknown) => t.fail(String(e)));
+    return {
+      links,
+      owned,
+      kubeProxy: {
+        running: () => null,
+        removeNetfilter: async () => {
+          // The netfilter part runs first: what IPVS and the interface were read for so far.
+          dumpsBefore = { services: fake.serviceDumps, addresses: links.addressDumps };
+          removed++;
+          return { removed: [], errors: [], unchecked: [] };
         },
-      };
-    },
-  );
+      },
+    };
+  });
   t.equal(removed, 1, 'taken over after the first full sync');
-  t.same(
-    (await ipvs.services()).map(serviceId).sort(),
-    ['TCP/10.96.0.1:80', 'TCP/10.99.0.1:80', 'TCP/192.168.1.10:8080'],
-    "its NodePort leftover is gone; the other program's virtual servers stay",
-  );
-  t.same([...links.links.get('kube-ipvs0')!.addresses], ['10.96.0.1'], 'the address no Service wants is removed');
-  t.ok(owned.addresses.has('10.96.0.1'), 'the one a Service wants is adopted');
-  t.equal(ipvs.serviceDumps - 1, dumpsBefore.services, 'no dump of the virtual servers of its own (one: the test)');
+  const dumps = ipvs.serviceDumps;
+  await assertTakenOver(t, ipvs, kpNode);
+  t.equal(dumps, dumpsBefore.services, 'no dump of the virtual servers of its own');
   t.equal(
     links.addressDumps,
     dumpsBefore.addresses + 1,
