@@ -29,7 +29,12 @@ export function labApi(opts: { keepAlive?: boolean } = {}): (Api & { destroy(): 
   const server = new URL(kc.clusters[0]!.cluster.server);
   const token = kc.users[0]!.user.token;
   const agent = new Agent({ rejectUnauthorized: false, keepAlive: opts.keepAlive ?? false });
-  const api: Api = (method, path, body, contentType = 'application/json') =>
+  const once = (
+    method: string,
+    path: string,
+    body: unknown,
+    contentType: string,
+  ): Promise<Awaited<ReturnType<Api>> | 'stale'> =>
     new Promise((res, rej) => {
       const req = request(
         {
@@ -54,9 +59,23 @@ export function labApi(opts: { keepAlive?: boolean } = {}): (Api & { destroy(): 
           });
         },
       );
-      req.on('error', rej);
+      // A kept-alive connection the other end closed while idle (an idle timeout on the API server's or guestfwd's
+      // side: once in the race, after a 37 s cold start) fails the next request sent on it with ECONNRESET. Node's
+      // advice: send it again on a new connection. Every write the cases and the race make sets a state (a PATCH of
+      // the same body, a PUT, a DELETE, a POST answered 409 when the first did get through), so a second try is safe.
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        req.reusedSocket && e.code === 'ECONNRESET' ? res('stale') : rej(e),
+      );
       if (body !== undefined) req.write(JSON.stringify(body));
       req.end();
     });
+  const api: Api = async (method, path, body, contentType = 'application/json') => {
+    // Several idle connections may have been closed at once: each stale one costs a try.
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const r = await once(method, path, body, contentType);
+      if (r !== 'stale') return r;
+    }
+    throw new Error(`${method} ${path}: kept-alive connections closed under 4 tries in a row`);
+  };
   return Object.assign(api, { destroy: () => agent.destroy() });
 }
