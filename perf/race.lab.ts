@@ -356,6 +356,10 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
         // (its own default, as kube-proxy's ipvs mode's, is 0: every change synced at once).
         ipvs: {
           ...(process.env.MIN_SYNC_PERIOD ? { minSyncPeriod: process.env.MIN_SYNC_PERIOD } : {}),
+          // KIPVS_MIN_SYNC_PERIOD: the same for kube-ipvs alone, not kube-ipvs-base (an A/B of batching in one boot).
+          ...(process.env.KIPVS_MIN_SYNC_PERIOD && proxy === 'kube-ipvs'
+            ? { minSyncPeriod: process.env.KIPVS_MIN_SYNC_PERIOD }
+            : {}),
           // KIPVS_SYNC_PERIOD=10m: kube-ipvs' ipvs.syncPeriod (an experiment, like KIPVS_FLAGS: kube-ipvs only).
           ...(process.env.KIPVS_SYNC_PERIOD && proxy === 'kube-ipvs'
             ? { syncPeriod: process.env.KIPVS_SYNC_PERIOD }

@@ -7,7 +7,8 @@
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
 // ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to
-// kube-ipvs', KIPVS_SYNC_PERIOD=10m sets its ipvs.syncPeriod (kube-ipvs only, not kube-ipvs-base) and
+// kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its ipvs.syncPeriod and ipvs.minSyncPeriod
+// (kube-ipvs only, not kube-ipvs-base) and
 // MALLOC_ARENA_MAX=N sets glibc's for it (experiments).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -124,6 +125,7 @@ try {
     'MIN_SYNC_PERIOD',
     'KIPVS_FLAGS',
     'KIPVS_SYNC_PERIOD',
+    'KIPVS_MIN_SYNC_PERIOD',
     'MALLOC_ARENA_MAX',
   ]
     .filter((k) => process.env[k] !== undefined)
