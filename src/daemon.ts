@@ -493,10 +493,15 @@ export class Daemon {
     return r.errors.length === 0;
   }
 
-  /** Whether kube-proxy's leftovers are still to be looked for (pending), kube-proxy still runs (waiting), or done. */
-  #takeover: 'pending' | 'waiting' | 'failed' | 'done' = 'pending';
+  /**
+   * Whether kube-proxy's leftovers are still to be looked for (pending), kube-proxy still runs (waiting), their
+   * netfilter part is being removed (removing), or done.
+   */
+  #takeover: 'pending' | 'waiting' | 'removing' | 'failed' | 'done' = 'pending';
   #fullSyncOk = false;
   #kubeProxyTimer: unknown = null;
+  /** The netfilter part of a takeover while it runs (outside the runner). */
+  #takeoverTask: Promise<void> | null = null;
 
   /**
    * Once kube-proxy no longer runs here and a full sync of ours is in (every rule and virtual server kube-ipvs
@@ -505,6 +510,13 @@ export class Daemon {
    * put it back, and in ipvs mode it shares our virtual servers); /proc is looked at every second until it stops.
    * A failure is logged and counted, and retried at the next full sync. `fresh`: kube-proxy was gone before the full
    * sync just done read the kernel, so its reading of IPVS and the interface serves (no dumps of them again).
+   *
+   * The IPVS and interface part runs here, in the runner (it changes what the reconciler keeps). The netfilter part
+   * (saving and restoring every iptables table of both backends and families, `ipset list`, `nft list tables`) does
+   * not touch anything of ours: it runs beside the syncs that follow, so a change is not held behind it (under the
+   * lab's emulation it held the first changes after a cold start for seconds; on a node leaving kube-proxy's
+   * iptables mode at scale, its save and restore of kube-proxy's rules are the slow part). Its tools and ours take
+   * the same locks the kernel and xtables give any two writers.
    */
   async #takeOver(fresh: boolean): Promise<void> {
     const kp = this.#deps.kubeProxy;
@@ -522,9 +534,27 @@ export class Daemon {
       this.#watchKubeProxy();
       return;
     }
-    const nf = await kp.removeNetfilter();
     const [lo, hi] = NODE_PORT_RANGE;
     const ipvs = await this.reconciler.takeOver((p) => p >= lo && p <= hi, fresh);
+    this.#takeover = 'removing';
+    const task = this.#finishTakeover(kp, ipvs).catch((e: unknown) => {
+      // Not expected (each step reports its own failures): the takeover is retried as after any failure.
+      this.metrics.kubeProxyCleanupErrors.inc();
+      log.warn("removing kube-proxy's leftovers failed; retrying at the next full sync", {
+        errors: [e instanceof Error ? e.message : String(e)],
+      });
+      this.#takeover = 'failed';
+    });
+    this.#takeoverTask = task.finally(() => (this.#takeoverTask = null));
+  }
+
+  /** The takeover's netfilter part and its report (IPVS' part done): outside the runner. */
+  async #finishTakeover(
+    kp: NonNullable<DaemonDeps['kubeProxy']>,
+    ipvs: Awaited<ReturnType<Reconciler['takeOver']>>,
+  ): Promise<void> {
+    const { log } = this.#deps;
+    const nf = await kp.removeNetfilter();
     if (ipvs.staleUdp.length > 0 && this.#deps.conntrack) await this.#deps.conntrack.clean(ipvs.staleUdp);
     const count = (kind: string, n: number) => n > 0 && this.metrics.kubeProxyLeftovers.inc({ kind }, n);
     const ipsets = nf.removed.filter((x) => x.startsWith('ipset ')).length;
@@ -552,6 +582,11 @@ export class Daemon {
       return;
     }
     this.#takeover = 'done';
+  }
+
+  /** Resolves when no takeover of kube-proxy's leftovers is under way (its netfilter part runs outside the runner). */
+  takeoverSettled(): Promise<void> {
+    return this.#takeoverTask ?? Promise.resolve();
   }
 
   /** While kube-proxy runs: a look every second; once it has stopped, a sync that takes over. */

@@ -12,6 +12,7 @@ import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
 import { serviceId } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
 import { MemoryOwnership } from '../src/dataplane/ownership.ts';
+import type { LeftoverResult } from '../src/dataplane/kube-proxy.ts';
 import type { Change } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
@@ -395,10 +396,9 @@ t.test("kube-proxy gone before the first full sync: the takeover uses that sync'
       links,
       owned,
       kubeProxy: {
-        running: () => null,
+        // Its last look at /proc comes right before the takeover: what IPVS and the interface were read for so far.
+        running: () => ((dumpsBefore = { services: fake.serviceDumps, addresses: links.addressDumps }), null),
         removeNetfilter: async () => {
-          // The netfilter part runs first: what IPVS and the interface were read for so far.
-          dumpsBefore = { services: fake.serviceDumps, addresses: links.addressDumps };
           removed++;
           return { removed: [], errors: [], unchecked: [] };
         },
@@ -415,6 +415,61 @@ t.test("kube-proxy gone before the first full sync: the takeover uses that sync'
     "one address dump of its own: the node's addresses, for the NodePort-shaped one",
   );
   t.match(await daemon.metrics.text(), /kubeipvs_kube_proxy_leftovers_removed_total\{kind="virtual_server"\} 1/);
+});
+
+t.test('the netfilter part of a takeover runs beside the syncs: a change is not held behind it', async (t) => {
+  const kpNode = kubeProxyNode();
+  const { links, owned } = kpNode;
+  let calls = 0;
+  let release: (r: LeftoverResult) => void = () => {};
+  const lines: string[] = [];
+  const { clock, ipvs, source, cfg, daemon } = await clockedDaemon(t, kpNode.initial, (fake) => {
+    for (const s of kpNode.leftovers) fake.addService(s).catch((e: unknown) => t.fail(String(e)));
+    return {
+      links,
+      owned,
+      log: new Logger({ sink: (l) => void lines.push(l) }),
+      kubeProxy: {
+        running: () => null,
+        // kube-proxy's rules at scale: its save and restore take long; here until released.
+        removeNetfilter: () => (calls++, new Promise<LeftoverResult>((r) => (release = r))),
+      },
+    };
+  });
+  t.equal(calls, 1, 'its netfilter part started after the first full sync');
+  await assertTakenOver(t, ipvs, kpNode);
+  let settled = false;
+  daemon.takeoverSettled().then(
+    () => (settled = true),
+    (e: unknown) => t.fail(String(e)),
+  );
+  // A new Service: nothing of it is in the kernel, so it is not written aside (as a running sync's are): only a sync
+  // makes it, and the runner must be free for one.
+  source.deliver!({
+    changes: [
+      { kind: 'Service', previous: null, current: service('api', { clusterIPs: ['10.96.0.2'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('api-1', 'api', [ep('10.0.0.2')]) },
+    ],
+    problems: [],
+    triggerTimes: new Map([['default/api', clock.now()]]),
+  });
+  await clock.advance(1000);
+  const api = (await ipvs.services()).find((s) => serviceId(s) === 'TCP/10.96.0.2:80');
+  t.ok(api, 'a Service made while it runs is in the kernel');
+  t.same(api ? (await ipvs.destinations(api)).map((d) => d.address) : [], ['10.0.0.2'], 'with its endpoint');
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  t.equal(calls, 1, 'a full sync while it runs does not start another');
+  t.notOk(settled, 'still under way');
+  t.notMatch(lines.join('\n'), /removed kube-proxy's leftovers/, 'nothing reported before it ends');
+  release({ removed: ['iptables-nft nat KUBE-SERVICES'], errors: [], unchecked: [] });
+  await daemon.takeoverSettled();
+  t.ok(settled, 'settled once it ends');
+  t.match(lines.join('\n'), /removed kube-proxy's leftovers/, 'and reported then, with the IPVS part');
+  const m = await daemon.metrics.text();
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="iptables_chain"\} 1/);
+  t.match(m, /kubeipvs_kube_proxy_leftovers_removed_total\{kind="virtual_server"\} 1/);
+  await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+  t.equal(calls, 1, 'done: the next full sync does not look again');
 });
 
 t.test(
