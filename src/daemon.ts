@@ -515,8 +515,9 @@ export class Daemon {
    * (saving and restoring every iptables table of both backends and families, `ipset list`, `nft list tables`) does
    * not touch anything of ours: it runs beside the syncs that follow, so a change is not held behind it (under the
    * lab's emulation it held the first changes after a cold start for seconds; on a node leaving kube-proxy's
-   * iptables mode at scale, its save and restore of kube-proxy's rules are the slow part). Its tools and ours take
-   * the same locks the kernel and xtables give any two writers.
+   * iptables mode at scale, its save and restore of kube-proxy's rules are the slow part). Its tools and our syncs'
+   * then meet as any two writers do: separate kernel transactions (iptables-nft), or the xtables lock (legacy), which
+   * both wait 5 s for (`-w 5`); a restore of ours that waits longer fails and is retried like any failed sync.
    */
   async #takeOver(fresh: boolean): Promise<void> {
     const kp = this.#deps.kubeProxy;
