@@ -500,8 +500,8 @@ export class Daemon {
   #takeover: 'pending' | 'waiting' | 'removing' | 'failed' | 'done' = 'pending';
   #fullSyncOk = false;
   #kubeProxyTimer: unknown = null;
-  /** The netfilter part of a takeover while it runs (outside the runner). */
-  #takeoverTask: Promise<void> | null = null;
+  /** The netfilter part of the last takeover (outside the runner): settled unless the state is 'removing'. */
+  #takeoverTask: Promise<void> = Promise.resolve();
 
   /**
    * Once kube-proxy no longer runs here and a full sync of ours is in (every rule and virtual server kube-ipvs
@@ -538,7 +538,7 @@ export class Daemon {
     const [lo, hi] = NODE_PORT_RANGE;
     const ipvs = await this.reconciler.takeOver((p) => p >= lo && p <= hi, fresh);
     this.#takeover = 'removing';
-    const task = this.#finishTakeover(kp, ipvs).catch((e: unknown) => {
+    this.#takeoverTask = this.#finishTakeover(kp, ipvs).catch((e: unknown) => {
       // Not expected (each step reports its own failures): the takeover is retried as after any failure.
       this.metrics.kubeProxyCleanupErrors.inc();
       log.warn("removing kube-proxy's leftovers failed; retrying at the next full sync", {
@@ -546,7 +546,6 @@ export class Daemon {
       });
       this.#takeover = 'failed';
     });
-    this.#takeoverTask = task.finally(() => (this.#takeoverTask = null));
   }
 
   /** The takeover's netfilter part and its report (IPVS' part done): outside the runner. */
@@ -587,7 +586,7 @@ export class Daemon {
 
   /** Resolves when no takeover of kube-proxy's leftovers is under way (its netfilter part runs outside the runner). */
   takeoverSettled(): Promise<void> {
-    return this.#takeoverTask ?? Promise.resolve();
+    return this.#takeoverTask;
   }
 
   /** While kube-proxy runs: a look every second; once it has stopped, a sync that takes over. */
