@@ -9,6 +9,7 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
 import { labApi, K8S_BIN_FILE, KUBECONFIG } from '../test/lab/support/api.ts';
@@ -19,8 +20,12 @@ const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHANGES = Number(process.env.CHANGES ?? 20);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+/** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
+const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
+/** Not a proxy: the CPU a Node process spends receiving the same changes and doing nothing (perf/watch-floor.ts). */
+const FLOOR = 'node-watch-floor';
 const NAMESPACES = 10;
 const maybeApi = labApi({ keepAlive: true });
 if (!maybeApi) throw new Error('no API server: run through perf/race.ts');
@@ -167,6 +172,20 @@ async function ipvsKernel(prefix: string): Promise<Kernel> {
       );
     },
     close: () => ipvs.close(),
+  };
+}
+
+/**
+ * node-watch-floor (perf/watch-floor.ts) holds nothing in the kernel: "complete" once it has had every slice of the
+ * watch's initial events (its `synced N` line), and no change is ever seen there (the race skips that phase for it).
+ */
+function floorKernel(log: string): Kernel {
+  return {
+    complete: async () => Number(/^synced (\d+)$/m.exec(readFileSync(log, 'utf8'))?.[1] ?? 0),
+    rules: async () => true,
+    has: async () => false,
+    dump: () => {},
+    close: () => {},
   };
 }
 
@@ -331,7 +350,8 @@ function quantile(before: Map<number, number>, after: Map<number, number>, q: nu
 }
 
 /** Each proxy's output goes to /lab-results/race-PROXY.log (kept with LAB_KEEP=DIR). */
-const output = (proxy: string) => openSync(`/lab-results/race-${proxy}.log`, 'w');
+const logFile = (proxy: string) => `/lab-results/race-${proxy}.log`;
+const output = (proxy: string) => openSync(logFile(proxy), 'w');
 
 function start(proxy: string): ChildProcess {
   const out = output(proxy);
@@ -343,6 +363,14 @@ function start(proxy: string): ChildProcess {
 }
 
 function spawnProxy(proxy: string, out: number): ChildProcess {
+  if (proxy === FLOOR) {
+    const script = fileURLToPath(new URL('./watch-floor.ts', import.meta.url));
+    // kube-ipvs' node binary and V8 flags (CLI without its script)
+    return spawn(appNode, [...CLI.slice(0, -1), script, KUBECONFIG, String(SERVICES)], {
+      stdio: ['ignore', out, out],
+      env: appEnv,
+    });
+  }
   if (proxy === 'kube-ipvs' || proxy === 'kube-ipvs-base') {
     const cfg = join(dir, 'kube-ipvs.yaml');
     writeFileSync(
@@ -438,7 +466,11 @@ async function race(proxy: string): Promise<Result> {
   const left = resetNode();
   if (left.length) log(`cleared before ${proxy}: ${left.join('; ')}`);
   const kernel =
-    proxy === 'kube-proxy-nftables' ? nftKernel() : await ipvsKernel(proxy.startsWith('kube-ipvs') ? 'KIPVS' : 'KUBE');
+    proxy === FLOOR
+      ? floorKernel(logFile(proxy))
+      : proxy === 'kube-proxy-nftables'
+        ? nftKernel()
+        : await ipvsKernel(proxy.startsWith('kube-ipvs') ? 'KIPVS' : 'KUBE');
   const t0 = performance.now();
   const p = start(proxy);
   log(`${proxy}: started at ${new Date().toISOString()}`);
@@ -481,7 +513,8 @@ async function race(proxy: string): Promise<Result> {
     const deadline = () => performance.now() + 300_000;
     let nextWrite = performance.now();
     let stopAt = Infinity;
-    while (written < CHANGES || pending.size > 0) {
+    // The floor programs nothing: no change of its to see.
+    while (proxy !== FLOOR && (written < CHANGES || pending.size > 0)) {
       if (written < CHANGES && performance.now() >= nextWrite) {
         const i = Math.floor((written * 7919) % SERVICES);
         const address = freshIP();
@@ -510,6 +543,17 @@ async function race(proxy: string): Promise<Result> {
     if (unseen > 0) kernel.dump(`/lab-results/race-${proxy}-unseen.txt`, [...pending.entries()]);
     Object.assign(got, { changeMs, unseen });
     alive('the changes');
+    // 2b. (QUIET_SECONDS) the same process with nothing to do: what of the churn's CPU is not the changes'
+    if (QUIET_SECONDS > 0) {
+      const q0 = cpuSeconds(pid);
+      const qt0 = threadCpu(pid);
+      await sleep(QUIET_SECONDS * 1000);
+      alive('the quiet window');
+      const q1 = cpuSeconds(pid);
+      log(
+        `${proxy}: quiet ${QUIET_SECONDS} s: ${(q1.self - q0.self).toFixed(1)} CPU s (and ${childCpu(q0, q1).toFixed(1)} s in its child processes); by thread (user/system s): ${threadDelta(qt0, threadCpu(pid))}`,
+      );
+    }
     // 3. churn
     const before = await latencyBuckets();
     const cpu0 = cpuSeconds(pid);
@@ -580,7 +624,7 @@ async function race(proxy: string): Promise<Result> {
         stdio: 'ignore',
         env: appEnv,
       });
-    else
+    else if (proxy !== FLOOR)
       try {
         execFileSync(kubeProxyBin, ['--cleanup'], { stdio: 'ignore' });
       } catch {
