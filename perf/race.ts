@@ -4,7 +4,8 @@
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
 // (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
 // QUIET_SECONDS (0; N: each proxy's CPU over N s with no writes, before the churn), COLD_LIMIT (1800 s),
-// PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"), LAB_TIMEOUT (5400 s);
+// PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"; also kube-ipvs-base and node-watch-floor, the
+// CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
 // ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to
