@@ -1,7 +1,7 @@
 // Keeps the race's Node floor (perf/watch-floor.ts, `node-watch-floor` in bench:race) runnable against a real API
 // server: it must see every EndpointSlice of the watch's initial events, and refuse what it cannot use.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -44,6 +44,7 @@ t.test('refuses what it cannot use', async (t) => {
   t.equal(usage.code, 2);
   t.match(usage.stderr, /usage: watch-floor\.ts KUBECONFIG EXPECTED/);
   const dir = mkdtempSync(join(tmpdir(), 'kipvs-floor-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const bad = join(dir, 'kubeconfig');
   writeFileSync(bad, 'clusters: [{cluster: {server: "https://127.0.0.1:1"}}]\n');
   const noToken = await runFloor([bad, '3'], /never/);
