@@ -2,7 +2,10 @@
 // namespace of this host (as root), so the generated text is proven to load, to be idempotent, to
 // follow incremental changes and to be removed by cleanup. Packets through it are the lab's job.
 // Plus the conntrack cleaner's handling of the tool's answers, with a recording exec.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t from 'tap';
 import { ConntrackCleaner } from '../../src/dataplane/conntrack.ts';
 import { FakeExec, SystemExec } from '../../src/dataplane/exec.ts';
@@ -262,6 +265,102 @@ t.test(
       "the node's own rule stays",
     );
     t.match(inNs('iptables-legacy-save', '-t', 'nat'), /:KUBE-SERVICES/, "another proxy's chain stays");
+  },
+);
+
+t.test(
+  "iptables-legacy: a restore waits for the xtables lock another writer holds (the takeover removing kube-proxy's " +
+    'chains), one held past its 5 s fails whole, is counted, and the next sync puts the rules in',
+  { skip: why ?? false },
+  async (t) => {
+    const ns = `kipvs-nfx-${process.pid}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
+    const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+    try {
+      inNs('iptables-legacy', '-t', 'nat', '-N', 'KUBE-SERVICES');
+    } catch (e) {
+      t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
+      t.pass('skipped: no iptables-legacy');
+      return;
+    }
+    // The lock is a file every legacy writer on the host shares (/run/xtables.lock): this test holds one of its own,
+    // which the tools it starts are pointed at (XTABLES_LOCKFILE, inherited through `ip netns exec`).
+    const dir = mkdtempSync(join(tmpdir(), 'kipvs-xtlock-'));
+    const lock = join(dir, 'xtables.lock');
+    const before = process.env.XTABLES_LOCKFILE;
+    process.env.XTABLES_LOCKFILE = lock;
+    const holders: ChildProcess[] = [];
+    t.teardown(() => {
+      for (const h of holders) h.kill('SIGKILL');
+      if (before === undefined) delete process.env.XTABLES_LOCKFILE;
+      else process.env.XTABLES_LOCKFILE = before;
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const held = () => spawnSync('flock', ['--nonblock', lock, 'true']).status !== 0;
+    /** Another writer takes the lock for `seconds`; resolves once it has it, with its end. */
+    const hold = async (seconds: number) => {
+      const h = spawn('flock', ['--exclusive', lock, 'sleep', String(seconds)], { stdio: 'ignore' });
+      holders.push(h);
+      const ended = new Promise<void>((r) => h.once('exit', () => r()));
+      while (!held()) await new Promise((r) => setTimeout(r, 20));
+      return ended;
+    };
+    const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
+    const metrics = new Metrics({ defaultMetrics: false });
+    const logs: string[] = [];
+    const nf = new NetfilterApplier({
+      exec,
+      log: new Logger({ sink: (l) => void logs.push(l) }),
+      metrics,
+      backend: 'legacy',
+      families: [4],
+    });
+    const { planner } = planObjects(objects);
+    const rules = () =>
+      inNs('iptables-legacy-save')
+        .replace(/^#.*\n/gm, '')
+        .replace(/\[\d+:\d+\]/g, '');
+
+    t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), [], 'the sets first');
+
+    // Held for 2 s: the restore waits, then goes in.
+    const short = hold(2);
+    let started = performance.now();
+    t.same(await nf.syncRules(planner.netfilter, true), [], 'the rules went in once the lock was free');
+    const waited = performance.now() - started;
+    t.ok(waited >= 1500, `it waited for the lock (${Math.round(waited)} ms)`);
+    await short;
+    const first = rules();
+    t.match(first, /-A KIPVS-POSTROUTING /);
+    t.match(first, /:KUBE-SERVICES/, "the other writer's chain stays");
+
+    // Held for 8 s while the rules change (masquerade-all): the restore gives up after 5 s with a clear error and
+    // a count; the kernel keeps the rules it had, whole (iptables-restore commits a table or nothing).
+    const masqueradeAll = { ...planner.netfilter, masqueradeAll: true };
+    t.not(masqueradeAll.masqueradeAll, planner.netfilter.masqueradeAll, 'the next rules differ');
+    const long = hold(8);
+    started = performance.now();
+    const errors = await nf.syncRules(masqueradeAll, true);
+    const gaveUp = performance.now() - started;
+    t.equal(errors.length, 1, 'one error');
+    t.match(errors[0]?.message, /^iptables-legacy-restore: exit 4: [^]*the xtables lock/, 'naming the lock');
+    t.ok(gaveUp >= 4500 && gaveUp < 7_500, `it gave up after its 5 s (${Math.round(gaveUp)} ms)`);
+    t.match(await metrics.text(), /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
+    t.ok(
+      logs.some((l) => l.includes('iptables-restore failed')),
+      'logged',
+    );
+    t.equal(rules(), first, 'nothing half-applied: the rules are as they were');
+    await long;
+    t.ok(!held(), 'the other writer is done');
+
+    // The next sync (the runner retries a failed one) puts the new rules in.
+    t.same(await nf.syncRules(masqueradeAll, false), [], 'retried: in');
+    const after = rules();
+    t.not(after, first, 'the new rules are in');
+    t.match(after, /:KUBE-SERVICES/, "and the other writer's chain still stays");
+    t.same(await nf.cleanup(), []);
   },
 );
 
