@@ -292,19 +292,31 @@ t.test(
     process.env.XTABLES_LOCKFILE = lock;
     const holders: ChildProcess[] = [];
     t.teardown(() => {
-      for (const h of holders) h.kill('SIGKILL');
+      for (const h of holders) {
+        h.stdin?.end();
+        h.kill('SIGKILL');
+      }
       if (before === undefined) delete process.env.XTABLES_LOCKFILE;
       else process.env.XTABLES_LOCKFILE = before;
       rmSync(dir, { recursive: true, force: true });
     });
     const held = () => spawnSync('flock', ['--nonblock', lock, 'true']).status !== 0;
-    /** Another writer takes the lock for `seconds`; resolves once it has it, with its end. */
-    const hold = async (seconds: number) => {
-      const h = spawn('flock', ['--exclusive', lock, 'sleep', String(seconds)], { stdio: 'ignore' });
+    /**
+     * Another writer takes the lock (flock running `cat`, which holds it until its input ends); resolves once it has
+     * it, with the release. It lets go by itself after `atMostMs`, so a restore that never gives up cannot hang here.
+     */
+    const hold = async (atMostMs: number) => {
+      const h = spawn('flock', ['--exclusive', lock, 'cat'], { stdio: ['pipe', 'ignore', 'ignore'] });
       holders.push(h);
       const ended = new Promise<void>((r) => h.once('exit', () => r()));
+      const release = () => {
+        h.stdin?.end();
+        return ended;
+      };
+      const timer = setTimeout(() => h.stdin?.end(), atMostMs);
+      h.once('exit', () => clearTimeout(timer));
       while (!held()) await new Promise((r) => setTimeout(r, 20));
-      return ended;
+      return release;
     };
     const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
     const metrics = new Metrics({ defaultMetrics: false });
@@ -325,34 +337,34 @@ t.test(
     t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), [], 'the sets first');
 
     // Held for 2 s: the restore waits, then goes in.
-    const short = hold(2);
+    await hold(2000);
     let started = performance.now();
     t.same(await nf.syncRules(planner.netfilter, true), [], 'the rules went in once the lock was free');
     const waited = performance.now() - started;
     t.ok(waited >= 1500, `it waited for the lock (${Math.round(waited)} ms)`);
-    await short;
     const first = rules();
     t.match(first, /-A KIPVS-POSTROUTING /);
     t.match(first, /:KUBE-SERVICES/, "the other writer's chain stays");
 
-    // Held for 8 s while the rules change (masquerade-all): the restore gives up after 5 s with a clear error and
-    // a count; the kernel keeps the rules it had, whole (iptables-restore commits a table or nothing).
+    // Held (until it is let go below, 20 s at most) while the rules change (masquerade-all): the restore gives up after
+    // its 5 s with a clear error and a count; the kernel keeps the rules it had, whole (iptables-restore commits a
+    // table or nothing). A restore that waited for the lock instead would get in once it is let go: no error.
     const masqueradeAll = { ...planner.netfilter, masqueradeAll: true };
     t.not(masqueradeAll.masqueradeAll, planner.netfilter.masqueradeAll, 'the next rules differ');
-    const long = hold(8);
+    const release = await hold(20_000);
     started = performance.now();
     const errors = await nf.syncRules(masqueradeAll, true);
     const gaveUp = performance.now() - started;
     t.equal(errors.length, 1, 'one error');
     t.match(errors[0]?.message, /^iptables-legacy-restore: exit 4: [^]*the xtables lock/, 'naming the lock');
-    t.ok(gaveUp >= 4500 && gaveUp < 7_500, `it gave up after its 5 s (${Math.round(gaveUp)} ms)`);
+    t.ok(gaveUp >= 4500, `it gave up after its 5 s (${Math.round(gaveUp)} ms)`);
     t.match(await metrics.text(), /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
     t.ok(
       logs.some((l) => l.includes('iptables-restore failed')),
       'logged',
     );
     t.equal(rules(), first, 'nothing half-applied: the rules are as they were');
-    await long;
+    await release();
     t.ok(!held(), 'the other writer is done');
 
     // The next sync (the runner retries a failed one) puts the new rules in.
