@@ -61,6 +61,22 @@ function netns(t: { teardown: (f: () => void) => void }, tag: string) {
     inNs: (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' }),
   };
 }
+
+/** Runs these iptables-legacy commands in the namespace; false (and a passing note why) where legacy does not work. */
+function legacyWorks(
+  t: { comment: (m: string) => void; pass: (m: string) => void },
+  inNs: (...cmd: string[]) => string,
+  ...cmds: string[][]
+): boolean {
+  try {
+    for (const c of cmds) inNs('iptables-legacy', ...c);
+    return true;
+  } catch (e) {
+    t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
+    t.pass('skipped: no iptables-legacy');
+    return false;
+  }
+}
 t.test(
   'ipsets and rules load, stay idempotent, follow changes and are cleaned up',
   { skip: why ?? false },
@@ -234,19 +250,12 @@ t.test(
   'iptables-legacy: detected when it holds the rules, and the same text loads there',
   { skip: why ?? false },
   async (t) => {
-    const ns = `kipvs-nfl-${process.pid}`;
-    execFileSync('ip', ['netns', 'add', ns]);
-    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-    const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
-    try {
-      inNs('iptables-legacy', '-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT');
-      inNs('iptables-legacy', '-t', 'nat', '-N', 'KUBE-SERVICES');
-    } catch (e) {
-      t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
-      t.pass('skipped: no iptables-legacy');
-      return;
-    }
-    const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
+    const { exec, inNs } = netns(t, 'kipvs-nfl');
+    const setUp = [
+      ['-t', 'filter', '-A', 'INPUT', '-s', '192.0.2.1', '-j', 'ACCEPT'],
+      ['-t', 'nat', '-N', 'KUBE-SERVICES'],
+    ];
+    if (!legacyWorks(t, inNs, ...setUp)) return;
     t.equal(await detectBackend(exec), 'legacy', 'a node whose rules are in legacy stays on legacy');
     const nf = new NetfilterApplier({ exec, log: quiet, backend: 'legacy', families: [4] });
     const { planner } = planObjects(objects);
@@ -273,17 +282,8 @@ t.test(
     'chains), one held past its 5 s fails whole, is counted, and the next sync puts the rules in',
   { skip: why ?? false },
   async (t) => {
-    const ns = `kipvs-nfx-${process.pid}`;
-    execFileSync('ip', ['netns', 'add', ns]);
-    t.teardown(() => execFileSync('ip', ['netns', 'del', ns]));
-    const inNs = (...cmd: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
-    try {
-      inNs('iptables-legacy', '-t', 'nat', '-N', 'KUBE-SERVICES');
-    } catch (e) {
-      t.comment(`iptables-legacy does not work here, nothing to check: ${(e as Error).message.split('\n')[0]}`);
-      t.pass('skipped: no iptables-legacy');
-      return;
-    }
+    const { exec, inNs } = netns(t, 'kipvs-nfx');
+    if (!legacyWorks(t, inNs, ['-t', 'nat', '-N', 'KUBE-SERVICES'])) return;
     // The lock is a file every legacy writer on the host shares (/run/xtables.lock): this test holds one of its own,
     // which the tools it starts are pointed at (XTABLES_LOCKFILE, inherited through `ip netns exec`).
     const dir = mkdtempSync(join(tmpdir(), 'kipvs-xtlock-'));
@@ -318,7 +318,6 @@ t.test(
       while (!held()) await new Promise((r) => setTimeout(r, 20));
       return release;
     };
-    const exec = new SystemExec({ prefix: ['ip', 'netns', 'exec', ns] });
     const metrics = new Metrics({ defaultMetrics: false });
     const logs: string[] = [];
     const nf = new NetfilterApplier({
