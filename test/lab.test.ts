@@ -4,6 +4,9 @@
 // reason otherwise. LAB=0 leaves it out; LAB_CASES="file ..." runs only those cases.
 // When the upstream binaries were built (test/k8s/), a real kube-apiserver runs on the host for
 // the guest's Kubernetes case, reached through qemu's guestfwd only.
+// One VM, its cases one after the other: the heavy ones keep both of a 2-core host's cores busy (its -smp 2 under
+// multi-threaded TCG). Tried: two VMs at once, the API server's cases in one and the rest in the other; the image
+// case took 262 s instead of 102 s and a migration case's kube-ipvs did not sync beside kube-proxy within 240 s.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
