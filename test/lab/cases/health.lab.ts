@@ -11,8 +11,8 @@ import type { ServiceKey } from '../../../src/dataplane/ipvs/types.ts';
 import { ep, node, service, slice } from '../../support/objects.ts';
 import { LabNode, NODE_IP, nodeArgs, procEnv, spawn } from '../support/node.ts';
 
-// The file took 299 s of CI's lab run (2026-12-03; about 95 s of it starting the node and its backends): a limit
-// twice that, so a slower CI host is not cut off mid-case. A hang still ends here, well inside the VM's own limit.
+// The file took 299 s in a full `.ci/run` here (2026-12-03, before the lab's 9p cache; 204-209 s with it): a limit of
+// about twice that, so a slower CI host is not cut off mid-case. A hang still ends here, inside the VM's own limit.
 t.setTimeout(600_000);
 const lab = new LabNode();
 // minSyncPeriod at kube-proxy's default (1 s): health transitions must not wait for it.

@@ -146,7 +146,8 @@ export function migrationCase(mode: Mode, nodePort: number): void {
     return;
   }
   const kubeProxyBin = join(readFileSync(K8S_BIN_FILE, 'utf8').trim(), 'kube-proxy');
-  // One migration case took up to 393 s in CI's lab run (2026-12-03): about twice that before it is cut off.
+  // One migration case took up to 393 s in a full `.ci/run` here (2026-12-03, before the lab's 9p cache; up to 316 s
+  // with it): about twice that before it is cut off.
   t.setTimeout(800_000);
   const lab = new LabNode();
   const ns = `mig-${mode}`;
