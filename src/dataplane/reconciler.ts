@@ -354,9 +354,11 @@ export class Reconciler {
    * sync that may be running: what health needs when a backend fails, and an endpoint change
    * during a long full resync. New and changed destinations are written, evicted ones deleted,
    * and one the plan no longer has gets weight 0 (no new connections; the next sync drains and
-   * deletes it). Never creates or deletes a virtual server, an address or an ownership record:
-   * `incomplete` names the Services with a virtual server not in the kernel yet, whose change
-   * waits for the next sync.
+   * deletes it). A virtual server whose attributes changed is updated first: a slow-start ramp
+   * turns rr into wrr, and weights 1:10 under rr would give the recovering backend its full share.
+   * Never creates or deletes a virtual server, an address or an ownership record: `incomplete`
+   * names the Services with a virtual server not in the kernel yet, whose change waits for the
+   * next sync.
    */
   async syncDestinations(
     plans: ReadonlyMap<string, ServicePlan>,
@@ -373,6 +375,7 @@ export class Reconciler {
         incomplete.add(d.owner);
         return; // not in the kernel yet: the sync that creates it brings its destinations
       }
+      await this.#asideAttributes(d, run);
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
       const puts: Promise<void>[] = [];
       for (const [did, want] of d.destinations)
@@ -387,6 +390,32 @@ export class Reconciler {
       await Promise.all(removals);
     });
     return { operations: run.ops, errors: run.errors, incomplete };
+  }
+
+  /**
+   * The virtual server's attributes as `d` wants them, before its destinations are written aside: what an earlier
+   * sync left is known (#inKernel), else the kernel is asked. A failed update is reported and the destinations are
+   * written anyway (an ejection must not wait for it); the next sync tries again.
+   */
+  async #asideAttributes(d: DesiredVS, run: Run): Promise<void> {
+    let have: IpvsService | null | undefined = this.#inKernel.get(d.id);
+    if (have && sameAttributes(have, d.service)) return;
+    if (!have)
+      try {
+        have = await this.#aside.service(d.service);
+      } catch (e) {
+        run.fail(`get service ${d.id}`, e, d.owner);
+        return;
+      }
+    if (!have || serviceMatches(d.service, have)) return;
+    run.ops++;
+    try {
+      await this.#aside.updateService(d.service);
+      this.#inKernel.set(d.id, d.service);
+    } catch (e) {
+      this.#inKernel.delete(d.id);
+      run.fail(`update service ${d.id}`, e, d.owner);
+    }
   }
 
   /**

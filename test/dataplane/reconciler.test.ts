@@ -397,6 +397,79 @@ t.test('a scheduler or affinity change is one service update', async (t) => {
 });
 
 t.test(
+  'destinations written alongside a sync: a scheduler change goes in before the weights that assume it',
+  async (t) => {
+    const { h } = await started();
+    // What a slow-start ramp plans: rr becomes wrr, the recovering endpoint at 1 of 10 (health.test.ts tests the plan).
+    const ramp = (p: ServicePlan, scheduler: string, weights: number[]): ServicePlan => ({
+      ...p,
+      virtualServers: p.virtualServers.map((vs) => ({
+        ...vs,
+        scheduler,
+        realServers: vs.realServers.map((r, i) => ({ ...r, weight: weights[i]! })),
+      })),
+    });
+    // Virtual servers are written side by side: the order that counts is each one's own.
+    const ofEach = (ops: string[]) => {
+      const out: Record<string, string[]> = {};
+      for (const o of ops) {
+        const [op, vs, dest, w] = o.split(' ');
+        (out[vs!] ??= []).push([op, dest, w].filter(Boolean).join(' '));
+      }
+      return out;
+    };
+    const plan = h.planner.servicePlan('default/web')!;
+    // 10.0.0.2 ejected (weight 0 needs no scheduler change), then recovering.
+    await h.rec.syncDestinations(new Map([['default/web', ramp(plan, 'rr', [1, 0])]]));
+    let n = h.ipvs.ops.length;
+    let r = await h.rec.syncDestinations(new Map([['default/web', ramp(plan, 'wrr', [10, 1])]]));
+    t.same(r.errors, []);
+    const rampStart = ['updateService', 'updateDestination 10.0.0.1:8080 w10', 'updateDestination 10.0.0.2:8080 w1'];
+    t.same(
+      ofEach(h.opsSince(n)),
+      { 'TCP/10.96.0.1:80': rampStart, 'TCP/192.168.1.10:30080': rampStart },
+      'each virtual server: wrr first, then the weights',
+    );
+    const clusterIP = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+    t.equal((await h.ipvs.service(clusterIP))?.scheduler, 'wrr');
+    n = h.ipvs.ops.length;
+    await h.rec.syncDestinations(new Map([['default/web', ramp(plan, 'wrr', [10, 5])]]));
+    t.same(
+      ofEach(h.opsSince(n)),
+      {
+        'TCP/10.96.0.1:80': ['updateDestination 10.0.0.2:8080 w5'],
+        'TCP/192.168.1.10:30080': ['updateDestination 10.0.0.2:8080 w5'],
+      },
+      'the scheduler as wanted already: not asked for again',
+    );
+    // The ramp over: rr again. An update the kernel refuses is reported, and the weights go in anyway.
+    h.ipvs.failures.set('updateService TCP/10.96.0.1:80', 'EIO');
+    n = h.ipvs.ops.length;
+    r = await h.rec.syncDestinations(new Map([['default/web', plan]]));
+    t.same(
+      r.errors.map((e) => `${e.op} ${e.code} ${e.service}`),
+      ['update service TCP/10.96.0.1:80 EIO default/web'],
+    );
+    const rampEnd = ['updateDestination 10.0.0.1:8080 w1', 'updateDestination 10.0.0.2:8080 w1'];
+    t.same(ofEach(h.opsSince(n)), {
+      'TCP/10.96.0.1:80': rampEnd,
+      'TCP/192.168.1.10:30080': ['updateService', ...rampEnd],
+    });
+    t.equal((await h.ipvs.service(clusterIP))?.scheduler, 'wrr', 'still wrr where the update failed');
+    h.ipvs.failures.clear();
+    h.dirty.add('default/web');
+    n = h.ipvs.ops.length;
+    await h.incremental();
+    t.same(
+      ofEach(h.opsSince(n)),
+      { 'TCP/10.96.0.1:80': ['updateService'] },
+      'the next sync puts rr back there, and only there',
+    );
+    t.equal((await h.ipvs.service(clusterIP))?.scheduler, 'rr');
+  },
+);
+
+t.test(
   'a Local LoadBalancer gets a firewall-mark virtual server with every endpoint; TCP endpoints drain there too',
   async (t) => {
     const h = new Harness();
