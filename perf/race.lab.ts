@@ -7,7 +7,7 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
@@ -15,6 +15,19 @@ import { NetlinkIpvs } from '../src/dataplane/ipvs/client.ts';
 import { labApi, K8S_BIN_FILE, KUBECONFIG } from '../test/lab/support/api.ts';
 import { resetNode } from '../test/lab/support/hygiene.ts';
 import { LAB_V8_FLAGS, procEnv } from '../test/lab/support/node.ts';
+import {
+  childCpu,
+  cpuSeconds,
+  latencyBuckets,
+  pct,
+  quantile,
+  RACE_NAMESPACES,
+  raceChange,
+  rssMB,
+  rssParts,
+  threadCpu,
+  threadDelta,
+} from './race-measure.ts';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
@@ -26,7 +39,6 @@ const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
 /** Not a proxy: the CPU a Node process spends receiving the same changes and doing nothing (perf/watch-floor.ts). */
 const FLOOR = 'node-watch-floor';
-const NAMESPACES = 10;
 const maybeApi = labApi({ keepAlive: true });
 if (!maybeApi) throw new Error('no API server: run through perf/race.ts');
 const api = maybeApi;
@@ -66,13 +78,7 @@ const kubeProxyBin = join(readFileSync(K8S_BIN_FILE, 'utf8').trim(), 'kube-proxy
 const dir = mkdtempSync('/tmp/kipvs-race-');
 const log = (s: string) => process.stderr.write(`race: ${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const pct = (xs: number[], p: number) =>
-  xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
 
-const endpointIP = (i: number, j: number) => {
-  const n = i * ENDPOINTS + j;
-  return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
-};
 let fresh = 0;
 /** A new address for endpoint 0 of a Service (the change a rollout makes). */
 const freshIP = () => {
@@ -90,24 +96,12 @@ const vips = new Map<string, string>();
   }[])
     vips.set(`${s.metadata.namespace}/${s.metadata.name}`, s.spec.clusterIP);
 }
-const key = (i: number) => `race-${i % NAMESPACES}/svc-${i}`;
+const key = (i: number) => `race-${i % RACE_NAMESPACES}/svc-${i}`;
 
 /** Replaces endpoint 0 of Service i with `address`, stamped with the trigger time the proxies' latency metric reads. */
 async function change(i: number, address: string): Promise<void> {
-  const endpoints = Array.from({ length: ENDPOINTS }, (_, j) => ({
-    addresses: [j === 0 ? address : endpointIP(i, j)],
-    conditions: { ready: true },
-    nodeName: 'race-node',
-  }));
-  const r = await api(
-    'PATCH',
-    `/apis/discovery.k8s.io/v1/namespaces/race-${i % NAMESPACES}/endpointslices/svc-${i}-race`,
-    {
-      metadata: { annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() } },
-      endpoints,
-    },
-    'application/merge-patch+json',
-  );
+  const { path, body } = raceChange(ENDPOINTS, i, address);
+  const r = await api('PATCH', path, body, 'application/merge-patch+json');
   if (r.status !== 200) throw new Error(`PATCH slice ${i}: ${r.status} ${r.text.slice(0, 300)}`);
 }
 
@@ -229,124 +223,6 @@ function nftKernel(): Kernel {
     },
     close: () => {},
   };
-}
-
-/**
- * CPU seconds from /proc/PID/stat: the process's own (utime, stime) and its child processes', as a pod's cgroup
- * counts them: those it started and waited for (cutime, cstime: kube-proxy's `nft`, `iptables-restore` and `ipset`,
- * kube-ipvs' `iptables-save`/`-restore`) plus those still running (`live`, by pid, with what they waited for in
- * turn). A window's child CPU is the change in `children` plus the live ones at its end minus the live ones at its
- * start: at 10 000 Services one `nft` of kube-proxy's runs for minutes, and counted only once reaped it would be
- * missing from the window it ran in. Clock ticks, USER_HZ 100.
- */
-function cpuSeconds(pid: number): { self: number; children: number; live: Map<number, number> } {
-  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  const live = new Map<number, number>();
-  for (const e of readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const c = statFields(readFileSync(`/proc/${e}/stat`, 'utf8'));
-      if (Number(c[1]) === pid) live.set(Number(e), c.slice(11, 15).reduce((a, x) => a + Number(x), 0) / 100);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100, live };
-}
-/** /proc/PID/stat's fields after the command's name (which may hold spaces): [0] is the state, [1] the parent. */
-const statFields = (stat: string): string[] => stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
-/** Child CPU seconds between two readings of cpuSeconds. */
-const childCpu = (a: ReturnType<typeof cpuSeconds>, b: ReturnType<typeof cpuSeconds>): number =>
-  b.children -
-  a.children +
-  [...b.live.values()].reduce((x, y) => x + y, 0) -
-  [...a.live.values()].reduce((x, y) => x + y, 0);
-/** Each thread's name and CPU seconds (user, system), by thread id. */
-function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
-  const out = new Map<string, { name: string; user: number; system: number }>();
-  let tids: string[];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const f = statFields(stat);
-      out.set(tid, { name, user: Number(f[11]) / 100, system: Number(f[12]) / 100 });
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return out;
-}
-/** What each kind of thread (by name) used between two readings, busiest first. */
-function threadDelta(a: ReturnType<typeof threadCpu>, b: ReturnType<typeof threadCpu>): string {
-  const by = new Map<string, { user: number; system: number; n: number }>();
-  for (const [tid, t] of b) {
-    const was = a.get(tid) ?? { user: 0, system: 0 };
-    const name = t.name.replace(/[0-9]+$/, '#');
-    const x = by.get(name) ?? { user: 0, system: 0, n: 0 };
-    x.user += t.user - was.user;
-    x.system += t.system - was.system;
-    x.n++;
-    by.set(name, x);
-  }
-  return [...by]
-    .sort((x, y) => y[1].user + y[1].system - (x[1].user + x[1].system))
-    .map(([name, x]) => `${name}${x.n > 1 ? ` x${x.n}` : ''} ${x.user.toFixed(1)}/${x.system.toFixed(1)}`)
-    .join(', ');
-}
-/** Resident memory by kind of mapping (/proc/PID/smaps): each file by name, anonymous memory...; largest first. */
-function rssParts(pid: number): string {
-  const by = new Map<string, number>();
-  let current = 'anonymous';
-  try {
-    for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-      if (head) {
-        const path = head[1]!.trim();
-        current = path === '' ? 'anonymous' : path.startsWith('[') ? path : path.slice(path.lastIndexOf('/') + 1);
-        continue;
-      }
-      const rss = /^Rss:\s+(\d+) kB/.exec(line);
-      if (rss) by.set(current, (by.get(current) ?? 0) + Number(rss[1]) / 1024);
-    }
-  } catch {
-    return 'n/a';
-  }
-  return [...by]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 6)
-    .map(([k, mb]) => `${k} ${mb.toFixed(0)}`)
-    .join(', ');
-}
-const rssMB = (pid: number) =>
-  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
-
-/** The programming-latency histogram's cumulative buckets (le -> count), from the proxy's metrics. */
-async function latencyBuckets(): Promise<Map<number, number>> {
-  const text = await fetch('http://127.0.0.1:10249/metrics')
-    .then((r) => r.text())
-    .catch(() => '');
-  const out = new Map<number, number>();
-  for (const m of text.matchAll(
-    /^kubeproxy_network_programming_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$/gm,
-  )) {
-    const le = m[1] === '+Inf' ? Infinity : Number(m[1]);
-    out.set(le, (out.get(le) ?? 0) + Number(m[2]));
-  }
-  return out;
-}
-/** The bucket bound a quantile falls under, between two snapshots. */
-function quantile(before: Map<number, number>, after: Map<number, number>, q: number): number {
-  const les = [...after.keys()].sort((a, b) => a - b);
-  const total = (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0);
-  if (total <= 0) return NaN;
-  for (const le of les) if ((after.get(le) ?? 0) - (before.get(le) ?? 0) >= q * total) return le;
-  return Infinity;
 }
 
 /** Each proxy's output goes to /lab-results/race-PROXY.log (kept with LAB_KEEP=DIR). */

@@ -18,11 +18,11 @@ import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
 import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
+import { createRaceObjects } from './race-measure.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
-const NAMESPACES = 10;
 
 const fail = (why: string): never => {
   process.stderr.write(`bench:race: ${why}\n`);
@@ -41,58 +41,12 @@ const built = k8sBinaries();
 if (!('bin' in built)) fail(`no kube-apiserver/kube-proxy: ${built.why}`);
 const bin = (built as { bin: string }).bin;
 
-/** Endpoint j of Service i: 10.200+.x.y, unique (never reachable: the race measures programming, not traffic). */
-export const endpointIP = (i: number, j: number) => {
-  const n = i * ENDPOINTS + j;
-  return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
-};
-
 const api = new ApiServer(bin);
 await api.start();
 const share = mkdtempSync(join(tmpdir(), 'kipvs-race-'));
 try {
   const t0 = performance.now();
-  const must = async (what: string, p: Promise<{ status: number; json: unknown }>) => {
-    const r = await p;
-    if (r.status !== 201 && r.status !== 409)
-      throw new Error(`${what}: ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
-  };
-  for (let n = 0; n < NAMESPACES; n++)
-    await must('namespace', api.request('POST', '/api/v1/namespaces', { metadata: { name: `race-${n}` } }));
-  await must(
-    'node',
-    api.request('POST', '/api/v1/nodes', {
-      metadata: { name: 'race-node' },
-      status: { addresses: [{ type: 'InternalIP', address: '192.168.100.1' }] },
-    }),
-  );
-  let next = 0;
-  const worker = async () => {
-    for (let i = next++; i < SERVICES; i = next++) {
-      const ns = `race-${i % NAMESPACES}`;
-      await must(
-        `Service ${i}`,
-        api.request('POST', `/api/v1/namespaces/${ns}/services`, {
-          metadata: { name: `svc-${i}` },
-          spec: { ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
-        }),
-      );
-      await must(
-        `EndpointSlice ${i}`,
-        api.request('POST', `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`, {
-          metadata: { name: `svc-${i}-race`, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
-          addressType: 'IPv4',
-          ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
-          endpoints: Array.from({ length: ENDPOINTS }, (_, j) => ({
-            addresses: [endpointIP(i, j)],
-            conditions: { ready: true },
-            nodeName: 'race-node',
-          })),
-        }),
-      );
-    }
-  };
-  await Promise.all(Array.from({ length: 16 }, worker));
+  await createRaceObjects((m, path, body) => api.request(m, path, body), SERVICES, ENDPOINTS);
   process.stderr.write(
     `bench:race: ${SERVICES} Services x ${ENDPOINTS} endpoints created through the API in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
   );

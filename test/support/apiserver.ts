@@ -131,12 +131,13 @@ current-context: test
     }
   }
 
-  /** A raw API request (TLS not verified), as the admin or with another bearer token. */
+  /** A raw API request (TLS not verified), as the admin or with another bearer token; a PATCH names its type. */
   async request(
     method: string,
     path: string,
     body?: unknown,
     token = this.token,
+    contentType = 'application/json',
   ): Promise<{ status: number; json: unknown }> {
     const { Agent, request } = await import('node:https');
     return new Promise((res, rej) => {
@@ -147,7 +148,7 @@ current-context: test
           path,
           method,
           agent: new Agent({ rejectUnauthorized: false }),
-          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          headers: { authorization: `Bearer ${token}`, 'content-type': contentType },
         },
         (r) => {
           let data = '';

@@ -1,0 +1,203 @@
+// What the race measures of a proxy process, wherever it runs (perf/race.lab.ts in the lab VM, perf/race-native.ts
+// on the host): CPU from /proc, its child processes' too, memory, and the programming-latency histogram both kube-proxy
+// and kube-ipvs export; and the race's objects (perf/race.ts and race-native.ts create them, both runs change them).
+import { readFileSync, readdirSync } from 'node:fs';
+
+/** Endpoint j of Service i (of `endpoints` each): 10.200+.x.y, unique, never reachable (programming, not traffic). */
+export const raceEndpointIP = (endpoints: number, i: number, j: number) => {
+  const n = i * endpoints + j;
+  return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
+};
+
+/** The quantile `p` of `xs` (nearest rank); NaN when empty. */
+export const pct = (xs: number[], p: number) =>
+  xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
+
+/**
+ * CPU seconds from /proc/PID/stat: the process's own (utime, stime) and its child processes', as a pod's cgroup
+ * counts them: those it started and waited for (cutime, cstime: kube-proxy's `nft`, `iptables-restore` and `ipset`,
+ * kube-ipvs' `iptables-save`/`-restore`) plus those still running (`live`, by pid, with what they waited for in
+ * turn). A window's child CPU is the change in `children` plus the live ones at its end minus the live ones at its
+ * start: at 10 000 Services one `nft` of kube-proxy's runs for minutes, and counted only once reaped it would be
+ * missing from the window it ran in. Clock ticks, USER_HZ 100.
+ */
+export function cpuSeconds(pid: number): { self: number; children: number; live: Map<number, number> } {
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  const live = new Map<number, number>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const c = statFields(readFileSync(`/proc/${e}/stat`, 'utf8'));
+      if (Number(c[1]) === pid) live.set(Number(e), c.slice(11, 15).reduce((a, x) => a + Number(x), 0) / 100);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100, live };
+}
+/** /proc/PID/stat's fields after the command's name (which may hold spaces): [0] is the state, [1] the parent. */
+export const statFields = (stat: string): string[] => stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+/** Child CPU seconds between two readings of cpuSeconds. */
+export const childCpu = (a: ReturnType<typeof cpuSeconds>, b: ReturnType<typeof cpuSeconds>): number =>
+  b.children -
+  a.children +
+  [...b.live.values()].reduce((x, y) => x + y, 0) -
+  [...a.live.values()].reduce((x, y) => x + y, 0);
+/** Each thread's name and CPU seconds (user, system), by thread id. */
+export function threadCpu(pid: number): Map<string, { name: string; user: number; system: number }> {
+  const out = new Map<string, { name: string; user: number; system: number }>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = statFields(stat);
+      out.set(tid, { name, user: Number(f[11]) / 100, system: Number(f[12]) / 100 });
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+/** What each kind of thread (by name) used between two readings, busiest first. */
+export function threadDelta(a: ReturnType<typeof threadCpu>, b: ReturnType<typeof threadCpu>): string {
+  const by = new Map<string, { user: number; system: number; n: number }>();
+  for (const [tid, t] of b) {
+    const was = a.get(tid) ?? { user: 0, system: 0 };
+    const name = t.name.replace(/[0-9]+$/, '#');
+    const x = by.get(name) ?? { user: 0, system: 0, n: 0 };
+    x.user += t.user - was.user;
+    x.system += t.system - was.system;
+    x.n++;
+    by.set(name, x);
+  }
+  return [...by]
+    .sort((x, y) => y[1].user + y[1].system - (x[1].user + x[1].system))
+    .map(([name, x]) => `${name}${x.n > 1 ? ` x${x.n}` : ''} ${x.user.toFixed(1)}/${x.system.toFixed(1)}`)
+    .join(', ');
+}
+/** Resident memory by kind of mapping (/proc/PID/smaps): each file by name, anonymous memory...; largest first. */
+export function rssParts(pid: number): string {
+  const by = new Map<string, number>();
+  let current = 'anonymous';
+  try {
+    for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const path = head[1]!.trim();
+        current = path === '' ? 'anonymous' : path.startsWith('[') ? path : path.slice(path.lastIndexOf('/') + 1);
+        continue;
+      }
+      const rss = /^Rss:\s+(\d+) kB/.exec(line);
+      if (rss) by.set(current, (by.get(current) ?? 0) + Number(rss[1]) / 1024);
+    }
+  } catch {
+    return 'n/a';
+  }
+  return [...by]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 6)
+    .map(([k, mb]) => `${k} ${mb.toFixed(0)}`)
+    .join(', ');
+}
+export const rssMB = (pid: number) =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+
+/** The programming-latency histogram's cumulative buckets (le -> count), from the proxy's metrics. */
+export async function latencyBuckets(url = 'http://127.0.0.1:10249/metrics'): Promise<Map<number, number>> {
+  const text = await fetch(url)
+    .then((r) => r.text())
+    .catch(() => '');
+  const out = new Map<number, number>();
+  for (const m of text.matchAll(
+    /^kubeproxy_network_programming_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)$/gm,
+  )) {
+    const le = m[1] === '+Inf' ? Infinity : Number(m[1]);
+    out.set(le, (out.get(le) ?? 0) + Number(m[2]));
+  }
+  return out;
+}
+/** The bucket bound a quantile falls under, between two snapshots. */
+export function quantile(before: Map<number, number>, after: Map<number, number>, q: number): number {
+  const les = [...after.keys()].sort((a, b) => a - b);
+  const total = (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0);
+  if (total <= 0) return NaN;
+  for (const le of les) if ((after.get(le) ?? 0) - (before.get(le) ?? 0) >= q * total) return le;
+  return Infinity;
+}
+
+/** The race's Services live in race-0 ... race-9, svc-I in race-(I mod 10). */
+export const RACE_NAMESPACES = 10;
+
+type ApiCall = (method: string, path: string, body: unknown) => Promise<{ status: number; json: unknown }>;
+
+/**
+ * The race's cluster through the API: its namespaces, the node `race-node`, and `services` ClusterIP Services with
+ * one EndpointSlice of `endpoints` ready endpoints each (16 writers at once). Objects there already are kept.
+ */
+export async function createRaceObjects(call: ApiCall, services: number, endpoints: number): Promise<void> {
+  const must = async (what: string, p: Promise<{ status: number; json: unknown }>) => {
+    const r = await p;
+    if (r.status !== 201 && r.status !== 409)
+      throw new Error(`${what}: ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
+  };
+  for (let n = 0; n < RACE_NAMESPACES; n++)
+    await must('namespace', call('POST', '/api/v1/namespaces', { metadata: { name: `race-${n}` } }));
+  await must(
+    'node',
+    call('POST', '/api/v1/nodes', {
+      metadata: { name: 'race-node' },
+      status: { addresses: [{ type: 'InternalIP', address: '192.168.100.1' }] },
+    }),
+  );
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < services; i = next++) {
+      const ns = `race-${i % RACE_NAMESPACES}`;
+      await must(
+        `Service ${i}`,
+        call('POST', `/api/v1/namespaces/${ns}/services`, {
+          metadata: { name: `svc-${i}` },
+          spec: { ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
+        }),
+      );
+      await must(
+        `EndpointSlice ${i}`,
+        call('POST', `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`, {
+          metadata: { name: `svc-${i}-race`, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
+          addressType: 'IPv4',
+          ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
+          endpoints: Array.from({ length: endpoints }, (_, j) => ({
+            addresses: [raceEndpointIP(endpoints, i, j)],
+            conditions: { ready: true },
+            nodeName: 'race-node',
+          })),
+        }),
+      );
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+}
+
+/**
+ * The race's one change: endpoint 0 of Service i becomes `address`, stamped with the trigger time both proxies'
+ * latency histogram reads. A merge patch (application/merge-patch+json) to `path`.
+ */
+export function raceChange(endpoints: number, i: number, address: string): { path: string; body: unknown } {
+  return {
+    path: `/apis/discovery.k8s.io/v1/namespaces/race-${i % RACE_NAMESPACES}/endpointslices/svc-${i}-race`,
+    body: {
+      metadata: { annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() } },
+      endpoints: Array.from({ length: endpoints }, (_, j) => ({
+        addresses: [j === 0 ? address : raceEndpointIP(endpoints, i, j)],
+        conditions: { ready: true },
+        nodeName: 'race-node',
+      })),
+    },
+  };
+}
