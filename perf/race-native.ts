@@ -20,9 +20,11 @@
 // CHURN_SECONDS (60), COLD_LIMIT (600 s), PROXIES (default "kube-ipvs,kube-proxy-nftables,node-watch-floor"; also
 // kube-proxy-iptables; node-watch-floor is perf/watch-floor.ts: a Node process that only receives the changes). A
 // proxy that does not have every Service within COLD_LIMIT is a row of n/a (exit status 1); the others still run.
+// RACE_KEEP=DIR keeps each proxy's log there; KIPVS_SYNC_PERIOD=10m sets kube-ipvs' ipvs.syncPeriod
+// and KIPVS_FLAGS=--a,--b=1 adds node flags to its (experiments).
 // kube-proxy `iptables` had not at 1 000 Services within 600 s on this host (at 50 it takes a second).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, cpSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +45,10 @@ const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 600);
 const KNOWN = ['kube-ipvs', 'kube-proxy-nftables', 'kube-proxy-iptables', 'node-watch-floor'];
+/** KIPVS_FLAGS=--a,--b=1: more node flags for kube-ipvs (e.g. --cpu-prof,--cpu-prof-dir=DIR). */
+const KIPVS_FLAGS = (process.env.KIPVS_FLAGS ?? '')
+  .split(',')
+  .filter((f) => /^--[a-z0-9-]+(=[A-Za-z0-9_./-]*)?$/.test(f));
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-nftables,node-watch-floor').split(',');
 
 const fail = (why: string): never => {
@@ -177,12 +183,24 @@ function start(proxy: string, out: number, kubeconfig: string, nsKubeconfig: str
     };
   }
   const logFile = join(dir, `${proxy}.log`);
+  // kube-ipvs' config as the lab's race gives it: kube-proxy's clusterCIDR; KIPVS_SYNC_PERIOD=10m sets its
+  // ipvs.syncPeriod (an experiment: without the periodic resync in the window).
+  const cfg = join(dir, 'kube-ipvs.json');
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      apiVersion: 'kube-ipvs.io/v1alpha1',
+      kind: 'KubeIPVSConfiguration',
+      clusterCIDR: '10.244.0.0/16',
+      ...(process.env.KIPVS_SYNC_PERIOD ? { ipvs: { syncPeriod: process.env.KIPVS_SYNC_PERIOD } } : {}),
+    }),
+  );
   const args =
     proxy === 'node-watch-floor'
       ? ['perf/watch-floor.ts', kubeconfig, String(SERVICES)]
-      : ['src/cli.ts', 'run', '--kubeconfig', kubeconfig, '--dry-run', '--node', 'race-node'];
+      : ['src/cli.ts', 'run', '--kubeconfig', kubeconfig, '--config', cfg, '--dry-run', '--node', 'race-node'];
   return {
-    child: spawn(process.execPath, [...DAEMON_V8_FLAGS, ...args], {
+    child: spawn(process.execPath, [...DAEMON_V8_FLAGS, ...(proxy === 'kube-ipvs' ? KIPVS_FLAGS : []), ...args], {
       stdio: ['ignore', out, out],
       env: { ...process.env, NODE_ENV: 'production' },
     }),
@@ -344,5 +362,7 @@ try {
 } finally {
   cleanup();
   await api.stop();
+  // RACE_KEEP=DIR: each proxy's log (and kube-proxy's config) kept there.
+  if (process.env.RACE_KEEP) cpSync(dir, process.env.RACE_KEEP, { recursive: true });
   rmSync(dir, { recursive: true, force: true });
 }
