@@ -22,7 +22,6 @@
 // proxy that does not have every Service within COLD_LIMIT is a row of n/a (exit status 1); the others still run.
 // RACE_KEEP=DIR keeps each proxy's log there; KIPVS_SYNC_PERIOD=10m sets kube-ipvs' ipvs.syncPeriod
 // and KIPVS_FLAGS=--a,--b=1 adds node flags to its (experiments).
-// kube-proxy `iptables` had not at 1 000 Services within 600 s on this host (at 50 it takes a second).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, cpSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
@@ -74,7 +73,8 @@ const log = (s: string) => process.stderr.write(`race-native: ${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A command's output; its failure is an error that says what ran. */
 const run = (cmd: string, args: string[]): string => {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  // A listing of 10 000 Services' rules is tens of MB (spawnSync's default bound is 1 MiB).
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 512 * 1024 * 1024 });
   if (r.status !== 0)
     throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr || r.error?.message || `exit ${r.status}`}`);
   return r.stdout;
