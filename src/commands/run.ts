@@ -129,7 +129,8 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   const sysctl = new RecordingSysctl();
   if (args.dryRun) {
     deps = {
-      ipvs: new FakeIpvs(),
+      // What it did is printed by --once only: a dry-run daemon keeps no record (it would grow with every sync).
+      ipvs: new FakeIpvs({ recordOps: args.once }),
       links: new FakeLinks(),
       owned: new MemoryOwnership(),
       sysctl,
@@ -174,7 +175,7 @@ export async function runCommand(args: RunArgs, io: IO, signals: NodeJS.EventEmi
   // Kernel operations are counted on their way to the kernel (or the in-memory one).
   const metrics = new Metrics();
   // The iptables stage and conntrack run the system tools (recorded, not run, in a dry run).
-  const recorded = args.dryRun ? new FakeExec() : null;
+  const recorded = args.dryRun ? new FakeExec({ record: args.once }) : null;
   const exec: Exec = new TimedExec(recorded ?? new SystemExec(), (tool, seconds, code, bytes) => {
     metrics.toolDuration.observe({ tool }, seconds);
     log.debug('tool ran', { tool, ms: Math.round(seconds * 1000), code, inputBytes: bytes });

@@ -69,10 +69,15 @@ export function toolName(cmd: string, args: string[]): string {
 
 /** Records calls and answers from a table of handlers (first match wins); default: success. */
 export class FakeExec implements Exec {
+  /** Every call so far, unless made with `record: false` (a dry-run daemon's: restore inputs, kept forever). */
   readonly calls: { cmd: string; args: string[]; input?: string }[] = [];
   readonly handlers: ((cmd: string, args: string[], input?: string) => ExecResult | undefined)[] = [];
+  readonly #record: boolean;
+  constructor(opts: { record?: boolean } = {}) {
+    this.#record = opts.record ?? true;
+  }
   async run(cmd: string, args: string[], input?: string): Promise<ExecResult> {
-    this.calls.push({ cmd, args, ...(input !== undefined ? { input } : {}) });
+    if (this.#record) this.calls.push({ cmd, args, ...(input !== undefined ? { input } : {}) });
     for (const h of this.handlers) {
       const r = h(cmd, args, input);
       if (r) return r;

@@ -35,3 +35,16 @@ t.test('each run is observed with its duration, exit code and input size; the an
   t.match(await metrics.text(), /kubeipvs_tool_duration_seconds_bucket\{le="0.1",tool="sleep"\} 0/);
   t.match(await metrics.text(), /kubeipvs_tool_duration_seconds_bucket\{le="0.25",tool="sleep"\} 1/);
 });
+
+t.test(
+  "the recording runner keeps its calls, unless asked not to (a dry-run daemon's would grow forever)",
+  async (t) => {
+    const kept = new FakeExec();
+    const unkept = new FakeExec({ record: false });
+    unkept.handlers.push((cmd) => (cmd === 'ipset' ? { code: 1, stdout: '', stderr: 'no' } : undefined));
+    for (const x of [kept, unkept]) await x.run('iptables-restore', ['--noflush'], '*nat\nCOMMIT\n');
+    t.same(kept.calls, [{ cmd: 'iptables-restore', args: ['--noflush'], input: '*nat\nCOMMIT\n' }]);
+    t.same(unkept.calls, []);
+    t.equal((await unkept.run('ipset', ['list'])).code, 1, 'its handlers still answer');
+  },
+);

@@ -377,6 +377,23 @@ t.test('one failing operation does not block the others, and the next sync repai
   t.same((await h.kernel())['TCP/10.96.0.1:80'], ['10.0.0.1:8080=1']);
 });
 
+t.test("the in-memory kernel keeps no record of its writes when asked not to (a dry-run daemon's)", async (t) => {
+  const ipvs = new FakeIpvs({ recordOps: false });
+  const vs = { family: 4 as const, protocol: 'TCP' as const, address: '10.96.0.1', port: 80 };
+  await ipvs.addService({ ...vs, scheduler: 'rr', flags: 0, timeout: 0, netmask: 0xffffffff });
+  await ipvs.addDestination(vs, {
+    family: 4,
+    address: '10.0.0.1',
+    port: 8080,
+    weight: 1,
+    fwdMethod: 0,
+    upperThreshold: 0,
+    lowerThreshold: 0,
+  });
+  t.same(ipvs.ops, []);
+  t.equal((await ipvs.destinations(vs)).length, 1, 'what it holds is kept');
+});
+
 t.test('a scheduler or affinity change is one service update', async (t) => {
   const { h } = await started();
   const n = h.ipvs.ops.length;

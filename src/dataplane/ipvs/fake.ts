@@ -61,7 +61,15 @@ const KNOWN_SCHEDULERS = new Set([
 ]);
 
 export class FakeIpvs implements Ipvs {
+  /** Every write so far, unless made with `recordOps: false` (a dry-run daemon's, which would keep them forever). */
   readonly ops: FakeOp[] = [];
+  readonly #record: boolean;
+  constructor(opts: { recordOps?: boolean } = {}) {
+    this.#record = opts.recordOps ?? true;
+  }
+  #op(op: FakeOp): void {
+    if (this.#record) this.ops.push(op);
+  }
   #svcs = new Map<string, Entry>();
   #timeouts: IpvsTimeouts = { tcp: 900, tcpFin: 120, udp: 300 };
   /** Make the next matching call fail: `failures.set('addService TCP/10.0.0.1:80', 'EEXIST')`. */
@@ -107,7 +115,7 @@ export class FakeIpvs implements Ipvs {
       throw new IpvsError(`add service ${id}`, ENOENT, 'ENOENT', `no scheduler ${s.scheduler}`);
     if (this.#svcs.has(id)) throw new IpvsError(`add service ${id}`, EEXIST);
     this.#svcs.set(id, { svc: structuredClone(s), dests: new Map() });
-    this.ops.push({ op: 'addService', service: id });
+    this.#op({ op: 'addService', service: id });
   }
 
   async updateService(s: IpvsService): Promise<void> {
@@ -115,7 +123,7 @@ export class FakeIpvs implements Ipvs {
     this.#fail('updateService', id);
     const e = this.#get('update service', s);
     e.svc = structuredClone(s);
-    this.ops.push({ op: 'updateService', service: id });
+    this.#op({ op: 'updateService', service: id });
   }
 
   async deleteService(key: ServiceKey): Promise<void> {
@@ -123,7 +131,7 @@ export class FakeIpvs implements Ipvs {
     this.#fail('deleteService', id);
     this.#get('delete service', key);
     this.#svcs.delete(id);
-    this.ops.push({ op: 'deleteService', service: id });
+    this.#op({ op: 'deleteService', service: id });
   }
 
   /** destinations() calls so far (a dump per virtual server on a real kernel). */
@@ -168,7 +176,7 @@ export class FakeIpvs implements Ipvs {
     if (d.weight < 0) throw new IpvsError('add destination', EINVAL);
     if (e.dests.has(destinationId(d))) throw new IpvsError(`add destination ${destinationId(d)} to ${id}`, EEXIST);
     e.dests.set(destinationId(d), { activeConns: 0, inactiveConns: 0, persistConns: 0, ...structuredClone(d) });
-    this.ops.push({ op: 'addDestination', service: id, destination: destinationId(d), weight: d.weight });
+    this.#op({ op: 'addDestination', service: id, destination: destinationId(d), weight: d.weight });
   }
 
   async updateDestination(key: ServiceKey, d: IpvsDestination): Promise<void> {
@@ -183,7 +191,7 @@ export class FakeIpvs implements Ipvs {
       activeConns: old.activeConns,
       inactiveConns: old.inactiveConns,
     });
-    this.ops.push({ op: 'updateDestination', service: id, destination: destinationId(d), weight: d.weight });
+    this.#op({ op: 'updateDestination', service: id, destination: destinationId(d), weight: d.weight });
   }
 
   async deleteDestination(key: ServiceKey, d: Pick<IpvsDestination, 'family' | 'address' | 'port'>): Promise<void> {
@@ -192,7 +200,7 @@ export class FakeIpvs implements Ipvs {
     const e = this.#get('delete destination of', key);
     if (!e.dests.delete(destinationId(d)))
       throw new IpvsError(`delete destination ${destinationId(d)} of ${id}`, ENOENT);
-    this.ops.push({ op: 'deleteDestination', service: id, destination: destinationId(d) });
+    this.#op({ op: 'deleteDestination', service: id, destination: destinationId(d) });
   }
 
   async timeouts(): Promise<IpvsTimeouts> {
@@ -206,17 +214,17 @@ export class FakeIpvs implements Ipvs {
       tcpFin: t.tcpFin || this.#timeouts.tcpFin,
       udp: t.udp || this.#timeouts.udp,
     };
-    this.ops.push({ op: 'setTimeouts' });
+    this.#op({ op: 'setTimeouts' });
   }
 
   async zero(key?: ServiceKey): Promise<void> {
     if (key) this.#get('zero', key);
-    this.ops.push({ op: 'zero', ...(key ? { service: serviceId(key) } : {}) });
+    this.#op({ op: 'zero', ...(key ? { service: serviceId(key) } : {}) });
   }
 
   async flush(): Promise<void> {
     this.#svcs.clear();
-    this.ops.push({ op: 'flush' });
+    this.#op({ op: 'flush' });
   }
 
   close(): void {
