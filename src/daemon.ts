@@ -431,6 +431,7 @@ export class Daemon {
       full && (this.#takeover === 'pending' || this.#takeover === 'failed') && this.#deps.kubeProxy?.running() === null;
     const touched = new Set(this.#dirty);
     this.#dirty.clear();
+    this.proxyHealth.syncStarted();
     let plans: Map<string, ServicePlan | null>;
     if (full) {
       plans = new Map(this.planner.plans());
@@ -647,6 +648,7 @@ export class Daemon {
     // out of load balancers; a failure not tied to a Service (the dummy interface, the ownership
     // record) does, once changes wait longer than 2 x syncPeriod, as in kube-proxy.
     if (!r.errors.some((e) => !e.service)) this.proxyHealth.updated();
+    else this.proxyHealth.syncFailed();
   }
 
   /** Address families of these Services' virtual servers (IPv4 when there are none). */

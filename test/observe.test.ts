@@ -146,6 +146,43 @@ t.test('proxy health: queued changes older than the timeout make it unhealthy, a
   t.equal(goTime(Date.UTC(2026, 10, 25, 13, 4, 5, 123)), '2026-11-25 13:04:05.123 +0000 UTC');
 });
 
+t.test(
+  'proxy health: a change queued while a sync runs stays pending after it; a failed sync keeps its own',
+  async (t) => {
+    const clock = new ManualClock();
+    const h = new ProxyHealth(4_000, clock);
+    h.queued();
+    h.syncStarted();
+    await clock.advance(1_000);
+    h.queued(); // arrives during the sync: not in it
+    const during = clock.now();
+    await clock.advance(1_000);
+    h.updated();
+    t.equal(h.oldestPendingQueued, during, 'the sync covered the first change only');
+    await clock.advance(3_500);
+    t.notOk(h.healthy, 'the late change waited 4.5 s');
+    h.syncStarted();
+    h.updated();
+    t.equal(h.oldestPendingQueued, 0, 'the next sync covered it');
+    t.ok(h.healthy);
+
+    // A sync not tied to a Service fails: its changes stay pending, from when they came.
+    h.queued();
+    const queuedAt = clock.now();
+    h.syncStarted();
+    await clock.advance(1_000);
+    h.syncFailed();
+    t.equal(h.oldestPendingQueued, queuedAt, 'still pending since it was queued');
+    // ... and with nothing queued (a periodic resync that cannot mend the kernel), pending from the failure.
+    h.updated();
+    h.syncStarted();
+    h.syncFailed();
+    t.equal(h.oldestPendingQueued, clock.now(), 'a failed resync counts as pending');
+    await clock.advance(4_000);
+    t.notOk(h.healthy, 'failing for 2 x syncPeriod');
+  },
+);
+
 t.test('healthCheckNodePort body and code, as kube-proxy', async (t) => {
   const ok = serviceHealthBody('shop/web', 2, true);
   t.equal(ok.code, 200);
@@ -573,6 +610,64 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   await daemon.runner.whenIdle();
   t.ok(daemon.proxyHealth.healthy, 'healthy again once the kernel caught up');
   t.equal(sample(await daemon.metrics.text(), 'kubeproxy_sync_proxy_rules_service_changes_pending'), 0);
+});
+
+t.test('a change that arrives during a sync, then syncs that fail for the node: /healthz turns 503', async (t) => {
+  // The lab's case: another interface takes the dummy interface's name while a partial sync runs; that sync
+  // succeeds (it does not look at the interface), the change that came meanwhile is never written.
+  const { clock, source, links, ipvs, daemon } = daemonSetup(t);
+  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  let release = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  const get = ipvs.service.bind(ipvs);
+  let held = false;
+  ipvs.service = async (key) => {
+    if (!held && key.address === '10.96.0.2') {
+      held = true;
+      await gate;
+    }
+    return get(key);
+  };
+  source.push(add('Service', service('first', { clusterIPs: ['10.96.0.2'] })));
+  await clock.advance(0);
+  t.ok(held, 'a partial sync is running');
+  const index = links.links.get('kube-ipvs0')!.index;
+  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  source.push(add('Service', service('late', { clusterIPs: ['10.96.0.50'] })));
+  release();
+  for (let i = 0; i < 5; i++) await clock.advance(0); // the held sync ends, the next one (late's) fails
+  t.ok(daemon.proxyHealth.oldestPendingQueued > 0, 'the change that came during the sync is still pending');
+  await clock.advance(21_000);
+  t.notOk(daemon.proxyHealth.healthy, 'pending longer than 2 x syncPeriod while every sync fails');
+  t.ok(
+    (sample(await daemon.metrics.text(), 'kubeipvs_syncs_total', { type: 'partial', result: 'error' }) ?? 0) >= 1,
+    'the failed syncs counted',
+  );
+  links.links.delete('kube-ipvs0');
+  await clock.advance(30_000);
+  await daemon.runner.whenIdle();
+  t.ok(daemon.proxyHealth.healthy, 'healthy once the kernel caught up');
+  t.ok(
+    (await ipvs.services()).some((v) => v.address === '10.96.0.50'),
+    'and the late change is in the kernel',
+  );
+});
+
+t.test('a resync that fails for the node with nothing queued: /healthz turns 503 after 2 x syncPeriod', async (t) => {
+  const { clock, source, links, daemon } = daemonSetup(t);
+  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  const index = links.links.get('kube-ipvs0')!.index;
+  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  await clock.advance(10_000); // the periodic full sync: fails (and is retried with backoff)
+  t.ok(daemon.proxyHealth.healthy, 'one failed resync');
+  await clock.advance(21_000);
+  t.notOk(daemon.proxyHealth.healthy, 'resyncs failing for 2 x syncPeriod');
 });
 
 t.test('a failure tied to one Service does not make the node unhealthy', async (t) => {

@@ -19,6 +19,9 @@ export class ProxyHealth {
   readonly #clock: Pick<Clock, 'now'>;
   #lastUpdated = 0;
   #oldestPendingQueued = 0;
+  /** When the running sync started (0: none), and the first change queued since. */
+  #syncStarted = 0;
+  #queuedSinceSyncStart = 0;
   #nodeEligible = true;
 
   constructor(timeoutMs: number, clock: Pick<Clock, 'now'>) {
@@ -28,13 +31,35 @@ export class ProxyHealth {
 
   /** A change reached us that the kernel does not reflect yet. Only the oldest one counts. */
   queued(): void {
-    if (this.#oldestPendingQueued === 0) this.#oldestPendingQueued = this.#clock.now();
+    const now = this.#clock.now();
+    if (this.#oldestPendingQueued === 0) this.#oldestPendingQueued = now;
+    if (this.#syncStarted !== 0 && this.#queuedSinceSyncStart === 0) this.#queuedSinceSyncStart = now;
   }
 
-  /** The kernel reflects everything queued so far. */
+  /**
+   * A sync starts: it covers what was queued until now. A change queued while it runs is not in it, and stays
+   * pending after it (from when it came).
+   */
+  syncStarted(): void {
+    this.#syncStarted = this.#clock.now();
+    this.#queuedSinceSyncStart = 0;
+  }
+
+  /** The kernel reflects everything queued before the sync started (everything, outside a sync). */
   updated(): void {
-    this.#oldestPendingQueued = 0;
+    this.#oldestPendingQueued = this.#syncStarted !== 0 ? this.#queuedSinceSyncStart : 0;
+    this.#syncStarted = 0;
     this.#lastUpdated = this.#clock.now();
+  }
+
+  /**
+   * The sync failed in a way that is not one Service's (the dummy interface, the ownership record): what it was
+   * to write is still pending, even when nothing was queued (a periodic resync found the kernel wrong and could not
+   * mend it), so that syncs failing for 2 x syncPeriod make the node unhealthy.
+   */
+  syncFailed(): void {
+    this.#syncStarted = 0;
+    if (this.#oldestPendingQueued === 0) this.#oldestPendingQueued = this.#clock.now();
   }
 
   /** kube-proxy's SyncNode: eligible unless being deleted or tainted for deletion by the autoscaler. */
