@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --optimize-for-size --no-opt --no-maglev --no-sparkplug --no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background
+#!/usr/bin/env -S node --optimize-for-size --heap-growing-percent=100 --no-opt --no-maglev --no-sparkplug --no-concurrent-sparkplug --no-maglev-build-code-on-background --no-maglev-deopt-data-on-background
 // kube-ipvs command line: parses arguments and hands over to src/commands/.
 // main() takes its output destinations as arguments so tests can run it in-process.
 import { realpathSync } from 'node:fs';

@@ -6,6 +6,15 @@
 // endpoints, RSS is about 150 MB instead of 200-300 MB and a full plan takes roughly twice as long
 // (still well inside the sync budget). perf/plan.bench.ts measures both settings in one run.
 //
+// `--heap-growing-percent=100`: the old generation may double before the next full collection. With
+// `--optimize-for-size` alone V8 lets it grow little, and under churn (each change's objects promoted to the old
+// generation) it marked the whole heap again and again: in `npm run bench:race:native` at 10 000 Services (kube-ipvs
+// alone, 60 s of 10 writes a second, one run each, 2026-12-04) churn CPU was 7.99 / 7.70 s without it, 5.81 s at
+// 50, 4.34 s at 100, 3.07 s at 200; RSS after the churn 328-330 MB for all but 200 (590 MB, as without
+// `--optimize-for-size`: 570 MB, 4.26 s). At 1 000 Services (two runs each): 1.06 / 1.19 s against 1.72 / 1.68 s,
+// RSS 189-191 MB against 154-155 MB. A larger young generation (`--max-semi-space-size=16`) did not help (7.60 s),
+// nor did the compilers (7.94 / 8.28 s).
+//
 // `--no-opt --no-maglev --no-sparkplug`: V8's interpreter only, no compiler generating machine code
 // for JavaScript (WebAssembly, which `--jitless` would switch off, still works: the HTTP client's
 // parser is WebAssembly). kube-ipvs waits on the API server and the kernel; its JavaScript per
@@ -43,6 +52,7 @@ export const EXIT_DEADLOCK_V8_FLAGS: readonly string[] = [
 ];
 export const DAEMON_V8_FLAGS: readonly string[] = [
   '--optimize-for-size',
+  '--heap-growing-percent=100',
   '--no-opt',
   '--no-maglev',
   '--no-sparkplug',
