@@ -537,6 +537,20 @@ function daemonSetup(t: { teardown: (f: () => void) => void }) {
 
 const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
 
+/** The daemon started on one Service (default/web, 10.96.0.1), its first sync done. */
+async function startWithWeb(source: PushSource, daemon: Daemon, clock: ManualClock): Promise<void> {
+  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
+  await daemon.start();
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+}
+
+/** Another kind of interface takes the dummy interface's name (a new index): every sync fails for the node. */
+function bridgeTakesDummy(links: FakeLinks): void {
+  const index = links.links.get('kube-ipvs0')!.index;
+  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+}
+
 t.test('the daemon feeds the sync, change and health metrics', async (t) => {
   const { clock, source, links, daemon } = daemonSetup(t);
   source.initial = [
@@ -588,8 +602,7 @@ t.test('the daemon feeds the sync, change and health metrics', async (t) => {
 
   // The dummy interface is taken over by another kind of interface: syncs fail (not tied to a
   // Service), changes wait; after 2 x syncPeriod /healthz and /livez turn 503; back when it heals.
-  const index = links.links.get('kube-ipvs0')!.index;
-  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  bridgeTakesDummy(links);
   source.push(add('Service', service('dns', { clusterIPs: ['10.96.0.10'] })));
   await clock.advance(0);
   t.ok(daemon.proxyHealth.healthy, 'not late yet');
@@ -616,10 +629,7 @@ t.test('a change that arrives during a sync, then syncs that fail for the node: 
   // The lab's case: another interface takes the dummy interface's name while a partial sync runs; that sync
   // succeeds (it does not look at the interface), the change that came meanwhile is never written.
   const { clock, source, links, ipvs, daemon } = daemonSetup(t);
-  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
-  await daemon.start();
-  await clock.advance(0);
-  await daemon.runner.whenIdle();
+  await startWithWeb(source, daemon, clock);
   let release = () => {};
   const gate = new Promise<void>((r) => (release = r));
   const get = ipvs.service.bind(ipvs);
@@ -634,8 +644,7 @@ t.test('a change that arrives during a sync, then syncs that fail for the node: 
   source.push(add('Service', service('first', { clusterIPs: ['10.96.0.2'] })));
   await clock.advance(0);
   t.ok(held, 'a partial sync is running');
-  const index = links.links.get('kube-ipvs0')!.index;
-  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  bridgeTakesDummy(links);
   source.push(add('Service', service('late', { clusterIPs: ['10.96.0.50'] })));
   release();
   for (let i = 0; i < 5; i++) await clock.advance(0); // the held sync ends, the next one (late's) fails
@@ -658,12 +667,8 @@ t.test('a change that arrives during a sync, then syncs that fail for the node: 
 
 t.test('a resync that fails for the node with nothing queued: /healthz turns 503 after 2 x syncPeriod', async (t) => {
   const { clock, source, links, daemon } = daemonSetup(t);
-  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
-  await daemon.start();
-  await clock.advance(0);
-  await daemon.runner.whenIdle();
-  const index = links.links.get('kube-ipvs0')!.index;
-  links.links.set('kube-ipvs0', { index: index + 100, kind: 'bridge', addresses: new Set() });
+  await startWithWeb(source, daemon, clock);
+  bridgeTakesDummy(links);
   await clock.advance(10_000); // the periodic full sync: fails (and is retried with backoff)
   t.ok(daemon.proxyHealth.healthy, 'one failed resync');
   await clock.advance(21_000);
@@ -672,10 +677,7 @@ t.test('a resync that fails for the node with nothing queued: /healthz turns 503
 
 t.test('a failure tied to one Service does not make the node unhealthy', async (t) => {
   const { clock, source, ipvs, daemon } = daemonSetup(t);
-  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
-  await daemon.start();
-  await clock.advance(0);
-  await daemon.runner.whenIdle();
+  await startWithWeb(source, daemon, clock);
   ipvs.failures.set('addService TCP/10.96.0.2:80', 'EINVAL');
   source.push(add('Service', service('odd', { clusterIPs: ['10.96.0.2'] })));
   await clock.advance(60_000);
@@ -738,10 +740,7 @@ t.test('no-local-endpoints gauge and healthCheckNodePort targets follow the plan
 
 t.test('HTTP: /healthz, /livez, /status, /metrics and healthCheckNodePort servers', async (t) => {
   const { clock, source, daemon } = daemonSetup(t);
-  source.initial = [add('Service', service('web', { clusterIPs: ['10.96.0.1'] }))];
-  await daemon.start();
-  await clock.advance(0);
-  await daemon.runner.whenIdle();
+  await startWithWeb(source, daemon, clock);
   const log = quiet();
   const hp = await freePort();
   const mp = await freePort();
