@@ -13,7 +13,10 @@
 // 50, 4.34 s at 100, 3.07 s at 200; RSS after the churn 328-330 MB for all but 200 (590 MB, as without
 // `--optimize-for-size`: 570 MB, 4.26 s). At 1 000 Services (two runs each): 1.06 / 1.19 s against 1.72 / 1.68 s,
 // RSS 189-191 MB against 154-155 MB. A larger young generation (`--max-semi-space-size=16`) did not help (7.60 s),
-// nor did the compilers (7.94 / 8.28 s).
+// nor did the compilers (7.94 / 8.28 s). Most of that was the dry run's in-memory kernel (100 000 destinations
+// in the heap) being marked: on IPVS in the lab (A/B in one boot at 10 000, two rounds each) churn CPU stayed the
+// same (18.8 / 18.7 s against 17.9 / 22.1 s), cold start went 0.8x (150-158 s against 175-208 s) and RSS 1.15x
+// (298-304 MB against 259-260 MB). Kept for the cold start, within the memory goal (1.5x kube-proxy's).
 //
 // `--no-opt --no-maglev --no-sparkplug`: V8's interpreter only, no compiler generating machine code
 // for JavaScript (WebAssembly, which `--jitless` would switch off, still works: the HTTP client's
