@@ -8,7 +8,6 @@ import type { Problem } from '../src/errors.ts';
 import { Model } from '../src/model/model.ts';
 import { Logger } from '../src/observe/log.ts';
 import {
-  ANNOTATION_LAST_APPLIED,
   API_BOOKMARK_PERIOD_MS,
   KubernetesSource,
   WATCH_IDLE_TIMEOUT_MS,
@@ -133,28 +132,16 @@ if ('why' in built) {
     t.ok(rejected(), `the orphan slice is rejected with its name: ${JSON.stringify(problems).slice(0, 600)}`);
   });
 
-  t.test("objects arrive without managedFields and kubectl's last-applied copy, listed or watched", async (t) => {
-    const ns = 'slim';
+  t.test('of an object, listed or watched, only its key and resourceVersion are held once delivered', async (t) => {
+    const ns = 'held';
     await create('/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
     const annotated = (name: string) => {
       const s = apiService(name) as unknown as { metadata: Record<string, unknown> };
-      s.metadata = {
-        ...s.metadata,
-        namespace: ns,
-        annotations: { [ANNOTATION_LAST_APPLIED]: '{"big":"copy"}', 'example.com/kept': 'yes' },
-      };
+      s.metadata = { ...s.metadata, namespace: ns, annotations: { 'example.com/kept': 'yes' } };
       return s;
     };
     await create(svcPath(ns), annotated('listed'));
-    // What the API server itself returns: it records who set which field.
-    const raw = await api.request('GET', `${svcPath(ns)}/listed`);
-    t.ok(
-      Array.isArray((raw.json as { metadata: { managedFields?: unknown } }).metadata.managedFields),
-      'the API server sends managedFields',
-    );
-    const seen = new Map<string, { metadata: { managedFields?: unknown; annotations?: Record<string, string> } }>();
-    // The objects themselves, as delivered: after their batch only what the informer's cache compares stays.
-    const delivered = new Map<string, unknown>();
+    const delivered = new Map<string, { metadata: { annotations?: Record<string, string> }; spec?: unknown }>();
     const src = new KubernetesSource(kc, {
       nodeName: 'node-a',
       proxyName: 'kube-ipvs',
@@ -165,27 +152,31 @@ if ('why' in built) {
       for (const c of b.changes)
         if (c.current && c.kind === 'Service') {
           const o = c.current as { metadata: { name: string; namespace: string } };
-          if (o.metadata.namespace === ns) {
-            seen.set(o.metadata.name, structuredClone(c.current) as never);
-            delivered.set(o.metadata.name, c.current);
-          }
+          if (o.metadata.namespace === ns) delivered.set(o.metadata.name, structuredClone(c.current) as never);
         }
     });
-    await create(svcPath(ns), annotated('watched'));
-    await until('the watched Service', () => seen.has('watched'));
+    const watched = await create(svcPath(ns), annotated('watched'));
+    await until('the watched Service', () => delivered.has('watched'));
     for (const name of ['listed', 'watched']) {
-      const md = seen.get(name)!.metadata;
-      t.notOk('managedFields' in md, `${name}: no managedFields`);
-      t.notOk(ANNOTATION_LAST_APPLIED in (md.annotations ?? {}), `${name}: no last-applied copy`);
-      t.equal(md.annotations?.['example.com/kept'], 'yes', `${name}: other annotations kept`);
-      const after = delivered.get(name) as { metadata: Record<string, unknown> };
-      t.same(Object.keys(after), ['metadata'], `${name}: after delivery, only metadata is held`);
-      t.same(
-        Object.keys(after.metadata).sort(),
-        ['name', 'namespace', 'resourceVersion'],
-        `${name}: and of it, the key`,
-      );
+      const o = delivered.get(name)!;
+      t.equal(o.metadata.annotations?.['example.com/kept'], 'yes', `${name}: delivered whole (its annotations)`);
+      t.ok(o.spec, `${name}: delivered whole (its spec)`);
+      const held = src.held('Service', ns, name);
+      t.equal(held.length, 2, `${name}: held by the source and by its informer's cache`);
+      t.equal(held[0], held[1], `${name}: one object for both`);
+      const h = held[0] as { metadata: Record<string, unknown>; full?: unknown };
+      t.equal(h.full, undefined, `${name}: the object itself is not held`);
+      t.same(Object.keys(h.metadata).sort(), ['name', 'namespace', 'resourceVersion'], `${name}: only its key`);
+      t.equal(h.metadata.name, name);
     }
+    t.equal(
+      (src.held('Service', ns, 'watched')[0] as { metadata: { resourceVersion: string } }).metadata.resourceVersion,
+      watched.metadata.resourceVersion,
+      'the resourceVersion the API server gave it',
+    );
+    // A deletion gets to the model with the key held (the object is gone from both holders).
+    await api.request('DELETE', `${svcPath(ns)}/listed`);
+    await until('the deletion', () => src.held('Service', ns, 'listed').length === 0);
   });
 
   t.test('5000 Services are listed with pagination before start() resolves', async (t) => {

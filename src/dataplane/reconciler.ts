@@ -4,7 +4,7 @@
 // runner retries the sync with backoff.
 import type { ServicePlan } from '../plan/types.ts';
 import { cidrContains, parseCIDR, type CIDR } from '../util/ip.ts';
-import { destinationMatches, serviceMatches, toDesired, type DesiredVS } from './desired.ts';
+import { destinationMatches, destinationsOf, serviceMatches, toDesired, type DesiredVS } from './desired.ts';
 import { IpvsError, type Ipvs } from './ipvs/client.ts';
 import {
   destinationId,
@@ -101,8 +101,11 @@ export class Reconciler {
   readonly #exclude: CIDR[];
   #index: number | null = null;
   #ifAddrs = new Set<string>();
-  /** Kubernetes Service -> the virtual servers and addresses last applied for it. */
-  #applied = new Map<string, { vs: Set<string>; addresses: Set<string> }>();
+  /**
+   * Kubernetes Service -> the virtual servers and addresses last applied for it. Arrays, not sets: a Service has one
+   * or a few of each, and an empty Set alone is 200 bytes (`addresses` is the plan's own array).
+   */
+  #applied = new Map<string, Applied>();
   /** Virtual server -> its owning Kubernetes Service. */
   #vsOwner = new Map<string, string>();
   /** Virtual server -> the planned service an earlier sync found (or made) in the kernel as it asks. */
@@ -200,14 +203,14 @@ export class Reconciler {
   async #full(req: SyncRequest, run: Run): Promise<void> {
     const desired = new Map<string, DesiredVS>();
     const addresses = new Set<string>();
-    const applied = new Map<string, { vs: Set<string>; addresses: Set<string> }>();
+    const applied = new Map<string, Applied>();
     for (const [key, plan] of req.plans) {
       if (!plan) continue;
-      const a = { vs: new Set<string>(), addresses: new Set(plan.addresses) };
+      const a = { vs: [] as string[], addresses: plan.addresses };
       for (const vs of plan.virtualServers) {
         const d = toDesired(vs);
         desired.set(d.id, d);
-        a.vs.add(d.id);
+        a.vs.push(d.id);
       }
       plan.addresses.forEach((x) => addresses.add(x));
       applied.set(key, a);
@@ -344,7 +347,7 @@ export class Reconciler {
     if (!plan || plan === req.plans.get(d.owner)) return d;
     for (const vs of plan.virtualServers) {
       const n = toDesired(vs);
-      if (n.id === d.id) return { ...d, destinations: n.destinations, evicted: n.evicted, service: n.service };
+      if (n.id === d.id) return { ...d, vs: n.vs, v4: n.v4, evicted: n.evicted, service: n.service };
     }
     return d;
   }
@@ -378,12 +381,12 @@ export class Reconciler {
       await this.#asideAttributes(d, run);
       const have = new Map(kernel.map((x) => [destinationId(x), x]));
       const puts: Promise<void>[] = [];
-      for (const [did, want] of d.destinations)
-        puts.push(this.#putDestination(d, did, want, have.get(did), run, this.#aside));
+      const wanted = destinationsOf(d);
+      for (const [did, want] of wanted) puts.push(this.#putDestination(d, did, want, have.get(did), run, this.#aside));
       await Promise.all(puts);
       const removals: Promise<unknown>[] = [];
       for (const [did, k] of have) {
-        if (d.destinations.has(did)) continue;
+        if (wanted.has(did)) continue;
         if (d.evicted.has(did)) removals.push(this.#deleteDest(d, k, run, this.#aside));
         else removals.push(this.#stopDest(d, did, k, run, this.#aside));
       }
@@ -450,7 +453,7 @@ export class Reconciler {
       for (const d of desired) this.#vsOwner.set(d.id, key);
     }
     for (const [key, plan] of req.plans) {
-      const before = this.#applied.get(key) ?? { vs: new Set<string>(), addresses: new Set<string>() };
+      const before = this.#applied.get(key) ?? NOTHING_APPLIED;
       const now = { vs: new Set<string>(), addresses: new Set(plan?.addresses ?? []) };
       const desired = desiredOf.get(key)!;
       for (const a of now.addresses) await this.#addAddress(a, run);
@@ -480,7 +483,7 @@ export class Reconciler {
       for (const a of before.addresses) {
         if (!now.addresses.has(a) && !req.addressInUse(a)) await this.#deleteAddress(a, run);
       }
-      if (plan) this.#applied.set(key, now);
+      if (plan) this.#applied.set(key, { vs: [...now.vs], addresses: plan.addresses });
       else this.#applied.delete(key);
     }
   }
@@ -602,14 +605,15 @@ export class Reconciler {
     // this order in one turn, so the socket sends them in one batch, which the kernel applies in order (one round
     // trip for both steps). Each settles on its own; a removal does not depend on a put's outcome.
     const writes: Promise<unknown>[] = [];
-    for (const [did, want] of d.destinations) {
+    const wanted = destinationsOf(d);
+    for (const [did, want] of wanted) {
       draining.delete(did);
       const k = kernel.get(did);
       if (!k || !destinationMatches(want, k)) writes.push(this.#putDestination(d, did, want, k, run));
     }
     const now = this.#o.clock.now();
     for (const [did, k] of kernel) {
-      if (d.destinations.has(did)) continue;
+      if (wanted.has(did)) continue;
       if (d.protocol !== 'TCP' || d.evicted.has(did)) {
         // UDP and SCTP have no connection to finish; an evicted (dead) TCP backend's connections
         // are dead already: deleting it lets IPVS end them (expire_nodest_conn).
@@ -699,6 +703,13 @@ const POOL_SLICE = 256;
  * when `fn` has nothing to wait for (a resync that finds a virtual server as wanted), the pool would otherwise run
  * through 10 000 of them without letting an endpoint change, a health transition or a scrape in.
  */
+/** What was last applied for one Kubernetes Service (never changed in place). */
+interface Applied {
+  vs: readonly string[];
+  addresses: readonly string[];
+}
+const NOTHING_APPLIED: Applied = { vs: [], addresses: [] };
+
 async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
   let i = 0;
   let yieldAt = POOL_SLICE;

@@ -9,6 +9,7 @@ import {
   ipSortKey,
   parseCIDR,
   parseIP,
+  sameText,
   specialAddress,
   type Family,
 } from '../util/ip.ts';
@@ -115,7 +116,7 @@ class Fields {
       this.fail(field, `${quote(v)} is not a valid IP address`);
       return null;
     }
-    const address = formatIP(p);
+    const address = sameText(formatIP(p), s);
     const why = specialAddress(p);
     if (why) {
       this.fail(field, `${address} is ${why}: never a Service address or an endpoint`);

@@ -316,6 +316,36 @@ export function fwmarkOf(key: string, attempt = 0): number {
 }
 
 /**
+ * Who claims one thing: almost always one Service (kept as such: a Map per claim was 200 bytes, 4 MB at 10 000
+ * Services), a Map only while several do. Never changed in place.
+ */
+type Claimants = { readonly svc: string; readonly cls: 0 | 1 } | ReadonlyMap<string, 0 | 1>;
+
+const claimantCount = (c: Claimants | undefined): number => (c === undefined ? 0 : c instanceof Map ? c.size : 1);
+
+function claimantsOf(c: Claimants | undefined): Iterable<[string, 0 | 1]> {
+  if (c === undefined) return [];
+  if (c instanceof Map) return c as ReadonlyMap<string, 0 | 1>;
+  const one = c as { svc: string; cls: 0 | 1 };
+  return [[one.svc, one.cls]];
+}
+
+function withClaimant(c: Claimants | undefined, svc: string, cls: 0 | 1): Claimants {
+  if (c === undefined || (!(c instanceof Map) && (c as { svc: string }).svc === svc)) return { svc, cls };
+  const m = new Map(claimantsOf(c));
+  m.set(svc, cls);
+  return m;
+}
+
+function withoutClaimant(c: Claimants | undefined, svc: string): Claimants | undefined {
+  if (c === undefined) return undefined;
+  if (!(c instanceof Map)) return (c as { svc: string }).svc === svc ? undefined : c;
+  if (!c.has(svc)) return c;
+  const rest = [...(c as ReadonlyMap<string, 0 | 1>)].filter(([s]) => s !== svc);
+  return rest.length === 0 ? undefined : rest.length === 1 ? { svc: rest[0]![0], cls: rest[0]![1] } : new Map(rest);
+}
+
+/**
  * Keeps one ServicePlan per Service and re-plans only what a model change touched.
  * A Node change re-plans everything, since node addresses, zone and locality feed every Service.
  */
@@ -342,7 +372,7 @@ export class Planner {
    * It depends only on who claims what, never on the order changes came in, so incremental and
    * full planning agree, and a loser's changes never move the holder's virtual servers.
    */
-  #claimants = new Map<string, Map<string, 0 | 1>>();
+  #claimants = new Map<string, Claimants>();
   /** Service -> its claims and creation time, as last planned. */
   #claimsOf = new Map<string, { claims: Map<string, 0 | 1>; createdAt: number | null }>();
   /** Service -> what it asked for and did not get, with who holds it. */
@@ -455,7 +485,7 @@ export class Planner {
     let best: string | undefined;
     let bestClass = 2;
     let bestAt = Infinity;
-    for (const [svc, cls] of this.#claimants.get(claim) ?? []) {
+    for (const [svc, cls] of claimantsOf(this.#claimants.get(claim))) {
       const at = this.#claimsOf.get(svc)?.createdAt ?? Infinity;
       if (
         cls < bestClass ||
@@ -481,17 +511,13 @@ export class Planner {
     const others = new Set<string>();
     if (before && before.createdAt === createdAt && sameClaims(before.claims, claims)) return others;
     for (const c of [...(before?.claims.keys() ?? []), ...claims.keys()])
-      for (const o of this.#claimants.get(c)?.keys() ?? []) if (o !== key) others.add(o);
+      for (const [o] of claimantsOf(this.#claimants.get(c))) if (o !== key) others.add(o);
     for (const c of before?.claims.keys() ?? []) {
-      const m = this.#claimants.get(c)!;
-      m.delete(key);
-      if (m.size === 0) this.#claimants.delete(c);
+      const left = withoutClaimant(this.#claimants.get(c), key);
+      if (left) this.#claimants.set(c, left);
+      else this.#claimants.delete(c);
     }
-    for (const [c, cls] of claims) {
-      let m = this.#claimants.get(c);
-      if (!m) this.#claimants.set(c, (m = new Map<string, 0 | 1>()));
-      m.set(key, cls);
-    }
+    for (const [c, cls] of claims) this.#claimants.set(c, withClaimant(this.#claimants.get(c), key, cls));
     if (svc) this.#claimsOf.set(key, { claims, createdAt });
     else this.#claimsOf.delete(key);
     return others;
@@ -583,13 +609,13 @@ export class Planner {
     const check: ClaimCheck = {
       holds: (c) => {
         // Almost always the Service is the only claimant: no ranking needed.
-        if ((this.#claimants.get(c)?.size ?? 0) <= 1) return true;
+        if (claimantCount(this.#claimants.get(c)) <= 1) return true;
         const h = this.#holder(c);
         return h === undefined || h === key;
       },
       mayUseAddress: (a) => {
         const c = `vip:${a}`;
-        if ((this.#claimants.get(c)?.size ?? 0) <= 1) return true;
+        if (claimantCount(this.#claimants.get(c)) <= 1) return true;
         // Someone's ClusterIP (a class-0 holder) is that Service's alone; other addresses are shared,
         // each virtual server on them going to its own holder.
         const h = this.#holding(c);

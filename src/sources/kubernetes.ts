@@ -46,40 +46,35 @@ export type { SourceCounters } from './source.ts';
 
 type Obj = KubernetesObject & Record<string, unknown>;
 
-/** kubectl's copy of the whole object as last applied: as large as the object, and never read here. */
-export const ANNOTATION_LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
-
-/**
- * What of an object kube-ipvs never reads, dropped as it arrives, before any cache holds it: the
- * API server's field-ownership record (`metadata.managedFields`, one entry per writer listing every
- * field it set: about the size of an EndpointSlice's endpoints themselves) and kubectl's
- * last-applied copy. Everything else stays, as the API server sent it.
- */
-export function slim(o: unknown): void {
-  const md = (o as { metadata?: unknown } | null)?.metadata;
-  if (!md || typeof md !== 'object') return;
-  const m = md as { managedFields?: unknown; annotations?: unknown };
-  if ('managedFields' in m) delete m.managedFields;
-  const ann = m.annotations;
-  if (ann && typeof ann === 'object' && ANNOTATION_LAST_APPLIED in ann)
-    delete (ann as Record<string, unknown>)[ANNOTATION_LAST_APPLIED];
+/** What the informers' caches and the source keep of an object: its key and resourceVersion, all they compare. */
+export interface Held {
+  metadata: { name?: string; namespace?: string; resourceVersion?: string };
 }
 
 /**
- * What of a delivered object stays in memory: its name, namespace and resourceVersion, all the
- * informer's cache compares (a relist's deletions by name, an update by resourceVersion) and all the
- * model reads of a `previous` (its key). The model keeps its own parsed copy of what it uses. Done
- * in place: the informer's cache holds this same object. (A heap snapshot of a dry-run daemon at
- * 1 000 Services x 10 endpoints after a churn: 78.6 MB before, 75.8 MB after.)
+ * An object on its way through the client library's ListWatch, which caches whatever it is handed: it is handed this
+ * (the object's key and resourceVersion, which is all its cache compares: a relist's deletions by name, an update by
+ * resourceVersion), and the object itself rides along in `full` until the source's event handler takes it for the
+ * model. So nothing of a delivered object outlives its batch (the model keeps its own parsed copy of what it uses),
+ * and no cached object is made smaller by deleting its fields, which turns it into a dictionary (at 10 000 Services
+ * x 10 endpoints that held 12 MB of the heap: about 600 bytes a Service or slice, against about 150 now).
  */
-export function skeleton(o: unknown): void {
-  if (o === null || typeof o !== 'object') return;
-  const obj = o as Record<string, unknown>;
-  const md = (obj.metadata ?? {}) as { name?: unknown; namespace?: unknown; resourceVersion?: unknown };
-  const keep: Record<string, unknown> = {};
-  for (const k of ['name', 'namespace', 'resourceVersion'] as const) if (md[k] !== undefined) keep[k] = md[k];
-  for (const k of Object.keys(obj)) if (k !== 'metadata') delete obj[k];
-  obj.metadata = keep;
+interface InTransit extends KubernetesObject, Held {
+  metadata: Held['metadata'];
+  full: Obj | undefined;
+}
+
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+/** The held part of `o`, with `o` riding along (see InTransit). Anything but a string name or version is left out. */
+export function inTransit(o: unknown): InTransit {
+  const obj = o !== null && typeof o === 'object' ? (o as Obj) : null;
+  const md = (obj?.metadata ?? null) as Record<string, unknown> | null;
+  const m = md !== null && typeof md === 'object' ? md : {};
+  return {
+    metadata: { name: str(m.name), namespace: str(m.namespace), resourceVersion: str(m.resourceVersion) },
+    full: obj ?? undefined,
+  };
 }
 
 /** A watch request without a response for this long is given up (ListWatch reconnects at once): an API server gone. */
@@ -133,8 +128,8 @@ class ActiveWatch extends Watch {
       { ...params, allowWatchBookmarks: true, timeoutSeconds: this.#timeoutSeconds() },
       (phase, obj, w) => {
         this.#onActivity();
-        slim(obj);
-        cb(phase, obj, w);
+        // BOOKMARK and ERROR events are read by ListWatch as they are (a resourceVersion, a code).
+        cb(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? inTransit(obj) : obj, w);
       },
       done,
       { idleTimeoutMs: WATCH_IDLE_TIMEOUT_MS, connectTimeoutMs: WATCH_CONNECT_TIMEOUT_MS, problem: this.#problem },
@@ -189,13 +184,12 @@ async function listPage(kc: KubeConfig, path: string, query: Record<string, stri
   }
   if (!Array.isArray(body.items) || (body.metadata !== undefined && typeof body.metadata !== 'object'))
     throw new Error(`list ${path}: the answer is not a list`);
-  for (const it of body.items) slim(it);
   return { items: body.items as Obj[], metadata: (body.metadata ?? {}) as ListPage['metadata'] };
 }
 
 class SupervisedInformer {
   readonly spec: InformerSpec;
-  readonly lw: ListWatch<Obj>;
+  readonly lw: ListWatch<InTransit>;
   synced = false;
   #onSynced: () => void = () => {};
   readonly syncedOnce: Promise<void>;
@@ -226,7 +220,7 @@ class SupervisedInformer {
       },
     );
     const listFn = async () => {
-      const items: Obj[] = [];
+      const items: InTransit[] = [];
       let cont: string | undefined;
       let rv = '';
       do {
@@ -238,7 +232,7 @@ class SupervisedInformer {
           limit: src.pageSize,
           continue: cont,
         });
-        for (const it of page.items) items.push(it);
+        for (const it of page.items) items.push(inTransit(it));
         cont = page.metadata.continue || undefined;
         rv = page.metadata.resourceVersion ?? rv;
       } while (cont);
@@ -247,7 +241,7 @@ class SupervisedInformer {
       setImmediate(() => this.#listed());
       return { metadata: { resourceVersion: rv }, items };
     };
-    this.lw = new ListWatch<Obj>(spec.path, watch, listFn, false, spec.labelSelector, spec.fieldSelector);
+    this.lw = new ListWatch<InTransit>(spec.path, watch, listFn, false, spec.labelSelector, spec.fieldSelector);
     this.lw.on('add', (o) => src.onEvent(spec, null, o));
     this.lw.on('update', (o) => src.onEvent(spec, 'update', o));
     this.lw.on('delete', (o) => src.onEvent(spec, 'delete', o));
@@ -349,7 +343,9 @@ function describe(err: unknown): string {
   return e?.message ?? `HTTP ${e?.statusCode ?? e?.code ?? '?'}`;
 }
 
-const keyOf = (o: Obj) => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+/** kind/namespace/name: one flat string (join), not a chain of concatenated pieces (it is kept per object). */
+const idOf = (kind: ObjectKind, namespace: string | undefined, name: string | undefined) =>
+  [kind, namespace ?? '', name ?? ''].join('/');
 
 export class KubernetesSource implements Source {
   readonly log: Logger;
@@ -368,8 +364,8 @@ export class KubernetesSource implements Source {
     lastEventAt: 0,
   };
   readonly #informers: SupervisedInformer[];
-  /** kind/namespace/name -> the last object delivered (the `previous` of the next change). */
-  readonly #last = new Map<string, Obj>();
+  /** kind/namespace/name -> what is held of the last version delivered (the `previous` of the next change). */
+  readonly #last = new Map<string, Held>();
   #deliver: ((b: SourceBatch) => void) | null = null;
   #pending: SourceBatch = { changes: [], problems: [], triggerTimes: new Map() };
   #flushQueued = false;
@@ -411,31 +407,40 @@ export class KubernetesSource implements Source {
     this.#informers = specs.map((s) => new SupervisedInformer(kc, s, this));
   }
 
-  /** Called by the informers for every object event. */
-  onEvent(spec: InformerSpec, verb: 'update' | 'delete' | null, o: Obj): void {
+  /**
+   * Called by the informers for every object event, with what their cache now holds (`full`: the object itself, taken
+   * here for the model; a deletion's is not needed).
+   */
+  onEvent(spec: InformerSpec, verb: 'update' | 'delete' | null, o: InTransit): void {
+    const full = o.full;
+    o.full = undefined;
     this.counters.events++;
     this.counters.lastEventAt = Date.now();
-    const id = `${spec.kind}/${keyOf(o)}`;
+    const id = idOf(spec.kind, o.metadata.namespace, o.metadata.name);
     const previous = this.#last.get(id) ?? null;
     let change: Change;
     if (verb === 'delete') {
       this.#last.delete(id);
       change = { kind: spec.kind, previous: previous ?? o, current: null };
     } else {
+      // Every add and update ListWatch makes is of an object handed to it just now (a watch event or a list's item),
+      // which carries its `full`: without one there is nothing to tell the model.
+      if (full === undefined) return;
       this.#last.set(id, o);
-      change = { kind: spec.kind, previous, current: o };
+      change = { kind: spec.kind, previous, current: full };
     }
     this.#pending.changes.push(change);
     if (spec.kind === 'EndpointSlice' && verb !== 'delete') {
-      const md = (o.metadata ?? {}) as {
+      const md = (full?.metadata ?? {}) as {
         annotations?: Record<string, string>;
         labels?: Record<string, string>;
         namespace?: string;
       };
       const trigger = md.annotations?.[ANNOTATION_TRIGGER_TIME];
       const svc = md.labels?.[LABEL_SERVICE_NAME];
-      const at = trigger ? Date.parse(trigger) : NaN;
-      if (svc && !Number.isNaN(at)) this.#pending.triggerTimes!.set(`${md.namespace ?? 'default'}/${svc}`, at);
+      const at = typeof trigger === 'string' ? Date.parse(trigger) : NaN;
+      if (typeof svc === 'string' && svc && !Number.isNaN(at))
+        this.#pending.triggerTimes!.set(`${md.namespace ?? 'default'}/${svc}`, at);
     }
     this.#queueFlush();
   }
@@ -448,13 +453,21 @@ export class KubernetesSource implements Source {
       this.#flushQueued = false;
       const batch = this.#pending;
       this.#pending = { changes: [], problems: [], triggerTimes: new Map() };
-      try {
-        if (batch.changes.length > 0) this.#deliver?.(batch);
-      } finally {
-        // Delivered (the model has parsed what it needs): only what the cache compares stays.
-        for (const c of batch.changes) skeleton(c.current);
-      }
+      // Delivered, the batch's objects are garbage: the model has parsed what it needs, the caches hold `Held`.
+      if (batch.changes.length > 0) this.#deliver?.(batch);
     });
+  }
+
+  /** Every copy held of an object between its changes: the source's, and the cache's of each informer of its kind. */
+  held(kind: ObjectKind, namespace: string, name: string): object[] {
+    const out: object[] = [];
+    const mine = this.#last.get(idOf(kind, namespace, name));
+    if (mine) out.push(mine);
+    for (const i of this.#informers) {
+      const cached = i.spec.kind === kind ? i.lw.get(name, namespace) : undefined;
+      if (cached) out.push(cached);
+    }
+    return out;
   }
 
   get synced(): boolean {

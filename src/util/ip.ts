@@ -131,7 +131,15 @@ export function formatIP(ip: ParsedIP): string {
 /** The canonical text of an address, or null when it is not an IP address. */
 export function canonicalIP(s: string): string | null {
   const p = parseIP(s);
-  return p ? formatIP(p) : null;
+  return p ? sameText(formatIP(p), s) : null;
+}
+
+/**
+ * `made`, or `given` when it is the same text: a string read from JSON is one flat block, one made up by concatenation
+ * is a chain of pieces that stays that way in the heap (about 60 bytes more per address kept: 100 000 endpoints' 5 MB).
+ */
+export function sameText(made: string, given: string): string {
+  return made === given ? given : made;
 }
 
 export function ipFamily(s: string): Family | null {

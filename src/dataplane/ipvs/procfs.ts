@@ -13,7 +13,15 @@
 import { formatIP, parseIP } from '../../util/ip.ts';
 import { CodecError } from './codec.ts';
 import { FwdMethod } from './constants.ts';
-import { serviceId, v4Key, type IpvsDestination, type IpvsService, type KnownDestinations } from './types.ts';
+import {
+  findV4,
+  serviceId,
+  v4Key,
+  type IpvsDestination,
+  type IpvsService,
+  type KnownDestinations,
+  type V4Destinations,
+} from './types.ts';
 
 export const IPVS_PROC_PATH = '/proc/net/ip_vs';
 
@@ -87,13 +95,12 @@ export class TableDestinations implements KnownDestinations {
     return (this.#list = out);
   }
 
-  same(want: ReadonlyMap<number, IpvsDestination>): boolean {
-    if (this.#others || this.#count !== want.size) return false;
+  same(want: V4Destinations): boolean {
+    if (this.#others || this.#count * 3 !== want.length) return false;
     const c = this.#cols;
     for (let i = this.#start; i < this.#start + this.#count; i++) {
-      const w = want.get(v4Key(c.addr[i]!, c.port[i]!));
-      if (!w || w.weight !== c.weight[i] || w.fwdMethod !== c.fwd[i] || w.upperThreshold || w.lowerThreshold)
-        return false;
+      const at = findV4(want, v4Key(c.addr[i]!, c.port[i]!));
+      if (at < 0 || want[at + 1] !== c.weight[i] || want[at + 2] !== c.fwd[i]) return false;
     }
     return true;
   }

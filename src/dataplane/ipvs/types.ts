@@ -139,11 +139,34 @@ export function serviceId(k: ServiceKey): string {
 }
 
 export function destinationId(d: { address: string; port: number }): string {
-  return d.address.includes(':') ? `[${d.address}]:${d.port}` : `${d.address}:${d.port}`;
+  // join makes one flat string; a template literal a chain of pieces (64 bytes against 40 for an IPv4 one, and the
+  // planned destinations keep 100 000 of them at 10 000 Services).
+  return d.address.includes(':') ? `[${d.address}]:${d.port}` : [d.address, d.port].join(':');
 }
 
 /** An IPv4 destination's address (as a 32-bit number) and port as one number: a key without a string. */
 export const v4Key = (address: number, port: number): number => address * 65536 + port;
+
+/**
+ * A virtual server's IPv4 destinations as a resync compares them with the kernel's: (v4Key, weight, fwdMethod) per
+ * destination, sorted by v4Key (no threshold: none is ever wanted). 24 bytes a destination, where a Map of objects
+ * keyed by v4Key was about 130 (13 MB at 100 000 destinations).
+ */
+export type V4Destinations = Float64Array;
+
+/** Where v4Key `key` is in `want` (its first of three numbers), or -1. */
+export function findV4(want: V4Destinations, key: number): number {
+  let lo = 0;
+  let hi = want.length / 3 - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const k = want[mid * 3]!;
+    if (k === key) return mid * 3;
+    if (k < key) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
 
 /** A virtual server's destinations as a whole-table read found them (procfs.ts). */
 export interface KnownDestinations {
@@ -151,8 +174,8 @@ export interface KnownDestinations {
   /** Every destination (built on first use). */
   list(): IpvsDestination[];
   /**
-   * Whether they are exactly `want` (every one IPv4, keyed by v4Key): the same set, weights and forwarding method,
-   * no threshold wanted. False also when that cannot be told without list() (the caller compares that).
+   * Whether they are exactly `want`: the same set, weights and forwarding methods. False also when that cannot be
+   * told without list() (the caller compares that).
    */
-  same(want: ReadonlyMap<number, IpvsDestination>): boolean;
+  same(want: V4Destinations): boolean;
 }
