@@ -206,14 +206,13 @@ export class Reconciler {
     const applied = new Map<string, Applied>();
     for (const [key, plan] of req.plans) {
       if (!plan) continue;
-      const a = { vs: [] as string[], addresses: plan.addresses };
-      for (const vs of plan.virtualServers) {
-        const d = toDesired(vs);
+      const vs = plan.virtualServers.map((v) => {
+        const d = toDesired(v);
         desired.set(d.id, d);
-        a.vs.push(d.id);
-      }
+        return d.id;
+      });
       plan.addresses.forEach((x) => addresses.add(x));
-      applied.set(key, a);
+      applied.set(key, { vs, addresses: plan.addresses });
     }
     await pool([...addresses], this.#o.concurrency, (a) => this.#addAddress(a, run));
 

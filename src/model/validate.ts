@@ -456,7 +456,7 @@ export function parseService(raw: unknown, opts: ParseOptions): Parsed<Service> 
       name: md.name,
       createdAt: md.createdAt,
       type: type,
-      clusterIPs,
+      clusterIPs: clusterIPs.slice(), // of its exact length (grown by push it keeps room for 16 more)
       externalIPs: [...new Set(externalIPs)],
       loadBalancerIPs: type === 'LoadBalancer' ? [...new Set(loadBalancerIPs)] : [],
       loadBalancerSourceRanges: type === 'LoadBalancer' ? loadBalancerSourceRanges : [],
@@ -565,7 +565,14 @@ export function parseEndpointSlice(raw: unknown, opts: ParseOptions, previous?: 
   return {
     status: 'ok',
     warnings: [],
-    value: { key: md.key, serviceKey: `${md.namespace}/${serviceName}`, family, ports, endpoints },
+    // Arrays of their exact length: grown by push they keep room for 16 more (kept for as long as the slice is).
+    value: {
+      key: md.key,
+      serviceKey: `${md.namespace}/${serviceName}`,
+      family,
+      ports: ports.slice(),
+      endpoints: endpoints.slice(),
+    },
   };
 }
 

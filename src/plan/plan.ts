@@ -262,8 +262,10 @@ export function planService(
   const setEntries = serviceSetEntries({ ...svc, healthCheckNodePort }, virtualServers, addresses);
   return {
     service: svc.key,
-    virtualServers,
-    addresses,
+    // Copies of their exact length: an array grown by push keeps room for 16 more (150 bytes for one element, and a
+    // plan is kept for as long as its Service is unchanged).
+    virtualServers: virtualServers.slice(),
+    addresses: addresses.slice(),
     setEntries,
     healthCheckNodePort,
     localEndpoints: local.size,
