@@ -174,7 +174,7 @@ if ('why' in built) {
       watched.metadata.resourceVersion,
       'the resourceVersion the API server gave it',
     );
-    // A deletion gets to the model with the key held (the object is gone from both holders).
+    // A deletion leaves nothing held by either.
     await api.request('DELETE', `${svcPath(ns)}/listed`);
     await until('the deletion', () => src.held('Service', ns, 'listed').length === 0);
   });

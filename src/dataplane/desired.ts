@@ -101,23 +101,15 @@ export function destinationsOf(d: DesiredVS): Map<string, IpvsDestination> {
 
 /** The real servers as V4Destinations (a later one of the same address and port wins, as in destinationsOf). */
 function v4Of(vs: VirtualServer): V4Destinations | null {
-  const n = vs.realServers.length;
-  const keys = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    const rs = vs.realServers[i]!;
+  const weights = new Map<number, number>();
+  for (const rs of vs.realServers) {
     const a = vs.family === 4 ? ipv4Number(rs.address) : -1;
     if (a < 0) return null;
-    keys[i] = v4Key(a, rs.port);
+    weights.set(v4Key(a, rs.port), rs.weight);
   }
-  const order = Array.from({ length: n }, (_, i) => i).sort((i, j) => keys[i]! - keys[j]! || i - j);
-  const kept: number[] = [];
-  for (let k = 0; k < n; k++) if (k === n - 1 || keys[order[k]!] !== keys[order[k + 1]!]) kept.push(order[k]!);
-  const out = new Float64Array(kept.length * 3);
-  kept.forEach((i, k) => {
-    out[k * 3] = keys[i]!;
-    out[k * 3 + 1] = vs.realServers[i]!.weight;
-    out[k * 3 + 2] = FwdMethod.MASQ;
-  });
+  const keys = [...weights.keys()].sort((x, y) => x - y);
+  const out = new Float64Array(keys.length * 3);
+  keys.forEach((k, i) => out.set([k, weights.get(k)!, FwdMethod.MASQ], i * 3));
   return out;
 }
 

@@ -321,29 +321,28 @@ export function fwmarkOf(key: string, attempt = 0): number {
  * Who claims one thing: almost always one Service (kept as such: a Map per claim was 200 bytes, 4 MB at 10 000
  * Services), a Map only while several do. Never changed in place.
  */
-type Claimants = { readonly svc: string; readonly cls: 0 | 1 } | ReadonlyMap<string, 0 | 1>;
+type Claimant = { readonly svc: string; readonly cls: 0 | 1 };
+type Claimants = Claimant | ReadonlyMap<string, 0 | 1>;
 
-const claimantCount = (c: Claimants | undefined): number => (c === undefined ? 0 : c instanceof Map ? c.size : 1);
+const isMany = (c: Claimants): c is ReadonlyMap<string, 0 | 1> => c instanceof Map;
+
+const claimantCount = (c: Claimants | undefined): number => (c === undefined ? 0 : isMany(c) ? c.size : 1);
 
 function claimantsOf(c: Claimants | undefined): Iterable<[string, 0 | 1]> {
   if (c === undefined) return [];
-  if (c instanceof Map) return c as ReadonlyMap<string, 0 | 1>;
-  const one = c as { svc: string; cls: 0 | 1 };
-  return [[one.svc, one.cls]];
+  return isMany(c) ? c : [[c.svc, c.cls]];
 }
 
 function withClaimant(c: Claimants | undefined, svc: string, cls: 0 | 1): Claimants {
-  if (c === undefined || (!(c instanceof Map) && (c as { svc: string }).svc === svc)) return { svc, cls };
-  const m = new Map(claimantsOf(c));
-  m.set(svc, cls);
-  return m;
+  if (c === undefined || (!isMany(c) && c.svc === svc)) return { svc, cls };
+  return new Map([...claimantsOf(c), [svc, cls]]);
 }
 
 function withoutClaimant(c: Claimants | undefined, svc: string): Claimants | undefined {
   if (c === undefined) return undefined;
-  if (!(c instanceof Map)) return (c as { svc: string }).svc === svc ? undefined : c;
-  if (!c.has(svc)) return c;
-  const rest = [...(c as ReadonlyMap<string, 0 | 1>)].filter(([s]) => s !== svc);
+  if (!isMany(c)) return c.svc === svc ? undefined : c;
+  const rest = [...c].filter(([s]) => s !== svc);
+  if (rest.length === c.size) return c;
   return rest.length === 0 ? undefined : rest.length === 1 ? { svc: rest[0]![0], cls: rest[0]![1] } : new Map(rest);
 }
 

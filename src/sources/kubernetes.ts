@@ -67,7 +67,7 @@ interface InTransit extends KubernetesObject, Held {
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 
 /** The held part of `o`, with `o` riding along (see InTransit). Anything but a string name or version is left out. */
-export function inTransit(o: unknown): InTransit {
+function inTransit(o: unknown): InTransit {
   const obj = o !== null && typeof o === 'object' ? (o as Obj) : null;
   const md = (obj?.metadata ?? null) as Record<string, unknown> | null;
   const m = md !== null && typeof md === 'object' ? md : {};

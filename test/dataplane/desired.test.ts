@@ -50,6 +50,10 @@ t.test(
       'the same three destinations, the repeated one at its last weight',
     );
     t.not(destinationsOf(d), ds, 'built anew on each call (nothing kept per destination)');
+    t.ok(
+      [...ds.values()].every((x) => x.upperThreshold === 0 && x.lowerThreshold === 0 && x.fwdMethod === FwdMethod.MASQ),
+      'no threshold and masquerading, which is all the IPv4 form (and same()) can say',
+    );
     t.equal(d.evicted.size, 0);
   },
 );
