@@ -7,7 +7,7 @@ import t from 'tap';
 import type tap from 'tap';
 import { stringify } from 'yaml';
 import { defaultConfig, type Config } from '../src/config/config.ts';
-import { Daemon, type DaemonDeps } from '../src/daemon.ts';
+import { Daemon, LONG_SYNC_SERVICES, type DaemonDeps } from '../src/daemon.ts';
 import { FakeIpvs } from '../src/dataplane/ipvs/fake.ts';
 import { serviceId } from '../src/dataplane/ipvs/types.ts';
 import { FakeLinks } from '../src/dataplane/links.ts';
@@ -290,6 +290,167 @@ t.test('a change to a Service not in the kernel yet waits for the sync: nothing 
   await clock.advance(2000);
   t.equal((await services()).length, 1, 'the sync after the resync creates it');
   t.equal(daemon.programmingLatencyMs.length, 1, 'and records its latency');
+});
+
+t.test(
+  'an endpoint change during a long incremental sync goes alongside it, and that sync does not turn it back',
+  async (t) => {
+    // LONG_SYNC_SERVICES Services: the sync after a full resync checks every one changed meanwhile.
+    const n = LONG_SYNC_SERVICES;
+    const name = (i: number) => `svc${i}`;
+    const sliceOf = (i: number, last: string) => slice(`${name(i)}-1`, name(i), [ep('10.0.0.1'), ep(last)]);
+    const initial: Change[] = [];
+    for (let i = 0; i < n; i++) {
+      initial.push({
+        kind: 'Service',
+        previous: null,
+        current: service(name(i), { clusterIPs: [`10.96.1.${i + 1}`] }),
+      });
+      initial.push({ kind: 'EndpointSlice', previous: null, current: sliceOf(i, '10.0.1.1') });
+    }
+    // Writes alongside go through a socket of their own: here the same kernel, its methods as the class has them (the
+    // sync's `destinations` is held below, the aside's is not).
+    const { clock, ipvs, source, daemon } = await clockedDaemon(t, initial, (ipvs) => ({
+      asideIpvs: new Proxy(ipvs, {
+        get: (target, prop) => {
+          const m = Reflect.get(FakeIpvs.prototype, prop) as unknown;
+          return typeof m === 'function'
+            ? (...a: unknown[]) => (m as (...x: unknown[]) => unknown).apply(target, a)
+            : Reflect.get(target, prop);
+        },
+      }),
+    }));
+    t.equal((await ipvs.services()).length, n, 'every Service in');
+    const vsOf = (i: number) => ({
+      family: 4 as const,
+      protocol: 'TCP' as const,
+      address: `10.96.1.${i + 1}`,
+      port: 80,
+    });
+    const dests = async (i: number) =>
+      Object.fromEntries((await ipvs.destinations(vsOf(i))).map((d) => [d.address, d.weight] as const));
+    // Every Service changes at once (one batch): one incremental sync over all of them, held in its first dump.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let held = false;
+    const dump = ipvs.destinations.bind(ipvs);
+    ipvs.destinations = async (...a: Parameters<FakeIpvs['destinations']>) => {
+      if (!held) {
+        held = true;
+        await gate;
+      }
+      return dump(...a);
+    };
+    await clock.advance(1000); // past minSyncPeriod
+    source.deliver!({
+      changes: Array.from({ length: n }, (_, i) => ({
+        kind: 'EndpointSlice' as const,
+        previous: sliceOf(i, '10.0.1.1'),
+        current: sliceOf(i, '10.0.2.1'),
+      })),
+      problems: [],
+    });
+    await clock.advance(0);
+    t.ok(held, `an incremental sync over ${n} Services is running`);
+    // The last of them changes again while that sync has not got to it.
+    const last = n - 1;
+    const opsBefore = ipvs.ops.length;
+    const latencies = daemon.programmingLatencyMs.length;
+    source.deliver!({
+      changes: [{ kind: 'EndpointSlice', previous: sliceOf(last, '10.0.2.1'), current: sliceOf(last, '10.0.3.1') }],
+      problems: [],
+      triggerTimes: new Map([[`default/${name(last)}`, clock.now()]]),
+    });
+    await clock.advance(0);
+    t.same(
+      await dests(last),
+      { '10.0.0.1': 1, '10.0.1.1': 0, '10.0.3.1': 1 },
+      'its new endpoint serves while the long sync still runs',
+    );
+    t.equal(daemon.programmingLatencyMs.length, latencies + 1, 'and its programming latency is recorded then');
+    release();
+    await clock.advance(100);
+    await clock.advance(2000);
+    const stale = ipvs.ops
+      .slice(opsBefore)
+      .filter(
+        (o) =>
+          o.service === serviceId(vsOf(last)) && o.destination?.startsWith('10.0.2.1:') && o.op !== 'deleteDestination',
+      );
+    t.same(stale, [], 'the long sync never wrote the endpoint that change replaced');
+    t.same(await dests(last), { '10.0.0.1': 1, '10.0.3.1': 1 }, 'and the syncs after it finish the job');
+    t.same(await dests(0), { '10.0.0.1': 1, '10.0.2.1': 1 }, 'the others as their batch asked');
+  },
+);
+
+t.test('an endpoint change during a short incremental sync waits for it: nothing is written twice', async (t) => {
+  const asideCalls: string[] = [];
+  const { clock, ipvs, source } = await clockedDaemon(
+    t,
+    [
+      { kind: 'Service', previous: null, current: service('web', { clusterIPs: ['10.96.0.1'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('web-1', 'web', [ep('10.0.0.1')]) },
+      { kind: 'Service', previous: null, current: service('api', { clusterIPs: ['10.96.0.2'] }) },
+      { kind: 'EndpointSlice', previous: null, current: slice('api-1', 'api', [ep('10.0.1.1')]) },
+    ],
+    (ipvs) => ({
+      asideIpvs: new Proxy(ipvs, {
+        get: (target, prop) => {
+          const m = Reflect.get(FakeIpvs.prototype, prop) as unknown;
+          if (typeof m !== 'function') return Reflect.get(target, prop);
+          return (...a: unknown[]) => {
+            asideCalls.push(String(prop));
+            return (m as (...x: unknown[]) => unknown).apply(target, a);
+          };
+        },
+      }),
+    }),
+  );
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let held = false;
+  const dump = ipvs.destinations.bind(ipvs);
+  ipvs.destinations = async (...a: Parameters<FakeIpvs['destinations']>) => {
+    if (!held) {
+      held = true;
+      await gate;
+    }
+    return dump(...a);
+  };
+  await clock.advance(1000);
+  source.deliver!({
+    changes: [
+      {
+        kind: 'EndpointSlice',
+        previous: slice('web-1', 'web', [ep('10.0.0.1')]),
+        current: slice('web-1', 'web', [ep('10.0.0.2')]),
+      },
+    ],
+    problems: [],
+  });
+  await clock.advance(0);
+  t.ok(held, "the web Service's sync is running");
+  source.deliver!({
+    changes: [
+      {
+        kind: 'EndpointSlice',
+        previous: slice('api-1', 'api', [ep('10.0.1.1')]),
+        current: slice('api-1', 'api', [ep('10.0.1.2')]),
+      },
+    ],
+    problems: [],
+  });
+  await clock.advance(0);
+  t.same(asideCalls, [], 'nothing is written alongside a sync of one Service');
+  release();
+  await clock.advance(100);
+  await clock.advance(2000);
+  const api = await ipvs.destinations({ family: 4, protocol: 'TCP', address: '10.96.0.2', port: 80 });
+  t.same(
+    api.filter((d) => d.weight > 0).map((d) => d.address),
+    ['10.0.1.2'],
+    'the next sync brings the change',
+  );
 });
 
 /**

@@ -456,7 +456,10 @@ export class Reconciler {
       const now = { vs: new Set<string>(), addresses: new Set(plan?.addresses ?? []) };
       const desired = desiredOf.get(key)!;
       for (const a of now.addresses) await this.#addAddress(a, run);
-      await pool(desired, this.#o.concurrency, async (d) => {
+      await pool(desired, this.#o.concurrency, async (planned) => {
+        // Its destinations as the Service's latest plan has them: a change written alongside this sync since it began
+        // (the daemon does that while a long one runs) is not turned back by the plan this sync started with.
+        const d = this.#fresh(planned, req);
         now.vs.add(d.id);
         this.#vsOwner.set(d.id, key);
         // A virtual server an earlier sync left with exactly these attributes is not asked for again: its
