@@ -264,6 +264,9 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
           ...(process.env.KIPVS_MIN_SYNC_PERIOD && proxy === 'kube-ipvs'
             ? { minSyncPeriod: process.env.KIPVS_MIN_SYNC_PERIOD }
             : {}),
+          // SYNC_PERIOD=10s: ipvs.syncPeriod for kube-ipvs and kube-ipvs-base (a periodic resync always running
+          // somewhere in the churn at 10 000 Services: it is spaced at most 10x syncPeriod).
+          ...(process.env.SYNC_PERIOD ? { syncPeriod: process.env.SYNC_PERIOD } : {}),
           // KIPVS_SYNC_PERIOD=10m: kube-ipvs' ipvs.syncPeriod (an experiment, like KIPVS_FLAGS: kube-ipvs only).
           ...(process.env.KIPVS_SYNC_PERIOD && proxy === 'kube-ipvs'
             ? { syncPeriod: process.env.KIPVS_SYNC_PERIOD }

@@ -8,9 +8,10 @@
 // CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
-// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's); KIPVS_FLAGS=--a,--b=1 adds V8 flags to
-// kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its ipvs.syncPeriod and ipvs.minSyncPeriod
-// (kube-ipvs only, not kube-ipvs-base) and
+// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's), SYNC_PERIOD=10s with that ipvs.syncPeriod (both
+// builds: at 10 000 Services a periodic resync then runs through most of the churn); KIPVS_FLAGS=--a,--b=1 adds V8
+// flags to kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its ipvs.syncPeriod and
+// ipvs.minSyncPeriod (kube-ipvs only, not kube-ipvs-base) and
 // MALLOC_ARENA_MAX=N sets glibc's for it (experiments).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -75,6 +76,7 @@ try {
     'CHANGES',
     'CHURN_SECONDS',
     'QUIET_SECONDS',
+    'SYNC_PERIOD',
     'COLD_LIMIT',
     'PROXIES',
     'RACE_CORE',
