@@ -6,6 +6,7 @@ import type { Logger } from '../observe/log.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { allSets, CHAINS, HOOKS, netfilterRules, type NetfilterConfig, type Table } from '../plan/netfilter.ts';
 import type { Family } from '../util/ip.ts';
+import { turnEvery } from '../util/turn.ts';
 import type { Exec } from './exec.ts';
 import type { IpsetOp, IpsetType, IpsetWriter } from './ipset-netlink.ts';
 
@@ -68,6 +69,8 @@ function rulesText(nc: NetfilterConfig, family: Family): string {
  * so the split changes nothing of what the kernel ends with.
  */
 export const RESTORE_CHUNK_LINES = 2000;
+/** Set entries gone through between two turns of the event loop in a full sync (a few milliseconds natively). */
+const SET_ENTRIES_PER_TURN = 5000;
 
 export class NetfilterApplier {
   readonly #o: NetfilterApplierOptions;
@@ -105,14 +108,23 @@ export class NetfilterApplier {
     full: boolean,
   ): Promise<NetfilterError[]> {
     if (full || !this.#setsReady) {
+      // 120 000 entries at 10 000 Services: the loops over them let the event loop turn now and then (an endpoint
+      // change is written alongside a full resync). Nothing else changes `#entries` meanwhile: syncs run one at a time.
       const everything = [...all];
+      const tick = turnEvery(SET_ENTRIES_PER_TURN);
       const desired = new Map<string, string[]>(allSets().map((s) => [s.name, []]));
-      for (const e of everything) desired.get(e.slice(0, e.indexOf(' ')))?.push(e.slice(e.indexOf(' ') + 1));
+      for (const e of everything) {
+        desired.get(e.slice(0, e.indexOf(' ')))?.push(e.slice(e.indexOf(' ') + 1));
+        const turn = tick();
+        if (turn) await turn;
+      }
       const counts = await this.#kernelCounts();
       const inMemory = new Map<string, number>();
       for (const e of this.#entries) {
         const name = e.slice(0, e.indexOf(' '));
         inMemory.set(name, (inMemory.get(name) ?? 0) + 1);
+        const turn = tick();
+        if (turn) await turn;
       }
       // Sets to rebuild are filled off to the side and swapped in: readers never see a half-filled
       // set. With the netlink writer, one `ipset restore` creates and empties the side sets, their
@@ -167,7 +179,11 @@ export class NetfilterApplier {
         if (r2) return [r2];
       }
       this.#entries.clear();
-      for (const e of everything) this.#entries.add(e);
+      for (const e of everything) {
+        this.#entries.add(e);
+        const turn = tick();
+        if (turn) await turn;
+      }
       this.#setsReady = true;
       return [];
     }

@@ -16,6 +16,7 @@ import {
 import type { Links } from './links.ts';
 import type { OwnershipStore } from './ownership.ts';
 import { systemClock, type Clock } from './runner.ts';
+import { turnEvery } from '../util/turn.ts';
 
 export interface OpError {
   op: string;
@@ -204,6 +205,8 @@ export class Reconciler {
     const desired = new Map<string, DesiredVS>();
     const addresses = new Set<string>();
     const applied = new Map<string, Applied>();
+    // 10 000 plans' desired virtual servers: the event loop turns now and then (changes go alongside this sync).
+    const tick = turnEvery(PLANS_PER_TURN);
     for (const [key, plan] of req.plans) {
       if (!plan) continue;
       const vs = plan.virtualServers.map((v) => {
@@ -213,6 +216,8 @@ export class Reconciler {
       });
       plan.addresses.forEach((x) => addresses.add(x));
       applied.set(key, { vs, addresses: plan.addresses });
+      const turn = tick();
+      if (turn) await turn;
     }
     await pool([...addresses], this.#o.concurrency, (a) => this.#addAddress(a, run));
 
@@ -699,6 +704,8 @@ class Run {
 
 /** Items `pool` runs before it lets the event loop turn (see below). */
 const POOL_SLICE = 256;
+/** Plans made into desired virtual servers between two turns of the event loop in a full sync. */
+const PLANS_PER_TURN = 500;
 
 /**
  * Runs `fn` over `items` with at most `n` in flight. Every POOL_SLICE items it waits for the event loop to turn:

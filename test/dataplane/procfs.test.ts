@@ -4,7 +4,12 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { CodecError } from '../../src/dataplane/ipvs/codec.ts';
 import { FakeIpvs } from '../../src/dataplane/ipvs/fake.ts';
-import { destinationsByService, parseIpvsProc, renderIpvsProc } from '../../src/dataplane/ipvs/procfs.ts';
+import {
+  destinationsByService,
+  parseIpvsProc,
+  parseIpvsProcInTurns,
+  renderIpvsProc,
+} from '../../src/dataplane/ipvs/procfs.ts';
 import { serviceId, v4Key, type IpvsDestination, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
 
 const dest = (address: string, port: number, weight = 1, more: Partial<IpvsDestination> = {}): IpvsDestination => ({
@@ -240,4 +245,36 @@ t.test('IPv4 lines read in place round-trip over their whole range', async (t) =
     CodecError,
     'a count past what %d prints is refused',
   );
+});
+
+t.test('read in turns: the same table, and the event loop turns between pieces of it', async (t) => {
+  // 200 virtual servers x 10 destinations: 2 203 lines.
+  const entries = Array.from({ length: 200 }, (_, i) => ({
+    svc: svc({ family: 4, protocol: 'TCP', address: `10.96.${i >> 8}.${i & 255}`, port: 80 }),
+    dests: Array.from({ length: 10 }, (_, j) => dest(`10.1.${i}.${j + 1}`, 8080, j)),
+  }));
+  const text = renderIpvsProc(entries);
+  const whole = parseIpvsProc(text);
+  let turns = 0;
+  let counting = true;
+  const count = () => {
+    turns++;
+    if (counting) setImmediate(count);
+  };
+  setImmediate(count);
+  const inTurns = await parseIpvsProcInTurns(text, 100);
+  counting = false;
+  t.ok(turns >= 20, `the loop turned while it was read (${turns} times for 23 pieces)`);
+  t.same([...inTurns.services.keys()], [...whole.services.keys()], 'the same virtual servers');
+  for (const [id, d] of whole.services)
+    t.same(inTurns.services.get(id)!.list(), d.list(), `${id}: the same destinations`);
+  t.same(inTurns.fwmarks, whole.fwmarks);
+
+  let turned = false;
+  setImmediate(() => (turned = true));
+  await parseIpvsProcInTurns(renderIpvsProc(entries.slice(0, 150)));
+  t.notOk(turned, 'by default 1 653 lines are read in one piece (2 000 lines a turn)');
+
+  const bad = `${text}  -> not a destination\n`;
+  await t.rejects(parseIpvsProcInTurns(bad, 100), CodecError, 'a bad line in a later piece fails the whole read');
 });

@@ -32,7 +32,7 @@ import {
   type GenlMessage,
 } from './codec.ts';
 import { Cmd, CmdAttr, IPVS_GENL_NAME } from './constants.ts';
-import { destinationsByService, IPVS_PROC_PATH, parseIpvsProc } from './procfs.ts';
+import { destinationsByService, IPVS_PROC_PATH, parseIpvsProcInTurns } from './procfs.ts';
 import {
   serviceId,
   type DestinationCounters,
@@ -283,7 +283,7 @@ export class NetlinkIpvs implements Ipvs {
       throw new IpvsError(op, Number(osConstants.errno[code as keyof typeof osConstants.errno] ?? 5), code);
     }
     try {
-      return destinationsByService(parseIpvsProc(text), services);
+      return destinationsByService(await parseIpvsProcInTurns(text), services);
     } catch (e) {
       throw new IpvsError(op, 74, 'EBADMSG', (e as Error).message);
     }

@@ -1,7 +1,7 @@
 // An in-memory IPVS with the kernel's semantics and error codes, for tests and dry runs.
 // It records every mutating call, so tests can assert "the minimal set of operations".
 import { IpvsError, type Ipvs } from './client.ts';
-import { destinationsByService, parseIpvsProc, renderIpvsProc } from './procfs.ts';
+import { destinationsByService, parseIpvsProcInTurns, renderIpvsProc } from './procfs.ts';
 import {
   destinationCountersOf,
   destinationId,
@@ -158,7 +158,7 @@ export class FakeIpvs implements Ipvs {
     this.tableReads++;
     if (this.tableFailure) throw new IpvsError('read /proc/net/ip_vs', 0, this.tableFailure, 'injected');
     const entries = [...this.#svcs.values()].map((e) => ({ svc: e.svc, dests: e.dests.values() }));
-    return destinationsByService(parseIpvsProc(renderIpvsProc(entries)), services);
+    return destinationsByService(await parseIpvsProcInTurns(renderIpvsProc(entries)), services);
   }
 
   async serviceCounters(): Promise<ServiceCounters[]> {

@@ -11,6 +11,7 @@
 // The text is the kernel's, but it is parsed as strictly as anything from outside: a line of any other shape fails
 // the whole read (CodecError), and the caller falls back to netlink dumps.
 import { formatIP, parseIP } from '../../util/ip.ts';
+import { nextTurn } from '../../util/turn.ts';
 import { CodecError } from './codec.ts';
 import { FwdMethod } from './constants.ts';
 import {
@@ -240,8 +241,29 @@ function ipv4Destination(text: string, i: number, end: number, cols: Columns): b
 }
 const NUMS = [0, 0, 0];
 
+/** Lines parsed between two turns of the event loop by parseIpvsProcInTurns (about 15 ms natively). */
+export const PROC_LINES_PER_TURN = 2000;
+
 /** Parses the file's text; throws CodecError on anything it does not recognise. */
 export function parseIpvsProc(text: string): ProcTable {
+  const p = procParser(text);
+  while (!p.step(Infinity));
+  return p.table;
+}
+
+/**
+ * parseIpvsProc, letting the event loop turn every `linesPerTurn` lines: at 10 000 Services the table has 110 000
+ * lines, about a second of parsing natively and many under emulation, which a full resync does while endpoint changes
+ * are to be written alongside it.
+ */
+export async function parseIpvsProcInTurns(text: string, linesPerTurn = PROC_LINES_PER_TURN): Promise<ProcTable> {
+  const p = procParser(text);
+  while (!p.step(linesPerTurn)) await nextTurn();
+  return p.table;
+}
+
+/** The parse as steps of at most `max` lines; `step` says whether the text is done. */
+function procParser(text: string): { table: ProcTable; step(max: number): boolean } {
   const services = new Map<string, TableDestinations>();
   const fwmarks = new Map<number, number>();
   const cols = new Columns();
@@ -249,62 +271,68 @@ export function parseIpvsProc(text: string): ProcTable {
   let line = 0;
   let at = 0;
   const f: string[] = [];
-  while (at < text.length) {
-    let end = text.indexOf('\n', at);
-    if (end < 0) end = text.length;
-    const start = at;
-    at = end + 1;
-    line++;
-    if (line <= 3) {
-      // "IP Virtual Server version ...", then the two column headings.
-      const want = ['IP Virtual Server version ', 'Prot LocalAddress:Port', '  -> RemoteAddress:Port'][line - 1]!;
-      if (!text.startsWith(want, start)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unexpected heading`);
-      continue;
-    }
-    if (text.startsWith('  -> ', start)) {
-      // "  -> 0A800001:1F90      Masq    1      0          0"
-      if (!current) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: a destination before any service`);
-      if (ipv4Destination(text, start + 5, end, cols)) {
-        current.addV4();
-        continue;
+  return {
+    table: { services, fwmarks },
+    step(max: number): boolean {
+      for (let budget = max; budget > 0 && at < text.length; budget--) {
+        let end = text.indexOf('\n', at);
+        if (end < 0) end = text.length;
+        const start = at;
+        at = end + 1;
+        line++;
+        if (line <= 3) {
+          // "IP Virtual Server version ...", then the two column headings.
+          const want = ['IP Virtual Server version ', 'Prot LocalAddress:Port', '  -> RemoteAddress:Port'][line - 1]!;
+          if (!text.startsWith(want, start)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unexpected heading`);
+          continue;
+        }
+        if (text.startsWith('  -> ', start)) {
+          // "  -> 0A800001:1F90      Masq    1      0          0"
+          if (!current) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: a destination before any service`);
+          if (ipv4Destination(text, start + 5, end, cols)) {
+            current.addV4();
+            continue;
+          }
+          words(text, start + 5, end, f);
+          if (f.length !== 5) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: ${f.length} fields, not 5`);
+          const { family, address, port } = hostPort(f[0]!, line);
+          const fwdMethod = FWD_BY_NAME.get(f[1]!);
+          if (fwdMethod === undefined)
+            throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unknown forwarding method`);
+          current.addOther({
+            family,
+            address,
+            port,
+            fwdMethod,
+            weight: decimal(f[2], 'weight', line),
+            upperThreshold: 0,
+            lowerThreshold: 0,
+            activeConns: decimal(f[3], 'active connections', line),
+            inactiveConns: decimal(f[4], 'inactive connections', line),
+          });
+          continue;
+        }
+        // "TCP  0A600001:0050 rr  [ops ][persistent 10800 FFFFFFFF]", "FWM  00000005 rr ..."
+        words(text, start, end, f);
+        if (f.length < 3) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: not a service`);
+        current = new TableDestinations(cols);
+        if (f[0] === 'FWM') {
+          const mark = hex(f[1]!, 8, 'firewall mark', line);
+          fwmarks.set(mark, (fwmarks.get(mark) ?? 0) + 1);
+          services.set(`FWM/${mark}`, current);
+          continue;
+        }
+        if (f[0] !== 'TCP' && f[0] !== 'UDP' && f[0] !== 'SCTP') {
+          // Another protocol (AH, ESP...): not one kube-ipvs makes; its destinations are read and dropped.
+          if (!/^[A-Z0-9_]{1,12}$/.test(f[0]!)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad protocol`);
+          continue;
+        }
+        const { family, address, port } = hostPort(f[1]!, line);
+        services.set(serviceId({ family, protocol: f[0], address, port }), current);
       }
-      words(text, start + 5, end, f);
-      if (f.length !== 5) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: ${f.length} fields, not 5`);
-      const { family, address, port } = hostPort(f[0]!, line);
-      const fwdMethod = FWD_BY_NAME.get(f[1]!);
-      if (fwdMethod === undefined) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: unknown forwarding method`);
-      current.addOther({
-        family,
-        address,
-        port,
-        fwdMethod,
-        weight: decimal(f[2], 'weight', line),
-        upperThreshold: 0,
-        lowerThreshold: 0,
-        activeConns: decimal(f[3], 'active connections', line),
-        inactiveConns: decimal(f[4], 'inactive connections', line),
-      });
-      continue;
-    }
-    // "TCP  0A600001:0050 rr  [ops ][persistent 10800 FFFFFFFF]", "FWM  00000005 rr ..."
-    words(text, start, end, f);
-    if (f.length < 3) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: not a service`);
-    current = new TableDestinations(cols);
-    if (f[0] === 'FWM') {
-      const mark = hex(f[1]!, 8, 'firewall mark', line);
-      fwmarks.set(mark, (fwmarks.get(mark) ?? 0) + 1);
-      services.set(`FWM/${mark}`, current);
-      continue;
-    }
-    if (f[0] !== 'TCP' && f[0] !== 'UDP' && f[0] !== 'SCTP') {
-      // Another protocol (AH, ESP...): not one kube-ipvs makes; its destinations are read and dropped.
-      if (!/^[A-Z0-9_]{1,12}$/.test(f[0]!)) throw new CodecError(`${IPVS_PROC_PATH} line ${line}: bad protocol`);
-      continue;
-    }
-    const { family, address, port } = hostPort(f[1]!, line);
-    services.set(serviceId({ family, protocol: f[0], address, port }), current);
-  }
-  return { services, fwmarks };
+      return at >= text.length;
+    },
+  };
 }
 
 /**
