@@ -18,7 +18,7 @@ import { Logger } from '../src/observe/log.ts';
 import { ManifestSource } from '../src/sources/manifest-source.ts';
 import type { Source, SourceBatch } from '../src/sources/source.ts';
 import { ManualClock } from './support/clock.ts';
-import { holdNextServiceDump } from './support/hold.ts';
+import { holdNextDestinationDump, holdNextServiceDump, otherSocket } from './support/hold.ts';
 import { ep, node, service, slice } from './support/objects.ts';
 import { PushSource } from './support/source.ts';
 
@@ -311,14 +311,7 @@ t.test(
     // Writes alongside go through a socket of their own: here the same kernel, its methods as the class has them (the
     // sync's `destinations` is held below, the aside's is not).
     const { clock, ipvs, source, daemon } = await clockedDaemon(t, initial, (ipvs) => ({
-      asideIpvs: new Proxy(ipvs, {
-        get: (target, prop) => {
-          const m = Reflect.get(FakeIpvs.prototype, prop) as unknown;
-          return typeof m === 'function'
-            ? (...a: unknown[]) => (m as (...x: unknown[]) => unknown).apply(target, a)
-            : Reflect.get(target, prop);
-        },
-      }),
+      asideIpvs: otherSocket(ipvs),
     }));
     t.equal((await ipvs.services()).length, n, 'every Service in');
     const vsOf = (i: number) => ({
@@ -330,17 +323,7 @@ t.test(
     const dests = async (i: number) =>
       Object.fromEntries((await ipvs.destinations(vsOf(i))).map((d) => [d.address, d.weight] as const));
     // Every Service changes at once (one batch): one incremental sync over all of them, held in its first dump.
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    let held = false;
-    const dump = ipvs.destinations.bind(ipvs);
-    ipvs.destinations = async (...a: Parameters<FakeIpvs['destinations']>) => {
-      if (!held) {
-        held = true;
-        await gate;
-      }
-      return dump(...a);
-    };
+    const { held, release } = holdNextDestinationDump(ipvs);
     await clock.advance(1000); // past minSyncPeriod
     source.deliver!({
       changes: Array.from({ length: n }, (_, i) => ({
@@ -351,7 +334,7 @@ t.test(
       problems: [],
     });
     await clock.advance(0);
-    t.ok(held, `an incremental sync over ${n} Services is running`);
+    t.ok(held(), `an incremental sync over ${n} Services is running`);
     // The last of them changes again while that sync has not got to it.
     const last = n - 1;
     const opsBefore = ipvs.ops.length;
@@ -393,30 +376,9 @@ t.test('an endpoint change during a short incremental sync waits for it: nothing
       { kind: 'Service', previous: null, current: service('api', { clusterIPs: ['10.96.0.2'] }) },
       { kind: 'EndpointSlice', previous: null, current: slice('api-1', 'api', [ep('10.0.1.1')]) },
     ],
-    (ipvs) => ({
-      asideIpvs: new Proxy(ipvs, {
-        get: (target, prop) => {
-          const m = Reflect.get(FakeIpvs.prototype, prop) as unknown;
-          if (typeof m !== 'function') return Reflect.get(target, prop);
-          return (...a: unknown[]) => {
-            asideCalls.push(String(prop));
-            return (m as (...x: unknown[]) => unknown).apply(target, a);
-          };
-        },
-      }),
-    }),
+    (ipvs) => ({ asideIpvs: otherSocket(ipvs, (m) => asideCalls.push(m)) }),
   );
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  let held = false;
-  const dump = ipvs.destinations.bind(ipvs);
-  ipvs.destinations = async (...a: Parameters<FakeIpvs['destinations']>) => {
-    if (!held) {
-      held = true;
-      await gate;
-    }
-    return dump(...a);
-  };
+  const { held, release } = holdNextDestinationDump(ipvs);
   await clock.advance(1000);
   source.deliver!({
     changes: [
@@ -429,7 +391,7 @@ t.test('an endpoint change during a short incremental sync waits for it: nothing
     problems: [],
   });
   await clock.advance(0);
-  t.ok(held, "the web Service's sync is running");
+  t.ok(held(), "the web Service's sync is running");
   source.deliver!({
     changes: [
       {
