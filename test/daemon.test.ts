@@ -378,30 +378,24 @@ t.test('an endpoint change during a short incremental sync waits for it: nothing
     ],
     (ipvs) => ({ asideIpvs: otherSocket(ipvs, (m) => asideCalls.push(m)) }),
   );
+  /** Service `svc`'s one endpoint becomes `to`. */
+  const move = (svc: string, from: string, to: string) =>
+    source.deliver!({
+      changes: [
+        {
+          kind: 'EndpointSlice',
+          previous: slice(`${svc}-1`, svc, [ep(from)]),
+          current: slice(`${svc}-1`, svc, [ep(to)]),
+        },
+      ],
+      problems: [],
+    });
   const { held, release } = holdNextDestinationDump(ipvs);
   await clock.advance(1000);
-  source.deliver!({
-    changes: [
-      {
-        kind: 'EndpointSlice',
-        previous: slice('web-1', 'web', [ep('10.0.0.1')]),
-        current: slice('web-1', 'web', [ep('10.0.0.2')]),
-      },
-    ],
-    problems: [],
-  });
+  move('web', '10.0.0.1', '10.0.0.2');
   await clock.advance(0);
   t.ok(held(), "the web Service's sync is running");
-  source.deliver!({
-    changes: [
-      {
-        kind: 'EndpointSlice',
-        previous: slice('api-1', 'api', [ep('10.0.1.1')]),
-        current: slice('api-1', 'api', [ep('10.0.1.2')]),
-      },
-    ],
-    problems: [],
-  });
+  move('api', '10.0.1.1', '10.0.1.2');
   await clock.advance(0);
   t.same(asideCalls, [], 'nothing is written alongside a sync of one Service');
   release();

@@ -16,7 +16,7 @@ import {
 import type { Links } from './links.ts';
 import type { OwnershipStore } from './ownership.ts';
 import { systemClock, type Clock } from './runner.ts';
-import { turnEvery } from '../util/turn.ts';
+import { nextTurn, turnEvery } from '../util/turn.ts';
 
 export interface OpError {
   op: string;
@@ -730,12 +730,9 @@ async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Prom
       if (i >= items.length) return;
       if (i >= yieldAt) {
         yieldAt = i + POOL_SLICE;
-        gate = new Promise<void>((r) =>
-          setImmediate(() => {
-            gate = null;
-            r();
-          }),
-        );
+        gate = nextTurn().then(() => {
+          gate = null;
+        });
         continue;
       }
       await fn(items[i++]!);

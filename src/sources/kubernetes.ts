@@ -20,6 +20,7 @@ import {
   LABEL_SERVICE_PROXY_NAME,
 } from '../model/validate.ts';
 import type { Logger } from '../observe/log.ts';
+import { nextTurn } from '../util/turn.ts';
 import { TokenBucket } from './rate-limit.ts';
 import type { Source, SourceBatch } from './source.ts';
 import { openWatch } from './watch-stream.ts';
@@ -479,8 +480,8 @@ export class KubernetesSource implements Source {
     for (const i of this.#informers) i.start();
     await Promise.all(this.#informers.map((i) => i.syncedOnce));
     // Deliver what the lists produced before saying "synced".
-    await new Promise((r) => setImmediate(r));
-    await new Promise((r) => setImmediate(r));
+    await nextTurn();
+    await nextTurn();
   }
 
   async refresh(): Promise<void> {
