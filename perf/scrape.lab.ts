@@ -90,7 +90,7 @@ for (const limit of [defaultConfig().metrics.realServerSeriesLimit, 0]) {
   });
   const snap = await collector.snapshot();
   rows.push([`collector snapshot (limit ${limit})`, await time(() => collector.snapshot())]);
-  rows.push([`collector render (limit ${limit})`, await time(async () => collector.render(snap))]);
+  rows.push([`collector render (limit ${limit})`, await time(() => collector.render(snap))]);
   const metrics = new Metrics();
   collector.register(metrics);
   rows.push([`registry without IPVS series`, await time(() => metrics.registry.metrics())]);

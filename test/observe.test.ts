@@ -509,6 +509,73 @@ t.test('IPVS series with labels outside ASCII are written whole (UTF-8)', async 
   t.notMatch(text, /\uFFFD|\0/, 'no mangled or unwritten bytes');
 });
 
+t.test('IPVS series: a scrape of thousands lets the event loop turn; scrapes at once share one read', async (t) => {
+  const n = 5000;
+  const services = Array.from({ length: n }, (_, i) => ({
+    family: 4 as const,
+    protocol: 'TCP' as const,
+    address: `10.96.${i >> 8}.${i & 255}`,
+    port: 80,
+    scheduler: 'rr',
+    flags: 0,
+    timeout: 0,
+    netmask: 0xffffffff,
+  }));
+  let reads = 0;
+  const kernel = {
+    serviceCounters: async () => {
+      reads++;
+      return services.map(serviceCountersOf);
+    },
+    destinationCounters: async () => [],
+  } as unknown as Ipvs;
+  const labels = new Map(
+    services.map((s, i) => [`TCP/${s.address}:80`, { service: `shop/s${i}`, portName: '', kind: 'ClusterIP' }]),
+  );
+  const m = new Metrics({ defaultMetrics: false });
+  new IpvsCollector({
+    ipvs: kernel,
+    labels,
+    realServerLimit: 0,
+    plannedRealServers: () => new Map(),
+    log: quiet(),
+  }).register(m);
+  const count = (text: string) =>
+    text.split('\n').filter((l) => l.startsWith('kubeipvs_virtual_server_connections_total{')).length;
+  // Something else on the event loop (an endpoint change, a health transition): how often it got a turn.
+  let turns = 0;
+  let spinning = true;
+  const spin = () => {
+    turns++;
+    if (spinning) setImmediate(spin);
+  };
+  setImmediate(spin);
+  const [a, b] = await Promise.all([m.text(), m.text()]);
+  spinning = false;
+  t.ok(turns >= 5, `the loop turned during the scrape (${turns} times)`);
+  t.equal(reads, 1, "the scrape asked for meanwhile got the running one's result");
+  t.equal(a, b);
+  t.equal(count(a), n, 'every virtual server in it');
+  t.equal(
+    sample(a, 'kubeipvs_virtual_server_packets_total', {
+      namespace: 'shop',
+      service: 's4999',
+      port_name: '',
+      kind: 'ClusterIP',
+      protocol: 'TCP',
+      address: '10.96.19.135',
+      port: '80',
+      direction: 'in',
+    }),
+    0,
+    'the last row of a family whole',
+  );
+  const c = await m.text();
+  t.equal(reads, 2, 'the next scrape reads the kernel again');
+  t.equal(count(c), n, 'and still has every row');
+  t.equal(c, a, 'the same text for the same counters');
+});
+
 function daemonSetup(t: { teardown: (f: () => void) => void }) {
   const clock = new ManualClock();
   const cfg = defaultConfig();

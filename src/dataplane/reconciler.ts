@@ -707,11 +707,6 @@ const POOL_SLICE = 256;
 /** Plans made into desired virtual servers between two turns of the event loop in a full sync. */
 const PLANS_PER_TURN = 500;
 
-/**
- * Runs `fn` over `items` with at most `n` in flight. Every POOL_SLICE items it waits for the event loop to turn:
- * when `fn` has nothing to wait for (a resync that finds a virtual server as wanted), the pool would otherwise run
- * through 10 000 of them without letting an endpoint change, a health transition or a scrape in.
- */
 /** What was last applied for one Kubernetes Service (never changed in place). */
 interface Applied {
   vs: readonly string[];
@@ -719,6 +714,11 @@ interface Applied {
 }
 const NOTHING_APPLIED: Applied = { vs: [], addresses: [] };
 
+/**
+ * Runs `fn` over `items` with at most `n` in flight. Every POOL_SLICE items it waits for the event loop to turn:
+ * when `fn` has nothing to wait for (a resync that finds a virtual server as wanted), the pool would otherwise run
+ * through 10 000 of them without letting an endpoint change, a health transition or a scrape in.
+ */
 async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
   let i = 0;
   let yieldAt = POOL_SLICE;

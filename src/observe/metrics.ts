@@ -296,14 +296,14 @@ export class Metrics {
     });
   }
 
-  readonly #textSources: (() => Promise<Buffer>)[] = [];
+  readonly #textSources: (() => Promise<Buffer[]>)[] = [];
 
   /**
    * Adds series rendered directly in the text format at scrape time, as bytes (for families with
    * tens of thousands of series, where building label objects for the registry, or one 10 MB
-   * string, costs too much).
+   * string, costs too much), in parts.
    */
-  addText(source: () => Promise<Buffer>): void {
+  addText(source: () => Promise<Buffer[]>): void {
     this.#textSources.push(source);
   }
 
@@ -328,7 +328,7 @@ export class Metrics {
   async exposition(): Promise<Buffer[]> {
     const [registry, ...rendered] = await Promise.all([this.registry.metrics(), ...this.#textSources.map((f) => f())]);
     const parts: Buffer[] = [Buffer.from(registry)];
-    for (const r of rendered) parts.push(NEWLINE, r);
+    for (const r of rendered) parts.push(NEWLINE, ...r);
     return parts;
   }
 

@@ -125,6 +125,42 @@ t.test('every request on a busy socket gets its own answer: a property over rand
   }
 });
 
+t.test('a dump of thousands of virtual servers is decoded in pieces: the event loop turns between them', async (t) => {
+  // The whole dump in one datagram, as a big read gets it: what follows its arrival is decoding alone.
+  const { kernel, ipvs } = await client({ perChunk: 10_000 });
+  const n = 2500;
+  for (let i = 0; i < n; i++)
+    await ipvs.addService({
+      family: 4,
+      protocol: 'TCP',
+      address: `10.96.${i >> 8}.${i & 255}`,
+      port: 80,
+      scheduler: 'rr',
+      flags: 0,
+      timeout: 0,
+      netmask: 0xffffffff,
+    });
+  // Turns of the event loop since the last datagram arrived (something else waiting on the loop gets these).
+  let turns = 0;
+  let spinning = true;
+  const spin = () => {
+    turns++;
+    if (spinning) setImmediate(spin);
+  };
+  kernel.on('message', () => void (turns = 0));
+  setImmediate(spin);
+  const list = await ipvs.services({ stats: false });
+  const decodeTurns = turns;
+  const counters = await ipvs.serviceCounters();
+  const counterTurns = turns;
+  spinning = false;
+  t.equal(list.length, n, 'every virtual server');
+  t.equal(list.at(-1)!.address, '10.96.9.195', 'the last one whole');
+  t.equal(counters.length, n);
+  t.ok(decodeTurns >= 2, `the loop turned while the services were decoded (${decodeTurns} times)`);
+  t.ok(counterTurns >= 2, `and while their counters were (${counterTurns} times)`);
+});
+
 t.test('a dump that ends in an error fails with that errno, and the socket keeps working', async (t) => {
   const { kernel, ipvs } = await client({ perChunk: 1, dumpDoneErrno: 90 });
   for (let i = 0; i < 4; i++) await ipvs.addDestination(svc(1), dest(i));

@@ -22,9 +22,9 @@ export interface FakeKernelOptions {
   perChunk?: number;
   /** Put DONE in its own datagram instead of after the last chunk's messages. */
   doneAlone?: boolean;
-  /** Answer a destination dump with this errno in DONE after its first chunk (a dump that stops short). */
+  /** Answer a dump with this errno in DONE after its first chunk (a dump that stops short). */
   dumpDoneErrno?: number;
-  /** Answer a destination dump with an NLMSG_ERROR after its first chunk. */
+  /** Answer a dump with an NLMSG_ERROR after its first chunk. */
   dumpErrorErrno?: number;
   /** Mark a dump's parts NLM_F_DUMP_INTR (the table changed while it was dumped). */
   dumpIntr?: boolean;
@@ -61,6 +61,8 @@ export class FakeNetlinkKernel extends EventEmitter {
   readonly o: FakeKernelOptions;
   /** Service key (the SERVICE attribute's bytes) -> destination key -> the DEST nest's payload. */
   readonly dests = new Map<string, Map<string, Buffer>>();
+  /** Virtual servers added with NEW_SERVICE: the SERVICE nest's bytes as sent (hex) -> its payload. */
+  readonly services = new Map<string, Buffer>();
   /** Datagrams waiting to be read. */
   readonly #queue: Buffer[] = [];
   /** Chunks still to be produced, per running dump. */
@@ -155,29 +157,44 @@ export class FakeNetlinkKernel extends EventEmitter {
     if (g.cmd === Cmd.DEL_DEST && dest) {
       return this.#answer(flags, seq, table.delete(destKey(dest)) ? 0 : 2);
     }
+    if (g.cmd === Cmd.NEW_SERVICE && g.attrs.has(CmdAttr.SERVICE)) {
+      if (this.services.has(svc)) return this.#answer(flags, seq, 17);
+      this.services.set(svc, g.attrs.get(CmdAttr.SERVICE)!);
+      return this.#answer(flags, seq, 0);
+    }
+    if (g.cmd === Cmd.GET_SERVICE && (flags & NLM_F_DUMP) === NLM_F_DUMP) {
+      const msgs = [...this.services.values()].map((v) =>
+        message(IPVS_FAMILY_ID, NLM_F_MULTI, seq, genl(Cmd.NEW_SERVICE, [attr(CmdAttr.SERVICE, v)])),
+      );
+      return this.#dump(seq, msgs);
+    }
     if (g.cmd === Cmd.GET_DEST && (flags & NLM_F_DUMP) === NLM_F_DUMP) {
-      const per = this.o.perChunk ?? 3;
       const mflags = NLM_F_MULTI | (this.o.dumpIntr ? 0x10 : 0);
       const msgs = [...table.values()].map((d) =>
         message(IPVS_FAMILY_ID, mflags, seq, genl(Cmd.NEW_DEST, [attr(CmdAttr.DEST, d)])),
       );
-      const chunks: Buffer[] = [];
-      for (let i = 0; i < msgs.length; i += per) chunks.push(Buffer.concat(msgs.slice(i, i + per)));
-      if (this.o.dumpErrorErrno && chunks.length > 0) {
-        chunks.splice(1, chunks.length, this.#ack(seq, this.o.dumpErrorErrno));
-      } else {
-        const done = message(NLMSG_DONE, NLM_F_MULTI, seq, s32(-(this.o.dumpDoneErrno ?? 0)));
-        if (this.o.dumpDoneErrno && chunks.length > 1) chunks.splice(1);
-        if (this.o.doneAlone || chunks.length === 0) chunks.push(done);
-        else chunks[chunks.length - 1] = Buffer.concat([chunks.at(-1)!, done]);
-      }
-      // The first chunk is built in sendmsg; the rest as the socket is read.
-      const first = chunks.shift()!;
-      this.#queue.push(first);
-      if (chunks.length) this.#dumps.set(first, chunks);
-      return;
+      return this.#dump(seq, msgs);
     }
     this.#answer(flags, seq, 95 /* EOPNOTSUPP: not modelled */);
+  }
+
+  /** A dump's answer: `msgs` in chunks of perChunk, then DONE (or what the options make of it). */
+  #dump(seq: number, msgs: Buffer[]): void {
+    const per = this.o.perChunk ?? 3;
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < msgs.length; i += per) chunks.push(Buffer.concat(msgs.slice(i, i + per)));
+    if (this.o.dumpErrorErrno && chunks.length > 0) {
+      chunks.splice(1, chunks.length, this.#ack(seq, this.o.dumpErrorErrno));
+    } else {
+      const done = message(NLMSG_DONE, NLM_F_MULTI, seq, s32(-(this.o.dumpDoneErrno ?? 0)));
+      if (this.o.dumpDoneErrno && chunks.length > 1) chunks.splice(1);
+      if (this.o.doneAlone || chunks.length === 0) chunks.push(done);
+      else chunks[chunks.length - 1] = Buffer.concat([chunks.at(-1)!, done]);
+    }
+    // The first chunk is built in sendmsg; the rest as the socket is read.
+    const first = chunks.shift()!;
+    this.#queue.push(first);
+    if (chunks.length) this.#dumps.set(first, chunks);
   }
 
   #schedule(): void {

@@ -44,6 +44,13 @@ import {
   type ServiceCounters,
   type ServiceKey,
 } from './types.ts';
+import { turnEvery } from '../../util/turn.ts';
+
+/**
+ * Replies of a service dump decoded between two turns of the event loop: a resync and every scrape dump all virtual
+ * servers (10 000 decoded in one piece held the loop 2-5 s under emulation; endpoint changes go alongside).
+ */
+const REPLIES_PER_TURN = 1000;
 
 export interface Ipvs {
   info(): Promise<IpvsInfo>;
@@ -230,7 +237,10 @@ export class NetlinkIpvs implements Ipvs {
 
   async services(opts: { stats?: boolean } = {}): Promise<IpvsService[]> {
     const out: IpvsService[] = [];
+    const tick = turnEvery(REPLIES_PER_TURN);
     for (const p of await this.#requestRaw('list services', Cmd.GET_SERVICE, [], true)) {
+      const turn = tick();
+      if (turn) await turn;
       const s = decodeServiceReply(p, opts.stats !== false);
       if (s) out.push(s);
     }
@@ -291,7 +301,10 @@ export class NetlinkIpvs implements Ipvs {
 
   async serviceCounters(): Promise<ServiceCounters[]> {
     const out: ServiceCounters[] = [];
+    const tick = turnEvery(REPLIES_PER_TURN);
     for (const p of await this.#requestRaw('list service counters', Cmd.GET_SERVICE, [], true)) {
+      const turn = tick();
+      if (turn) await turn;
       const c = decodeServiceCounters(p);
       if (c) out.push(c);
     }
