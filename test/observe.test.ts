@@ -31,6 +31,7 @@ import { ServiceHealthServers } from '../src/observe/service-health.ts';
 import { ManualClock } from './support/clock.ts';
 import { PushSource } from './support/source.ts';
 import { ep, node, service, slice } from './support/objects.ts';
+import { countTurns } from './support/turns.ts';
 
 /** The value of one series in Prometheus text, or undefined when absent. */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
@@ -543,16 +544,10 @@ t.test('IPVS series: a scrape of thousands lets the event loop turn; scrapes at 
   const count = (text: string) =>
     text.split('\n').filter((l) => l.startsWith('kubeipvs_virtual_server_connections_total{')).length;
   // Something else on the event loop (an endpoint change, a health transition): how often it got a turn.
-  let turns = 0;
-  let spinning = true;
-  const spin = () => {
-    turns++;
-    if (spinning) setImmediate(spin);
-  };
-  setImmediate(spin);
+  const loop = countTurns();
   const [a, b] = await Promise.all([m.text(), m.text()]);
-  spinning = false;
-  t.ok(turns >= 5, `the loop turned during the scrape (${turns} times)`);
+  loop.stop();
+  t.ok(loop.turns >= 5, `the loop turned during the scrape (${loop.turns} times)`);
   t.equal(reads, 1, "the scrape asked for meanwhile got the running one's result");
   t.equal(a, b);
   t.equal(count(a), n, 'every virtual server in it');

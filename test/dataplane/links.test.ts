@@ -5,6 +5,7 @@ import t from 'tap';
 import { FlagsGet, type RtNetlinkSocket } from 'netlink';
 import { decodeAddressMessage, LinkError, NetlinkLinks } from '../../src/dataplane/links.ts';
 import { attr } from '../../src/dataplane/nlattr.ts';
+import { countTurns } from '../support/turns.ts';
 
 const RTM_NEWADDR = 20;
 const RTM_GETADDR = 22;
@@ -70,21 +71,15 @@ t.test('every address by interface, decoded in pieces (the loop turns), the dump
   ];
   const { rt, asked } = rtAnswering(msgs);
   const links = new NetlinkLinks({ rt });
-  let turns = 0;
-  let spinning = true;
-  const spin = () => {
-    turns++;
-    if (spinning) setImmediate(spin);
-  };
-  setImmediate(spin);
+  const loop = countTurns();
   const all = await links.allAddresses();
-  spinning = false;
+  loop.stop();
   t.same(asked, [{ type: RTM_GETADDR, data: Buffer.alloc(8), flags: FlagsGet.DUMP }], 'one dump of every family');
   t.same(all.get(1), ['127.0.0.1']);
   t.equal(all.get(7)?.length, n);
   t.equal(all.get(7)?.at(-1), '10.96.39.15');
   t.same([...all.keys()], [1, 7], 'nothing from the message that is not an address');
-  t.ok(turns >= 4, `the loop turned while they were decoded (${turns} times)`);
+  t.ok(loop.turns >= 4, `the loop turned while they were decoded (${loop.turns} times)`);
   t.same(await links.addresses(7).then((a) => a.length), n, 'addresses(index) reads the same dump');
 });
 

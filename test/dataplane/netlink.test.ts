@@ -23,6 +23,7 @@ import {
 } from '../../src/dataplane/netlink.ts';
 import type { IpvsDestination, ServiceKey } from '../../src/dataplane/ipvs/types.ts';
 import { FakeNetlinkKernel, IPVS_FAMILY_ID, type FakeKernelOptions } from '../support/netlink-kernel.ts';
+import { countTurns } from '../support/turns.ts';
 
 const svc = (i: number): ServiceKey => ({ family: 4, protocol: 'TCP', address: `10.96.0.${i}`, port: 80 });
 const dest = (i: number, port = 8080): IpvsDestination => ({
@@ -141,19 +142,13 @@ t.test('a dump of thousands of virtual servers is decoded in pieces: the event l
       netmask: 0xffffffff,
     });
   // Turns of the event loop since the last datagram arrived (something else waiting on the loop gets these).
-  let turns = 0;
-  let spinning = true;
-  const spin = () => {
-    turns++;
-    if (spinning) setImmediate(spin);
-  };
-  kernel.on('message', () => void (turns = 0));
-  setImmediate(spin);
+  const loop = countTurns();
+  kernel.on('message', () => loop.reset());
   const list = await ipvs.services({ stats: false });
-  const decodeTurns = turns;
+  const decodeTurns = loop.turns;
   const counters = await ipvs.serviceCounters();
-  const counterTurns = turns;
-  spinning = false;
+  const counterTurns = loop.turns;
+  loop.stop();
   t.equal(list.length, n, 'every virtual server');
   t.equal(list.at(-1)!.address, '10.96.9.195', 'the last one whole');
   t.equal(counters.length, n);

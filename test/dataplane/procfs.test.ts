@@ -11,6 +11,7 @@ import {
   renderIpvsProc,
 } from '../../src/dataplane/ipvs/procfs.ts';
 import { serviceId, v4Key, type IpvsDestination, type IpvsService } from '../../src/dataplane/ipvs/types.ts';
+import { countTurns } from '../support/turns.ts';
 
 const dest = (address: string, port: number, weight = 1, more: Partial<IpvsDestination> = {}): IpvsDestination => ({
   family: address.includes(':') ? 6 : 4,
@@ -255,16 +256,10 @@ t.test('read in turns: the same table, and the event loop turns between pieces o
   }));
   const text = renderIpvsProc(entries);
   const whole = parseIpvsProc(text);
-  let turns = 0;
-  let counting = true;
-  const count = () => {
-    turns++;
-    if (counting) setImmediate(count);
-  };
-  setImmediate(count);
+  const loop = countTurns();
   const inTurns = await parseIpvsProcInTurns(text, 100);
-  counting = false;
-  t.ok(turns >= 20, `the loop turned while it was read (${turns} times for 23 pieces)`);
+  loop.stop();
+  t.ok(loop.turns >= 20, `the loop turned while it was read (${loop.turns} times for 23 pieces)`);
   t.same([...inTurns.services.keys()], [...whole.services.keys()], 'the same virtual servers');
   for (const [id, d] of whole.services)
     t.same(inTurns.services.get(id)!.list(), d.list(), `${id}: the same destinations`);
