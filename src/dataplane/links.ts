@@ -5,7 +5,7 @@ import { FlagsGet, type RtNetlinkSocket } from 'netlink';
 import { openRtNetlink, type NetlinkRequestOptions } from './netlink.ts';
 import { formatIP, parseIP } from '../util/ip.ts';
 import { turnEvery } from '../util/turn.ts';
-import { attr, cstr } from './nlattr.ts';
+import { attr, cstr, eachAttr } from './nlattr.ts';
 
 export interface Links {
   /** The interface index, or null when there is no such interface. */
@@ -264,17 +264,13 @@ export class FakeLinks implements Links {
 export function decodeAddressMessage(b: Uint8Array): { index: number; address: string } | null {
   if (b.length < IFADDRMSG_BYTES) throw new Error(`an address message of ${b.length} bytes`);
   const index = (b[4]! | (b[5]! << 8) | (b[6]! << 16) | (b[7]! << 24)) >>> 0;
-  let local: Uint8Array | null = null;
-  let address: Uint8Array | null = null;
-  let o = IFADDRMSG_BYTES;
-  while (b.length - o >= 4) {
+  let local = null as Uint8Array | null;
+  let address = null as Uint8Array | null;
+  eachAttr(b, IFADDRMSG_BYTES, b.length, (type, o) => {
     const len = b[o]! | (b[o + 1]! << 8);
-    if (len < 4 || o + len > b.length) throw new Error(`an attribute of ${len} bytes at byte ${o} of ${b.length}`);
-    const type = (b[o + 2]! | (b[o + 3]! << 8)) & 0x3fff;
     if (type === IFA_LOCAL) local = b.subarray(o + 4, o + len);
     else if (type === IFA_ADDRESS) address = b.subarray(o + 4, o + len);
-    o += (len + 3) & ~3;
-  }
+  });
   const raw = local ?? address;
   if (!raw || (raw.length !== 4 && raw.length !== 16)) return null;
   return { index, address: formatIP({ family: raw.length === 4 ? 4 : 6, bytes: Uint8Array.from(raw) }) };

@@ -5,6 +5,27 @@ export class AttrError extends Error {
   override name = 'AttrError';
 }
 
+/**
+ * Visits each attribute of b[from, to): its type (the nested and byte-order flags masked off) and where its header
+ * starts. An attribute whose length is under its header's or runs past `to` is refused with `fail(message)` (an
+ * AttrError unless the caller's decoder has an error of its own).
+ */
+export function eachAttr(
+  b: Uint8Array,
+  from: number,
+  to: number,
+  f: (type: number, o: number) => void,
+  fail: (message: string) => Error = (m) => new AttrError(m),
+): void {
+  let o = from;
+  while (to - o >= 4) {
+    const len = b[o]! | (b[o + 1]! << 8);
+    if (len < 4 || o + len > to) throw fail(`invalid attribute length ${len} at byte ${o - from}`);
+    f((b[o + 2]! | (b[o + 3]! << 8)) & 0x3fff, o);
+    o += (len + 3) & ~3;
+  }
+}
+
 /** One encoded attribute; nested attributes are built with `nest`. */
 export type Attr = Buffer;
 

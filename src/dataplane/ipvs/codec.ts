@@ -3,7 +3,7 @@
 // by byte without a kernel. Encoding writes each request's attributes into one buffer (AttrWriter, nlattr.ts);
 // decoding reads them in place.
 import { formatIP, ipv4Number, parseIP, type Family } from '../../util/ip.ts';
-import { attr, AttrWriter, type Attr } from '../nlattr.ts';
+import { attr, AttrWriter, eachAttr as walkAttrs, type Attr } from '../nlattr.ts';
 import {
   AF_INET,
   AF_INET6,
@@ -184,16 +184,11 @@ const TOP = new Int32Array(MAX_TYPE + 1);
 const OBJ = new Int32Array(MAX_TYPE + 1);
 const STATS = new Int32Array(MAX_TYPE + 1);
 
-/** Visits each attribute of b[from, to): its type and where its header starts. */
-function eachAttr(b: Buffer, from: number, to: number, f: (type: number, o: number) => void): void {
-  let o = from;
-  while (to - o >= 4) {
-    const len = b[o]! | (b[o + 1]! << 8);
-    if (len < 4 || o + len > to) throw new CodecError(`invalid attribute length ${len} at byte ${o - from}`);
-    f((b[o + 2]! | (b[o + 3]! << 8)) & 0x3fff, o);
-    o += (len + 3) & ~3;
-  }
-}
+/** A malformed attribute in an IPVS reply is a CodecError. */
+const codecError = (m: string) => new CodecError(m);
+/** Visits each attribute of b[from, to) (nlattr's walk, failing with a CodecError). */
+const eachAttr = (b: Buffer, from: number, to: number, f: (type: number, o: number) => void) =>
+  walkAttrs(b, from, to, f, codecError);
 
 /** Fills `ix` with where each attribute of b[from, to) starts (-1: absent); the last of a type wins. */
 function attrIndex(ix: Int32Array, b: Buffer, from: number, to: number): Int32Array {
