@@ -201,3 +201,39 @@ export function raceChange(endpoints: number, i: number, address: string): { pat
     },
   };
 }
+
+/**
+ * CHURN_RATES ("10" when unset): the churn's writes a second, one window of CHURN_SECONDS per rate, in the order
+ * given, e.g. "1,3,10". Each rate is 0.1..100 a second. The error says what was wrong with the value.
+ */
+export function churnRates(value: string | undefined): number[] | { error: string } {
+  if (value === undefined || value.trim() === '') return [10];
+  const parts = value.split(',');
+  if (parts.length > 10) return { error: 'CHURN_RATES: at most 10 rates' };
+  const rates: number[] = [];
+  for (const part of parts) {
+    const rate = /^\s*[0-9]+(\.[0-9]+)?\s*$/.test(part) ? Number(part) : NaN;
+    if (!(rate >= 0.1 && rate <= 100))
+      return { error: `CHURN_RATES: ${JSON.stringify(part.slice(0, 20))} is not a rate of 0.1..100 writes a second` };
+    rates.push(rate);
+  }
+  return rates;
+}
+
+/**
+ * Calls `write(n)` `rate` times a second for `seconds` (n = 0, 1, ...; each on its own schedule, not after the one
+ * before ends), then waits for every write to be answered. Returns how many writes were made.
+ */
+export async function paced(rate: number, seconds: number, write: (n: number) => Promise<void>): Promise<number> {
+  const gap = 1000 / rate;
+  const start = performance.now();
+  const writes: Promise<void>[] = [];
+  let n = 0;
+  while (performance.now() - start < seconds * 1000) {
+    writes.push(write(n));
+    n++;
+    await new Promise((r) => setTimeout(r, Math.max(0, start + n * gap - performance.now())));
+  }
+  await Promise.all(writes);
+  return n;
+}

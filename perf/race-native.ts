@@ -17,9 +17,10 @@
 // churn CPU: perf/RESULTS.md). kube-proxy's `ipvs` mode needs IPVS and is not in this race.
 //
 // Needs root, `nft` and the test set-up (`npm run test:setup`). Env: SERVICES (1000), ENDPOINTS (10),
-// CHURN_SECONDS (60), COLD_LIMIT (600 s), PROXIES (default "kube-ipvs,kube-proxy-nftables,node-watch-floor"; also
-// kube-proxy-iptables; node-watch-floor is perf/watch-floor.ts: a Node process that only receives the changes). A
-// proxy that does not have every Service within COLD_LIMIT is a row of n/a (exit status 1); the others still run.
+// CHURN_SECONDS (60), CHURN_RATES (10 writes a second; "1,3,10": a churn window at each rate in turn), COLD_LIMIT
+// (600 s), PROXIES (default "kube-ipvs,kube-proxy-nftables,node-watch-floor"; also kube-proxy-iptables;
+// node-watch-floor is perf/watch-floor.ts: a Node process that only receives the changes). A proxy that does not have
+// every Service within COLD_LIMIT is a row of n/a (exit status 1); the others still run.
 // RACE_KEEP=DIR keeps each proxy's log there; KIPVS_SYNC_PERIOD=10m sets kube-ipvs' ipvs.syncPeriod
 // and KIPVS_FLAGS=--a,--b=1 adds node flags to its (experiments).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -31,9 +32,11 @@ import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import {
   childCpu,
+  churnRates,
   cpuSeconds,
   createRaceObjects,
   latencyBuckets,
+  paced,
   quantile,
   raceChange,
   rssMB,
@@ -42,6 +45,7 @@ import {
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+const CHURN_RATES_OR_ERROR = churnRates(process.env.CHURN_RATES);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 600);
 const KNOWN = ['kube-ipvs', 'kube-proxy-nftables', 'kube-proxy-iptables', 'node-watch-floor'];
 /** KIPVS_FLAGS=--a,--b=1: more node flags for kube-ipvs (e.g. --cpu-prof,--cpu-prof-dir=DIR). */
@@ -59,6 +63,9 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
 if (!Number.isInteger(CHURN_SECONDS) || CHURN_SECONDS < 1 || CHURN_SECONDS > 3600)
   fail('CHURN_SECONDS must be 1..3600');
 if (!Number.isInteger(COLD_LIMIT) || COLD_LIMIT < 1) fail('COLD_LIMIT must be a whole number of seconds');
+if ('error' in CHURN_RATES_OR_ERROR) fail(CHURN_RATES_OR_ERROR.error);
+/** CHURN_RATES=1,10: a churn window at each rate in turn (writes a second; 10 when unset). */
+const CHURN_RATES = CHURN_RATES_OR_ERROR as number[];
 for (const p of PROXIES)
   if (!KNOWN.includes(p)) fail(`unknown proxy ${JSON.stringify(p)} (known: ${KNOWN.join(', ')})`);
 if (process.getuid?.() !== 0) fail('needs root: kube-proxy programs netfilter in a network namespace');
@@ -87,29 +94,26 @@ const HOST_IP = '10.251.77.1';
 const NS_IP = '10.251.77.2';
 const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', NETNS, cmd, ...args]);
 
-interface Result {
-  proxy: string;
-  coldS: number;
+/** One churn window: CHURN_SECONDS of `rate` writes a second, and the 5 s after it. */
+interface ChurnRun {
+  rate: number;
   cpuS: number;
   childCpuS: number;
   writes: number;
   programmed: number;
   p50: number;
   p99: number;
+}
+interface Result {
+  proxy: string;
+  coldS: number;
+  /** One window per rate of CHURN_RATES, in order (fewer when the run stopped short). */
+  churn: ChurnRun[];
   rssMB: number;
   /** Why this proxy's run stopped short. */
   failed?: string;
 }
-const NO_RESULT = {
-  coldS: NaN,
-  cpuS: NaN,
-  childCpuS: NaN,
-  writes: NaN,
-  programmed: NaN,
-  p50: NaN,
-  p99: NaN,
-  rssMB: NaN,
-};
+const NO_RESULT = { coldS: NaN, churn: [], rssMB: NaN };
 
 const api = new ApiServer(bin);
 const dir = mkdtempSync(join(tmpdir(), 'kipvs-race-native-'));
@@ -253,37 +257,34 @@ async function race(proxy: string, kubeconfig: string, nsKubeconfig: string): Pr
       await sleep(300);
     }
     await sleep(5000);
-    const before = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
-    const cpu0 = cpuSeconds(pid);
-    const startAt = performance.now();
-    let n = 0;
-    const writes: Promise<void>[] = [];
-    while (performance.now() - startAt < CHURN_SECONDS * 1000) {
-      writes.push(change((20 * 7919 + n * 104_729) % SERVICES));
-      n++;
-      await sleep(Math.max(0, startAt + n * 100 - performance.now()));
+    const churn: ChurnRun[] = [];
+    let written = 0;
+    for (const rate of CHURN_RATES) {
+      const before = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
+      const cpu0 = cpuSeconds(pid);
+      const n = await paced(rate, CHURN_SECONDS, (k) => change((20 * 7919 + (written + k) * 104_729) % SERVICES));
+      written += n;
+      await sleep(5000); // what it programs of the churn in the 5 s after it counts (the lab's race does the same)
+      if (exited()) throw died();
+      const cpu1 = cpuSeconds(pid);
+      const after = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
+      const run: ChurnRun = {
+        rate,
+        cpuS: cpu1.self - cpu0.self,
+        childCpuS: childCpu(cpu0, cpu1),
+        writes: n,
+        programmed: p.metrics ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : NaN,
+        p50: quantile(before, after, 0.5),
+        p99: quantile(before, after, 0.99),
+      };
+      churn.push(run);
+      log(
+        `${proxy}: churn ${n} writes at ${rate}/s: ${run.cpuS.toFixed(2)} CPU s (children ${run.childCpuS.toFixed(2)} s), ` +
+          `${run.programmed} programmed`,
+      );
     }
-    await Promise.all(writes);
-    await sleep(5000); // what it programs of the churn in the 5 s after it counts (the lab's race does the same)
-    if (exited()) throw died();
-    const cpu1 = cpuSeconds(pid);
-    const after = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
-    const programmed = p.metrics ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : NaN;
-    const result: Result = {
-      proxy,
-      coldS,
-      cpuS: cpu1.self - cpu0.self,
-      childCpuS: childCpu(cpu0, cpu1),
-      writes: n,
-      programmed,
-      p50: quantile(before, after, 0.5),
-      p99: quantile(before, after, 0.99),
-      rssMB: rssMB(pid),
-    };
-    log(
-      `${proxy}: churn ${n} writes: ${result.cpuS.toFixed(2)} CPU s (children ${result.childCpuS.toFixed(2)} s), ` +
-        `${programmed} programmed, RSS ${result.rssMB.toFixed(0)} MB`,
-    );
+    const result: Result = { proxy, coldS, churn, rssMB: rssMB(pid) };
+    log(`${proxy}: RSS after the churn ${result.rssMB.toFixed(0)} MB`);
     return result;
   } finally {
     const child = proxyProcess;
@@ -313,12 +314,45 @@ function table(results: Result[]): string {
     `| ${SERVICES} Services x ${ENDPOINTS} endpoints, natively | ${results.map((r) => r.proxy).join(' | ')} |`,
     `| --- |${results.map(() => ' --- |').join('')}`,
     row('cold start to every Service programmed (s)', (r) => r.coldS, 1),
-    row(`churn 10/s for ${CHURN_SECONDS} s: CPU seconds, the process`, (r) => r.cpuS, 2),
-    row('churn: CPU seconds of its child processes', (r) => r.childCpuS, 2),
-    row('churn: changes programmed by 5 s after it (latency observations)', (r) => r.programmed, 0),
-    row('churn: programming latency p50, bucket bound (s)', (r) => r.p50, 2),
-    row('churn: programming latency p99, bucket bound (s)', (r) => r.p99, 2),
-    row('churn: process CPU per write (ms)', (r) => (r.cpuS / r.writes) * 1000, 2),
+    ...CHURN_RATES.flatMap((rate, k) => {
+      const at = (f: (c: ChurnRun) => number) => (r: Result) => {
+        const c = r.churn[k];
+        return c ? f(c) : NaN;
+      };
+      const head = CHURN_RATES.length > 1 ? `churn ${rate}/s` : 'churn';
+      return [
+        row(
+          `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,
+          at((c) => c.cpuS),
+          2,
+        ),
+        row(
+          `${head}: CPU seconds of its child processes`,
+          at((c) => c.childCpuS),
+          2,
+        ),
+        row(
+          `${head}: changes programmed by 5 s after it (latency observations)`,
+          at((c) => c.programmed),
+          0,
+        ),
+        row(
+          `${head}: programming latency p50, bucket bound (s)`,
+          at((c) => c.p50),
+          2,
+        ),
+        row(
+          `${head}: programming latency p99, bucket bound (s)`,
+          at((c) => c.p99),
+          2,
+        ),
+        row(
+          `${head}: process CPU per write (ms)`,
+          at((c) => (c.cpuS / c.writes) * 1000),
+          2,
+        ),
+      ];
+    }),
     row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
     ...results.filter((r) => r.failed).map((r) => `\n${r.proxy}: ${r.failed}`),
   ].join('\n');

@@ -2,8 +2,9 @@
 // the host's API server that holds SERVICES Services x ENDPOINTS endpoints. Per proxy:
 //   1. cold start: process start to every Service's endpoints in the kernel (polled);
 //   2. CHANGES EndpointSlice writes (one endpoint replaced), 3 s apart: API answer to the kernel showing it;
-//   3. churn: 10 writes a second for CHURN_SECONDS: the proxy's CPU seconds, and its own programming-latency
-//      histogram (kube-proxy's metric, kube-ipvs' too: from the trigger-time annotation the writes carry);
+//   3. churn: 10 writes a second (or each rate of CHURN_RATES in turn) for CHURN_SECONDS: the proxy's CPU seconds,
+//      and its own programming-latency histogram (kube-proxy's metric, kube-ipvs' too: from the trigger-time
+//      annotation the writes carry);
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
@@ -17,8 +18,10 @@ import { resetNode } from '../test/lab/support/hygiene.ts';
 import { LAB_V8_FLAGS, procEnv } from '../test/lab/support/node.ts';
 import {
   childCpu,
+  churnRates,
   cpuSeconds,
   latencyBuckets,
+  paced,
   pct,
   quantile,
   RACE_NAMESPACES,
@@ -33,6 +36,12 @@ const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHANGES = Number(process.env.CHANGES ?? 20);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+/** CHURN_RATES=1,10: a churn window at each rate in turn (writes a second; 10 when unset). */
+const CHURN_RATES = (() => {
+  const r = churnRates(process.env.CHURN_RATES);
+  if ('error' in r) throw new Error(r.error);
+  return r;
+})();
 /** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
@@ -310,23 +319,31 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
   return spawn(kubeProxyBin, ['--config', cfg, '--v=4'], { stdio: ['ignore', out, out] });
 }
 
+/** One churn window: CHURN_SECONDS of `rate` writes a second, and the 5 s after it. */
+interface ChurnRun {
+  rate: number;
+  writes: number;
+  /** The process's own CPU seconds in the window (utime + stime). */
+  cpuS: number;
+  /** Its child processes' CPU seconds in the same window (cutime + cstime, and those still running). */
+  childCpuS: number;
+  p50: number;
+  p99: number;
+  /**
+   * Changes programmed in the window: observations of its network-programming latency histogram (both proxies
+   * observe one per Service change carrying the trigger-time annotation, when synced).
+   */
+  programmed: number;
+}
+
 interface Result {
   proxy: string;
   coldVsS: number;
   coldS: number;
   changeMs: number[];
   unseen: number;
-  churnP50: number;
-  churnP99: number;
-  churnCpuS: number;
-  /** Its child processes' CPU seconds in the same window (cutime + cstime). */
-  churnChildCpuS: number;
-  churnWrites: number;
-  /**
-   * Changes programmed in the churn minute and the 5 s after it: observations of its network-programming latency
-   * histogram (both proxies observe one per Service change carrying the trigger-time annotation, when synced).
-   */
-  churnProgrammed: number;
+  /** One churn window per rate of CHURN_RATES, in order. */
+  churn: ChurnRun[];
   rssMB: number;
   /** Why this proxy's run stopped short (it died...): what it measured before stays, the rest is n/a. */
   failed?: string;
@@ -433,27 +450,39 @@ async function race(proxy: string): Promise<Result> {
         `${proxy}: quiet ${QUIET_SECONDS} s: ${(q1.self - q0.self).toFixed(1)} CPU s (and ${childCpu(q0, q1).toFixed(1)} s in its child processes); by thread (user/system s): ${threadDelta(qt0, threadCpu(pid))}`,
       );
     }
-    // 3. churn
-    const before = await latencyBuckets();
-    const cpu0 = cpuSeconds(pid);
-    const threads0 = threadCpu(pid);
+    // 3. churn: one window per rate (CHURN_RATES), in the order given
+    const churn: ChurnRun[] = [];
+    got.churn = churn;
     let churnWrites = 0;
-    const churnStart = performance.now();
-    const writes: Promise<void>[] = [];
-    while (performance.now() - churnStart < CHURN_SECONDS * 1000) {
-      const i = (CHANGES * 7919 + churnWrites * 104729) % SERVICES;
-      writes.push(change(i, freshIP()).catch((e: Error) => void log(`churn write: ${e.message}`)));
-      churnWrites++;
-      await sleep(Math.max(0, churnStart + churnWrites * 100 - performance.now()));
+    for (const rate of CHURN_RATES) {
+      const before = await latencyBuckets();
+      const cpu0 = cpuSeconds(pid);
+      const threads0 = threadCpu(pid);
+      const writes = await paced(rate, CHURN_SECONDS, (n) =>
+        change((CHANGES * 7919 + (churnWrites + n) * 104729) % SERVICES, freshIP()).catch(
+          (e: Error) => void log(`churn write: ${e.message}`),
+        ),
+      );
+      churnWrites += writes;
+      await sleep(5000); // what was written last gets in
+      alive(`the churn at ${rate}/s`);
+      const cpu1 = cpuSeconds(pid);
+      const after = await latencyBuckets();
+      const run: ChurnRun = {
+        rate,
+        writes,
+        cpuS: cpu1.self - cpu0.self,
+        childCpuS: childCpu(cpu0, cpu1),
+        p50: quantile(before, after, 0.5),
+        p99: quantile(before, after, 0.99),
+        programmed: (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0),
+      };
+      churn.push(run);
+      log(`${proxy}: churn at ${rate}/s, CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
+      log(
+        `${proxy}: churn at ${rate}/s: ${writes} writes, ${run.cpuS.toFixed(1)} CPU s (and ${run.childCpuS.toFixed(1)} s in its child processes), ${run.programmed} programmed`,
+      );
     }
-    await Promise.all(writes);
-    await sleep(5000); // what was written last gets in
-    alive('the churn');
-    const cpu1 = cpuSeconds(pid);
-    const churnCpuS = cpu1.self - cpu0.self;
-    const churnChildCpuS = childCpu(cpu0, cpu1);
-    log(`${proxy}: churn CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
-    const after = await latencyBuckets();
     if (proxy.startsWith('kube-ipvs')) {
       // Where its time in system tools went (a first sync's netfilter stage is most of its cold start).
       const text = await fetch('http://127.0.0.1:10249/metrics')
@@ -475,23 +504,8 @@ async function race(proxy: string): Promise<Result> {
     }
     const rss = rssMB(pid);
     log(`${proxy}: resident memory by mapping (MB): ${rssParts(pid)}`);
-    log(
-      `${proxy}: churn ${churnWrites} writes, ${churnCpuS.toFixed(1)} CPU s (and ${churnChildCpuS.toFixed(1)} s in its child processes); RSS ${rss.toFixed(0)} MB`,
-    );
-    return {
-      proxy,
-      coldVsS,
-      coldS,
-      changeMs,
-      unseen,
-      churnP50: quantile(before, after, 0.5),
-      churnP99: quantile(before, after, 0.99),
-      churnCpuS,
-      churnChildCpuS,
-      churnWrites,
-      churnProgrammed: (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0),
-      rssMB: rss,
-    };
+    log(`${proxy}: RSS after the churn ${rss.toFixed(0)} MB`);
+    return { proxy, coldVsS, coldS, changeMs, unseen, churn, rssMB: rss };
   } catch (e) {
     throw new RaceFailure((e as Error).message, got);
   } finally {
@@ -551,12 +565,7 @@ for (const proxy of PROXIES) {
       coldS: n,
       changeMs: [],
       unseen: 0,
-      churnP50: n,
-      churnP99: n,
-      churnCpuS: n,
-      churnChildCpuS: n,
-      churnWrites: 0,
-      churnProgrammed: n,
+      churn: [],
       rssMB: n,
       ...(e instanceof RaceFailure ? e.partial : {}),
       failed,
@@ -585,17 +594,45 @@ console.log(
     ...(results.some((r) => r.failed)
       ? [`| run failed | ${results.map((r) => (r.failed ?? '').replace(/[|\n]/g, ' ')).join(' | ')} |`]
       : []),
-    row(`churn 10/s for ${CHURN_SECONDS} s: CPU seconds, the process`, (r) => r.churnCpuS),
-    row('churn: CPU seconds with its child processes (as its cgroup counts)', (r) => r.churnCpuS + r.churnChildCpuS),
-    row('churn: programming latency p50, bucket bound (s)', (r) => r.churnP50, 2),
-    row('churn: programming latency p99, bucket bound (s)', (r) => r.churnP99, 2),
-    row('churn: changes programmed by 5 s after it (latency observations)', (r) => r.churnProgrammed, 0),
-    // What a programmed change cost, all its CPU counted: a proxy that programs few of the writes spends little.
-    row(
-      'churn: CPU ms per change programmed, with child processes',
-      (r) => (r.churnProgrammed > 0 ? (1000 * (r.churnCpuS + r.churnChildCpuS)) / r.churnProgrammed : NaN),
-      0,
-    ),
+    ...CHURN_RATES.flatMap((rate, k) => {
+      // A proxy that stopped short has no window for this rate: its cells are n/a.
+      const at = (f: (c: ChurnRun) => number) => (r: Result) => {
+        const c = r.churn[k];
+        return c ? f(c) : NaN;
+      };
+      const head = CHURN_RATES.length > 1 ? `churn ${rate}/s` : 'churn';
+      return [
+        row(
+          `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,
+          at((c) => c.cpuS),
+        ),
+        row(
+          `${head}: CPU seconds with its child processes (as its cgroup counts)`,
+          at((c) => c.cpuS + c.childCpuS),
+        ),
+        row(
+          `${head}: programming latency p50, bucket bound (s)`,
+          at((c) => c.p50),
+          2,
+        ),
+        row(
+          `${head}: programming latency p99, bucket bound (s)`,
+          at((c) => c.p99),
+          2,
+        ),
+        row(
+          `${head}: changes programmed by 5 s after it (latency observations)`,
+          at((c) => c.programmed),
+          0,
+        ),
+        // What a programmed change cost, all its CPU counted: a proxy that programs few of the writes spends little.
+        row(
+          `${head}: CPU ms per change programmed, with child processes`,
+          at((c) => (c.programmed > 0 ? (1000 * (c.cpuS + c.childCpuS)) / c.programmed : NaN)),
+          0,
+        ),
+      ];
+    }),
     row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
   ].join('\n'),
 );

@@ -2,7 +2,8 @@
 // proxy at a time, watching the same real API server. On the host: an etcd and kube-apiserver (the test set-up's
 // binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
-// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60),
+// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60), CHURN_RATES
+// (10: writes a second; "1,3,10" runs a churn window at each rate in turn, 0.1..100 each),
 // QUIET_SECONDS (0; N: each proxy's CPU over N s with no writes, before the churn), COLD_LIMIT (1800 s),
 // PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"; also kube-ipvs-base and node-watch-floor, the
 // CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
@@ -19,7 +20,7 @@ import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
 import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
-import { createRaceObjects } from './race-measure.ts';
+import { churnRates, createRaceObjects } from './race-measure.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
@@ -31,6 +32,10 @@ const fail = (why: string): never => {
 };
 if (!Number.isInteger(SERVICES) || SERVICES < 1 || SERVICES > 50_000) fail('SERVICES must be 1..50000');
 if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDPOINTS must be 1..100');
+{
+  const rates = churnRates(process.env.CHURN_RATES);
+  if ('error' in rates) fail(rates.error);
+}
 const prepared = labPrepared();
 if ('why' in prepared) fail(`the lab is not prepared: ${prepared.why}`);
 // kube-ipvs runs in the race as shipped: the image's node and /opt/kube-ipvs, copied into the VM's memory first
@@ -75,6 +80,7 @@ try {
     'ENDPOINTS',
     'CHANGES',
     'CHURN_SECONDS',
+    'CHURN_RATES',
     'QUIET_SECONDS',
     'SYNC_PERIOD',
     'COLD_LIMIT',
