@@ -467,6 +467,8 @@ async function race(proxy: string): Promise<Result> {
       await sleep(5000); // what was written last gets in
       alive(`the churn at ${rate}/s`);
       const cpu1 = cpuSeconds(pid);
+      // Read before the scrape below: kube-ipvs' answer to it (its IPVS collector) is not the churn's CPU.
+      const threads = threadDelta(threads0, threadCpu(pid));
       const after = await latencyBuckets();
       const run: ChurnRun = {
         rate,
@@ -478,7 +480,7 @@ async function race(proxy: string): Promise<Result> {
         programmed: (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0),
       };
       churn.push(run);
-      log(`${proxy}: churn at ${rate}/s, CPU by thread (user/system s): ${threadDelta(threads0, threadCpu(pid))}`);
+      log(`${proxy}: churn at ${rate}/s, CPU by thread (user/system s): ${threads}`);
       log(
         `${proxy}: churn at ${rate}/s: ${writes} writes, ${run.cpuS.toFixed(1)} CPU s (and ${run.childCpuS.toFixed(1)} s in its child processes), ${run.programmed} programmed`,
       );
