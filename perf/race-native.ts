@@ -144,7 +144,11 @@ function namespaceUp(): void {
 }
 
 function namespaceDown(): void {
-  spawnSync('ip', ['netns', 'del', NETNS]); // takes the veth pair with it
+  // The host end first: deleting it takes its peer with it at once. Deleting the namespace alone frees its devices
+  // only when the kernel gets round to tearing it down, which after kube-proxy's 10 000 Services' rules was too late
+  // for the next kube-proxy's `ip link add` of the same name (RTNETLINK: File exists).
+  spawnSync('ip', ['link', 'del', `${VETH}h`]);
+  spawnSync('ip', ['netns', 'del', NETNS]);
 }
 
 /** The proxy started, with where its metrics are and how to tell it has every Service. */
