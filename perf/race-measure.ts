@@ -237,3 +237,36 @@ export async function paced(rate: number, seconds: number, write: (n: number) =>
   await Promise.all(writes);
   return n;
 }
+
+/** One churn window of a race: CHURN_SECONDS of `rate` writes a second, and the 5 s after it. */
+export interface ChurnRun {
+  rate: number;
+  writes: number;
+  /** The process's own CPU seconds in the window (utime + stime). */
+  cpuS: number;
+  /** Its child processes' CPU seconds in the same window (cpuSeconds, childCpu). */
+  childCpuS: number;
+  p50: number;
+  p99: number;
+  /**
+   * Changes programmed in the window: observations of its network-programming latency histogram (kube-proxy and
+   * kube-ipvs observe one per Service change carrying the trigger-time annotation, once synced).
+   */
+  programmed: number;
+}
+
+/**
+ * For the table rows of the k-th churn window: their label's head ("churn 3/s" when there are several rates, "churn"
+ * when one) and `at(f)`, a row's cell getter: f of that window, NaN for a proxy that stopped before it.
+ */
+export function churnColumn(rates: number[], k: number) {
+  return {
+    head: rates.length > 1 ? `churn ${rates[k]}/s` : 'churn',
+    at:
+      (f: (c: ChurnRun) => number) =>
+      (r: { churn: ChurnRun[] }): number => {
+        const c = r.churn[k];
+        return c ? f(c) : NaN;
+      },
+  };
+}

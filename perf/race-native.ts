@@ -32,6 +32,8 @@ import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import {
   childCpu,
+  type ChurnRun,
+  churnColumn,
   churnRates,
   cpuSeconds,
   createRaceObjects,
@@ -94,16 +96,6 @@ const HOST_IP = '10.251.77.1';
 const NS_IP = '10.251.77.2';
 const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', NETNS, cmd, ...args]);
 
-/** One churn window: CHURN_SECONDS of `rate` writes a second, and the 5 s after it. */
-interface ChurnRun {
-  rate: number;
-  cpuS: number;
-  childCpuS: number;
-  writes: number;
-  programmed: number;
-  p50: number;
-  p99: number;
-}
 interface Result {
   proxy: string;
   coldS: number;
@@ -319,11 +311,7 @@ function table(results: Result[]): string {
     `| --- |${results.map(() => ' --- |').join('')}`,
     row('cold start to every Service programmed (s)', (r) => r.coldS, 1),
     ...CHURN_RATES.flatMap((rate, k) => {
-      const at = (f: (c: ChurnRun) => number) => (r: Result) => {
-        const c = r.churn[k];
-        return c ? f(c) : NaN;
-      };
-      const head = CHURN_RATES.length > 1 ? `churn ${rate}/s` : 'churn';
+      const { head, at } = churnColumn(CHURN_RATES, k);
       return [
         row(
           `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,

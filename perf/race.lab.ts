@@ -18,6 +18,8 @@ import { resetNode } from '../test/lab/support/hygiene.ts';
 import { LAB_V8_FLAGS, procEnv } from '../test/lab/support/node.ts';
 import {
   childCpu,
+  type ChurnRun,
+  churnColumn,
   churnRates,
   cpuSeconds,
   latencyBuckets,
@@ -319,23 +321,6 @@ function spawnProxy(proxy: string, out: number): ChildProcess {
   return spawn(kubeProxyBin, ['--config', cfg, '--v=4'], { stdio: ['ignore', out, out] });
 }
 
-/** One churn window: CHURN_SECONDS of `rate` writes a second, and the 5 s after it. */
-interface ChurnRun {
-  rate: number;
-  writes: number;
-  /** The process's own CPU seconds in the window (utime + stime). */
-  cpuS: number;
-  /** Its child processes' CPU seconds in the same window (cutime + cstime, and those still running). */
-  childCpuS: number;
-  p50: number;
-  p99: number;
-  /**
-   * Changes programmed in the window: observations of its network-programming latency histogram (both proxies
-   * observe one per Service change carrying the trigger-time annotation, when synced).
-   */
-  programmed: number;
-}
-
 interface Result {
   proxy: string;
   coldVsS: number;
@@ -597,12 +582,7 @@ console.log(
       ? [`| run failed | ${results.map((r) => (r.failed ?? '').replace(/[|\n]/g, ' ')).join(' | ')} |`]
       : []),
     ...CHURN_RATES.flatMap((rate, k) => {
-      // A proxy that stopped short has no window for this rate: its cells are n/a.
-      const at = (f: (c: ChurnRun) => number) => (r: Result) => {
-        const c = r.churn[k];
-        return c ? f(c) : NaN;
-      };
-      const head = CHURN_RATES.length > 1 ? `churn ${rate}/s` : 'churn';
+      const { head, at } = churnColumn(CHURN_RATES, k);
       return [
         row(
           `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,

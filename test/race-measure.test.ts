@@ -1,7 +1,7 @@
 // The race harnesses' shared pieces that need no API server or VM (perf/race-measure.ts): CHURN_RATES and the
 // paced writes of a churn window.
 import t from 'tap';
-import { churnRates, paced } from '../perf/race-measure.ts';
+import { churnColumn, churnRates, paced, type ChurnRun } from '../perf/race-measure.ts';
 
 t.test('CHURN_RATES: 10 a second unless set, a list in its order, anything else refused with why', async (t) => {
   t.same(churnRates(undefined), [10]);
@@ -38,3 +38,24 @@ t.test(
     t.ok(at[10]! < 10 * 20 + 40, `the 11th write started at ${at[10]!.toFixed(0)} ms`);
   },
 );
+
+t.test("churnColumn: a window's label head and cells, n/a for a proxy that stopped before it", async (t) => {
+  const w = (rate: number, cpuS: number): ChurnRun => ({
+    rate,
+    writes: rate * 60,
+    cpuS,
+    childCpuS: 0,
+    p50: 0.25,
+    p99: 0.5,
+    programmed: rate * 60,
+  });
+  const full = { churn: [w(1, 2), w(10, 20)] };
+  const short = { churn: [w(1, 3)] };
+  t.equal(churnColumn([10], 0).head, 'churn', 'one rate: the rows say "churn"');
+  const second = churnColumn([1, 10], 1);
+  t.equal(second.head, 'churn 10/s', 'several: each window says its rate');
+  const cpu = second.at((c) => c.cpuS);
+  t.equal(cpu(full), 20, 'the second window of a full run');
+  t.ok(Number.isNaN(cpu(short)), 'a run that stopped after the first window has no cell for the second');
+  t.equal(churnColumn([1, 10], 0).at((c) => c.cpuS)(short), 3);
+});
