@@ -270,3 +270,42 @@ export function churnColumn(rates: number[], k: number) {
       },
   };
 }
+
+/**
+ * One churn window of a race, measured: `write(n)` `rate` times a second for `seconds` (paced), `settleMs` more (5 s
+ * unless given) for what was written last to get in, `alive()` (it throws when the proxy is gone), then the proxy's
+ * CPU over all of it and what its programming-latency histogram at `metrics` observed meanwhile (null: it has none;
+ * programmed is NaN).
+ * `onCpu` runs right after each CPU reading, before the scrape that follows it (a proxy's answer to a scrape is not
+ * the churn's CPU): the lab's race reads each thread's CPU there.
+ */
+export async function churnWindow(o: {
+  pid: number;
+  rate: number;
+  seconds: number;
+  metrics: string | null;
+  write: (n: number) => Promise<void>;
+  alive: () => void;
+  onCpu?: (edge: 'start' | 'end') => void;
+  settleMs?: number;
+}): Promise<ChurnRun> {
+  const buckets = () => (o.metrics ? latencyBuckets(o.metrics) : Promise.resolve(new Map<number, number>()));
+  const before = await buckets();
+  const cpu0 = cpuSeconds(o.pid);
+  o.onCpu?.('start');
+  const writes = await paced(o.rate, o.seconds, o.write);
+  await new Promise((r) => setTimeout(r, o.settleMs ?? 5000));
+  o.alive();
+  const cpu1 = cpuSeconds(o.pid);
+  o.onCpu?.('end');
+  const after = await buckets();
+  return {
+    rate: o.rate,
+    writes,
+    cpuS: cpu1.self - cpu0.self,
+    childCpuS: childCpu(cpu0, cpu1),
+    p50: quantile(before, after, 0.5),
+    p99: quantile(before, after, 0.99),
+    programmed: o.metrics ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : NaN,
+  };
+}

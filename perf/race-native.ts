@@ -31,15 +31,11 @@ import { join } from 'node:path';
 import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import {
-  childCpu,
   type ChurnRun,
   churnColumn,
   churnRates,
-  cpuSeconds,
+  churnWindow,
   createRaceObjects,
-  latencyBuckets,
-  paced,
-  quantile,
   raceChange,
   rssMB,
 } from './race-measure.ts';
@@ -47,7 +43,6 @@ import {
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
-const CHURN_RATES_OR_ERROR = churnRates(process.env.CHURN_RATES);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 600);
 const KNOWN = ['kube-ipvs', 'kube-proxy-nftables', 'kube-proxy-iptables', 'node-watch-floor'];
 /** KIPVS_FLAGS=--a,--b=1: more node flags for kube-ipvs (e.g. --cpu-prof,--cpu-prof-dir=DIR). */
@@ -65,9 +60,8 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
 if (!Number.isInteger(CHURN_SECONDS) || CHURN_SECONDS < 1 || CHURN_SECONDS > 3600)
   fail('CHURN_SECONDS must be 1..3600');
 if (!Number.isInteger(COLD_LIMIT) || COLD_LIMIT < 1) fail('COLD_LIMIT must be a whole number of seconds');
-if ('error' in CHURN_RATES_OR_ERROR) fail(CHURN_RATES_OR_ERROR.error);
 /** CHURN_RATES=1,10: a churn window at each rate in turn (writes a second; 10 when unset). */
-const CHURN_RATES = CHURN_RATES_OR_ERROR as number[];
+const CHURN_RATES = ((r) => ('error' in r ? fail(r.error) : r))(churnRates(process.env.CHURN_RATES));
 for (const p of PROXIES)
   if (!KNOWN.includes(p)) fail(`unknown proxy ${JSON.stringify(p)} (known: ${KNOWN.join(', ')})`);
 if (process.getuid?.() !== 0) fail('needs root: kube-proxy programs netfilter in a network namespace');
@@ -256,26 +250,20 @@ async function race(proxy: string, kubeconfig: string, nsKubeconfig: string): Pr
     const churn: ChurnRun[] = [];
     let written = 0;
     for (const rate of CHURN_RATES) {
-      const before = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
-      const cpu0 = cpuSeconds(pid);
-      const n = await paced(rate, CHURN_SECONDS, (k) => change((20 * 7919 + (written + k) * 104_729) % SERVICES));
-      written += n;
-      await sleep(5000); // what it programs of the churn in the 5 s after it counts (the lab's race does the same)
-      if (exited()) throw died();
-      const cpu1 = cpuSeconds(pid);
-      const after = p.metrics ? await latencyBuckets(p.metrics) : new Map<number, number>();
-      const run: ChurnRun = {
+      const run = await churnWindow({
+        pid,
         rate,
-        cpuS: cpu1.self - cpu0.self,
-        childCpuS: childCpu(cpu0, cpu1),
-        writes: n,
-        programmed: p.metrics ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : NaN,
-        p50: quantile(before, after, 0.5),
-        p99: quantile(before, after, 0.99),
-      };
+        seconds: CHURN_SECONDS,
+        metrics: p.metrics,
+        write: (k) => change((20 * 7919 + (written + k) * 104_729) % SERVICES),
+        alive: () => {
+          if (exited()) throw died();
+        },
+      });
+      written += run.writes;
       churn.push(run);
       log(
-        `${proxy}: churn ${n} writes at ${rate}/s: ${run.cpuS.toFixed(2)} CPU s (children ${run.childCpuS.toFixed(2)} s), ` +
+        `${proxy}: churn ${run.writes} writes at ${rate}/s: ${run.cpuS.toFixed(2)} CPU s (children ${run.childCpuS.toFixed(2)} s), ` +
           `${run.programmed} programmed`,
       );
     }

@@ -21,11 +21,9 @@ import {
   type ChurnRun,
   churnColumn,
   churnRates,
+  churnWindow,
   cpuSeconds,
-  latencyBuckets,
-  paced,
   pct,
-  quantile,
   RACE_NAMESPACES,
   raceChange,
   rssMB,
@@ -50,6 +48,8 @@ const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
 /** Not a proxy: the CPU a Node process spends receiving the same changes and doing nothing (perf/watch-floor.ts). */
 const FLOOR = 'node-watch-floor';
+/** Where each proxy serves its metrics in the race (kube-proxy's default, and kube-ipvs' config here). */
+const METRICS = 'http://127.0.0.1:10249/metrics';
 const maybeApi = labApi({ keepAlive: true });
 if (!maybeApi) throw new Error('no API server: run through perf/race.ts');
 const api = maybeApi;
@@ -440,39 +440,33 @@ async function race(proxy: string): Promise<Result> {
     got.churn = churn;
     let churnWrites = 0;
     for (const rate of CHURN_RATES) {
-      const before = await latencyBuckets();
-      const cpu0 = cpuSeconds(pid);
-      const threads0 = threadCpu(pid);
-      const writes = await paced(rate, CHURN_SECONDS, (n) =>
-        change((CHANGES * 7919 + (churnWrites + n) * 104729) % SERVICES, freshIP()).catch(
-          (e: Error) => void log(`churn write: ${e.message}`),
-        ),
-      );
-      churnWrites += writes;
-      await sleep(5000); // what was written last gets in
-      alive(`the churn at ${rate}/s`);
-      const cpu1 = cpuSeconds(pid);
-      // Read before the scrape below: kube-ipvs' answer to it (its IPVS collector) is not the churn's CPU.
-      const threads = threadDelta(threads0, threadCpu(pid));
-      const after = await latencyBuckets();
-      const run: ChurnRun = {
+      let threads0 = threadCpu(pid);
+      let threads = '';
+      const run = await churnWindow({
+        pid,
         rate,
-        writes,
-        cpuS: cpu1.self - cpu0.self,
-        childCpuS: childCpu(cpu0, cpu1),
-        p50: quantile(before, after, 0.5),
-        p99: quantile(before, after, 0.99),
-        programmed: (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0),
-      };
+        seconds: CHURN_SECONDS,
+        metrics: METRICS,
+        write: (n) =>
+          change((CHANGES * 7919 + (churnWrites + n) * 104729) % SERVICES, freshIP()).catch(
+            (e: Error) => void log(`churn write: ${e.message}`),
+          ),
+        alive: () => alive(`the churn at ${rate}/s`),
+        onCpu: (edge) => {
+          if (edge === 'start') threads0 = threadCpu(pid);
+          else threads = threadDelta(threads0, threadCpu(pid));
+        },
+      });
+      churnWrites += run.writes;
       churn.push(run);
       log(`${proxy}: churn at ${rate}/s, CPU by thread (user/system s): ${threads}`);
       log(
-        `${proxy}: churn at ${rate}/s: ${writes} writes, ${run.cpuS.toFixed(1)} CPU s (and ${run.childCpuS.toFixed(1)} s in its child processes), ${run.programmed} programmed`,
+        `${proxy}: churn at ${rate}/s: ${run.writes} writes, ${run.cpuS.toFixed(1)} CPU s (and ${run.childCpuS.toFixed(1)} s in its child processes), ${run.programmed} programmed`,
       );
     }
     if (proxy.startsWith('kube-ipvs')) {
       // Where its time in system tools went (a first sync's netfilter stage is most of its cold start).
-      const text = await fetch('http://127.0.0.1:10249/metrics')
+      const text = await fetch(METRICS)
         .then((r) => r.text())
         .catch(() => '');
       for (const m of text.matchAll(/^kubeipvs_tool_duration_seconds_(sum|count)\{tool="([^"]+)"\} ([0-9.e+]+)$/gm))

@@ -1,7 +1,9 @@
-// The race harnesses' shared pieces that need no API server or VM (perf/race-measure.ts): CHURN_RATES and the
-// paced writes of a churn window.
+// The race harnesses' shared pieces that need no API server or VM (perf/race-measure.ts): CHURN_RATES, the paced
+// writes of a churn window, the window's measurement and its table cells.
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import t from 'tap';
-import { churnColumn, churnRates, paced, type ChurnRun } from '../perf/race-measure.ts';
+import { churnColumn, churnRates, churnWindow, paced, type ChurnRun } from '../perf/race-measure.ts';
 
 t.test('CHURN_RATES: 10 a second unless set, a list in its order, anything else refused with why', async (t) => {
   t.same(churnRates(undefined), [10]);
@@ -58,4 +60,72 @@ t.test("churnColumn: a window's label head and cells, n/a for a proxy that stopp
   t.equal(cpu(full), 20, 'the second window of a full run');
   t.ok(Number.isNaN(cpu(short)), 'a run that stopped after the first window has no cell for the second');
   t.equal(churnColumn([1, 10], 0).at((c) => c.cpuS)(short), 3);
+});
+
+t.test('churnWindow: the CPU over the writes and the settling, what the histogram observed meanwhile', async (t) => {
+  // A proxy's metrics: the histogram observes each write 0.1 s after it, plus one observation already there.
+  let observed = 1;
+  const server = createServer((_req, res) => {
+    const le = (bound: string, n: number) =>
+      `kubeproxy_network_programming_duration_seconds_bucket{le="${bound}"} ${n}\n`;
+    res.end(le('0.25', observed) + le('1', observed) + le('+Inf', observed));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`;
+  const edges: string[] = [];
+  let alive = 0;
+  const run = await churnWindow({
+    pid: process.pid,
+    rate: 50,
+    seconds: 0.3,
+    metrics: url,
+    settleMs: 500,
+    write: async () => {
+      edges.push('write');
+      setTimeout(() => observed++, 100);
+      // Busy work: the window's CPU is this process's, and must show it.
+      const until = performance.now() + 5;
+      while (performance.now() < until);
+    },
+    alive: () => {
+      alive++;
+      edges.push('alive');
+    },
+    onCpu: (edge) => edges.push(edge),
+  });
+  t.equal(run.rate, 50);
+  t.ok(run.writes >= 10 && run.writes <= 16, `about 50 a second for 0.3 s: ${run.writes}`);
+  t.equal(run.programmed, run.writes, 'each write observed once by the end of the settling, none from before');
+  t.equal(run.p50, 0.25, 'the bucket the median falls in');
+  t.ok(run.cpuS > 0, `the process's CPU in the window: ${run.cpuS} s`);
+  t.equal(run.childCpuS, 0, 'no child processes');
+  t.equal(alive, 1);
+  t.same(
+    edges.filter((e) => e !== 'write'),
+    ['start', 'alive', 'end'],
+    'the CPU read before the writes and after the liveness check',
+  );
+  t.equal(edges.indexOf('start'), 0, 'nothing written before the first reading');
+
+  // A short window without a histogram, and with the liveness check given.
+  const short = (alive: () => void) =>
+    churnWindow({
+      pid: process.pid,
+      rate: 20,
+      seconds: 0.1,
+      metrics: null,
+      settleMs: 10,
+      write: async () => {},
+      alive,
+    });
+  const none = await short(() => {});
+  t.ok(Number.isNaN(none.programmed) && Number.isNaN(none.p99), 'no metrics: n/a');
+  // A proxy gone by the end: the window throws what alive threw.
+  await t.rejects(
+    short(() => {
+      throw new Error('gone');
+    }),
+    /gone/,
+  );
 });
