@@ -271,6 +271,44 @@ export function churnColumn(rates: number[], k: number) {
   };
 }
 
+/** A table row of a churn window: its label, its cell getter (NaN: n/a) and the digits its cells show. */
+export interface ChurnRow {
+  label: string;
+  get: (r: { churn: ChurnRun[] }) => number;
+  digits: number;
+}
+
+/**
+ * Every churn window's rows, as both races print them: the process's CPU seconds (`cpuDigits`), then the harness's
+ * own rows (`own(head, at)`, from churnColumn: how it counts child processes and CPU per change), then the changes
+ * programmed and the latency p50 and p99.
+ */
+export function churnRows(
+  rates: number[],
+  seconds: number,
+  cpuDigits: number,
+  own: (head: string, at: ReturnType<typeof churnColumn>['at']) => ChurnRow[],
+): ChurnRow[] {
+  return rates.flatMap((rate, k) => {
+    const { head, at } = churnColumn(rates, k);
+    return [
+      {
+        label: `churn ${rate}/s for ${seconds} s: CPU seconds, the process`,
+        get: at((c) => c.cpuS),
+        digits: cpuDigits,
+      },
+      ...own(head, at),
+      {
+        label: `${head}: changes programmed by 5 s after it (latency observations)`,
+        get: at((c) => c.programmed),
+        digits: 0,
+      },
+      { label: `${head}: programming latency p50, bucket bound (s)`, get: at((c) => c.p50), digits: 2 },
+      { label: `${head}: programming latency p99, bucket bound (s)`, get: at((c) => c.p99), digits: 2 },
+    ];
+  });
+}
+
 /**
  * One churn window of a race, measured: `write(n)` `rate` times a second for `seconds` (paced), `settleMs` more (5 s
  * unless given) for what was written last to get in, `alive()` (it throws when the proxy is gone), then the proxy's

@@ -32,7 +32,7 @@ import { DAEMON_V8_FLAGS } from '../src/util/v8-flags.ts';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import {
   type ChurnRun,
-  churnColumn,
+  churnRows,
   churnRates,
   churnWindow,
   createRaceObjects,
@@ -298,41 +298,10 @@ function table(results: Result[]): string {
     `| ${SERVICES} Services x ${ENDPOINTS} endpoints, natively | ${results.map((r) => r.proxy).join(' | ')} |`,
     `| --- |${results.map(() => ' --- |').join('')}`,
     row('cold start to every Service programmed (s)', (r) => r.coldS, 1),
-    ...CHURN_RATES.flatMap((rate, k) => {
-      const { head, at } = churnColumn(CHURN_RATES, k);
-      return [
-        row(
-          `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,
-          at((c) => c.cpuS),
-          2,
-        ),
-        row(
-          `${head}: CPU seconds of its child processes`,
-          at((c) => c.childCpuS),
-          2,
-        ),
-        row(
-          `${head}: changes programmed by 5 s after it (latency observations)`,
-          at((c) => c.programmed),
-          0,
-        ),
-        row(
-          `${head}: programming latency p50, bucket bound (s)`,
-          at((c) => c.p50),
-          2,
-        ),
-        row(
-          `${head}: programming latency p99, bucket bound (s)`,
-          at((c) => c.p99),
-          2,
-        ),
-        row(
-          `${head}: process CPU per write (ms)`,
-          at((c) => (c.cpuS / c.writes) * 1000),
-          2,
-        ),
-      ];
-    }),
+    ...churnRows(CHURN_RATES, CHURN_SECONDS, 2, (head, at) => [
+      { label: `${head}: CPU seconds of its child processes`, get: at((c) => c.childCpuS), digits: 2 },
+      { label: `${head}: process CPU per write (ms)`, get: at((c) => (c.cpuS / c.writes) * 1000), digits: 2 },
+    ]).map((x) => row(x.label, x.get, x.digits)),
     row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
     ...results.filter((r) => r.failed).map((r) => `\n${r.proxy}: ${r.failed}`),
   ].join('\n');

@@ -19,7 +19,7 @@ import { LAB_V8_FLAGS, procEnv } from '../test/lab/support/node.ts';
 import {
   childCpu,
   type ChurnRun,
-  churnColumn,
+  churnRows,
   churnRates,
   churnWindow,
   cpuSeconds,
@@ -575,40 +575,19 @@ console.log(
     ...(results.some((r) => r.failed)
       ? [`| run failed | ${results.map((r) => (r.failed ?? '').replace(/[|\n]/g, ' ')).join(' | ')} |`]
       : []),
-    ...CHURN_RATES.flatMap((rate, k) => {
-      const { head, at } = churnColumn(CHURN_RATES, k);
-      return [
-        row(
-          `churn ${rate}/s for ${CHURN_SECONDS} s: CPU seconds, the process`,
-          at((c) => c.cpuS),
-        ),
-        row(
-          `${head}: CPU seconds with its child processes (as its cgroup counts)`,
-          at((c) => c.cpuS + c.childCpuS),
-        ),
-        row(
-          `${head}: programming latency p50, bucket bound (s)`,
-          at((c) => c.p50),
-          2,
-        ),
-        row(
-          `${head}: programming latency p99, bucket bound (s)`,
-          at((c) => c.p99),
-          2,
-        ),
-        row(
-          `${head}: changes programmed by 5 s after it (latency observations)`,
-          at((c) => c.programmed),
-          0,
-        ),
-        // What a programmed change cost, all its CPU counted: a proxy that programs few of the writes spends little.
-        row(
-          `${head}: CPU ms per change programmed, with child processes`,
-          at((c) => (c.programmed > 0 ? (1000 * (c.cpuS + c.childCpuS)) / c.programmed : NaN)),
-          0,
-        ),
-      ];
-    }),
+    ...churnRows(CHURN_RATES, CHURN_SECONDS, 1, (head, at) => [
+      {
+        label: `${head}: CPU seconds with its child processes (as its cgroup counts)`,
+        get: at((c) => c.cpuS + c.childCpuS),
+        digits: 1,
+      },
+      // What a programmed change cost, all its CPU counted: a proxy that programs few of the writes spends little.
+      {
+        label: `${head}: CPU ms per change programmed, with child processes`,
+        get: at((c) => (c.programmed > 0 ? (1000 * (c.cpuS + c.childCpuS)) / c.programmed : NaN)),
+        digits: 0,
+      },
+    ]).map((x) => row(x.label, x.get, x.digits)),
     row('resident memory after the churn (MB)', (r) => r.rssMB, 0),
   ].join('\n'),
 );

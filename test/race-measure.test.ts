@@ -3,7 +3,7 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import t from 'tap';
-import { churnColumn, churnRates, churnWindow, paced, type ChurnRun } from '../perf/race-measure.ts';
+import { churnColumn, churnRates, churnRows, churnWindow, paced, type ChurnRun } from '../perf/race-measure.ts';
 
 t.test('CHURN_RATES: 10 a second unless set, a list in its order, anything else refused with why', async (t) => {
   t.same(churnRates(undefined), [10]);
@@ -60,6 +60,54 @@ t.test("churnColumn: a window's label head and cells, n/a for a proxy that stopp
   t.equal(cpu(full), 20, 'the second window of a full run');
   t.ok(Number.isNaN(cpu(short)), 'a run that stopped after the first window has no cell for the second');
   t.equal(churnColumn([1, 10], 0).at((c) => c.cpuS)(short), 3);
+});
+
+t.test("churnRows: each window's shared rows around the harness's own, in window order", async (t) => {
+  const w = (rate: number): ChurnRun => ({
+    rate,
+    writes: rate * 60,
+    cpuS: rate / 2,
+    childCpuS: rate,
+    p50: 0.25,
+    p99: 1,
+    programmed: rate * 60 - 1,
+  });
+  const run = { churn: [w(1), w(10)] };
+  const rows = churnRows([1, 10], 60, 2, (head, at) => [
+    { label: `${head}: with children`, get: at((c) => c.cpuS + c.childCpuS), digits: 1 },
+  ]);
+  t.same(
+    rows.map((r) => r.label),
+    [
+      'churn 1/s for 60 s: CPU seconds, the process',
+      'churn 1/s: with children',
+      'churn 1/s: changes programmed by 5 s after it (latency observations)',
+      'churn 1/s: programming latency p50, bucket bound (s)',
+      'churn 1/s: programming latency p99, bucket bound (s)',
+      'churn 10/s for 60 s: CPU seconds, the process',
+      'churn 10/s: with children',
+      'churn 10/s: changes programmed by 5 s after it (latency observations)',
+      'churn 10/s: programming latency p50, bucket bound (s)',
+      'churn 10/s: programming latency p99, bucket bound (s)',
+    ],
+  );
+  t.same(
+    rows.map((r) => r.get(run)),
+    [0.5, 1.5, 59, 0.25, 1, 5, 15, 599, 0.25, 1],
+    "each row reads its own window's field",
+  );
+  t.same(
+    rows.map((r) => r.digits),
+    [2, 1, 0, 2, 2, 2, 1, 0, 2, 2],
+  );
+  t.ok(
+    rows.slice(5).every((r) => Number.isNaN(r.get({ churn: [w(1)] }))),
+    'a run that stopped after the first window: n/a in every row of the second',
+  );
+  t.equal(
+    churnRows([10], 60, 1, () => [])[1]!.label,
+    'churn: changes programmed by 5 s after it (latency observations)',
+  );
 });
 
 t.test('churnWindow: the CPU over the writes and the settling, what the histogram observed meanwhile', async (t) => {
