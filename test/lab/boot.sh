@@ -26,6 +26,7 @@ pd=()
 if command -v setpriv >/dev/null; then pd=(setpriv --pdeathsig KILL --); fi
 # CPU model: Nehalem (SSE4.2, no AVX). With -cpu max, Node processes in the guest crashed now and
 # then (SIGSEGV, V8 check failures) under TCG; none were seen with Nehalem. LAB_CPU overrides.
+# TCG, not KVM: this host's KVM is PVM, which boots only PVM guest kernels (CONTRIBUTING.md, "The IPVS lab").
 "${pd[@]}" timeout "${LAB_TIMEOUT:-1500}" "${pd[@]}" qemu-system-x86_64 \
   -accel tcg -cpu "${LAB_CPU:-Nehalem}" -smp "${LAB_CPUS:-2}" -m "${LAB_MEM:-3072}" \
   -kernel "$VMLINUZ" -initrd "$INITRD" \
