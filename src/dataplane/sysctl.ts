@@ -1,6 +1,7 @@
 // The kernel settings kube-proxy's IPVS mode makes, decided here and written through an
 // injected writer (the real one writes /proc/sys; tests and dry runs record).
 import { readFileSync, writeFileSync } from 'node:fs';
+import type { Config } from '../config/config.ts';
 
 export interface Sysctl {
   path: string;
@@ -106,15 +107,8 @@ export function applySysctls(list: Sysctl[], w: SysctlWriter): { path: string; e
   return failed;
 }
 
-export interface ConntrackSettings {
-  maxPerCore: number;
-  min: number;
-  tcpEstablishedTimeoutSeconds: number;
-  tcpCloseWaitTimeoutSeconds: number;
-  tcpBeLiberal: boolean;
-  udpTimeoutSeconds: number;
-  udpStreamTimeoutSeconds: number;
-}
+/** The config's conntrack.* (one shape, defined and validated in `src/config/config.ts`). */
+export type ConntrackSettings = Config['conntrack'];
 
 /**
  * kube-proxy's conntrack settings (KubeProxyConfiguration conntrack.*), as it applies them: the
