@@ -440,7 +440,7 @@ async function race(proxy: string): Promise<Result> {
     got.churn = churn;
     let churnWrites = 0;
     for (const rate of CHURN_RATES) {
-      let threads0 = threadCpu(pid);
+      let threads0: ReturnType<typeof threadCpu> = new Map(); // read at the window's start (onCpu)
       let threads = '';
       const run = await churnWindow({
         pid,
