@@ -132,6 +132,9 @@ t.test('anything of another shape fails the whole read with a CodecError, naming
     ['a bad IPv6 address', good.replace('0A600001:0050', '[fd00::zz]:0050')],
     ['a bad protocol', good.replace('TCP  ', 'T-P  ')],
     ['a lone word', good + 'garbage\n'],
+    ['a tab between fields', good.replace(/Masq {4}/, 'Masq\t')],
+    ['a carriage return at a line end', good.replace(/(Masq[^\n]*)\n/, '$1\r\n')],
+    ['a second line end in a destination', good.replace(/(Masq {4}1 {6}0)/, '$1\n')],
   ];
   for (const [what, text] of cases) {
     t.not(text, good, `${what}: the case changes the text`);
@@ -235,6 +238,10 @@ t.test('IPv4 lines read in place round-trip over their whole range', async (t) =
     if (JSON.stringify(l) !== JSON.stringify([ds[i]])) wrong++;
   });
   t.equal(wrong, 0, 'every value as written');
+  const text = renderIpvsProc(services.map((s, i) => ({ svc: s, dests: [ds[i]!] })));
+  const lists = (x: string) => [...parseIpvsProc(x).services].map(([id, d]) => [id, d.list()]);
+  t.ok(text.endsWith('\n'), 'the text ends with a line end');
+  t.same(lists(text.slice(0, -1)), lists(text), 'the last line read in place without its line end too');
   t.throws(
     () =>
       parseIpvsProc(
