@@ -622,6 +622,7 @@ export class Daemon {
       this.planner.setEntries(),
       changed,
       full || this.#netfilterDirty,
+      this.planner.setSizes(),
     );
     if (errors.length > 0) {
       this.#netfilterDirty = true;

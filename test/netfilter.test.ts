@@ -394,3 +394,30 @@ t.test('the iptables rule count is the same for 10 and 10 000 Services', async (
   );
   t.ok(defaultConfig().iptables.masqueradeBit === 14);
 });
+
+t.test("the planner keeps each set's size as its entries come and go", async (t) => {
+  const { planner } = planObjects(ALL, { config: cfg() });
+  const counted = () => {
+    const n = new Map<string, number>();
+    for (const e of planner.setEntries()) {
+      const set = e.slice(0, e.indexOf(' '));
+      n.set(set, (n.get(set) ?? 0) + 1);
+    }
+    return Object.fromEntries([...n].sort());
+  };
+  const sizes = () => Object.fromEntries([...planner.setSizes()].sort());
+  t.ok(Object.keys(sizes()).length >= 5, `several sets have entries (${Object.keys(sizes()).join(', ')})`);
+  t.same(sizes(), counted(), 'as first planned');
+  const change = (previous: unknown, current: unknown) => {
+    planner.model.apply({ kind: 'Service', previous, current });
+    planner.update({ changedServices: ['default/local'], nodeChanged: false, problems: [] });
+  };
+  change(local, null);
+  t.same(sizes(), counted(), 'a Service gone');
+  t.notOk(planner.setSizes().has('KIPVS-HC-NODE-PORT'), 'a set left with no entry is not there');
+  change(null, local);
+  t.same(sizes(), counted(), 'the Service back');
+  t.equal(planner.setSizes().get('KIPVS-HC-NODE-PORT'), 1);
+  planner.planAll();
+  t.same(sizes(), counted(), 'everything planned again');
+});

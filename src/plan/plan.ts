@@ -361,6 +361,8 @@ export class Planner {
   #setRefs = new Map<string, number>();
   /** Entries whose presence changed since the last takeSetChanges(). */
   #setDirty = new Set<string>();
+  /** How many entries of `#setRefs` each set has (the applier's full sync compares these with the kernel's). */
+  #setSizes = new Map<string, number>();
   #netfilter: NetfilterConfig;
   /** Firewall mark per key, and how many virtual servers use it; a mark is never reused while in use. */
   #marks = new Map<string, { mark: number; refs: number }>();
@@ -407,6 +409,11 @@ export class Planner {
     return this.#setRefs.keys();
   }
 
+  /** How many entries each set wants (a set that wants none is absent). */
+  setSizes(): ReadonlyMap<string, number> {
+    return this.#setSizes;
+  }
+
   setEntryWanted(entry: string): boolean {
     return (this.#setRefs.get(entry) ?? 0) > 0;
   }
@@ -428,6 +435,7 @@ export class Planner {
     this.#plans.clear();
     this.#addressRefs.clear();
     this.#setRefs.clear();
+    this.#setSizes.clear();
     this.#marks.clear();
     this.#markUsed.clear();
     this.#claimants.clear();
@@ -598,6 +606,7 @@ export class Planner {
       else {
         this.#setRefs.delete(e);
         this.#setDirty.add(e);
+        this.#setSize(e, -1);
       }
     }
     const svc = this.model.service(key);
@@ -630,9 +639,20 @@ export class Planner {
     for (const a of plan.addresses) this.#addressRefs.set(a, (this.#addressRefs.get(a) ?? 0) + 1);
     for (const e of plan.setEntries) {
       const n = this.#setRefs.get(e) ?? 0;
-      if (n === 0) this.#setDirty.add(e);
+      if (n === 0) {
+        this.#setDirty.add(e);
+        this.#setSize(e, 1);
+      }
       this.#setRefs.set(e, n + 1);
     }
+  }
+
+  /** Counts an entry ("SET entry") in or out of its set's size. */
+  #setSize(entry: string, by: 1 | -1): void {
+    const name = entry.slice(0, entry.indexOf(' '));
+    const n = (this.#setSizes.get(name) ?? 0) + by;
+    if (n > 0) this.#setSizes.set(name, n);
+    else this.#setSizes.delete(name);
   }
 
   #setConflicts(key: string, conflicts: Conflict[]): void {

@@ -389,9 +389,12 @@ t.test(
     };
     const nf = new NetfilterApplier({ exec: counting, log: quiet, backend: 'nft', families: [4, 6] });
     const { planner } = planObjects(objects);
+    // With the sizes the planner keeps, as the daemon passes them.
+    const sets = (changed: string[], full: boolean) =>
+      nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), changed, full, planner.setSizes());
     const sync = async () => {
       ran.length = 0;
-      t.same(await nf.syncSets((e) => planner.setEntryWanted(e), planner.setEntries(), [], true), []);
+      t.same(await sets([], true), []);
       t.same(await nf.syncRules(planner.netfilter, true), []);
       return [...ran];
     };
@@ -450,6 +453,16 @@ t.test(
       .filter((l) => l.endsWith('-j KIPVS-SERVICES'));
     t.equal(jumps.length, 2, 'the deleted jump is back, the other not doubled');
     t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'and quiet again');
+
+    // A Service goes: its entries leave over an incremental sync, and the full sync after it finds every set as
+    // expected (what kube-ipvs holds in memory was counted along).
+    planner.model.apply({ kind: 'Service', previous: objects[4]!, current: null });
+    planner.update({ changedServices: ['default/lb'], nodeChanged: false, problems: [] });
+    const gone = planner.takeSetChanges();
+    t.ok(gone.length >= 2, `entries gone: ${gone.join(', ')}`);
+    t.same(await sets(gone, false), []);
+    t.notOk(inNs('ipset', 'list', 'KIPVS-LB').includes('203.0.113.50'), 'gone from the kernel');
+    t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'quiet after the change');
 
     // An entry removed behind our back: the set is rebuilt (ipset restore), the rules untouched.
     inNs('ipset', 'del', 'KIPVS-CLUSTER-IP', '10.96.0.1,tcp:80');
