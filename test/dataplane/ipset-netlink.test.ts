@@ -186,6 +186,38 @@ t.test('NetfilterApplier: incremental entries over the writer; a refusal falls b
   t.match(await metrics.registry.metrics(), /kubeipvs_ipset_netlink_failures_total 1/);
 });
 
+t.test(
+  'NetfilterApplier: it records what it sent, not what the plan wants by the time the kernel answers',
+  async (t) => {
+    const exec = new FakeExec();
+    const calls: IpsetOp[][] = [];
+    const entries = new Set(['KIPVS-CLUSTER-IP 10.96.0.1,tcp:80']);
+    const x = 'KIPVS-CLUSTER-IP 10.96.0.2,tcp:80';
+    let onApply = () => {};
+    const writer: IpsetWriter = {
+      apply: async (ops) => {
+        calls.push(ops);
+        onApply(); // a change planned while the request is out
+        return [];
+      },
+      close: () => {},
+    };
+    const nf = applierWith(exec, writer, [], new Metrics({ defaultMetrics: false }));
+    t.same(await nf.syncSets((e) => entries.has(e), entries, [], true), []);
+    entries.add(x);
+    onApply = () => entries.delete(x);
+    t.same(await nf.syncSets((e) => entries.has(e), entries, [x], false), []);
+    t.same(calls.at(-1), [{ op: 'add', set: 'KIPVS-CLUSTER-IP', type: 'hash:ip,port', entry: '10.96.0.2,tcp:80' }]);
+    onApply = () => {};
+    t.same(await nf.syncSets((e) => entries.has(e), entries, [x], false), []);
+    t.same(
+      calls.at(-1),
+      [{ op: 'del', set: 'KIPVS-CLUSTER-IP', type: 'hash:ip,port', entry: '10.96.0.2,tcp:80' }],
+      'the entry sent is known to be in the kernel: the change after it deletes it',
+    );
+  },
+);
+
 /** A network namespace of its own for test `t` (deleted at its end): runs a command in it, stdin `input`. */
 function netns(t: Pick<typeof tap, 'teardown'>, name: string): (cmd: string[], input?: string) => string {
   const ns = `kipvs-${name}-${process.pid}`;

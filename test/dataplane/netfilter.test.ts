@@ -464,8 +464,27 @@ t.test(
     t.notOk(inNs('ipset', 'list', 'KIPVS-LB').includes('203.0.113.50'), 'gone from the kernel');
     t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'quiet after the change');
 
+    // A change that swaps one entry for another (the port 80 -> 81: every set's count stays) taken by a full sync,
+    // as the daemon does when a change and the periodic resync fall together: applied, not lost to the counts.
+    const members = (set: string) =>
+      inNs('ipset', 'list', set).split('Members:\n')[1]!.trim().split('\n').filter(Boolean).sort();
+    const moved = service('web', {
+      clusterIPs: ['10.96.0.1', 'fd00:96::1'],
+      type: 'NodePort',
+      ports: [{ name: 'http', protocol: 'TCP', port: 81, targetPort: 8080, nodePort: 30080 }],
+    });
+    planner.model.apply({ kind: 'Service', previous: objects[1]!, current: moved });
+    planner.update({ changedServices: ['default/web'], nodeChanged: false, problems: [] });
+    const swapped = planner.takeSetChanges();
+    t.ok(swapped.includes('KIPVS-CLUSTER-IP 10.96.0.1,tcp:81'), `swapped: ${swapped.join(', ')}`);
+    ran.length = 0;
+    t.same(await sets(swapped, true), []);
+    t.same(members('KIPVS-CLUSTER-IP'), ['10.96.0.1,tcp:81'], 'the new entry in, the old one out');
+    t.same(members('KIPVS6-CLUSTER-IP'), ['fd00:96::1,tcp:81']);
+    t.same(await sync(), ['ipset list', 'iptables-nft-save ', 'ip6tables-nft-save '], 'and quiet after it');
+
     // An entry removed behind our back: the set is rebuilt (ipset restore), the rules untouched.
-    inNs('ipset', 'del', 'KIPVS-CLUSTER-IP', '10.96.0.1,tcp:80');
+    inNs('ipset', 'del', 'KIPVS-CLUSTER-IP', '10.96.0.1,tcp:81');
     t.same(await sync(), ['ipset list', 'ipset restore', 'iptables-nft-save ', 'ip6tables-nft-save ']);
     t.same(await nf.cleanup(), []);
   },
