@@ -4,7 +4,15 @@
 // backend that already holds more rules wins, nft when neither does.
 import type { Logger } from '../observe/log.ts';
 import type { Metrics } from '../observe/metrics.ts';
-import { allSets, CHAINS, HOOKS, netfilterRules, type NetfilterConfig, type Table } from '../plan/netfilter.ts';
+import {
+  allSets,
+  CHAINS,
+  countSetEntry,
+  HOOKS,
+  netfilterRules,
+  type NetfilterConfig,
+  type Table,
+} from '../plan/netfilter.ts';
 import type { Family } from '../util/ip.ts';
 import { turnEvery } from '../util/turn.ts';
 import type { Exec } from './exec.ts';
@@ -115,7 +123,7 @@ export class NetfilterApplier {
       // What the sets should hold at this moment, the moment `changed` was taken (the daemon takes it just before):
       // the daemon may plan more changes between the turns below, and they come with the next sync.
       const everything = [...all];
-      const given = sizes ? new Map(sizes) : null;
+      let sizesNow = sizes ? new Map(sizes) : null;
       // The changes since the last sync first, as an incremental sync applies them: a change that swaps one entry
       // for another leaves its set's count as it was, and the counts below would not see it.
       if (this.#setsReady && changed.length > 0) {
@@ -127,12 +135,10 @@ export class NetfilterApplier {
       // A full sync that finds every set as expected goes over none of them in JavaScript: under the lab's emulation
       // the three passes it made (the entries by set, the in-memory count, `#entries` again) took seconds at 10 000.
       const tick = turnEvery(SET_ENTRIES_PER_TURN);
-      let sizesNow = given;
       if (!sizesNow) {
         sizesNow = new Map<string, number>();
         for (const e of everything) {
-          const name = e.slice(0, e.indexOf(' '));
-          sizesNow.set(name, (sizesNow.get(name) ?? 0) + 1);
+          countSetEntry(sizesNow, e, 1);
           const turn = tick();
           if (turn) await turn;
         }
@@ -255,16 +261,11 @@ export class NetfilterApplier {
   #addEntry(e: string): void {
     if (this.#entries.has(e)) return;
     this.#entries.add(e);
-    const name = e.slice(0, e.indexOf(' '));
-    this.#entryCounts.set(name, (this.#entryCounts.get(name) ?? 0) + 1);
+    countSetEntry(this.#entryCounts, e, 1);
   }
 
   #deleteEntry(e: string): void {
-    if (!this.#entries.delete(e)) return;
-    const name = e.slice(0, e.indexOf(' '));
-    const n = (this.#entryCounts.get(name) ?? 1) - 1;
-    if (n > 0) this.#entryCounts.set(name, n);
-    else this.#entryCounts.delete(name);
+    if (this.#entries.delete(e)) countSetEntry(this.#entryCounts, e, -1);
   }
 
   /** The ops over nfnetlink; true when every one was acknowledged. */

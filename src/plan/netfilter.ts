@@ -95,6 +95,14 @@ export function ipsetNets(cidr: string): string[] {
   return [cidr];
 }
 
+/** Counts a "SET entry" string in (`by` 1) or out (-1) of its set's size in `sizes`; a set at 0 leaves the map. */
+export function countSetEntry(sizes: Map<string, number>, entry: string, by: 1 | -1): void {
+  const name = entry.slice(0, entry.indexOf(' '));
+  const n = (sizes.get(name) ?? 0) + by;
+  if (n > 0) sizes.set(name, n);
+  else sizes.delete(name);
+}
+
 export function allSets(): {
   name: string;
   role: SetRole;

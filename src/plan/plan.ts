@@ -6,7 +6,14 @@ import { categorizeEndpoints, endpointsForPort, type Topology } from '../model/e
 import type { ApplyResult, Model } from '../model/model.ts';
 import type { Endpoint, NodeInfo, Service } from '../model/types.ts';
 import { cidrContains, compareIP, familyOfCanonical, ipFamily, parseCIDR, type Family } from '../util/ip.ts';
-import { iptablesPlan, ipsetPlan, netfilterConfig, serviceSetEntries, type NetfilterConfig } from './netfilter.ts';
+import {
+  countSetEntry,
+  iptablesPlan,
+  ipsetPlan,
+  netfilterConfig,
+  serviceSetEntries,
+  type NetfilterConfig,
+} from './netfilter.ts';
 import type {
   NodePlan,
   PlanConfig,
@@ -606,7 +613,7 @@ export class Planner {
       else {
         this.#setRefs.delete(e);
         this.#setDirty.add(e);
-        this.#setSize(e, -1);
+        countSetEntry(this.#setSizes, e, -1);
       }
     }
     const svc = this.model.service(key);
@@ -641,18 +648,10 @@ export class Planner {
       const n = this.#setRefs.get(e) ?? 0;
       if (n === 0) {
         this.#setDirty.add(e);
-        this.#setSize(e, 1);
+        countSetEntry(this.#setSizes, e, 1);
       }
       this.#setRefs.set(e, n + 1);
     }
-  }
-
-  /** Counts an entry ("SET entry") in or out of its set's size. */
-  #setSize(entry: string, by: 1 | -1): void {
-    const name = entry.slice(0, entry.indexOf(' '));
-    const n = (this.#setSizes.get(name) ?? 0) + by;
-    if (n > 0) this.#setSizes.set(name, n);
-    else this.#setSizes.delete(name);
   }
 
   #setConflicts(key: string, conflicts: Conflict[]): void {
