@@ -53,11 +53,12 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
       : undefined,
   );
   const { clock, source, ipvs, daemon } = netfilterDaemon(t, cfg, exec);
+  // 10.244.0.x on this node (node-a), 10.244.1.x on another: only this node's endpoints get a hairpin entry.
   const dnsSlice = (...ips: string[]) =>
     slice(
       'dns-1',
       'dns',
-      ips.map((ip) => ep(ip)),
+      ips.map((ip) => ep(ip, { node: ip.startsWith('10.244.0.') ? 'node-a' : 'node-b' })),
       { ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] },
     );
   source.initial = [
@@ -117,6 +118,27 @@ t.test('sets and rules first, then only what changed; UDP endpoint removal clean
     '--reply-src',
     '10.244.0.6',
   ]);
+
+  // An endpoint on another node comes and goes: IPVS only, no ipset request (a hairpin through this node's IPVS is
+  // only ever from a pod on this node).
+  exec.calls.length = 0;
+  source.push({
+    kind: 'EndpointSlice',
+    previous: dnsSlice('10.244.0.5'),
+    current: dnsSlice('10.244.0.5', '10.244.1.7'),
+  });
+  await clock.advance(0);
+  await daemon.runner.whenIdle();
+  t.same(
+    (await ipvs.destinations({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 })).map((d) => d.address),
+    ['10.244.0.5', '10.244.1.7'],
+    'the remote endpoint is in IPVS',
+  );
+  t.same(
+    exec.calls.filter((c) => c.cmd === 'ipset'),
+    [],
+    'and in no ipset',
+  );
 
   // iptables-restore fails on a full sync: an error not tied to a Service, retried until it works.
   failRestore = true;

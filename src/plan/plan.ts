@@ -174,9 +174,14 @@ export function planService(
   const scheduler = svc.scheduler || cfg.scheduler;
   const noLocalEndpoints: ServicePlan['noLocalEndpoints'] = [];
   const local = new Set<string>();
+  /** The addresses of this node's endpoints, in any state: the only ones a hairpin can reach (serviceSetEntries). */
+  const onNode = new Set<string>();
   for (const slice of slices)
     for (const e of slice.endpoints)
-      if (e.ready && e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) local.add(e.address);
+      if (e.nodeName !== '' && e.nodeName === ctx.topology.nodeName) {
+        onNode.add(e.address);
+        if (e.ready) local.add(e.address);
+      }
   /**
    * Virtual server ids already planned for this Service (its own duplicates: a ClusterIP also listed as an externalIP).
    */
@@ -266,7 +271,7 @@ export function planService(
   if (svc.healthCheckNodePort !== 0 && !hcHeld)
     claims.refused(`healthCheckNodePort ${svc.healthCheckNodePort}`, `np:TCP/${svc.healthCheckNodePort}`);
   const healthCheckNodePort = hcHeld ? svc.healthCheckNodePort : 0;
-  const setEntries = serviceSetEntries({ ...svc, healthCheckNodePort }, virtualServers, addresses);
+  const setEntries = serviceSetEntries({ ...svc, healthCheckNodePort }, virtualServers, addresses, onNode);
   return {
     service: svc.key,
     // Copies of their exact length: an array grown by push keeps room for 16 more (150 bytes for one element, and a
