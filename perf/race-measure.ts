@@ -9,6 +9,31 @@ export const raceEndpointIP = (endpoints: number, i: number, j: number) => {
   return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
 };
 
+/**
+ * The node endpoint j of Service i runs on, with the race's endpoints spread over `nodes` nodes (RACE_NODES): the node
+ * under test, `race-node`, has those with (i + j) % nodes === 0 (all of them when nodes is 1: the race's default), the
+ * others are on `race-node-K`. So a Service has at most one endpoint here, and endpoint 0 (the one the race changes) of
+ * one Service in `nodes`.
+ */
+export const raceNodeOf = (nodes: number, i: number, j: number) => {
+  const k = (i + j) % nodes;
+  return k === 0 ? 'race-node' : `race-node-${k}`;
+};
+
+/** How many of the race's endpoints are on `race-node` (see raceNodeOf): the hairpin entries each proxy should hold. */
+export function raceLocalEndpoints(services: number, endpoints: number, nodes: number): number {
+  let n = 0;
+  for (let i = 0; i < services; i++) for (let j = 0; j < endpoints; j++) if ((i + j) % nodes === 0) n++;
+  return n;
+}
+
+/** RACE_NODES: how many nodes the race's endpoints are spread over (1..1000, 1 when unset); the error says why not. */
+export function raceNodes(value: string | undefined): number | { error: string } {
+  if (value === undefined || value.trim() === '') return 1;
+  const n = /^\s*[0-9]{1,4}\s*$/.test(value) ? Number(value) : NaN;
+  return Number.isInteger(n) && n >= 1 && n <= 1000 ? n : { error: 'RACE_NODES: a whole number, 1..1000' };
+}
+
 /** The quantile `p` of `xs` (nearest rank); NaN when empty. */
 export const pct = (xs: number[], p: number) =>
   xs.length === 0 ? NaN : [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil(xs.length * p) - 1)]!;
@@ -140,7 +165,7 @@ type ApiCall = (method: string, path: string, body: unknown) => Promise<{ status
  * The race's cluster through the API: its namespaces, the node `race-node`, and `services` ClusterIP Services with
  * one EndpointSlice of `endpoints` ready endpoints each (16 writers at once). Objects there already are kept.
  */
-export async function createRaceObjects(call: ApiCall, services: number, endpoints: number): Promise<void> {
+export async function createRaceObjects(call: ApiCall, services: number, endpoints: number, nodes = 1): Promise<void> {
   const must = async (what: string, p: Promise<{ status: number; json: unknown }>) => {
     const r = await p;
     if (r.status !== 201 && r.status !== 409)
@@ -175,7 +200,7 @@ export async function createRaceObjects(call: ApiCall, services: number, endpoin
           endpoints: Array.from({ length: endpoints }, (_, j) => ({
             addresses: [raceEndpointIP(endpoints, i, j)],
             conditions: { ready: true },
-            nodeName: 'race-node',
+            nodeName: raceNodeOf(nodes, i, j),
           })),
         }),
       );
@@ -188,7 +213,7 @@ export async function createRaceObjects(call: ApiCall, services: number, endpoin
  * The race's one change: endpoint 0 of Service i becomes `address`, stamped with the trigger time both proxies'
  * latency histogram reads. A merge patch (application/merge-patch+json) to `path`.
  */
-export function raceChange(endpoints: number, i: number, address: string): { path: string; body: unknown } {
+export function raceChange(endpoints: number, i: number, address: string, nodes = 1): { path: string; body: unknown } {
   return {
     path: `/apis/discovery.k8s.io/v1/namespaces/race-${i % RACE_NAMESPACES}/endpointslices/svc-${i}-race`,
     body: {
@@ -196,7 +221,7 @@ export function raceChange(endpoints: number, i: number, address: string): { pat
       endpoints: Array.from({ length: endpoints }, (_, j) => ({
         addresses: [j === 0 ? address : raceEndpointIP(endpoints, i, j)],
         conditions: { ready: true },
-        nodeName: 'race-node',
+        nodeName: raceNodeOf(nodes, i, j),
       })),
     },
   };

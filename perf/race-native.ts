@@ -37,6 +37,7 @@ import {
   churnWindow,
   createRaceObjects,
   raceChange,
+  raceNodes,
   rssMB,
 } from './race-measure.ts';
 
@@ -62,6 +63,8 @@ if (!Number.isInteger(CHURN_SECONDS) || CHURN_SECONDS < 1 || CHURN_SECONDS > 360
 if (!Number.isInteger(COLD_LIMIT) || COLD_LIMIT < 1) fail('COLD_LIMIT must be a whole number of seconds');
 /** CHURN_RATES=1,10: a churn window at each rate in turn (writes a second; 10 when unset). */
 const CHURN_RATES = ((r) => ('error' in r ? fail(r.error) : r))(churnRates(process.env.CHURN_RATES));
+/** RACE_NODES=50: the endpoints spread over that many nodes (race-measure.ts raceNodeOf); 1 when unset. */
+const RACE_NODES = ((n) => (typeof n === 'number' ? n : fail(n.error)))(raceNodes(process.env.RACE_NODES));
 for (const p of PROXIES)
   if (!KNOWN.includes(p)) fail(`unknown proxy ${JSON.stringify(p)} (known: ${KNOWN.join(', ')})`);
 if (process.getuid?.() !== 0) fail('needs root: kube-proxy programs netfilter in a network namespace');
@@ -113,7 +116,7 @@ const freshIP = () => {
 };
 
 async function change(i: number): Promise<void> {
-  const { path, body } = raceChange(ENDPOINTS, i, freshIP());
+  const { path, body } = raceChange(ENDPOINTS, i, freshIP(), RACE_NODES);
   const r = await api.request('PATCH', path, body, undefined, 'application/merge-patch+json');
   if (r.status !== 200) throw new Error(`PATCH slice ${i}: ${r.status} ${JSON.stringify(r.json).slice(0, 300)}`);
 }
@@ -323,7 +326,7 @@ process.once('SIGTERM', () => {
 try {
   await api.start();
   const t0 = performance.now();
-  await createRaceObjects((m, path, body) => api.request(m, path, body), SERVICES, ENDPOINTS);
+  await createRaceObjects((m, path, body) => api.request(m, path, body), SERVICES, ENDPOINTS, RACE_NODES);
   log(`${SERVICES} Services x ${ENDPOINTS} endpoints created in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const kubeconfig = api.kubeconfig();
   const nsKubeconfig = join(dir, 'kubeconfig-netns');

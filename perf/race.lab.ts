@@ -26,6 +26,8 @@ import {
   pct,
   RACE_NAMESPACES,
   raceChange,
+  raceLocalEndpoints,
+  raceNodes,
   rssMB,
   rssParts,
   threadCpu,
@@ -41,6 +43,12 @@ const CHURN_RATES = (() => {
   const r = churnRates(process.env.CHURN_RATES);
   if ('error' in r) throw new Error(r.error);
   return r;
+})();
+/** RACE_NODES=50: the endpoints spread over that many nodes, this one holding 1 in 50 (race-measure.ts raceNodeOf). */
+const RACE_NODES = (() => {
+  const n = raceNodes(process.env.RACE_NODES);
+  if (typeof n !== 'number') throw new Error(n.error);
+  return n;
 })();
 /** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
@@ -111,7 +119,7 @@ const key = (i: number) => `race-${i % RACE_NAMESPACES}/svc-${i}`;
 
 /** Replaces endpoint 0 of Service i with `address`, stamped with the trigger time the proxies' latency metric reads. */
 async function change(i: number, address: string): Promise<void> {
-  const { path, body } = raceChange(ENDPOINTS, i, address);
+  const { path, body } = raceChange(ENDPOINTS, i, address, RACE_NODES);
   const r = await api('PATCH', path, body, 'application/merge-patch+json');
   if (r.status !== 200) throw new Error(`PATCH slice ${i}: ${r.status} ${r.text.slice(0, 300)}`);
 }
@@ -121,8 +129,9 @@ interface Kernel {
   complete(): Promise<number>;
   /**
    * Whether the rest of what every Service needs is in too. kube-proxy's ipvs mode fills its ipsets after the
-   * virtual servers, one `ipset add` process per entry (its KUBE-LOOP-BACK set has one per endpoint): until then
-   * traffic from outside the cluster to a ClusterIP is not masqueraded and an endpoint reaching itself fails.
+   * virtual servers, one `ipset add` process per entry (its KUBE-LOOP-BACK set has one per endpoint on this node):
+   * until then traffic from outside the cluster to a ClusterIP is not masqueraded and an endpoint reaching itself
+   * fails.
    */
   rules(): Promise<boolean>;
   /** Whether `address` serves Service i. */
@@ -161,7 +170,7 @@ async function ipvsKernel(prefix: string): Promise<Kernel> {
       const counts = ipsetCounts();
       return (
         (counts.get(`${prefix}-CLUSTER-IP`) ?? 0) >= SERVICES &&
-        (counts.get(`${prefix}-LOOP-BACK`) ?? 0) >= SERVICES * ENDPOINTS
+        (counts.get(`${prefix}-LOOP-BACK`) ?? 0) >= raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES)
       );
     },
     async has(i, address) {

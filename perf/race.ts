@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
 import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
-import { churnRates, createRaceObjects } from './race-measure.ts';
+import { churnRates, createRaceObjects, raceNodes } from './race-measure.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
@@ -36,6 +36,7 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
   const rates = churnRates(process.env.CHURN_RATES);
   if ('error' in rates) fail(rates.error);
 }
+const NODES = ((n) => (typeof n === 'number' ? n : fail(n.error)))(raceNodes(process.env.RACE_NODES));
 const prepared = labPrepared();
 if ('why' in prepared) fail(`the lab is not prepared: ${prepared.why}`);
 // kube-ipvs runs in the race as shipped: the image's node and /opt/kube-ipvs, copied into the VM's memory first
@@ -52,7 +53,7 @@ await api.start();
 const share = mkdtempSync(join(tmpdir(), 'kipvs-race-'));
 try {
   const t0 = performance.now();
-  await createRaceObjects((m, path, body) => api.request(m, path, body), SERVICES, ENDPOINTS);
+  await createRaceObjects((m, path, body) => api.request(m, path, body), SERVICES, ENDPOINTS, NODES);
   process.stderr.write(
     `bench:race: ${SERVICES} Services x ${ENDPOINTS} endpoints created through the API in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
   );
@@ -92,6 +93,7 @@ try {
     'KIPVS_SYNC_PERIOD',
     'KIPVS_MIN_SYNC_PERIOD',
     'MALLOC_ARENA_MAX',
+    'RACE_NODES',
   ]
     .filter((k) => process.env[k] !== undefined)
     .map(

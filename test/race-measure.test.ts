@@ -3,7 +3,18 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import t from 'tap';
-import { churnColumn, churnRates, churnRows, churnWindow, paced, type ChurnRun } from '../perf/race-measure.ts';
+import {
+  churnColumn,
+  churnRates,
+  churnRows,
+  churnWindow,
+  paced,
+  raceChange,
+  raceLocalEndpoints,
+  raceNodeOf,
+  raceNodes,
+  type ChurnRun,
+} from '../perf/race-measure.ts';
 
 t.test('CHURN_RATES: 10 a second unless set, a list in its order, anything else refused with why', async (t) => {
   t.same(churnRates(undefined), [10]);
@@ -177,3 +188,35 @@ t.test('churnWindow: the CPU over the writes and the settling, what the histogra
     /gone/,
   );
 });
+
+t.test('RACE_NODES: 1 unless set, a whole number 1..1000, anything else refused with why', async (t) => {
+  t.equal(raceNodes(undefined), 1);
+  t.equal(raceNodes(' '), 1);
+  t.equal(raceNodes('50'), 50);
+  for (const bad of ['0', '1001', '2.5', '-3', 'ten', '5;rm'])
+    t.match(raceNodes(bad), { error: /RACE_NODES/ }, `${JSON.stringify(bad)} refused`);
+});
+
+t.test(
+  "the race's endpoints spread over nodes: this node's share, and the changes follow the same placement",
+  async (t) => {
+    // One node: every endpoint is here, as the race always had it.
+    t.equal(raceNodeOf(1, 7, 3), 'race-node');
+    t.equal(raceLocalEndpoints(100, 10, 1), 1000);
+    // 50 nodes: at most one endpoint of a Service here, and 1 in 50 of all of them.
+    for (let i = 0; i < 200; i++) {
+      const here = Array.from({ length: 10 }, (_, j) => raceNodeOf(50, i, j)).filter((n) => n === 'race-node');
+      t.ok(here.length <= 1, `Service ${i}: ${here.length} endpoint here`);
+    }
+    t.equal(raceLocalEndpoints(10_000, 10, 50), 2000, '2% of 100 000');
+    t.equal(raceNodeOf(50, 3, 1), 'race-node-4');
+    // A change rewrites the slice with each endpoint on the node it was created on.
+    const { body } = raceChange(10, 40, '10.99.0.1', 50) as { body: { endpoints: { nodeName: string }[] } };
+    t.same(
+      body.endpoints.map((e) => e.nodeName),
+      Array.from({ length: 10 }, (_, j) => raceNodeOf(50, 40, j)),
+    );
+    t.equal(body.endpoints[0]!.nodeName, 'race-node-40');
+    t.equal(body.endpoints[9]!.nodeName, 'race-node-49');
+  },
+);
