@@ -87,6 +87,12 @@ const LATENCY_SAMPLES = 1000;
 /** How often a Service with draining destinations is looked at again. */
 const DRAIN_CHECK_MS = 5000;
 /**
+ * Virtual servers looked up by each periodic check between full resyncs (every syncPeriod; Reconciler.probe), in turn:
+ * a flush of IPVS is seen at the first, one virtual server removed by hand within (virtual servers / 8) checks, or
+ * at the next full resync, whichever comes first.
+ */
+export const PROBE_VIRTUAL_SERVERS = 8;
+/**
  * An incremental sync over this many Services or more is a long one: an endpoint change arriving while it runs is
  * written alongside, as during a full resync. The sync right after a full resync at 10 000 Services under churn checks
  * every Service changed meanwhile (562 in the lab, 15 s under emulation, a destination dump each); a sync of one or two
@@ -185,7 +191,7 @@ export class Daemon {
       health: this.health,
       counters: this.#source.counters,
     });
-    this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full), {
+    this.runner = new BoundedFrequencyRunner((r) => this.#sync(r.full, r.check), {
       minIntervalMs: cfg.ipvs.minSyncPeriodSeconds * 1000,
       maxIntervalMs: cfg.ipvs.syncPeriodSeconds * 1000,
       retryBaseMs: 1000,
@@ -422,17 +428,22 @@ export class Daemon {
   }
 
   /** One sync (the runner's); while it runs, health writes destinations on its own (#healthChanged). */
-  async #sync(full: boolean): Promise<boolean> {
+  async #sync(full: boolean, check = false): Promise<boolean> {
     this.#syncing = true;
     try {
-      return await this.#syncNow(full);
+      return await this.#syncNow(full, check);
     } finally {
       this.#syncing = false;
       this.#syncingLong = false;
     }
   }
 
-  async #syncNow(full: boolean): Promise<boolean> {
+  /**
+   * `check`: the periodic check between full resyncs (BoundedFrequencyRunner): the netfilter part as a full sync does
+   * it (a constant number of tool runs: the rules compared, the sets' sizes compared), then a few lookups of IPVS
+   * (Reconciler.probe). Something of ours gone or changed asks for a full resync at once.
+   */
+  async #syncNow(full: boolean, check = false): Promise<boolean> {
     const { log } = this.#deps;
     // kube-proxy gone before this full sync reads the kernel: the takeover after it may use what it read.
     const kubeProxyGone =
@@ -450,7 +461,7 @@ export class Daemon {
     this.#syncingLong = full || plans.size >= LONG_SYNC_SERVICES;
     // ipsets first (the rules reference them), then the constant rules, then IPVS.
     const nfStarted = this.#clock.now();
-    const nfErrors = await this.#syncNetfilter(full);
+    const nfErrors = await this.#syncNetfilter(full || check);
     const netfilterMs = this.#clock.now() - nfStarted;
     const r = await this.reconciler.sync({
       full,
@@ -497,6 +508,7 @@ export class Daemon {
     }
     this.#recordLatency(full ? null : touched, new Set(r.errors.map((e) => e.service ?? '')));
     this.#scheduleDrainCheck();
+    if (check && !full) await this.#probe();
     if (r.errors.length === 0 && full) this.#fullSyncOk = true;
     const takeover = this.#takeover === 'pending' || (this.#takeover === 'failed' && full);
     if (r.errors.length === 0 && this.#fullSyncOk && takeover) await this.#takeOver(kubeProxyGone);
@@ -696,6 +708,22 @@ export class Daemon {
   /** healthCheckNodePort -> the Service it answers for. */
   healthCheckTargets(): Map<number, HealthCheckTarget> {
     return new Map([...this.#hcTargets.values()].map((t) => [t.port, t.target]));
+  }
+
+  /** The IPVS part of a periodic check: a full resync asked for at once when something of ours is not as left. */
+  async #probe(): Promise<void> {
+    let found: Awaited<ReturnType<Reconciler['probe']>>;
+    try {
+      found = await this.reconciler.probe(PROBE_VIRTUAL_SERVERS);
+    } catch (e) {
+      this.#deps.log.warn('periodic check: IPVS lookup failed; full resync now', { error: (e as Error).message });
+      this.runner.requestFull();
+      return;
+    }
+    if (!found) return;
+    this.metrics.driftFound.inc({ what: found.what });
+    this.#deps.log.warn(`periodic check: ${found.detail}; full resync now`, {}, `drift:${found.what}`);
+    this.runner.requestFull();
   }
 
   /** Pending Service and EndpointSlice changes (Services whose change is not in the kernel yet). */

@@ -19,9 +19,14 @@ import { PushSource } from './support/source.ts';
 const add = (kind: Change['kind'], current: Record<string, unknown>): Change => ({ kind, previous: null, current });
 
 /** A daemon on in-memory twins whose netfilter tools are recorded by `exec` (IPv4 only, the nft backend). */
-function netfilterDaemon(t: { teardown: (f: () => void) => void }, cfg: Config, exec: FakeExec) {
-  const clock = new ManualClock();
-  const log = new Logger({ sink: () => {} });
+function netfilterDaemon(
+  t: { teardown: (f: () => void) => void },
+  cfg: Config,
+  exec: FakeExec,
+  clock = new ManualClock(),
+  logs: string[] = [],
+) {
+  const log = new Logger({ sink: (l) => void logs.push(l) });
   const source = new PushSource();
   const ipvs = new FakeIpvs();
   const daemon = new Daemon(
@@ -192,3 +197,76 @@ t.test("detectLocalMode NodeCIDR: the rules follow the Node's podCIDR when it ch
   t.equal(daemon.planner.netfilter, rules, 'the same rules inputs, the same object');
   t.equal(restores().length, before + 1, 'no restore');
 });
+
+t.test(
+  'between full resyncs spaced far apart, a check every syncPeriod: netfilter compared, IPVS looked up, a flush repaired',
+  async (t) => {
+    /** A clock on which each full sync's read of IPVS takes 100 s, so the next full resync is an hour away. */
+    class SlowFullClock extends ManualClock {
+      skew = 0;
+      override now() {
+        return super.now() + this.skew;
+      }
+    }
+    const cfg = defaultConfig();
+    cfg.ipvs.minSyncPeriodSeconds = 0;
+    const exec = new FakeExec();
+    const clock = new SlowFullClock();
+    const logs: string[] = [];
+    const { source, ipvs, daemon } = netfilterDaemon(t, cfg, exec, clock, logs);
+    let fullReads = 0;
+    const services = ipvs.services.bind(ipvs);
+    ipvs.services = async (...a: Parameters<FakeIpvs['services']>) => {
+      fullReads++;
+      clock.skew += 100_000;
+      return services(...a);
+    };
+    source.initial = [
+      add('Node', node('node-a', [['InternalIP', '192.168.1.10']])),
+      add(
+        'Service',
+        service('dns', { clusterIPs: ['10.96.0.10'], ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] }),
+      ),
+      add(
+        'EndpointSlice',
+        slice('dns-1', 'dns', [ep('10.244.0.5', { node: 'node-a' })], {
+          ports: [{ name: 'dns', protocol: 'UDP', port: 53 }],
+        }),
+      ),
+    ];
+    await daemon.start();
+    await clock.advance(0);
+    await daemon.runner.whenIdle();
+    t.equal(fullReads, 1, 'the cold sync');
+    t.equal(daemon.runner.fullIntervalMs, 3_600_000, 'the next full resync an hour away');
+
+    exec.calls.length = 0;
+    await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+    await daemon.runner.whenIdle();
+    t.equal(fullReads, 1, 'syncPeriod later: no full resync');
+    t.ok(
+      exec.calls.some((c) => c.cmd === 'iptables-nft-save'),
+      'but the rules compared',
+    );
+    t.ok(
+      exec.calls.some((c) => c.cmd === 'ipset' && c.args[0] === 'list'),
+      "and the sets' sizes",
+    );
+
+    // IPVS flushed behind our back (ipvsadm -C): the next check sees it and a full resync follows at once.
+    await ipvs.deleteService({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 });
+    await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+    await daemon.runner.whenIdle();
+    t.equal(fullReads, 2, 'a full resync');
+    t.same(
+      (await ipvs.destinations({ family: 4, protocol: 'UDP', address: '10.96.0.10', port: 53 })).map((d) => d.address),
+      ['10.244.0.5'],
+      'the virtual server and its destination back',
+    );
+    t.match(logs.join('\n'), /periodic check: virtual server UDP\/10\.96\.0\.10:53 is gone; full resync now/);
+    t.match(
+      await daemon.metrics.registry.getSingleMetricAsString('kubeipvs_periodic_check_drift_total'),
+      /kubeipvs_periodic_check_drift_total\{what="virtual_server"\} 1/,
+    );
+  },
+);

@@ -132,6 +132,39 @@ export class Reconciler {
     this.#exclude = (opts.excludeCIDRs ?? []).flatMap((c) => parseCIDR(c) ?? []);
   }
 
+  /** Where the periodic check (probe) goes on in `#inKernel`: the virtual servers still to look at this round. */
+  #probeRound: string[] = [];
+
+  /**
+   * The periodic check between full resyncs (the daemon's, every syncPeriod): is the dummy interface still the one this
+   * reconciler holds, and are the next `n` of the virtual servers it put in the kernel (in turn, so every one is looked
+   * at over time) still there as it asked? One lookup each, nothing read in full and nothing written. What is wrong,
+   * as `what` (a metric label) and a sentence; null when all is as left (or before the first sync).
+   */
+  async probe(n: number): Promise<{ what: 'interface' | 'virtual_server'; detail: string } | null> {
+    if (this.#index === null) return null;
+    const index = await this.#links.find(this.#o.dummyInterface);
+    if (index !== this.#index)
+      return {
+        what: 'interface',
+        detail: `the dummy interface ${this.#o.dummyInterface} is ${index === null ? 'gone' : 'another one now'}`,
+      };
+    for (let k = 0; k < n; k++) {
+      if (this.#probeRound.length === 0) {
+        if (k > 0 || this.#inKernel.size === 0) break; // one round at most per check
+        this.#probeRound = [...this.#inKernel.keys()];
+      }
+      const id = this.#probeRound.pop()!;
+      const asked = this.#inKernel.get(id);
+      if (!asked) continue; // deleted or changed by a sync since the round began
+      const have = await this.#ipvs.service(asked);
+      if (this.#inKernel.get(id) !== asked) continue; // a sync changed it meanwhile
+      if (!have) return { what: 'virtual_server', detail: `virtual server ${id} is gone` };
+      if (!serviceMatches(asked, have)) return { what: 'virtual_server', detail: `virtual server ${id} was changed` };
+    }
+    return null;
+  }
+
   /** Kubernetes Services that have destinations draining (a sync of them may finish the job). */
   drainingServices(): string[] {
     const out = new Set<string>();

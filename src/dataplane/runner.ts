@@ -18,8 +18,14 @@ export const systemClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
-/** A full sync taking d is followed by the next no sooner than FULL_SYNC_SPACING x d after its start. */
-export const FULL_SYNC_SPACING = 10;
+/**
+ * A full sync taking d is followed by the next no sooner than FULL_SYNC_SPACING x d after its start (at most 1% of the
+ * time reading the whole kernel state back), and no later than FULL_SYNC_MAX_MS (kube-proxy's own full-sync period in
+ * its iptables mode). In between, a cheap check every maxInterval (see SyncFn) asks for one at once when something of
+ * ours has gone.
+ */
+export const FULL_SYNC_SPACING = 100;
+export const FULL_SYNC_MAX_MS = 3_600_000;
 
 export interface RunnerOptions {
   /** Minimum time between two syncs (minSyncPeriod). */
@@ -37,8 +43,12 @@ export interface RunnerOptions {
   onError?: (e: unknown) => void;
 }
 
-/** What the runner asks for: `full` when the periodic resync is due. Resolves to success. */
-export type SyncFn = (reason: { full: boolean }) => Promise<boolean>;
+/**
+ * What the runner asks for: `full` when the periodic resync is due (or asked for with requestFull); `check` when,
+ * short of that, maxInterval has passed since the last full sync or check: the sync then also looks, cheaply, whether
+ * anything of ours was removed behind its back (and calls requestFull if so). Resolves to success.
+ */
+export type SyncFn = (reason: { full: boolean; check: boolean }) => Promise<boolean>;
 
 export class BoundedFrequencyRunner {
   readonly #fn: SyncFn;
@@ -57,6 +67,10 @@ export class BoundedFrequencyRunner {
   #lastFull: number;
   /** How long the last successful full sync took. */
   #lastFullTook = 0;
+  /** When the last successful full sync or check began. */
+  #lastCheck: number;
+  /** The next sync is a full one, whenever the last was (requestFull). */
+  #fullAsked = false;
   #failures = 0;
   #stopped = true;
   #idle: (() => void)[] = [];
@@ -65,6 +79,7 @@ export class BoundedFrequencyRunner {
     this.#fn = fn;
     this.#o = { clock: systemClock, onError: () => {}, ...opts };
     this.#lastFull = this.#o.clock.now();
+    this.#lastCheck = this.#lastFull;
   }
 
   get failures(): number {
@@ -78,7 +93,7 @@ export class BoundedFrequencyRunner {
    */
   get fullIntervalMs(): number {
     const max = this.#o.maxIntervalMs;
-    return Math.min(Math.max(max, FULL_SYNC_SPACING * this.#lastFullTook), FULL_SYNC_SPACING * max);
+    return Math.max(max, Math.min(FULL_SYNC_SPACING * this.#lastFullTook, FULL_SYNC_MAX_MS));
   }
 
   /** Starts with one immediate full sync. */
@@ -101,6 +116,13 @@ export class BoundedFrequencyRunner {
     if (this.#running) return; // picked up when the current sync ends
     const now = this.#o.clock.now();
     this.#schedule(Math.max(0, this.#lastRun + this.#o.minIntervalMs - now));
+  }
+
+  /** Asks for a full sync as soon as the minimum interval allows (a check found something of ours gone). */
+  requestFull(): void {
+    if (this.#stopped) return;
+    this.#fullAsked = true;
+    this.request();
   }
 
   /**
@@ -184,14 +206,16 @@ export class BoundedFrequencyRunner {
   async #run(): Promise<void> {
     if (this.#stopped || this.#running) return;
     const now = this.#o.clock.now();
-    const full = now - this.#lastFull >= this.fullIntervalMs;
+    const full = this.#fullAsked || now - this.#lastFull >= this.fullIntervalMs;
+    const check = !full && now - this.#lastCheck >= this.#o.maxIntervalMs;
     this.#running = true;
     this.#pending = false;
     this.#urgent = false;
+    this.#fullAsked = false;
     this.#lastRun = now;
     let ok: boolean;
     try {
-      ok = await this.#fn({ full });
+      ok = await this.#fn({ full, check });
     } catch {
       ok = false;
     }
@@ -204,9 +228,12 @@ export class BoundedFrequencyRunner {
         this.#lastFull = now;
         this.#lastFullTook = after - now;
       }
+      // The next check maxInterval after this one began, or after a full sync ended (it looked at everything).
+      if (full || check) this.#lastCheck = full ? after : now;
     } else {
       this.#failures++;
       this.#pending = true;
+      if (full) this.#fullAsked = true; // a failed full sync is retried full, whatever asked for it
     }
     if (!ok) {
       const backoff = Math.min(this.#o.retryMaxMs, this.#o.retryBaseMs * 2 ** (this.#failures - 1));
@@ -214,8 +241,10 @@ export class BoundedFrequencyRunner {
     } else if (this.#pending) {
       this.#schedule(this.#urgent ? 0 : Math.max(0, this.#lastRun + this.#o.minIntervalMs - after));
     }
-    // The periodic full resync (after a failed one, the retry above comes first).
-    this.#armPeriodic((full ? now : this.#lastFull) + this.fullIntervalMs);
+    // The periodic full resync or check, whichever is due first (after a failed one, the retry above comes first:
+    // this timer is then armed a whole interval on).
+    const checkFrom = (full || check) && !ok ? now : this.#lastCheck;
+    this.#armPeriodic(Math.min((full ? now : this.#lastFull) + this.fullIntervalMs, checkFrom + this.#o.maxIntervalMs));
     if (!this.#pending) this.#idle.splice(0).forEach((r) => r());
   }
 }

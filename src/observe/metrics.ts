@@ -107,6 +107,7 @@ export class Metrics {
   readonly ipsetNetlinkFailures: Counter;
   readonly toolDuration: Histogram<'tool'>;
   readonly asideWrites: Counter<'result'>;
+  readonly driftFound: Counter<'what'>;
   readonly kubeProxyLeftovers: Counter<'kind'>;
   readonly kubeProxyCleanupErrors: Counter;
   readonly kubeProxyRunning: Gauge;
@@ -216,6 +217,12 @@ export class Metrics {
       name: 'kubeipvs_sync_aside_writes_total',
       help: 'Destination writes alongside a running sync (endpoint changes during a full resync, health moves), by result',
       labelNames: ['result'] as const,
+      registers,
+    });
+    this.driftFound = new Counter({
+      name: 'kubeipvs_periodic_check_drift_total',
+      help: 'Periodic checks between full resyncs that found something of ours gone or changed behind our back (a full resync follows at once), by what: interface, virtual_server',
+      labelNames: ['what'] as const,
       registers,
     });
     this.kubeProxyLeftovers = new Counter({

@@ -655,3 +655,39 @@ t.test(
     t.match(h.opsSince(n).join('\n'), /updateService TCP\/10\.96\.0\.1:80/, 'and updated');
   },
 );
+
+t.test(
+  'probe: the periodic check looks up a few virtual servers in turn and the interface; writes nothing',
+  async (t) => {
+    const { h } = await started();
+    const n = h.ipvs.ops.length;
+    t.equal(await h.rec.probe(8), null, 'all as left');
+    t.equal(h.ipvs.ops.length, n, 'nothing written');
+    // One of the three virtual servers removed behind our back: found within three probes of one lookup each.
+    const [gone] = await h.ipvs.services();
+    await h.ipvs.deleteService(gone!);
+    const found: unknown[] = [];
+    for (let k = 0; k < 3; k++) found.push(await h.rec.probe(1));
+    t.same(
+      found.filter((f) => f !== null),
+      [{ what: 'virtual_server', detail: `virtual server ${serviceId(gone!)} is gone` }],
+      'seen once in a round of one lookup a probe',
+    );
+    await h.full();
+    t.equal(await h.rec.probe(8), null, 'a full sync put it back');
+    // Its scheduler changed by someone else.
+    const [changed] = await h.ipvs.services();
+    await h.ipvs.updateService({ ...changed!, scheduler: 'sh' });
+    t.same(await h.rec.probe(8), {
+      what: 'virtual_server',
+      detail: `virtual server ${serviceId(changed!)} was changed`,
+    });
+    await h.full();
+    // The dummy interface deleted: the interface is looked at first.
+    await h.links.deleteLink(h.links.links.get('kube-ipvs0')!.index);
+    t.same(await h.rec.probe(8), { what: 'interface', detail: 'the dummy interface kube-ipvs0 is gone' });
+    await h.full();
+    t.equal(await h.rec.probe(8), null, 'and made again by the full sync');
+    t.equal(await new Harness().rec.probe(8), null, 'nothing to look at before the first sync');
+  },
+);

@@ -165,38 +165,86 @@ t.test('a fault in the runner itself is reported and syncing goes on (not stuck 
   r.stop();
 });
 
-t.test('the periodic full sync is spaced by its own duration: at most a tenth of the time, capped', async (t) => {
+t.test(
+  'the periodic full sync is spaced by its own duration (1% of the time, capped at 1 h), a check every maxInterval between',
+  async (t) => {
+    const clock = new ManualClock();
+    const start = clock.now();
+    // How long each full sync takes, in order; other syncs take no time.
+    const took = [100_000, 6_000, 6_000, 200, 200];
+    const fulls: number[] = [];
+    const checks: number[] = [];
+    const r = new BoundedFrequencyRunner(
+      ({ full, check }) => {
+        if (check) checks.push(clock.now() - start);
+        if (!full) return Promise.resolve(true);
+        t.notOk(check, 'a full sync is not also a check');
+        fulls.push(clock.now() - start);
+        const d = took[fulls.length - 1] ?? 0;
+        return new Promise<boolean>((res) => clock.setTimeout(() => res(true), d));
+      },
+      { minIntervalMs: 1000, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+    );
+    r.start();
+    await clock.advance(0);
+    t.equal(r.fullIntervalMs, 30_000, 'maxInterval before any full sync finished');
+    await clock.advance(100_000);
+    t.equal(r.fullIntervalMs, 3_600_000, 'a 100 s sync: 100x would be 10 000 s, capped at an hour');
+    t.same(checks, [], 'no check while the cold sync runs');
+    await clock.advance(3_600_000);
+    t.same(fulls, [0, 3_600_000], 'the next full sync an hour after the cold one began');
+    t.same(
+      checks.filter((c) => c < 3_600_000),
+      Array.from({ length: 116 }, (_, k) => 130_000 + 30_000 * k),
+      'a check every 30 s from the end of the cold sync until then',
+    );
+    await clock.advance(4_861_000 - 3_700_000);
+    t.same(
+      fulls,
+      [0, 3_600_000, 4_200_000, 4_800_000, 4_830_000, 4_860_000],
+      'after 6 s ones, 600 s; after 0.2 s ones (20 s), maxInterval again',
+    );
+    t.equal(checks.filter((c) => c > 3_600_000 && c < 4_200_000).length, 19, 'checks between those too');
+    const before = fulls.length;
+    r.request();
+    await clock.advance(1000);
+    t.equal(fulls.length, before, 'a requested sync is not a full one');
+    r.requestFull();
+    await clock.advance(1000);
+    t.equal(fulls.length, before + 1, 'requestFull: the next sync is a full one, right after the last');
+    r.stop();
+  },
+);
+
+t.test('a check that fails is retried with backoff, still a check', async (t) => {
   const clock = new ManualClock();
   const start = clock.now();
-  // How long each full sync takes, in order; incremental ones take no time.
-  const took = [100_000, 6_000, 6_000, 2_000, 2_000];
-  const fulls: number[] = [];
+  const runs: [number, boolean, boolean][] = [];
+  let failChecks = 0;
   const r = new BoundedFrequencyRunner(
-    ({ full }) => {
-      if (!full) return Promise.resolve(true);
-      fulls.push(clock.now() - start);
-      const d = took[fulls.length - 1] ?? 0;
-      return new Promise<boolean>((res) => clock.setTimeout(() => res(true), d));
+    async ({ full, check }) => {
+      runs.push([clock.now() - start, full, check]);
+      if (full) await new Promise<void>((res) => clock.setTimeout(res, 10_000)); // 10 s: full every 1 000 s
+      return !(check && failChecks-- > 0);
     },
-    { minIntervalMs: 1000, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
+    { minIntervalMs: 0, maxIntervalMs: 30_000, retryBaseMs: 500, retryMaxMs: 8000, clock },
   );
   r.start();
-  await clock.advance(0);
-  t.equal(r.fullIntervalMs, 30_000, 'maxInterval before any full sync finished');
-  await clock.advance(100_000);
-  t.equal(r.fullIntervalMs, 300_000, 'a 100 s sync: 10x would be 1 000 s, capped at 10 x maxInterval');
-  await clock.advance(700_000);
+  await clock.advance(10_000);
+  failChecks = 2;
+  await clock.advance(32_000);
   t.same(
-    fulls,
+    runs,
     [
-      0, 300_000, 360_000, 420_000, 450_000, 480_000, 510_000, 540_000, 570_000, 600_000, 630_000, 660_000, 690_000,
-      720_000, 750_000, 780_000,
+      [0, true, false],
+      [40_000, false, true],
+      [40_500, false, true],
+      [41_500, false, true],
     ],
-    'after the cold one, 300 s; after 6 s ones, 60 s; after 2 s ones, maxInterval again',
+    'two failed checks, retried at 0.5 s and 1 s, the third succeeds',
   );
-  r.request();
-  await clock.advance(1000);
-  t.equal(fulls.length, 16, 'a requested sync is not a full one');
+  await clock.advance(30_000);
+  t.same(runs.at(-1), [71_500, false, true], 'the next one 30 s after the check that succeeded');
   r.stop();
 });
 
