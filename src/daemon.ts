@@ -716,7 +716,11 @@ export class Daemon {
     try {
       found = await this.reconciler.probe(PROBE_VIRTUAL_SERVERS);
     } catch (e) {
-      this.#deps.log.warn('periodic check: IPVS lookup failed; full resync now', { error: (e as Error).message });
+      this.#deps.log.warn(
+        'periodic check: IPVS lookup failed; full resync now',
+        { error: (e as Error).message },
+        'drift:lookup',
+      );
       this.runner.requestFull();
       return;
     }

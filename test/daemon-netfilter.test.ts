@@ -268,5 +268,16 @@ t.test(
       await daemon.metrics.registry.getSingleMetricAsString('kubeipvs_periodic_check_drift_total'),
       /kubeipvs_periodic_check_drift_total\{what="virtual_server"\} 1/,
     );
+
+    // A lookup that fails says nothing either way: a full resync too.
+    const lookup = ipvs.service.bind(ipvs);
+    ipvs.service = async () => {
+      ipvs.service = lookup;
+      throw Object.assign(new Error('genl: EIO'), { code: 'EIO' });
+    };
+    await clock.advance(cfg.ipvs.syncPeriodSeconds * 1000);
+    await daemon.runner.whenIdle();
+    t.equal(fullReads, 3, 'a full resync after a failed lookup');
+    t.match(logs.join('\n'), /periodic check: IPVS lookup failed; full resync now/);
   },
 );
