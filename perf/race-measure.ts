@@ -17,13 +17,15 @@ export const raceEndpointIP = (endpoints: number, i: number, j: number) => {
  */
 export const raceNodeOf = (nodes: number, i: number, j: number) => {
   const k = (i + j) % nodes;
-  return k === 0 ? 'race-node' : `race-node-${k}`;
+  return k === 0 ? RACE_NODE : `race-node-${k}`;
 };
+/** The node under test. */
+const RACE_NODE = 'race-node';
 
 /** How many of the race's endpoints are on `race-node` (see raceNodeOf): the hairpin entries each proxy should hold. */
 export function raceLocalEndpoints(services: number, endpoints: number, nodes: number): number {
   let n = 0;
-  for (let i = 0; i < services; i++) for (let j = 0; j < endpoints; j++) if ((i + j) % nodes === 0) n++;
+  for (let i = 0; i < services; i++) for (let j = 0; j < endpoints; j++) if (raceNodeOf(nodes, i, j) === RACE_NODE) n++;
   return n;
 }
 
@@ -176,7 +178,7 @@ export async function createRaceObjects(call: ApiCall, services: number, endpoin
   await must(
     'node',
     call('POST', '/api/v1/nodes', {
-      metadata: { name: 'race-node' },
+      metadata: { name: RACE_NODE },
       status: { addresses: [{ type: 'InternalIP', address: '192.168.100.1' }] },
     }),
   );

@@ -50,6 +50,8 @@ const RACE_NODES = (() => {
   if (typeof n !== 'number') throw new Error(n.error);
   return n;
 })();
+/** The hairpin entries a proxy holds once every Service is in: one per endpoint on this node. */
+const LOCAL_ENDPOINTS = raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES);
 /** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
@@ -170,7 +172,7 @@ async function ipvsKernel(prefix: string): Promise<Kernel> {
       const counts = ipsetCounts();
       return (
         (counts.get(`${prefix}-CLUSTER-IP`) ?? 0) >= SERVICES &&
-        (counts.get(`${prefix}-LOOP-BACK`) ?? 0) >= raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES)
+        (counts.get(`${prefix}-LOOP-BACK`) ?? 0) >= LOCAL_ENDPOINTS
       );
     },
     async has(i, address) {
