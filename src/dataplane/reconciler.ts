@@ -4,7 +4,14 @@
 // runner retries the sync with backoff.
 import type { ServicePlan } from '../plan/types.ts';
 import { cidrContains, parseCIDR, type CIDR } from '../util/ip.ts';
-import { destinationMatches, destinationsOf, serviceMatches, toDesired, type DesiredVS } from './desired.ts';
+import {
+  destinationMatches,
+  destinationsOf,
+  serviceMatches,
+  toDesired,
+  v4DestinationsOf,
+  type DesiredVS,
+} from './desired.ts';
 import { IpvsError, type Ipvs } from './ipvs/client.ts';
 import {
   destinationId,
@@ -384,7 +391,7 @@ export class Reconciler {
     if (!plan || plan === req.plans.get(d.owner)) return d;
     for (const vs of plan.virtualServers) {
       const n = toDesired(vs);
-      if (n.id === d.id) return { ...d, vs: n.vs, v4: n.v4, evicted: n.evicted, service: n.service };
+      if (n.id === d.id) return { ...d, vs: n.vs, evicted: n.evicted, service: n.service };
     }
     return d;
   }
@@ -618,7 +625,8 @@ export class Reconciler {
         }
       }
       // The common case of a resync, told without building an object: the table shows exactly what is wanted.
-      if (known && d.v4 && known.same(d.v4)) asWanted = true;
+      const v4 = known ? v4DestinationsOf(d) : null;
+      if (known && v4 && known.same(v4)) asWanted = true;
       else
         try {
           kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service, { stats: false });

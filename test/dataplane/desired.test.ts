@@ -1,7 +1,7 @@
 // A planned virtual server in IPVS terms (src/dataplane/desired.ts): what is kept for every one (the compact IPv4 form
 // a resync compares) and the destinations a sync writes, built on demand.
 import t from 'tap';
-import { destinationsOf, toDesired } from '../../src/dataplane/desired.ts';
+import { destinationsOf, toDesired, v4DestinationsOf } from '../../src/dataplane/desired.ts';
 import { FwdMethod } from '../../src/dataplane/ipvs/constants.ts';
 import { destinationsByService, parseIpvsProc, renderIpvsProc } from '../../src/dataplane/ipvs/procfs.ts';
 import { v4Key } from '../../src/dataplane/ipvs/types.ts';
@@ -35,8 +35,10 @@ t.test(
     ]);
     const d = toDesired(v);
     t.equal(toDesired(v), d, 'computed once per planned virtual server');
+    const v4 = v4DestinationsOf(d);
+    t.equal(v4DestinationsOf(toDesired(v)), v4, 'the IPv4 form too: made once, on its first use');
     t.same(
-      [...d.v4!],
+      [...v4!],
       [
         ...[key('10.0.0.1', 80), 4, FwdMethod.MASQ],
         ...[key('10.0.0.1', 8080), 2, FwdMethod.MASQ],
@@ -70,16 +72,22 @@ t.test('what a resync reads from the kernel compares equal to it, and unequal af
       parseIpvsProc(renderIpvsProc([{ svc: d.service, dests: [...destinationsOf(toDesired(vs(rs))).values()] }])),
       [d.service],
     ).get(d.id)!;
-  t.ok(table(servers).same(d.v4!), 'the kernel as planned');
-  t.notOk(table(servers.slice(1)).same(d.v4!), 'one missing');
-  t.notOk(table([...servers, { address: '10.0.0.4', port: 8080, weight: 1 }]).same(d.v4!), 'one more');
-  t.notOk(table([{ ...servers[0]!, weight: 2 }, servers[1]!, servers[2]!]).same(d.v4!), 'a weight differs');
-  t.notOk(table([{ ...servers[0]!, port: 8081 }, servers[1]!, servers[2]!]).same(d.v4!), 'a port differs');
+  t.ok(table(servers).same(v4DestinationsOf(d)!), 'the kernel as planned');
+  t.notOk(table(servers.slice(1)).same(v4DestinationsOf(d)!), 'one missing');
+  t.notOk(table([...servers, { address: '10.0.0.4', port: 8080, weight: 1 }]).same(v4DestinationsOf(d)!), 'one more');
+  t.notOk(
+    table([{ ...servers[0]!, weight: 2 }, servers[1]!, servers[2]!]).same(v4DestinationsOf(d)!),
+    'a weight differs',
+  );
+  t.notOk(
+    table([{ ...servers[0]!, port: 8081 }, servers[1]!, servers[2]!]).same(v4DestinationsOf(d)!),
+    'a port differs',
+  );
 });
 
 t.test('IPv6 has no compact form; evictions are kept by destination', async (t) => {
   const six = toDesired(vs([{ address: 'fd00::a', port: 80, weight: 1 }], 6));
-  t.equal(six.v4, null);
+  t.equal(v4DestinationsOf(six), null);
   t.same([...destinationsOf(six).keys()], ['[fd00::a]:80']);
   const evicting = toDesired({
     ...vs([{ address: '10.0.0.1', port: 80, weight: 0 }]),

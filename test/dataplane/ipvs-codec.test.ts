@@ -222,6 +222,9 @@ t.test('decode a destination with connection counts; family from the service whe
   const { stats: _stats, ...rest } = d;
   t.same(bare, rest, 'everything else as the full decode');
   t.equal(bare.activeConns, 4);
+  // u32 values with the top bit set read unsigned (the kernel's thresholds and counts are u32).
+  const high = Buffer.concat([tlv(1, addr([10, 244, 1, 5])), tlv(2, be16(8080)), tlv(6, le32(0xfffffffe))]);
+  t.equal(decodeDestination(high, 4, false).lowerThreshold, 0xfffffffe, 'a u32 above 2^31 stays positive');
 });
 
 t.test('info and config replies', async (t) => {
