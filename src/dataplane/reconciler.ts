@@ -761,6 +761,8 @@ const NOTHING_APPLIED: Applied = { vs: [], addresses: [] };
  * through 10 000 of them without letting an endpoint change, a health transition or a scrape in.
  */
 async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
+  // One item (an endpoint change's virtual server, most often): no workers, no gate.
+  if (items.length <= 1) return items.length === 1 ? fn(items[0]!) : undefined;
   let i = 0;
   let yieldAt = POOL_SLICE;
   // While the loop turns, every worker waits at this gate before taking another item.
