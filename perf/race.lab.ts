@@ -453,6 +453,9 @@ async function race(proxy: string): Promise<Result> {
     for (const rate of CHURN_RATES) {
       let threads0: ReturnType<typeof threadCpu> = new Map(); // read at the window's start (onCpu)
       let threads = '';
+      // RACE_PERF=1: `perf record` on the proxy (every thread, kernel and native frames) through the window, in
+      // /lab-results (kept with LAB_KEEP=DIR) with the guest's kallsyms: where emulated time goes below JavaScript.
+      let perf: ChildProcess | null = null;
       const run = await churnWindow({
         pid,
         rate,
@@ -466,8 +469,23 @@ async function race(proxy: string): Promise<Result> {
         onCpu: (edge) => {
           if (edge === 'start') threads0 = threadCpu(pid);
           else threads = threadDelta(threads0, threadCpu(pid));
+          if (process.env.RACE_PERF !== '1') return;
+          if (edge === 'start') {
+            writeFileSync('/lab-results/kallsyms', readFileSync('/proc/kallsyms'));
+            const data = `/lab-results/perf-${proxy}-${rate}.data`;
+            // No build-id cache: copying the node binary into ~/.debug at exit took minutes under emulation.
+            const args = ['record', '-F', '199', '-g', '--no-buildid-cache', '-p', String(pid), '-o', data];
+            perf = spawn('perf', args, { stdio: 'ignore' });
+            perf.on('error', (e) => log(`perf: ${e.message}`));
+          } else perf?.kill('SIGINT');
         },
       });
+      if (perf) {
+        const p: ChildProcess = perf;
+        const timer = setTimeout(() => p.kill('SIGKILL'), 60_000); // its data is written by then, or lost
+        await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
+        clearTimeout(timer);
+      }
       churnWrites += run.writes;
       churn.push(run);
       log(`${proxy}: churn at ${rate}/s, CPU by thread (user/system s): ${threads}`);

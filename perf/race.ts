@@ -8,12 +8,13 @@
 // PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"; also kube-ipvs-base and node-watch-floor, the
 // CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
-// profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); MIN_SYNC_PERIOD=1s runs kube-ipvs with that
-// ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's), SYNC_PERIOD=10s with that ipvs.syncPeriod (both
-// builds: at 10 000 Services a periodic resync then runs through most of the churn); KIPVS_FLAGS=--a,--b=1 adds V8
-// flags to kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its ipvs.syncPeriod and
-// ipvs.minSyncPeriod (kube-ipvs only, not kube-ipvs-base) and
-// MALLOC_ARENA_MAX=N sets glibc's for it (experiments).
+// profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); RACE_PERF=1 a `perf record` of each proxy
+// through each churn window (with the guest's kallsyms: `perf report -i F --kallsyms K`); MIN_SYNC_PERIOD=1s runs
+// kube-ipvs with that ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's), SYNC_PERIOD=10s with that
+// ipvs.syncPeriod (both builds: at 10 000 Services a periodic resync then runs through most of the churn);
+// KIPVS_FLAGS=--a,--b=1 adds V8 flags to kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its
+// ipvs.syncPeriod and ipvs.minSyncPeriod (kube-ipvs only, not kube-ipvs-base) and MALLOC_ARENA_MAX=N sets glibc's
+// for it (experiments).
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -88,6 +89,7 @@ try {
     'PROXIES',
     'RACE_CORE',
     'RACE_PROFILE',
+    'RACE_PERF',
     'MIN_SYNC_PERIOD',
     'KIPVS_FLAGS',
     'KIPVS_SYNC_PERIOD',

@@ -11,11 +11,23 @@ export interface Clock {
   clearTimeout(handle: unknown): void;
 }
 
-/** Real time. Its timers keep the process alive: the periodic resync is what a daemon waits on. */
+/** A timer due now, as systemClock arms it. */
+interface Now {
+  immediate: NodeJS.Immediate;
+}
+
+/**
+ * Real time. Its timers keep the process alive: the periodic resync is what a daemon waits on. A timer due now (every
+ * endpoint change's sync asks for one) is an immediate, run after the event loop's next poll: Node's timer list, its
+ * objects and its 1 ms floor are for later times.
+ */
 export const systemClock: Clock = {
   now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+  setTimeout: (fn, ms): NodeJS.Timeout | Now => (ms <= 0 ? { immediate: setImmediate(fn) } : setTimeout(fn, ms)),
+  clearTimeout: (h) => {
+    if (h !== null && typeof h === 'object' && 'immediate' in h) clearImmediate((h as Now).immediate);
+    else clearTimeout(h as NodeJS.Timeout);
+  },
 };
 
 /**

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { BoundedFrequencyRunner } from '../../src/dataplane/runner.ts';
+import { BoundedFrequencyRunner, systemClock } from '../../src/dataplane/runner.ts';
 import { ManualClock } from '../support/clock.ts';
 
 function setup(
@@ -302,3 +302,26 @@ t.test('the periodic resync falling due during a sync runs right after it, as a 
   ]);
   r.stop();
 });
+
+t.test(
+  'the real clock: a timer due now runs as an immediate, a later one not before its time; either can be cleared',
+  async (t) => {
+    const fired: string[] = [];
+    const start = Date.now();
+    systemClock.setTimeout(() => fired.push('now'), 0);
+    const cleared = systemClock.setTimeout(() => fired.push('now, cleared'), 0);
+    systemClock.clearTimeout(cleared);
+    let lateAt = 0;
+    systemClock.setTimeout(() => {
+      lateAt = Date.now();
+      fired.push('later');
+    }, 30);
+    const clearedLater = systemClock.setTimeout(() => fired.push('later, cleared'), 10);
+    systemClock.clearTimeout(clearedLater);
+    await new Promise((r) => setImmediate(r));
+    t.same(fired, ['now'], 'the one due now ran at the next turn; the cleared one did not');
+    await new Promise((r) => setTimeout(r, 80));
+    t.same(fired, ['now', 'later'], 'the later one ran; the cleared later one did not');
+    t.ok(lateAt - start >= 29, `not before its time (${lateAt - start} ms)`);
+  },
+);
