@@ -623,6 +623,53 @@ t.test(
   },
 );
 
+t.test('every probe slot taken: due probes wait for an answer, not for ticks that can start nothing', async (t) => {
+  // A clock that counts timers armed for now, and stops a loop of them (the stage before this fix re-armed at once,
+  // for ever, while every slot was taken: a 1 ms poll on Node's timers, a spin on a clock with no floor).
+  class CountingClock extends ManualClock {
+    atNow = 0;
+    override setTimeout(fn: () => void, ms: number) {
+      if (ms <= 0 && ++this.atNow > 1000) throw new Error('a loop of timers due now');
+      return super.setTimeout(fn, ms);
+    }
+  }
+  const clock = new CountingClock();
+  const pending: ((r: { ok: boolean; reason: string; ms: number }) => void)[] = [];
+  const prober = { probe: () => new Promise<{ ok: boolean; reason: string; ms: number }>((r) => pending.push(r)) };
+  const cfg = { ...defaultHealthConfig(), kind: 'tcp' as const };
+  const stage = new HealthStage({
+    config: cfg,
+    clock,
+    prober,
+    maxInFlight: 2,
+    log: new Logger({ sink: () => {} }),
+    onChange: () => {},
+    random: () => 0.5,
+  });
+  stage.setService('ns/s', {
+    service: 'ns/s',
+    settings: cfg,
+    passive: false,
+    tcpVirtualServers: [],
+    virtualServers: [],
+    unresolvedPort: null,
+    endpoints: Array.from({ length: 5 }, (_, k) => ({
+      endpoint: `10.0.0.${k}:80`,
+      address: `10.0.0.${k}`,
+      port: 80,
+      probe: { kind: 'tcp' as const, address: `10.0.0.${k}`, port: 80, path: '/' },
+    })),
+  });
+  stage.start();
+  await clock.advance(1000);
+  t.equal(pending.length, 2, 'two probes in flight, the slots they have');
+  t.ok(clock.atNow < 50, `no loop of ticks meanwhile (${clock.atNow} timers armed for now)`);
+  pending.shift()!({ ok: true, reason: 'ok', ms: 1 });
+  await clock.advance(10);
+  t.equal(pending.length, 2, 'an answer frees a slot, and a due probe takes it at once');
+  stage.stop();
+});
+
 t.test('the budget holds: a thousand targets added at once never probe faster than probesPerSecond', async (t) => {
   const clock = new ManualClock();
   const prober = new FakeProber(() => clock.now());

@@ -280,6 +280,9 @@ export class HealthStage {
     if (!this.#running) return;
     const now = this.#o.clock.now();
     let at = this.#schedule.nextAt();
+    // A probe due with every probe slot taken waits for one to finish (its answer arms this again), not for a loop
+    // of ticks that can start nothing.
+    if (at <= now && this.#inFlight >= this.#o.maxInFlight) at = Infinity;
     // A probe due with the budget spent waits for the next token, not for a busy loop.
     if (at <= now && this.#tokensAt(now) < 1)
       at = now + Math.ceil((1 - this.#tokensAt(now)) * (1000 / this.#o.config.probesPerSecond));
