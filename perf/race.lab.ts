@@ -8,7 +8,7 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
@@ -456,6 +456,7 @@ async function race(proxy: string): Promise<Result> {
       // RACE_PERF=1: `perf record` on the proxy (every thread, kernel and native frames) through the window, in
       // /lab-results (kept with LAB_KEEP=DIR) with the guest's kallsyms: where emulated time goes below JavaScript.
       let perf: ChildProcess | null = null;
+      let perfEnded: Promise<unknown> = Promise.resolve();
       const run = await churnWindow({
         pid,
         rate,
@@ -471,19 +472,29 @@ async function race(proxy: string): Promise<Result> {
           else threads = threadDelta(threads0, threadCpu(pid));
           if (process.env.RACE_PERF !== '1') return;
           if (edge === 'start') {
-            writeFileSync('/lab-results/kallsyms', readFileSync('/proc/kallsyms'));
+            // The modules are all loaded before the first proxy starts: one copy of the symbols serves every window.
+            if (!existsSync('/lab-results/kallsyms'))
+              writeFileSync('/lab-results/kallsyms', readFileSync('/proc/kallsyms'));
             const data = `/lab-results/perf-${proxy}-${rate}.data`;
             // No build-id cache: copying the node binary into ~/.debug at exit took minutes under emulation.
             const args = ['record', '-F', '199', '-g', '--no-buildid-cache', '-p', String(pid), '-o', data];
-            perf = spawn('perf', args, { stdio: 'ignore' });
-            perf.on('error', (e) => log(`perf: ${e.message}`));
+            const p = spawn('perf', args, { stdio: 'ignore' });
+            // Ended: exited, or never started (no exit event follows a failed spawn).
+            perfEnded = new Promise((r) => {
+              p.once('exit', r);
+              p.once('error', (e) => {
+                log(`perf: ${e.message}`);
+                r(null);
+              });
+            });
+            perf = p;
           } else perf?.kill('SIGINT');
         },
       });
       if (perf) {
         const p: ChildProcess = perf;
         const timer = setTimeout(() => p.kill('SIGKILL'), 60_000); // its data is written by then, or lost
-        await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
+        await perfEnded;
         clearTimeout(timer);
       }
       churnWrites += run.writes;

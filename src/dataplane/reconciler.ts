@@ -626,7 +626,7 @@ export class Reconciler {
       }
       // The common case of a resync, told without building an object: the table shows exactly what is wanted.
       const v4 = known ? v4DestinationsOf(d) : null;
-      if (known && v4 && known.same(v4)) asWanted = true;
+      if (v4 && known?.same(v4)) asWanted = true;
       else
         try {
           kernelDests = known ? known.list() : await this.#ipvs.destinations(d.service, { stats: false });

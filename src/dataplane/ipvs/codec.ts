@@ -193,16 +193,9 @@ const eachAttr = (b: Buffer, from: number, to: number, f: (type: number, o: numb
 /** Fills `ix` with where each attribute of b[from, to) starts (-1: absent); the last of a type wins. */
 function attrIndex(ix: Int32Array, b: Buffer, from: number, to: number): Int32Array {
   ix.fill(-1);
-  // eachAttr's walk and checks, written out: a destination dump decodes every destination of the virtual server at
-  // each endpoint change, and a callback per attribute was most of that decoding's cost in the daemon's interpreter.
-  let o = from;
-  while (to - o >= 4) {
-    const len = b[o]! | (b[o + 1]! << 8);
-    if (len < 4 || o + len > to) throw new CodecError(`invalid attribute length ${len} at byte ${o - from}`);
-    const type = (b[o + 2]! | (b[o + 3]! << 8)) & 0x3fff;
+  eachAttr(b, from, to, (type, o) => {
     if (type <= MAX_TYPE) ix[type] = o;
-    o += (len + 3) & ~3;
-  }
+  });
   return ix;
 }
 
