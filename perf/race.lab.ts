@@ -8,7 +8,7 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
@@ -496,6 +496,10 @@ async function race(proxy: string): Promise<Result> {
         const timer = setTimeout(() => p.kill('SIGKILL'), 60_000); // its data is written by then, or lost
         await perfEnded;
         clearTimeout(timer);
+        // With KIPVS_FLAGS=--perf-basic-prof,--interpreted-frames-native-stack V8 names the code it made (each
+        // interpreted function too) in /tmp/perf-PID.map, which `perf report` reads from /tmp: kept as it was then.
+        const map = `/tmp/perf-${pid}.map`;
+        if (existsSync(map)) copyFileSync(map, `/lab-results/perf-${pid}.map`);
       }
       churnWrites += run.writes;
       churn.push(run);

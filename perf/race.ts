@@ -9,7 +9,9 @@
 // CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); RACE_PERF=1 a `perf record` of each proxy
-// through each churn window (with the guest's kallsyms: `perf report -i F --kallsyms K`); MIN_SYNC_PERIOD=1s runs
+// through each churn window (with the guest's kallsyms: `perf report -i F --kallsyms K`; with
+// KIPVS_FLAGS=--perf-basic-prof,--interpreted-frames-native-stack kube-ipvs' JavaScript functions by name too, from
+// the perf-PID.map kept beside, which perf reads from /tmp); MIN_SYNC_PERIOD=1s runs
 // kube-ipvs with that ipvs.minSyncPeriod (its default is 0, as kube-proxy's ipvs mode's), SYNC_PERIOD=10s with that
 // ipvs.syncPeriod (both builds: at 10 000 Services a periodic resync then runs through most of the churn);
 // KIPVS_FLAGS=--a,--b=1 adds V8 flags to kube-ipvs', KIPVS_SYNC_PERIOD=10m and KIPVS_MIN_SYNC_PERIOD=1s set its
