@@ -9,6 +9,9 @@ export const raceEndpointIP = (endpoints: number, i: number, j: number) => {
   return `10.${200 + (n >> 16)}.${(n >> 8) & 255}.${n & 255}`;
 };
 
+/** The node under test. */
+const RACE_NODE = 'race-node';
+
 /**
  * The node endpoint j of Service i runs on, with the race's endpoints spread over `nodes` nodes (RACE_NODES): the node
  * under test, `race-node`, has those with (i + j) % nodes === 0 (all of them when nodes is 1: the race's default), the
@@ -19,8 +22,6 @@ export const raceNodeOf = (nodes: number, i: number, j: number) => {
   const k = (i + j) % nodes;
   return k === 0 ? RACE_NODE : `race-node-${k}`;
 };
-/** The node under test. */
-const RACE_NODE = 'race-node';
 
 /** How many of the race's endpoints are on `race-node` (see raceNodeOf): the hairpin entries each proxy should hold. */
 export function raceLocalEndpoints(services: number, endpoints: number, nodes: number): number {

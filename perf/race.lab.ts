@@ -8,7 +8,16 @@
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, readFileSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  readFileSync,
+  writeFileSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  statSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
@@ -365,7 +374,8 @@ async function race(proxy: string): Promise<Result> {
         : await ipvsKernel(proxy.startsWith('kube-ipvs') ? 'KIPVS' : 'KUBE');
   const t0 = performance.now();
   const p = start(proxy);
-  log(`${proxy}: started at ${new Date().toISOString()}`);
+  const startedMs = Date.now();
+  log(`${proxy}: started at ${new Date(startedMs).toISOString()}`);
   const pid = p.pid!;
   // Killed by a signal (an abort), a process has a signalCode and no exitCode.
   const gone = () => p.exitCode !== null || p.signalCode !== null;
@@ -498,8 +508,9 @@ async function race(proxy: string): Promise<Result> {
         clearTimeout(timer);
         // With KIPVS_FLAGS=--perf-basic-prof,--interpreted-frames-native-stack V8 names the code it made (each
         // interpreted function too) in /tmp/perf-PID.map, which `perf report` reads from /tmp: kept as it was then.
+        // Only one this process wrote: the guest's /tmp may show an older file of the same name from below.
         const map = `/tmp/perf-${pid}.map`;
-        if (existsSync(map)) copyFileSync(map, `/lab-results/perf-${pid}.map`);
+        if (existsSync(map) && statSync(map).mtimeMs >= startedMs) copyFileSync(map, `/lab-results/perf-${pid}.map`);
       }
       churnWrites += run.writes;
       churn.push(run);
