@@ -488,29 +488,30 @@ async function race(proxy: string): Promise<Result> {
             const data = `/lab-results/perf-${proxy}-${rate}.data`;
             // No build-id cache: copying the node binary into ~/.debug at exit took minutes under emulation.
             const args = ['record', '-F', '199', '-g', '--no-buildid-cache', '-p', String(pid), '-o', data];
-            const p = spawn('perf', args, { stdio: 'ignore' });
+            const recorder = spawn('perf', args, { stdio: 'ignore' });
             // Ended: exited, or never started (no exit event follows a failed spawn).
             perfEnded = new Promise((r) => {
-              p.once('exit', r);
-              p.once('error', (e) => {
+              recorder.once('exit', r);
+              recorder.once('error', (e) => {
                 log(`perf: ${e.message}`);
                 r(null);
               });
             });
-            perf = p;
+            perf = recorder;
           } else perf?.kill('SIGINT');
         },
       });
       if (perf) {
-        const p: ChildProcess = perf;
-        const timer = setTimeout(() => p.kill('SIGKILL'), 60_000); // its data is written by then, or lost
+        const recorder: ChildProcess = perf;
+        const timer = setTimeout(() => recorder.kill('SIGKILL'), 60_000); // its data is written by then, or lost
         await perfEnded;
         clearTimeout(timer);
         // With KIPVS_FLAGS=--perf-basic-prof,--interpreted-frames-native-stack V8 names the code it made (each
         // interpreted function too) in /tmp/perf-PID.map, which `perf report` reads from /tmp: kept as it was then.
         // Only one this process wrote: the guest's /tmp may show an older file of the same name from below.
         const map = `/tmp/perf-${pid}.map`;
-        if (existsSync(map) && statSync(map).mtimeMs >= startedMs) copyFileSync(map, `/lab-results/perf-${pid}.map`);
+        const mapWritten = statSync(map, { throwIfNoEntry: false })?.mtimeMs;
+        if (mapWritten !== undefined && mapWritten >= startedMs) copyFileSync(map, `/lab-results/perf-${pid}.map`);
       }
       churnWrites += run.writes;
       churn.push(run);
