@@ -7,7 +7,7 @@
 //      annotation the writes carry);
 //   4. resident memory after the churn.
 // Both run with their default periodic resync (30 s), as in production. Prints one table, with ratios to kube-ipvs.
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -222,6 +222,11 @@ function nftKernel(): Kernel {
       return '';
     }
   };
+  // Asynchronous, so that the change phase's writer keeps its 3 s while a listing runs (a minute at 10 000 Services).
+  const nftAsync = (...args: string[]) =>
+    new Promise<string>((resolve) =>
+      execFile('nft', args, { encoding: 'utf8', maxBuffer: 1 << 28 }, (err, out) => resolve(err ? '' : out)),
+    );
   let listed = { at: -Infinity, text: '' };
   return {
     async complete() {
@@ -237,7 +242,7 @@ function nftKernel(): Kernel {
       // emulation. One listing serves every change pending in a round of looks: it is fresh for 250 ms after it
       // ended (at 1 000 Services one takes seconds; timed from its start, each look of a round listed again).
       if (performance.now() - listed.at > 250) {
-        const text = nft('list', 'chains', 'ip');
+        const text = await nftAsync('list', 'chains', 'ip');
         listed = { at: performance.now(), text };
       }
       return listed.text.includes(`-${key(i)}/tcp/http__${address}/`);
@@ -407,28 +412,41 @@ async function race(proxy: string): Promise<Result> {
     }
     log(`${proxy}: cold start ${coldS.toFixed(1)} s`);
     Object.assign(got, { coldVsS, coldS });
-    // 2. changes, 3 s apart, each watched until it is in (at most 5 minutes)
+    // 2. changes, 3 s apart, each watched until it is in, at most 5 minutes after the last was written. The writer
+    // keeps its own schedule: a look that takes long (kube-proxy `nftables`' chain listing, a minute at 10 000
+    // Services under emulation) delays no write, so 20 changes cost a proxy that never programs them 60 s + 5 min.
     const pending = new Map<number, { address: string; at: number }>();
     const changeMs: number[] = [];
-    let written = 0;
     let unseen = 0;
-    const deadline = () => performance.now() + 300_000;
-    let nextWrite = performance.now();
     let stopAt = Infinity;
-    // The floor programs nothing: no change of its to see.
-    while (proxy !== FLOOR && (written < CHANGES || pending.size > 0)) {
-      if (written < CHANGES && performance.now() >= nextWrite) {
+    let writing = proxy !== FLOOR; // the floor programs nothing: no change of its to see
+    const write: { error: Error | null } = { error: null }; // an object: set in a callback, read here
+    const writer = (async () => {
+      if (!writing) return;
+      const first = performance.now();
+      for (let written = 0; written < CHANGES; written++) {
+        const wait = first + written * 3000 - performance.now();
+        if (wait > 0) await sleep(wait);
         const i = Math.floor((written * 7919) % SERVICES);
         const address = freshIP();
         await change(i, address);
         pending.set(i, { address, at: performance.now() });
-        written++;
-        nextWrite += 3000;
-        if (written === CHANGES) stopAt = deadline();
       }
+    })().then(
+      () => {
+        writing = false;
+        stopAt = performance.now() + 300_000;
+      },
+      (e: unknown) => {
+        writing = false;
+        write.error = e instanceof Error ? e : new Error('a change could not be written');
+      },
+    );
+    while (writing || pending.size > 0) {
+      if (write.error !== null) break;
       for (const [i, c] of pending) {
-        // At 10 000 Services one `nft list chain` takes a minute under emulation: the deadline is checked between
-        // looks, not only after a round of 20 of them (the 10 000 race's nftables phase once polled for 30 minutes).
+        // The deadline is checked between looks, not only after a round of 20 of them (the 10 000 race's nftables
+        // phase once polled for 30 minutes).
         if (performance.now() > stopAt) break;
         if (await kernel.has(i, c.address)) {
           changeMs.push(performance.now() - c.at);
@@ -441,6 +459,8 @@ async function race(proxy: string): Promise<Result> {
       }
       await sleep(proxy === 'kube-proxy-nftables' ? 100 : 10);
     }
+    await writer;
+    if (write.error !== null) throw write.error;
     log(`${proxy}: ${changeMs.length} changes seen, median ${pct(changeMs, 0.5).toFixed(0)} ms, ${unseen} unseen`);
     if (unseen > 0) kernel.dump(`/lab-results/race-${proxy}-unseen.txt`, [...pending.entries()]);
     Object.assign(got, { changeMs, unseen });
