@@ -215,22 +215,16 @@ function floorKernel(log: string): Kernel {
 }
 
 function nftKernel(): Kernel {
-  const nft = (...args: string[]) => {
-    try {
-      return execFileSync('nft', args, { encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'ignore'] });
-    } catch {
-      return '';
-    }
-  };
   // Asynchronous, so that the change phase's writer keeps its 3 s while a listing runs (a minute at 10 000 Services).
-  const nftAsync = (...args: string[]) =>
+  // A failed run (the table not made yet) reads as empty.
+  const nft = (...args: string[]) =>
     new Promise<string>((resolve) =>
       execFile('nft', args, { encoding: 'utf8', maxBuffer: 1 << 28 }, (err, out) => resolve(err ? '' : out)),
     );
   let listed = { at: -Infinity, text: '' };
   return {
     async complete() {
-      return (nft('list', 'map', 'ip', 'kube-proxy', 'service-ips').match(/goto service-/g) ?? []).length;
+      return ((await nft('list', 'map', 'ip', 'kube-proxy', 'service-ips')).match(/goto service-/g) ?? []).length;
     },
     // One transaction: the map is filled with everything else.
     rules: async () => true,
@@ -242,7 +236,7 @@ function nftKernel(): Kernel {
       // emulation. One listing serves every change pending in a round of looks: it is fresh for 250 ms after it
       // ended (at 1 000 Services one takes seconds; timed from its start, each look of a round listed again).
       if (performance.now() - listed.at > 250) {
-        const text = await nftAsync('list', 'chains', 'ip');
+        const text = await nft('list', 'chains', 'ip');
         listed = { at: performance.now(), text };
       }
       return listed.text.includes(`-${key(i)}/tcp/http__${address}/`);
