@@ -63,6 +63,11 @@ export function cpuSeconds(pid: number): { self: number; children: number; live:
   }
   return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100, live };
 }
+/** The process's own CPU seconds (utime + stime) from /proc/PID/stat, without cpuSeconds' walk of /proc. */
+export function selfCpu(pid: number): number {
+  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
 /** /proc/PID/stat's fields after the command's name (which may hold spaces): [0] is the state, [1] the parent. */
 export const statFields = (stat: string): string[] => stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
 /** Child CPU seconds between two readings of cpuSeconds. */
@@ -249,6 +254,18 @@ export function churnRates(value: string | undefined): number[] | { error: strin
 }
 
 /**
+ * CHURN_SECONDS: how long each churn window writes, a whole 1..3600 s; `fallback` when unset. The error says what was
+ * wrong with the value.
+ */
+export function churnSeconds(value: string | undefined, fallback: number): number | { error: string } {
+  if (value === undefined || value.trim() === '') return fallback;
+  const s = /^\s*[0-9]+\s*$/.test(value) ? Number(value) : NaN;
+  if (!(s >= 1 && s <= 3600))
+    return { error: `CHURN_SECONDS: ${JSON.stringify(value.slice(0, 20))} is not a whole 1..3600 seconds` };
+  return s;
+}
+
+/**
  * Calls `write(n)` `rate` times a second for `seconds` (n = 0, 1, ...; each on its own schedule, not after the one
  * before ends), then waits for every write to be answered. Returns how many writes were made.
  */
@@ -274,6 +291,12 @@ export interface ChurnRun {
   cpuS: number;
   /** Its child processes' CPU seconds in the same window (cpuSeconds, childCpu). */
   childCpuS: number;
+  /**
+   * The process's own CPU seconds in each whole minute of the writes, in order (none when they last under a minute).
+   * At 10 000 Services kube-proxy's sync runs for minutes under emulation, and what its process spends in one minute
+   * depends on where that minute falls in it: the spread says how far one minute's number can be trusted.
+   */
+  minuteCpuS: number[];
   p50: number;
   p99: number;
   /**
@@ -307,9 +330,10 @@ export interface ChurnRow {
 }
 
 /**
- * Every churn window's rows, as both races print them: the process's CPU seconds (`cpuDigits`), then the harness's
- * own rows (`own(head, at)`, from churnColumn: how it counts child processes and CPU per change), then the changes
- * programmed and the latency p50 and p99.
+ * Every churn window's rows, as both races print them: the process's CPU seconds (`cpuDigits`; for a window of two
+ * minutes or more, its lowest and highest minute too), then the harness's own rows (`own(head, at)`, from
+ * churnColumn: how it counts child processes and CPU per change), then the changes programmed and the latency p50
+ * and p99.
  */
 export function churnRows(
   rates: number[],
@@ -325,6 +349,21 @@ export function churnRows(
         get: at((c) => c.cpuS),
         digits: cpuDigits,
       },
+      // Two whole minutes or more: how far apart its minutes were (ChurnRun.minuteCpuS).
+      ...(seconds >= 120
+        ? [
+            {
+              label: `${head}: CPU seconds of the process in its lowest minute`,
+              get: at((c) => (c.minuteCpuS.length ? Math.min(...c.minuteCpuS) : NaN)),
+              digits: cpuDigits,
+            },
+            {
+              label: `${head}: CPU seconds of the process in its highest minute`,
+              get: at((c) => (c.minuteCpuS.length ? Math.max(...c.minuteCpuS) : NaN)),
+              digits: cpuDigits,
+            },
+          ]
+        : []),
       ...own(head, at),
       {
         label: `${head}: changes programmed by 5 s after it (latency observations)`,
@@ -354,12 +393,39 @@ export async function churnWindow(o: {
   alive: () => void;
   onCpu?: (edge: 'start' | 'end') => void;
   settleMs?: number;
+  /** How long a "minute" of minuteCpuS is (tests shorten it). */
+  minuteMs?: number;
 }): Promise<ChurnRun> {
   const buckets = () => (o.metrics ? latencyBuckets(o.metrics) : Promise.resolve(new Map<number, number>()));
   const before = await buckets();
   const cpu0 = cpuSeconds(o.pid);
   o.onCpu?.('start');
-  const writes = await paced(o.rate, o.seconds, o.write);
+  const minuteMs = o.minuteMs ?? 60_000;
+  const minuteCpuS: number[] = [];
+  const mark = { at: cpu0.self, whole: Math.floor((o.seconds * 1000) / minuteMs) };
+  const minutes = setInterval(() => {
+    if (minuteCpuS.length >= mark.whole) return;
+    try {
+      const now = selfCpu(o.pid);
+      minuteCpuS.push(now - mark.at);
+      mark.at = now;
+    } catch {
+      // gone: alive() says so after the writes
+    }
+  }, minuteMs);
+  let writes: number;
+  try {
+    writes = await paced(o.rate, o.seconds, o.write);
+  } finally {
+    clearInterval(minutes);
+  }
+  // The last whole minute's tick can lose the race with the writes' end by a few milliseconds: read it now.
+  if (minuteCpuS.length < mark.whole)
+    try {
+      minuteCpuS.push(selfCpu(o.pid) - mark.at);
+    } catch {
+      // gone: alive() says so below
+    }
   await new Promise((r) => setTimeout(r, o.settleMs ?? 5000));
   o.alive();
   const cpu1 = cpuSeconds(o.pid);
@@ -370,6 +436,7 @@ export async function churnWindow(o: {
     writes,
     cpuS: cpu1.self - cpu0.self,
     childCpuS: childCpu(cpu0, cpu1),
+    minuteCpuS,
     p50: quantile(before, after, 0.5),
     p99: quantile(before, after, 0.99),
     programmed: o.metrics ? (after.get(Infinity) ?? 0) - (before.get(Infinity) ?? 0) : NaN,

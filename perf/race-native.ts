@@ -33,6 +33,7 @@ import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import {
   type ChurnRun,
   churnRows,
+  churnSeconds,
   churnRates,
   churnWindow,
   createRaceObjects,
@@ -43,7 +44,6 @@ import {
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
 const ENDPOINTS = Number(process.env.ENDPOINTS ?? 10);
-const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 600);
 const KNOWN = ['kube-ipvs', 'kube-proxy-nftables', 'kube-proxy-iptables', 'node-watch-floor'];
 /** KIPVS_FLAGS=--a,--b=1: more node flags for kube-ipvs (e.g. --cpu-prof,--cpu-prof-dir=DIR). */
@@ -58,8 +58,7 @@ const fail = (why: string): never => {
 };
 if (!Number.isInteger(SERVICES) || SERVICES < 1 || SERVICES > 50_000) fail('SERVICES must be 1..50000');
 if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDPOINTS must be 1..100');
-if (!Number.isInteger(CHURN_SECONDS) || CHURN_SECONDS < 1 || CHURN_SECONDS > 3600)
-  fail('CHURN_SECONDS must be 1..3600');
+const CHURN_SECONDS = ((s) => (typeof s === 'number' ? s : fail(s.error)))(churnSeconds(process.env.CHURN_SECONDS, 60));
 if (!Number.isInteger(COLD_LIMIT) || COLD_LIMIT < 1) fail('COLD_LIMIT must be a whole number of seconds');
 /** CHURN_RATES=1,10: a churn window at each rate in turn (writes a second; 10 when unset). */
 const CHURN_RATES = ((r) => ('error' in r ? fail(r.error) : r))(churnRates(process.env.CHURN_RATES));

@@ -2,11 +2,12 @@
 // proxy at a time, watching the same real API server. On the host: an etcd and kube-apiserver (the test set-up's
 // binaries), SERVICES Services x ENDPOINTS endpoints created through the API; then one lab VM boot runs
 // perf/race.lab.ts, which measures each proxy in turn and prints the table. Needs root and the test set-up
-// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60), CHURN_RATES
+// (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60; 300 from 10 000
+// Services up, perf/race.lab.ts says why), CHURN_RATES
 // (10: writes a second; "1,3,10" runs a churn window at each rate in turn, 0.1..100 each),
 // QUIET_SECONDS (0; N: each proxy's CPU over N s with no writes, before the churn), COLD_LIMIT (1800 s),
 // PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"; also kube-ipvs-base and node-watch-floor, the
-// CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (5400 s);
+// CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (7200 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
 // profile of kube-ipvs' whole run there (`node perf/profile.ts FILE`); RACE_PERF=1 a `perf record` of each proxy
 // through each churn window (with the guest's kallsyms: `perf report -i F --kallsyms K`; with
@@ -23,7 +24,7 @@ import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
 import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
-import { churnRates, createRaceObjects, raceNodes } from './race-measure.ts';
+import { churnRates, churnSeconds, createRaceObjects, raceNodes } from './race-measure.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
@@ -38,6 +39,8 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
 {
   const rates = churnRates(process.env.CHURN_RATES);
   if ('error' in rates) fail(rates.error);
+  const seconds = churnSeconds(process.env.CHURN_SECONDS, 60);
+  if (typeof seconds !== 'number') fail(seconds.error);
 }
 const NODES = ((n) => (typeof n === 'number' ? n : fail(n.error)))(raceNodes(process.env.RACE_NODES));
 const prepared = labPrepared();
@@ -77,7 +80,7 @@ try {
     ...process.env,
     LAB_SHARE: share,
     LAB_HOST_PORT: String(api.apiPort),
-    LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '5400',
+    LAB_TIMEOUT: process.env.LAB_TIMEOUT ?? '7200',
   };
   const guestEnv = [
     'SERVICES',

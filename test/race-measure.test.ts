@@ -7,6 +7,7 @@ import {
   churnColumn,
   churnRates,
   churnRows,
+  churnSeconds,
   churnWindow,
   paced,
   raceChange,
@@ -58,6 +59,7 @@ t.test("churnColumn: a window's label head and cells, n/a for a proxy that stopp
     writes: rate * 60,
     cpuS,
     childCpuS: 0,
+    minuteCpuS: [],
     p50: 0.25,
     p99: 0.5,
     programmed: rate * 60,
@@ -79,6 +81,7 @@ t.test("churnRows: each window's shared rows around the harness's own, in window
     writes: rate * 60,
     cpuS: rate / 2,
     childCpuS: rate,
+    minuteCpuS: [rate / 4, rate / 8],
     p50: 0.25,
     p99: 1,
     programmed: rate * 60 - 1,
@@ -119,6 +122,23 @@ t.test("churnRows: each window's shared rows around the harness's own, in window
     churnRows([10], 60, 1, () => [])[1]!.label,
     'churn: changes programmed by 5 s after it (latency observations)',
   );
+  // Two whole minutes or more: the lowest and highest minute follow the window's CPU.
+  const long = churnRows([1, 10], 300, 1, () => []);
+  t.same(
+    long.slice(0, 3).map((r) => r.label),
+    [
+      'churn 1/s for 300 s: CPU seconds, the process',
+      'churn 1/s: CPU seconds of the process in its lowest minute',
+      'churn 1/s: CPU seconds of the process in its highest minute',
+    ],
+  );
+  t.same(
+    long.map((r) => r.get(run)).filter((_, i) => i % 6 === 1 || i % 6 === 2),
+    [1 / 8, 1 / 4, 10 / 8, 10 / 4],
+    "each window's own minutes",
+  );
+  t.ok(Number.isNaN(long[1]!.get({ churn: [{ ...w(1), minuteCpuS: [] }] })), 'no whole minute: n/a');
+  t.equal(long.length, 12);
 });
 
 t.test('churnWindow: the CPU over the writes and the settling, what the histogram observed meanwhile', async (t) => {
@@ -152,8 +172,15 @@ t.test('churnWindow: the CPU over the writes and the settling, what the histogra
       edges.push('alive');
     },
     onCpu: (edge) => edges.push(edge),
+    minuteMs: 100,
   });
   t.equal(run.rate, 50);
+  t.equal(run.minuteCpuS.length, 3, 'a reading for each whole "minute" of the writes (100 ms here)');
+  const byMinute = run.minuteCpuS.reduce((a, x) => a + x, 0);
+  t.ok(
+    run.minuteCpuS.every((x) => x >= 0) && byMinute > 0 && byMinute <= run.cpuS + 0.011,
+    `the minutes are the window's CPU but the settling: ${run.minuteCpuS.join(', ')} of ${run.cpuS} s`,
+  );
   t.ok(run.writes >= 10 && run.writes <= 16, `about 50 a second for 0.3 s: ${run.writes}`);
   t.equal(run.programmed, run.writes, 'each write observed once by the end of the settling, none from before');
   t.equal(run.p50, 0.25, 'the bucket the median falls in');
@@ -180,6 +207,7 @@ t.test('churnWindow: the CPU over the writes and the settling, what the histogra
     });
   const none = await short(() => {});
   t.ok(Number.isNaN(none.programmed) && Number.isNaN(none.p99), 'no metrics: n/a');
+  t.same(none.minuteCpuS, [], 'writes for less than a minute: no minute read');
   // A proxy gone by the end: the window throws what alive threw.
   await t.rejects(
     short(() => {
@@ -187,6 +215,16 @@ t.test('churnWindow: the CPU over the writes and the settling, what the histogra
     }),
     /gone/,
   );
+});
+
+t.test('CHURN_SECONDS: the fallback unless set, a whole 1..3600, anything else refused with why', async (t) => {
+  t.equal(churnSeconds(undefined, 300), 300);
+  t.equal(churnSeconds('', 60), 60);
+  t.equal(churnSeconds('120', 300), 120, 'a value set wins over the fallback');
+  t.equal(churnSeconds(' 1 ', 60), 1);
+  t.equal(churnSeconds('3600', 60), 3600);
+  for (const bad of ['0', '3601', '2.5', '-3', 'ten', '60;rm', '1e3'])
+    t.match(churnSeconds(bad, 60), { error: /CHURN_SECONDS/ }, `${JSON.stringify(bad)} refused`);
 });
 
 t.test('RACE_NODES: 1 unless set, a whole number 1..1000, anything else refused with why', async (t) => {
