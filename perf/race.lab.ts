@@ -74,6 +74,18 @@ const RACE_NODES = (() => {
 const LOCAL_ENDPOINTS = raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES);
 /** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
+/**
+ * SETTLE_SECONDS (240): how long after a proxy's virtual servers were deleted the next proxy starts. The kernel keeps
+ * a deleted destination in a list of its own (ip_vs_ctl.c's dest trash) until its expiry timer, every 60 s, finds
+ * it idle for 120 s: 3 to 4 minutes. Each destination added meanwhile is looked for in that list, entry by entry,
+ * first: the next proxy's cold start pays for the last one's 100 000 destinations (2.1x slower at 10 000 Services
+ * right after kube-proxy `ipvs`' flush, perf/RESULTS.md).
+ */
+const SETTLE_SECONDS = Number(process.env.SETTLE_SECONDS ?? 240);
+if (!Number.isInteger(SETTLE_SECONDS) || SETTLE_SECONDS < 0 || SETTLE_SECONDS > 900)
+  throw new Error('SETTLE_SECONDS must be a whole 0..900');
+/** When the last proxy's IPVS virtual servers were deleted (performance.now()), if any were. */
+const ipvsDeleted = { at: -Infinity };
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);
 const PROXIES = (process.env.PROXIES ?? 'kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables').split(',');
 /** Not a proxy: the CPU a Node process spends receiving the same changes and doing nothing (perf/watch-floor.ts). */
@@ -376,6 +388,12 @@ class RaceFailure extends Error {
 async function race(proxy: string): Promise<Result> {
   const left = resetNode();
   if (left.length) log(`cleared before ${proxy}: ${left.join('; ')}`);
+  const programsIpvs = proxy.startsWith('kube-ipvs') || proxy === 'kube-proxy-ipvs';
+  const settle = ipvsDeleted.at + SETTLE_SECONDS * 1000 - performance.now();
+  if (programsIpvs && settle > 0) {
+    log(`${proxy}: waiting ${(settle / 1000).toFixed(0)} s for the kernel to free the last proxy's IPVS destinations`);
+    await sleep(settle);
+  }
   const kernel =
     proxy === FLOOR
       ? floorKernel(logFile(proxy))
@@ -587,6 +605,8 @@ async function race(proxy: string): Promise<Result> {
       } catch {
         // its cleanup exits non-zero when there was nothing of a mode
       }
+    // Their virtual servers are gone now, their destinations in the kernel's trash.
+    if (programsIpvs) ipvsDeleted.at = performance.now();
   }
 }
 

@@ -5,7 +5,8 @@
 // (`npm run test:setup`). SERVICES (default 1000), ENDPOINTS (10), CHANGES (20), CHURN_SECONDS (60; 300 from 10 000
 // Services up, perf/race.lab.ts says why), CHURN_RATES
 // (10: writes a second; "1,3,10" runs a churn window at each rate in turn, 0.1..100 each),
-// QUIET_SECONDS (0; N: each proxy's CPU over N s with no writes, before the churn), COLD_LIMIT (1800 s),
+// QUIET_SECONDS (0; N: each proxy's CPU over N s with no writes, before the churn), SETTLE_SECONDS (240: the wait
+// before a proxy that programs IPVS, after the last one's virtual servers were deleted), COLD_LIMIT (1800 s),
 // PROXIES (default "kube-ipvs,kube-proxy-ipvs,kube-proxy-nftables"; also kube-ipvs-base and node-watch-floor, the
 // CPU and memory of a Node process that only receives the changes: perf/watch-floor.ts), LAB_TIMEOUT (7200 s);
 // RACE_CORE=1 lets kube-ipvs dump core in the VM (/lab-results: keep it with LAB_KEEP=DIR); RACE_PROFILE=1 keeps a CPU
@@ -90,6 +91,7 @@ try {
     'CHURN_RATES',
     'QUIET_SECONDS',
     'SYNC_PERIOD',
+    'SETTLE_SECONDS',
     'COLD_LIMIT',
     'PROXIES',
     'RACE_CORE',
