@@ -75,7 +75,8 @@ const LOCAL_ENDPOINTS = raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES);
 /** QUIET_SECONDS=60: before the churn, the proxy's CPU over that long with no writes (what it spends idle). */
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
 /**
- * SETTLE_SECONDS (240): how long after a proxy's virtual servers were deleted the next proxy starts. The kernel keeps
+ * SETTLE_SECONDS (240): how long after a proxy's virtual servers were deleted the next proxy that programs IPVS
+ * starts. The kernel keeps
  * a deleted destination in a list of its own (ip_vs_ctl.c's dest trash) until its expiry timer, every 60 s, finds
  * it idle for 120 s: 3 to 4 minutes. Each destination added meanwhile is looked for in that list, entry by entry,
  * first: the next proxy's cold start pays for the last one's 100 000 destinations (2.1x slower at 10 000 Services

@@ -42,6 +42,8 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
   if ('error' in rates) fail(rates.error);
   const seconds = churnSeconds(process.env.CHURN_SECONDS, 60);
   if (typeof seconds !== 'number') fail(seconds.error);
+  const settle = Number(process.env.SETTLE_SECONDS ?? 240);
+  if (!Number.isInteger(settle) || settle < 0 || settle > 900) fail('SETTLE_SECONDS must be a whole 0..900');
 }
 const NODES = ((n) => (typeof n === 'number' ? n : fail(n.error)))(raceNodes(process.env.RACE_NODES));
 const prepared = labPrepared();
