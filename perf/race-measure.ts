@@ -61,13 +61,12 @@ export function cpuSeconds(pid: number): { self: number; children: number; live:
       // gone meanwhile
     }
   }
-  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100, live };
+  return { self: ownCpu(f), children: (Number(f[13]) + Number(f[14])) / 100, live };
 }
-/** The process's own CPU seconds (utime + stime) from /proc/PID/stat, without cpuSeconds' walk of /proc. */
-export function selfCpu(pid: number): number {
-  const f = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
+/** utime + stime of statFields' fields, in seconds. */
+const ownCpu = (f: string[]) => (Number(f[11]) + Number(f[12])) / 100;
+/** The process's own CPU seconds from /proc/PID/stat, without cpuSeconds' walk of /proc. */
+export const selfCpu = (pid: number): number => ownCpu(statFields(readFileSync(`/proc/${pid}/stat`, 'utf8')));
 /** /proc/PID/stat's fields after the command's name (which may hold spaces): [0] is the state, [1] the parent. */
 export const statFields = (stat: string): string[] => stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
 /** Child CPU seconds between two readings of cpuSeconds. */
@@ -254,16 +253,30 @@ export function churnRates(value: string | undefined): number[] | { error: strin
 }
 
 /**
- * CHURN_SECONDS: how long each churn window writes, a whole 1..3600 s; `fallback` when unset. The error says what was
- * wrong with the value.
+ * A knob of whole seconds, `min..max`; `fallback` when unset. The error names the knob and says what was wrong with
+ * the value.
  */
-export function churnSeconds(value: string | undefined, fallback: number): number | { error: string } {
+function wholeSeconds(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number | { error: string } {
   if (value === undefined || value.trim() === '') return fallback;
   const s = /^\s*[0-9]+\s*$/.test(value) ? Number(value) : NaN;
-  if (!(s >= 1 && s <= 3600))
-    return { error: `CHURN_SECONDS: ${JSON.stringify(value.slice(0, 20))} is not a whole 1..3600 seconds` };
+  if (!(s >= min && s <= max))
+    return { error: `${name}: ${JSON.stringify(value.slice(0, 20))} is not a whole ${min}..${max} seconds` };
   return s;
 }
+/** CHURN_SECONDS: how long each churn window writes, a whole 1..3600 s; `fallback` when unset. */
+export const churnSeconds = (value: string | undefined, fallback: number) =>
+  wholeSeconds('CHURN_SECONDS', value, fallback, 1, 3600);
+/**
+ * SETTLE_SECONDS: how long after a proxy's IPVS virtual servers were deleted the next proxy that programs IPVS
+ * starts, a whole 0..900 s; 240 when unset (perf/race.lab.ts says why).
+ */
+export const settleSeconds = (value: string | undefined) => wholeSeconds('SETTLE_SECONDS', value, 240, 0, 900);
 
 /**
  * Calls `write(n)` `rate` times a second for `seconds` (n = 0, 1, ...; each on its own schedule, not after the one
@@ -401,18 +414,20 @@ export async function churnWindow(o: {
   const cpu0 = cpuSeconds(o.pid);
   o.onCpu?.('start');
   const minuteMs = o.minuteMs ?? 60_000;
+  const whole = Math.floor((o.seconds * 1000) / minuteMs);
   const minuteCpuS: number[] = [];
-  const mark = { at: cpu0.self, whole: Math.floor((o.seconds * 1000) / minuteMs) };
-  const minutes = setInterval(() => {
-    if (minuteCpuS.length >= mark.whole) return;
+  let last = cpu0.self;
+  const readMinute = () => {
+    if (minuteCpuS.length >= whole) return;
     try {
       const now = selfCpu(o.pid);
-      minuteCpuS.push(now - mark.at);
-      mark.at = now;
+      minuteCpuS.push(now - last);
+      last = now;
     } catch {
       // gone: alive() says so after the writes
     }
-  }, minuteMs);
+  };
+  const minutes = setInterval(readMinute, minuteMs);
   let writes: number;
   try {
     writes = await paced(o.rate, o.seconds, o.write);
@@ -420,12 +435,7 @@ export async function churnWindow(o: {
     clearInterval(minutes);
   }
   // The last whole minute's tick can lose the race with the writes' end by a few milliseconds: read it now.
-  if (minuteCpuS.length < mark.whole)
-    try {
-      minuteCpuS.push(selfCpu(o.pid) - mark.at);
-    } catch {
-      // gone: alive() says so below
-    }
+  readMinute();
   await new Promise((r) => setTimeout(r, o.settleMs ?? 5000));
   o.alive();
   const cpu1 = cpuSeconds(o.pid);

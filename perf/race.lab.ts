@@ -41,6 +41,7 @@ import {
   raceNodes,
   rssMB,
   rssParts,
+  settleSeconds,
   threadCpu,
   threadDelta,
 } from './race-measure.ts';
@@ -76,15 +77,17 @@ const LOCAL_ENDPOINTS = raceLocalEndpoints(SERVICES, ENDPOINTS, RACE_NODES);
 const QUIET_SECONDS = Number(process.env.QUIET_SECONDS ?? 0);
 /**
  * SETTLE_SECONDS (240): how long after a proxy's virtual servers were deleted the next proxy that programs IPVS
- * starts. The kernel keeps
+ * starts (race-measure.ts settleSeconds). The kernel keeps
  * a deleted destination in a list of its own (ip_vs_ctl.c's dest trash) until its expiry timer, every 60 s, finds
  * it idle for 120 s: 3 to 4 minutes. Each destination added meanwhile is looked for in that list, entry by entry,
  * first: the next proxy's cold start pays for the last one's 100 000 destinations (2.1x slower at 10 000 Services
  * right after kube-proxy `ipvs`' flush, perf/RESULTS.md).
  */
-const SETTLE_SECONDS = Number(process.env.SETTLE_SECONDS ?? 240);
-if (!Number.isInteger(SETTLE_SECONDS) || SETTLE_SECONDS < 0 || SETTLE_SECONDS > 900)
-  throw new Error('SETTLE_SECONDS must be a whole 0..900');
+const SETTLE_SECONDS = (() => {
+  const s = settleSeconds(process.env.SETTLE_SECONDS);
+  if (typeof s !== 'number') throw new Error(s.error);
+  return s;
+})();
 /** When the last proxy's IPVS virtual servers were deleted (performance.now()), if any were. */
 const ipvsDeleted = { at: -Infinity };
 const COLD_LIMIT = Number(process.env.COLD_LIMIT ?? 1800);

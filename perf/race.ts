@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { ApiServer, k8sBinaries } from '../test/support/apiserver.ts';
 import { owned } from '../test/support/owned.ts';
 import { imageBuilt, labPrepared } from '../test/support/setup-state.ts';
-import { churnRates, churnSeconds, createRaceObjects, raceNodes } from './race-measure.ts';
+import { churnRates, churnSeconds, createRaceObjects, raceNodes, settleSeconds } from './race-measure.ts';
 import { spawnSync } from 'node:child_process';
 
 const SERVICES = Number(process.env.SERVICES ?? 1000);
@@ -42,8 +42,8 @@ if (!Number.isInteger(ENDPOINTS) || ENDPOINTS < 1 || ENDPOINTS > 100) fail('ENDP
   if ('error' in rates) fail(rates.error);
   const seconds = churnSeconds(process.env.CHURN_SECONDS, 60);
   if (typeof seconds !== 'number') fail(seconds.error);
-  const settle = Number(process.env.SETTLE_SECONDS ?? 240);
-  if (!Number.isInteger(settle) || settle < 0 || settle > 900) fail('SETTLE_SECONDS must be a whole 0..900');
+  const settle = settleSeconds(process.env.SETTLE_SECONDS);
+  if (typeof settle !== 'number') fail(settle.error);
 }
 const NODES = ((n) => (typeof n === 'number' ? n : fail(n.error)))(raceNodes(process.env.RACE_NODES));
 const prepared = labPrepared();

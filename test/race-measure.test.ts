@@ -11,6 +11,7 @@ import {
   churnWindow,
   paced,
   raceChange,
+  settleSeconds,
   raceLocalEndpoints,
   raceNodeOf,
   raceNodes,
@@ -225,6 +226,15 @@ t.test('CHURN_SECONDS: the fallback unless set, a whole 1..3600, anything else r
   t.equal(churnSeconds('3600', 60), 3600);
   for (const bad of ['0', '3601', '2.5', '-3', 'ten', '60;rm', '1e3'])
     t.match(churnSeconds(bad, 60), { error: /CHURN_SECONDS/ }, `${JSON.stringify(bad)} refused`);
+});
+
+t.test('SETTLE_SECONDS: 240 unless set, a whole 0..900 (0: no wait), anything else refused with why', async (t) => {
+  t.equal(settleSeconds(undefined), 240);
+  t.equal(settleSeconds(' '), 240);
+  t.equal(settleSeconds('0'), 0);
+  t.equal(settleSeconds('900'), 900);
+  for (const bad of ['901', '-1', '2.5', 'x', '30;rm'])
+    t.match(settleSeconds(bad), { error: /SETTLE_SECONDS/ }, `${JSON.stringify(bad)} refused`);
 });
 
 t.test('RACE_NODES: 1 unless set, a whole number 1..1000, anything else refused with why', async (t) => {
